@@ -1,0 +1,9 @@
+//! cnilab: many fake Kubernetes nodes on one Linux host, wired by the real
+//! CNI plugins and a faithful control plane, with faults and snapshots.
+//!
+//! The flow is one direction: topology (what the user wrote) -> plan (every
+//! decision, pure) -> build (the kernel work) -> snapshot (normalized text).
+
+pub mod error;
+pub mod spanned;
+pub mod topology;
