@@ -21,7 +21,8 @@ pub enum Error {
     #[error("{message}\nfix: {fix}")]
     Usage { message: String, fix: String },
     /// The machine cannot do it: not root, a missing tool or kernel feature.
-    #[error("{message}\nfix: {fix}")]
+    /// An empty fix keeps the message to its one line.
+    #[error("{message}{}", if fix.is_empty() { String::new() } else { format!("\nfix: {fix}") })]
     Env { message: String, fix: String },
     /// The operation itself failed (a plugin, the kernel, a timeout).
     #[error("{0:#}")]
@@ -94,17 +95,10 @@ impl Source {
     }
 
     /// An [`InputError`] at `span` of this file.
-    pub fn error(
-        &self,
-        span: Range<usize>,
-        message: impl Into<String>,
-        fix: impl Into<String>,
-    ) -> InputError {
+    pub fn error(&self, span: Range<usize>, message: impl Into<String>, fix: impl Into<String>) -> InputError {
         let start = span.start.min(self.text.len());
         let line_start = self.text[..start].rfind('\n').map_or(0, |i| i + 1);
-        let line_end = self.text[start..]
-            .find('\n')
-            .map_or(self.text.len(), |i| start + i);
+        let line_end = self.text[start..].find('\n').map_or(self.text.len(), |i| start + i);
         let line = self.text[..start].matches('\n').count() + 1;
         let col = self.text[line_start..start].chars().count() + 1;
         let end = span.end.clamp(start, line_end);

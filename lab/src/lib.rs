@@ -4,6 +4,19 @@
 //! The flow is one direction: topology (what the user wrote) -> plan (every
 //! decision, pure) -> build (the kernel work) -> snapshot (normalized text).
 
+pub mod build;
+pub mod cli;
+pub mod cni;
 pub mod error;
+pub mod netns;
+pub mod nl;
+pub mod paths;
+pub mod plan;
+pub mod profile;
+pub mod progress;
+pub mod snapshot;
 pub mod spanned;
+pub mod state;
+pub mod status;
+pub mod teardown;
 pub mod topology;

@@ -7,7 +7,7 @@ use std::ops::Range;
 use std::path::Path;
 
 use ipnet::Ipv4Net;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, InputError, Source};
 use crate::spanned::{Sp, Table, parse_document};
@@ -23,7 +23,7 @@ pub const FIRST_NODE_HOST: u32 = 10;
 
 /// A whole lab as the user wrote it, with every default filled in and every
 /// node expanded (`count`) and addressed.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Topology {
     /// Lab name: the `cnilab.<name>.*` namespaces and `/run/cnilab/<name>`.
     pub name: String,
@@ -40,7 +40,7 @@ pub struct Topology {
 }
 
 /// `[network]`: one CNI profile for the whole lab.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Network {
     /// The pod CIDR (kubeadm --pod-network-cidr), or Calico's IP pool.
     pub pod_cidr: Ipv4Net,
@@ -51,7 +51,7 @@ pub struct Network {
 }
 
 /// A CNI profile with its options.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "cni", rename_all = "lowercase")]
 pub enum Profile {
     /// flannel, mirroring its net-conf.json.
@@ -71,7 +71,7 @@ impl Profile {
 }
 
 /// flannel backends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FlannelBackend {
     /// VXLAN overlay, `flannel.<vni>`.
@@ -94,7 +94,7 @@ impl FlannelBackend {
 }
 
 /// `[network.flannel]`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FlannelOptions {
     /// vxlan (default), host-gw or udp.
     pub backend: FlannelBackend,
@@ -107,7 +107,7 @@ pub struct FlannelOptions {
 }
 
 /// Calico data planes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CalicoMode {
     /// Plain BGP routes, no encapsulation.
@@ -119,7 +119,7 @@ pub enum CalicoMode {
 }
 
 /// Calico BGP peering layouts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CalicoMesh {
     /// Every node peers with every other.
@@ -131,7 +131,7 @@ pub enum CalicoMesh {
 }
 
 /// `[network.calico]`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CalicoOptions {
     /// bgp (default), vxlan or ipip.
     pub mode: CalicoMode,
@@ -146,7 +146,7 @@ pub struct CalicoOptions {
 }
 
 /// `[[switch]]`: an L2 segment, a Linux bridge in the fabric namespace.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Switch {
     /// Name, also the bridge's name.
     pub name: String,
@@ -157,7 +157,7 @@ pub struct Switch {
 }
 
 /// `[[node]]`, expanded.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Node {
     /// Name.
     pub name: String,
@@ -170,7 +170,7 @@ pub struct Node {
 }
 
 /// `[[router]]`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Router {
     /// Name.
     pub name: String,
@@ -212,9 +212,7 @@ pub fn parse(src: &Source) -> R<Topology> {
 
     let name = root.required_string("name", "name = \"demo\"")?;
     check_name(&root, &name, "lab name", 12)?;
-    let seed = root
-        .int("seed", 0, i64::MAX, "seed = 0")?
-        .map_or(0, |s| s.v as u64);
+    let seed = root.int("seed", 0, i64::MAX, "seed = 0")?.map_or(0, |s| s.v as u64);
 
     let switches = parse_switches(&root)?;
     let routers = parse_routers(&root, &switches)?;
@@ -249,13 +247,10 @@ fn check_name(t: &Table, name: &Sp<String>, what: &str, max: usize) -> R<()> {
         Some(format!("has {} characters, more than {max}", n.len()))
     } else if !n.starts_with(|c: char| c.is_ascii_lowercase()) {
         Some("does not start with a lowercase letter".to_string())
-    } else if let Some(c) = n
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
-    {
-        Some(format!("holds `{c}`"))
     } else {
-        None
+        n.chars()
+            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+            .map(|c| format!("holds `{c}`"))
     };
     match problem {
         None => Ok(()),
@@ -432,9 +427,7 @@ fn parse_routers(root: &Table, switches: &[SwitchIn]) -> R<Vec<RouterIn>> {
             taken.insert(s.v.clone(), name.v.clone());
             names.push(s.v.clone());
         }
-        let asn = t
-            .int("asn", 1, u32::MAX as i64, "asn = 65000")?
-            .map(|a| a.v as u32);
+        let asn = t.int("asn", 1, u32::MAX as i64, "asn = 65000")?.map(|a| a.v as u32);
         out.push(RouterIn {
             router: Router {
                 name: name.v,
@@ -451,7 +444,11 @@ fn unknown_switch(t: &Table, s: &Sp<String>, switches: &[SwitchIn]) -> InputErro
     let names: Vec<&str> = switches.iter().map(|x| x.switch.name.as_str()).collect();
     let fix = match crate::spanned::closest(&s.v, &names) {
         Some(near) => format!("did you mean \"{near}\"? switches: {}", names.join(", ")),
-        None => format!("use one of the switches: {}, or add a [[switch]] named \"{}\"", names.join(", "), s.v),
+        None => format!(
+            "use one of the switches: {}, or add a [[switch]] named \"{}\"",
+            names.join(", "),
+            s.v
+        ),
     };
     t.err(s.span.clone(), format!("there is no switch \"{}\"", s.v), fix)
 }
@@ -567,9 +564,7 @@ fn parse_pods(t: &Table) -> R<Vec<String>> {
             "write pods = 2 (pods pod-1 and pod-2) or pods = [\"web\", \"db\"]",
         ));
     }
-    let names = t
-        .strings("pods", "pods = [\"web\", \"db\"]")?
-        .expect("present");
+    let names = t.strings("pods", "pods = [\"web\", \"db\"]")?.expect("present");
     let mut out: Vec<String> = Vec::new();
     for n in names.v {
         check_name(t, &n, "pod name", 15)?;
@@ -609,13 +604,15 @@ fn parse_network(root: &Table, switches: &[SwitchIn], nodes: &[NodeIn]) -> R<Net
         };
         return Err(net.err(cni.span, format!("unknown CNI profile \"{}\"", cni.v), fix));
     }
-    let default_cidr = if cni.v == "calico" { "192.168.0.0/16" } else { "10.244.0.0/16" };
+    let default_cidr = if cni.v == "calico" {
+        "192.168.0.0/16"
+    } else {
+        "10.244.0.0/16"
+    };
     let pod_cidr = parse_cidr(&net, "pod_cidr", "pod_cidr = \"10.244.0.0/16\"")?
         .unwrap_or_else(|| Sp::new(default_cidr.parse().expect("valid default"), net.span()));
     check_pod_cidr_overlap(&net, &pod_cidr, switches)?;
-    let mtu = net
-        .int("mtu", MTU_MIN, MTU_MAX, "mtu = 1400")?
-        .map(|m| m.v as u32);
+    let mtu = net.int("mtu", MTU_MIN, MTU_MAX, "mtu = 1400")?.map(|m| m.v as u32);
     // A profile's section belongs to that profile only.
     for other in profiles.iter().filter(|p| **p != cni.v) {
         if let Some(span) = net.key_span(other) {
@@ -646,11 +643,17 @@ fn check_pod_cidr_overlap(t: &Table, cidr: &Sp<Ipv4Net>, switches: &[SwitchIn]) 
         if cidr.v.contains(&sw.subnet.network()) || sw.subnet.contains(&cidr.v.network()) {
             // Point at whichever of the two the user wrote.
             let (span, what) = if cidr.span != (0..0) {
-                (cidr.span.clone(), format!("pod CIDR {} overlaps switch \"{}\" ({})", cidr.v, sw.name, sw.subnet))
+                (
+                    cidr.span.clone(),
+                    format!("pod CIDR {} overlaps switch \"{}\" ({})", cidr.v, sw.name, sw.subnet),
+                )
             } else {
                 (
                     s.subnet_span.clone(),
-                    format!("switch \"{}\" ({}) overlaps the default pod CIDR {}", sw.name, sw.subnet, cidr.v),
+                    format!(
+                        "switch \"{}\" ({}) overlaps the default pod CIDR {}",
+                        sw.name, sw.subnet, cidr.v
+                    ),
                 )
             };
             return Err(t.err(
@@ -665,7 +668,11 @@ fn check_pod_cidr_overlap(t: &Table, cidr: &Sp<Ipv4Net>, switches: &[SwitchIn]) 
 
 fn flannel_options(t: Option<&Table>, pod_cidr: &Sp<Ipv4Net>, nodes: usize, at: &Table) -> R<FlannelOptions> {
     let cidr = pod_cidr.v;
-    let default_len = if cidr.prefix_len() <= 22 { 24 } else { cidr.prefix_len() + 2 };
+    let default_len = if cidr.prefix_len() <= 22 {
+        24
+    } else {
+        cidr.prefix_len() + 2
+    };
     let mut opts = FlannelOptions {
         backend: FlannelBackend::Vxlan,
         vni: 1,
@@ -707,8 +714,15 @@ fn flannel_options(t: Option<&Table>, pod_cidr: &Sp<Ipv4Net>, nodes: usize, at: 
     if opts.subnet_len <= cidr.prefix_len() {
         return Err(at.err(
             span,
-            format!("subnet_len {} does not split the pod CIDR {cidr} into node subnets", opts.subnet_len),
-            format!("use a subnet_len longer than /{}, e.g. {}", cidr.prefix_len(), default_len.max(cidr.prefix_len() + 1)),
+            format!(
+                "subnet_len {} does not split the pod CIDR {cidr} into node subnets",
+                opts.subnet_len
+            ),
+            format!(
+                "use a subnet_len longer than /{}, e.g. {}",
+                cidr.prefix_len(),
+                default_len.max(cidr.prefix_len() + 1)
+            ),
         ));
     }
     // flannel never leases the first subnet (SubnetMin), hence the - 1.
@@ -743,7 +757,11 @@ fn calico_options(t: Option<&Table>, cidr: &Sp<Ipv4Net>, nodes: &[NodeIn], root:
                 "vxlan" => CalicoMode::Vxlan,
                 "ipip" => CalicoMode::Ipip,
                 _ => {
-                    return Err(t.err(m.span, format!("unknown Calico mode \"{}\"", m.v), "use mode = \"bgp\", \"vxlan\" or \"ipip\""));
+                    return Err(t.err(
+                        m.span,
+                        format!("unknown Calico mode \"{}\"", m.v),
+                        "use mode = \"bgp\", \"vxlan\" or \"ipip\"",
+                    ));
                 }
             };
         }
@@ -773,7 +791,11 @@ fn calico_options(t: Option<&Table>, cidr: &Sp<Ipv4Net>, nodes: &[NodeIn], root:
         match (&refl, opts.mesh) {
             (Some(r), CalicoMesh::Reflectors) => {
                 if r.v.is_empty() {
-                    return Err(t.err(r.span.clone(), "no route reflectors listed", "name at least one node, e.g. reflectors = [\"master\"]"));
+                    return Err(t.err(
+                        r.span.clone(),
+                        "no route reflectors listed",
+                        "name at least one node, e.g. reflectors = [\"master\"]",
+                    ));
                 }
                 for name in &r.v {
                     if !nodes.iter().any(|n| n.node.name == name.v) {
@@ -782,10 +804,18 @@ fn calico_options(t: Option<&Table>, cidr: &Sp<Ipv4Net>, nodes: &[NodeIn], root:
                             Some(near) => format!("did you mean \"{near}\"?"),
                             None => format!("name one of the nodes: {}", names.join(", ")),
                         };
-                        return Err(t.err(name.span.clone(), format!("reflector \"{}\" is not a node", name.v), fix));
+                        return Err(t.err(
+                            name.span.clone(),
+                            format!("reflector \"{}\" is not a node", name.v),
+                            fix,
+                        ));
                     }
                     if opts.reflectors.contains(&name.v) {
-                        return Err(t.err(name.span.clone(), format!("reflector \"{}\" is listed twice", name.v), "list each reflector once"));
+                        return Err(t.err(
+                            name.span.clone(),
+                            format!("reflector \"{}\" is listed twice", name.v),
+                            "list each reflector once",
+                        ));
                     }
                     opts.reflectors.push(name.v.clone());
                 }
@@ -799,7 +829,11 @@ fn calico_options(t: Option<&Table>, cidr: &Sp<Ipv4Net>, nodes: &[NodeIn], root:
             }
             (None, CalicoMesh::Reflectors) => {
                 let span = mesh.map(|m| m.span).unwrap_or_else(|| t.span());
-                return Err(t.err(span, "mesh = \"reflectors\" names no reflectors", "add reflectors = [\"<node>\", ...]"));
+                return Err(t.err(
+                    span,
+                    "mesh = \"reflectors\" names no reflectors",
+                    "add reflectors = [\"<node>\", ...]",
+                ));
             }
             (None, _) => {}
         }
@@ -863,7 +897,12 @@ fn host(net: &Ipv4Net, n: u32) -> Ipv4Addr {
 
 /// Explicit addresses are checked first, then the others are handed out in
 /// file order from .10 up, skipping what is taken.
-fn assign_addresses(root: &Table, switches: &[SwitchIn], routers: &[RouterIn], mut nodes: Vec<NodeIn>) -> R<Vec<NodeIn>> {
+fn assign_addresses(
+    root: &Table,
+    switches: &[SwitchIn],
+    routers: &[RouterIn],
+    mut nodes: Vec<NodeIn>,
+) -> R<Vec<NodeIn>> {
     for s in switches {
         let sw = &s.switch;
         let mut taken: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
@@ -876,14 +915,26 @@ fn assign_addresses(root: &Table, switches: &[SwitchIn], routers: &[RouterIn], m
             };
             if !sw.subnet.contains(&ip) || ip == sw.subnet.network() || ip == sw.subnet.broadcast() {
                 let why = if sw.subnet.contains(&ip) {
-                    format!("is the {} address of {}", if ip == sw.subnet.network() { "network" } else { "broadcast" }, sw.subnet)
+                    format!(
+                        "is the {} address of {}",
+                        if ip == sw.subnet.network() {
+                            "network"
+                        } else {
+                            "broadcast"
+                        },
+                        sw.subnet
+                    )
                 } else {
                     format!("is outside switch \"{}\" ({})", sw.name, sw.subnet)
                 };
                 return Err(root.err(
                     span,
                     format!("node \"{}\" address {ip} {why}", n.node.name),
-                    format!("use a host address of {}, e.g. {}", sw.subnet, host(&sw.subnet, FIRST_NODE_HOST.min(sw.subnet.hosts().count() as u32))),
+                    format!(
+                        "use a host address of {}, e.g. {}",
+                        sw.subnet,
+                        host(&sw.subnet, FIRST_NODE_HOST.min(sw.subnet.hosts().count() as u32))
+                    ),
                 ));
             }
             if let Some(owner) = taken.get(&ip) {
@@ -907,7 +958,11 @@ fn assign_addresses(root: &Table, switches: &[SwitchIn], routers: &[RouterIn], m
             .filter(|h| *h <= last && !taken.contains_key(&host(&sw.subnet, *h)))
             .count();
         if auto.len() > room {
-            let span = if s.span == (0..0) { nodes[auto[room]].name_span.clone() } else { s.subnet_span.clone() };
+            let span = if s.span == (0..0) {
+                nodes[auto[room]].name_span.clone()
+            } else {
+                s.subnet_span.clone()
+            };
             let bigger = Ipv4Net::new(sw.subnet.network(), sw.subnet.prefix_len().saturating_sub(1)).map(|n| n.trunc());
             return Err(root.err(
                 span,

@@ -35,7 +35,11 @@ fn ok(text: &str) -> Topology {
 /// Parses `text`, expects a rejection at `line:col` whose message holds `needle`.
 fn rejects(text: &str, line: usize, col: usize, needle: &str) -> InputError {
     let e = parse(&Source::new("t.toml", text)).expect_err("expected a rejection");
-    assert!(e.message.contains(needle), "message {:?} lacks {needle:?}\n{e}", e.message);
+    assert!(
+        e.message.contains(needle),
+        "message {:?} lacks {needle:?}\n{e}",
+        e.message
+    );
     assert_eq!((e.line, e.col), (line, col), "wrong place:\n{e}");
     assert!(!e.fix.is_empty());
     let shown = e.to_string();
@@ -53,7 +57,11 @@ fn good_topology_gets_defaults_and_addresses() {
     let t = ok(GOOD);
     assert_eq!(t.name, "demo");
     assert_eq!(t.seed, 7);
-    let names: Vec<_> = t.nodes.iter().map(|n| (n.name.as_str(), n.ip.to_string(), n.pods.len())).collect();
+    let names: Vec<_> = t
+        .nodes
+        .iter()
+        .map(|n| (n.name.as_str(), n.ip.to_string(), n.pods.len()))
+        .collect();
     assert_eq!(
         names,
         [
@@ -64,8 +72,13 @@ fn good_topology_gets_defaults_and_addresses() {
         ]
     );
     assert_eq!(t.nodes[1].pods, ["pod-1", "pod-2"]);
-    let Profile::Flannel(f) = &t.network.profile else { panic!() };
-    assert_eq!((f.backend, f.vni, f.port, f.subnet_len), (FlannelBackend::Vxlan, 1, 8472, 24));
+    let Profile::Flannel(f) = &t.network.profile else {
+        panic!()
+    };
+    assert_eq!(
+        (f.backend, f.vni, f.port, f.subnet_len),
+        (FlannelBackend::Vxlan, 1, 8472, 24)
+    );
 }
 
 #[test]
@@ -80,11 +93,17 @@ fn smallest_topology_takes_every_default() {
 
 #[test]
 fn subnet_len_default_follows_flannel() {
-    let t = ok(&replace("pod_cidr = \"10.244.0.0/16\"", "pod_cidr = \"10.244.0.0/23\"").replace("count = 3", "count = 2"));
-    let Profile::Flannel(f) = &t.network.profile else { panic!() };
+    let t =
+        ok(&replace("pod_cidr = \"10.244.0.0/16\"", "pod_cidr = \"10.244.0.0/23\"").replace("count = 3", "count = 2"));
+    let Profile::Flannel(f) = &t.network.profile else {
+        panic!()
+    };
     assert_eq!(f.subnet_len, 25);
-    let t = ok(&replace("pod_cidr = \"10.244.0.0/16\"", "pod_cidr = \"10.244.0.0/22\"").replace("count = 3", "count = 2"));
-    let Profile::Flannel(f) = &t.network.profile else { panic!() };
+    let t =
+        ok(&replace("pod_cidr = \"10.244.0.0/16\"", "pod_cidr = \"10.244.0.0/22\"").replace("count = 3", "count = 2"));
+    let Profile::Flannel(f) = &t.network.profile else {
+        panic!()
+    };
     assert_eq!(f.subnet_len, 24);
 }
 
@@ -97,13 +116,43 @@ fn explicit_addresses_are_skipped_by_automatic_ones() {
 
 #[test]
 fn rejects_unknown_keys_everywhere() {
-    let e = rejects(&replace("mtu = 1500", "mtux = 1500"), 14, 1, "unknown key `mtux` in [[switch]]");
+    let e = rejects(
+        &replace("mtu = 1500", "mtux = 1500"),
+        14,
+        1,
+        "unknown key `mtux` in [[switch]]",
+    );
     assert!(e.fix.contains("did you mean `mtu`"), "{}", e.fix);
-    rejects(&replace("seed = 7", "colour = 7"), 2, 1, "unknown key `colour` in the top level");
-    rejects(&replace("backend = \"vxlan\"", "backedn = \"vxlan\""), 9, 1, "unknown key `backedn` in [network.flannel]");
-    rejects(&replace("cni = \"flannel\"", "cni = \"flannel\"\nfoo = 1"), 6, 1, "unknown key `foo` in [network]");
-    rejects(&replace("count = 3", "count = 3\nzone = \"a\""), 24, 1, "unknown key `zone` in [[node]]");
-    rejects(&format!("{GOOD}\n[[router]]\nname = \"r\"\nswitches = [\"tor1\"]\nasm = 1\n"), 29, 1, "unknown key `asm` in [[router]]");
+    rejects(
+        &replace("seed = 7", "colour = 7"),
+        2,
+        1,
+        "unknown key `colour` in the top level",
+    );
+    rejects(
+        &replace("backend = \"vxlan\"", "backedn = \"vxlan\""),
+        9,
+        1,
+        "unknown key `backedn` in [network.flannel]",
+    );
+    rejects(
+        &replace("cni = \"flannel\"", "cni = \"flannel\"\nfoo = 1"),
+        6,
+        1,
+        "unknown key `foo` in [network]",
+    );
+    rejects(
+        &replace("count = 3", "count = 3\nzone = \"a\""),
+        24,
+        1,
+        "unknown key `zone` in [[node]]",
+    );
+    rejects(
+        &format!("{GOOD}\n[[router]]\nname = \"r\"\nswitches = [\"tor1\"]\nasm = 1\n"),
+        29,
+        1,
+        "unknown key `asm` in [[router]]",
+    );
 }
 
 #[test]
@@ -113,39 +162,103 @@ fn rejects_bad_toml() {
 
 #[test]
 fn rejects_malformed_cidrs_and_addresses() {
-    rejects(&replace("pod_cidr = \"10.244.0.0/16\"", "pod_cidr = \"10.244.0/16\""), 6, 12, "not an IPv4 CIDR");
-    rejects(&replace("pod_cidr = \"10.244.0.0/16\"", "pod_cidr = \"10.244.1.0/16\""), 6, 12, "host bits set");
-    rejects(&replace("subnet = \"172.20.0.0/24\"", "subnet = \"172.20.0.0/33\""), 13, 10, "not an IPv4 CIDR");
-    rejects(&replace("ip = \"172.20.0.10\"", "ip = \"172.20.0.300\""), 18, 6, "not an IPv4 address");
+    rejects(
+        &replace("pod_cidr = \"10.244.0.0/16\"", "pod_cidr = \"10.244.0/16\""),
+        6,
+        12,
+        "not an IPv4 CIDR",
+    );
+    rejects(
+        &replace("pod_cidr = \"10.244.0.0/16\"", "pod_cidr = \"10.244.1.0/16\""),
+        6,
+        12,
+        "host bits set",
+    );
+    rejects(
+        &replace("subnet = \"172.20.0.0/24\"", "subnet = \"172.20.0.0/33\""),
+        13,
+        10,
+        "not an IPv4 CIDR",
+    );
+    rejects(
+        &replace("ip = \"172.20.0.10\"", "ip = \"172.20.0.300\""),
+        18,
+        6,
+        "not an IPv4 address",
+    );
 }
 
 #[test]
 fn rejects_pod_cidr_overlapping_the_underlay() {
-    rejects(&replace("pod_cidr = \"10.244.0.0/16\"", "pod_cidr = \"172.20.0.0/16\""), 6, 12, "overlaps switch \"tor1\"");
-    rejects(&replace("subnet = \"172.20.0.0/24\"", "subnet = \"10.244.3.0/24\""), 6, 12, "overlaps switch \"tor1\"");
+    rejects(
+        &replace("pod_cidr = \"10.244.0.0/16\"", "pod_cidr = \"172.20.0.0/16\""),
+        6,
+        12,
+        "overlaps switch \"tor1\"",
+    );
+    rejects(
+        &replace("subnet = \"172.20.0.0/24\"", "subnet = \"10.244.3.0/24\""),
+        6,
+        12,
+        "overlaps switch \"tor1\"",
+    );
     // Switches overlapping each other.
-    let two = replace("[[node]]", "[[switch]]\nname = \"tor2\"\nsubnet = \"172.20.0.128/25\"\n\n[[node]]");
+    let two = replace(
+        "[[node]]",
+        "[[switch]]\nname = \"tor2\"\nsubnet = \"172.20.0.128/25\"\n\n[[node]]",
+    );
     rejects(&two, 18, 10, "overlaps 172.20.0.0/24 of switch \"tor1\"");
 }
 
 #[test]
 fn rejects_pod_cidr_too_small_for_the_nodes() {
     // /22 with /24 leases: 4 subnets, the first never leased: 3 for 4 nodes.
-    let e = rejects(&replace("pod_cidr = \"10.244.0.0/16\"", "pod_cidr = \"10.244.0.0/22\""), 6, 12, "leaves 3 node subnets");
+    let e = rejects(
+        &replace("pod_cidr = \"10.244.0.0/16\"", "pod_cidr = \"10.244.0.0/22\""),
+        6,
+        12,
+        "leaves 3 node subnets",
+    );
     assert!(e.message.contains("4 nodes"));
-    rejects(&replace("backend = \"vxlan\"", "subnet_len = 16"), 9, 14, "does not split the pod CIDR");
+    rejects(
+        &replace("backend = \"vxlan\"", "subnet_len = 16"),
+        9,
+        14,
+        "does not split the pod CIDR",
+    );
     let calico = "name = \"c\"\n[network]\ncni = \"calico\"\npod_cidr = \"192.168.0.0/24\"\n[network.calico]\nblock_size = 26\n[[node]]\nname = \"n{i}\"\ncount = 5\n";
     rejects(calico, 6, 14, "leaves 4 blocks");
 }
 
 #[test]
 fn rejects_addresses_outside_or_taken() {
-    rejects(&replace("ip = \"172.20.0.10\"", "ip = \"172.21.0.10\""), 18, 6, "outside switch \"tor1\"");
-    rejects(&replace("ip = \"172.20.0.10\"", "ip = \"172.20.0.0\""), 18, 6, "network address");
-    rejects(&replace("ip = \"172.20.0.10\"", "ip = \"172.20.0.255\""), 18, 6, "broadcast address");
-    let twice = replace("[[node]]\nname = \"worker{i}\"", "[[node]]\nname = \"extra\"\nip = \"172.20.0.10\"\n\n[[node]]\nname = \"worker{i}\"");
+    rejects(
+        &replace("ip = \"172.20.0.10\"", "ip = \"172.21.0.10\""),
+        18,
+        6,
+        "outside switch \"tor1\"",
+    );
+    rejects(
+        &replace("ip = \"172.20.0.10\"", "ip = \"172.20.0.0\""),
+        18,
+        6,
+        "network address",
+    );
+    rejects(
+        &replace("ip = \"172.20.0.10\"", "ip = \"172.20.0.255\""),
+        18,
+        6,
+        "broadcast address",
+    );
+    let twice = replace(
+        "[[node]]\nname = \"worker{i}\"",
+        "[[node]]\nname = \"extra\"\nip = \"172.20.0.10\"\n\n[[node]]\nname = \"worker{i}\"",
+    );
     rejects(&twice, 23, 6, "already taken by node \"master\"");
-    let router = format!("{}\n[[router]]\nname = \"gw\"\nswitches = [\"tor1\"]\n", replace("ip = \"172.20.0.10\"", "ip = \"172.20.0.1\""));
+    let router = format!(
+        "{}\n[[router]]\nname = \"gw\"\nswitches = [\"tor1\"]\n",
+        replace("ip = \"172.20.0.10\"", "ip = \"172.20.0.1\"")
+    );
     rejects(&router, 18, 6, "already taken by router \"gw\"");
 }
 
@@ -159,31 +272,94 @@ fn rejects_switch_subnet_too_small() {
 
 #[test]
 fn rejects_duplicate_and_invalid_names() {
-    rejects(&replace("name = \"demo\"", "name = \"Demo\""), 1, 8, "lab name \"Demo\" does not start with a lowercase letter");
-    rejects(&replace("name = \"demo\"", "name = \"a-very-long-lab\""), 1, 8, "more than 12");
+    rejects(
+        &replace("name = \"demo\"", "name = \"Demo\""),
+        1,
+        8,
+        "lab name \"Demo\" does not start with a lowercase letter",
+    );
+    rejects(
+        &replace("name = \"demo\"", "name = \"a-very-long-lab\""),
+        1,
+        8,
+        "more than 12",
+    );
     rejects(&replace("name = \"master\"", "name = \"mas_ter\""), 17, 8, "holds `_`");
-    rejects(&replace("name = \"master\"", "name = \"worker2\""), 22, 8, "two nodes named \"worker2\"");
-    rejects(&replace("pods = [\"web\", \"db\"]", "pods = [\"web\", \"web\"]"), 19, 16, "appears twice");
-    rejects(&replace("pods = [\"web\", \"db\"]", "pods = [\"Web\"]"), 19, 9, "pod name \"Web\"");
-    rejects(&replace("name = \"worker{i}\"", "name = \"worker-numbers-{i}\""), 22, 8, "node name \"worker-numbers-1\" has 16");
-    let two = replace("[[node]]", "[[switch]]\nname = \"tor1\"\nsubnet = \"172.21.0.0/24\"\n\n[[node]]");
+    rejects(
+        &replace("name = \"master\"", "name = \"worker2\""),
+        22,
+        8,
+        "two nodes named \"worker2\"",
+    );
+    rejects(
+        &replace("pods = [\"web\", \"db\"]", "pods = [\"web\", \"web\"]"),
+        19,
+        16,
+        "appears twice",
+    );
+    rejects(
+        &replace("pods = [\"web\", \"db\"]", "pods = [\"Web\"]"),
+        19,
+        9,
+        "pod name \"Web\"",
+    );
+    rejects(
+        &replace("name = \"worker{i}\"", "name = \"worker-numbers-{i}\""),
+        22,
+        8,
+        "node name \"worker-numbers-1\" has 16",
+    );
+    let two = replace(
+        "[[node]]",
+        "[[switch]]\nname = \"tor1\"\nsubnet = \"172.21.0.0/24\"\n\n[[node]]",
+    );
     rejects(&two, 17, 8, "two switches named \"tor1\"");
-    rejects(&replace("name = \"master\"", "name = \"tor1\""), 17, 8, "has the name of a switch");
+    rejects(
+        &replace("name = \"master\"", "name = \"tor1\""),
+        17,
+        8,
+        "has the name of a switch",
+    );
 }
 
 #[test]
 fn rejects_count_without_placeholder() {
-    rejects(&replace("name = \"worker{i}\"", "name = \"worker\""), 23, 9, "has `count` but its name has no \"{i}\"");
+    rejects(
+        &replace("name = \"worker{i}\"", "name = \"worker\""),
+        23,
+        9,
+        "has `count` but its name has no \"{i}\"",
+    );
     rejects(&replace("count = 3\n", ""), 22, 8, "has \"{i}\" but no `count`");
-    rejects(&replace("count = 3", "count = 3\nip = \"172.20.0.20\""), 24, 6, "both `ip` and `count = 3`");
+    rejects(
+        &replace("count = 3", "count = 3\nip = \"172.20.0.20\""),
+        24,
+        6,
+        "both `ip` and `count = 3`",
+    );
 }
 
 #[test]
 fn rejects_unknown_switch_router_reflector_profile() {
-    let e = rejects(&replace("count = 3", "count = 3\nswitch = \"tor2\""), 24, 10, "no switch \"tor2\"");
+    let e = rejects(
+        &replace("count = 3", "count = 3\nswitch = \"tor2\""),
+        24,
+        10,
+        "no switch \"tor2\"",
+    );
     assert!(e.fix.contains("\"tor1\""), "{}", e.fix);
-    rejects(&format!("{GOOD}\n[[router]]\nname = \"r\"\nswitches = [\"spine\"]\n"), 28, 13, "no switch \"spine\"");
-    let e = rejects(&replace("cni = \"flannel\"", "cni = \"flanel\""), 5, 7, "unknown CNI profile \"flanel\"");
+    rejects(
+        &format!("{GOOD}\n[[router]]\nname = \"r\"\nswitches = [\"spine\"]\n"),
+        28,
+        13,
+        "no switch \"spine\"",
+    );
+    let e = rejects(
+        &replace("cni = \"flannel\"", "cni = \"flanel\""),
+        5,
+        7,
+        "unknown CNI profile \"flanel\"",
+    );
     assert!(e.fix.contains("did you mean \"flannel\""));
     let calico = "name = \"c\"\n[network]\ncni = \"calico\"\n[network.calico]\nmesh = \"reflectors\"\nreflectors = [\"mastr\"]\n[[node]]\nname = \"master\"\n";
     let e = rejects(calico, 6, 15, "reflector \"mastr\" is not a node");
@@ -194,16 +370,32 @@ fn rejects_unknown_switch_router_reflector_profile() {
 fn rejects_mtu_out_of_range() {
     rejects(&replace("mtu = 1500", "mtu = 9300"), 14, 7, "out of range");
     rejects(&replace("mtu = 1500", "mtu = 500"), 14, 7, "out of range");
-    rejects(&replace("cni = \"flannel\"", "cni = \"flannel\"\nmtu = 100"), 6, 7, "out of range");
-    rejects(&replace("mtu = 1500", "mtu = \"1500\""), 14, 7, "must be an integer, not a string");
+    rejects(
+        &replace("cni = \"flannel\"", "cni = \"flannel\"\nmtu = 100"),
+        6,
+        7,
+        "out of range",
+    );
+    rejects(
+        &replace("mtu = 1500", "mtu = \"1500\""),
+        14,
+        7,
+        "must be an integer, not a string",
+    );
 }
 
 #[test]
 fn rejects_options_of_another_profile() {
-    rejects(&replace("[network.flannel]", "[network.calico]"), 8, 10, "[network.calico] does not belong to cni = \"flannel\"");
+    rejects(
+        &replace("[network.flannel]", "[network.calico]"),
+        8,
+        10,
+        "[network.calico] does not belong to cni = \"flannel\"",
+    );
     let calico = "name = \"c\"\n[network]\ncni = \"calico\"\n[network.flannel]\nvni = 2\n[[node]]\nname = \"n\"\n";
     rejects(calico, 4, 10, "[network.flannel] does not belong to cni = \"calico\"");
-    let calico = "name = \"c\"\n[network]\ncni = \"calico\"\n[network.calico]\nreflectors = [\"n\"]\n[[node]]\nname = \"n\"\n";
+    let calico =
+        "name = \"c\"\n[network]\ncni = \"calico\"\n[network.calico]\nreflectors = [\"n\"]\n[[node]]\nname = \"n\"\n";
     rejects(calico, 5, 14, "only applies with mesh = \"reflectors\"");
 }
 

@@ -1,1 +1,6 @@
-fn main() {}
+//! The `flannel` CNI plugin as a standalone binary (cnilab also answers to
+//! this name itself).
+
+fn main() {
+    cnilab::profile::flannel::plugin::main()
+}

@@ -1,0 +1,553 @@
+//! `up`: carrying out a plan. The fabric namespace with one bridge per
+//! switch, a namespace per node with `eth0` born in it (both veth ends are
+//! made in their namespaces by one request), the profile's agents, then each
+//! pod's namespace wired by the real CNI chain. Namespaces and links are
+//! made concurrently; netlink requests are pipelined on one socket per
+//! namespace. Any failure tears the whole lab down again.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use futures::{StreamExt, TryStreamExt};
+use ipnet::Ipv4Net;
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+
+use crate::cni::{self, Attachment, Runtime};
+use crate::error::Error;
+use crate::netns::{self, Netns};
+use crate::nl::{self, Nl};
+use crate::paths::{self, LabPaths};
+use crate::plan::{NodePlan, Plan, write_file};
+use crate::profile::ProfilePlan;
+use crate::profile::flannel::{self, FlannelPlan};
+use crate::progress::Progress;
+use crate::state::{LabState, Phase, PodState};
+use crate::topology::{FlannelBackend, Topology};
+
+/// Where the CNI reference plugins are looked for, after the lab's own.
+pub const SYSTEM_CNI_DIRS: &[&str] = &["/usr/lib/cni", "/opt/cni/bin"];
+
+/// How long agents get to write their subnet file.
+const AGENT_START_DEADLINE: Duration = Duration::from_secs(30);
+/// How long the control plane gets to program every expected route.
+const CONVERGE_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Options of `up`.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// The lab's name instead of the topology's.
+    pub name: Option<String>,
+    /// The topology file as the user named it.
+    pub topology_file: String,
+}
+
+/// Checks that the machine has what the topology needs, before anything is made.
+pub fn preflight(topology: &Topology) -> Result<(), Error> {
+    match &topology.network.profile {
+        crate::topology::Profile::Calico(_) => {
+            return Err(Error::env(
+                "the calico profile validates, but cnilab does not build it yet",
+                "use cni = \"flannel\" for now",
+            ));
+        }
+        crate::topology::Profile::Flannel(f) if f.backend == FlannelBackend::Udp => {
+            return Err(Error::env(
+                "the flannel udp backend validates, but cnilab does not build it yet",
+                "use backend = \"vxlan\" or \"host-gw\"",
+            ));
+        }
+        _ => {}
+    }
+    let missing: Vec<&str> = ["bridge", "host-local", "portmap"]
+        .into_iter()
+        .filter(|p| !SYSTEM_CNI_DIRS.iter().any(|d| Path::new(d).join(p).is_file()))
+        .collect();
+    if !missing.is_empty() {
+        return Err(Error::env(
+            format!(
+                "the CNI reference plugins {} are not installed (looked in {})",
+                missing.join(", "),
+                SYSTEM_CNI_DIRS.join(", ")
+            ),
+            "apt-get install containernetworking-plugins",
+        ));
+    }
+    Ok(())
+}
+
+/// Builds a lab. On failure or cancellation nothing of it is left.
+pub async fn up(topology: &Topology, opts: &UpOptions, progress: &Progress) -> Result<LabState, Error> {
+    let lab = opts.name.clone().unwrap_or_else(|| topology.name.clone());
+    preflight(topology)?;
+    let paths = LabPaths::of(&lab);
+    let prefix = paths::lab_ns_prefix(&lab);
+    let leftovers = netns::list().into_iter().filter(|n| n.starts_with(&prefix)).count();
+    if paths.root.exists() || leftovers > 0 {
+        return Err(Error::env(
+            format!("lab \"{lab}\" already exists"),
+            format!(
+                "remove it with `cnilab down {lab}`, or start this one under another name with `cnilab up --name NAME`"
+            ),
+        ));
+    }
+    netns::ensure_run_dir()?;
+    let plan = Plan::new(topology, &lab, &paths);
+    let mut state = LabState::new(plan, opts.topology_file.clone());
+    let mut guard = TeardownGuard {
+        lab: lab.clone(),
+        armed: true,
+    };
+    std::fs::create_dir_all(&paths.root).with_context(|| format!("cannot create {}", paths.root.display()))?;
+    if let Ok(text) = std::fs::read_to_string(&opts.topology_file) {
+        std::fs::write(paths.topology_copy(), text).context("cannot copy the topology")?;
+    }
+    state.save()?;
+    build(&mut state, &paths, progress).await?;
+    state.phase = Phase::Up;
+    state.save()?;
+    guard.armed = false;
+    Ok(state)
+}
+
+/// Removes the lab when `up` fails or its future is dropped (Ctrl-C).
+struct TeardownGuard {
+    lab: String,
+    armed: bool,
+}
+
+impl Drop for TeardownGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Err(e) = crate::teardown::down(&self.lab) {
+                eprintln!("cnilab: cleaning up lab {} failed: {e:#}", self.lab);
+            }
+        }
+    }
+}
+
+/// A new namespace with IPv6 off (no link-local addresses, DAD or router
+/// solicitations to make snapshots vary) and the given sysctls, with a
+/// netlink socket in it.
+async fn create_ns(name: String, sysctls: &'static [(&'static str, &'static str)]) -> Result<(Netns, Nl)> {
+    let rt = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        Netns::create(&name, || {
+            netns::write_sysctl("net/ipv6/conf/all/disable_ipv6", "1")?;
+            netns::write_sysctl("net/ipv6/conf/default/disable_ipv6", "1")?;
+            for (k, v) in sysctls {
+                netns::write_sysctl(k, v)?;
+            }
+            let _g = rt.enter();
+            Nl::connect()
+        })
+    })
+    .await?
+}
+
+/// Sysctls every node gets: a Kubernetes node forwards.
+pub const NODE_SYSCTLS: &[(&str, &str)] = &[("net/ipv4/ip_forward", "1")];
+
+/// How many namespaces or plugin runs go on at once.
+fn parallelism() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+struct NodeHandle {
+    ns: Netns,
+    nl: Nl,
+}
+
+async fn build(state: &mut LabState, paths: &LabPaths, progress: &Progress) -> Result<()> {
+    let plan = state.plan.clone();
+    let started = Instant::now();
+
+    progress.phase("fabric", plan.switches.len());
+    let (fabric, fnl) = create_ns(plan.fabric_ns.clone(), &[]).await?;
+    let mut bridges = BTreeMap::new();
+    for s in &plan.switches {
+        fnl.add(nl::bridge(&s.name, s.mtu))
+            .await
+            .map_err(|e| kernel_error(e, "bridge", &format!("creating switch {}", s.name)))?;
+        let idx = fnl.index(&s.name).await?.context("bridge vanished")?;
+        bridges.insert(s.name.clone(), idx);
+        progress.step();
+    }
+    if matches!(&plan.profile, ProfilePlan::Flannel(f) if f.backend == FlannelBackend::Vxlan) {
+        probe_vxlan(&fnl).await?;
+    }
+
+    progress.phase("nodes", plan.nodes.len());
+    let handles: Vec<(String, NodeHandle)> = futures::stream::iter(plan.nodes.iter().map(|n| {
+        let name = n.name.clone();
+        let ns = n.ns.clone();
+        async move {
+            let (ns, nl) = create_ns(ns, NODE_SYSCTLS).await?;
+            progress.step();
+            Ok::<_, anyhow::Error>((name, NodeHandle { ns, nl }))
+        }
+    }))
+    .buffer_unordered(4 * parallelism())
+    .try_collect()
+    .await?;
+    let nodes: BTreeMap<String, NodeHandle> = handles.into_iter().collect();
+
+    progress.phase("links", plan.nodes.len());
+    futures::future::try_join_all(plan.nodes.iter().map(|n| {
+        let h = &nodes[&n.name];
+        let fnl = &fnl;
+        let bridge = bridges[&n.switch];
+        async move {
+            fnl.add(nl::veth_pair(&n.port, Some(bridge), "eth0", h.ns.raw_fd(), n.mtu))
+                .await
+                .map_err(|e| kernel_error(e, "veth", &format!("creating eth0 of node {}", n.name)))?;
+            configure_node(n, &h.nl)
+                .await
+                .with_context(|| format!("configuring node {}", n.name))?;
+            progress.step();
+            Ok::<_, anyhow::Error>(())
+        }
+    }))
+    .await?;
+    drop(fabric);
+    let nodes_done = started.elapsed();
+
+    match &plan.profile {
+        ProfilePlan::Flannel(f) => {
+            progress.phase("agents", plan.nodes.len());
+            start_flannel(state, paths, f, &nodes, progress).await?;
+            state.save()?;
+            progress.phase("pods", plan.pod_count());
+            add_pods(state, paths, f, &nodes, progress).await?;
+            state.save()?;
+            progress.phase("routes", plan.nodes.len());
+            converge_flannel(&plan, f, &nodes, progress).await?;
+        }
+        ProfilePlan::Calico => bail!("the calico profile is not built yet"),
+    }
+    let _ = nodes_done;
+    progress.finish();
+    Ok(())
+}
+
+/// A kernel refusal, with a clear word when a feature is missing.
+fn kernel_error(e: nl::NlError, kind: &str, doing: &str) -> anyhow::Error {
+    if e.is_unsupported() {
+        return Error::env(
+            format!("{doing}: the kernel cannot make {kind} devices ({e})"),
+            format!("load the module: modprobe {kind}"),
+        )
+        .into();
+    }
+    anyhow!("{doing}: {e}")
+}
+
+/// Tries a VXLAN device in the fabric so a missing module is reported
+/// before any agent starts.
+async fn probe_vxlan(fnl: &Nl) -> Result<()> {
+    let msg = nl::vxlan(
+        "cnilab-probe",
+        1,
+        4789,
+        Ipv4Addr::LOCALHOST,
+        0,
+        1450,
+        [2, 0, 0, 0, 0, 1],
+    );
+    match fnl.add(msg).await {
+        Ok(()) => {
+            let idx = fnl.index("cnilab-probe").await?.context("probe device vanished")?;
+            let del = rtnetlink::LinkUnspec::new_with_index(idx).build();
+            fnl.change(RouteNetlinkMessage::DelLink(del)).await?;
+            Ok(())
+        }
+        Err(e) => Err(kernel_error(e, "vxlan", "checking VXLAN support")),
+    }
+}
+
+/// A node's own network settings: lo and eth0 up, eth0's address, the
+/// default route via a router on its switch.
+async fn configure_node(n: &NodePlan, nl: &Nl) -> Result<()> {
+    nl.change(nl::set_up(1)).await.context("lo up")?;
+    let eth0 = nl.index("eth0").await?.context("eth0 missing")?;
+    nl.add(nl::address(eth0, n.ip, n.prefix_len))
+        .await
+        .context("eth0 address")?;
+    nl.change(nl::set_up(eth0)).await.context("eth0 up")?;
+    if let Some(gw) = n.gateway {
+        let r = nl::route("0.0.0.0/0".parse().expect("valid"), Some(gw), Some(eth0), false);
+        nl.add(RouteNetlinkMessage::NewRoute(r))
+            .await
+            .context("default route")?;
+    }
+    Ok(())
+}
+
+/// Makes `bin/<name>` links to this very executable: cnilab answers as
+/// `flannel` or `flanneld` by the name it is run under.
+fn link_binaries(paths: &LabPaths, names: &[&str]) -> Result<()> {
+    let me = std::env::current_exe().context("cannot find the cnilab executable")?;
+    let bin = paths.bin_dir();
+    std::fs::create_dir_all(&bin)?;
+    for n in names {
+        let link = bin.join(n);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&me, &link).with_context(|| format!("cannot link {}", link.display()))?;
+    }
+    Ok(())
+}
+
+/// Starts a daemon inside a node's namespace, detached from the terminal,
+/// its output in `log`.
+pub fn spawn_agent(program: &Path, args: &[String], ns: &Netns, log: &Path) -> Result<u32> {
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let err = out.try_clone()?;
+    let fd = ns.raw_fd();
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+    // SAFETY: between fork and exec the child only makes system calls.
+    unsafe {
+        cmd.pre_exec(move || {
+            netns::enter_in_child(fd)?;
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {}", program.display()))?;
+    Ok(child.id())
+}
+
+async fn start_flannel(
+    state: &mut LabState,
+    paths: &LabPaths,
+    f: &FlannelPlan,
+    nodes: &BTreeMap<String, NodeHandle>,
+    progress: &Progress,
+) -> Result<()> {
+    link_binaries(paths, &["flannel", "flanneld"])?;
+    let prefix = paths.etcd_dir().join("coreos.com/network");
+    write_file(&prefix.join("config"), &f.net_config.to_string())?;
+    std::fs::create_dir_all(prefix.join("subnets"))?;
+    let flanneld = paths.bin_dir().join("flanneld");
+    for fnode in &f.nodes {
+        let h = &nodes[&fnode.node];
+        let pid = spawn_agent(&flanneld, &fnode.agent_args, &h.ns, &paths.agent_log(&fnode.node))?;
+        state.agents.insert(fnode.node.clone(), pid);
+        write_file(
+            &paths.cni_conf_dir(&fnode.node).join(flannel::CONFLIST_NAME),
+            &serde_json::to_string_pretty(&fnode.conflist)?,
+        )?;
+    }
+    // Each agent writes its subnet file once its device is ready.
+    let deadline = Instant::now() + AGENT_START_DEADLINE;
+    let mut waiting: Vec<&str> = f.nodes.iter().map(|n| n.node.as_str()).collect();
+    let mut pause = Duration::from_millis(1);
+    while !waiting.is_empty() {
+        waiting.retain(|n| {
+            let ready = paths.agent_dir(n).join("subnet.env").exists();
+            if ready {
+                progress.step();
+            }
+            !ready
+        });
+        for n in &waiting {
+            let pid = state.agents[*n];
+            if !process_alive(pid) {
+                bail!(
+                    "flanneld on node {n} exited before it was ready; its log ({}):\n{}",
+                    paths.agent_log(n).display(),
+                    tail(&paths.agent_log(n), 15)
+                );
+            }
+        }
+        if waiting.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "flanneld did not write its subnet file within {}s on: {}",
+                AGENT_START_DEADLINE.as_secs(),
+                waiting.join(", ")
+            );
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// The last lines of a file, for error messages.
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The CNI runtime of a node.
+pub fn runtime_for(paths: &LabPaths, node: &str, ns: &Netns) -> Runtime {
+    let mut cni_path: Vec<PathBuf> = vec![paths.bin_dir()];
+    cni_path.extend(SYSTEM_CNI_DIRS.iter().map(PathBuf::from));
+    Runtime {
+        cni_path,
+        cache_dir: paths.cni_state_dir(node),
+        node_ns: ns.raw_fd(),
+        log: paths.node_dir(node).join("cni/plugins.log"),
+    }
+}
+
+/// Creates each pod's namespace and runs the CNI ADD of its node's conflist.
+/// A node's pods are added one after the other, in topology order, so that
+/// host-local hands out the same addresses every time; nodes go in parallel,
+/// as many at once as there are cores.
+async fn add_pods(
+    state: &mut LabState,
+    paths: &LabPaths,
+    f: &FlannelPlan,
+    nodes: &BTreeMap<String, NodeHandle>,
+    progress: &Progress,
+) -> Result<()> {
+    let plan = state.plan.clone();
+    let per_node: Vec<Vec<(String, PodState)>> =
+        futures::stream::iter(plan.nodes.iter().filter(|n| !n.pods.is_empty()).map(|n| {
+            let rt = runtime_for(paths, &n.name, &nodes[&n.name].ns);
+            let conflist = &f.node(&n.name).expect("planned node").conflist;
+            async move {
+                let mut out = Vec::new();
+                for p in &n.pods {
+                    let (_ns, pnl) = create_ns(p.ns.clone(), &[]).await?;
+                    pnl.change(nl::set_up(1)).await.context("lo up")?;
+                    let att = Attachment::pod(&p.container_id, netns::path_of(&p.ns), &p.ifname, &p.name);
+                    let who = format!("{}/{}", n.name, p.name);
+                    let result = rt
+                        .add(conflist, &att)
+                        .await
+                        .with_context(|| format!("adding pod {who}"))?;
+                    let (ip, gateway) = cni::require_ip(&result, &who)?;
+                    progress.step();
+                    out.push((who, PodState { ip: Some(ip), gateway }));
+                }
+                Ok::<_, anyhow::Error>(out)
+            }
+        }))
+        .buffer_unordered(parallelism())
+        .try_collect()
+        .await?;
+    state.pods.extend(per_node.into_iter().flatten());
+    Ok(())
+}
+
+/// What flannel programs on each node for every other node's lease.
+pub fn expected_routes(plan: &Plan, f: &FlannelPlan) -> BTreeMap<String, Vec<(Ipv4Net, Ipv4Addr)>> {
+    plan.nodes
+        .iter()
+        .map(|n| {
+            let routes = f
+                .nodes
+                .iter()
+                .zip(&plan.nodes)
+                .filter(|(_, other)| other.name != n.name)
+                .map(|(fo, other)| {
+                    let via = match f.backend {
+                        FlannelBackend::HostGw => other.ip,
+                        _ => fo.subnet.network(),
+                    };
+                    (fo.subnet, via)
+                })
+                .collect();
+            (n.name.clone(), routes)
+        })
+        .collect()
+}
+
+/// Waits, polling with backoff, until every node has a route to every other
+/// node's lease.
+async fn converge_flannel(
+    plan: &Plan,
+    f: &FlannelPlan,
+    nodes: &BTreeMap<String, NodeHandle>,
+    progress: &Progress,
+) -> Result<()> {
+    let mut missing = expected_routes(plan, f);
+    let deadline = Instant::now() + CONVERGE_DEADLINE;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        let checks = futures::future::try_join_all(missing.iter().map(|(node, want)| {
+            let nl = &nodes[node].nl;
+            async move {
+                let have: Vec<(Ipv4Net, Option<Ipv4Addr>)> = nl
+                    .routes()
+                    .await?
+                    .iter()
+                    .filter(|r| r.header.table == 254)
+                    .filter_map(|r| {
+                        let dst = r.attributes.iter().find_map(|a| match a {
+                            RouteAttribute::Destination(RouteAddress::Inet(d)) => Some(*d),
+                            _ => None,
+                        })?;
+                        let gw = r.attributes.iter().find_map(|a| match a {
+                            RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(*g),
+                            _ => None,
+                        });
+                        Some((Ipv4Net::new(dst, r.header.destination_prefix_length).ok()?, gw))
+                    })
+                    .collect();
+                let left: Vec<(Ipv4Net, Ipv4Addr)> = want
+                    .iter()
+                    .filter(|(d, g)| !have.contains(&(*d, Some(*g))))
+                    .copied()
+                    .collect();
+                Ok::<_, anyhow::Error>((node.clone(), left))
+            }
+        }))
+        .await?;
+        missing.clear();
+        for (node, left) in checks {
+            if left.is_empty() {
+                progress.step();
+            } else {
+                missing.insert(node, left);
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let report: Vec<String> = missing
+                .iter()
+                .map(|(n, l)| {
+                    format!(
+                        "  {n}: no route to {}",
+                        l.iter()
+                            .map(|(d, g)| format!("{d} via {g}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })
+                .collect();
+            bail!(
+                "flannel did not converge within {}s; missing routes:\n{}",
+                CONVERGE_DEADLINE.as_secs(),
+                report.join("\n")
+            );
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,357 @@
+//! The command line (shared/design/cli.md).
+
+use std::ffi::CString;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+
+use crate::build::{self, UpOptions};
+use crate::error::{EXIT_INPUT, Error, Result};
+use crate::netns;
+use crate::paths;
+use crate::plan::Plan;
+use crate::progress::Progress;
+use crate::state::{self, LabState};
+use crate::status;
+use crate::teardown;
+use crate::topology::Topology;
+
+/// cnilab: many fake Kubernetes nodes on one Linux host, wired by real CNI
+/// plugins, with faults and snapshots.
+#[derive(Parser, Debug)]
+#[command(name = "cnilab", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// The lab to act on when several are running.
+    #[arg(long, env = "CNILAB_LAB", global = true)]
+    pub lab: Option<String>,
+    /// The command.
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+/// Commands.
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Build a lab from a topology file; returns when every pod has its
+    /// address and every expected route is in place.
+    Up {
+        /// The topology file.
+        topology: PathBuf,
+        /// Name the lab this instead of the topology's `name`.
+        #[arg(long)]
+        name: Option<String>,
+        /// Print the resulting status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a lab completely: processes, namespaces, state. Idempotent.
+    Down {
+        /// The lab (default: the only one).
+        lab: Option<String>,
+        /// Remove every lab.
+        #[arg(long, conflicts_with = "lab")]
+        all: bool,
+        /// Print what was removed as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Nodes, pods, addresses, MTUs, control plane, faults.
+    Status {
+        /// The lab (default: the only one).
+        lab: Option<String>,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command inside a node's, pod's or switch's namespace.
+    Exec {
+        /// NODE, NODE/POD, or a switch name.
+        target: String,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, num_args = 1..)]
+        cmd: Vec<String>,
+    },
+    /// The lab's normalized network state.
+    Snapshot {
+        /// Only these targets (NODE, NODE/POD, switch); default: all.
+        targets: Vec<String>,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+        /// Include entries learned from traffic (ARP, bridge FDB).
+        #[arg(long)]
+        dynamic: bool,
+    },
+    /// Check a topology file and print its plan; needs no root.
+    Validate {
+        /// The topology file.
+        topology: PathBuf,
+        /// Print the whole plan as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs the command line; returns the exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { EXIT_INPUT } else { 0 };
+        }
+    };
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+/// CAP_NET_ADMIN and CAP_SYS_ADMIN, in the effective set.
+fn require_root() -> Result<()> {
+    const CAP_NET_ADMIN: u32 = 12;
+    const CAP_SYS_ADMIN: u32 = 21;
+    let eff = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0);
+    let has = |bit: u32| eff & (1u64 << bit) != 0;
+    if has(CAP_NET_ADMIN) && has(CAP_SYS_ADMIN) {
+        return Ok(());
+    }
+    Err(Error::env(
+        "cnilab needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to create network namespaces; run it as root or with sudo",
+        "",
+    ))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn check_lab_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 12
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::usage(
+            format!("lab name \"{name}\" is not valid"),
+            "use 1-12 characters of a-z, 0-9 and '-', starting with a letter",
+        ))
+    }
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    match cli.cmd {
+        Cmd::Validate { topology, json } => {
+            let t = Topology::load(&topology)?;
+            let plan = Plan::new(&t, &t.name, &paths::LabPaths::of(&t.name));
+            if json {
+                println!("{}", serde_json::to_string_pretty(&plan).map_err(anyhow::Error::from)?);
+            } else {
+                println!(
+                    "{}: valid: lab {}, {} nodes, {} pods, {}",
+                    topology.display(),
+                    t.name,
+                    plan.nodes.len(),
+                    plan.pod_count(),
+                    status::network_line(&plan)
+                );
+            }
+            Ok(0)
+        }
+        Cmd::Up { topology, name, json } => {
+            require_root()?;
+            if let Some(n) = &name {
+                check_lab_name(n)?;
+            }
+            let t = Topology::load(&topology)?;
+            let opts = UpOptions {
+                name,
+                topology_file: topology.display().to_string(),
+            };
+            let progress = Progress::new(!json);
+            let started = Instant::now();
+            let rt = runtime();
+            let state = rt.block_on(async {
+                tokio::select! {
+                    r = build::up(&t, &opts, &progress) => r.map(Some),
+                    // Dropping the build future runs its teardown guard.
+                    _ = tokio::signal::ctrl_c() => Ok(None),
+                }
+            });
+            drop(rt);
+            let Some(state) = state? else {
+                eprintln!("interrupted: the lab was removed");
+                return Ok(130);
+            };
+            let st = status::status(&state);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st).map_err(anyhow::Error::from)?);
+            } else {
+                print!(
+                    "{}",
+                    status::up_summary(&st, &state.plan, started.elapsed(), &progress.timings())
+                );
+            }
+            Ok(0)
+        }
+        Cmd::Down { lab, all, json } => {
+            require_root()?;
+            let labs = if all {
+                state::labs()
+            } else {
+                match lab.or(cli.lab) {
+                    Some(l) => vec![l],
+                    None => match state::labs().as_slice() {
+                        [] => Vec::new(),
+                        [one] => vec![one.clone()],
+                        many => {
+                            return Err(Error::usage(
+                                format!("{} labs are running: {}", many.len(), many.join(", ")),
+                                "name one (`cnilab down NAME`) or use --all",
+                            ));
+                        }
+                    },
+                }
+            };
+            let mut reports = Vec::new();
+            for l in &labs {
+                let started = Instant::now();
+                let r = teardown::down(l)?;
+                if !json {
+                    if r.namespaces == 0 && !r.state {
+                        println!("lab {l}: nothing to remove");
+                    } else {
+                        println!(
+                            "lab {l} is down: removed {} namespaces, stopped {} processes, in {:.2} s",
+                            r.namespaces,
+                            r.processes,
+                            started.elapsed().as_secs_f64()
+                        );
+                    }
+                }
+                reports.push(r);
+            }
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&reports).map_err(anyhow::Error::from)?
+                );
+            } else if labs.is_empty() {
+                println!("no lab to remove");
+            }
+            Ok(0)
+        }
+        Cmd::Status { lab, json } => {
+            require_root()?;
+            let lab = state::choose_lab(lab.as_deref().or(cli.lab.as_deref()))?;
+            let st = state::require(&lab)?;
+            let s = status::status(&st);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s).map_err(anyhow::Error::from)?);
+            } else {
+                print!("{}", status::render(&s, &st.plan));
+            }
+            Ok(0)
+        }
+        Cmd::Exec { target, cmd } => {
+            require_root()?;
+            let lab = state::choose_lab(cli.lab.as_deref())?;
+            let st = state::require(&lab)?;
+            let ns = resolve_target(&st, &target)?;
+            exec_in(&ns, &cmd)
+        }
+        Cmd::Snapshot { targets, json, dynamic } => {
+            require_root()?;
+            let lab = state::choose_lab(cli.lab.as_deref())?;
+            let st = state::require(&lab)?;
+            let namespaces: Option<Vec<String>> = if targets.is_empty() {
+                None
+            } else {
+                Some(targets.iter().map(|t| resolve_target(&st, t)).collect::<Result<_>>()?)
+            };
+            let rt = runtime();
+            let snap = rt.block_on(crate::snapshot::take(&st, namespaces.as_deref(), dynamic))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&snap).map_err(anyhow::Error::from)?);
+            } else {
+                print!("{}", snap.render());
+            }
+            Ok(0)
+        }
+    }
+}
+
+/// The namespace of a TARGET: `NODE`, `NODE/POD`, or a switch name.
+pub fn resolve_target(st: &LabState, target: &str) -> Result<String> {
+    let plan = &st.plan;
+    if let Some((node, pod)) = target.split_once('/') {
+        if let Some(p) = plan.node(node).and_then(|n| n.pods.iter().find(|p| p.name == pod)) {
+            return Ok(p.ns.clone());
+        }
+    } else if let Some(n) = plan.node(target) {
+        return Ok(n.ns.clone());
+    } else if plan.switches.iter().any(|s| s.name == target) {
+        return Ok(plan.fabric_ns.clone());
+    }
+    let mut known: Vec<String> = plan.nodes.iter().map(|n| n.name.clone()).collect();
+    known.extend(plan.pods().map(|(n, p)| format!("{}/{}", n.name, p.name)));
+    known.extend(plan.switches.iter().map(|s| s.name.clone()));
+    let shown: Vec<String> = known.iter().take(12).cloned().collect();
+    Err(Error::usage(
+        format!("lab {} has no target \"{target}\"", plan.lab),
+        format!(
+            "name a node, NODE/POD or switch: {}{}",
+            shown.join(", "),
+            if known.len() > shown.len() { ", ..." } else { "" }
+        ),
+    ))
+}
+
+/// Replaces this process by `cmd` inside namespace `ns`, with /sys showing
+/// that namespace's devices, as `ip netns exec` does.
+fn exec_in(ns: &str, cmd: &[String]) -> Result<i32> {
+    use nix::mount::{MntFlags, MsFlags, mount, umount2};
+    use nix::sched::{CloneFlags, setns, unshare};
+    let handle = netns::Netns::open(ns)?;
+    setns(handle.fd(), CloneFlags::CLONE_NEWNET).map_err(|e| anyhow::anyhow!("setns into {ns}: {e}"))?;
+    // A private mount namespace so that our /sys does not leak to the host.
+    if unshare(CloneFlags::CLONE_NEWNS).is_ok()
+        && mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .is_ok()
+        && umount2("/sys", MntFlags::MNT_DETACH).is_ok()
+    {
+        let _ = mount(Some(ns), "/sys", Some("sysfs"), MsFlags::empty(), None::<&str>);
+    }
+    let args: Vec<CString> = cmd
+        .iter()
+        .map(|a| CString::new(a.as_bytes()))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| Error::usage("a command argument holds a NUL byte", "remove it"))?;
+    let err = nix::unistd::execvp(&args[0], &args).unwrap_err();
+    eprintln!("error: cannot run {}: {}", cmd[0], err.desc());
+    Ok(if err == nix::errno::Errno::ENOENT { 127 } else { 126 })
+}

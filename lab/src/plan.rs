@@ -1,0 +1,250 @@
+//! The plan: every decision about a lab, made without touching the kernel.
+//! Addresses, leases, MACs, names, MTUs and configuration files are all
+//! chosen here from the topology and its seed, so the build only carries
+//! them out and the same file always gives the same lab.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use ipnet::Ipv4Net;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::paths::{self, LabPaths};
+use crate::profile::{self, ProfilePlan};
+use crate::topology::Topology;
+
+/// Everything the build needs, derived from the topology alone.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Plan {
+    /// The lab's name (the topology's, unless `up --name` chose another).
+    pub lab: String,
+    /// What the user wrote, with defaults.
+    pub topology: Topology,
+    /// The namespace holding the switches.
+    pub fabric_ns: String,
+    /// The switches.
+    pub switches: Vec<SwitchPlan>,
+    /// The nodes, in topology order.
+    pub nodes: Vec<NodePlan>,
+    /// The CNI profile's own decisions.
+    pub profile: ProfilePlan,
+}
+
+/// A switch: a Linux bridge in the fabric namespace.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SwitchPlan {
+    /// Bridge name.
+    pub name: String,
+    /// Underlay subnet.
+    pub subnet: Ipv4Net,
+    /// MTU of the bridge and of every port and node eth0 on it.
+    pub mtu: u32,
+}
+
+/// A node: a namespace with `eth0` on its switch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodePlan {
+    /// Name.
+    pub name: String,
+    /// Its namespace.
+    pub ns: String,
+    /// Its switch.
+    pub switch: String,
+    /// The name of its port on the switch (in the fabric namespace).
+    pub port: String,
+    /// eth0's address.
+    pub ip: Ipv4Addr,
+    /// Prefix length of the switch subnet.
+    pub prefix_len: u8,
+    /// eth0's MTU (the switch's).
+    pub mtu: u32,
+    /// Default route, when a router is on the switch.
+    pub gateway: Option<Ipv4Addr>,
+    /// Its pods.
+    pub pods: Vec<PodPlan>,
+}
+
+/// A pod: a namespace wired by the CNI chain.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PodPlan {
+    /// Name.
+    pub name: String,
+    /// Its namespace.
+    pub ns: String,
+    /// The container ID the runtime passes to the plugins.
+    pub container_id: String,
+    /// Interface the plugins create in it.
+    pub ifname: String,
+}
+
+/// Random streams, one per kind of choice, so that adding a choice of one
+/// kind never shifts the others.
+#[derive(Debug, Clone, Copy)]
+pub enum Stream {
+    /// Subnet leases and IPAM blocks.
+    Leases = 1,
+    /// MAC addresses.
+    Macs = 2,
+    /// Container IDs.
+    ContainerIds = 3,
+}
+
+/// A seeded random source for one kind of choice.
+pub fn rng(seed: u64, stream: Stream) -> ChaCha8Rng {
+    let mut r = ChaCha8Rng::seed_from_u64(seed);
+    r.set_stream(stream as u64);
+    r
+}
+
+/// A random locally administered unicast MAC, as flannel makes for its VTEP.
+pub fn random_mac(r: &mut impl Rng) -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    r.fill_bytes(&mut mac);
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    mac
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn mac_string(mac: &[u8]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+impl Plan {
+    /// Plans a lab named `lab` from `topology`, its state kept under `paths`.
+    pub fn new(topology: &Topology, lab: &str, paths: &LabPaths) -> Plan {
+        let mut ids = rng(topology.seed, Stream::ContainerIds);
+        let switches: Vec<SwitchPlan> = topology
+            .switches
+            .iter()
+            .map(|s| SwitchPlan {
+                name: s.name.clone(),
+                subnet: s.subnet,
+                mtu: s.mtu,
+            })
+            .collect();
+        let nodes = topology
+            .nodes
+            .iter()
+            .map(|n| {
+                let sw = topology.switch(&n.switch).expect("validated switch");
+                let gateway = topology
+                    .router_on(&sw.name)
+                    .map(|_| Ipv4Addr::from(u32::from(sw.subnet.network()) + 1));
+                NodePlan {
+                    name: n.name.clone(),
+                    ns: paths::node_ns(lab, &n.name),
+                    switch: sw.name.clone(),
+                    port: n.name.clone(),
+                    ip: n.ip,
+                    prefix_len: sw.subnet.prefix_len(),
+                    mtu: sw.mtu,
+                    gateway,
+                    pods: n
+                        .pods
+                        .iter()
+                        .map(|p| {
+                            let mut id = [0u8; 32];
+                            ids.fill_bytes(&mut id);
+                            PodPlan {
+                                name: p.clone(),
+                                ns: paths::pod_ns(lab, &n.name, p),
+                                container_id: id.iter().map(|b| format!("{b:02x}")).collect(),
+                                ifname: "eth0".into(),
+                            }
+                        })
+                        .collect(),
+                }
+            })
+            .collect::<Vec<_>>();
+        let profile = profile::plan(topology, &nodes, paths);
+        Plan {
+            lab: lab.to_string(),
+            topology: topology.clone(),
+            fabric_ns: paths::infra_ns(lab, "fabric"),
+            switches,
+            nodes,
+            profile,
+        }
+    }
+
+    /// A node by name.
+    pub fn node(&self, name: &str) -> Option<&NodePlan> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// Every pod with its node, in topology order.
+    pub fn pods(&self) -> impl Iterator<Item = (&NodePlan, &PodPlan)> {
+        self.nodes.iter().flat_map(|n| n.pods.iter().map(move |p| (n, p)))
+    }
+
+    /// How many pods the lab has.
+    pub fn pod_count(&self) -> usize {
+        self.nodes.iter().map(|n| n.pods.len()).sum()
+    }
+
+    /// Every namespace of the lab, fabric first.
+    pub fn namespaces(&self) -> Vec<String> {
+        let mut v = vec![self.fabric_ns.clone()];
+        for n in &self.nodes {
+            v.push(n.ns.clone());
+            v.extend(n.pods.iter().map(|p| p.ns.clone()));
+        }
+        v
+    }
+}
+
+/// Writes a file, creating its folder.
+pub fn write_file(path: &Path, text: &str) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Source;
+
+    fn topo(text: &str) -> Topology {
+        crate::topology::parse(&Source::new("t.toml", text)).unwrap()
+    }
+
+    #[test]
+    fn macs_are_locally_administered_unicast() {
+        let mut r = rng(0, Stream::Macs);
+        for _ in 0..64 {
+            let m = random_mac(&mut r);
+            assert_eq!(m[0] & 0x03, 0x02, "{}", mac_string(&m));
+        }
+    }
+
+    #[test]
+    fn plan_is_deterministic_and_seeded() {
+        let text = "name = \"d\"\nseed = 3\n[[node]]\nname = \"n{i}\"\ncount = 3\npods = 2\n";
+        let p = LabPaths::new(Path::new("/run/x"), "d");
+        let a = serde_json::to_string(&Plan::new(&topo(text), "d", &p)).unwrap();
+        let b = serde_json::to_string(&Plan::new(&topo(text), "d", &p)).unwrap();
+        assert_eq!(a, b);
+        let c = serde_json::to_string(&Plan::new(&topo(&text.replace("seed = 3", "seed = 4")), "d", &p)).unwrap();
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn nodes_get_namespaces_pods_and_gateways() {
+        let text = "name = \"d\"\n[[switch]]\nname = \"s\"\nsubnet = \"10.0.0.0/24\"\n[[router]]\nname = \"r\"\nswitches = [\"s\"]\n[[node]]\nname = \"a\"\npods = [\"web\"]\n";
+        let plan = Plan::new(&topo(text), "lab1", &LabPaths::new(Path::new("/run/x"), "lab1"));
+        let n = &plan.nodes[0];
+        assert_eq!(n.ns, "cnilab.lab1.a");
+        assert_eq!(n.ip.to_string(), "10.0.0.10");
+        assert_eq!(n.gateway.map(|g| g.to_string()).as_deref(), Some("10.0.0.1"));
+        assert_eq!(n.pods[0].ns, "cnilab.lab1.a.web");
+        assert_eq!(n.pods[0].container_id.len(), 64);
+        assert_eq!(
+            plan.namespaces(),
+            ["cnilab.lab1._fabric", "cnilab.lab1.a", "cnilab.lab1.a.web"]
+        );
+    }
+}

@@ -1,0 +1,237 @@
+//! The flannel profile (shared/design/faithfulness.md, flannel part): subnet
+//! leases by flannel's own rule, the VXLAN agent that stands in for
+//! flanneld, and the `flannel` CNI plugin that delegates to `bridge`.
+
+pub mod agent;
+pub mod plugin;
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use rand::RngExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::paths::LabPaths;
+use crate::plan::{NodePlan, Stream, mac_string, random_mac, rng};
+use crate::topology::{FlannelBackend, FlannelOptions, Topology};
+
+/// The stock kube-flannel CNI configuration, as shipped in kube-flannel.yml.
+pub const CONFLIST: &str = include_str!("../../../../plugins/flannel/10-flannel.conflist");
+
+/// The file name of the conflist in a node's CNI configuration folder.
+pub const CONFLIST_NAME: &str = "10-flannel.conflist";
+
+/// VXLAN's encapsulation overhead: outer Ethernet 14, IP 20, UDP 8, VXLAN 8.
+pub const VXLAN_OVERHEAD: u32 = 50;
+/// The UDP backend's overhead: outer IP 20 and UDP 8 around the bare packet.
+pub const UDP_OVERHEAD: u32 = 28;
+
+/// flannel's decisions for a lab.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FlannelPlan {
+    /// vxlan, host-gw or udp.
+    pub backend: FlannelBackend,
+    /// VXLAN network identifier.
+    pub vni: u32,
+    /// UDP port of the overlay.
+    pub port: u16,
+    /// The whole pod network (FLANNEL_NETWORK).
+    pub network: Ipv4Net,
+    /// Prefix length of each lease.
+    pub subnet_len: u8,
+    /// The overlay device (`flannel.<vni>` or `flannel0`), none for host-gw.
+    pub device: Option<String>,
+    /// The network configuration flanneld reads (`/coreos.com/network/config`).
+    pub net_config: Value,
+    /// Per node, in node order.
+    pub nodes: Vec<FlannelNode>,
+}
+
+/// flannel's decisions for one node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FlannelNode {
+    /// The node.
+    pub node: String,
+    /// Its lease.
+    pub subnet: Ipv4Net,
+    /// Its VTEP MAC (flannel picks one at random; here the seed does).
+    pub vtep_mac: String,
+    /// MTU of the overlay device.
+    pub device_mtu: Option<u32>,
+    /// MTU the pods get.
+    pub pod_mtu: u32,
+    /// The node's CNI configuration: the stock conflist with the node's own
+    /// state paths, since all nodes share one filesystem.
+    pub conflist: Value,
+    /// Arguments of the node's flanneld.
+    pub agent_args: Vec<String>,
+}
+
+impl FlannelPlan {
+    /// The flannel part of a node.
+    pub fn node(&self, name: &str) -> Option<&FlannelNode> {
+        self.nodes.iter().find(|n| n.node == name)
+    }
+}
+
+/// flannel's lease rule: SubnetMin skips the first subnet of the network,
+/// and each node takes a random one among the first 100 free subnets
+/// (flannel's LocalManager.allocateSubnet); here the random pick is seeded.
+pub fn allocate_leases(network: Ipv4Net, subnet_len: u8, count: usize, seed: u64) -> Vec<Ipv4Net> {
+    let mut r = rng(seed, Stream::Leases);
+    let size = 1u32 << (32 - subnet_len);
+    let total = 1u32 << (subnet_len - network.prefix_len());
+    let base = u32::from(network.network());
+    let mut taken = vec![false; total as usize];
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let bag: Vec<u32> = (1..total).filter(|i| !taken[*i as usize]).take(100).collect();
+        assert!(!bag.is_empty(), "validation guarantees enough subnets");
+        let pick = bag[r.random_range(0..bag.len())];
+        taken[pick as usize] = true;
+        out.push(Ipv4Net::new(Ipv4Addr::from(base + pick * size), subnet_len).expect("valid prefix"));
+    }
+    out
+}
+
+/// Plans flannel for a lab.
+pub fn plan(topology: &Topology, opts: &FlannelOptions, nodes: &[NodePlan], paths: &LabPaths) -> FlannelPlan {
+    let network = topology.network.pod_cidr;
+    let leases = allocate_leases(network, opts.subnet_len, nodes.len(), topology.seed);
+    let mut macs = rng(topology.seed, Stream::Macs);
+    let device = match opts.backend {
+        FlannelBackend::Vxlan => Some(format!("flannel.{}", opts.vni)),
+        FlannelBackend::Udp => Some("flannel0".to_string()),
+        FlannelBackend::HostGw => None,
+    };
+    let mut backend = json!({ "Type": opts.backend.as_str() });
+    if opts.backend == FlannelBackend::Vxlan {
+        backend["VNI"] = json!(opts.vni);
+    }
+    let default_port = if opts.backend == FlannelBackend::Udp {
+        8285
+    } else {
+        8472
+    };
+    if opts.port != default_port {
+        backend["Port"] = json!(opts.port);
+    }
+    let net_config = json!({
+        "Network": network.to_string(),
+        "SubnetLen": opts.subnet_len,
+        "Backend": backend,
+    });
+    let stock: Value = serde_json::from_str(CONFLIST).expect("the stock conflist is valid JSON");
+    let per_node = nodes
+        .iter()
+        .zip(leases)
+        .map(|(n, subnet)| {
+            let mac = mac_string(&random_mac(&mut macs));
+            let device_mtu = match opts.backend {
+                FlannelBackend::Vxlan => Some(n.mtu - VXLAN_OVERHEAD),
+                FlannelBackend::Udp => Some(n.mtu - UDP_OVERHEAD),
+                FlannelBackend::HostGw => None,
+            };
+            let pod_mtu = topology.network.mtu.unwrap_or(device_mtu.unwrap_or(n.mtu));
+            let agent_dir = paths.agent_dir(&n.name);
+            let state = paths.cni_state_dir(&n.name);
+            let mut conflist = stock.clone();
+            let plugin = &mut conflist["plugins"][0];
+            plugin["subnetFile"] = json!(agent_dir.join("subnet.env"));
+            plugin["dataDir"] = json!(state.join("flannel"));
+            plugin["ipam"] = json!({ "dataDir": state.join("networks") });
+            if let Some(mtu) = topology.network.mtu {
+                plugin["delegate"]["mtu"] = json!(mtu);
+            }
+            let agent_args = vec![
+                format!("--etcd-dir={}", paths.etcd_dir().display()),
+                "--etcd-prefix=/coreos.com/network".to_string(),
+                "--iface=eth0".to_string(),
+                format!("--public-ip={}", n.ip),
+                format!("--subnet={subnet}"),
+                format!("--vtep-mac={mac}"),
+                format!("--subnet-file={}", agent_dir.join("subnet.env").display()),
+                "--ip-masq".to_string(),
+            ];
+            FlannelNode {
+                node: n.name.clone(),
+                subnet,
+                vtep_mac: mac,
+                device_mtu,
+                pod_mtu,
+                conflist,
+                agent_args,
+            }
+        })
+        .collect();
+    FlannelPlan {
+        backend: opts.backend,
+        vni: opts.vni,
+        port: opts.port,
+        network,
+        subnet_len: opts.subnet_len,
+        device,
+        net_config,
+        nodes: per_node,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Source;
+    use crate::plan::Plan;
+    use std::path::Path;
+
+    #[test]
+    fn leases_skip_the_first_subnet_and_never_repeat() {
+        let net: Ipv4Net = "10.244.0.0/22".parse().unwrap();
+        for seed in 0..50 {
+            let l = allocate_leases(net, 24, 3, seed);
+            let mut s: Vec<String> = l.iter().map(|n| n.to_string()).collect();
+            s.sort();
+            assert_eq!(s, ["10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24"], "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn leases_pick_among_the_first_hundred_free() {
+        let net: Ipv4Net = "10.244.0.0/16".parse().unwrap();
+        let l = allocate_leases(net, 24, 200, 9);
+        assert!(l.iter().all(|n| n.network() != Ipv4Addr::new(10, 244, 0, 0)));
+        // The first pick is within .1 .. .100.
+        assert!((1..=100).contains(&l[0].network().octets()[2]));
+        assert_eq!(l, allocate_leases(net, 24, 200, 9));
+        assert_ne!(l, allocate_leases(net, 24, 200, 10));
+    }
+
+    #[test]
+    fn node_plan_follows_flannel() {
+        let text = "name = \"d\"\n[[switch]]\nname = \"s\"\nsubnet = \"172.20.0.0/24\"\nmtu = 9000\n[[node]]\nname = \"n{i}\"\ncount = 2\npods = 1\n";
+        let t = crate::topology::parse(&Source::new("t.toml", text)).unwrap();
+        let paths = LabPaths::new(Path::new("/run/cnilab"), "d");
+        let plan = Plan::new(&t, "d", &paths);
+        let crate::profile::ProfilePlan::Flannel(f) = &plan.profile else {
+            panic!()
+        };
+        assert_eq!(f.device.as_deref(), Some("flannel.1"));
+        assert_eq!(f.nodes[0].device_mtu, Some(8950));
+        assert_eq!(f.nodes[0].pod_mtu, 8950);
+        assert_eq!(
+            f.net_config,
+            json!({"Network": "10.244.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": 1}})
+        );
+        let conf = &f.nodes[1].conflist;
+        assert_eq!(conf["name"], "cbr0");
+        assert_eq!(
+            conf["plugins"][0]["subnetFile"],
+            "/run/cnilab/d/nodes/n2/agent/subnet.env"
+        );
+        assert_eq!(
+            conf["plugins"][0]["delegate"],
+            json!({"hairpinMode": true, "isDefaultGateway": true})
+        );
+        assert_eq!(conf["plugins"][1]["type"], "portmap");
+    }
+}

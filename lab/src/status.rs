@@ -1,0 +1,336 @@
+//! What `up` prints when it is done and what `status` shows: the lab's
+//! settings with every default, its nodes and pods with their addresses and
+//! MTUs, and the control plane's state, as tables or as JSON.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use comfy_table::{Table, presets};
+use serde::Serialize;
+
+use crate::netns;
+use crate::plan::Plan;
+use crate::profile::ProfilePlan;
+use crate::state::{LabState, Phase};
+use crate::topology::Profile;
+
+/// A lab's status, for people (`Display`) and programs (JSON).
+#[derive(Debug, Serialize)]
+pub struct Status {
+    /// Lab name.
+    pub lab: String,
+    /// building or up.
+    pub phase: Phase,
+    /// The topology file.
+    pub topology_file: String,
+    /// The settings in force, defaults included.
+    pub settings: BTreeMap<String, String>,
+    /// Switches.
+    pub switches: Vec<SwitchStatus>,
+    /// Nodes.
+    pub nodes: Vec<NodeStatus>,
+    /// Pods.
+    pub pods: Vec<PodStatus>,
+    /// Active faults.
+    pub faults: Vec<String>,
+}
+
+/// One switch.
+#[derive(Debug, Serialize)]
+pub struct SwitchStatus {
+    /// Name.
+    pub name: String,
+    /// Subnet.
+    pub subnet: String,
+    /// MTU.
+    pub mtu: u32,
+}
+
+/// One node.
+#[derive(Debug, Serialize)]
+pub struct NodeStatus {
+    /// Name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Switch.
+    pub switch: String,
+    /// eth0 address.
+    pub ip: String,
+    /// eth0 MTU.
+    pub mtu: u32,
+    /// The node's pod subnet (flannel lease).
+    pub pod_subnet: Option<String>,
+    /// The overlay device and its MTU.
+    pub overlay: Option<(String, u32)>,
+    /// The control-plane agent and whether it runs.
+    pub agent: Option<AgentStatus>,
+    /// Whether its namespace exists.
+    pub present: bool,
+}
+
+/// A node's agent.
+#[derive(Debug, Serialize)]
+pub struct AgentStatus {
+    /// Program name.
+    pub name: String,
+    /// Process ID.
+    pub pid: u32,
+    /// Whether it is running.
+    pub running: bool,
+}
+
+/// One pod.
+#[derive(Debug, Serialize)]
+pub struct PodStatus {
+    /// `node/pod`.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Address from the CNI result.
+    pub ip: Option<String>,
+    /// Gateway from the CNI result.
+    pub gateway: Option<String>,
+    /// MTU the profile gives it.
+    pub mtu: u32,
+}
+
+fn process_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// The settings in force, with every default, as `key = value`.
+pub fn settings(plan: &Plan) -> BTreeMap<String, String> {
+    let t = &plan.topology;
+    let mut s = BTreeMap::new();
+    s.insert("name".into(), t.name.clone());
+    s.insert("seed".into(), t.seed.to_string());
+    s.insert("network.cni".into(), t.network.profile.name().into());
+    s.insert("network.pod_cidr".into(), t.network.pod_cidr.to_string());
+    s.insert(
+        "network.mtu".into(),
+        t.network
+            .mtu
+            .map_or("(profile's computation)".into(), |m| m.to_string()),
+    );
+    match &t.network.profile {
+        Profile::Flannel(f) => {
+            s.insert("network.flannel.backend".into(), f.backend.as_str().into());
+            s.insert("network.flannel.vni".into(), f.vni.to_string());
+            s.insert("network.flannel.port".into(), f.port.to_string());
+            s.insert("network.flannel.subnet_len".into(), f.subnet_len.to_string());
+        }
+        Profile::Calico(c) => {
+            s.insert("network.calico.mode".into(), format!("{:?}", c.mode).to_lowercase());
+            s.insert("network.calico.block_size".into(), c.block_size.to_string());
+            s.insert("network.calico.asn".into(), c.asn.to_string());
+            s.insert("network.calico.mesh".into(), format!("{:?}", c.mesh).to_lowercase());
+        }
+    }
+    s
+}
+
+/// The status of a lab from its state and what is alive now.
+pub fn status(state: &LabState) -> Status {
+    let plan = &state.plan;
+    let present = netns::list();
+    let flannel = match &plan.profile {
+        ProfilePlan::Flannel(f) => Some(f),
+        ProfilePlan::Calico => None,
+    };
+    let nodes = plan
+        .nodes
+        .iter()
+        .map(|n| {
+            let f = flannel.and_then(|f| f.node(&n.name));
+            NodeStatus {
+                name: n.name.clone(),
+                namespace: n.ns.clone(),
+                switch: n.switch.clone(),
+                ip: format!("{}/{}", n.ip, n.prefix_len),
+                mtu: n.mtu,
+                pod_subnet: f.map(|f| f.subnet.to_string()),
+                overlay: flannel
+                    .and_then(|fp| fp.device.clone())
+                    .zip(f.and_then(|f| f.device_mtu)),
+                agent: state.agents.get(&n.name).map(|pid| AgentStatus {
+                    name: "flanneld".into(),
+                    pid: *pid,
+                    running: process_running(*pid),
+                }),
+                present: present.contains(&n.ns),
+            }
+        })
+        .collect();
+    let pods = plan
+        .pods()
+        .map(|(n, p)| {
+            let key = format!("{}/{}", n.name, p.name);
+            let st = state.pods.get(&key);
+            PodStatus {
+                namespace: p.ns.clone(),
+                ip: st.and_then(|s| s.ip.clone()),
+                gateway: st.and_then(|s| s.gateway.map(|g| g.to_string())),
+                mtu: flannel.and_then(|f| f.node(&n.name)).map_or(n.mtu, |f| f.pod_mtu),
+                name: key,
+            }
+        })
+        .collect();
+    Status {
+        lab: plan.lab.clone(),
+        phase: state.phase,
+        topology_file: state.topology_file.clone(),
+        settings: settings(plan),
+        switches: plan
+            .switches
+            .iter()
+            .map(|s| SwitchStatus {
+                name: s.name.clone(),
+                subnet: s.subnet.to_string(),
+                mtu: s.mtu,
+            })
+            .collect(),
+        nodes,
+        pods,
+        faults: Vec::new(),
+    }
+}
+
+/// A table as text, without the padding comfy-table leaves at line ends.
+fn text(t: &Table) -> String {
+    t.to_string().lines().map(str::trim_end).collect::<Vec<_>>().join("\n")
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_style(presets::NOTHING);
+    t.set_header(header.iter().map(|h| h.to_string()).collect::<Vec<_>>());
+    t
+}
+
+/// A one-line description of the network, e.g. `flannel vxlan (VNI 1, port 8472)`.
+pub fn network_line(plan: &Plan) -> String {
+    match &plan.profile {
+        ProfilePlan::Flannel(f) => match f.backend {
+            crate::topology::FlannelBackend::Vxlan => format!("flannel vxlan (VNI {}, port {})", f.vni, f.port),
+            b => format!("flannel {}", b.as_str()),
+        },
+        ProfilePlan::Calico => "calico".into(),
+    }
+}
+
+/// The node and pod tables.
+pub fn tables(s: &Status) -> String {
+    let overlay = s.nodes.iter().find_map(|n| n.overlay.as_ref().map(|o| o.0.clone()));
+    let mut header = vec!["NODE", "IP", "SWITCH", "POD SUBNET", "eth0 MTU"];
+    let overlay_header = overlay.as_ref().map(|o| format!("{o} MTU"));
+    if let Some(h) = &overlay_header {
+        header.push(h);
+    }
+    header.push("AGENT");
+    let mut nodes = table(&header);
+    for n in &s.nodes {
+        let mut row = vec![
+            n.name.clone(),
+            n.ip.clone(),
+            n.switch.clone(),
+            n.pod_subnet.clone().unwrap_or_else(|| "-".into()),
+            n.mtu.to_string(),
+        ];
+        if overlay.is_some() {
+            row.push(n.overlay.as_ref().map_or("-".into(), |o| o.1.to_string()));
+        }
+        row.push(match &n.agent {
+            Some(a) if a.running => format!("{} running (pid {})", a.name, a.pid),
+            Some(a) => format!("{} NOT RUNNING (was pid {})", a.name, a.pid),
+            None => "-".into(),
+        });
+        if !n.present {
+            row[0] = format!("{} (namespace missing)", n.name);
+        }
+        nodes.add_row(row);
+    }
+    let mut out = text(&nodes);
+    if !s.pods.is_empty() {
+        let mut pods = table(&["POD", "IP", "GATEWAY", "MTU"]);
+        for p in &s.pods {
+            pods.add_row(vec![
+                p.name.clone(),
+                p.ip.clone().unwrap_or_else(|| "(none)".into()),
+                p.gateway.clone().unwrap_or_else(|| "-".into()),
+                p.mtu.to_string(),
+            ]);
+        }
+        out.push_str("\n\n");
+        out.push_str(&text(&pods));
+    }
+    out
+}
+
+/// `status` as text.
+pub fn render(s: &Status, plan: &Plan) -> String {
+    let mut out = format!(
+        "lab {} ({}) from {}: {}\n\n",
+        s.lab,
+        match s.phase {
+            Phase::Up => "up",
+            Phase::Building => "building, or its up was interrupted",
+        },
+        s.topology_file,
+        network_line(plan)
+    );
+    let mut set = table(&["SETTING", "VALUE"]);
+    for (k, v) in &s.settings {
+        set.add_row(vec![k.clone(), v.clone()]);
+    }
+    for sw in &s.switches {
+        set.add_row(vec![
+            format!("switch.{}", sw.name),
+            format!("{} mtu {}", sw.subnet, sw.mtu),
+        ]);
+    }
+    out.push_str(&text(&set));
+    out.push_str("\n\n");
+    out.push_str(&tables(s));
+    out.push_str("\n\nfaults: ");
+    out.push_str(&if s.faults.is_empty() {
+        "none".to_string()
+    } else {
+        s.faults.join(", ")
+    });
+    out.push('\n');
+    out
+}
+
+/// The summary `up` prints.
+pub fn up_summary(s: &Status, plan: &Plan, total: Duration, phases: &[(String, Duration)]) -> String {
+    let mut out = format!(
+        "lab {} is up: {} nodes, {} pods, {}, in {:.2} s\n",
+        s.lab,
+        s.nodes.len(),
+        s.pods.len(),
+        network_line(plan),
+        total.as_secs_f64()
+    );
+    let ph: Vec<String> = phases
+        .iter()
+        .map(|(n, d)| format!("{n} {:.0} ms", d.as_secs_f64() * 1000.0))
+        .collect();
+    out.push_str(&format!("phases: {}\n\n", ph.join(", ")));
+    out.push_str(&tables(s));
+    out.push('\n');
+    if let (Some(a), Some(b)) = (s.pods.first(), s.pods.last()) {
+        if let Some(ip) = b.ip.as_ref().and_then(|i| i.split('/').next()) {
+            out.push_str(&format!("\nlook around:  cnilab exec {} -- ping -c1 {ip}\n", a.name));
+        }
+    } else {
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "              cnilab status; cnilab snapshot; cnilab down {}\n",
+        s.lab
+    ));
+    out
+}

@@ -1,0 +1,122 @@
+//! `down`: removing a lab completely, from its names alone, so that it works
+//! after a crash or a `kill -9` of any earlier cnilab: every process living
+//! in one of the lab's namespaces is stopped, every namespace is deleted
+//! (the kernel then frees all their devices in one batch), and the state
+//! folder goes.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde::Serialize;
+
+use crate::netns;
+use crate::paths::{self, LabPaths};
+
+/// How long processes get to exit on SIGTERM before SIGKILL.
+const TERM_GRACE: Duration = Duration::from_secs(3);
+
+/// What `down` removed.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct DownReport {
+    /// The lab.
+    pub lab: String,
+    /// Namespaces deleted.
+    pub namespaces: usize,
+    /// Processes stopped.
+    pub processes: usize,
+    /// Whether a state folder was removed.
+    pub state: bool,
+}
+
+/// The inodes of the named namespaces: what `/proc/PID/ns/net` points at.
+fn ns_inodes(names: &[String]) -> BTreeSet<u64> {
+    names
+        .iter()
+        .filter_map(|n| std::fs::metadata(netns::path_of(n)).ok())
+        .map(|m| m.ino())
+        // An unmounted leftover file has the inode of an empty file, not a namespace.
+        .filter(|ino| *ino != 0)
+        .collect()
+}
+
+/// Processes whose network namespace is one of `inodes`.
+pub fn processes_in(inodes: &BTreeSet<u64>) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            std::fs::metadata(format!("/proc/{pid}/ns/net"))
+                .map(|m| inodes.contains(&m.ino()))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie has let go of its namespaces already.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Stops processes: SIGTERM, then SIGKILL for those still there after the
+/// grace time. Polls their exit with a short backoff, no fixed sleep.
+pub fn stop_processes(pids: &[i32]) {
+    for pid in pids {
+        let _ = kill(Pid::from_raw(*pid), Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + TERM_GRACE;
+    let mut wait = Duration::from_millis(1);
+    loop {
+        let left: Vec<i32> = pids.iter().copied().filter(|p| alive(*p)).collect();
+        if left.is_empty() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            for pid in &left {
+                let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+            }
+            let until = Instant::now() + Duration::from_secs(2);
+            while left.iter().any(|p| alive(*p)) && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            return;
+        }
+        std::thread::sleep(wait);
+        wait = (wait * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// Removes everything of lab `lab`. Idempotent.
+pub fn down(lab: &str) -> Result<DownReport> {
+    let prefix = paths::lab_ns_prefix(lab);
+    let names: Vec<String> = netns::list().into_iter().filter(|n| n.starts_with(&prefix)).collect();
+    let pids = processes_in(&ns_inodes(&names));
+    stop_processes(&pids);
+    for n in &names {
+        netns::delete(n)?;
+    }
+    let root = LabPaths::of(lab).root;
+    let state = root.exists();
+    if state {
+        std::fs::remove_dir_all(&root).with_context(|| format!("cannot remove {}", root.display()))?;
+    }
+    Ok(DownReport {
+        lab: lab.to_string(),
+        namespaces: names.len(),
+        processes: pids.len(),
+        state,
+    })
+}
