@@ -1,0 +1,251 @@
+//! Shared by the integration tests: uniquely named labs that are always
+//! torn down (also when a test fails), commands inside them, and retrying
+//! with a deadline instead of sleeping.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The cnilab binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_cnilab")
+}
+
+/// The repository's root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("lab/ has a parent")
+        .to_path_buf()
+}
+
+/// A shipped topology.
+pub fn topology(name: &str) -> PathBuf {
+    repo().join("topologies").join(name)
+}
+
+/// cnilab with arguments.
+pub fn cnilab(args: &[&str]) -> Output {
+    Command::new(bin()).args(args).output().expect("cnilab runs")
+}
+
+/// Text of a command's output, for assertion messages.
+pub fn show(o: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A lab name no other test or test process uses (1-12 chars, a letter first).
+pub fn unique_name() -> String {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    format!("t{:05x}{:x}", std::process::id() & 0xfffff, n)
+}
+
+/// A running lab, removed when dropped.
+pub struct Lab {
+    /// Its name.
+    pub name: String,
+}
+
+impl Lab {
+    /// Brings up `topology` under a unique name; panics with cnilab's output
+    /// if that fails (the lab is still removed).
+    pub fn up(topology: &Path) -> Lab {
+        let lab = Lab { name: unique_name() };
+        let out = lab.up_output(topology);
+        assert!(
+            out.status.success(),
+            "cnilab up {} failed:\n{}",
+            topology.display(),
+            show(&out)
+        );
+        lab
+    }
+
+    /// A lab name reserved for `up_output`, removed when dropped.
+    pub fn reserve() -> Lab {
+        Lab { name: unique_name() }
+    }
+
+    /// Runs `cnilab up` for this lab's name and returns its output.
+    pub fn up_output(&self, topology: &Path) -> Output {
+        Command::new(bin())
+            .arg("up")
+            .arg(topology)
+            .args(["--name", &self.name])
+            .output()
+            .expect("cnilab runs")
+    }
+
+    /// cnilab with `--lab NAME` and arguments.
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(bin())
+            .args(["--lab", &self.name])
+            .args(args)
+            .output()
+            .expect("cnilab runs")
+    }
+
+    /// `cnilab exec TARGET -- CMD...`.
+    pub fn exec(&self, target: &str, cmd: &[&str]) -> Output {
+        let mut args = vec!["exec", target, "--"];
+        args.extend_from_slice(cmd);
+        self.run(&args)
+    }
+
+    /// `exec` that must succeed; its stdout.
+    pub fn exec_ok(&self, target: &str, cmd: &[&str]) -> String {
+        let out = self.exec(target, cmd);
+        assert!(out.status.success(), "{target}: {cmd:?} failed:\n{}", show(&out));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    /// JSON printed by a command run in a target (`ip -j ...`).
+    pub fn exec_json(&self, target: &str, cmd: &[&str]) -> Value {
+        let text = self.exec_ok(target, cmd);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{cmd:?} in {target} printed no JSON ({e}): {text}"))
+    }
+
+    /// The text snapshot.
+    pub fn snapshot(&self) -> String {
+        let out = self.run(&["snapshot"]);
+        assert!(out.status.success(), "snapshot failed:\n{}", show(&out));
+        String::from_utf8(out.stdout).expect("utf-8 snapshot")
+    }
+
+    /// The lab's state file: plan, pods, agents.
+    pub fn state(&self) -> Value {
+        let path = run_dir().join(&self.name).join("lab.json");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        serde_json::from_str(&text).expect("state is JSON")
+    }
+
+    /// Every pod as (`node/pod`, its IPv4 address).
+    pub fn pods(&self) -> Vec<(String, String)> {
+        let st = self.state();
+        let mut v: Vec<(String, String)> = st["pods"]
+            .as_object()
+            .expect("pods")
+            .iter()
+            .map(|(k, p)| {
+                let ip = p["ip"].as_str().expect("pod has an address");
+                (k.clone(), ip.split('/').next().unwrap().to_string())
+            })
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let out = cnilab(&["down", &self.name]);
+        if !out.status.success() {
+            eprintln!("cleanup of lab {} failed:\n{}", self.name, show(&out));
+        }
+    }
+}
+
+/// The base folder of lab state.
+pub fn run_dir() -> PathBuf {
+    std::env::var_os("CNILAB_RUN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/cnilab"))
+}
+
+/// Network namespaces whose names start with `prefix`.
+pub fn namespaces_with(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Live (not zombie) processes whose command line mentions `needle`.
+pub fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
+            .unwrap_or(true);
+        if !zombie && cmd.contains(needle) {
+            out.push(format!("{pid}: {cmd}"));
+        }
+    }
+    out
+}
+
+/// Asserts that nothing of lab `name` is left: namespaces, processes, state.
+pub fn assert_gone(name: &str) {
+    let ns = namespaces_with(&format!("cnilab.{name}."));
+    assert!(ns.is_empty(), "namespaces left: {ns:?}");
+    let dir = run_dir().join(name);
+    let procs = processes_mentioning(&format!("{}/", dir.display()));
+    assert!(procs.is_empty(), "processes left: {procs:?}");
+    assert!(!dir.exists(), "{} is left", dir.display());
+}
+
+/// Calls `f` until it returns Ok or `deadline` passes, with a short backoff;
+/// panics with the last error.
+pub fn retry<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let until = Instant::now() + deadline;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(e) if Instant::now() >= until => panic!("{what}: still failing after {deadline:?}: {e}"),
+            Err(_) => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+/// A topology written to a temporary file, removed when dropped.
+pub struct TempFile {
+    /// Its path.
+    pub path: PathBuf,
+}
+
+impl TempFile {
+    /// Writes `text` to a fresh temporary `.toml` file.
+    pub fn toml(text: &str) -> TempFile {
+        let dir = std::env::temp_dir().join("cnilab-tests");
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join(format!("{}.toml", unique_name()));
+        std::fs::write(&path, text).expect("write temp topology");
+        TempFile { path }
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}

@@ -1,0 +1,125 @@
+//! A lab's life: `down` leaves nothing, also after `kill -9` or Ctrl-C of an
+//! `up` half-way; two labs live side by side without touching each other.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// A lab large enough that `up` can be interrupted while it adds pods.
+const BIG: &str = r#"name = "big"
+[[node]]
+name = "n{i}"
+count = 16
+pods = 4
+"#;
+
+#[test]
+fn down_removes_namespaces_processes_and_state_and_is_idempotent() {
+    let lab = Lab::up(&topology("flannel-vxlan.toml"));
+    let agents = lab.state()["agents"].as_object().unwrap().len();
+    assert_eq!(agents, 3);
+    assert!(
+        !processes_mentioning(&format!("/{}/", lab.name)).is_empty(),
+        "agents run"
+    );
+    let out = cnilab(&["down", &lab.name]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        show(&out).contains("removed 10 namespaces, stopped 3 processes"),
+        "{}",
+        show(&out)
+    );
+    assert_gone(&lab.name);
+    let again = cnilab(&["down", &lab.name]);
+    assert!(again.status.success(), "down is idempotent: {}", show(&again));
+}
+
+fn interrupted_up_leaves_nothing(signal: nix::sys::signal::Signal) {
+    let topo = TempFile::toml(BIG);
+    let lab = Lab::reserve();
+    let mut up = Command::new(bin())
+        .args(["up", topo.path.to_str().unwrap(), "--name", &lab.name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Half-way: some pods are there, not all.
+    let prefix = format!("cnilab.{}.", lab.name);
+    retry("up reaches its pods", Duration::from_secs(30), || {
+        let pods = namespaces_with(&prefix)
+            .iter()
+            .filter(|n| n.matches('.').count() == 3)
+            .count();
+        if pods > 0 {
+            Ok(())
+        } else {
+            Err(format!("{pods} pod namespaces"))
+        }
+    });
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(up.id() as i32), signal).unwrap();
+    let status = up.wait().unwrap();
+    assert!(!status.success(), "up was interrupted");
+    let pods = namespaces_with(&prefix)
+        .iter()
+        .filter(|n| n.matches('.').count() == 3)
+        .count();
+    assert!(pods < 64, "up was stopped before all 64 pods were made ({pods})");
+    if signal == nix::sys::signal::Signal::SIGKILL {
+        let out = cnilab(&["down", &lab.name]);
+        assert!(out.status.success(), "{}", show(&out));
+    } else {
+        assert_eq!(status.code(), Some(130), "Ctrl-C exits 130");
+    }
+    assert_gone(&lab.name);
+}
+
+#[test]
+fn kill_9_of_up_half_way_then_down_leaves_nothing() {
+    interrupted_up_leaves_nothing(nix::sys::signal::Signal::SIGKILL);
+}
+
+#[test]
+fn ctrl_c_during_up_removes_what_was_built() {
+    interrupted_up_leaves_nothing(nix::sys::signal::Signal::SIGINT);
+}
+
+#[test]
+fn two_labs_run_side_by_side() {
+    let a = Lab::up(&topology("flannel-vxlan.toml"));
+    let b = Lab::up(&topology("flannel-vxlan.toml"));
+    // Same seed, same addresses, separate worlds.
+    assert_eq!(a.pods(), b.pods());
+    assert_eq!(a.snapshot(), b.snapshot());
+    let pods = b.pods();
+    let ping = |lab: &Lab| {
+        retry("cross-node ping", Duration::from_secs(10), || {
+            let out = lab.exec("master/pod-1", &["ping", "-c1", "-W1", &pods[5].1]);
+            if out.status.success() { Ok(()) } else { Err(show(&out)) }
+        })
+    };
+    ping(&a);
+    ping(&b);
+    let name = a.name.clone();
+    drop(a);
+    assert_gone(&name);
+    ping(&b);
+    assert_eq!(namespaces_with(&format!("cnilab.{}.", b.name)).len(), 10);
+}
+
+#[test]
+fn up_refuses_a_lab_that_exists() {
+    let a = Lab::up(&topology("flannel-vxlan.toml"));
+    let out = a.up_output(&topology("flannel-vxlan.toml"));
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    assert!(
+        show(&out).contains(&format!("lab \"{}\" already exists", a.name)),
+        "{}",
+        show(&out)
+    );
+    // The running lab is untouched.
+    assert_eq!(namespaces_with(&format!("cnilab.{}.", a.name)).len(), 10);
+}
