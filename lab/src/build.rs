@@ -81,8 +81,10 @@ pub fn preflight(topology: &Topology) -> Result<(), Error> {
     Ok(())
 }
 
-/// Builds a lab. On failure or cancellation nothing of it is left.
-pub async fn up(topology: &Topology, opts: &UpOptions, progress: &Progress) -> Result<LabState, Error> {
+/// Claims a lab name: checks the machine and that no lab of that name
+/// exists, then creates the lab's state folder. From here on the lab is
+/// ours to remove if anything fails.
+pub fn claim(topology: &Topology, opts: &UpOptions) -> Result<LabState, Error> {
     let lab = opts.name.clone().unwrap_or_else(|| topology.name.clone());
     preflight(topology)?;
     let paths = LabPaths::of(&lab);
@@ -98,19 +100,35 @@ pub async fn up(topology: &Topology, opts: &UpOptions, progress: &Progress) -> R
     }
     netns::ensure_run_dir()?;
     let plan = Plan::new(topology, &lab, &paths);
-    let mut state = LabState::new(plan, opts.topology_file.clone());
-    let mut guard = TeardownGuard {
-        lab: lab.clone(),
-        armed: true,
-    };
+    let state = LabState::new(plan, opts.topology_file.clone());
     std::fs::create_dir_all(&paths.root).with_context(|| format!("cannot create {}", paths.root.display()))?;
     if let Ok(text) = std::fs::read_to_string(&opts.topology_file) {
         std::fs::write(paths.topology_copy(), text).context("cannot copy the topology")?;
     }
     state.save()?;
-    build(&mut state, &paths, progress).await?;
+    Ok(state)
+}
+
+/// Builds a claimed lab and marks it up.
+pub async fn build(state: &mut LabState, progress: &Progress) -> Result<()> {
+    let paths = state.paths();
+    build_all(state, &paths, progress).await?;
     state.phase = Phase::Up;
     state.save()?;
+    Ok(())
+}
+
+/// Claims and builds a lab. On failure, or when the future is dropped,
+/// what was built is removed. Work already handed to blocking threads can
+/// still finish after that; callers that own the runtime should run
+/// [`crate::teardown::down`] again once it has shut down, as `cnilab up` does.
+pub async fn up(topology: &Topology, opts: &UpOptions, progress: &Progress) -> Result<LabState, Error> {
+    let mut state = claim(topology, opts)?;
+    let mut guard = TeardownGuard {
+        lab: state.plan.lab.clone(),
+        armed: true,
+    };
+    build(&mut state, progress).await?;
     guard.armed = false;
     Ok(state)
 }
@@ -163,7 +181,7 @@ struct NodeHandle {
     nl: Nl,
 }
 
-async fn build(state: &mut LabState, paths: &LabPaths, progress: &Progress) -> Result<()> {
+async fn build_all(state: &mut LabState, paths: &LabPaths, progress: &Progress) -> Result<()> {
     let plan = state.plan.clone();
     let started = Instant::now();
 

@@ -188,19 +188,37 @@ fn run(cli: Cli) -> Result<i32> {
             };
             let progress = Progress::new(!json);
             let started = Instant::now();
+            let mut state = build::claim(&t, &opts)?;
+            let lab = state.plan.lab.clone();
             let rt = runtime();
-            let state = rt.block_on(async {
-                tokio::select! {
-                    r = build::up(&t, &opts, &progress) => r.map(Some),
-                    // Dropping the build future runs its teardown guard.
-                    _ = tokio::signal::ctrl_c() => Ok(None),
-                }
-            });
+            let outcome = rt.block_on(async {
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .map_err(anyhow::Error::from)?;
+                Ok::<_, Error>(tokio::select! {
+                    r = build::build(&mut state, &progress) => Some(r),
+                    _ = tokio::signal::ctrl_c() => None,
+                    _ = term.recv() => None,
+                })
+            })?;
+            // Shutting the runtime down waits for namespace threads still at
+            // work, so the teardown below sees everything they made.
             drop(rt);
-            let Some(state) = state? else {
-                eprintln!("interrupted: the lab was removed");
-                return Ok(130);
+            progress.finish();
+            let failed = match outcome {
+                Some(Ok(())) => None,
+                Some(Err(e)) => Some(Error::from(e)),
+                None => {
+                    teardown::down(&lab)?;
+                    eprintln!("interrupted: lab {lab} was removed");
+                    return Ok(130);
+                }
             };
+            if let Some(e) = failed {
+                if let Err(d) = teardown::down(&lab) {
+                    eprintln!("error: removing the half-built lab {lab} failed: {d:#}");
+                }
+                return Err(e);
+            }
             let st = status::status(&state);
             if json {
                 println!("{}", serde_json::to_string_pretty(&st).map_err(anyhow::Error::from)?);
