@@ -123,3 +123,27 @@ fn up_refuses_a_lab_that_exists() {
     // The running lab is untouched.
     assert_eq!(namespaces_with(&format!("cnilab.{}.", a.name)).len(), 10);
 }
+
+/// A pod the node's IPAM range cannot hold fails its CNI ADD: `up` exits 1
+/// with the plugin's own words and removes everything it built.
+#[test]
+fn a_failing_cni_add_reports_the_plugin_error_and_leaves_nothing() {
+    // /30 leases: network, gateway, one pod address, broadcast.
+    let topo = TempFile::toml(
+        "name = \"full\"\n[network]\npod_cidr = \"10.244.0.0/28\"\n[network.flannel]\nsubnet_len = 30\n[[node]]\nname = \"n1\"\npods = 2\n",
+    );
+    let lab = Lab::reserve();
+    let out = lab.up_output(&topo.path);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("adding pod n1/pod-2"), "{err}");
+    assert!(
+        err.contains("CNI ADD failed in plugin flannel: failed to delegate add"),
+        "{err}"
+    );
+    assert!(
+        err.contains("no IP addresses available in range set"),
+        "host-local's own words: {err}"
+    );
+    assert_gone(&lab.name);
+}
