@@ -224,7 +224,7 @@ pub fn parse(src: &Source) -> R<Topology> {
             "add at least one [[node]] section, e.g. [[node]] name = \"worker{i}\" count = 2 pods = 2",
         ));
     }
-    let network = parse_network(&root, &switches, &nodes)?;
+    let network = parse_network(&root, &switches, &routers, &nodes)?;
     check_unique_across_kinds(&root, &switches, &nodes, &routers)?;
     let nodes = assign_addresses(&root, &switches, &routers, nodes)?;
 
@@ -580,7 +580,7 @@ fn parse_pods(t: &Table) -> R<Vec<String>> {
     Ok(out)
 }
 
-fn parse_network(root: &Table, switches: &[SwitchIn], nodes: &[NodeIn]) -> R<Network> {
+fn parse_network(root: &Table, switches: &[SwitchIn], routers: &[RouterIn], nodes: &[NodeIn]) -> R<Network> {
     let net = root.table("network", "[network]")?;
     let Some(net) = net else {
         let cidr: Ipv4Net = "10.244.0.0/16".parse().expect("valid default");
@@ -625,7 +625,7 @@ fn parse_network(root: &Table, switches: &[SwitchIn], nodes: &[NodeIn]) -> R<Net
     }
     let profile = if cni.v == "calico" {
         let t = net.table("calico", "[network.calico]")?;
-        Profile::Calico(calico_options(t.as_ref(), &pod_cidr, nodes, root)?)
+        Profile::Calico(calico_options(t.as_ref(), &pod_cidr, nodes, routers, root)?)
     } else {
         let t = net.table("flannel", "[network.flannel]")?;
         Profile::Flannel(flannel_options(t.as_ref(), &pod_cidr, nodes.len(), &net)?)
@@ -740,7 +740,13 @@ fn flannel_options(t: Option<&Table>, pod_cidr: &Sp<Ipv4Net>, nodes: usize, at: 
     Ok(opts)
 }
 
-fn calico_options(t: Option<&Table>, cidr: &Sp<Ipv4Net>, nodes: &[NodeIn], root: &Table) -> R<CalicoOptions> {
+fn calico_options(
+    t: Option<&Table>,
+    cidr: &Sp<Ipv4Net>,
+    nodes: &[NodeIn],
+    routers: &[RouterIn],
+    root: &Table,
+) -> R<CalicoOptions> {
     let mut opts = CalicoOptions {
         mode: CalicoMode::Bgp,
         block_size: 26,
@@ -786,6 +792,9 @@ fn calico_options(t: Option<&Table>, cidr: &Sp<Ipv4Net>, nodes: &[NodeIn], root:
                     ));
                 }
             };
+            if opts.mesh == CalicoMesh::Tor {
+                check_tor_routers(t, m, nodes, routers)?;
+            }
         }
         let refl = t.strings("reflectors", "reflectors = [\"master\"]")?;
         match (&refl, opts.mesh) {
@@ -859,6 +868,37 @@ fn calico_options(t: Option<&Table>, cidr: &Sp<Ipv4Net>, nodes: &[NodeIn], root:
         ));
     }
     Ok(opts)
+}
+
+/// With `mesh = "tor"` every node peers with the BGP router on its switch,
+/// so each switch with nodes needs a router that has an AS.
+fn check_tor_routers(t: &Table, mesh: &Sp<String>, nodes: &[NodeIn], routers: &[RouterIn]) -> R<()> {
+    for n in nodes {
+        match routers.iter().find(|r| r.router.switches.contains(&n.node.switch)) {
+            None => {
+                return Err(t.err(
+                    mesh.span.clone(),
+                    format!(
+                        "mesh = \"tor\" needs a router on switch \"{}\" (node \"{}\" is on it), and there is none",
+                        n.node.switch, n.node.name
+                    ),
+                    format!("add a [[router]] with switches = [\"{}\"] and an asn", n.node.switch),
+                ));
+            }
+            Some(r) if r.router.asn.is_none() => {
+                return Err(t.err(
+                    r.name_span.clone(),
+                    format!(
+                        "router \"{}\" has no asn, but mesh = \"tor\" peers with it over BGP",
+                        r.router.name
+                    ),
+                    "give it an AS, e.g. asn = 65000",
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// Node, switch and router names are all TARGETs on the command line, so

@@ -367,6 +367,15 @@ fn rejects_unknown_switch_router_reflector_profile() {
 }
 
 #[test]
+fn rejects_tor_mesh_without_a_bgp_router() {
+    let base = "name = \"c\"\n[network]\ncni = \"calico\"\n[network.calico]\nmesh = \"tor\"\n[[node]]\nname = \"n\"\n";
+    rejects(base, 5, 8, "needs a router on switch \"tor1\"");
+    let no_asn = format!("{base}[[router]]\nname = \"r\"\nswitches = [\"tor1\"]\n");
+    rejects(&no_asn, 9, 8, "router \"r\" has no asn");
+    ok(&format!("{no_asn}asn = 65000\n"));
+}
+
+#[test]
 fn rejects_mtu_out_of_range() {
     rejects(&replace("mtu = 1500", "mtu = 9300"), 14, 7, "out of range");
     rejects(&replace("mtu = 1500", "mtu = 500"), 14, 7, "out of range");
