@@ -10,6 +10,7 @@ pub mod cni;
 pub mod error;
 pub mod netns;
 pub mod nl;
+pub mod overlay;
 pub mod paths;
 pub mod plan;
 pub mod profile;

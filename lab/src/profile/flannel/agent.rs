@@ -8,21 +8,18 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use ipnet::Ipv4Net;
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_packet_route::address::AddressAttribute;
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage};
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use netlink_packet_route::route::RouteProtocol;
 use serde_json::{Value, json};
-use tokio::io::unix::AsyncFd;
 use tracing::{error, info, warn};
 
 use crate::nl::{self, Nl};
+use crate::overlay::{self, DirWatch, Peer, Vtep, VxlanSpec};
 use crate::plan::{mac_string, random_mac};
 
 /// flanneld's command line (the flags of the real one where they exist).
@@ -61,11 +58,7 @@ pub struct Args {
 /// The entry point: `flanneld` as argv[0], or the `flanneld` binary.
 pub fn main() -> ! {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_target(false)
-        .init();
+    overlay::init_agent_logging();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -141,34 +134,62 @@ fn read_lease(dir: &Path, key: &str) -> Option<Lease> {
     })
 }
 
-/// Writes a file by rename, so a watcher never reads half of it.
-fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    let dir = path.parent().context("path without folder")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("x")
-    ));
-    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+/// What the agent programs for the leases of others.
+enum Backend {
+    Vxlan(Vtep),
+    HostGw { nl: Nl, ext: u32 },
 }
 
-struct InotifyFd(Inotify);
+impl Backend {
+    fn kind(&self) -> &'static str {
+        match self {
+            Backend::Vxlan(_) => "vxlan",
+            Backend::HostGw { .. } => "host-gw",
+        }
+    }
 
-impl AsRawFd for InotifyFd {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0.as_fd().as_raw_fd()
+    async fn add(&self, l: &Lease) {
+        match self {
+            Backend::Vxlan(v) => match lease_peer(l) {
+                Some(p) => v.add_peer(&p).await,
+                None => error!("lease {} has no VtepMAC", l.subnet),
+            },
+            Backend::HostGw { nl, ext } => {
+                let msg = nl::route(l.subnet, Some(l.public_ip), Some(*ext), false);
+                match nl.replace(RouteNetlinkMessage::NewRoute(msg)).await {
+                    Ok(()) => info!("added route to {} via {}", l.subnet, l.public_ip),
+                    Err(e) => error!("Error adding route to {} via {}: {e}", l.subnet, l.public_ip),
+                }
+            }
+        }
+    }
+
+    async fn remove(&self, l: &Lease) {
+        match self {
+            Backend::Vxlan(v) => {
+                if let Some(p) = lease_peer(l) {
+                    v.remove_peer(&p).await
+                }
+            }
+            Backend::HostGw { nl, ext } => {
+                let msg = nl::route(l.subnet, Some(l.public_ip), Some(*ext), false);
+                if let Err(e) = nl.change(RouteNetlinkMessage::DelRoute(msg)).await {
+                    error!("Error deleting route to {} via {}: {e}", l.subnet, l.public_ip);
+                }
+            }
+        }
     }
 }
 
-/// What the agent programs for the leases of others.
-struct Backend {
-    nl: Nl,
-    kind: String,
-    /// The overlay device's index (vxlan).
-    dev: u32,
-    /// The underlay interface's index (host-gw).
-    ext: u32,
+/// A VXLAN lease as a peer: the route's gateway is the lease's .0, which is
+/// also the address of the peer's flannel.1.
+fn lease_peer(l: &Lease) -> Option<Peer> {
+    Some(Peer {
+        subnet: l.subnet,
+        gateway: l.subnet.network(),
+        mac: l.vtep_mac?,
+        node_ip: l.public_ip,
+    })
 }
 
 async fn run(args: Args) -> Result<()> {
@@ -185,17 +206,10 @@ async fn run(args: Args) -> Result<()> {
         .await?
         .with_context(|| format!("interface {} not found", args.iface))?;
     let ext_index = ext.header.index;
-    let ext_mtu = ext
-        .attributes
-        .iter()
-        .find_map(|a| match a {
-            LinkAttribute::Mtu(m) => Some(*m),
-            _ => None,
-        })
-        .context("interface without MTU")?;
+    let ext_mtu = overlay::link_mtu(&ext).context("interface without MTU")?;
     let public_ip = match args.public_ip {
         Some(ip) => ip,
-        None => first_address(&nl, ext_index)
+        None => overlay::first_address(&nl, ext_index)
             .await?
             .with_context(|| format!("{} has no IPv4 address", args.iface))?,
     };
@@ -209,59 +223,49 @@ async fn run(args: Args) -> Result<()> {
                 None => random_mac(&mut rand::rng()),
             };
             let mtu = ext_mtu - super::VXLAN_OVERHEAD;
-            let link = ensure_vxlan(&nl, &name, config.vni, config.port, public_ip, ext_index, mtu, want_mac).await?;
+            let spec = VxlanSpec {
+                name: name.clone(),
+                vni: config.vni,
+                port: config.port,
+                local: public_ip,
+                dev: ext_index,
+                mtu,
+                mac: want_mac,
+            };
+            let link = overlay::ensure_vxlan(&nl, &spec).await?;
             let index = link.header.index;
-            let mac = link
-                .attributes
-                .iter()
-                .find_map(|a| match a {
-                    LinkAttribute::Address(m) => m.as_slice().try_into().ok(),
-                    _ => None,
-                })
-                .unwrap_or(want_mac);
-            ensure_single_address(&nl, index, args.subnet.network(), 32).await?;
+            let mac = overlay::link_mac(&link).unwrap_or(want_mac);
+            overlay::ensure_single_address(&nl, index, args.subnet.network(), 32).await?;
             nl.change(nl::set_up(index))
                 .await
                 .context("cannot set the VXLAN device up")?;
             info!("{name} ready: MAC {}, MTU {mtu}", mac_string(&mac));
             let data = json!({ "VNI": config.vni, "VtepMAC": mac_string(&mac) });
-            let b = Backend {
+            let vtep = Vtep {
                 nl: nl.clone(),
-                kind: "vxlan".into(),
                 dev: index,
-                ext: ext_index,
+                proto: RouteProtocol::Boot,
             };
-            (b, Some(data), mtu)
+            (Backend::Vxlan(vtep), Some(data), mtu)
         }
-        "host-gw" => {
-            let b = Backend {
+        "host-gw" => (
+            Backend::HostGw {
                 nl: nl.clone(),
-                kind: "host-gw".into(),
-                dev: 0,
                 ext: ext_index,
-            };
-            (b, None, ext_mtu)
-        }
+            },
+            None,
+            ext_mtu,
+        ),
         other => bail!("backend {other} is not implemented by cnilab's flanneld (vxlan and host-gw are)"),
     };
 
-    let subnets = etcd.join("subnets");
-    std::fs::create_dir_all(&subnets).with_context(|| format!("cannot create {}", subnets.display()))?;
-    // Watch before reading, so no lease written in between is missed.
-    let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
-    inotify.add_watch(
-        &subnets,
-        AddWatchFlags::IN_MOVED_TO
-            | AddWatchFlags::IN_CLOSE_WRITE
-            | AddWatchFlags::IN_DELETE
-            | AddWatchFlags::IN_MOVED_FROM,
-    )?;
-
+    let watch = DirWatch::new(&etcd.join("subnets"))?;
     let mut lease = json!({ "PublicIP": public_ip.to_string(), "BackendType": config.backend });
     if let Some(d) = backend_data {
         lease["BackendData"] = d;
     }
-    write_atomic(&subnets.join(subnet_key(&args.subnet)), &lease.to_string())?;
+    let own = subnet_key(&args.subnet);
+    overlay::write_atomic(&watch.dir().join(&own), &lease.to_string())?;
     info!("acquired lease {}", args.subnet);
 
     let gateway = Ipv4Addr::from(u32::from(args.subnet.network()) + 1);
@@ -271,42 +275,21 @@ async fn run(args: Args) -> Result<()> {
         args.subnet.prefix_len(),
         args.ip_masq
     );
-    write_atomic(&args.subnet_file, &env)?;
+    overlay::write_atomic(&args.subnet_file, &env)?;
     info!("wrote subnet file to {}", args.subnet_file.display());
 
     let mut known: BTreeMap<String, Lease> = BTreeMap::new();
-    let own = subnet_key(&args.subnet);
-    let initial = list_keys(&subnets);
-    sync(&backend, &subnets, &own, initial, &mut known).await;
+    sync(&backend, watch.dir(), &own, watch.keys(), &mut known).await;
     info!("watching for new subnet leases");
-
-    // SAFETY: the Inotify is owned by the AsyncFd and closed only when it drops.
-    let fd = unsafe { AsyncFd::register_with_interest(InotifyFd(inotify), tokio::io::Interest::READABLE) }
-        .map_err(|e| anyhow::anyhow!("cannot watch leases: {e}"))?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     loop {
         tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            ready = fd.readable() => {
-                let mut guard = ready?;
-                let events = match guard.get_inner().0.read_events() {
-                    Ok(ev) => ev,
-                    Err(nix::errno::Errno::EAGAIN) => {
-                        guard.clear_ready();
-                        continue;
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                let overflow = events.iter().any(|e| e.mask.contains(AddWatchFlags::IN_Q_OVERFLOW));
-                let keys: Vec<String> = if overflow {
-                    warn!("inotify queue overflowed: re-reading every lease");
-                    list_keys(&subnets).into_iter().chain(known.keys().cloned()).collect()
-                } else {
-                    events.into_iter().filter_map(|e| e.name?.into_string().ok()).collect()
-                };
-                sync(&backend, &subnets, &own, keys, &mut known).await;
+            r = overlay::terminated() => { r?; break; }
+            changed = watch.changed() => {
+                let (mut keys, overflowed) = changed?;
+                if overflowed {
+                    keys.extend(known.keys().cloned());
+                }
+                sync(&backend, watch.dir(), &own, keys, &mut known).await;
             }
         }
     }
@@ -314,26 +297,17 @@ async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-fn list_keys(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|d| d.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
-        .unwrap_or_default()
-}
-
 /// Brings the programmed state in line with the named lease files: new or
 /// changed leases are "added" (flannel's EventAdded), vanished ones removed.
 /// Leases are handled concurrently, each one's steps in flannel's order.
 async fn sync(b: &Backend, dir: &Path, own: &str, keys: Vec<String>, known: &mut BTreeMap<String, Lease>) {
-    let mut keys: Vec<String> = keys.into_iter().filter(|k| !k.starts_with('.') && k != own).collect();
-    keys.sort();
-    keys.dedup();
     let mut added = Vec::new();
     let mut removed = Vec::new();
-    for k in keys {
+    for k in keys.into_iter().filter(|k| k != own) {
         match read_lease(dir, &k) {
             Some(l) if known.get(&k) != Some(&l) => {
-                if l.backend != b.kind {
-                    warn!("ignoring non-{} subnet {}: type={}", b.kind, l.subnet, l.backend);
+                if l.backend != b.kind() {
+                    warn!("ignoring non-{} subnet {}: type={}", b.kind(), l.subnet, l.backend);
                     continue;
                 }
                 known.insert(k, l.clone());
@@ -347,208 +321,9 @@ async fn sync(b: &Backend, dir: &Path, own: &str, keys: Vec<String>, known: &mut
             }
         }
     }
-    let adds = added.iter().map(|l| add_lease(b, l));
-    let dels = removed.iter().map(|l| remove_lease(b, l));
+    let adds = added.iter().map(|l| b.add(l));
+    let dels = removed.iter().map(|l| b.remove(l));
     futures::future::join(futures::future::join_all(adds), futures::future::join_all(dels)).await;
-}
-
-async fn add_lease(b: &Backend, l: &Lease) {
-    if b.kind == "host-gw" {
-        let msg = nl::route(l.subnet, Some(l.public_ip), Some(b.ext), false);
-        match b.nl.replace(RouteNetlinkMessage::NewRoute(msg)).await {
-            Ok(()) => info!("added route to {} via {}", l.subnet, l.public_ip),
-            Err(e) => error!("Error adding route to {} via {}: {e}", l.subnet, l.public_ip),
-        }
-        return;
-    }
-    let Some(mac) = l.vtep_mac else {
-        error!("lease {} has no VtepMAC", l.subnet);
-        return;
-    };
-    let gw = l.subnet.network();
-    info!(
-        "adding subnet: {} PublicIP: {} VtepMAC: {}",
-        l.subnet,
-        l.public_ip,
-        mac_string(&mac)
-    );
-    if let Err(e) =
-        b.nl.replace(RouteNetlinkMessage::NewNeighbour(nl::neighbour(b.dev, gw, mac)))
-            .await
-    {
-        error!("AddARP failed: {e}");
-        return;
-    }
-    if let Err(e) =
-        b.nl.replace(RouteNetlinkMessage::NewNeighbour(nl::fdb(b.dev, mac, l.public_ip)))
-            .await
-    {
-        error!("AddFDB failed: {e}");
-        let _ =
-            b.nl.change(RouteNetlinkMessage::DelNeighbour(nl::neighbour(b.dev, gw, mac)))
-                .await;
-        return;
-    }
-    // The route goes last: with it in place the kernel would ARP for the
-    // gateway if the neighbour were not there yet.
-    let route = nl::route(l.subnet, Some(gw), Some(b.dev), true);
-    if let Err(e) = b.nl.replace(RouteNetlinkMessage::NewRoute(route)).await {
-        error!("failed to add vxlanRoute ({} -> {gw}): {e}", l.subnet);
-        let _ =
-            b.nl.change(RouteNetlinkMessage::DelNeighbour(nl::neighbour(b.dev, gw, mac)))
-                .await;
-        let _ =
-            b.nl.change(RouteNetlinkMessage::DelNeighbour(nl::fdb(b.dev, mac, l.public_ip)))
-                .await;
-    }
-}
-
-async fn remove_lease(b: &Backend, l: &Lease) {
-    if b.kind == "host-gw" {
-        let msg = nl::route(l.subnet, Some(l.public_ip), Some(b.ext), false);
-        if let Err(e) = b.nl.change(RouteNetlinkMessage::DelRoute(msg)).await {
-            error!("Error deleting route to {} via {}: {e}", l.subnet, l.public_ip);
-        }
-        return;
-    }
-    let Some(mac) = l.vtep_mac else { return };
-    let gw = l.subnet.network();
-    info!(
-        "removing subnet: {} PublicIP: {} VtepMAC: {}",
-        l.subnet,
-        l.public_ip,
-        mac_string(&mac)
-    );
-    // Try every entry, as flannel does, whatever fails.
-    if let Err(e) =
-        b.nl.change(RouteNetlinkMessage::DelNeighbour(nl::neighbour(b.dev, gw, mac)))
-            .await
-    {
-        error!("DelARP failed: {e}");
-    }
-    if let Err(e) =
-        b.nl.change(RouteNetlinkMessage::DelNeighbour(nl::fdb(b.dev, mac, l.public_ip)))
-            .await
-    {
-        error!("DelFDB failed: {e}");
-    }
-    let route = nl::route(l.subnet, Some(gw), Some(b.dev), true);
-    if let Err(e) = b.nl.change(RouteNetlinkMessage::DelRoute(route)).await {
-        error!("failed to delete vxlanRoute ({} -> {gw}): {e}", l.subnet);
-    }
-}
-
-async fn first_address(nl: &Nl, index: u32) -> Result<Option<Ipv4Addr>> {
-    Ok(nl
-        .addresses()
-        .await?
-        .into_iter()
-        .filter(|a| a.header.index == index)
-        .find_map(|a| {
-            a.attributes.iter().find_map(|x| match x {
-                AddressAttribute::Local(std::net::IpAddr::V4(ip)) => Some(*ip),
-                _ => None,
-            })
-        }))
-}
-
-fn vxlan_info(l: &LinkMessage) -> Option<&Vec<InfoVxlan>> {
-    l.attributes.iter().find_map(|a| match a {
-        LinkAttribute::LinkInfo(info) => info.iter().find_map(|i| match i {
-            LinkInfo::Data(InfoData::Vxlan(v)) => Some(v),
-            _ => None,
-        }),
-        _ => None,
-    })
-}
-
-fn is_vxlan(l: &LinkMessage) -> bool {
-    l.attributes.iter().any(|a| match a {
-        LinkAttribute::LinkInfo(info) => info.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Vxlan))),
-        _ => false,
-    })
-}
-
-/// flannel's ensureLink: reuse a compatible existing device (keeping its
-/// MAC), else delete and recreate it.
-#[allow(clippy::too_many_arguments)]
-async fn ensure_vxlan(
-    nl: &Nl,
-    name: &str,
-    vni: u32,
-    port: u16,
-    local: Ipv4Addr,
-    dev: u32,
-    mtu: u32,
-    mac: [u8; 6],
-) -> Result<LinkMessage> {
-    match nl.add(nl::vxlan(name, vni, port, local, dev, mtu, mac)).await {
-        Ok(()) => {}
-        Err(e) if e.is_exists() => {
-            let existing = nl.link(name).await?.context("device vanished")?;
-            let incompat = incompatibility(&existing, vni, port, local, dev);
-            match incompat {
-                None => info!("VXLAN device {name} already exists; reusing it"),
-                Some(why) => {
-                    warn!("{name} already exists with incompatible configuration: {why}; recreating device");
-                    nl.change(RouteNetlinkMessage::DelLink(existing.clone()))
-                        .await
-                        .context("failed to delete interface")?;
-                    nl.add(nl::vxlan(name, vni, port, local, dev, mtu, mac))
-                        .await
-                        .context("failed to create vxlan interface")?;
-                }
-            }
-        }
-        Err(e) if e.is_unsupported() => {
-            bail!("the kernel has no VXLAN support ({e}): load the vxlan module (modprobe vxlan)")
-        }
-        Err(e) => bail!("failed to create {name}: {e}"),
-    }
-    nl.link(name).await?.context("created VXLAN device not found")
-}
-
-fn incompatibility(l: &LinkMessage, vni: u32, port: u16, local: Ipv4Addr, dev: u32) -> Option<String> {
-    if !is_vxlan(l) {
-        return Some("link type is not vxlan".into());
-    }
-    let info = vxlan_info(l)?;
-    for i in info {
-        match i {
-            InfoVxlan::Id(v) if *v != vni => return Some(format!("vni: {v} vs {vni}")),
-            InfoVxlan::Port(p) if *p != port => return Some(format!("port: {p} vs {port}")),
-            InfoVxlan::Local(a) if *a != local => return Some(format!("vtep (external) IP: {a} vs {local}")),
-            InfoVxlan::Link(d) if *d != dev && *d != 0 => {
-                return Some(format!("vtep (external) interface: {d} vs {dev}"));
-            }
-            _ => {}
-        }
-    }
-    None
-}
-
-/// flannel's EnsureV4AddressOnLink: exactly one address, the wanted one.
-async fn ensure_single_address(nl: &Nl, index: u32, ip: Ipv4Addr, len: u8) -> Result<()> {
-    let mut present = false;
-    for a in nl.addresses().await?.into_iter().filter(|a| a.header.index == index) {
-        let local = a.attributes.iter().find_map(|x| match x {
-            AddressAttribute::Local(std::net::IpAddr::V4(v)) => Some(*v),
-            _ => None,
-        });
-        if local == Some(ip) && a.header.prefix_len == len {
-            present = true;
-        } else {
-            nl.change(RouteNetlinkMessage::DelAddress(a))
-                .await
-                .context("cannot remove a stale address")?;
-        }
-    }
-    if !present {
-        nl.add(nl::address(index, ip, len))
-            .await
-            .with_context(|| format!("cannot add {ip}/{len}"))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,361 @@
+//! What flannel's VXLAN backend and Calico's VXLAN mode both do on a node:
+//! a VXLAN device, and for each remote VTEP a permanent neighbour, a
+//! `self permanent` FDB entry and an `onlink` route, added in that order and
+//! removed together. Also the folder watch the agents use as their datastore.
+
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use ipnet::Ipv4Net;
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage};
+use netlink_packet_route::route::RouteProtocol;
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use tokio::io::unix::AsyncFd;
+use tracing::{error, info, warn};
+
+use crate::nl::{self, Nl};
+use crate::plan::mac_string;
+
+/// A remote VTEP and the pod subnet behind it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// The pod subnet (lease or block) behind it.
+    pub subnet: Ipv4Net,
+    /// The gateway the route points at: the peer's VTEP address.
+    pub gateway: Ipv4Addr,
+    /// The peer's VTEP MAC.
+    pub mac: [u8; 6],
+    /// The peer's underlay address.
+    pub node_ip: Ipv4Addr,
+}
+
+/// A VXLAN device to program peers on.
+#[derive(Clone)]
+pub struct Vtep {
+    /// Socket of the node's namespace.
+    pub nl: Nl,
+    /// The device's index.
+    pub dev: u32,
+    /// Protocol of the routes (flannel: boot; Calico's felix: 80).
+    pub proto: RouteProtocol,
+}
+
+impl Vtep {
+    fn route(&self, p: &Peer) -> RouteNetlinkMessage {
+        let mut r = nl::route(p.subnet, Some(p.gateway), Some(self.dev), true);
+        r.header.protocol = self.proto;
+        RouteNetlinkMessage::NewRoute(r)
+    }
+
+    /// Neighbour, FDB entry, then route, as flannel's handleSubnetEvents: the
+    /// route goes last, since with it in place the kernel would ARP for the
+    /// gateway if the neighbour were not there yet. A failed step undoes the
+    /// earlier ones.
+    pub async fn add_peer(&self, p: &Peer) {
+        info!(
+            "adding subnet: {} PublicIP: {} VtepMAC: {}",
+            p.subnet,
+            p.node_ip,
+            mac_string(&p.mac)
+        );
+        let neigh = nl::neighbour(self.dev, p.gateway, p.mac);
+        if let Err(e) = self.nl.replace(RouteNetlinkMessage::NewNeighbour(neigh.clone())).await {
+            error!("AddARP failed: {e}");
+            return;
+        }
+        let fdb = nl::fdb(self.dev, p.mac, p.node_ip);
+        if let Err(e) = self.nl.replace(RouteNetlinkMessage::NewNeighbour(fdb.clone())).await {
+            error!("AddFDB failed: {e}");
+            let _ = self.nl.change(RouteNetlinkMessage::DelNeighbour(neigh)).await;
+            return;
+        }
+        if let Err(e) = self.nl.replace(self.route(p)).await {
+            error!("failed to add route ({} -> {}): {e}", p.subnet, p.gateway);
+            let _ = self.nl.change(RouteNetlinkMessage::DelNeighbour(neigh)).await;
+            let _ = self.nl.change(RouteNetlinkMessage::DelNeighbour(fdb)).await;
+        }
+    }
+
+    /// Removes all three, trying each whatever fails, as flannel does.
+    pub async fn remove_peer(&self, p: &Peer) {
+        info!(
+            "removing subnet: {} PublicIP: {} VtepMAC: {}",
+            p.subnet,
+            p.node_ip,
+            mac_string(&p.mac)
+        );
+        let neigh = nl::neighbour(self.dev, p.gateway, p.mac);
+        if let Err(e) = self.nl.change(RouteNetlinkMessage::DelNeighbour(neigh)).await {
+            error!("DelARP failed: {e}");
+        }
+        let fdb = nl::fdb(self.dev, p.mac, p.node_ip);
+        if let Err(e) = self.nl.change(RouteNetlinkMessage::DelNeighbour(fdb)).await {
+            error!("DelFDB failed: {e}");
+        }
+        let RouteNetlinkMessage::NewRoute(r) = self.route(p) else {
+            unreachable!()
+        };
+        if let Err(e) = self.nl.change(RouteNetlinkMessage::DelRoute(r)).await {
+            error!("failed to delete route ({} -> {}): {e}", p.subnet, p.gateway);
+        }
+    }
+}
+
+/// The settings of a VXLAN device.
+#[derive(Debug, Clone)]
+pub struct VxlanSpec {
+    /// Its name.
+    pub name: String,
+    /// VNI.
+    pub vni: u32,
+    /// UDP port.
+    pub port: u16,
+    /// Underlay address.
+    pub local: Ipv4Addr,
+    /// Underlay device index.
+    pub dev: u32,
+    /// MTU.
+    pub mtu: u32,
+    /// MAC to create it with.
+    pub mac: [u8; 6],
+}
+
+fn vxlan_info(l: &LinkMessage) -> Option<&Vec<InfoVxlan>> {
+    l.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkInfo(info) => info.iter().find_map(|i| match i {
+            LinkInfo::Data(InfoData::Vxlan(v)) => Some(v),
+            _ => None,
+        }),
+        _ => None,
+    })
+}
+
+fn is_vxlan(l: &LinkMessage) -> bool {
+    l.attributes.iter().any(|a| match a {
+        LinkAttribute::LinkInfo(info) => info.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Vxlan))),
+        _ => false,
+    })
+}
+
+fn incompatibility(l: &LinkMessage, s: &VxlanSpec) -> Option<String> {
+    if !is_vxlan(l) {
+        return Some("link type is not vxlan".into());
+    }
+    for i in vxlan_info(l)? {
+        match i {
+            InfoVxlan::Id(v) if *v != s.vni => return Some(format!("vni: {v} vs {}", s.vni)),
+            InfoVxlan::Port(p) if *p != s.port => return Some(format!("port: {p} vs {}", s.port)),
+            InfoVxlan::Local(a) if *a != s.local => return Some(format!("vtep (external) IP: {a} vs {}", s.local)),
+            InfoVxlan::Link(d) if *d != s.dev && *d != 0 => {
+                return Some(format!("vtep (external) interface: {d} vs {}", s.dev));
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// flannel's ensureLink: creates the device, or reuses a compatible one
+/// (keeping its MAC), or deletes an incompatible one and recreates it.
+pub async fn ensure_vxlan(nl: &Nl, s: &VxlanSpec) -> Result<LinkMessage> {
+    let msg = || nl::vxlan(&s.name, s.vni, s.port, s.local, s.dev, s.mtu, s.mac);
+    match nl.add(msg()).await {
+        Ok(()) => {}
+        Err(e) if e.is_exists() => {
+            let existing = nl.link(&s.name).await?.context("device vanished")?;
+            match incompatibility(&existing, s) {
+                None => info!("VXLAN device {} already exists; reusing it", s.name),
+                Some(why) => {
+                    warn!(
+                        "{} already exists with incompatible configuration: {why}; recreating device",
+                        s.name
+                    );
+                    nl.change(RouteNetlinkMessage::DelLink(existing.clone()))
+                        .await
+                        .context("failed to delete interface")?;
+                    nl.add(msg()).await.context("failed to create vxlan interface")?;
+                }
+            }
+        }
+        Err(e) if e.is_unsupported() => {
+            bail!("the kernel has no VXLAN support ({e}): load the vxlan module (modprobe vxlan)")
+        }
+        Err(e) => bail!("failed to create {}: {e}", s.name),
+    }
+    nl.link(&s.name).await?.context("created VXLAN device not found")
+}
+
+/// A link's MAC.
+pub fn link_mac(l: &LinkMessage) -> Option<[u8; 6]> {
+    l.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Address(m) => m.as_slice().try_into().ok(),
+        _ => None,
+    })
+}
+
+/// A link's MTU.
+pub fn link_mtu(l: &LinkMessage) -> Option<u32> {
+    l.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Mtu(m) => Some(*m),
+        _ => None,
+    })
+}
+
+/// The first IPv4 address of a link.
+pub async fn first_address(nl: &Nl, index: u32) -> Result<Option<Ipv4Addr>> {
+    Ok(nl
+        .addresses()
+        .await?
+        .into_iter()
+        .filter(|a| a.header.index == index)
+        .find_map(|a| {
+            a.attributes.iter().find_map(|x| match x {
+                AddressAttribute::Local(std::net::IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            })
+        }))
+}
+
+/// flannel's EnsureV4AddressOnLink: exactly one address, the wanted one.
+pub async fn ensure_single_address(nl: &Nl, index: u32, ip: Ipv4Addr, len: u8) -> Result<()> {
+    let mut present = false;
+    for a in nl.addresses().await?.into_iter().filter(|a| a.header.index == index) {
+        let local = a.attributes.iter().find_map(|x| match x {
+            AddressAttribute::Local(std::net::IpAddr::V4(v)) => Some(*v),
+            _ => None,
+        });
+        if local == Some(ip) && a.header.prefix_len == len {
+            present = true;
+        } else {
+            nl.change(RouteNetlinkMessage::DelAddress(a))
+                .await
+                .context("cannot remove a stale address")?;
+        }
+    }
+    if !present {
+        nl.add(nl::address(index, ip, len))
+            .await
+            .with_context(|| format!("cannot add {ip}/{len}"))?;
+    }
+    Ok(())
+}
+
+/// Writes a file by rename, so a watcher never reads half of it.
+pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    let dir = path.parent().context("path without folder")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("x")
+    ));
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+struct InotifyFd(Inotify);
+
+impl AsRawFd for InotifyFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+/// A datastore folder (one file per key) watched with inotify, as the
+/// agents watch etcd. Files whose names start with '.' are being written.
+pub struct DirWatch {
+    dir: PathBuf,
+    fd: AsyncFd<InotifyFd>,
+}
+
+impl DirWatch {
+    /// Starts watching `dir` (created if missing). Watch first, then list:
+    /// nothing written in between is missed.
+    pub fn new(dir: &Path) -> Result<DirWatch> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+        inotify.add_watch(
+            dir,
+            AddWatchFlags::IN_MOVED_TO
+                | AddWatchFlags::IN_CLOSE_WRITE
+                | AddWatchFlags::IN_DELETE
+                | AddWatchFlags::IN_MOVED_FROM,
+        )?;
+        // SAFETY: the Inotify is owned by the AsyncFd and closed only when it drops.
+        let fd = unsafe { AsyncFd::register_with_interest(InotifyFd(inotify), tokio::io::Interest::READABLE) }
+            .map_err(|e| anyhow::anyhow!("cannot watch {}: {e}", dir.display()))?;
+        Ok(DirWatch {
+            dir: dir.to_path_buf(),
+            fd,
+        })
+    }
+
+    /// The folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Every key present now.
+    pub fn keys(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&self.dir)
+            .map(|d| d.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
+            .unwrap_or_default();
+        v.retain(|k| !k.starts_with('.'));
+        v.sort();
+        v
+    }
+
+    /// Waits for changes; the keys that changed (all of them after an
+    /// inotify queue overflow, `overflowed` true).
+    pub async fn changed(&self) -> Result<(Vec<String>, bool)> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            let events = match guard.get_inner().0.read_events() {
+                Ok(ev) => ev,
+                Err(nix::errno::Errno::EAGAIN) => {
+                    guard.clear_ready();
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if events.iter().any(|e| e.mask.contains(AddWatchFlags::IN_Q_OVERFLOW)) {
+                warn!("inotify queue overflowed: re-reading every key");
+                return Ok((self.keys(), true));
+            }
+            let mut keys: Vec<String> = events
+                .into_iter()
+                .filter_map(|e| e.name?.into_string().ok())
+                .filter(|k| !k.starts_with('.'))
+                .collect();
+            keys.sort();
+            keys.dedup();
+            if !keys.is_empty() {
+                return Ok((keys, false));
+            }
+        }
+    }
+}
+
+/// Waits for SIGTERM or SIGINT.
+pub async fn terminated() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    Ok(())
+}
+
+/// Logging for agents: to stderr (the agent's log file), without colors.
+pub fn init_agent_logging() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .init();
+}
