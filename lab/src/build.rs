@@ -14,18 +14,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use futures::{StreamExt, TryStreamExt};
-use ipnet::Ipv4Net;
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_packet_route::route::{RouteAddress, RouteAttribute};
 
 use crate::cni::{self, Attachment, Runtime};
 use crate::error::Error;
 use crate::netns::{self, Netns};
 use crate::nl::{self, Nl};
 use crate::paths::{self, LabPaths};
-use crate::plan::{NodePlan, Plan, write_file};
+use crate::plan::{NodePlan, Plan};
 use crate::profile::ProfilePlan;
-use crate::profile::flannel::{self, FlannelPlan};
 use crate::progress::Progress;
 use crate::state::{LabState, Phase, PodState};
 use crate::topology::{FlannelBackend, Topology};
@@ -49,22 +46,27 @@ pub struct UpOptions {
 
 /// Checks that the machine has what the topology needs, before anything is made.
 pub fn preflight(topology: &Topology) -> Result<(), Error> {
-    match &topology.network.profile {
-        crate::topology::Profile::Calico(_) => {
-            return Err(Error::env(
-                "the calico profile validates, but cnilab does not build it yet",
-                "use cni = \"flannel\" for now",
-            ));
-        }
-        crate::topology::Profile::Flannel(f) if f.backend == FlannelBackend::Udp => {
+    use crate::topology::{CalicoMode, Profile};
+    if let Profile::Flannel(f) = &topology.network.profile {
+        if f.backend == FlannelBackend::Udp {
             return Err(Error::env(
                 "the flannel udp backend validates, but cnilab does not build it yet",
                 "use backend = \"vxlan\" or \"host-gw\"",
             ));
         }
-        _ => {}
     }
-    let missing: Vec<&str> = ["bridge", "host-local", "portmap"]
+    if matches!(&topology.network.profile, Profile::Calico(c) if c.mode == CalicoMode::Bgp)
+        && crate::bird::binary().is_none()
+    {
+        return Err(Error::env(
+            format!(
+                "Calico in BGP mode runs BIRD, which is not installed (looked for {})",
+                crate::bird::BIRD_PATHS.join(", ")
+            ),
+            "apt-get install bird2",
+        ));
+    }
+    let missing: Vec<&str> = ["bridge", "host-local", "portmap", "bandwidth"]
         .into_iter()
         .filter(|p| !SYSTEM_CNI_DIRS.iter().any(|d| Path::new(d).join(p).is_file()))
         .collect();
@@ -176,16 +178,32 @@ fn parallelism() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
-struct NodeHandle {
-    ns: Netns,
-    nl: Nl,
+/// A namespace of the lab with its netlink socket.
+pub struct Handle {
+    /// The namespace.
+    pub ns: Netns,
+    /// A socket in it.
+    pub nl: Nl,
+}
+
+/// What the core build made, for a profile to build on.
+pub struct Built<'a> {
+    /// The plan.
+    pub plan: &'a Plan,
+    /// The lab's folders.
+    pub paths: &'a LabPaths,
+    /// Progress reporting.
+    pub progress: &'a Progress,
+    /// Node namespaces by node name.
+    pub nodes: BTreeMap<String, Handle>,
+    /// Router namespaces by router name.
+    pub routers: BTreeMap<String, Handle>,
 }
 
 async fn build_all(state: &mut LabState, paths: &LabPaths, progress: &Progress) -> Result<()> {
     let plan = state.plan.clone();
-    let started = Instant::now();
 
-    progress.phase("fabric", plan.switches.len());
+    progress.phase("fabric", plan.switches.len() + plan.routers.len());
     let (fabric, fnl) = create_ns(plan.fabric_ns.clone(), &[]).await?;
     let mut bridges = BTreeMap::new();
     for s in &plan.switches {
@@ -196,24 +214,45 @@ async fn build_all(state: &mut LabState, paths: &LabPaths, progress: &Progress) 
         bridges.insert(s.name.clone(), idx);
         progress.step();
     }
-    if matches!(&plan.profile, ProfilePlan::Flannel(f) if f.backend == FlannelBackend::Vxlan) {
-        probe_vxlan(&fnl).await?;
+    probe_kernel(&plan, &fnl).await?;
+    let mut routers = BTreeMap::new();
+    for r in &plan.routers {
+        let (ns, nl) = create_ns(r.ns.clone(), NODE_SYSCTLS).await?;
+        nl.change(nl::set_up(1)).await.context("router lo up")?;
+        for p in &r.ports {
+            fnl.add(nl::veth_pair(
+                &p.fabric_port,
+                Some(bridges[&p.switch]),
+                &p.ifname,
+                ns.raw_fd(),
+                p.mtu,
+            ))
+            .await
+            .map_err(|e| kernel_error(e, "veth", &format!("joining router {} to switch {}", r.name, p.switch)))?;
+            let idx = nl.index(&p.ifname).await?.context("router port missing")?;
+            nl.add(nl::address(idx, p.ip, p.prefix_len))
+                .await
+                .context("router address")?;
+            nl.change(nl::set_up(idx)).await.context("router port up")?;
+        }
+        routers.insert(r.name.clone(), Handle { ns, nl });
+        progress.step();
     }
 
     progress.phase("nodes", plan.nodes.len());
-    let handles: Vec<(String, NodeHandle)> = futures::stream::iter(plan.nodes.iter().map(|n| {
+    let handles: Vec<(String, Handle)> = futures::stream::iter(plan.nodes.iter().map(|n| {
         let name = n.name.clone();
         let ns = n.ns.clone();
         async move {
             let (ns, nl) = create_ns(ns, NODE_SYSCTLS).await?;
             progress.step();
-            Ok::<_, anyhow::Error>((name, NodeHandle { ns, nl }))
+            Ok::<_, anyhow::Error>((name, Handle { ns, nl }))
         }
     }))
     .buffer_unordered(4 * parallelism())
     .try_collect()
     .await?;
-    let nodes: BTreeMap<String, NodeHandle> = handles.into_iter().collect();
+    let nodes: BTreeMap<String, Handle> = handles.into_iter().collect();
 
     progress.phase("links", plan.nodes.len());
     futures::future::try_join_all(plan.nodes.iter().map(|n| {
@@ -233,24 +272,79 @@ async fn build_all(state: &mut LabState, paths: &LabPaths, progress: &Progress) 
     }))
     .await?;
     drop(fabric);
-    let nodes_done = started.elapsed();
 
+    let built = Built {
+        plan: &plan,
+        paths,
+        progress,
+        nodes,
+        routers,
+    };
+    progress.phase("agents", plan.nodes.len());
     match &plan.profile {
-        ProfilePlan::Flannel(f) => {
-            progress.phase("agents", plan.nodes.len());
-            start_flannel(state, paths, f, &nodes, progress).await?;
-            state.save()?;
-            progress.phase("pods", plan.pod_count());
-            add_pods(state, paths, f, &nodes, progress).await?;
-            state.save()?;
-            progress.phase("routes", plan.nodes.len());
-            converge_flannel(&plan, f, &nodes, progress).await?;
-        }
-        ProfilePlan::Calico => bail!("the calico profile is not built yet"),
+        ProfilePlan::Flannel(f) => crate::profile::flannel::build::start(&built, state, f).await?,
+        ProfilePlan::Calico(c) => crate::profile::calico::build::start(&built, state, c).await?,
     }
-    let _ = nodes_done;
+    state.save()?;
+    progress.phase("pods", plan.pod_count());
+    add_pods(state, &built).await?;
+    state.save()?;
+    progress.phase("converge", plan.nodes.len());
+    match &plan.profile {
+        ProfilePlan::Flannel(f) => crate::profile::flannel::build::converge(&built, f).await?,
+        ProfilePlan::Calico(c) => crate::profile::calico::build::converge(&built, c).await?,
+    }
     progress.finish();
     Ok(())
+}
+
+/// Tries the devices the lab needs beyond veth and bridge in the fabric, so
+/// a missing kernel module is reported before anything else starts.
+async fn probe_kernel(plan: &Plan, fnl: &Nl) -> Result<()> {
+    let vxlan = match &plan.profile {
+        ProfilePlan::Flannel(f) => f.backend == FlannelBackend::Vxlan,
+        ProfilePlan::Calico(c) => c.mode == crate::topology::CalicoMode::Vxlan,
+    };
+    if vxlan {
+        let msg = nl::vxlan(
+            "cnilab-probe",
+            1,
+            4789,
+            Ipv4Addr::LOCALHOST,
+            0,
+            1450,
+            [2, 0, 0, 0, 0, 1],
+        );
+        try_device(fnl, msg, "vxlan", "checking VXLAN support").await?;
+    }
+    if matches!(&plan.profile, ProfilePlan::Calico(c) if c.mode == crate::topology::CalicoMode::Ipip) {
+        try_device(
+            fnl,
+            nl::ipip("cnilab-probe"),
+            "ipip",
+            "checking IP-in-IP support for Calico's ipip mode",
+        )
+        .await?;
+        return Err(Error::env(
+            "Calico's ipip mode needs BIRD 1's krt_tunnel, which BIRD 2 lacks; cnilab does not build it yet",
+            "use mode = \"bgp\" or \"vxlan\"",
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Creates and deletes a device of a kind, reporting a missing module.
+async fn try_device(fnl: &Nl, msg: RouteNetlinkMessage, kind: &str, doing: &str) -> Result<()> {
+    match fnl.add(msg).await {
+        Ok(()) => {
+            let idx = fnl.index("cnilab-probe").await?.context("probe device vanished")?;
+            let del = rtnetlink::LinkUnspec::new_with_index(idx).build();
+            fnl.change(RouteNetlinkMessage::DelLink(del)).await?;
+            Ok(())
+        }
+        Err(e) => Err(kernel_error(e, kind, doing)),
+    }
 }
 
 /// A kernel refusal, with a clear word when a feature is missing.
@@ -263,29 +357,6 @@ fn kernel_error(e: nl::NlError, kind: &str, doing: &str) -> anyhow::Error {
         .into();
     }
     anyhow!("{doing}: {e}")
-}
-
-/// Tries a VXLAN device in the fabric so a missing module is reported
-/// before any agent starts.
-async fn probe_vxlan(fnl: &Nl) -> Result<()> {
-    let msg = nl::vxlan(
-        "cnilab-probe",
-        1,
-        4789,
-        Ipv4Addr::LOCALHOST,
-        0,
-        1450,
-        [2, 0, 0, 0, 0, 1],
-    );
-    match fnl.add(msg).await {
-        Ok(()) => {
-            let idx = fnl.index("cnilab-probe").await?.context("probe device vanished")?;
-            let del = rtnetlink::LinkUnspec::new_with_index(idx).build();
-            fnl.change(RouteNetlinkMessage::DelLink(del)).await?;
-            Ok(())
-        }
-        Err(e) => Err(kernel_error(e, "vxlan", "checking VXLAN support")),
-    }
 }
 
 /// A node's own network settings: lo and eth0 up, eth0's address, the
@@ -307,8 +378,8 @@ async fn configure_node(n: &NodePlan, nl: &Nl) -> Result<()> {
 }
 
 /// Makes `bin/<name>` links to this very executable: cnilab answers as
-/// `flannel` or `flanneld` by the name it is run under.
-fn link_binaries(paths: &LabPaths, names: &[&str]) -> Result<()> {
+/// `flannel`, `flanneld`, `calico` or `calico-felix` by the name it runs under.
+pub fn link_binaries(paths: &LabPaths, names: &[&str]) -> Result<()> {
     let me = std::env::current_exe().context("cannot find the cnilab executable")?;
     let bin = paths.bin_dir();
     std::fs::create_dir_all(&bin)?;
@@ -345,66 +416,8 @@ pub fn spawn_agent(program: &Path, args: &[String], ns: &Netns, log: &Path) -> R
     Ok(child.id())
 }
 
-async fn start_flannel(
-    state: &mut LabState,
-    paths: &LabPaths,
-    f: &FlannelPlan,
-    nodes: &BTreeMap<String, NodeHandle>,
-    progress: &Progress,
-) -> Result<()> {
-    link_binaries(paths, &["flannel", "flanneld"])?;
-    let prefix = paths.etcd_dir().join("coreos.com/network");
-    write_file(&prefix.join("config"), &f.net_config.to_string())?;
-    std::fs::create_dir_all(prefix.join("subnets"))?;
-    let flanneld = paths.bin_dir().join("flanneld");
-    for fnode in &f.nodes {
-        let h = &nodes[&fnode.node];
-        let pid = spawn_agent(&flanneld, &fnode.agent_args, &h.ns, &paths.agent_log(&fnode.node))?;
-        state.agents.insert(fnode.node.clone(), pid);
-        write_file(
-            &paths.cni_conf_dir(&fnode.node).join(flannel::CONFLIST_NAME),
-            &serde_json::to_string_pretty(&fnode.conflist)?,
-        )?;
-    }
-    // Each agent writes its subnet file once its device is ready.
-    let deadline = Instant::now() + AGENT_START_DEADLINE;
-    let mut waiting: Vec<&str> = f.nodes.iter().map(|n| n.node.as_str()).collect();
-    let mut pause = Duration::from_millis(1);
-    while !waiting.is_empty() {
-        waiting.retain(|n| {
-            let ready = paths.agent_dir(n).join("subnet.env").exists();
-            if ready {
-                progress.step();
-            }
-            !ready
-        });
-        for n in &waiting {
-            let pid = state.agents[*n];
-            if !process_alive(pid) {
-                bail!(
-                    "flanneld on node {n} exited before it was ready; its log ({}):\n{}",
-                    paths.agent_log(n).display(),
-                    tail(&paths.agent_log(n), 15)
-                );
-            }
-        }
-        if waiting.is_empty() {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "flanneld did not write its subnet file within {}s on: {}",
-                AGENT_START_DEADLINE.as_secs(),
-                waiting.join(", ")
-            );
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(50));
-    }
-    Ok(())
-}
-
-fn process_alive(pid: u32) -> bool {
+/// Whether a process runs (and is not a zombie).
+pub fn process_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(s) => !s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')),
         Err(_) => false,
@@ -434,18 +447,12 @@ pub fn runtime_for(paths: &LabPaths, node: &str, ns: &Netns) -> Runtime {
 /// A node's pods are added one after the other, in topology order, so that
 /// host-local hands out the same addresses every time; nodes go in parallel,
 /// as many at once as there are cores.
-async fn add_pods(
-    state: &mut LabState,
-    paths: &LabPaths,
-    f: &FlannelPlan,
-    nodes: &BTreeMap<String, NodeHandle>,
-    progress: &Progress,
-) -> Result<()> {
-    let plan = state.plan.clone();
+async fn add_pods(state: &mut LabState, b: &Built<'_>) -> Result<()> {
+    let plan = b.plan;
     let per_node: Vec<Vec<(String, PodState)>> =
         futures::stream::iter(plan.nodes.iter().filter(|n| !n.pods.is_empty()).map(|n| {
-            let rt = runtime_for(paths, &n.name, &nodes[&n.name].ns);
-            let conflist = &f.node(&n.name).expect("planned node").conflist;
+            let rt = runtime_for(b.paths, &n.name, &b.nodes[&n.name].ns);
+            let conflist = plan.profile.conflist(&n.name).expect("planned node");
             async move {
                 let mut out = Vec::new();
                 for p in &n.pods {
@@ -458,7 +465,7 @@ async fn add_pods(
                         .await
                         .with_context(|| format!("adding pod {who}"))?;
                     let (ip, gateway) = cni::require_ip(&result, &who)?;
-                    progress.step();
+                    b.progress.step();
                     out.push((who, PodState { ip: Some(ip), gateway }));
                 }
                 Ok::<_, anyhow::Error>(out)
@@ -471,98 +478,64 @@ async fn add_pods(
     Ok(())
 }
 
-/// What flannel programs on each node for every other node's lease.
-pub fn expected_routes(plan: &Plan, f: &FlannelPlan) -> BTreeMap<String, Vec<(Ipv4Net, Ipv4Addr)>> {
-    plan.nodes
-        .iter()
-        .map(|n| {
-            let routes = f
-                .nodes
-                .iter()
-                .zip(&plan.nodes)
-                .filter(|(_, other)| other.name != n.name)
-                .map(|(fo, other)| {
-                    let via = match f.backend {
-                        FlannelBackend::HostGw => other.ip,
-                        _ => fo.subnet.network(),
-                    };
-                    (fo.subnet, via)
-                })
-                .collect();
-            (n.name.clone(), routes)
-        })
-        .collect()
+/// Waits until each agent has written its ready file, failing early with
+/// its log when one exits. Items: (node, ready file, pid, log, agent name).
+pub async fn wait_ready(items: &[(String, PathBuf, u32, PathBuf, &str)], progress: &Progress) -> Result<()> {
+    let deadline = Instant::now() + AGENT_START_DEADLINE;
+    let mut waiting: Vec<&(String, PathBuf, u32, PathBuf, &str)> = items.iter().collect();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        waiting.retain(|(_, file, ..)| {
+            let ready = file.exists();
+            if ready {
+                progress.step();
+            }
+            !ready
+        });
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        for (node, _, pid, log, agent) in &waiting {
+            if !process_alive(*pid) {
+                bail!(
+                    "{agent} on {node} exited before it was ready; its log ({}):\n{}",
+                    log.display(),
+                    tail(log, 15)
+                );
+            }
+        }
+        if Instant::now() > deadline {
+            let who: Vec<String> = waiting.iter().map(|(n, _, _, _, a)| format!("{a} on {n}")).collect();
+            bail!(
+                "not ready within {}s: {}",
+                AGENT_START_DEADLINE.as_secs(),
+                who.join(", ")
+            );
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
 }
 
-/// Waits, polling with backoff, until every node has a route to every other
-/// node's lease.
-async fn converge_flannel(
-    plan: &Plan,
-    f: &FlannelPlan,
-    nodes: &BTreeMap<String, NodeHandle>,
-    progress: &Progress,
-) -> Result<()> {
-    let mut missing = expected_routes(plan, f);
+/// Polls `check` with a growing pause until it reports nothing missing or
+/// the deadline passes; then fails with what is still missing.
+pub async fn converge<F, Fut>(what: &str, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<String>>>,
+{
     let deadline = Instant::now() + CONVERGE_DEADLINE;
     let mut pause = Duration::from_millis(2);
     loop {
-        let checks = futures::future::try_join_all(missing.iter().map(|(node, want)| {
-            let nl = &nodes[node].nl;
-            async move {
-                let have: Vec<(Ipv4Net, Option<Ipv4Addr>)> = nl
-                    .routes()
-                    .await?
-                    .iter()
-                    .filter(|r| r.header.table == 254)
-                    .filter_map(|r| {
-                        let dst = r.attributes.iter().find_map(|a| match a {
-                            RouteAttribute::Destination(RouteAddress::Inet(d)) => Some(*d),
-                            _ => None,
-                        })?;
-                        let gw = r.attributes.iter().find_map(|a| match a {
-                            RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(*g),
-                            _ => None,
-                        });
-                        Some((Ipv4Net::new(dst, r.header.destination_prefix_length).ok()?, gw))
-                    })
-                    .collect();
-                let left: Vec<(Ipv4Net, Ipv4Addr)> = want
-                    .iter()
-                    .filter(|(d, g)| !have.contains(&(*d, Some(*g))))
-                    .copied()
-                    .collect();
-                Ok::<_, anyhow::Error>((node.clone(), left))
-            }
-        }))
-        .await?;
-        missing.clear();
-        for (node, left) in checks {
-            if left.is_empty() {
-                progress.step();
-            } else {
-                missing.insert(node, left);
-            }
-        }
+        let missing = check().await?;
         if missing.is_empty() {
             return Ok(());
         }
         if Instant::now() > deadline {
-            let report: Vec<String> = missing
-                .iter()
-                .map(|(n, l)| {
-                    format!(
-                        "  {n}: no route to {}",
-                        l.iter()
-                            .map(|(d, g)| format!("{d} via {g}"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                })
-                .collect();
             bail!(
-                "flannel did not converge within {}s; missing routes:\n{}",
+                "{what} did not converge within {}s; still missing:\n  {}",
                 CONVERGE_DEADLINE.as_secs(),
-                report.join("\n")
+                missing.join("\n  ")
             );
         }
         tokio::time::sleep(pause).await;

@@ -48,9 +48,10 @@ pub enum Cmd {
     /// Remove a lab completely: processes, namespaces, state. Idempotent.
     Down {
         /// The lab (default: the only one).
-        lab: Option<String>,
+        #[arg(value_name = "LAB")]
+        which: Option<String>,
         /// Remove every lab.
-        #[arg(long, conflicts_with = "lab")]
+        #[arg(long, conflicts_with = "which")]
         all: bool,
         /// Print what was removed as JSON.
         #[arg(long)]
@@ -59,7 +60,8 @@ pub enum Cmd {
     /// Nodes, pods, addresses, MTUs, control plane, faults.
     Status {
         /// The lab (default: the only one).
-        lab: Option<String>,
+        #[arg(value_name = "LAB")]
+        which: Option<String>,
         /// As JSON.
         #[arg(long)]
         json: bool,
@@ -230,12 +232,12 @@ fn run(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
-        Cmd::Down { lab, all, json } => {
+        Cmd::Down { which, all, json } => {
             require_root()?;
             let labs = if all {
                 state::labs()
             } else {
-                match lab.or(cli.lab) {
+                match which.or(cli.lab) {
                     Some(l) => vec![l],
                     None => match state::labs().as_slice() {
                         [] => Vec::new(),
@@ -277,9 +279,9 @@ fn run(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
-        Cmd::Status { lab, json } => {
+        Cmd::Status { which, json } => {
             require_root()?;
-            let lab = state::choose_lab(lab.as_deref().or(cli.lab.as_deref()))?;
+            let lab = state::choose_lab(which.as_deref().or(cli.lab.as_deref()))?;
             let st = state::require(&lab)?;
             let s = status::status(&st);
             if json {

@@ -4,6 +4,7 @@
 //! The flow is one direction: topology (what the user wrote) -> plan (every
 //! decision, pure) -> build (the kernel work) -> snapshot (normalized text).
 
+pub mod bird;
 pub mod build;
 pub mod cli;
 pub mod cni;

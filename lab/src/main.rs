@@ -11,6 +11,8 @@ fn main() {
     match name.as_str() {
         "flannel" => cnilab::profile::flannel::plugin::main(),
         "flanneld" => cnilab::profile::flannel::agent::main(),
+        "calico" => cnilab::profile::calico::plugin::main(),
+        "calico-felix" => cnilab::profile::calico::felix::main(),
         _ => std::process::exit(cnilab::cli::main()),
     }
 }

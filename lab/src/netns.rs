@@ -110,6 +110,15 @@ impl Netns {
         })
     }
 
+    /// Opens a namespace by path (a CNI_NETNS, a /proc/PID/ns/net).
+    pub fn open_path(path: &Path) -> Result<Netns> {
+        let file = File::open(path).with_context(|| format!("cannot open namespace {}", path.display()))?;
+        Ok(Netns {
+            name: path.display().to_string(),
+            file,
+        })
+    }
+
     /// The namespace's name.
     pub fn name(&self) -> &str {
         &self.name

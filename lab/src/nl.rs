@@ -265,6 +265,16 @@ pub fn vxlan(
     RouteNetlinkMessage::NewLink(msg)
 }
 
+/// An IP-in-IP device (used to probe for the ipip module).
+pub fn ipip(name: &str) -> RouteNetlinkMessage {
+    let mut msg = LinkMessage::default();
+    msg.attributes = vec![
+        LinkAttribute::IfName(name.to_string()),
+        LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::IpIp)]),
+    ];
+    RouteNetlinkMessage::NewLink(msg)
+}
+
 /// An IPv4 address on a link.
 pub fn address(index: u32, ip: Ipv4Addr, prefix_len: u8) -> RouteNetlinkMessage {
     RouteNetlinkMessage::NewAddress(

@@ -103,6 +103,11 @@ impl LabPaths {
         self.node_dir(node).join("agent")
     }
 
+    /// A router's own folder.
+    pub fn router_dir(&self, router: &str) -> PathBuf {
+        self.root.join("routers").join(router)
+    }
+
     /// The node agent's log.
     pub fn agent_log(&self, node: &str) -> PathBuf {
         self.agent_dir(node).join("agent.log")

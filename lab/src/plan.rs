@@ -28,6 +28,8 @@ pub struct Plan {
     pub switches: Vec<SwitchPlan>,
     /// The nodes, in topology order.
     pub nodes: Vec<NodePlan>,
+    /// The routers.
+    pub routers: Vec<RouterPlan>,
     /// The CNI profile's own decisions.
     pub profile: ProfilePlan,
 }
@@ -64,6 +66,38 @@ pub struct NodePlan {
     pub gateway: Option<Ipv4Addr>,
     /// Its pods.
     pub pods: Vec<PodPlan>,
+}
+
+/// A router: a namespace joining switches at L3, taking .1 on each.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RouterPlan {
+    /// Name.
+    pub name: String,
+    /// Its namespace.
+    pub ns: String,
+    /// One port per switch it joins.
+    pub ports: Vec<RouterPort>,
+    /// Its AS, when it speaks BGP.
+    pub asn: Option<u32>,
+    /// Its BIRD, when it has BGP peers.
+    pub bird: Option<crate::bird::BirdPlan>,
+}
+
+/// A router's interface on one switch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RouterPort {
+    /// The switch.
+    pub switch: String,
+    /// The interface in the router's namespace (named after the switch).
+    pub ifname: String,
+    /// Its peer in the fabric namespace.
+    pub fabric_port: String,
+    /// Its address (.1 of the switch subnet).
+    pub ip: Ipv4Addr,
+    /// Prefix length of the switch subnet.
+    pub prefix_len: u8,
+    /// The switch's MTU.
+    pub mtu: u32,
 }
 
 /// A pod: a namespace wired by the CNI chain.
@@ -158,13 +192,50 @@ impl Plan {
                 }
             })
             .collect::<Vec<_>>();
-        let profile = profile::plan(topology, &nodes, paths);
+        let mut routers: Vec<RouterPlan> = topology
+            .routers
+            .iter()
+            .enumerate()
+            .map(|(ri, r)| {
+                let short: String = r.name.chars().take(12).collect();
+                let clash = topology
+                    .routers
+                    .iter()
+                    .enumerate()
+                    .any(|(oi, o)| oi != ri && o.name.chars().take(12).eq(short.chars()));
+                let base = if clash { format!("r{ri}") } else { short };
+                RouterPlan {
+                    name: r.name.clone(),
+                    ns: paths::infra_ns(lab, &format!("router-{}", r.name)),
+                    ports: r
+                        .switches
+                        .iter()
+                        .enumerate()
+                        .map(|(k, sw)| {
+                            let s = topology.switch(sw).expect("validated switch");
+                            RouterPort {
+                                switch: sw.clone(),
+                                ifname: sw.clone(),
+                                fabric_port: format!("{base}.{k}"),
+                                ip: Ipv4Addr::from(u32::from(s.subnet.network()) + 1),
+                                prefix_len: s.subnet.prefix_len(),
+                                mtu: s.mtu,
+                            }
+                        })
+                        .collect(),
+                    asn: r.asn,
+                    bird: None,
+                }
+            })
+            .collect();
+        let profile = profile::plan(topology, &nodes, &mut routers, paths);
         Plan {
             lab: lab.to_string(),
             topology: topology.clone(),
             fabric_ns: paths::infra_ns(lab, "fabric"),
             switches,
             nodes,
+            routers,
             profile,
         }
     }
@@ -184,9 +255,15 @@ impl Plan {
         self.nodes.iter().map(|n| n.pods.len()).sum()
     }
 
-    /// Every namespace of the lab, fabric first.
+    /// A router by name.
+    pub fn router(&self, name: &str) -> Option<&RouterPlan> {
+        self.routers.iter().find(|r| r.name == name)
+    }
+
+    /// Every namespace of the lab, fabric and routers first.
     pub fn namespaces(&self) -> Vec<String> {
         let mut v = vec![self.fabric_ns.clone()];
+        v.extend(self.routers.iter().map(|r| r.ns.clone()));
         for n in &self.nodes {
             v.push(n.ns.clone());
             v.extend(n.pods.iter().map(|p| p.ns.clone()));

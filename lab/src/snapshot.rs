@@ -65,6 +65,10 @@ pub struct NsSnapshot {
     pub sysctls: Vec<Sysctl>,
     /// Addresses held by IPAM on this node.
     pub ipam: Vec<Ipam>,
+    /// BGP sessions of the BIRD running here.
+    pub bgp_sessions: Vec<crate::bird::Session>,
+    /// The BGP routes in that BIRD's table.
+    pub bgp_routes: Vec<crate::bird::BgpRoute>,
 }
 
 /// A link.
@@ -147,6 +151,8 @@ pub struct Ipam {
 /// Raw kernel state of one namespace.
 struct Raw {
     name: String,
+    bgp_sessions: Vec<crate::bird::Session>,
+    bgp_routes: Vec<crate::bird::BgpRoute>,
     links: Vec<LinkMessage>,
     addrs: Vec<AddressMessage>,
     routes: Vec<RouteMessage>,
@@ -156,23 +162,28 @@ struct Raw {
     sysctls: Vec<(String, String)>,
 }
 
-/// Sysctls the lab sets by role (see build::NODE_SYSCTLS).
-fn touched_sysctls(role: &str) -> &'static [&'static str] {
-    match role {
-        "node" => &["net/ipv4/ip_forward"],
-        _ => &[],
+/// Sysctls the lab sets: forwarding on nodes and routers (see
+/// build::NODE_SYSCTLS), and what Calico's plugin sets on each `cali` veth.
+fn touched_sysctls(role: &str, links: &[LinkMessage]) -> Vec<String> {
+    let mut keys = Vec::new();
+    if role == "node" || role == "router" {
+        keys.push("net/ipv4/ip_forward".to_string());
     }
+    for l in links {
+        if let Some(name) = link_name(l).filter(|n| n.starts_with("cali")) {
+            keys.extend(
+                crate::profile::calico::plugin::host_veth_sysctls(name)
+                    .into_iter()
+                    .map(|(k, _)| k),
+            );
+        }
+    }
+    keys
 }
 
-async fn collect(ns: &str, role: &str, dynamic: bool) -> Result<Raw> {
+async fn collect(ns: &str, role: &str, bird_socket: Option<std::path::PathBuf>, dynamic: bool) -> Result<Raw> {
     let handle = Netns::open(ns)?;
     let nl = Nl::connect_in(&handle)?;
-    let keys: Vec<&'static str> = touched_sysctls(role).to_vec();
-    let sysctls = handle.run(move || {
-        keys.iter()
-            .map(|k| Ok((netns::sysctl_name(k), netns::read_sysctl(k)?)))
-            .collect::<Result<Vec<_>>>()
-    })?;
     let (links, addrs, routes, neigh, proxy, fdb) = futures::try_join!(
         nl.links(),
         nl.addresses(),
@@ -183,8 +194,25 @@ async fn collect(ns: &str, role: &str, dynamic: bool) -> Result<Raw> {
     )
     .with_context(|| format!("reading namespace {ns}"))?;
     let _ = dynamic;
+    let keys = touched_sysctls(role, &links);
+    let sysctls = handle.run(move || {
+        keys.iter()
+            .map(|k| Ok((netns::sysctl_name(k), netns::read_sysctl(k)?)))
+            .collect::<Result<Vec<_>>>()
+    })?;
+    let (bgp_sessions, bgp_routes) = match bird_socket.filter(|s| s.exists()) {
+        Some(sock) => {
+            tokio::task::spawn_blocking(move || -> Result<_> {
+                Ok((crate::bird::sessions(&sock)?, crate::bird::bgp_routes(&sock)?))
+            })
+            .await??
+        }
+        None => (Vec::new(), Vec::new()),
+    };
     Ok(Raw {
         name: ns.to_string(),
+        bgp_sessions,
+        bgp_routes,
         links,
         addrs,
         routes,
@@ -227,6 +255,14 @@ fn kind_name(l: &LinkMessage) -> String {
 /// Labels of a namespace: (short name, role, title, owner prefix for MACs).
 fn labels(lab_prefix: &str, ns: &str) -> (String, String, String, String) {
     let short = ns.strip_prefix(lab_prefix).unwrap_or(ns).to_string();
+    if let Some(router) = short.strip_prefix("_router-") {
+        return (
+            short.clone(),
+            "router".into(),
+            format!("router {router}"),
+            router.to_string(),
+        );
+    }
     if let Some(what) = short.strip_prefix('_') {
         return (short.clone(), what.to_string(), what.to_string(), what.to_string());
     }
@@ -249,9 +285,15 @@ pub async fn take(state: &LabState, only: Option<&[String]>, dynamic: bool) -> R
     let wanted: Vec<String> = plan.namespaces().into_iter().filter(|n| existing.contains(n)).collect();
     // Every namespace is read, even when only some are shown: names and MACs
     // are normalized across the whole lab.
+    let paths = state.paths();
     let raws: Vec<Raw> = futures::future::try_join_all(wanted.iter().map(|ns| {
-        let role = labels(&prefix, ns).1;
-        async move { collect(ns, &role, dynamic).await }
+        let (_, role, _, owner) = labels(&prefix, ns);
+        let socket = match role.as_str() {
+            "node" => Some(paths.agent_dir(&owner).join("bird.ctl")),
+            "router" => Some(paths.router_dir(&owner).join("bird.ctl")),
+            _ => None,
+        };
+        async move { collect(ns, &role, socket, dynamic).await }
     }))
     .await?;
 
@@ -274,11 +316,14 @@ pub async fn take(state: &LabState, only: Option<&[String]>, dynamic: bool) -> R
             }
         }
     }
+    // Only the bridge plugin's random veth names are replaced; Calico's
+    // cali names are derived from the pod and shown as they are.
     let name_of = |short: &str, l: &LinkMessage| -> String {
-        veth_names
-            .get(&(short.to_string(), l.header.index))
-            .cloned()
-            .unwrap_or_else(|| link_name(l).unwrap_or("?").to_string())
+        let name = link_name(l).unwrap_or("?");
+        match veth_names.get(&(short.to_string(), l.header.index)) {
+            Some(n) if name.starts_with("veth") => n.clone(),
+            _ => name.to_string(),
+        }
     };
 
     // mac(owner): who in the lab has a MAC; bridges win, as they answer for it.
@@ -409,6 +454,8 @@ pub async fn take(state: &LabState, only: Option<&[String]>, dynamic: bool) -> R
         } else {
             Vec::new()
         };
+        let mut bgp_sessions = r.bgp_sessions.clone();
+        bgp_sessions.sort_by(|a, b| a.name.cmp(&b.name));
         out.push(NsSnapshot {
             name: short,
             role,
@@ -420,6 +467,8 @@ pub async fn take(state: &LabState, only: Option<&[String]>, dynamic: bool) -> R
             fdb,
             sysctls,
             ipam,
+            bgp_sessions,
+            bgp_routes: r.bgp_routes.clone(),
         });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -754,6 +803,24 @@ impl Snapshot {
             }
             for i in &ns.ipam {
                 let _ = writeln!(s, "ipam {} {} {} {}", i.network, i.ip, i.holder, i.ifname);
+            }
+            for b in &ns.bgp_sessions {
+                let _ = write!(s, "bgp session {}", b.name);
+                if let Some(n) = b.neighbor {
+                    let _ = write!(s, " neighbor {n}");
+                }
+                if let Some(a) = b.asn {
+                    let _ = write!(s, " as {a}");
+                }
+                let _ = writeln!(s, " {}", if b.state.is_empty() { "down" } else { &b.state });
+            }
+            for r in &ns.bgp_routes {
+                let path = if r.as_path.is_empty() { "-" } else { &r.as_path };
+                let _ = writeln!(
+                    s,
+                    "bgp route {} via {} from {} origin {} as-path {path}",
+                    r.prefix, r.via, r.from, r.origin
+                );
             }
         }
         s

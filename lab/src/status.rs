@@ -127,6 +127,11 @@ pub fn settings(plan: &Plan) -> BTreeMap<String, String> {
             s.insert("network.calico.block_size".into(), c.block_size.to_string());
             s.insert("network.calico.asn".into(), c.asn.to_string());
             s.insert("network.calico.mesh".into(), format!("{:?}", c.mesh).to_lowercase());
+            if !c.reflectors.is_empty() {
+                s.insert("network.calico.reflectors".into(), c.reflectors.join(", "));
+            }
+            s.insert("network.calico.hold_time".into(), c.hold_time.to_string());
+            s.insert("network.calico.restart_time".into(), c.restart_time.to_string());
         }
     }
     s
@@ -136,32 +141,24 @@ pub fn settings(plan: &Plan) -> BTreeMap<String, String> {
 pub fn status(state: &LabState) -> Status {
     let plan = &state.plan;
     let present = netns::list();
-    let flannel = match &plan.profile {
-        ProfilePlan::Flannel(f) => Some(f),
-        ProfilePlan::Calico => None,
-    };
+    let agent_name = plan.profile.agent_name();
     let nodes = plan
         .nodes
         .iter()
-        .map(|n| {
-            let f = flannel.and_then(|f| f.node(&n.name));
-            NodeStatus {
-                name: n.name.clone(),
-                namespace: n.ns.clone(),
-                switch: n.switch.clone(),
-                ip: format!("{}/{}", n.ip, n.prefix_len),
-                mtu: n.mtu,
-                pod_subnet: f.map(|f| f.subnet.to_string()),
-                overlay: flannel
-                    .and_then(|fp| fp.device.clone())
-                    .zip(f.and_then(|f| f.device_mtu)),
-                agent: state.agents.get(&n.name).map(|pid| AgentStatus {
-                    name: "flanneld".into(),
-                    pid: *pid,
-                    running: process_running(*pid),
-                }),
-                present: present.contains(&n.ns),
-            }
+        .map(|n| NodeStatus {
+            name: n.name.clone(),
+            namespace: n.ns.clone(),
+            switch: n.switch.clone(),
+            ip: format!("{}/{}", n.ip, n.prefix_len),
+            mtu: n.mtu,
+            pod_subnet: plan.profile.pod_subnet(&n.name).map(|s| s.to_string()),
+            overlay: plan.profile.overlay(&n.name),
+            agent: state.agents.get(&n.name).map(|pid| AgentStatus {
+                name: agent_name.into(),
+                pid: *pid,
+                running: process_running(*pid),
+            }),
+            present: present.contains(&n.ns),
         })
         .collect();
     let pods = plan
@@ -172,8 +169,12 @@ pub fn status(state: &LabState) -> Status {
             PodStatus {
                 namespace: p.ns.clone(),
                 ip: st.and_then(|s| s.ip.clone()),
-                gateway: st.and_then(|s| s.gateway.map(|g| g.to_string())),
-                mtu: flannel.and_then(|f| f.node(&n.name)).map_or(n.mtu, |f| f.pod_mtu),
+                gateway: match &plan.profile {
+                    // Calico's result carries no gateway; every pod routes via 169.254.1.1.
+                    ProfilePlan::Calico(_) => Some(crate::profile::calico::POD_GATEWAY.to_string()),
+                    _ => st.and_then(|s| s.gateway.map(|g| g.to_string())),
+                },
+                mtu: plan.profile.pod_mtu(&n.name).unwrap_or(n.mtu),
                 name: key,
             }
         })
@@ -212,12 +213,25 @@ fn table(header: &[&str]) -> Table {
 
 /// A one-line description of the network, e.g. `flannel vxlan (VNI 1, port 8472)`.
 pub fn network_line(plan: &Plan) -> String {
+    use crate::topology::{CalicoMesh, CalicoMode};
     match &plan.profile {
         ProfilePlan::Flannel(f) => match f.backend {
             crate::topology::FlannelBackend::Vxlan => format!("flannel vxlan (VNI {}, port {})", f.vni, f.port),
             b => format!("flannel {}", b.as_str()),
         },
-        ProfilePlan::Calico => "calico".into(),
+        ProfilePlan::Calico(c) => match c.mode {
+            CalicoMode::Vxlan => "calico vxlan (VNI 4096, port 4789)".to_string(),
+            mode => format!(
+                "calico {} (AS {}, {})",
+                format!("{mode:?}").to_lowercase(),
+                c.asn,
+                match c.mesh {
+                    CalicoMesh::Full => "full mesh",
+                    CalicoMesh::Reflectors => "route reflectors",
+                    CalicoMesh::Tor => "peering with top-of-rack routers",
+                }
+            ),
+        },
     }
 }
 

@@ -143,6 +143,10 @@ pub struct CalicoOptions {
     pub mesh: CalicoMesh,
     /// Route reflector nodes, with `mesh = "reflectors"`.
     pub reflectors: Vec<String>,
+    /// BGP hold time in seconds (BIRD's default 240).
+    pub hold_time: u32,
+    /// Graceful restart time in seconds (Calico's template: 120).
+    pub restart_time: u32,
 }
 
 /// `[[switch]]`: an L2 segment, a Linux bridge in the fabric namespace.
@@ -753,10 +757,26 @@ fn calico_options(
         asn: 64512,
         mesh: CalicoMesh::Full,
         reflectors: Vec::new(),
+        hold_time: 240,
+        restart_time: 120,
     };
     let mut size_span = cidr.span.clone();
     if let Some(t) = t {
-        t.allow(&["mode", "block_size", "asn", "mesh", "reflectors"])?;
+        t.allow(&[
+            "mode",
+            "block_size",
+            "asn",
+            "mesh",
+            "reflectors",
+            "hold_time",
+            "restart_time",
+        ])?;
+        if let Some(h) = t.int("hold_time", 3, 65535, "hold_time = 240")? {
+            opts.hold_time = h.v as u32;
+        }
+        if let Some(r) = t.int("restart_time", 1, 65535, "restart_time = 120")? {
+            opts.restart_time = r.v as u32;
+        }
         if let Some(m) = t.string("mode", "mode = \"bgp\"")? {
             opts.mode = match m.v.as_str() {
                 "bgp" => CalicoMode::Bgp,

@@ -3,6 +3,7 @@
 //! flanneld, and the `flannel` CNI plugin that delegates to `bridge`.
 
 pub mod agent;
+pub mod build;
 pub mod plugin;
 
 use std::net::Ipv4Addr;

@@ -1,0 +1,477 @@
+//! The Calico profile (shared/design/faithfulness.md, Calico part): IPAM
+//! blocks affine to nodes, pods wired as Calico wires them (by the `calico`
+//! CNI plugin of ours, with the real host-local for the block's addresses),
+//! BIRD 2 configured from Calico's confd templates in BGP mode, and a
+//! felix stand-in programming the VXLAN overlay in VXLAN mode.
+
+pub mod build;
+pub mod felix;
+pub mod plugin;
+
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use rand::RngExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::bird::{BirdPlan, RouterPeer, SessionPlan, ip_id, router_config};
+use crate::paths::LabPaths;
+use crate::plan::{NodePlan, RouterPlan, Stream, mac_string, random_mac, rng};
+use crate::topology::{CalicoMesh, CalicoMode, CalicoOptions, Topology};
+
+/// The stock Calico CNI configuration (calico.yaml's `cni_network_config`).
+pub const CONFLIST: &str = include_str!("../../../../plugins/calico/10-calico.conflist");
+/// Its file name in a node's CNI configuration folder.
+pub const CONFLIST_NAME: &str = "10-calico.conflist";
+/// Calico's VXLAN device.
+pub const VXLAN_DEVICE: &str = "vxlan.calico";
+/// Calico's VXLAN network identifier.
+pub const VXLAN_VNI: u32 = 4096;
+/// Calico's VXLAN UDP port.
+pub const VXLAN_PORT: u16 = 4789;
+/// VXLAN's overhead.
+pub const VXLAN_OVERHEAD: u32 = 50;
+/// IP-in-IP's overhead.
+pub const IPIP_OVERHEAD: u32 = 20;
+/// The route protocol felix gives the routes it programs.
+pub const FELIX_PROTO: u8 = 80;
+/// The cluster ID route reflector nodes get (Calico's documented example).
+pub const RR_CLUSTER_ID: &str = "244.0.0.1";
+/// The gateway every Calico pod routes through; the host answers for it by proxy ARP.
+pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// The MAC of every host-side `cali` veth.
+pub const HOST_VETH_MAC: [u8; 6] = [0xee; 6];
+
+/// Calico's decisions for a lab.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CalicoPlan {
+    /// bgp, vxlan or ipip.
+    pub mode: CalicoMode,
+    /// Peering layout.
+    pub mesh: CalicoMesh,
+    /// The cluster's AS.
+    pub asn: u32,
+    /// The IP pool.
+    pub pool: Ipv4Net,
+    /// Prefix length of blocks.
+    pub block_size: u8,
+    /// Per node, in node order.
+    pub nodes: Vec<CalicoNode>,
+}
+
+/// Calico's decisions for one node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CalicoNode {
+    /// The node.
+    pub node: String,
+    /// Its underlay address.
+    pub ip: Ipv4Addr,
+    /// Its affine IPAM block.
+    pub block: Ipv4Net,
+    /// The pods' MTU.
+    pub pod_mtu: u32,
+    /// The node's CNI configuration.
+    pub conflist: Value,
+    /// The VXLAN tunnel, in VXLAN mode.
+    pub vxlan: Option<Tunnel>,
+    /// Its BIRD, in BGP mode.
+    pub bird: Option<BirdPlan>,
+    /// Whether it is a route reflector.
+    pub reflector: bool,
+}
+
+/// A node's VXLAN tunnel endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Tunnel {
+    /// `vxlan.calico`'s address: the block's first address.
+    pub address: Ipv4Addr,
+    /// Its MAC.
+    pub mac: String,
+    /// Its MTU.
+    pub mtu: u32,
+}
+
+impl CalicoPlan {
+    /// The Calico part of a node.
+    pub fn node(&self, name: &str) -> Option<&CalicoNode> {
+        self.nodes.iter().find(|n| n.node == name)
+    }
+}
+
+/// Calico's block choice (libcalico-go randomBlockGenerator): a random
+/// starting block per host, then the first unclaimed block from there on,
+/// wrapping around. The random start comes from the seed here.
+pub fn allocate_blocks(pool: Ipv4Net, block_size: u8, count: usize, seed: u64) -> Vec<Ipv4Net> {
+    let mut r = rng(seed, Stream::Leases);
+    let total = 1u64 << (block_size - pool.prefix_len());
+    let size = 1u64 << (32 - block_size);
+    let base = u64::from(u32::from(pool.network()));
+    let mut taken = std::collections::BTreeSet::new();
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let start = r.random_range(0..total);
+        let pick = (0..total)
+            .map(|i| (start + i) % total)
+            .find(|b| !taken.contains(b))
+            .expect("validation guarantees enough blocks");
+        taken.insert(pick);
+        let addr = Ipv4Addr::from((base + pick * size) as u32);
+        out.push(Ipv4Net::new(addr, block_size).expect("valid prefix"));
+    }
+    out
+}
+
+/// The pod MTU Calico computes for a mode: the host's, minus encapsulation.
+pub fn pod_mtu(mode: CalicoMode, host_mtu: u32) -> u32 {
+    match mode {
+        CalicoMode::Bgp => host_mtu,
+        CalicoMode::Vxlan => host_mtu - VXLAN_OVERHEAD,
+        CalicoMode::Ipip => host_mtu - IPIP_OVERHEAD,
+    }
+}
+
+/// A BGP peer of a node, as confd renders it.
+#[derive(Debug, Clone)]
+struct NodePeer {
+    name: String,
+    ip: Ipv4Addr,
+    asn: u32,
+    passive: bool,
+    rr_client: bool,
+    allow_local_as: bool,
+}
+
+/// Calico's mesh rule: the session is one-way, the node with the greater
+/// address string waits for the other. Calico compares the strings (a Go
+/// template `gt`), so 172.20.0.9 is "greater" than 172.20.0.10.
+fn passive_toward(me: Ipv4Addr, peer: Ipv4Addr) -> bool {
+    peer.to_string() > me.to_string()
+}
+
+/// The node's bird.cfg, translated from Calico's confd templates
+/// (bird.cfg.template, bird_aggr.cfg.template, bird_ipam.cfg.template) to
+/// BIRD 2: channels instead of protocol-level import/export, no krt_tunnel,
+/// device routes kept out of the kernel, kernel metric 0 as BIRD 1 had.
+fn node_bird_config(
+    ip: Ipv4Addr,
+    block: Ipv4Net,
+    pool: Ipv4Net,
+    opts: &CalicoOptions,
+    reflector: bool,
+    peers: &[NodePeer],
+) -> BirdPlan {
+    let mut c = String::new();
+    let asn = opts.asn;
+    let _ = writeln!(c, "# Generated by cnilab from Calico's confd templates, for BIRD 2.");
+    let _ = writeln!(c, "log stderr all;\n");
+    let _ = writeln!(c, "# bird_aggr.cfg: the blocks of this host.");
+    let _ = writeln!(c, "protocol static {{\n  ipv4;\n  route {block} blackhole;\n}}\n");
+    let _ = writeln!(
+        c,
+        "# Aggregation of routes on this host; export the block, nothing beneath it."
+    );
+    let _ = writeln!(
+        c,
+        "function calico_aggr ()\n{{\n  if ( net = {block} ) then {{ accept; }}\n  if ( net ~ {block} ) then {{ reject; }}\n}}\n"
+    );
+    let _ = writeln!(c, "# bird_ipam.cfg: only IP pool routes go to peers.");
+    let _ = writeln!(
+        c,
+        "filter calico_export_to_bgp_peers {{\n  calico_aggr();\n  if ( net ~ {pool} ) then {{\n    accept;\n  }}\n  reject;\n}}\n"
+    );
+    let _ = writeln!(
+        c,
+        "filter calico_kernel_programming {{\n  # BIRD 1 never exported device routes to the kernel; BIRD 2 must be told.\n  if ( source = RTS_DEVICE ) then {{ reject; }}\n  if ( net ~ {pool} ) then {{\n    accept;\n  }}\n  accept;\n}}\n"
+    );
+    let _ = writeln!(c, "router id {ip};\n");
+    c.push_str(
+        "# Configure synchronization between routing tables and kernel.\n\
+         protocol kernel {\n  ipv4 {\n    import all;\n    export filter calico_kernel_programming;\n  };\n  \
+         learn;             # Learn all alien routes from the kernel\n  \
+         persist;           # Don't remove routes on bird shutdown\n  \
+         scan time 2;       # Scan kernel routing table every 2 seconds\n  \
+         graceful restart;\n  \
+         merge paths on;    # Allow export multipath routes (ECMP)\n  \
+         metric 0;          # BIRD 1's default; BIRD 2 would use 32\n}\n\n\
+         # Watch interface up/down events.\nprotocol device {\n  scan time 2;\n}\n\n\
+         protocol direct {\n  ipv4;\n  interface -\"cali*\", -\"kube-ipvs*\", \"*\";\n}\n\n",
+    );
+    let _ = writeln!(
+        c,
+        "# Template for all BGP clients\ntemplate bgp bgp_template {{\n  debug {{ states }};\n  description \"Connection to BGP peer\";\n  local as {asn};\n  multihop;\n  ipv4 {{\n    gateway recursive;\n    import all;\n    export filter calico_export_to_bgp_peers;\n    add paths on;\n  }};\n  graceful restart;\n  connect delay time 1;\n  connect retry time 3;\n  error wait time 5,60;\n}}\n"
+    );
+    match opts.mesh {
+        CalicoMesh::Full => c.push_str("# ------------- Node-to-node mesh -------------\n"),
+        _ if reflector => {
+            let _ = writeln!(
+                c,
+                "# This node is configured as a route reflector with cluster ID {RR_CLUSTER_ID};\n# ignore node-to-node mesh setting.\n"
+            );
+        }
+        _ => c.push_str("# Node-to-node mesh disabled\n\n# ------------- Node-specific peers -------------\n"),
+    }
+    let mut sessions = Vec::new();
+    for p in peers {
+        let _ = writeln!(c, "protocol bgp {} from bgp_template {{", p.name);
+        let _ = writeln!(c, "  neighbor {} as {};", p.ip, p.asn);
+        let _ = writeln!(
+            c,
+            "  source address {ip};  # The local address we use for the TCP connection"
+        );
+        if p.passive {
+            let _ = writeln!(c, "  passive on; # Mesh is unidirectional, peer will connect to us.");
+        }
+        if p.rr_client {
+            let _ = writeln!(c, "  rr client;\n  rr cluster id {RR_CLUSTER_ID};");
+        }
+        if p.allow_local_as {
+            let _ = writeln!(
+                c,
+                "  allow local as 1; # numAllowedLocalASNumbers: 1 (every node shares AS {asn})"
+            );
+        }
+        let _ = writeln!(c, "  graceful restart time {};", opts.restart_time);
+        let _ = writeln!(c, "  hold time {};\n}}\n", opts.hold_time);
+        sessions.push(SessionPlan {
+            name: p.name.clone(),
+            neighbor: p.ip,
+            asn: p.asn,
+        });
+    }
+    BirdPlan { config: c, sessions }
+}
+
+/// Plans Calico for a lab, and the BGP sessions of routers with nodes in
+/// `mesh = "tor"`.
+pub fn plan(
+    topology: &Topology,
+    opts: &CalicoOptions,
+    nodes: &[NodePlan],
+    routers: &mut [RouterPlan],
+    paths: &LabPaths,
+) -> CalicoPlan {
+    let pool = topology.network.pod_cidr;
+    let blocks = allocate_blocks(pool, opts.block_size, nodes.len(), topology.seed);
+    let mut macs = rng(topology.seed, Stream::Macs);
+    let reflector = |name: &str| opts.mesh == CalicoMesh::Reflectors && opts.reflectors.iter().any(|r| r == name);
+    let router_on = |switch: &str| -> Option<(String, Ipv4Addr, u32)> {
+        routers.iter().find_map(|r| {
+            r.ports
+                .iter()
+                .find(|p| p.switch == switch)
+                .map(|p| (r.name.clone(), p.ip, r.asn.unwrap_or(opts.asn)))
+        })
+    };
+    let per_node: Vec<CalicoNode> = nodes
+        .iter()
+        .zip(&blocks)
+        .map(|(n, block)| {
+            let pod_mtu = topology.network.mtu.unwrap_or(pod_mtu(opts.mode, n.mtu));
+            let vxlan = (opts.mode == CalicoMode::Vxlan).then(|| Tunnel {
+                address: block.network(),
+                mac: mac_string(&random_mac(&mut macs)),
+                mtu: n.mtu - VXLAN_OVERHEAD,
+            });
+            let me_rr = reflector(&n.name);
+            let peers: Vec<NodePeer> = match opts.mesh {
+                CalicoMesh::Full => nodes
+                    .iter()
+                    .filter(|o| o.name != n.name)
+                    .map(|o| NodePeer {
+                        name: format!("Mesh_{}", ip_id(o.ip)),
+                        ip: o.ip,
+                        asn: opts.asn,
+                        passive: passive_toward(n.ip, o.ip),
+                        rr_client: false,
+                        allow_local_as: false,
+                    })
+                    .collect(),
+                CalicoMesh::Reflectors => nodes
+                    .iter()
+                    .filter(|o| o.name != n.name && (me_rr || reflector(&o.name)))
+                    .map(|o| NodePeer {
+                        name: format!("Node_{}", ip_id(o.ip)),
+                        ip: o.ip,
+                        asn: opts.asn,
+                        passive: false,
+                        rr_client: me_rr && !reflector(&o.name),
+                        allow_local_as: false,
+                    })
+                    .collect(),
+                CalicoMesh::Tor => router_on(&n.switch)
+                    .map(|(_, rip, rasn)| NodePeer {
+                        name: format!("Node_{}", ip_id(rip)),
+                        ip: rip,
+                        asn: rasn,
+                        passive: false,
+                        rr_client: false,
+                        allow_local_as: rasn != opts.asn,
+                    })
+                    .into_iter()
+                    .collect(),
+            };
+            let bird =
+                (opts.mode == CalicoMode::Bgp).then(|| node_bird_config(n.ip, *block, pool, opts, me_rr, &peers));
+            CalicoNode {
+                node: n.name.clone(),
+                ip: n.ip,
+                block: *block,
+                pod_mtu,
+                conflist: conflist(&n.name, *block, pod_mtu, paths),
+                vxlan,
+                bird,
+                reflector: me_rr,
+            }
+        })
+        .collect();
+    if opts.mode == CalicoMode::Bgp && opts.mesh == CalicoMesh::Tor {
+        for r in routers.iter_mut() {
+            let Some(asn) = r.asn else { continue };
+            let peers: Vec<RouterPeer> = r
+                .ports
+                .iter()
+                .flat_map(|p| {
+                    nodes.iter().filter(|n| n.switch == p.switch).map(move |n| RouterPeer {
+                        name: format!("Peer_{}", ip_id(n.ip)),
+                        local: p.ip,
+                        neighbor: n.ip,
+                        asn: opts.asn,
+                    })
+                })
+                .collect();
+            if !peers.is_empty() {
+                let id = r.ports[0].ip;
+                r.bird = Some(router_config(id, asn, &peers, Some(opts.hold_time)));
+            }
+        }
+    }
+    CalicoPlan {
+        mode: opts.mode,
+        mesh: opts.mesh,
+        asn: opts.asn,
+        pool,
+        block_size: opts.block_size,
+        nodes: per_node,
+    }
+}
+
+/// The node's conflist: Calico's stock one with the node's name, MTU and
+/// paths filled in, and IPAM by the real host-local over the node's block
+/// instead of calico-ipam (which cannot be installed here). The block's
+/// first address is kept out of the range (as host-local's "gateway"):
+/// Calico gives it to the tunnel device.
+fn conflist(node: &str, block: Ipv4Net, mtu: u32, paths: &LabPaths) -> Value {
+    let text = CONFLIST
+        .replace("__KUBERNETES_NODE_NAME__", node)
+        .replace("__CNI_MTU__", &mtu.to_string())
+        .replace(
+            "__KUBECONFIG_FILEPATH__",
+            &paths.cni_conf_dir(node).join("calico-kubeconfig").display().to_string(),
+        );
+    let mut v: Value = serde_json::from_str(&text).expect("the stock Calico conflist is valid JSON once filled in");
+    let first = Ipv4Addr::from(u32::from(block.network()) + 1);
+    let plugin = &mut v["plugins"][0];
+    plugin["log_file_path"] = json!(paths.node_dir(node).join("cni/calico.log"));
+    plugin["ipam"] = json!({
+        "type": "host-local",
+        "ranges": [[{ "subnet": block.to_string(), "rangeStart": first.to_string(), "gateway": block.network().to_string() }]],
+        "dataDir": paths.cni_state_dir(node).join("networks"),
+    });
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Source;
+    use crate::plan::Plan;
+    use std::path::Path;
+
+    fn plan_of(text: &str) -> (Plan, CalicoPlan) {
+        let t = crate::topology::parse(&Source::new("t.toml", text)).unwrap();
+        let p = Plan::new(&t, "c", &LabPaths::new(Path::new("/run/cnilab"), "c"));
+        let crate::profile::ProfilePlan::Calico(c) = p.profile.clone() else {
+            panic!()
+        };
+        (p, c)
+    }
+
+    #[test]
+    fn blocks_are_distinct_and_inside_the_pool() {
+        let pool: Ipv4Net = "192.168.0.0/24".parse().unwrap();
+        let b = allocate_blocks(pool, 26, 4, 1);
+        let mut s: Vec<String> = b.iter().map(|n| n.to_string()).collect();
+        s.sort();
+        assert_eq!(
+            s,
+            [
+                "192.168.0.0/26",
+                "192.168.0.128/26",
+                "192.168.0.192/26",
+                "192.168.0.64/26"
+            ]
+        );
+        assert_eq!(allocate_blocks(pool, 26, 4, 1), b);
+    }
+
+    #[test]
+    fn full_mesh_is_one_way_per_pair() {
+        let (_, c) = plan_of("name = \"c\"\n[network]\ncni = \"calico\"\n[[node]]\nname = \"n{i}\"\ncount = 4\n");
+        let mut pairs = 0;
+        for n in &c.nodes {
+            let bird = n.bird.as_ref().unwrap();
+            assert_eq!(bird.sessions.len(), 3);
+            assert!(bird.config.contains(&format!("route {} blackhole;", n.block)));
+            pairs += bird.config.matches("passive on;").count();
+        }
+        assert_eq!(pairs, 6, "one side of each of the 6 sessions waits");
+        assert_eq!(c.nodes[0].pod_mtu, 1500);
+        assert_eq!(c.nodes[0].conflist["plugins"][0]["mtu"], 1500);
+        assert_eq!(c.nodes[0].conflist["plugins"][0]["ipam"]["type"], "host-local");
+    }
+
+    #[test]
+    fn reflectors_peer_with_everyone_clients_with_reflectors_only() {
+        let (_, c) = plan_of(
+            "name = \"c\"\n[network]\ncni = \"calico\"\n[network.calico]\nmesh = \"reflectors\"\nreflectors = [\"n1\"]\n[[node]]\nname = \"n{i}\"\ncount = 6\n",
+        );
+        let total: usize = c.nodes.iter().map(|n| n.bird.as_ref().unwrap().sessions.len()).sum();
+        assert_eq!(total, 10, "5 sessions, seen from both ends");
+        let rr = c.node("n1").unwrap().bird.as_ref().unwrap();
+        assert_eq!(rr.config.matches("rr client;").count(), 5);
+        assert_eq!(c.node("n2").unwrap().bird.as_ref().unwrap().sessions.len(), 1);
+    }
+
+    #[test]
+    fn tor_nodes_peer_with_their_router() {
+        let (p, c) = plan_of(
+            "name = \"c\"\n[network]\ncni = \"calico\"\n[network.calico]\nmesh = \"tor\"\n[[switch]]\nname = \"a\"\nsubnet = \"10.1.0.0/24\"\n[[switch]]\nname = \"b\"\nsubnet = \"10.2.0.0/24\"\n[[router]]\nname = \"spine\"\nswitches = [\"a\", \"b\"]\nasn = 65000\n[[node]]\nname = \"x\"\nswitch = \"a\"\n[[node]]\nname = \"y\"\nswitch = \"b\"\n",
+        );
+        let x = c.node("x").unwrap().bird.as_ref().unwrap();
+        assert_eq!(
+            x.sessions,
+            [SessionPlan {
+                name: "Node_10_1_0_1".into(),
+                neighbor: "10.1.0.1".parse().unwrap(),
+                asn: 65000
+            }]
+        );
+        let r = p.routers[0].bird.as_ref().unwrap();
+        assert_eq!(r.sessions.len(), 2);
+        assert_eq!(p.routers[0].ports[1].fabric_port, "spine.1");
+    }
+
+    #[test]
+    fn vxlan_mode_has_tunnels_and_no_bird() {
+        let (_, c) = plan_of(
+            "name = \"c\"\n[network]\ncni = \"calico\"\n[network.calico]\nmode = \"vxlan\"\n[[node]]\nname = \"n{i}\"\ncount = 2\n",
+        );
+        let n = &c.nodes[0];
+        assert!(n.bird.is_none());
+        let t = n.vxlan.as_ref().unwrap();
+        assert_eq!(t.address, n.block.network());
+        assert_eq!((t.mtu, n.pod_mtu), (1450, 1450));
+    }
+}

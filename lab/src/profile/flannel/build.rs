@@ -1,0 +1,115 @@
+//! Building flannel in a lab: a flanneld per node, then waiting until every
+//! node has its route to every other node's lease.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use anyhow::Result;
+use ipnet::Ipv4Net;
+use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+
+use super::{CONFLIST_NAME, FlannelPlan};
+use crate::build::{Built, link_binaries, spawn_agent, wait_ready};
+use crate::plan::{Plan, write_file};
+use crate::state::LabState;
+use crate::topology::FlannelBackend;
+
+/// Writes flannel's network configuration and the nodes' conflists, starts
+/// a flanneld in each node and waits for their subnet files.
+pub async fn start(b: &Built<'_>, state: &mut LabState, f: &FlannelPlan) -> Result<()> {
+    let paths = b.paths;
+    link_binaries(paths, &["flannel", "flanneld"])?;
+    let prefix = paths.etcd_dir().join("coreos.com/network");
+    write_file(&prefix.join("config"), &f.net_config.to_string())?;
+    std::fs::create_dir_all(prefix.join("subnets"))?;
+    let flanneld = paths.bin_dir().join("flanneld");
+    let mut ready = Vec::new();
+    for fnode in &f.nodes {
+        let h = &b.nodes[&fnode.node];
+        let log = paths.agent_log(&fnode.node);
+        let pid = spawn_agent(&flanneld, &fnode.agent_args, &h.ns, &log)?;
+        state.agents.insert(fnode.node.clone(), pid);
+        write_file(
+            &paths.cni_conf_dir(&fnode.node).join(CONFLIST_NAME),
+            &serde_json::to_string_pretty(&fnode.conflist)?,
+        )?;
+        ready.push((
+            fnode.node.clone(),
+            paths.agent_dir(&fnode.node).join("subnet.env"),
+            pid,
+            log,
+            "flanneld",
+        ));
+    }
+    wait_ready(&ready, b.progress).await
+}
+
+/// What flannel programs on each node for every other node's lease:
+/// (destination, gateway).
+pub fn expected_routes(plan: &Plan, f: &FlannelPlan) -> BTreeMap<String, Vec<(Ipv4Net, Ipv4Addr)>> {
+    plan.nodes
+        .iter()
+        .map(|n| {
+            let routes = f
+                .nodes
+                .iter()
+                .zip(&plan.nodes)
+                .filter(|(_, other)| other.name != n.name)
+                .map(|(fo, other)| {
+                    let via = match f.backend {
+                        FlannelBackend::HostGw => other.ip,
+                        _ => fo.subnet.network(),
+                    };
+                    (fo.subnet, via)
+                })
+                .collect();
+            (n.name.clone(), routes)
+        })
+        .collect()
+}
+
+/// Waits until every node has a route to every other node's lease.
+pub async fn converge(b: &Built<'_>, f: &FlannelPlan) -> Result<()> {
+    let want = expected_routes(b.plan, f);
+    crate::build::converge("flannel", || async {
+        let checks = futures::future::try_join_all(want.iter().map(|(node, routes)| async move {
+            let have = main_routes(&b.nodes[node].nl).await?;
+            let missing: Vec<String> = routes
+                .iter()
+                .filter(|(d, g)| !have.contains(&(*d, Some(*g))))
+                .map(|(d, g)| format!("{node}: no route to {d} via {g}"))
+                .collect();
+            Ok::<_, anyhow::Error>(missing)
+        }))
+        .await?;
+        Ok(checks.into_iter().flatten().collect())
+    })
+    .await?;
+    b.progress.finish();
+    Ok(())
+}
+
+/// The main table's routes as (destination, gateway).
+pub async fn main_routes(nl: &crate::nl::Nl) -> Result<Vec<(Ipv4Net, Option<Ipv4Addr>)>> {
+    Ok(nl
+        .routes()
+        .await?
+        .iter()
+        .filter(|r| r.header.table == 254)
+        .filter_map(|r| {
+            let dst = r
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(d)) => Some(*d),
+                    _ => None,
+                })
+                .unwrap_or(Ipv4Addr::UNSPECIFIED);
+            let gw = r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(*g),
+                _ => None,
+            });
+            Some((Ipv4Net::new(dst, r.header.destination_prefix_length).ok()?, gw))
+        })
+        .collect())
+}
