@@ -14,16 +14,44 @@ fn cycle(topology_file: &str) -> String {
     snap
 }
 
-#[test]
-fn flannel_vxlan_snapshot_is_stable_and_golden() {
-    let first = cycle("flannel-vxlan.toml");
-    let second = cycle("flannel-vxlan.toml");
-    assert_eq!(first, second, "two up/snapshot/down cycles must agree byte for byte");
+/// Two cycles of a shipped topology agree, and equal `snapshots/<name>.snap`.
+fn stable_and_golden(name: &str) {
+    let first = cycle(&format!("{name}.toml"));
+    let second = cycle(&format!("{name}.toml"));
+    assert_eq!(
+        first, second,
+        "two up/snapshot/down cycles of {name} must agree byte for byte"
+    );
     insta::with_settings!({
         snapshot_path => "../snapshots",
         prepend_module_to_snapshot => false,
         omit_expression => true,
     }, {
-        insta::assert_snapshot!("flannel-vxlan", first);
+        insta::assert_snapshot!(name.to_string(), first);
     });
+}
+
+#[test]
+fn flannel_vxlan() {
+    stable_and_golden("flannel-vxlan");
+}
+
+#[test]
+fn calico_bgp() {
+    stable_and_golden("calico-bgp");
+}
+
+#[test]
+fn calico_rr() {
+    stable_and_golden("calico-rr");
+}
+
+#[test]
+fn calico_tor() {
+    stable_and_golden("calico-tor");
+}
+
+#[test]
+fn calico_vxlan() {
+    stable_and_golden("calico-vxlan");
 }

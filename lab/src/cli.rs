@@ -68,7 +68,7 @@ pub enum Cmd {
     },
     /// Run a command inside a node's, pod's or switch's namespace.
     Exec {
-        /// NODE, NODE/POD, or a switch name.
+        /// NODE, NODE/POD, a switch or a router.
         target: String,
         /// The command and its arguments, after `--`.
         #[arg(last = true, required = true, num_args = 1..)]
@@ -330,15 +330,18 @@ pub fn resolve_target(st: &LabState, target: &str) -> Result<String> {
         return Ok(n.ns.clone());
     } else if plan.switches.iter().any(|s| s.name == target) {
         return Ok(plan.fabric_ns.clone());
+    } else if let Some(r) = plan.router(target) {
+        return Ok(r.ns.clone());
     }
     let mut known: Vec<String> = plan.nodes.iter().map(|n| n.name.clone()).collect();
     known.extend(plan.pods().map(|(n, p)| format!("{}/{}", n.name, p.name)));
     known.extend(plan.switches.iter().map(|s| s.name.clone()));
+    known.extend(plan.routers.iter().map(|r| r.name.clone()));
     let shown: Vec<String> = known.iter().take(12).cloned().collect();
     Err(Error::usage(
         format!("lab {} has no target \"{target}\"", plan.lab),
         format!(
-            "name a node, NODE/POD or switch: {}{}",
+            "name a node, NODE/POD, switch or router: {}{}",
             shown.join(", "),
             if known.len() > shown.len() { ", ..." } else { "" }
         ),

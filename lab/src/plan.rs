@@ -321,7 +321,12 @@ mod tests {
         assert_eq!(n.pods[0].container_id.len(), 64);
         assert_eq!(
             plan.namespaces(),
-            ["cnilab.lab1._fabric", "cnilab.lab1._router-r", "cnilab.lab1.a", "cnilab.lab1.a.web"]
+            [
+                "cnilab.lab1._fabric",
+                "cnilab.lab1._router-r",
+                "cnilab.lab1.a",
+                "cnilab.lab1.a.web"
+            ]
         );
         assert_eq!(plan.routers[0].ports[0].fabric_port, "r.0");
     }
