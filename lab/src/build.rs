@@ -416,6 +416,31 @@ pub fn spawn_agent(program: &Path, args: &[String], ns: &Netns, log: &Path) -> R
     Ok(child.id())
 }
 
+/// Starts an agent in its namespace: writes its configuration, removes a
+/// ready file left by an earlier run, spawns it. Returns its PID.
+pub fn start_agent(spec: &crate::profile::AgentSpec, ns: &Netns) -> Result<u32> {
+    if let Some((path, text)) = &spec.config {
+        crate::plan::write_file(path, text)?;
+    }
+    let _ = std::fs::remove_file(&spec.ready);
+    spawn_agent(&spec.program, &spec.args, ns, &spec.log)
+}
+
+/// Starts every agent of the lab and waits until each is ready.
+pub async fn start_agents(b: &Built<'_>, state: &mut LabState) -> Result<()> {
+    let mut ready = Vec::new();
+    for spec in b.plan.profile.agents(b.plan, b.paths) {
+        let ns = match b.nodes.get(&spec.owner) {
+            Some(h) => &h.ns,
+            None => &b.routers.get(&spec.owner).context("agent of an unknown namespace")?.ns,
+        };
+        let pid = start_agent(&spec, ns)?;
+        state.agents.insert(spec.owner.clone(), pid);
+        ready.push((spec.owner.clone(), spec.ready.clone(), pid, spec.log.clone(), spec.name));
+    }
+    wait_ready(&ready, b.progress).await
+}
+
 /// Whether a process runs (and is not a zombie).
 pub fn process_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

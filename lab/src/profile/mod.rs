@@ -5,10 +5,12 @@
 pub mod calico;
 pub mod flannel;
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
 use crate::paths::LabPaths;
-use crate::plan::{NodePlan, RouterPlan};
+use crate::plan::{NodePlan, Plan, RouterPlan};
 use crate::topology::{Profile, Topology};
 
 /// A profile's decisions for a lab.
@@ -21,7 +23,98 @@ pub enum ProfilePlan {
     Calico(calico::CalicoPlan),
 }
 
+/// A control-plane daemon of the lab: what runs where, and the file that
+/// appears when it is ready.
+#[derive(Debug, Clone)]
+pub struct AgentSpec {
+    /// The node or router it serves (the key in the lab's state).
+    pub owner: String,
+    /// The namespace it runs in.
+    pub ns: String,
+    /// Its program's name: flanneld, calico-felix or bird.
+    pub name: &'static str,
+    /// The executable.
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Where its output goes.
+    pub log: PathBuf,
+    /// The file it writes (or the socket it opens) once ready.
+    pub ready: PathBuf,
+    /// A configuration file to write before it starts.
+    pub config: Option<(PathBuf, String)>,
+}
+
 impl ProfilePlan {
+    /// Every agent of the lab: nodes' in node order, then routers'.
+    pub fn agents(&self, plan: &Plan, paths: &LabPaths) -> Vec<AgentSpec> {
+        let bird = |owner: &str, ns: &str, dir: PathBuf, config: &str| AgentSpec {
+            owner: owner.to_string(),
+            ns: ns.to_string(),
+            name: "bird",
+            program: crate::bird::binary().unwrap_or_else(|| PathBuf::from(crate::bird::BIRD_PATHS[0])),
+            args: vec![
+                "-f".into(),
+                "-c".into(),
+                dir.join("bird.conf").display().to_string(),
+                "-s".into(),
+                dir.join("bird.ctl").display().to_string(),
+            ],
+            log: dir.join("agent.log"),
+            ready: dir.join("bird.ctl"),
+            config: Some((dir.join("bird.conf"), config.to_string())),
+        };
+        let mut v = Vec::new();
+        for n in &plan.nodes {
+            match self {
+                ProfilePlan::Flannel(f) => {
+                    let Some(fnode) = f.node(&n.name) else { continue };
+                    v.push(AgentSpec {
+                        owner: n.name.clone(),
+                        ns: n.ns.clone(),
+                        name: "flanneld",
+                        program: paths.bin_dir().join("flanneld"),
+                        args: fnode.agent_args.clone(),
+                        log: paths.agent_log(&n.name),
+                        ready: paths.agent_dir(&n.name).join("subnet.env"),
+                        config: None,
+                    });
+                }
+                ProfilePlan::Calico(c) => {
+                    let Some(cn) = c.node(&n.name) else { continue };
+                    if let Some(b) = &cn.bird {
+                        v.push(bird(&n.name, &n.ns, paths.agent_dir(&n.name), &b.config));
+                    }
+                    if let Some(t) = &cn.vxlan {
+                        v.push(AgentSpec {
+                            owner: n.name.clone(),
+                            ns: n.ns.clone(),
+                            name: "calico-felix",
+                            program: paths.bin_dir().join("calico-felix"),
+                            args: vec![
+                                format!("--datastore-dir={}", paths.etcd_dir().display()),
+                                format!("--node={}", n.name),
+                                "--iface=eth0".to_string(),
+                                format!("--block={}", cn.block),
+                                format!("--tunnel-addr={}", t.address),
+                                format!("--vtep-mac={}", t.mac),
+                            ],
+                            log: paths.agent_log(&n.name),
+                            ready: paths.etcd_dir().join("calico/vxlan").join(&n.name),
+                            config: None,
+                        });
+                    }
+                }
+            }
+        }
+        for r in &plan.routers {
+            if let Some(b) = &r.bird {
+                v.push(bird(&r.name, &r.ns, paths.router_dir(&r.name), &b.config));
+            }
+        }
+        v
+    }
+
     /// A node's CNI configuration list.
     pub fn conflist(&self, node: &str) -> Option<&serde_json::Value> {
         match self {

@@ -6,8 +6,7 @@ use anyhow::{Context, Result};
 
 use super::{CONFLIST_NAME, CalicoPlan};
 use crate::bird::{self, BirdPlan};
-use crate::build::{Built, link_binaries, spawn_agent, wait_ready};
-use crate::netns::Netns;
+use crate::build::{Built, link_binaries, start_agents};
 use crate::plan::write_file;
 use crate::profile::flannel::build::main_routes;
 use crate::state::LabState;
@@ -30,66 +29,17 @@ pub fn birds(b: &Built<'_>, c: &CalicoPlan) -> Vec<(String, std::path::PathBuf, 
     v
 }
 
-fn start_bird(ns: &Netns, dir: &std::path::Path, config: &str) -> Result<u32> {
-    let conf = dir.join("bird.conf");
-    write_file(&conf, config)?;
-    let program = bird::binary().context("bird is not installed (apt-get install bird2)")?;
-    let args = vec![
-        "-f".to_string(),
-        "-c".to_string(),
-        conf.display().to_string(),
-        "-s".to_string(),
-        dir.join("bird.ctl").display().to_string(),
-    ];
-    spawn_agent(&program, &args, ns, &dir.join("agent.log"))
-}
-
 /// Writes the nodes' conflists and starts the control plane.
 pub async fn start(b: &Built<'_>, state: &mut LabState, c: &CalicoPlan) -> Result<()> {
     let paths = b.paths;
     link_binaries(paths, &["calico", "calico-felix"])?;
-    let mut ready = Vec::new();
     for n in &c.nodes {
         write_file(
             &paths.cni_conf_dir(&n.node).join(CONFLIST_NAME),
             &serde_json::to_string_pretty(&n.conflist)?,
         )?;
-        let h = &b.nodes[&n.node];
-        let dir = paths.agent_dir(&n.node);
-        if let Some(bp) = &n.bird {
-            let pid = start_bird(&h.ns, &dir, &bp.config)?;
-            state.agents.insert(n.node.clone(), pid);
-            ready.push((n.node.clone(), dir.join("bird.ctl"), pid, dir.join("agent.log"), "bird"));
-        }
-        if let Some(t) = &n.vxlan {
-            let args = vec![
-                format!("--datastore-dir={}", paths.etcd_dir().display()),
-                format!("--node={}", n.node),
-                "--iface=eth0".to_string(),
-                format!("--block={}", n.block),
-                format!("--tunnel-addr={}", t.address),
-                format!("--vtep-mac={}", t.mac),
-            ];
-            let log = paths.agent_log(&n.node);
-            let pid = spawn_agent(&paths.bin_dir().join("calico-felix"), &args, &h.ns, &log)?;
-            state.agents.insert(n.node.clone(), pid);
-            ready.push((
-                n.node.clone(),
-                paths.etcd_dir().join("calico/vxlan").join(&n.node),
-                pid,
-                log,
-                "calico-felix",
-            ));
-        }
     }
-    for r in &b.plan.routers {
-        let Some(bp) = &r.bird else { continue };
-        let dir = paths.router_dir(&r.name);
-        let pid = start_bird(&b.routers[&r.name].ns, &dir, &bp.config)?;
-        state.agents.insert(r.name.clone(), pid);
-        ready.push((r.name.clone(), dir.join("bird.ctl"), pid, dir.join("agent.log"), "bird"));
-    }
-    wait_ready(&ready, b.progress).await
+    start_agents(b, state).await
 }
 
 /// Sessions not yet Established, as "who: session (state)".

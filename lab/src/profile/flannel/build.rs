@@ -9,7 +9,7 @@ use ipnet::Ipv4Net;
 use netlink_packet_route::route::{RouteAddress, RouteAttribute};
 
 use super::{CONFLIST_NAME, FlannelPlan};
-use crate::build::{Built, link_binaries, spawn_agent, wait_ready};
+use crate::build::{Built, link_binaries, start_agents};
 use crate::plan::{Plan, write_file};
 use crate::state::LabState;
 use crate::topology::FlannelBackend;
@@ -22,26 +22,13 @@ pub async fn start(b: &Built<'_>, state: &mut LabState, f: &FlannelPlan) -> Resu
     let prefix = paths.etcd_dir().join("coreos.com/network");
     write_file(&prefix.join("config"), &f.net_config.to_string())?;
     std::fs::create_dir_all(prefix.join("subnets"))?;
-    let flanneld = paths.bin_dir().join("flanneld");
-    let mut ready = Vec::new();
     for fnode in &f.nodes {
-        let h = &b.nodes[&fnode.node];
-        let log = paths.agent_log(&fnode.node);
-        let pid = spawn_agent(&flanneld, &fnode.agent_args, &h.ns, &log)?;
-        state.agents.insert(fnode.node.clone(), pid);
         write_file(
             &paths.cni_conf_dir(&fnode.node).join(CONFLIST_NAME),
             &serde_json::to_string_pretty(&fnode.conflist)?,
         )?;
-        ready.push((
-            fnode.node.clone(),
-            paths.agent_dir(&fnode.node).join("subnet.env"),
-            pid,
-            log,
-            "flanneld",
-        ));
     }
-    wait_ready(&ready, b.progress).await
+    start_agents(b, state).await
 }
 
 /// What flannel programs on each node for every other node's lease:
