@@ -200,6 +200,32 @@ pub struct Built<'a> {
     pub routers: BTreeMap<String, Handle>,
 }
 
+impl<'a> Built<'a> {
+    /// Handles on a running lab's nodes and routers (needs a tokio runtime).
+    pub fn open(plan: &'a Plan, paths: &'a LabPaths, progress: &'a Progress) -> Result<Self> {
+        let open = |ns: &str| -> Result<Handle> {
+            let ns = Netns::open(ns)?;
+            let nl = Nl::connect_in(&ns)?;
+            Ok(Handle { ns, nl })
+        };
+        Ok(Built {
+            plan,
+            paths,
+            progress,
+            nodes: plan.nodes.iter().map(|n| Ok((n.name.clone(), open(&n.ns)?))).collect::<Result<_>>()?,
+            routers: plan.routers.iter().map(|r| Ok((r.name.clone(), open(&r.ns)?))).collect::<Result<_>>()?,
+        })
+    }
+
+    /// Waits until the profile's control plane has converged.
+    pub async fn converge(&self) -> Result<()> {
+        match &self.plan.profile {
+            ProfilePlan::Flannel(f) => crate::profile::flannel::build::converge(self, f).await,
+            ProfilePlan::Calico(c) => crate::profile::calico::build::converge(self, c).await,
+        }
+    }
+}
+
 async fn build_all(state: &mut LabState, paths: &LabPaths, progress: &Progress) -> Result<()> {
     let plan = state.plan.clone();
 
@@ -290,10 +316,7 @@ async fn build_all(state: &mut LabState, paths: &LabPaths, progress: &Progress) 
     add_pods(state, &built).await?;
     state.save()?;
     progress.phase("converge", plan.nodes.len());
-    match &plan.profile {
-        ProfilePlan::Flannel(f) => crate::profile::flannel::build::converge(&built, f).await?,
-        ProfilePlan::Calico(c) => crate::profile::calico::build::converge(&built, c).await?,
-    }
+    built.converge().await?;
     progress.finish();
     Ok(())
 }

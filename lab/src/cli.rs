@@ -85,6 +85,12 @@ pub enum Cmd {
         #[arg(long)]
         dynamic: bool,
     },
+    /// Inject, list and remove faults.
+    Fault {
+        /// add, ls or rm.
+        #[command(subcommand)]
+        cmd: FaultCmd,
+    },
     /// Check a topology file and print its plan; needs no root.
     Validate {
         /// The topology file.
@@ -93,6 +99,106 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `cnilab fault ...`.
+#[derive(Subcommand, Debug)]
+pub enum FaultCmd {
+    /// Inject a fault; prints its id.
+    Add {
+        /// mtu, upstream-vxlan, arp-suppress, link-down, loss, block, sysctl, agent-down, agent-restart.
+        kind: String,
+        /// The node, pod, switch or router it hits.
+        #[arg(long)]
+        on: String,
+        /// mtu: the new MTU.
+        #[arg(long)]
+        mtu: Option<u32>,
+        /// loss: percentage of packets dropped.
+        #[arg(long)]
+        percent: Option<f64>,
+        /// block: udp or tcp.
+        #[arg(long)]
+        proto: Option<String>,
+        /// block: the destination port.
+        #[arg(long)]
+        port: Option<u16>,
+        /// sysctl: its name, as sysctl(8) writes it.
+        #[arg(long)]
+        key: Option<String>,
+        /// sysctl: the value.
+        #[arg(long)]
+        value: Option<String>,
+        /// agent-restart: the VTEP comes back with a new MAC.
+        #[arg(long)]
+        new_mac: bool,
+        /// Print the fault as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List active faults.
+    Ls {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revert a fault, or all of them.
+    Rm {
+        /// The fault's id (f1, f2, ...).
+        id: Option<String>,
+        /// Revert every fault, newest first.
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+    },
+}
+
+fn need<T>(v: Option<T>, kind: &str, flag: &str, example: &str) -> Result<T> {
+    v.ok_or_else(|| Error::usage(format!("fault {kind} needs --{flag}"), format!("e.g. cnilab fault add {kind} {example}")))
+}
+
+/// The fault a command line describes.
+#[allow(clippy::too_many_arguments)]
+pub fn fault_spec(
+    kind: &str,
+    on: String,
+    mtu: Option<u32>,
+    percent: Option<f64>,
+    proto: Option<String>,
+    port: Option<u16>,
+    key: Option<String>,
+    value: Option<String>,
+    new_mac: bool,
+) -> Result<crate::fault::FaultSpec> {
+    use crate::fault::FaultSpec as F;
+    Ok(match kind {
+        "mtu" => F::Mtu { mtu: need(mtu, kind, "mtu", "--on tor1 --mtu 1400")?, on },
+        "upstream-vxlan" => F::UpstreamVxlan { on },
+        "arp-suppress" => F::ArpSuppress { on },
+        "link-down" => F::LinkDown { on },
+        "loss" => F::Loss { percent: need(percent, kind, "percent", "--on worker1 --percent 20")?, on },
+        "block" => F::Block {
+            proto: need(proto, kind, "proto", "--on worker1 --proto udp --port 8472")?,
+            port: need(port, kind, "port", "--on worker1 --proto udp --port 8472")?,
+            on,
+        },
+        "sysctl" => F::Sysctl {
+            key: need(key, kind, "key", "--on worker1 --key net.ipv4.ip_forward --value 0")?,
+            value: need(value, kind, "value", "--on worker1 --key net.ipv4.ip_forward --value 0")?,
+            on,
+        },
+        "agent-down" => F::AgentDown { on },
+        "agent-restart" => F::AgentRestart { on, new_mac },
+        other => {
+            let kinds = [
+                "mtu", "upstream-vxlan", "arp-suppress", "link-down", "loss", "block", "sysctl", "agent-down", "agent-restart",
+            ];
+            let fix = match crate::spanned::closest(other, &kinds) {
+                Some(k) => format!("did you mean {k}? kinds: {}", kinds.join(", ")),
+                None => format!("kinds: {}", kinds.join(", ")),
+            };
+            return Err(Error::usage(format!("unknown fault kind \"{other}\""), fix));
+        }
+    })
 }
 
 /// Runs the command line; returns the exit code.
@@ -297,6 +403,52 @@ fn run(cli: Cli) -> Result<i32> {
             let st = state::require(&lab)?;
             let ns = resolve_target(&st, &target)?;
             exec_in(&ns, &cmd)
+        }
+        Cmd::Fault { cmd } => {
+            require_root()?;
+            let lab = state::choose_lab(cli.lab.as_deref())?;
+            let mut st = state::require(&lab)?;
+            let progress = Progress::quiet();
+            let rt = runtime();
+            match cmd {
+                FaultCmd::Add { kind, on, mtu, percent, proto, port, key, value, new_mac, json } => {
+                    let spec = fault_spec(&kind, on, mtu, percent, proto, port, key, value, new_mac)?;
+                    let f = rt.block_on(crate::fault::add(&mut st, spec, &progress))?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&f).map_err(anyhow::Error::from)?);
+                    } else {
+                        println!("{}", f.id);
+                        if let Some(n) = &f.note {
+                            eprintln!("note: {n}");
+                        }
+                    }
+                }
+                FaultCmd::Ls { json } => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&st.faults).map_err(anyhow::Error::from)?);
+                    } else if st.faults.is_empty() {
+                        println!("no faults in lab {lab}");
+                    } else {
+                        for l in crate::fault::lines(&st) {
+                            println!("{l}");
+                        }
+                    }
+                }
+                FaultCmd::Rm { id, all } => {
+                    let ids: Vec<String> = match (id, all) {
+                        (Some(i), _) => vec![i],
+                        (None, true) => st.faults.iter().rev().map(|f| f.id.clone()).collect(),
+                        (None, false) => {
+                            return Err(Error::usage("fault rm needs a fault id or --all", "see `cnilab fault ls`"));
+                        }
+                    };
+                    for i in ids {
+                        let f = rt.block_on(crate::fault::remove(&mut st, &i, &progress))?;
+                        println!("removed {} {}", f.id, f.spec.describe());
+                    }
+                }
+            }
+            Ok(0)
         }
         Cmd::Snapshot { targets, json, dynamic } => {
             require_root()?;

@@ -22,3 +22,4 @@ pub mod state;
 pub mod status;
 pub mod teardown;
 pub mod topology;
+pub mod fault;

@@ -206,6 +206,35 @@ pub fn sysctl_name(key: &str) -> String {
         .join(".")
 }
 
+/// A command that will run inside `ns` (for iproute2, iptables, tc).
+pub fn command(ns: &Netns, program: &str) -> std::process::Command {
+    use std::os::unix::process::CommandExt as _;
+    let mut cmd = std::process::Command::new(program);
+    let fd = ns.raw_fd();
+    // SAFETY: the child only makes the setns system call before exec.
+    unsafe {
+        cmd.pre_exec(move || enter_in_child(fd));
+    }
+    cmd
+}
+
+/// Runs a program inside `ns` and fails with its stderr when it fails.
+pub fn run_in(ns: &Netns, program: &str, args: &[&str]) -> Result<String> {
+    let out = command(ns, program)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run {program} (is it installed?)"))?;
+    if !out.status.success() {
+        return Err(anyhow!(
+            "{program} {} failed in {}: {}",
+            args.join(" "),
+            ns.name(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).to_string())
+}
+
 /// Enters namespace `fd` in a freshly forked child; for `pre_exec`.
 ///
 /// # Safety

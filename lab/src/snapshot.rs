@@ -5,7 +5,7 @@
 //! nothing depends on ifindexes, timing or the lab's name, and every list
 //! is sorted.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -38,6 +38,8 @@ pub struct Snapshot {
     pub format: u32,
     /// One line on what the lab is.
     pub lab: String,
+    /// Active faults.
+    pub faults: Vec<String>,
     /// Namespaces, sorted by name.
     pub namespaces: Vec<NsSnapshot>,
 }
@@ -281,8 +283,8 @@ fn labels(lab_prefix: &str, ns: &str) -> (String, String, String, String) {
 pub async fn take(state: &LabState, only: Option<&[String]>, dynamic: bool) -> Result<Snapshot> {
     let plan = &state.plan;
     let prefix = crate::paths::lab_ns_prefix(&plan.lab);
-    let existing: BTreeSet<String> = netns::list().into_iter().collect();
-    let wanted: Vec<String> = plan.namespaces().into_iter().filter(|n| existing.contains(n)).collect();
+    // Every namespace of the lab, also those a fault made.
+    let wanted: Vec<String> = netns::list().into_iter().filter(|n| n.starts_with(&prefix)).collect();
     // Every namespace is read, even when only some are shown: names and MACs
     // are normalized across the whole lab.
     let paths = state.paths();
@@ -480,6 +482,7 @@ pub async fn take(state: &LabState, only: Option<&[String]>, dynamic: bool) -> R
             plan.pod_count(),
             crate::status::network_line(plan)
         ),
+        faults: crate::fault::lines(state),
         namespaces: out,
     })
 }
@@ -509,6 +512,7 @@ fn vxlan_details(v: &[InfoVxlan], dev: &dyn Fn(u32) -> String) -> Vec<String> {
             InfoVxlan::Proxy(true) => rest.push((6, "proxy".into())),
             InfoVxlan::L2Miss(true) => rest.push((7, "l2miss".into())),
             InfoVxlan::L3Miss(true) => rest.push((8, "l3miss".into())),
+            InfoVxlan::Df(netlink_packet_route::link::VxlanDf::Set) => rest.push((9, "df set".into())),
             _ => {}
         }
     }
@@ -697,7 +701,10 @@ fn fdb_entry(
     dynamic: bool,
 ) -> Option<Fdb> {
     let dst = neigh_dst(n);
-    if dst.is_none() && !dynamic {
+    // Entries a control plane programmed point at a remote and stay; the
+    // rest (learned, ageing) only with --dynamic.
+    let programmed = dst.is_some() && matches!(n.header.state, NeighbourState::Permanent | NeighbourState::Noarp);
+    if !programmed && !dynamic {
         return None;
     }
     let ll = n.attributes.iter().find_map(|a| match a {
@@ -762,6 +769,9 @@ impl Snapshot {
     pub fn render(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "# cnilab snapshot, format {}: {}", self.format, self.lab);
+        for f in &self.faults {
+            let _ = writeln!(s, "fault {f}");
+        }
         for ns in &self.namespaces {
             let _ = writeln!(s, "\n== {}", ns.title);
             for l in &ns.links {

@@ -47,8 +47,14 @@ pub struct LabState {
     pub plan: Plan,
     /// Pods by `node/pod`.
     pub pods: BTreeMap<String, PodState>,
-    /// Agent process IDs by node.
+    /// Agent process IDs by node or router.
     pub agents: BTreeMap<String, u32>,
+    /// Active faults, in the order they were added.
+    #[serde(default)]
+    pub faults: Vec<crate::fault::Fault>,
+    /// How many faults were ever added (their IDs count up).
+    #[serde(default)]
+    pub fault_seq: u32,
 }
 
 impl LabState {
@@ -61,6 +67,8 @@ impl LabState {
             plan,
             pods: BTreeMap::new(),
             agents: BTreeMap::new(),
+            faults: Vec::new(),
+            fault_seq: 0,
         }
     }
 

@@ -195,7 +195,7 @@ pub fn status(state: &LabState) -> Status {
             .collect(),
         nodes,
         pods,
-        faults: Vec::new(),
+        faults: crate::fault::lines(state),
     }
 }
 
