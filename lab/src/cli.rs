@@ -85,6 +85,33 @@ pub enum Cmd {
         #[arg(long)]
         dynamic: bool,
     },
+    /// Check the data plane: ping, pingall, pmtu, tcp, bgp.
+    Probe {
+        /// Which probe.
+        #[command(subcommand)]
+        cmd: ProbeCmd,
+    },
+    /// Add or remove a pod of a running lab, through its node's CNI chain.
+    Pod {
+        /// add or rm.
+        #[command(subcommand)]
+        cmd: PodCmd,
+    },
+    /// Run scenarios: build the lab, run the steps, tear it down.
+    Run {
+        /// Scenario files.
+        #[arg(required = true)]
+        scenarios: Vec<PathBuf>,
+        /// Write snapshot files instead of comparing with them.
+        #[arg(long)]
+        update: bool,
+        /// Leave each lab running (and print its name).
+        #[arg(long)]
+        keep: bool,
+        /// Write a JUnit XML report here.
+        #[arg(long)]
+        junit: Option<PathBuf>,
+    },
     /// Inject, list and remove faults.
     Fault {
         /// add, ls or rm.
@@ -99,6 +126,91 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `cnilab probe ...`.
+#[derive(Subcommand, Debug)]
+pub enum ProbeCmd {
+    /// One ICMP echo; exit 0 on reply.
+    Ping {
+        /// NODE/POD or NODE.
+        src: String,
+        /// NODE/POD, NODE or an address.
+        dst: String,
+        /// ICMP payload bytes (the IP packet is 28 more).
+        #[arg(long)]
+        size: Option<u32>,
+        /// Set don't-fragment.
+        #[arg(long)]
+        df: bool,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every pod to every pod, as a matrix; exit 0 when all reply.
+    Pingall {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Path MTU by DF probing, next to the interface MTU; flags a blackhole.
+    Pmtu {
+        /// NODE/POD or NODE.
+        src: String,
+        /// NODE/POD, NODE or an address.
+        dst: String,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A bulk TCP transfer with a deadline; flags a stall.
+    Tcp {
+        /// NODE/POD or NODE.
+        src: String,
+        /// NODE/POD or NODE.
+        dst: String,
+        /// Bytes to send.
+        #[arg(long, default_value_t = 4 << 20)]
+        bytes: u64,
+        /// Seconds before giving up.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// BGP sessions and their states; exit 0 when all are Established.
+    Bgp {
+        /// Only this node or router.
+        target: Option<String>,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `cnilab pod ...`.
+#[derive(Subcommand, Debug)]
+pub enum PodCmd {
+    /// Create NODE/POD's namespace and run CNI ADD; shows the plugin's error if it fails.
+    Add {
+        /// NODE/POD.
+        pod: String,
+    },
+    /// Run CNI DEL for NODE/POD and remove its namespace.
+    Rm {
+        /// NODE/POD.
+        pod: String,
+    },
+}
+
+fn print<T: serde::Serialize + std::fmt::Display>(v: &T, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(v).map_err(anyhow::Error::from)?);
+    } else {
+        println!("{v}");
+    }
+    Ok(())
 }
 
 /// `cnilab fault ...`.
@@ -403,6 +515,106 @@ fn run(cli: Cli) -> Result<i32> {
             let st = state::require(&lab)?;
             let ns = resolve_target(&st, &target)?;
             exec_in(&ns, &cmd)
+        }
+        Cmd::Run { scenarios, update, keep, junit } => {
+            require_root()?;
+            let loaded = scenarios.iter().map(|p| crate::scenario::load(p)).collect::<Result<Vec<_>>>()?;
+            let opts = crate::scenario::RunOptions { update, keep };
+            let mut reports = Vec::new();
+            for sc in loaded {
+                let lab = crate::scenario::lab_for(&sc);
+                println!("scenario {} ({})", sc.name, sc.path.display());
+                if let Some(first) = sc.description.lines().next().filter(|l| !l.is_empty()) {
+                    println!("  {first}");
+                }
+                let rt = runtime();
+                let outcome = rt.block_on(async {
+                    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .map_err(anyhow::Error::from)?;
+                    let mut out = |l: &str| println!("{l}");
+                    Ok::<_, Error>(tokio::select! {
+                        r = crate::scenario::run(&sc, &opts, &lab, &mut out) => Some(r),
+                        _ = tokio::signal::ctrl_c() => None,
+                        _ = term.recv() => None,
+                    })
+                })?;
+                drop(rt);
+                let Some(report) = outcome else {
+                    teardown::down(&lab)?;
+                    eprintln!("interrupted: lab {lab} was removed");
+                    return Ok(130);
+                };
+                if keep && report.error.is_none() {
+                    println!("  lab {lab} kept: cnilab --lab {lab} status");
+                } else {
+                    teardown::down(&lab)?;
+                }
+                match (&report.error, report.passed()) {
+                    (Some(e), _) => println!("  ERROR: {e}"),
+                    (None, true) => println!("  PASSED {} steps in {:.1} s", report.steps.len(), report.time.as_secs_f64()),
+                    (None, false) => println!("  FAILED at step {}", report.steps.last().map_or(0, |s| s.step.index)),
+                }
+                reports.push((sc, report));
+            }
+            let failed = reports.iter().filter(|(_, r)| !r.passed()).count();
+            if reports.len() > 1 {
+                println!("{} of {} scenarios passed", reports.len() - failed, reports.len());
+            }
+            if let Some(path) = junit {
+                let xml = crate::scenario::junit(&reports)?;
+                std::fs::write(&path, xml).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+            }
+            Ok(if failed == 0 { 0 } else { crate::error::EXIT_FAILED })
+        }
+        Cmd::Probe { cmd } => {
+            require_root()?;
+            let lab = state::choose_lab(cli.lab.as_deref())?;
+            let st = state::require(&lab)?;
+            let ok = match cmd {
+                ProbeCmd::Ping { src, dst, size, df, json } => {
+                    let p = crate::probe::ping(&st, &src, &dst, size, df)?;
+                    print(&p, json)?;
+                    p.ok
+                }
+                ProbeCmd::Pingall { json } => {
+                    let p = crate::probe::pingall(&st)?;
+                    print(&p, json)?;
+                    p.failed == 0
+                }
+                ProbeCmd::Pmtu { src, dst, json } => {
+                    let p = crate::probe::pmtu(&st, &src, &dst)?;
+                    print(&p, json)?;
+                    !p.blackhole
+                }
+                ProbeCmd::Tcp { src, dst, bytes, timeout, json } => {
+                    let p = crate::probe::tcp(&st, &src, &dst, bytes, std::time::Duration::from_secs(timeout))?;
+                    print(&p, json)?;
+                    !p.stalled
+                }
+                ProbeCmd::Bgp { target, json } => {
+                    let p = crate::probe::bgp(&st, target.as_deref())?;
+                    print(&p, json)?;
+                    p.down == 0
+                }
+            };
+            Ok(if ok { 0 } else { crate::error::EXIT_FAILED })
+        }
+        Cmd::Pod { cmd } => {
+            require_root()?;
+            let lab = state::choose_lab(cli.lab.as_deref())?;
+            let mut st = state::require(&lab)?;
+            let rt = runtime();
+            match cmd {
+                PodCmd::Add { pod } => {
+                    let ip = rt.block_on(crate::pods::add(&mut st, &pod))?;
+                    println!("pod {pod} added: {ip}");
+                }
+                PodCmd::Rm { pod } => {
+                    rt.block_on(crate::pods::remove(&mut st, &pod))?;
+                    println!("pod {pod} removed");
+                }
+            }
+            Ok(0)
         }
         Cmd::Fault { cmd } => {
             require_root()?;

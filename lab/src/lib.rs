@@ -23,3 +23,6 @@ pub mod status;
 pub mod teardown;
 pub mod topology;
 pub mod fault;
+pub mod pods;
+pub mod probe;
+pub mod scenario;

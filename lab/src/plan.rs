@@ -66,6 +66,9 @@ pub struct NodePlan {
     pub gateway: Option<Ipv4Addr>,
     /// Its pods.
     pub pods: Vec<PodPlan>,
+    /// Size of its IPAM range, when limited.
+    #[serde(default)]
+    pub max_pods: Option<u32>,
 }
 
 /// A router: a namespace joining switches at L3, taking .1 on each.
@@ -175,6 +178,7 @@ impl Plan {
                     prefix_len: sw.subnet.prefix_len(),
                     mtu: sw.mtu,
                     gateway,
+                    max_pods: n.max_pods,
                     pods: n
                         .pods
                         .iter()

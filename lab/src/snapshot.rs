@@ -458,6 +458,13 @@ pub async fn take(state: &LabState, only: Option<&[String]>, dynamic: bool) -> R
         };
         let mut bgp_sessions = r.bgp_sessions.clone();
         bgp_sessions.sort_by(|a, b| a.name.cmp(&b.name));
+        // A session that is not up cycles through Active, Connect, OpenSent
+        // with BIRD's timers; only whether it is Established is stable.
+        for b in &mut bgp_sessions {
+            if b.state != "Established" {
+                b.state = "down".into();
+            }
+        }
         out.push(NsSnapshot {
             name: short,
             role,

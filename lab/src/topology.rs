@@ -171,6 +171,10 @@ pub struct Node {
     pub ip: Ipv4Addr,
     /// Its pods, by name.
     pub pods: Vec<String>,
+    /// How many addresses its IPAM range holds (calico), like a cloud
+    /// node's pod limit; none: the whole block.
+    #[serde(default)]
+    pub max_pods: Option<u32>,
 }
 
 /// `[[router]]`.
@@ -459,6 +463,7 @@ fn unknown_switch(t: &Table, s: &Sp<String>, switches: &[SwitchIn]) -> InputErro
 
 struct NodeIn {
     node: Node,
+    max_pods_span: Option<Range<usize>>,
     name_span: Range<usize>,
     ip_span: Option<Range<usize>>,
     explicit_ip: Option<Ipv4Addr>,
@@ -467,7 +472,7 @@ struct NodeIn {
 fn parse_nodes(root: &Table, switches: &[SwitchIn]) -> R<Vec<NodeIn>> {
     let mut out: Vec<NodeIn> = Vec::new();
     for t in root.tables("node", "[[node]]")? {
-        t.allow(&["name", "switch", "ip", "pods", "count"])?;
+        t.allow(&["name", "switch", "ip", "pods", "count", "max_pods"])?;
         let name = t.required_string("name", "name = \"worker1\"")?;
         let count = t.int("count", 1, 4096, "count = 3")?;
         let templated = name.v.contains("{i}");
@@ -526,6 +531,7 @@ fn parse_nodes(root: &Table, switches: &[SwitchIn]) -> R<Vec<NodeIn>> {
             }
         };
         let pods = parse_pods(&t)?;
+        let max_pods = t.int("max_pods", 1, 65535, "max_pods = 4")?;
         let n = count.as_ref().map_or(1, |c| c.v);
         for i in 1..=n {
             let expanded = Sp::new(name.v.replace("{i}", &i.to_string()), name.span.clone());
@@ -543,8 +549,10 @@ fn parse_nodes(root: &Table, switches: &[SwitchIn]) -> R<Vec<NodeIn>> {
                     switch: switch.clone(),
                     ip: Ipv4Addr::UNSPECIFIED,
                     pods: pods.clone(),
+                    max_pods: max_pods.as_ref().map(|m| m.v as u32),
                 },
                 name_span: name.span.clone(),
+                max_pods_span: max_pods.as_ref().map(|m| m.span.clone()),
                 ip_span: ip.as_ref().map(|i| i.span.clone()),
                 explicit_ip: ip.as_ref().map(|i| i.v),
             });
@@ -624,6 +632,15 @@ fn parse_network(root: &Table, switches: &[SwitchIn], routers: &[RouterIn], node
                 span,
                 format!("[network.{other}] does not belong to cni = \"{}\"", cni.v),
                 format!("remove [network.{other}], or set cni = \"{other}\""),
+            ));
+        }
+    }
+    if cni.v != "calico" {
+        if let Some(span) = nodes.iter().find_map(|n| n.max_pods_span.clone()) {
+            return Err(net.err(
+                span,
+                "max_pods limits a node's IPAM range, which only the calico profile's conflist sets; flannel's plugin always hands out the whole lease",
+                "use cni = \"calico\", or a longer subnet_len to give each node fewer addresses",
             ));
         }
     }
@@ -872,6 +889,14 @@ fn calico_options(
             size_span,
             format!("block_size /{} is larger than the pool {}", opts.block_size, cidr.v),
             format!("use a block_size of /{} or longer", cidr.v.prefix_len()),
+        ));
+    }
+    let room = (1u64 << (32 - opts.block_size)).saturating_sub(1);
+    if let Some(n) = nodes.iter().find(|n| n.node.max_pods.is_some_and(|m| u64::from(m) > room)) {
+        return Err(root.err(
+            n.max_pods_span.clone().unwrap_or(0..0),
+            format!("max_pods {} is more than a /{} block holds ({room})", n.node.max_pods.unwrap_or(0), opts.block_size),
+            "lower max_pods, or use a shorter block_size",
         ));
     }
     let blocks = 1u64 << (opts.block_size - cidr.v.prefix_len());

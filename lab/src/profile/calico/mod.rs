@@ -319,7 +319,7 @@ pub fn plan(
                 ip: n.ip,
                 block: *block,
                 pod_mtu,
-                conflist: conflist(&n.name, *block, pod_mtu, paths),
+                conflist: conflist(&n.name, *block, pod_mtu, n.max_pods, paths),
                 vxlan,
                 bird,
                 reflector: me_rr,
@@ -362,7 +362,7 @@ pub fn plan(
 /// instead of calico-ipam (which cannot be installed here). The block's
 /// first address is kept out of the range (as host-local's "gateway"):
 /// Calico gives it to the tunnel device.
-fn conflist(node: &str, block: Ipv4Net, mtu: u32, paths: &LabPaths) -> Value {
+fn conflist(node: &str, block: Ipv4Net, mtu: u32, max_pods: Option<u32>, paths: &LabPaths) -> Value {
     let text = CONFLIST
         .replace("__KUBERNETES_NODE_NAME__", node)
         .replace("__CNI_MTU__", &mtu.to_string())
@@ -374,9 +374,13 @@ fn conflist(node: &str, block: Ipv4Net, mtu: u32, paths: &LabPaths) -> Value {
     let first = Ipv4Addr::from(u32::from(block.network()) + 1);
     let plugin = &mut v["plugins"][0];
     plugin["log_file_path"] = json!(paths.node_dir(node).join("cni/calico.log"));
+    let mut range = json!({ "subnet": block.to_string(), "rangeStart": first.to_string(), "gateway": block.network().to_string() });
+    if let Some(m) = max_pods {
+        range["rangeEnd"] = json!(Ipv4Addr::from(u32::from(block.network()) + m).to_string());
+    }
     plugin["ipam"] = json!({
         "type": "host-local",
-        "ranges": [[{ "subnet": block.to_string(), "rangeStart": first.to_string(), "gateway": block.network().to_string() }]],
+        "ranges": [[range]],
         "dataDir": paths.cni_state_dir(node).join("networks"),
     });
     v
