@@ -212,8 +212,16 @@ impl<'a> Built<'a> {
             plan,
             paths,
             progress,
-            nodes: plan.nodes.iter().map(|n| Ok((n.name.clone(), open(&n.ns)?))).collect::<Result<_>>()?,
-            routers: plan.routers.iter().map(|r| Ok((r.name.clone(), open(&r.ns)?))).collect::<Result<_>>()?,
+            nodes: plan
+                .nodes
+                .iter()
+                .map(|n| Ok((n.name.clone(), open(&n.ns)?)))
+                .collect::<Result<_>>()?,
+            routers: plan
+                .routers
+                .iter()
+                .map(|r| Ok((r.name.clone(), open(&r.ns)?)))
+                .collect::<Result<_>>()?,
         })
     }
 

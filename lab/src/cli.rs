@@ -265,7 +265,12 @@ pub enum FaultCmd {
 }
 
 fn need<T>(v: Option<T>, kind: &str, flag: &str, example: &str) -> Result<T> {
-    v.ok_or_else(|| Error::usage(format!("fault {kind} needs --{flag}"), format!("e.g. cnilab fault add {kind} {example}")))
+    v.ok_or_else(|| {
+        Error::usage(
+            format!("fault {kind} needs --{flag}"),
+            format!("e.g. cnilab fault add {kind} {example}"),
+        )
+    })
 }
 
 /// The fault a command line describes.
@@ -283,11 +288,17 @@ pub fn fault_spec(
 ) -> Result<crate::fault::FaultSpec> {
     use crate::fault::FaultSpec as F;
     Ok(match kind {
-        "mtu" => F::Mtu { mtu: need(mtu, kind, "mtu", "--on tor1 --mtu 1400")?, on },
+        "mtu" => F::Mtu {
+            mtu: need(mtu, kind, "mtu", "--on tor1 --mtu 1400")?,
+            on,
+        },
         "upstream-vxlan" => F::UpstreamVxlan { on },
         "arp-suppress" => F::ArpSuppress { on },
         "link-down" => F::LinkDown { on },
-        "loss" => F::Loss { percent: need(percent, kind, "percent", "--on worker1 --percent 20")?, on },
+        "loss" => F::Loss {
+            percent: need(percent, kind, "percent", "--on worker1 --percent 20")?,
+            on,
+        },
         "block" => F::Block {
             proto: need(proto, kind, "proto", "--on worker1 --proto udp --port 8472")?,
             port: need(port, kind, "port", "--on worker1 --proto udp --port 8472")?,
@@ -302,7 +313,15 @@ pub fn fault_spec(
         "agent-restart" => F::AgentRestart { on, new_mac },
         other => {
             let kinds = [
-                "mtu", "upstream-vxlan", "arp-suppress", "link-down", "loss", "block", "sysctl", "agent-down", "agent-restart",
+                "mtu",
+                "upstream-vxlan",
+                "arp-suppress",
+                "link-down",
+                "loss",
+                "block",
+                "sysctl",
+                "agent-down",
+                "agent-restart",
             ];
             let fix = match crate::spanned::closest(other, &kinds) {
                 Some(k) => format!("did you mean {k}? kinds: {}", kinds.join(", ")),
@@ -516,9 +535,17 @@ fn run(cli: Cli) -> Result<i32> {
             let ns = resolve_target(&st, &target)?;
             exec_in(&ns, &cmd)
         }
-        Cmd::Run { scenarios, update, keep, junit } => {
+        Cmd::Run {
+            scenarios,
+            update,
+            keep,
+            junit,
+        } => {
             require_root()?;
-            let loaded = scenarios.iter().map(|p| crate::scenario::load(p)).collect::<Result<Vec<_>>>()?;
+            let loaded = scenarios
+                .iter()
+                .map(|p| crate::scenario::load(p))
+                .collect::<Result<Vec<_>>>()?;
             let opts = crate::scenario::RunOptions { update, keep };
             let mut reports = Vec::new();
             for sc in loaded {
@@ -551,7 +578,11 @@ fn run(cli: Cli) -> Result<i32> {
                 }
                 match (&report.error, report.passed()) {
                     (Some(e), _) => println!("  ERROR: {e}"),
-                    (None, true) => println!("  PASSED {} steps in {:.1} s", report.steps.len(), report.time.as_secs_f64()),
+                    (None, true) => println!(
+                        "  PASSED {} steps in {:.1} s",
+                        report.steps.len(),
+                        report.time.as_secs_f64()
+                    ),
                     (None, false) => println!("  FAILED at step {}", report.steps.last().map_or(0, |s| s.step.index)),
                 }
                 reports.push((sc, report));
@@ -571,7 +602,13 @@ fn run(cli: Cli) -> Result<i32> {
             let lab = state::choose_lab(cli.lab.as_deref())?;
             let st = state::require(&lab)?;
             let ok = match cmd {
-                ProbeCmd::Ping { src, dst, size, df, json } => {
+                ProbeCmd::Ping {
+                    src,
+                    dst,
+                    size,
+                    df,
+                    json,
+                } => {
                     let p = crate::probe::ping(&st, &src, &dst, size, df)?;
                     print(&p, json)?;
                     p.ok
@@ -586,7 +623,13 @@ fn run(cli: Cli) -> Result<i32> {
                     print(&p, json)?;
                     !p.blackhole
                 }
-                ProbeCmd::Tcp { src, dst, bytes, timeout, json } => {
+                ProbeCmd::Tcp {
+                    src,
+                    dst,
+                    bytes,
+                    timeout,
+                    json,
+                } => {
                     let p = crate::probe::tcp(&st, &src, &dst, bytes, std::time::Duration::from_secs(timeout))?;
                     print(&p, json)?;
                     !p.stalled
@@ -623,7 +666,18 @@ fn run(cli: Cli) -> Result<i32> {
             let progress = Progress::quiet();
             let rt = runtime();
             match cmd {
-                FaultCmd::Add { kind, on, mtu, percent, proto, port, key, value, new_mac, json } => {
+                FaultCmd::Add {
+                    kind,
+                    on,
+                    mtu,
+                    percent,
+                    proto,
+                    port,
+                    key,
+                    value,
+                    new_mac,
+                    json,
+                } => {
                     let spec = fault_spec(&kind, on, mtu, percent, proto, port, key, value, new_mac)?;
                     let f = rt.block_on(crate::fault::add(&mut st, spec, &progress))?;
                     if json {
@@ -637,7 +691,10 @@ fn run(cli: Cli) -> Result<i32> {
                 }
                 FaultCmd::Ls { json } => {
                     if json {
-                        println!("{}", serde_json::to_string_pretty(&st.faults).map_err(anyhow::Error::from)?);
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&st.faults).map_err(anyhow::Error::from)?
+                        );
                     } else if st.faults.is_empty() {
                         println!("no faults in lab {lab}");
                     } else {
@@ -651,7 +708,10 @@ fn run(cli: Cli) -> Result<i32> {
                         (Some(i), _) => vec![i],
                         (None, true) => st.faults.iter().rev().map(|f| f.id.clone()).collect(),
                         (None, false) => {
-                            return Err(Error::usage("fault rm needs a fault id or --all", "see `cnilab fault ls`"));
+                            return Err(Error::usage(
+                                "fault rm needs a fault id or --all",
+                                "see `cnilab fault ls`",
+                            ));
                         }
                     };
                     for i in ids {

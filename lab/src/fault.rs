@@ -2,17 +2,17 @@
 //! running lab, recorded in its state with what is needed to revert it, and
 //! fully reverted by `rm`: the snapshot after `rm` equals the one before `add`.
 
-use std::net::Ipv4Addr;
 use anyhow::{Context, Result, anyhow, bail};
+use netlink_packet_route::AddressFamily;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage, VxlanDf,
 };
 use netlink_packet_route::neighbour::{NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState};
-use netlink_packet_route::AddressFamily;
 use rtnetlink::LinkUnspec;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use std::net::Ipv4Addr;
 
 use crate::build::{Built, Handle, start_agent, wait_ready};
 use crate::error::Error;
@@ -145,8 +145,15 @@ fn wrong_target(plan: &Plan, kind: &str, target: &str, wants: &str) -> anyhow::E
     };
     let shown: Vec<String> = names.iter().take(10).cloned().collect();
     Error::usage(
-        format!("fault {kind} needs {wants} as target, and \"{target}\" is not one in lab {}", plan.lab),
-        format!("use --on with one of: {}{}", shown.join(", "), if names.len() > 10 { ", ..." } else { "" }),
+        format!(
+            "fault {kind} needs {wants} as target, and \"{target}\" is not one in lab {}",
+            plan.lab
+        ),
+        format!(
+            "use --on with one of: {}{}",
+            shown.join(", "),
+            if names.len() > 10 { ", ..." } else { "" }
+        ),
     )
     .into()
 }
@@ -180,15 +187,19 @@ fn master_of(l: &LinkMessage) -> Option<u32> {
 }
 
 async fn set_mtu(nl: &Nl, index: u32, mtu: u32) -> Result<()> {
-    nl.change(RouteNetlinkMessage::SetLink(LinkUnspec::new_with_index(index).mtu(mtu).build()))
-        .await
-        .map_err(|e| anyhow!("setting MTU {mtu}: {e}"))
+    nl.change(RouteNetlinkMessage::SetLink(
+        LinkUnspec::new_with_index(index).mtu(mtu).build(),
+    ))
+    .await
+    .map_err(|e| anyhow!("setting MTU {mtu}: {e}"))
 }
 
 async fn set_link(nl: &Nl, index: u32, up: bool) -> Result<()> {
     let b = LinkUnspec::new_with_index(index);
     let msg = if up { b.up().build() } else { b.down().build() };
-    nl.change(RouteNetlinkMessage::SetLink(msg)).await.map_err(|e| anyhow!("setting link state: {e}"))
+    nl.change(RouteNetlinkMessage::SetLink(msg))
+        .await
+        .map_err(|e| anyhow!("setting link state: {e}"))
 }
 
 /// The bridge of a switch and its ports, in the fabric.
@@ -199,7 +210,10 @@ async fn switch_ports(fnl: &Nl, switch: &str) -> Result<(LinkMessage, Vec<LinkMe
         .find(|l| link_name(l) == Some(switch))
         .cloned()
         .with_context(|| format!("switch {switch} is missing from the fabric"))?;
-    let ports = links.into_iter().filter(|l| master_of(l) == Some(bridge.header.index)).collect();
+    let ports = links
+        .into_iter()
+        .filter(|l| master_of(l) == Some(bridge.header.index))
+        .collect();
     Ok((bridge, ports))
 }
 
@@ -228,7 +242,12 @@ fn iptables_rules(id: &str, proto: Option<(&str, u16)>, percent: Option<f64>) ->
         m.extend(["-m", "statistic", "--mode", "random", "--probability"].map(String::from));
         m.push(format!("{}", pc / 100.0));
     }
-    let tag = ["-m".to_string(), "comment".into(), "--comment".into(), format!("cnilab fault {id}")];
+    let tag = [
+        "-m".to_string(),
+        "comment".into(),
+        "--comment".into(),
+        format!("cnilab fault {id}"),
+    ];
     let rule = |table: &str, chain: &str, dir: &str| -> Vec<String> {
         let mut r = vec!["-t".to_string(), table.into(), chain.into(), dir.into(), "eth0".into()];
         r.extend(m.iter().cloned());
@@ -254,7 +273,10 @@ fn iptables(ns: &Netns, op: &str, rule: &[String]) -> Result<()> {
 
 fn sysctl_path(key: &str) -> String {
     // sysctl(8) writes dots inside interface names as slashes.
-    key.split('.').map(|p| p.replace('/', ".")).collect::<Vec<_>>().join("/")
+    key.split('.')
+        .map(|p| p.replace('/', "."))
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 fn agent_owner_ns<'a>(plan: &'a Plan, on: &str, kind: &str) -> Result<&'a str> {
@@ -282,7 +304,11 @@ pub async fn add(state: &mut LabState, spec: FaultSpec, progress: &Progress) -> 
                 return Err(wrong_target(&plan, "mtu", on, "a switch"));
             };
             if !(68..=65535).contains(mtu) {
-                return Err(Error::usage(format!("--mtu {mtu} is not a valid MTU"), "use a value from 68 to 65535").into());
+                return Err(Error::usage(
+                    format!("--mtu {mtu} is not a valid MTU"),
+                    "use a value from 68 to 65535",
+                )
+                .into());
             }
             let f = ctx.fabric()?;
             let (bridge, ports) = switch_ports(&f.nl, &sw.name).await?;
@@ -324,7 +350,10 @@ pub async fn add(state: &mut LabState, spec: FaultSpec, progress: &Progress) -> 
                 return Err(wrong_target(&plan, "link-down", on, "a node"));
             };
             let f = ctx.fabric()?;
-            let idx = f.nl.index(&n.port).await?.context("the node's switch port is missing")?;
+            let idx =
+                f.nl.index(&n.port)
+                    .await?
+                    .context("the node's switch port is missing")?;
             set_link(&f.nl, idx, false).await?;
             Value::Null
         }
@@ -337,7 +366,11 @@ pub async fn add(state: &mut LabState, spec: FaultSpec, progress: &Progress) -> 
             }
             let h = ctx.open(&n.ns)?;
             let loss = format!("{percent}%");
-            match netns::run_in(&h.ns, "tc", &["qdisc", "add", "dev", "eth0", "root", "netem", "loss", &loss]) {
+            match netns::run_in(
+                &h.ns,
+                "tc",
+                &["qdisc", "add", "dev", "eth0", "root", "netem", "loss", &loss],
+            ) {
                 Ok(_) => json!({ "netem": true }),
                 Err(_) => {
                     note = Some("this kernel has no netem (sch_netem); the loss is an iptables statistic match".into());
@@ -354,7 +387,11 @@ pub async fn add(state: &mut LabState, spec: FaultSpec, progress: &Progress) -> 
                 return Err(wrong_target(&plan, "block", on, "a node"));
             };
             if proto != "udp" && proto != "tcp" {
-                return Err(Error::usage(format!("--proto {proto} is not udp or tcp"), "use --proto udp or --proto tcp").into());
+                return Err(Error::usage(
+                    format!("--proto {proto} is not udp or tcp"),
+                    "use --proto udp or --proto tcp",
+                )
+                .into());
             }
             let h = ctx.open(&n.ns)?;
             let rules = iptables_rules(&id, Some((proto, *port)), None);
@@ -372,14 +409,20 @@ pub async fn add(state: &mut LabState, spec: FaultSpec, progress: &Progress) -> 
             let h = ctx.open(&ns)?;
             let path = sysctl_path(key);
             let old = h.ns.run(|| netns::read_sysctl(&path)).map_err(|e| {
-                anyhow::Error::from(Error::usage(format!("{e:#}"), "name an existing sysctl, e.g. --key net.ipv4.ip_forward"))
+                anyhow::Error::from(Error::usage(
+                    format!("{e:#}"),
+                    "name an existing sysctl, e.g. --key net.ipv4.ip_forward",
+                ))
             })?;
             h.ns.run(|| netns::write_sysctl(&path, value))?;
             json!({ "old": old })
         }
         FaultSpec::AgentDown { on } => {
             agent_owner_ns(&plan, on, "agent-down")?;
-            let pid = *state.agents.get(on.as_str()).with_context(|| format!("{on} has no agent"))?;
+            let pid = *state
+                .agents
+                .get(on.as_str())
+                .with_context(|| format!("{on} has no agent"))?;
             stop_process(pid);
             json!({ "pid": pid })
         }
@@ -388,12 +431,18 @@ pub async fn add(state: &mut LabState, spec: FaultSpec, progress: &Progress) -> 
             let mac = if *new_mac {
                 let Some(dev) = plan.profile.overlay(on).map(|o| o.0) else {
                     return Err(Error::usage(
-                        format!("--new-mac needs a VXLAN agent, and {on} runs {}", plan.profile.agent_name()),
+                        format!(
+                            "--new-mac needs a VXLAN agent, and {on} runs {}",
+                            plan.profile.agent_name()
+                        ),
                         "leave out --new-mac, or use a VXLAN topology",
                     )
                     .into());
                 };
-                let mut r = rng(plan.topology.seed.wrapping_add(u64::from(state.fault_seq)), Stream::Macs);
+                let mut r = rng(
+                    plan.topology.seed.wrapping_add(u64::from(state.fault_seq)),
+                    Stream::Macs,
+                );
                 let mac = mac_string(&random_mac(&mut r));
                 Some((dev, mac))
             } else {
@@ -403,12 +452,7 @@ pub async fn add(state: &mut LabState, spec: FaultSpec, progress: &Progress) -> 
             json!({ "new_mac": mac.map(|m| m.1) })
         }
     };
-    let fault = Fault {
-        id,
-        spec,
-        undo,
-        note,
-    };
+    let fault = Fault { id, spec, undo, note };
     state.faults.push(fault.clone());
     state.save()?;
     Ok(fault)
@@ -439,7 +483,8 @@ async fn restart_agent(
     if let Some((dev, new)) = mac {
         let nl = Nl::connect_in(&handle)?;
         if let Some(idx) = nl.index(dev).await? {
-            nl.change(RouteNetlinkMessage::DelLink(LinkUnspec::new_with_index(idx).build())).await?;
+            nl.change(RouteNetlinkMessage::DelLink(LinkUnspec::new_with_index(idx).build()))
+                .await?;
         }
         for a in spec.args.iter_mut().filter(|a| a.starts_with("--vtep-mac=")) {
             *a = format!("--vtep-mac={new}");
@@ -448,17 +493,29 @@ async fn restart_agent(
     let pid = start_agent(&spec, &handle)?;
     state.agents.insert(owner.to_string(), pid);
     state.save()?;
-    wait_ready(&[(owner.to_string(), spec.ready.clone(), pid, spec.log.clone(), spec.name)], progress).await?;
+    wait_ready(
+        &[(owner.to_string(), spec.ready.clone(), pid, spec.log.clone(), spec.name)],
+        progress,
+    )
+    .await?;
     Built::open(&plan, &paths, progress)?.converge().await
 }
 
 /// Removes one fault, restoring what it changed.
 pub async fn remove(state: &mut LabState, id: &str, progress: &Progress) -> Result<Fault> {
     let pos = state.faults.iter().position(|f| f.id == id).ok_or_else(|| {
-        let ids: Vec<String> = state.faults.iter().map(|f| format!("{} ({})", f.id, f.spec.describe())).collect();
+        let ids: Vec<String> = state
+            .faults
+            .iter()
+            .map(|f| format!("{} ({})", f.id, f.spec.describe()))
+            .collect();
         anyhow::Error::from(Error::usage(
             format!("lab {} has no fault {id}", state.plan.lab),
-            if ids.is_empty() { "there are no faults; `cnilab fault ls` lists them".to_string() } else { format!("active faults: {}", ids.join(", ")) },
+            if ids.is_empty() {
+                "there are no faults; `cnilab fault ls` lists them".to_string()
+            } else {
+                format!("active faults: {}", ids.join(", "))
+            },
         ))
     })?;
     let fault = state.faults[pos].clone();
@@ -468,7 +525,12 @@ pub async fn remove(state: &mut LabState, id: &str, progress: &Progress) -> Resu
         FaultSpec::Mtu { .. } => {
             let f = ctx.fabric()?;
             let links = f.nl.links().await?;
-            let index = |name: &str| links.iter().find(|l| link_name(l) == Some(name)).map(|l| l.header.index);
+            let index = |name: &str| {
+                links
+                    .iter()
+                    .find(|l| link_name(l) == Some(name))
+                    .map(|l| l.header.index)
+            };
             for p in fault.undo["ports"].as_array().into_iter().flatten() {
                 if let (Some(name), Some(mtu)) = (p[0].as_str(), p[1].as_u64()) {
                     if let Some(i) = index(name) {
@@ -494,7 +556,10 @@ pub async fn remove(state: &mut LabState, id: &str, progress: &Progress) -> Resu
         FaultSpec::LinkDown { on } => {
             let n = plan.node(on).context("node vanished from the plan")?;
             let f = ctx.fabric()?;
-            let idx = f.nl.index(&n.port).await?.context("the node's switch port is missing")?;
+            let idx =
+                f.nl.index(&n.port)
+                    .await?
+                    .context("the node's switch port is missing")?;
             set_link(&f.nl, idx, true).await?;
         }
         FaultSpec::Loss { on, .. } | FaultSpec::Block { on, .. } => {
@@ -532,7 +597,11 @@ pub async fn remove(state: &mut LabState, id: &str, progress: &Progress) -> Resu
                     .agents(&plan, &state.paths())
                     .into_iter()
                     .find(|a| a.owner == *on)
-                    .and_then(|a| a.args.iter().find_map(|x| x.strip_prefix("--vtep-mac=").map(str::to_string)))
+                    .and_then(|a| {
+                        a.args
+                            .iter()
+                            .find_map(|x| x.strip_prefix("--vtep-mac=").map(str::to_string))
+                    })
                     .context("no original MAC")?;
                 restart_agent(state, &ns, on, Some(&(dev.clone(), original)), progress).await?;
                 // Resync: peers drop what they still hold for the MAC that is gone.
@@ -567,23 +636,30 @@ async fn forget_mac(nl: &Nl, dev: &str, mac: [u8; 6]) -> Result<()> {
     Ok(())
 }
 
-/// With neigh_suppress on every port, the bridge answers ARP only from its
-/// own neighbour table and floods no request: the table gets the hosts a
-/// control plane would have learned (nodes and routers, with static FDB
-/// entries so they never age out); anything else goes unanswered.
+/// The switch answers ARP only from its own neighbour table, as an EVPN
+/// switch with ARP suppression does, and floods no request: the table gets
+/// the hosts a control plane would have learned (nodes and routers, with
+/// static FDB entries so they never age out); anything else goes
+/// unanswered. Linux's neigh_suppress port flag only acts on requests that
+/// arrive from other ports (it is meant for a VXLAN uplink), so on a switch
+/// where every port faces a host the ports get the bridge's proxy_arp flag,
+/// which does exactly this from every port.
 async fn arp_suppress_switch(ctx: &Ctx<'_>, switch: &str, on: bool, undo: &Value) -> Result<Value> {
     let f = ctx.fabric()?;
     let (bridge, ports) = switch_ports(&f.nl, switch).await?;
     for p in &ports {
+        // Port options travel in IFLA_INFO_SLAVE_DATA, which only RTM_NEWLINK applies.
         let mut msg = LinkMessage::default();
         msg.header.index = p.header.index;
         msg.attributes = vec![LinkAttribute::LinkInfo(vec![
             LinkInfo::PortKind(InfoPortKind::Bridge),
             LinkInfo::PortData(InfoPortData::BridgePort(vec![
-                netlink_packet_route::link::InfoBridgePort::NeighSupress(on),
+                netlink_packet_route::link::InfoBridgePort::ProxyARP(on),
             ])),
         ])];
-        f.nl.change(RouteNetlinkMessage::SetLink(msg)).await.map_err(|e| anyhow!("neigh_suppress on a port of {switch}: {e}"))?;
+        f.nl.change(RouteNetlinkMessage::NewLink(msg))
+            .await
+            .map_err(|e| anyhow!("ARP suppression on a port of {switch}: {e}"))?;
     }
     let plan = ctx.plan;
     if !on {
@@ -591,9 +667,17 @@ async fn arp_suppress_switch(ctx: &Ctx<'_>, switch: &str, on: bool, undo: &Value
             let ip: Ipv4Addr = e["ip"].as_str().unwrap_or_default().parse()?;
             let mac = nl::parse_mac(e["mac"].as_str().unwrap_or_default()).context("bad recorded MAC")?;
             let port = f.nl.index(e["port"].as_str().unwrap_or_default()).await?;
-            let _ = f.nl.change(RouteNetlinkMessage::DelNeighbour(nl::neighbour(bridge.header.index, ip, mac))).await;
+            let _ =
+                f.nl.change(RouteNetlinkMessage::DelNeighbour(nl::neighbour(
+                    bridge.header.index,
+                    ip,
+                    mac,
+                )))
+                .await;
             if let Some(port) = port {
-                let _ = f.nl.change(RouteNetlinkMessage::DelNeighbour(static_fdb(port, mac))).await;
+                let _ =
+                    f.nl.change(RouteNetlinkMessage::DelNeighbour(static_fdb(port, mac)))
+                        .await;
             }
         }
         return Ok(Value::Null);
@@ -613,9 +697,13 @@ async fn arp_suppress_switch(ctx: &Ctx<'_>, switch: &str, on: bool, undo: &Value
         let link = h.nl.link(&ifname).await?.context("host interface missing")?;
         let mac = crate::overlay::link_mac(&link).context("host interface without MAC")?;
         let port_idx = f.nl.index(port).await?.context("switch port missing")?;
-        f.nl.replace(RouteNetlinkMessage::NewNeighbour(nl::neighbour(bridge.header.index, ip, mac)))
-            .await
-            .map_err(|e| anyhow!("neighbour entry on {switch}: {e}"))?;
+        f.nl.replace(RouteNetlinkMessage::NewNeighbour(nl::neighbour(
+            bridge.header.index,
+            ip,
+            mac,
+        )))
+        .await
+        .map_err(|e| anyhow!("neighbour entry on {switch}: {e}"))?;
         f.nl.replace(RouteNetlinkMessage::NewNeighbour(static_fdb(port_idx, mac)))
             .await
             .map_err(|e| anyhow!("static FDB entry on {switch}: {e}"))?;
@@ -651,7 +739,9 @@ async fn upstream_vxlan_add(ctx: &Ctx<'_>, switch: &str) -> Result<Value> {
     let core_name = paths::infra_ns(lab, &format!("upstream-{switch}"));
     let sysctls: &'static [(&'static str, &'static str)] = &[];
     let (core_ns, core) = create(&core_name, sysctls).await?;
-    core.add(nl::bridge("core", 1500)).await.map_err(|e| anyhow!("core bridge: {e}"))?;
+    core.add(nl::bridge("core", 1500))
+        .await
+        .map_err(|e| anyhow!("core bridge: {e}"))?;
     let core_br = core.index("core").await?.context("core bridge vanished")?;
     let mut undo_ports = Vec::new();
     let mut namespaces = vec![core_name.clone()];
@@ -663,26 +753,42 @@ async fn upstream_vxlan_add(ctx: &Ctx<'_>, switch: &str) -> Result<Value> {
         let (leaf_ns, leaf) = create(&leaf_name, &[]).await?;
         leaf.change(nl::set_up(1)).await?;
         // The 1500-byte link from the leaf to the core.
-        core.add(nl::veth_pair(&format!("leaf{i}"), Some(core_br), "uplink", leaf_ns.raw_fd(), 1500))
-            .await
-            .map_err(|e| anyhow!("leaf uplink: {e}"))?;
+        core.add(nl::veth_pair(
+            &format!("leaf{i}"),
+            Some(core_br),
+            "uplink",
+            leaf_ns.raw_fd(),
+            1500,
+        ))
+        .await
+        .map_err(|e| anyhow!("leaf uplink: {e}"))?;
         let up = leaf.index("uplink").await?.context("uplink missing")?;
         leaf.add(nl::address(up, addr(i), 16)).await?;
         leaf.change(nl::set_up(up)).await?;
         leaf.add(nl::bridge("br", 1500)).await?;
         let br = leaf.index("br").await?.context("leaf bridge missing")?;
-        leaf.add(upstream_vtep(addr(i), i)).await.map_err(|e| anyhow!("leaf VXLAN device: {e}"))?;
+        leaf.add(upstream_vtep(addr(i), i))
+            .await
+            .map_err(|e| anyhow!("leaf VXLAN device: {e}"))?;
         let vx = leaf.index("vx").await?.context("leaf VXLAN device missing")?;
-        leaf.change(RouteNetlinkMessage::SetLink(LinkUnspec::new_with_index(vx).controller(br).up().build()))
-            .await?;
+        leaf.change(RouteNetlinkMessage::SetLink(
+            LinkUnspec::new_with_index(vx).controller(br).up().build(),
+        ))
+        .await?;
         // Move the switch port (the node's or router's cable) to the leaf.
         let name = link_name(p).unwrap_or_default().to_string();
         undo_ports.push(json!({ "name": name, "mtu": mtu_of(p), "leaf": leaf_name }));
-        let mv = LinkUnspec::new_with_index(p.header.index).setns_by_fd(leaf_ns.raw_fd()).build();
-        f.nl.change(RouteNetlinkMessage::SetLink(mv)).await.map_err(|e| anyhow!("moving {name} to its leaf: {e}"))?;
+        let mv = LinkUnspec::new_with_index(p.header.index)
+            .setns_by_fd(leaf_ns.raw_fd())
+            .build();
+        f.nl.change(RouteNetlinkMessage::SetLink(mv))
+            .await
+            .map_err(|e| anyhow!("moving {name} to its leaf: {e}"))?;
         let moved = leaf.index(&name).await?.context("moved port missing")?;
-        leaf.change(RouteNetlinkMessage::SetLink(LinkUnspec::new_with_index(moved).controller(br).up().build()))
-            .await?;
+        leaf.change(RouteNetlinkMessage::SetLink(
+            LinkUnspec::new_with_index(moved).controller(br).up().build(),
+        ))
+        .await?;
         leaves.push((leaf_ns, leaf, vx));
     }
     // Head-end replication: every leaf floods to every other.
@@ -751,13 +857,20 @@ async fn upstream_vxlan_remove(ctx: &Ctx<'_>, switch: &str, undo: &Value) -> Res
     for p in undo["ports"].as_array().into_iter().flatten() {
         let name = p["name"].as_str().unwrap_or_default();
         let leaf = ctx.open(p["leaf"].as_str().unwrap_or_default())?;
-        let Some(idx) = leaf.nl.index(name).await? else { continue };
+        let Some(idx) = leaf.nl.index(name).await? else {
+            continue;
+        };
         let mv = LinkUnspec::new_with_index(idx).setns_by_fd(f.ns.raw_fd()).build();
-        leaf.nl.change(RouteNetlinkMessage::SetLink(mv)).await.map_err(|e| anyhow!("moving {name} back: {e}"))?;
+        leaf.nl
+            .change(RouteNetlinkMessage::SetLink(mv))
+            .await
+            .map_err(|e| anyhow!("moving {name} back: {e}"))?;
         let back = f.nl.index(name).await?.context("moved port missing")?;
         set_mtu(&f.nl, back, p["mtu"].as_u64().unwrap_or(1500) as u32).await?;
-        f.nl.change(RouteNetlinkMessage::SetLink(LinkUnspec::new_with_index(back).controller(bridge).up().build()))
-            .await?;
+        f.nl.change(RouteNetlinkMessage::SetLink(
+            LinkUnspec::new_with_index(back).controller(bridge).up().build(),
+        ))
+        .await?;
     }
     for ns in undo["namespaces"].as_array().into_iter().flatten() {
         netns::delete(ns.as_str().unwrap_or_default())?;
@@ -765,7 +878,33 @@ async fn upstream_vxlan_remove(ctx: &Ctx<'_>, switch: &str, undo: &Value) -> Res
     Ok(())
 }
 
+/// The sysctls active faults touched, by namespace (as /proc/sys paths),
+/// for snapshots to show.
+pub fn touched_sysctls(state: &LabState) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut m: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
+    for f in &state.faults {
+        let (on, key) = match &f.spec {
+            FaultSpec::Sysctl { on, key, .. } => (on, sysctl_path(key)),
+            FaultSpec::ArpSuppress { on } if state.plan.node(on).is_some() => {
+                (on, "net/ipv4/conf/all/arp_ignore".to_string())
+            }
+            _ => continue,
+        };
+        let ns = match resolve(&state.plan, on) {
+            Some(Target::Node(n)) => n.ns.clone(),
+            Some(Target::Pod(p)) => p.ns.clone(),
+            _ => continue,
+        };
+        m.entry(ns).or_default().push(key);
+    }
+    m
+}
+
 /// Faults of a lab as lines for status and snapshots.
 pub fn lines(state: &LabState) -> Vec<String> {
-    state.faults.iter().map(|f| format!("{} {}", f.id, f.spec.describe())).collect()
+    state
+        .faults
+        .iter()
+        .map(|f| format!("{} {}", f.id, f.spec.describe()))
+        .collect()
 }

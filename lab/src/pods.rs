@@ -15,8 +15,13 @@ use crate::plan::PodPlan;
 use crate::state::{LabState, PodState};
 
 fn split(pod: &str) -> Result<(&str, &str)> {
-    pod.split_once('/')
-        .ok_or_else(|| Error::usage(format!("\"{pod}\" is not NODE/POD"), "name the pod as NODE/POD, e.g. worker1/web").into())
+    pod.split_once('/').ok_or_else(|| {
+        Error::usage(
+            format!("\"{pod}\" is not NODE/POD"),
+            "name the pod as NODE/POD, e.g. worker1/web",
+        )
+        .into()
+    })
 }
 
 /// A container ID for a pod added later: derived from the seed and the
@@ -36,24 +41,50 @@ pub async fn add(state: &mut LabState, pod: &str) -> Result<String> {
     let (node, name) = split(pod)?;
     let paths = state.paths();
     let plan = state.plan.clone();
-    let n = plan
-        .node(node)
-        .ok_or_else(|| Error::usage(format!("lab {} has no node \"{node}\"", plan.lab), "name an existing node"))?;
+    let n = plan.node(node).ok_or_else(|| {
+        Error::usage(
+            format!("lab {} has no node \"{node}\"", plan.lab),
+            "name an existing node",
+        )
+    })?;
     if state.pods.contains_key(pod) {
-        return Err(Error::usage(format!("pod {pod} already exists"), format!("remove it first: cnilab pod rm {pod}")).into());
+        return Err(Error::usage(
+            format!("pod {pod} already exists"),
+            format!("remove it first: cnilab pod rm {pod}"),
+        )
+        .into());
     }
-    if name.is_empty() || name.len() > 15 || !name.starts_with(|c: char| c.is_ascii_lowercase()) || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
-        return Err(Error::usage(format!("pod name \"{name}\" is not valid"), "use 1-15 characters of a-z, 0-9 and '-', starting with a letter").into());
+    if name.is_empty()
+        || name.len() > 15
+        || !name.starts_with(|c: char| c.is_ascii_lowercase())
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        return Err(Error::usage(
+            format!("pod name \"{name}\" is not valid"),
+            "use 1-15 characters of a-z, 0-9 and '-', starting with a letter",
+        )
+        .into());
     }
-    let p = n.pods.iter().find(|p| p.name == name).cloned().unwrap_or_else(|| PodPlan {
-        name: name.to_string(),
-        ns: crate::paths::pod_ns(&plan.lab, node, name),
-        container_id: container_id(plan.topology.seed, node, name),
-        ifname: "eth0".into(),
-    });
+    let p = n
+        .pods
+        .iter()
+        .find(|p| p.name == name)
+        .cloned()
+        .unwrap_or_else(|| PodPlan {
+            name: name.to_string(),
+            ns: crate::paths::pod_ns(&plan.lab, node, name),
+            container_id: container_id(plan.topology.seed, node, name),
+            ifname: "eth0".into(),
+        });
     let node_ns = Netns::open(&n.ns)?;
     let runtime = runtime_for(&paths, node, &node_ns);
-    let conflist = plan.profile.conflist(node).context("node without CNI configuration")?.clone();
+    let conflist = plan
+        .profile
+        .conflist(node)
+        .context("node without CNI configuration")?
+        .clone();
     let rt = tokio::runtime::Handle::current();
     let pns = p.ns.clone();
     let (pod_ns, pnl) = tokio::task::spawn_blocking(move || {
@@ -75,7 +106,13 @@ pub async fn add(state: &mut LabState, pod: &str) -> Result<String> {
                     node.pods.push(p.clone());
                 }
             }
-            state.pods.insert(pod.to_string(), PodState { ip: Some(ip.clone()), gateway });
+            state.pods.insert(
+                pod.to_string(),
+                PodState {
+                    ip: Some(ip.clone()),
+                    gateway,
+                },
+            );
             state.save()?;
             Ok(ip)
         }
@@ -99,13 +136,23 @@ pub async fn remove(state: &mut LabState, pod: &str) -> Result<()> {
         .and_then(|n| n.pods.iter().find(|p| p.name == name))
         .filter(|_| state.pods.contains_key(pod))
         .cloned()
-        .ok_or_else(|| Error::usage(format!("lab {} has no pod {pod}", plan.lab), "see `cnilab status` for the pods"))?;
+        .ok_or_else(|| {
+            Error::usage(
+                format!("lab {} has no pod {pod}", plan.lab),
+                "see `cnilab status` for the pods",
+            )
+        })?;
     let node_ns = Netns::open(&plan.node(node).expect("checked").ns)?;
     let runtime = runtime_for(&paths, node, &node_ns);
     let conflist = plan.profile.conflist(node).context("node without CNI configuration")?;
     let att = Attachment::pod(&p.container_id, netns::path_of(&p.ns), &p.ifname, &p.name);
-    runtime.del(conflist, &att).await.with_context(|| format!("removing pod {pod}"))?;
-    crate::teardown::stop_processes(&crate::teardown::processes_in(&[Netns::open(&p.ns)?.inode()?].into_iter().collect()));
+    runtime
+        .del(conflist, &att)
+        .await
+        .with_context(|| format!("removing pod {pod}"))?;
+    crate::teardown::stop_processes(&crate::teardown::processes_in(
+        &[Netns::open(&p.ns)?.inode()?].into_iter().collect(),
+    ));
     netns::delete(&p.ns)?;
     state.pods.remove(pod);
     if let Some(n) = state.plan.nodes.iter_mut().find(|x| x.name == node) {

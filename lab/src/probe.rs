@@ -42,11 +42,17 @@ fn pod_ip(state: &LabState, key: &str) -> Option<Ipv4Addr> {
 pub fn source(state: &LabState, s: &str) -> Result<Source> {
     let plan = &state.plan;
     let ns = if let Some((n, p)) = s.split_once('/') {
-        plan.node(n).and_then(|node| node.pods.iter().find(|x| x.name == p)).map(|p| p.ns.clone())
+        plan.node(n)
+            .and_then(|node| node.pods.iter().find(|x| x.name == p))
+            .map(|p| p.ns.clone())
     } else {
         plan.node(s).map(|n| n.ns.clone())
     };
-    ns.map(|ns| Source { name: s.to_string(), ns }).ok_or_else(|| {
+    ns.map(|ns| Source {
+        name: s.to_string(),
+        ns,
+    })
+    .ok_or_else(|| {
         Error::usage(
             format!("lab {} has no pod or node \"{s}\" to probe from", plan.lab),
             "name a source as NODE/POD (e.g. worker1/pod-1) or NODE",
@@ -115,8 +121,20 @@ pub struct Ping {
     pub error: Option<String>,
 }
 
-fn ping_once(src: &Netns, ip: Ipv4Addr, size: u32, df: bool, wait_s: u32) -> Result<(bool, Option<f64>, Option<String>)> {
-    let mut args = vec!["-n".to_string(), "-c1".into(), format!("-W{wait_s}"), "-s".into(), size.to_string()];
+fn ping_once(
+    src: &Netns,
+    ip: Ipv4Addr,
+    size: u32,
+    df: bool,
+    wait_s: u32,
+) -> Result<(bool, Option<f64>, Option<String>)> {
+    let mut args = vec![
+        "-n".to_string(),
+        "-c1".into(),
+        format!("-W{wait_s}"),
+        "-s".into(),
+        size.to_string(),
+    ];
     if df {
         args.extend(["-M".into(), "do".into()]);
     }
@@ -125,7 +143,11 @@ fn ping_once(src: &Netns, ip: Ipv4Addr, size: u32, df: bool, wait_s: u32) -> Res
         .args(&args)
         .output()
         .context("cannot run ping (apt-get install iputils-ping)")?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
     let rtt = text
         .lines()
         .find_map(|l| l.split("time=").nth(1))
@@ -135,7 +157,10 @@ fn ping_once(src: &Netns, ip: Ipv4Addr, size: u32, df: bool, wait_s: u32) -> Res
         return Ok((true, rtt, None));
     }
     let specific = |l: &&str| {
-        l.contains("Frag needed") || l.contains("message too long") || l.contains("Unreachable") || l.contains("Unknown host")
+        l.contains("Frag needed")
+            || l.contains("message too long")
+            || l.contains("Unreachable")
+            || l.contains("Unknown host")
     };
     let error = text
         .lines()
@@ -209,7 +234,9 @@ pub fn pingall(state: &LabState) -> Result<PingAll> {
         })
         .collect();
     let n = pods.len();
-    let pairs: Vec<(usize, usize)> = (0..n).flat_map(|i| (0..n).filter(move |j| *j != i).map(move |j| (i, j))).collect();
+    let pairs: Vec<(usize, usize)> = (0..n)
+        .flat_map(|i| (0..n).filter(move |j| *j != i).map(move |j| (i, j)))
+        .collect();
     let mut replied = vec![vec![true; n]; n];
     let workers = 4 * std::thread::available_parallelism().map_or(2, |x| x.get());
     let results: Vec<(usize, usize, bool)> = std::thread::scope(|s| {
@@ -229,7 +256,11 @@ pub fn pingall(state: &LabState) -> Result<PingAll> {
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("ping thread")).collect::<Result<Vec<_>>>().map(|v| v.concat())
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("ping thread"))
+            .collect::<Result<Vec<_>>>()
+            .map(|v| v.concat())
     })?;
     let mut failed = 0;
     for (i, j, ok) in results {
@@ -316,7 +347,12 @@ pub fn pmtu(state: &LabState, from: &str, to: &str) -> Result<Pmtu> {
     };
     let (ok, _) = fits(68)?;
     if !ok {
-        return Err(anyhow!("{} cannot reach {} ({}) at all: no path MTU to find", src.name, dst.name, dst.ip));
+        return Err(anyhow!(
+            "{} cannot reach {} ({}) at all: no path MTU to find",
+            src.name,
+            dst.name,
+            dst.ip
+        ));
     }
     let (mut lo, mut hi) = (68u32, iface);
     let mut icmp = None;
@@ -422,7 +458,10 @@ pub fn tcp(state: &LabState, from: &str, to: &str, bytes: u64, deadline: Duratio
     let src = source(state, from)?;
     let dst = dest(state, to)?;
     let dst_ns = dst.ns.clone().ok_or_else(|| {
-        Error::usage(format!("{to} is not a pod or node of the lab"), "tcp needs a pod or node to receive the data")
+        Error::usage(
+            format!("{to} is not a pod or node of the lab"),
+            "tcp needs a pod or node to receive the data",
+        )
     })?;
     let started = Instant::now();
     let (tx, rx) = std::sync::mpsc::channel::<Result<u16>>();
@@ -460,7 +499,9 @@ pub fn tcp(state: &LabState, from: &str, to: &str, bytes: u64, deadline: Duratio
             Ok(())
         })
     });
-    let port = rx.recv_timeout(Duration::from_secs(5)).context("the receiver did not start")??;
+    let port = rx
+        .recv_timeout(Duration::from_secs(5))
+        .context("the receiver did not start")??;
     let sent = in_ns(&src.ns, || -> Result<Option<String>> {
         let mut s = match TcpStream::connect_timeout(&SocketAddr::from((ip, port)), STALL_AFTER) {
             Ok(s) => s,
@@ -506,7 +547,11 @@ pub fn tcp(state: &LabState, from: &str, to: &str, bytes: u64, deadline: Duratio
 
 impl std::fmt::Display for Tcp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "tcp {} -> {}: {} of {} bytes in {:.2} s", self.from, self.to, self.received, self.bytes, self.seconds)?;
+        write!(
+            f,
+            "tcp {} -> {}: {} of {} bytes in {:.2} s",
+            self.from, self.to, self.received, self.bytes, self.seconds
+        )?;
         if self.stalled {
             write!(f, "; STALLED")?;
             if let Some(e) = &self.error {
@@ -541,7 +586,9 @@ pub fn route(state: &LabState, from: &str, to: &str) -> Result<RouteGet> {
     let src = source(state, from)?;
     let dst = dest(state, to)?;
     let ns = Netns::open(&src.ns)?;
-    let out = netns::command(&ns, "ip").args(["-j", "route", "get", &dst.ip.to_string()]).output()?;
+    let out = netns::command(&ns, "ip")
+        .args(["-j", "route", "get", &dst.ip.to_string()])
+        .output()?;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
     let r = &v[0];
     let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
@@ -552,7 +599,13 @@ pub fn route(state: &LabState, from: &str, to: &str) -> Result<RouteGet> {
         dev: r["dev"].as_str().map(str::to_string),
         via: r["gateway"].as_str().map(str::to_string),
         kind: r["type"].as_str().map(str::to_string).unwrap_or_else(|| {
-            if err.contains("unreachable") { "unreachable".into() } else if r.is_null() { format!("none ({err})") } else { "unicast".into() }
+            if err.contains("unreachable") {
+                "unreachable".into()
+            } else if r.is_null() {
+                format!("none ({err})")
+            } else {
+                "unicast".into()
+            }
         }),
     })
 }
@@ -601,7 +654,11 @@ pub fn bgp(state: &LabState, only: Option<&str>) -> Result<Bgp> {
     }
     if sessions.is_empty() {
         return Err(Error::usage(
-            format!("lab {} runs no BIRD{}", state.plan.lab, only.map(|o| format!(" on {o}")).unwrap_or_default()),
+            format!(
+                "lab {} runs no BIRD{}",
+                state.plan.lab,
+                only.map(|o| format!(" on {o}")).unwrap_or_default()
+            ),
             "BGP runs with cni = \"calico\" and mode = \"bgp\"",
         )
         .into());
@@ -615,7 +672,12 @@ impl std::fmt::Display for Bgp {
         for (who, name, n, st) in &self.sessions {
             writeln!(f, "{who:<15} {name:<22} {n:<16} {st}")?;
         }
-        write!(f, "{} of {} sessions Established", self.sessions.len() - self.down, self.sessions.len())
+        write!(
+            f,
+            "{} of {} sessions Established",
+            self.sessions.len() - self.down,
+            self.sessions.len()
+        )
     }
 }
 
@@ -625,7 +687,10 @@ mod tests {
 
     #[test]
     fn reads_mtus_from_ping_errors() {
-        assert_eq!(parse_mtu("From 10.0.0.1 icmp_seq=1 Frag needed and DF set (mtu = 1400)"), Some(1400));
+        assert_eq!(
+            parse_mtu("From 10.0.0.1 icmp_seq=1 Frag needed and DF set (mtu = 1400)"),
+            Some(1400)
+        );
         assert_eq!(parse_mtu("local error: message too long, mtu=1450"), Some(1450));
         assert_eq!(parse_mtu("no reply"), None);
     }

@@ -55,7 +55,12 @@ pub struct Step {
 #[derive(Debug, Clone)]
 pub enum Action {
     /// One ICMP echo.
-    Ping { from: String, to: String, size: Option<u32>, df: bool },
+    Ping {
+        from: String,
+        to: String,
+        size: Option<u32>,
+        df: bool,
+    },
     /// Every pod to every pod.
     Pingall,
     /// Path MTU.
@@ -117,7 +122,10 @@ impl Action {
             Action::Pingall => "probe pingall".into(),
             Action::Pmtu { from, to } => format!("probe pmtu {from} -> {to}"),
             Action::Tcp { from, to, bytes } => format!("probe tcp {from} -> {to} ({bytes} bytes)"),
-            Action::Bgp { on } => format!("probe bgp{}", on.as_ref().map(|o| format!(" on {o}")).unwrap_or_default()),
+            Action::Bgp { on } => format!(
+                "probe bgp{}",
+                on.as_ref().map(|o| format!(" on {o}")).unwrap_or_default()
+            ),
             Action::Route { from, to } => format!("probe route {from} -> {to}"),
             Action::Fault(f) => format!("fault {}", f.describe()),
             Action::FaultRm(w) => format!("fault rm {w}"),
@@ -137,12 +145,24 @@ fn parse_duration(t: &Table, key: &str) -> R<Option<Duration>> {
     };
     let v = s.v.trim();
     let (num, unit) = v.split_at(v.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(v.len()));
-    let n: f64 = num.parse().map_err(|_| t.err(s.span.clone(), format!("`{key}` = \"{v}\" is not a duration"), "write it like \"30s\", \"500ms\" or \"2m\""))?;
+    let n: f64 = num.parse().map_err(|_| {
+        t.err(
+            s.span.clone(),
+            format!("`{key}` = \"{v}\" is not a duration"),
+            "write it like \"30s\", \"500ms\" or \"2m\"",
+        )
+    })?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "s" | "" => n,
         "m" => n * 60.0,
-        _ => return Err(t.err(s.span, format!("`{key}` = \"{v}\" has an unknown unit"), "use ms, s or m, e.g. \"30s\"")),
+        _ => {
+            return Err(t.err(
+                s.span,
+                format!("`{key}` = \"{v}\" has an unknown unit"),
+                "use ms, s or m, e.g. \"30s\"",
+            ));
+        }
     };
     Ok(Some(Duration::from_secs_f64(secs)))
 }
@@ -150,12 +170,18 @@ fn parse_duration(t: &Table, key: &str) -> R<Option<Duration>> {
 fn de_to_json(v: &DeValue<'_>) -> Value {
     match v {
         DeValue::String(s) => json!(s.as_ref()),
-        DeValue::Integer(i) => i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()).map(|n| json!(n)).unwrap_or(Value::Null),
+        DeValue::Integer(i) => i64::from_str_radix(&i.as_str().replace('_', ""), i.radix())
+            .map(|n| json!(n))
+            .unwrap_or(Value::Null),
         DeValue::Float(f) => f.as_str().parse::<f64>().map(|n| json!(n)).unwrap_or(Value::Null),
         DeValue::Boolean(b) => json!(b),
         DeValue::Datetime(d) => json!(d.to_string()),
         DeValue::Array(a) => Value::Array(a.iter().map(|x| de_to_json(x.get_ref())).collect()),
-        DeValue::Table(t) => Value::Object(t.iter().map(|(k, v)| (k.get_ref().to_string(), de_to_json(v.get_ref()))).collect()),
+        DeValue::Table(t) => Value::Object(
+            t.iter()
+                .map(|(k, v)| (k.get_ref().to_string(), de_to_json(v.get_ref())))
+                .collect(),
+        ),
     }
 }
 
@@ -178,14 +204,24 @@ fn parse_expect(t: &Table, action: &Action) -> R<Option<Expect>> {
     let Some(v) = t.raw("expect") else { return Ok(None) };
     let span = v.span();
     if matches!(action, Action::Fault(_) | Action::FaultRm(_) | Action::Snapshot { .. }) {
-        return Err(t.err(span, format!("a {} step takes no `expect`", action.describe()), "remove `expect`, or check with a probe step after it"));
+        return Err(t.err(
+            span,
+            format!("a {} step takes no `expect`", action.describe()),
+            "remove `expect`, or check with a probe step after it",
+        ));
     }
     match v.get_ref() {
         DeValue::String(s) => match s.as_ref() {
             "ok" => Ok(Some(Expect::Ok)),
             "fail" => Ok(Some(Expect::Fail)),
-            "stall" if matches!(action, Action::Tcp { .. }) => Ok(Some(Expect::Fields([("stalled".to_string(), json!(true))].into()))),
-            other => Err(t.err(span, format!("unknown expectation \"{other}\""), "use expect = \"ok\", \"fail\" (\"stall\" for tcp), or a table of fields")),
+            "stall" if matches!(action, Action::Tcp { .. }) => {
+                Ok(Some(Expect::Fields([("stalled".to_string(), json!(true))].into())))
+            }
+            other => Err(t.err(
+                span,
+                format!("unknown expectation \"{other}\""),
+                "use expect = \"ok\", \"fail\" (\"stall\" for tcp), or a table of fields",
+            )),
         },
         DeValue::Table(tab) => {
             let allowed = expect_keys(action);
@@ -203,13 +239,21 @@ fn parse_expect(t: &Table, action: &Action) -> R<Option<Expect>> {
             }
             Ok(Some(Expect::Fields(m)))
         }
-        _ => Err(t.err(span, "`expect` must be a string or a table", "e.g. expect = \"ok\" or expect = { path_mtu = 1400, blackhole = true }")),
+        _ => Err(t.err(
+            span,
+            "`expect` must be a string or a table",
+            "e.g. expect = \"ok\" or expect = { path_mtu = 1400, blackhole = true }",
+        )),
     }
 }
 
 fn req(t: &Table, key: &str, example: &str) -> R<String> {
     t.string(key, example)?.map(|s| s.v).ok_or_else(|| {
-        t.err(t.span().start..t.span().start, format!("this step needs `{key}`"), format!("add {example}"))
+        t.err(
+            t.span().start..t.span().start,
+            format!("this step needs `{key}`"),
+            format!("add {example}"),
+        )
     })
 }
 
@@ -220,7 +264,11 @@ fn parse_step(t: &Table, index: usize, src: &Source) -> R<Step> {
     if present.len() != 1 {
         return Err(t.err(
             t.span().start..t.span().start,
-            if present.is_empty() { "this step does nothing".to_string() } else { format!("this step has both `{}` and `{}`", present[0], present[1]) },
+            if present.is_empty() {
+                "this step does nothing".to_string()
+            } else {
+                format!("this step has both `{}` and `{}`", present[0], present[1])
+            },
             "give each [[step]] exactly one of: probe, fault, fault_rm, snapshot, exec, pod",
         ));
     }
@@ -238,23 +286,45 @@ fn parse_step(t: &Table, index: usize, src: &Source) -> R<Step> {
                         size: t.int("size", 0, 65507, "size = 1422")?.map(|s| s.v as u32),
                         df: match t.raw("df") {
                             None => false,
-                            Some(v) => v.get_ref().as_bool().ok_or_else(|| t.err(v.span(), "`df` must be true or false", "write df = true"))?,
+                            Some(v) => v
+                                .get_ref()
+                                .as_bool()
+                                .ok_or_else(|| t.err(v.span(), "`df` must be true or false", "write df = true"))?,
                         },
                     },
                     &["from", "to", "size", "df"],
                 ),
                 "pingall" => (Action::Pingall, &[]),
-                "pmtu" => (Action::Pmtu { from: from()?, to: to()? }, &["from", "to"]),
+                "pmtu" => (
+                    Action::Pmtu {
+                        from: from()?,
+                        to: to()?,
+                    },
+                    &["from", "to"],
+                ),
                 "tcp" => (
                     Action::Tcp {
                         from: from()?,
                         to: to()?,
-                        bytes: t.int("bytes", 1, 1 << 34, "bytes = 4194304")?.map_or(4 << 20, |b| b.v as u64),
+                        bytes: t
+                            .int("bytes", 1, 1 << 34, "bytes = 4194304")?
+                            .map_or(4 << 20, |b| b.v as u64),
                     },
                     &["from", "to", "bytes"],
                 ),
-                "bgp" => (Action::Bgp { on: t.string("on", "on = \"worker1\"")?.map(|s| s.v) }, &["on"]),
-                "route" => (Action::Route { from: from()?, to: to()? }, &["from", "to"]),
+                "bgp" => (
+                    Action::Bgp {
+                        on: t.string("on", "on = \"worker1\"")?.map(|s| s.v),
+                    },
+                    &["on"],
+                ),
+                "route" => (
+                    Action::Route {
+                        from: from()?,
+                        to: to()?,
+                    },
+                    &["from", "to"],
+                ),
                 other => {
                     let probes = ["ping", "pingall", "pmtu", "tcp", "bgp", "route"];
                     let fix = match crate::spanned::closest(other, &probes) {
@@ -277,7 +347,11 @@ fn parse_step(t: &Table, index: usize, src: &Source) -> R<Step> {
                 t.int("mtu", 68, 65535, "mtu = 1400")?.map(|v| v.v as u32),
                 match t.raw("percent") {
                     None => None,
-                    Some(v) => Some(de_to_json(v.get_ref()).as_f64().ok_or_else(|| t.err(v.span(), "`percent` must be a number", "write percent = 20"))?),
+                    Some(v) => Some(
+                        de_to_json(v.get_ref())
+                            .as_f64()
+                            .ok_or_else(|| t.err(v.span(), "`percent` must be a number", "write percent = 20"))?,
+                    ),
                 },
                 t.string("proto", "proto = \"udp\"")?.map(|s| s.v),
                 t.int("port", 1, 65535, "port = 8472")?.map(|v| v.v as u16),
@@ -289,7 +363,9 @@ fn parse_step(t: &Table, index: usize, src: &Source) -> R<Step> {
                 Error::Usage { message, fix } => t.err(k.span.clone(), message, fix),
                 other => t.err(k.span.clone(), other.to_string(), "see the fault kinds in cli.md"),
             })?;
-            common.extend_from_slice(&["fault", "on", "mtu", "percent", "proto", "port", "key", "value", "new_mac"]);
+            common.extend_from_slice(&[
+                "fault", "on", "mtu", "percent", "proto", "port", "key", "value", "new_mac",
+            ]);
             Action::Fault(spec)
         }
         "fault_rm" => {
@@ -300,20 +376,31 @@ fn parse_step(t: &Table, index: usize, src: &Source) -> R<Step> {
             common.push("snapshot");
             let n = t.required_string("snapshot", "snapshot = \"after-fault\"")?;
             if n.v.is_empty() || !n.v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                return Err(t.err(n.span, format!("snapshot name \"{}\" is not usable in a file name", n.v), "use letters, digits, '-' and '_'"));
+                return Err(t.err(
+                    n.span,
+                    format!("snapshot name \"{}\" is not usable in a file name", n.v),
+                    "use letters, digits, '-' and '_'",
+                ));
             }
             Action::Snapshot { name: n.v }
         }
         "exec" => {
             common.extend_from_slice(&["exec", "command"]);
             let target = t.required_string("exec", "exec = \"worker1\"")?.v;
-            let command = t
-                .strings("command", "command = [\"ip\", \"route\"]")?
-                .ok_or_else(|| t.err(t.span().start..t.span().start, "an exec step needs `command`", "add command = [\"ip\", \"route\"]"))?;
+            let command = t.strings("command", "command = [\"ip\", \"route\"]")?.ok_or_else(|| {
+                t.err(
+                    t.span().start..t.span().start,
+                    "an exec step needs `command`",
+                    "add command = [\"ip\", \"route\"]",
+                )
+            })?;
             if command.v.is_empty() {
                 return Err(t.err(command.span, "`command` is empty", "name the program and its arguments"));
             }
-            Action::Exec { target, command: command.v.into_iter().map(|s| s.v).collect() }
+            Action::Exec {
+                target,
+                command: command.v.into_iter().map(|s| s.v).collect(),
+            }
         }
         "pod" => {
             common.extend_from_slice(&["pod", "on"]);
@@ -322,7 +409,13 @@ fn parse_step(t: &Table, index: usize, src: &Source) -> R<Step> {
             match what.v.as_str() {
                 "add" => Action::PodAdd(on),
                 "rm" => Action::PodRm(on),
-                other => return Err(t.err(what.span, format!("unknown pod action \"{other}\""), "use pod = \"add\" or pod = \"rm\"")),
+                other => {
+                    return Err(t.err(
+                        what.span,
+                        format!("unknown pod action \"{other}\""),
+                        "use pod = \"add\" or pod = \"rm\"",
+                    ));
+                }
             }
         }
         _ => unreachable!("one kind present"),
@@ -330,13 +423,22 @@ fn parse_step(t: &Table, index: usize, src: &Source) -> R<Step> {
     t.allow(&common)?;
     let expect = parse_expect(t, &action)?;
     let timeout = parse_duration(t, "timeout")?.unwrap_or(DEFAULT_TIMEOUT);
-    Ok(Step { index, line, action, expect, timeout })
+    Ok(Step {
+        index,
+        line,
+        action,
+        expect,
+        timeout,
+    })
 }
 
 /// Reads and checks a scenario file (and its topology's existence).
 pub fn load(path: &Path) -> Result<Scenario, Error> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        Error::usage(format!("cannot read scenario {}: {e}", path.display()), "give the path of a scenario file, such as scenarios/upstream-vxlan-mtu.toml")
+        Error::usage(
+            format!("cannot read scenario {}: {e}", path.display()),
+            "give the path of a scenario file, such as scenarios/upstream-vxlan-mtu.toml",
+        )
     })?;
     let src = Source::new(path.display().to_string(), text);
     Ok(parse(&src, path)?)
@@ -347,8 +449,17 @@ fn parse(src: &Source, path: &Path) -> R<Scenario> {
     let root = Table::root(src, &doc, span);
     root.allow(&["name", "topology", "description", "step"])?;
     let name: Sp<String> = root.required_string("name", "name = \"upstream-vxlan-mtu\"")?;
-    if name.v.is_empty() || !name.v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        return Err(root.err(name.span, format!("scenario name \"{}\" is not usable in a file name", name.v), "use letters, digits, '-' and '_'"));
+    if name.v.is_empty()
+        || !name
+            .v
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(root.err(
+            name.span,
+            format!("scenario name \"{}\" is not usable in a file name", name.v),
+            "use letters, digits, '-' and '_'",
+        ));
     }
     let topo = root.required_string("topology", "topology = \"../topologies/flannel-vxlan.toml\"")?;
     let base = path.parent().unwrap_or(Path::new("."));
@@ -360,7 +471,10 @@ fn parse(src: &Source, path: &Path) -> R<Scenario> {
             "give the topology's path relative to this scenario file",
         ));
     }
-    let description = root.string("description", "description = \"...\"")?.map(|s| s.v).unwrap_or_default();
+    let description = root
+        .string("description", "description = \"...\"")?
+        .map(|s| s.v)
+        .unwrap_or_default();
     let steps = root
         .tables("step", "[[step]]")?
         .iter()
@@ -368,9 +482,19 @@ fn parse(src: &Source, path: &Path) -> R<Scenario> {
         .map(|(i, t)| parse_step(t, i + 1, src))
         .collect::<R<Vec<_>>>()?;
     if steps.is_empty() {
-        return Err(root.err(0..0, "the scenario has no steps", "add [[step]] sections, e.g. [[step]] probe = \"pingall\" expect = \"ok\""));
+        return Err(root.err(
+            0..0,
+            "the scenario has no steps",
+            "add [[step]] sections, e.g. [[step]] probe = \"pingall\" expect = \"ok\"",
+        ));
     }
-    Ok(Scenario { path: path.to_path_buf(), name: name.v, description, topology, steps })
+    Ok(Scenario {
+        path: path.to_path_buf(),
+        name: name.v,
+        description,
+        topology,
+        steps,
+    })
 }
 
 /// How a step went.
@@ -445,61 +569,90 @@ pub fn diff(old: &str, new: &str) -> String {
         .to_string()
 }
 
-/// Runs one action once: (succeeded, result as JSON, result as text).
-async fn attempt(state: &mut LabState, action: &Action, progress: &Progress) -> Result<(bool, Value, String)> {
-    fn pack<T: serde::Serialize + std::fmt::Display>(ok: bool, v: &T) -> Result<(bool, Value, String)> {
+/// What one attempt of a step gives: whether it succeeded, its result as
+/// JSON (for expectations) and as text (for the report).
+type Outcome = (bool, Value, String);
+
+/// A probe run on a blocking thread.
+type BlockingProbe = Box<dyn FnOnce(&LabState) -> Result<Outcome> + Send>;
+
+/// Runs one action once.
+async fn attempt(state: &mut LabState, action: &Action, progress: &Progress) -> Result<Outcome> {
+    fn pack<T: serde::Serialize + std::fmt::Display>(ok: bool, v: &T) -> Result<Outcome> {
         Ok((ok, serde_json::to_value(v)?, v.to_string()))
     }
     let st = state.clone();
-    let blocking = |f: Box<dyn FnOnce(&LabState) -> Result<(bool, Value, String)> + Send>| {
+    let blocking = |f: BlockingProbe| {
         let st = st.clone();
         tokio::task::spawn_blocking(move || f(&st))
     };
     match action.clone() {
-        Action::Ping { from, to, size, df } => blocking(Box::new(move |s| {
-            let p = crate::probe::ping(s, &from, &to, size, df)?;
-            pack(p.ok, &p)
-        }))
-        .await?,
-        Action::Pingall => blocking(Box::new(|s| {
-            let p = crate::probe::pingall(s)?;
-            pack(p.failed == 0, &p)
-        }))
-        .await?,
-        Action::Pmtu { from, to } => blocking(Box::new(move |s| {
-            let p = crate::probe::pmtu(s, &from, &to)?;
-            pack(!p.blackhole, &p)
-        }))
-        .await?,
-        Action::Tcp { from, to, bytes } => blocking(Box::new(move |s| {
-            let p = crate::probe::tcp(s, &from, &to, bytes, Duration::from_secs(10))?;
-            pack(!p.stalled, &p)
-        }))
-        .await?,
-        Action::Bgp { on } => blocking(Box::new(move |s| {
-            let p = crate::probe::bgp(s, on.as_deref())?;
-            let mut v = serde_json::to_value(&p)?;
-            v["established"] = json!(p.sessions.len() - p.down);
-            Ok((p.down == 0, v, p.to_string()))
-        }))
-        .await?,
-        Action::Route { from, to } => blocking(Box::new(move |s| {
-            let p = crate::probe::route(s, &from, &to)?;
-            pack(p.dev.is_some(), &p)
-        }))
-        .await?,
-        Action::Exec { target, command } => blocking(Box::new(move |s| {
-            let ns = crate::cli::resolve_target(s, &target)?;
-            let h = crate::netns::Netns::open(&ns)?;
-            let out = crate::netns::command(&h, &command[0])
-                .args(&command[1..])
-                .output()
-                .with_context(|| format!("cannot run {}", command[0]))?;
-            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-            let code = out.status.code().unwrap_or(-1);
-            Ok((out.status.success(), json!({ "ok": out.status.success(), "status": code, "output": text }), text.trim_end().to_string()))
-        }))
-        .await?,
+        Action::Ping { from, to, size, df } => {
+            blocking(Box::new(move |s| {
+                let p = crate::probe::ping(s, &from, &to, size, df)?;
+                pack(p.ok, &p)
+            }))
+            .await?
+        }
+        Action::Pingall => {
+            blocking(Box::new(|s| {
+                let p = crate::probe::pingall(s)?;
+                pack(p.failed == 0, &p)
+            }))
+            .await?
+        }
+        Action::Pmtu { from, to } => {
+            blocking(Box::new(move |s| {
+                let p = crate::probe::pmtu(s, &from, &to)?;
+                pack(!p.blackhole, &p)
+            }))
+            .await?
+        }
+        Action::Tcp { from, to, bytes } => {
+            blocking(Box::new(move |s| {
+                let p = crate::probe::tcp(s, &from, &to, bytes, Duration::from_secs(10))?;
+                pack(!p.stalled, &p)
+            }))
+            .await?
+        }
+        Action::Bgp { on } => {
+            blocking(Box::new(move |s| {
+                let p = crate::probe::bgp(s, on.as_deref())?;
+                let mut v = serde_json::to_value(&p)?;
+                v["established"] = json!(p.sessions.len() - p.down);
+                Ok((p.down == 0, v, p.to_string()))
+            }))
+            .await?
+        }
+        Action::Route { from, to } => {
+            blocking(Box::new(move |s| {
+                let p = crate::probe::route(s, &from, &to)?;
+                pack(p.dev.is_some(), &p)
+            }))
+            .await?
+        }
+        Action::Exec { target, command } => {
+            blocking(Box::new(move |s| {
+                let ns = crate::cli::resolve_target(s, &target)?;
+                let h = crate::netns::Netns::open(&ns)?;
+                let out = crate::netns::command(&h, &command[0])
+                    .args(&command[1..])
+                    .output()
+                    .with_context(|| format!("cannot run {}", command[0]))?;
+                let text = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let code = out.status.code().unwrap_or(-1);
+                Ok((
+                    out.status.success(),
+                    json!({ "ok": out.status.success(), "status": code, "output": text }),
+                    text.trim_end().to_string(),
+                ))
+            }))
+            .await?
+        }
         Action::Fault(spec) => {
             let f = crate::fault::add(state, spec, progress).await?;
             Ok((true, json!({ "id": f.id }), format!("added {}", f.id)))
@@ -507,7 +660,12 @@ async fn attempt(state: &mut LabState, action: &Action, progress: &Progress) -> 
         Action::FaultRm(which) => {
             let ids: Vec<String> = if which == "all" {
                 state.faults.iter().rev().map(|f| f.id.clone()).collect()
-            } else if let Some(f) = state.faults.iter().rev().find(|f| f.id == which || f.spec.kind() == which) {
+            } else if let Some(f) = state
+                .faults
+                .iter()
+                .rev()
+                .find(|f| f.id == which || f.spec.kind() == which)
+            {
                 vec![f.id.clone()]
             } else {
                 return Err(anyhow!("no active fault matches \"{which}\""));
@@ -519,11 +677,19 @@ async fn attempt(state: &mut LabState, action: &Action, progress: &Progress) -> 
         }
         Action::PodAdd(p) => match crate::pods::add(state, &p).await {
             Ok(ip) => Ok((true, json!({ "ok": true, "ip": ip }), format!("added {p}: {ip}"))),
-            Err(e) => Ok((false, json!({ "ok": false, "error": format!("{e:#}") }), format!("{e:#}"))),
+            Err(e) => Ok((
+                false,
+                json!({ "ok": false, "error": format!("{e:#}") }),
+                format!("{e:#}"),
+            )),
         },
         Action::PodRm(p) => match crate::pods::remove(state, &p).await {
             Ok(()) => Ok((true, json!({ "ok": true }), format!("removed {p}"))),
-            Err(e) => Ok((false, json!({ "ok": false, "error": format!("{e:#}") }), format!("{e:#}"))),
+            Err(e) => Ok((
+                false,
+                json!({ "ok": false, "error": format!("{e:#}") }),
+                format!("{e:#}"),
+            )),
         },
         Action::Snapshot { .. } => unreachable!("handled by the runner"),
     }
@@ -556,12 +722,22 @@ pub fn check(expect: &Expect, ok: bool, result: &Value) -> Result<(), String> {
                     bad.push(format!("{k} = {want} (seen {field} = {})", result[field.as_str()]));
                 }
             }
-            if bad.is_empty() { Ok(()) } else { Err(format!("expected {}", bad.join("; "))) }
+            if bad.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("expected {}", bad.join("; ")))
+            }
         }
     }
 }
 
-async fn run_step(sc: &Scenario, step: &Step, state: &mut LabState, opts: &RunOptions, progress: &Progress) -> StepReport {
+async fn run_step(
+    sc: &Scenario,
+    step: &Step,
+    state: &mut LabState,
+    opts: &RunOptions,
+    progress: &Progress,
+) -> StepReport {
     let started = Instant::now();
     let deadline = started + step.timeout;
     let mut pause = Duration::from_millis(20);
@@ -570,7 +746,15 @@ async fn run_step(sc: &Scenario, step: &Step, state: &mut LabState, opts: &RunOp
         loop {
             let snap = match crate::snapshot::take(state, None, false).await {
                 Ok(s) => s.render(),
-                Err(e) => return report(step, false, String::new(), Some(format!("snapshot failed: {e:#}")), started),
+                Err(e) => {
+                    return report(
+                        step,
+                        false,
+                        String::new(),
+                        Some(format!("snapshot failed: {e:#}")),
+                        started,
+                    );
+                }
             };
             if opts.update {
                 let rel = sc.path.display().to_string();
@@ -585,7 +769,11 @@ async fn run_step(sc: &Scenario, step: &Step, state: &mut LabState, opts: &RunOp
                     step,
                     false,
                     String::new(),
-                    Some(format!("{} does not exist; write it with `cnilab run --update {}`", file.display(), sc.path.display())),
+                    Some(format!(
+                        "{} does not exist; write it with `cnilab run --update {}`",
+                        file.display(),
+                        sc.path.display()
+                    )),
                     started,
                 );
             };
@@ -597,7 +785,11 @@ async fn run_step(sc: &Scenario, step: &Step, state: &mut LabState, opts: &RunOp
                     step,
                     false,
                     String::new(),
-                    Some(format!("differs from {} (accept with --update):\n{}", file.display(), diff(&golden, &snap))),
+                    Some(format!(
+                        "differs from {} (accept with --update):\n{}",
+                        file.display(),
+                        diff(&golden, &snap)
+                    )),
                     started,
                 );
             }
@@ -629,7 +821,11 @@ async fn run_step(sc: &Scenario, step: &Step, state: &mut LabState, opts: &RunOp
         match verdict {
             Ok(()) => return report(step, true, text, None, started),
             Err(why) if Instant::now() >= deadline || step.expect.is_none() => {
-                let waited = if step.expect.is_some() { format!(" (retried for {} s)", step.timeout.as_secs()) } else { String::new() };
+                let waited = if step.expect.is_some() {
+                    format!(" (retried for {} s)", step.timeout.as_secs())
+                } else {
+                    String::new()
+                };
                 return report(step, false, text, Some(format!("{why}{waited}")), started);
             }
             Err(_) => {
@@ -641,12 +837,19 @@ async fn run_step(sc: &Scenario, step: &Step, state: &mut LabState, opts: &RunOp
 }
 
 fn report(step: &Step, ok: bool, seen: String, failure: Option<String>, started: Instant) -> StepReport {
-    StepReport { step: step.clone(), ok, seen, failure, time: started.elapsed() }
+    StepReport {
+        step: step.clone(),
+        ok,
+        seen,
+        failure,
+        time: started.elapsed(),
+    }
 }
 
-/// A lab name for a scenario run: unique per scenario and process.
-fn lab_name(sc: &Scenario) -> String {
-    let h = sha1_smol::Sha1::from(format!("{}/{}", sc.name, std::process::id())).digest().to_string();
+/// The lab name of scenario `name` run by process `pid`: unique per
+/// scenario and process, so runs side by side do not collide.
+pub fn lab_name(name: &str, pid: u32) -> String {
+    let h = sha1_smol::Sha1::from(format!("{name}/{pid}")).digest().to_string();
     format!("s{}", &h[..7])
 }
 
@@ -660,22 +863,47 @@ pub async fn run(sc: &Scenario, opts: &RunOptions, lab: &str, out: &mut dyn FnMu
     let topology = match Topology::load(&sc.topology) {
         Ok(t) => t,
         Err(e) => {
-            return ScenarioReport { name: sc.name.clone(), steps, error: Some(e.to_string()), time: started.elapsed() };
+            return ScenarioReport {
+                name: sc.name.clone(),
+                steps,
+                error: Some(e.to_string()),
+                time: started.elapsed(),
+            };
         }
     };
-    let up = UpOptions { name: Some(lab.to_string()), topology_file: sc.topology.display().to_string() };
+    let up = UpOptions {
+        name: Some(lab.to_string()),
+        topology_file: sc.topology.display().to_string(),
+    };
     let mut state = match crate::build::claim(&topology, &up) {
         Ok(s) => s,
-        Err(e) => return ScenarioReport { name: sc.name.clone(), steps, error: Some(e.to_string()), time: started.elapsed() },
+        Err(e) => {
+            return ScenarioReport {
+                name: sc.name.clone(),
+                steps,
+                error: Some(e.to_string()),
+                time: started.elapsed(),
+            };
+        }
     };
     if let Err(e) = crate::build::build(&mut state, &progress).await {
-        return ScenarioReport { name: sc.name.clone(), steps, error: Some(format!("the lab did not come up: {e:#}")), time: started.elapsed() };
+        return ScenarioReport {
+            name: sc.name.clone(),
+            steps,
+            error: Some(format!("the lab did not come up: {e:#}")),
+            time: started.elapsed(),
+        };
     }
     out(&format!("  lab {lab} up in {:.2} s", started.elapsed().as_secs_f64()));
     for step in &sc.steps {
         let r = run_step(sc, step, &mut state, opts, &progress).await;
         let mark = if r.ok { "ok" } else { "FAILED" };
-        out(&format!("  step {} {}: {mark} ({:.2} s)", step.index, step.action.describe(), r.time.as_secs_f64()));
+        out(&format!(
+            "  step {} {}: {mark} ({:.2} s)",
+            step.index,
+            step.action.describe(),
+            r.time.as_secs_f64()
+        ));
         if !r.ok {
             if let Some(e) = &step.expect {
                 out(&format!("    expected: {e}"));
@@ -693,12 +921,17 @@ pub async fn run(sc: &Scenario, opts: &RunOptions, lab: &str, out: &mut dyn FnMu
             break;
         }
     }
-    ScenarioReport { name: sc.name.clone(), steps, error: None, time: started.elapsed() }
+    ScenarioReport {
+        name: sc.name.clone(),
+        steps,
+        error: None,
+        time: started.elapsed(),
+    }
 }
 
-/// The lab name a scenario runs under.
+/// The lab name a scenario runs under in this process.
 pub fn lab_for(sc: &Scenario) -> String {
-    lab_name(sc)
+    lab_name(&sc.name, std::process::id())
 }
 
 /// Scenario reports as JUnit XML.
@@ -730,7 +963,10 @@ pub fn junit(reports: &[(Scenario, ScenarioReport)]) -> Result<String> {
         }
         let ran = r.steps.len();
         for step in sc.steps.iter().skip(ran) {
-            let mut tc = TestCase::new(format!("step {}: {}", step.index, step.action.describe()), TestCaseStatus::skipped());
+            let mut tc = TestCase::new(
+                format!("step {}: {}", step.index, step.action.describe()),
+                TestCaseStatus::skipped(),
+            );
             tc.set_classname(sc.path.display().to_string());
             suite.add_test_case(tc);
         }
@@ -763,7 +999,9 @@ mod tests {
         assert_eq!(s.steps[2].line, 9, "the line of its [[step]]");
         assert_eq!(
             s.steps[2].expect,
-            Some(Expect::Fields([("blackhole".into(), json!(true)), ("path_mtu".into(), json!(1400))].into()))
+            Some(Expect::Fields(
+                [("blackhole".into(), json!(true)), ("path_mtu".into(), json!(1400))].into()
+            ))
         );
     }
 
@@ -775,11 +1013,15 @@ mod tests {
         assert!(e.fix.contains("\"ping\""), "{e}");
         let e = parse_text("name = \"x\"\ntopology = \"nope.toml\"\n[[step]]\nprobe = \"pingall\"\n").unwrap_err();
         assert_eq!((e.line, e.col), (2, 12), "{e}");
-        let e = parse_text("name = \"x\"\ntopology = \"t.toml\"\n[[step]]\nprobe = \"pingall\"\nfault = \"mtu\"\n").unwrap_err();
+        let e = parse_text("name = \"x\"\ntopology = \"t.toml\"\n[[step]]\nprobe = \"pingall\"\nfault = \"mtu\"\n")
+            .unwrap_err();
         assert!(e.message.contains("both"), "{e}");
-        let e = parse_text("name = \"x\"\ntopology = \"t.toml\"\n[[step]]\nfault = \"mtu\"\non = \"tor1\"\n").unwrap_err();
+        let e =
+            parse_text("name = \"x\"\ntopology = \"t.toml\"\n[[step]]\nfault = \"mtu\"\non = \"tor1\"\n").unwrap_err();
         assert!(e.message.contains("needs --mtu"), "{e}");
-        let e = parse_text("name = \"x\"\ntopology = \"t.toml\"\n[[step]]\nprobe = \"pingall\"\ntimeout = \"3 days\"\n").unwrap_err();
+        let e =
+            parse_text("name = \"x\"\ntopology = \"t.toml\"\n[[step]]\nprobe = \"pingall\"\ntimeout = \"3 days\"\n")
+                .unwrap_err();
         assert_eq!(e.line, 5, "{e}");
     }
 
@@ -788,11 +1030,32 @@ mod tests {
         let r = json!({ "path_mtu": 1400, "blackhole": true, "error": "local error: message too long, mtu=1450" });
         assert!(check(&Expect::Fields([("path_mtu".into(), json!(1400))].into()), false, &r).is_ok());
         assert!(check(&Expect::Fields([("path_mtu".into(), json!(1450))].into()), false, &r).is_err());
-        assert!(check(&Expect::Fields([("error_contains".into(), json!("message too long"))].into()), false, &r).is_ok());
+        assert!(
+            check(
+                &Expect::Fields([("error_contains".into(), json!("message too long"))].into()),
+                false,
+                &r
+            )
+            .is_ok()
+        );
         assert!(check(&Expect::Fail, false, &r).is_ok());
         assert!(check(&Expect::Ok, false, &r).is_err());
         let out = json!({ "output": "10.244.1.1 dev eth0 FAILED" });
-        assert!(check(&Expect::Fields([("contains".into(), json!("FAILED"))].into()), true, &out).is_ok());
-        assert!(check(&Expect::Fields([("not_contains".into(), json!("FAILED"))].into()), true, &out).is_err());
+        assert!(
+            check(
+                &Expect::Fields([("contains".into(), json!("FAILED"))].into()),
+                true,
+                &out
+            )
+            .is_ok()
+        );
+        assert!(
+            check(
+                &Expect::Fields([("not_contains".into(), json!("FAILED"))].into()),
+                true,
+                &out
+            )
+            .is_err()
+        );
     }
 }

@@ -183,7 +183,13 @@ fn touched_sysctls(role: &str, links: &[LinkMessage]) -> Vec<String> {
     keys
 }
 
-async fn collect(ns: &str, role: &str, bird_socket: Option<std::path::PathBuf>, dynamic: bool) -> Result<Raw> {
+async fn collect(
+    ns: &str,
+    role: &str,
+    bird_socket: Option<std::path::PathBuf>,
+    fault_keys: Vec<String>,
+    dynamic: bool,
+) -> Result<Raw> {
     let handle = Netns::open(ns)?;
     let nl = Nl::connect_in(&handle)?;
     let (links, addrs, routes, neigh, proxy, fdb) = futures::try_join!(
@@ -196,7 +202,12 @@ async fn collect(ns: &str, role: &str, bird_socket: Option<std::path::PathBuf>, 
     )
     .with_context(|| format!("reading namespace {ns}"))?;
     let _ = dynamic;
-    let keys = touched_sysctls(role, &links);
+    let mut keys = touched_sysctls(role, &links);
+    for k in fault_keys {
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
     let sysctls = handle.run(move || {
         keys.iter()
             .map(|k| Ok((netns::sysctl_name(k), netns::read_sysctl(k)?)))
@@ -288,14 +299,16 @@ pub async fn take(state: &LabState, only: Option<&[String]>, dynamic: bool) -> R
     // Every namespace is read, even when only some are shown: names and MACs
     // are normalized across the whole lab.
     let paths = state.paths();
+    let fault_keys = crate::fault::touched_sysctls(state);
     let raws: Vec<Raw> = futures::future::try_join_all(wanted.iter().map(|ns| {
         let (_, role, _, owner) = labels(&prefix, ns);
+        let keys = fault_keys.get(ns).cloned().unwrap_or_default();
         let socket = match role.as_str() {
             "node" => Some(paths.agent_dir(&owner).join("bird.ctl")),
             "router" => Some(paths.router_dir(&owner).join("bird.ctl")),
             _ => None,
         };
-        async move { collect(ns, &role, socket, dynamic).await }
+        async move { collect(ns, &role, socket, keys, dynamic).await }
     }))
     .await?;
 

@@ -892,10 +892,17 @@ fn calico_options(
         ));
     }
     let room = (1u64 << (32 - opts.block_size)).saturating_sub(1);
-    if let Some(n) = nodes.iter().find(|n| n.node.max_pods.is_some_and(|m| u64::from(m) > room)) {
+    if let Some(n) = nodes
+        .iter()
+        .find(|n| n.node.max_pods.is_some_and(|m| u64::from(m) > room))
+    {
         return Err(root.err(
             n.max_pods_span.clone().unwrap_or(0..0),
-            format!("max_pods {} is more than a /{} block holds ({room})", n.node.max_pods.unwrap_or(0), opts.block_size),
+            format!(
+                "max_pods {} is more than a /{} block holds ({room})",
+                n.node.max_pods.unwrap_or(0),
+                opts.block_size
+            ),
             "lower max_pods, or use a shorter block_size",
         ));
     }

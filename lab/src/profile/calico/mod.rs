@@ -374,7 +374,8 @@ fn conflist(node: &str, block: Ipv4Net, mtu: u32, max_pods: Option<u32>, paths: 
     let first = Ipv4Addr::from(u32::from(block.network()) + 1);
     let plugin = &mut v["plugins"][0];
     plugin["log_file_path"] = json!(paths.node_dir(node).join("cni/calico.log"));
-    let mut range = json!({ "subnet": block.to_string(), "rangeStart": first.to_string(), "gateway": block.network().to_string() });
+    let mut range =
+        json!({ "subnet": block.to_string(), "rangeStart": first.to_string(), "gateway": block.network().to_string() });
     if let Some(m) = max_pods {
         range["rangeEnd"] = json!(Ipv4Addr::from(u32::from(block.network()) + m).to_string());
     }
