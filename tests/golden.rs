@@ -55,3 +55,27 @@ fn calico_tor() {
 fn calico_vxlan() {
     stable_and_golden("calico-vxlan");
 }
+
+#[test]
+fn flannel_routed() {
+    stable_and_golden("flannel-routed");
+}
+
+#[test]
+fn calico_bgp_timers() {
+    stable_and_golden("calico-bgp-timers");
+}
+
+#[test]
+fn eks_pod_limit() {
+    stable_and_golden("eks-pod-limit");
+}
+
+/// Every topology shipped has its golden test above.
+#[test]
+fn every_topology_has_a_golden_snapshot() {
+    for e in std::fs::read_dir(repo().join("topologies")).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().trim_end_matches(".toml").to_string();
+        assert!(repo().join("snapshots").join(format!("{name}.snap")).is_file(), "snapshots/{name}.snap is missing");
+    }
+}
