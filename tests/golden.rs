@@ -76,6 +76,9 @@ fn eks_pod_limit() {
 fn every_topology_has_a_golden_snapshot() {
     for e in std::fs::read_dir(repo().join("topologies")).unwrap().flatten() {
         let name = e.file_name().to_string_lossy().trim_end_matches(".toml").to_string();
-        assert!(repo().join("snapshots").join(format!("{name}.snap")).is_file(), "snapshots/{name}.snap is missing");
+        assert!(
+            repo().join("snapshots").join(format!("{name}.snap")).is_file(),
+            "snapshots/{name}.snap is missing"
+        );
     }
 }
