@@ -598,9 +598,15 @@ pub fn route(state: &LabState, from: &str, to: &str) -> Result<RouteGet> {
         ip: dst.ip,
         dev: r["dev"].as_str().map(str::to_string),
         via: r["gateway"].as_str().map(str::to_string),
+        // `ip route get` answers a blackhole with EINVAL, unreachable and
+        // prohibit routes with their errors.
         kind: r["type"].as_str().map(str::to_string).unwrap_or_else(|| {
-            if err.contains("unreachable") {
+            if err.contains("Invalid argument") {
+                "blackhole".into()
+            } else if err.contains("unreachable") {
                 "unreachable".into()
+            } else if err.contains("Permission denied") {
+                "prohibit".into()
             } else if r.is_null() {
                 format!("none ({err})")
             } else {
