@@ -11,22 +11,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
-/// Every pod pings every other pod.
-fn pingall(lab: &Lab) {
-    let pods = lab.pods();
-    for (src, _) in &pods {
-        for (dst, ip) in &pods {
-            if src == dst {
-                continue;
-            }
-            retry(&format!("ping {src} -> {dst} ({ip})"), Duration::from_secs(10), || {
-                let out = lab.exec(src, &["ping", "-c1", "-W1", ip]);
-                if out.status.success() { Ok(()) } else { Err(show(&out)) }
-            });
-        }
-    }
-}
-
 /// (protocol name, state info) of the BGP sessions a node's BIRD reports.
 fn sessions(lab: &Lab, who: &str, dir: &str) -> Vec<(String, String)> {
     let sock =

@@ -154,7 +154,7 @@ impl Drop for TeardownGuard {
 /// A new namespace with IPv6 off (no link-local addresses, DAD or router
 /// solicitations to make snapshots vary) and the given sysctls, with a
 /// netlink socket in it.
-async fn create_ns(name: String, sysctls: &'static [(&'static str, &'static str)]) -> Result<(Netns, Nl)> {
+pub async fn create_ns(name: String, sysctls: &'static [(&'static str, &'static str)]) -> Result<(Netns, Nl)> {
     let rt = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         Netns::create(&name, || {
@@ -472,14 +472,6 @@ pub async fn start_agents(b: &Built<'_>, state: &mut LabState) -> Result<()> {
     wait_ready(&ready, b.progress).await
 }
 
-/// Whether a process runs (and is not a zombie).
-pub fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
-}
-
 /// The last lines of a file, for error messages.
 pub fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -552,7 +544,7 @@ pub async fn wait_ready(items: &[(String, PathBuf, u32, PathBuf, &str)], progres
             return Ok(());
         }
         for (node, _, pid, log, agent) in &waiting {
-            if !process_alive(*pid) {
+            if !crate::teardown::alive(*pid as i32) {
                 bail!(
                     "{agent} on {node} exited before it was ready; its log ({}):\n{}",
                     log.display(),

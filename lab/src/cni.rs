@@ -262,6 +262,47 @@ fn append_log(log: &Path, command: &str, plugin: &str, id: &str, stderr: &[u8]) 
     }
 }
 
+/// Runs another plugin from inside a plugin, as libcni's invoke package does
+/// for a delegate or an IPAM plugin: found in CNI_PATH, the same environment
+/// with CNI_COMMAND set, `conf` on stdin, stderr passed through. Returns its
+/// stdout, or its error code and message (with details).
+pub fn invoke(command: &str, plugin: &str, conf: &[u8]) -> Result<String, (i64, String)> {
+    use std::io::Write;
+    let cni_path =
+        std::env::var("CNI_PATH").map_err(|_| (4, "required env variables [CNI_PATH] missing".to_string()))?;
+    let bin = std::env::split_paths(&cni_path)
+        .map(|d| d.join(plugin))
+        .find(|p| p.is_file())
+        .ok_or_else(|| (999, format!("failed to find plugin \"{plugin}\" in path [{cni_path}]")))?;
+    let mut child = std::process::Command::new(&bin)
+        .env("CNI_COMMAND", command)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| (999, format!("failed to run {}: {e}", bin.display())))?;
+    if let Some(mut si) = child.stdin.take() {
+        let _ = si.write_all(conf);
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| (999, format!("failed to wait for {}: {e}", bin.display())))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    if out.status.success() {
+        return Ok(stdout);
+    }
+    let v: Value = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+    let msg = v["msg"]
+        .as_str()
+        .unwrap_or("plugin failed without a CNI error")
+        .to_string();
+    let msg = match v["details"].as_str().filter(|d| !d.is_empty()) {
+        Some(d) => format!("{msg}; {d}"),
+        None => msg,
+    };
+    Err((v["code"].as_i64().unwrap_or(999), msg))
+}
+
 /// The first IPv4 address of a CNI result, with its prefix and gateway.
 pub fn result_ip(result: &Value) -> Option<(String, Option<std::net::Ipv4Addr>)> {
     let ip = result["ips"]

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::net::Ipv4Addr;
 
-use crate::build::{Built, Handle, start_agent, wait_ready};
+use crate::build::{Built, Handle, create_ns, start_agent, wait_ready};
 use crate::error::Error;
 use crate::netns::{self, Netns};
 use crate::nl::{self, Nl, link_name};
@@ -737,8 +737,7 @@ async fn upstream_vxlan_add(ctx: &Ctx<'_>, switch: &str) -> Result<Value> {
     }
     let lab = &ctx.plan.lab;
     let core_name = paths::infra_ns(lab, &format!("upstream-{switch}"));
-    let sysctls: &'static [(&'static str, &'static str)] = &[];
-    let (core_ns, core) = create(&core_name, sysctls).await?;
+    let (core_ns, core) = create_ns(core_name.clone(), &[]).await?;
     core.add(nl::bridge("core", 1500))
         .await
         .map_err(|e| anyhow!("core bridge: {e}"))?;
@@ -750,7 +749,7 @@ async fn upstream_vxlan_add(ctx: &Ctx<'_>, switch: &str) -> Result<Value> {
     for (i, p) in ports.iter().enumerate() {
         let leaf_name = paths::infra_ns(lab, &format!("upstream-{switch}-{i}"));
         namespaces.push(leaf_name.clone());
-        let (leaf_ns, leaf) = create(&leaf_name, &[]).await?;
+        let (leaf_ns, leaf) = create_ns(leaf_name.clone(), &[]).await?;
         leaf.change(nl::set_up(1)).await?;
         // The 1500-byte link from the leaf to the core.
         core.add(nl::veth_pair(
@@ -832,23 +831,6 @@ fn upstream_vtep(local: Ipv4Addr, i: usize) -> RouteNetlinkMessage {
         ]),
     ];
     RouteNetlinkMessage::NewLink(msg)
-}
-
-async fn create(name: &str, sysctls: &'static [(&'static str, &'static str)]) -> Result<(Netns, Nl)> {
-    let rt = tokio::runtime::Handle::current();
-    let name = name.to_string();
-    tokio::task::spawn_blocking(move || {
-        Netns::create(&name, || {
-            netns::write_sysctl("net/ipv6/conf/all/disable_ipv6", "1")?;
-            netns::write_sysctl("net/ipv6/conf/default/disable_ipv6", "1")?;
-            for (k, v) in sysctls {
-                netns::write_sysctl(k, v)?;
-            }
-            let _g = rt.enter();
-            Nl::connect()
-        })
-    })
-    .await?
 }
 
 async fn upstream_vxlan_remove(ctx: &Ctx<'_>, switch: &str, undo: &Value) -> Result<()> {

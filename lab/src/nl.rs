@@ -199,6 +199,44 @@ impl Nl {
     }
 }
 
+/// A link's kind (veth, bridge, vxlan, ...), when it has one.
+pub fn link_kind(l: &LinkMessage) -> Option<&InfoKind> {
+    l.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkInfo(info) => info.iter().find_map(|i| match i {
+            LinkInfo::Kind(k) => Some(k),
+            _ => None,
+        }),
+        _ => None,
+    })
+}
+
+/// A VXLAN link's settings.
+pub fn vxlan_info(l: &LinkMessage) -> Option<&Vec<netlink_packet_route::link::InfoVxlan>> {
+    l.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkInfo(info) => info.iter().find_map(|i| match i {
+            LinkInfo::Data(InfoData::Vxlan(v)) => Some(v),
+            _ => None,
+        }),
+        _ => None,
+    })
+}
+
+/// A link's MAC.
+pub fn link_mac(l: &LinkMessage) -> Option<[u8; 6]> {
+    l.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Address(m) => m.as_slice().try_into().ok(),
+        _ => None,
+    })
+}
+
+/// A link's MTU.
+pub fn link_mtu(l: &LinkMessage) -> Option<u32> {
+    l.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Mtu(m) => Some(*m),
+        _ => None,
+    })
+}
+
 /// The name of a link message.
 pub fn link_name(l: &LinkMessage) -> Option<&str> {
     l.attributes.iter().find_map(|a| match a {

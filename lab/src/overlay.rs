@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use ipnet::Ipv4Net;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::address::AddressAttribute;
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{InfoKind, InfoVxlan, LinkMessage};
 use netlink_packet_route::route::RouteProtocol;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use tokio::io::unix::AsyncFd;
@@ -124,28 +124,15 @@ pub struct VxlanSpec {
     pub mac: [u8; 6],
 }
 
-fn vxlan_info(l: &LinkMessage) -> Option<&Vec<InfoVxlan>> {
-    l.attributes.iter().find_map(|a| match a {
-        LinkAttribute::LinkInfo(info) => info.iter().find_map(|i| match i {
-            LinkInfo::Data(InfoData::Vxlan(v)) => Some(v),
-            _ => None,
-        }),
-        _ => None,
-    })
-}
-
 fn is_vxlan(l: &LinkMessage) -> bool {
-    l.attributes.iter().any(|a| match a {
-        LinkAttribute::LinkInfo(info) => info.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Vxlan))),
-        _ => false,
-    })
+    nl::link_kind(l) == Some(&InfoKind::Vxlan)
 }
 
 fn incompatibility(l: &LinkMessage, s: &VxlanSpec) -> Option<String> {
     if !is_vxlan(l) {
         return Some("link type is not vxlan".into());
     }
-    for i in vxlan_info(l)? {
+    for i in nl::vxlan_info(l)? {
         match i {
             InfoVxlan::Id(v) if *v != s.vni => return Some(format!("vni: {v} vs {}", s.vni)),
             InfoVxlan::Port(p) if *p != s.port => return Some(format!("port: {p} vs {}", s.port)),
@@ -189,21 +176,7 @@ pub async fn ensure_vxlan(nl: &Nl, s: &VxlanSpec) -> Result<LinkMessage> {
     nl.link(&s.name).await?.context("created VXLAN device not found")
 }
 
-/// A link's MAC.
-pub fn link_mac(l: &LinkMessage) -> Option<[u8; 6]> {
-    l.attributes.iter().find_map(|a| match a {
-        LinkAttribute::Address(m) => m.as_slice().try_into().ok(),
-        _ => None,
-    })
-}
-
-/// A link's MTU.
-pub fn link_mtu(l: &LinkMessage) -> Option<u32> {
-    l.attributes.iter().find_map(|a| match a {
-        LinkAttribute::Mtu(m) => Some(*m),
-        _ => None,
-    })
-}
+pub use crate::nl::{link_mac, link_mtu};
 
 /// The first IPv4 address of a link.
 pub async fn first_address(nl: &Nl, index: u32) -> Result<Option<Ipv4Addr>> {
@@ -351,8 +324,26 @@ pub async fn terminated() -> Result<()> {
     Ok(())
 }
 
+/// Runs an agent: logging to stderr (its log file), a single-threaded
+/// runtime, and the exit code from how `run` ends.
+pub fn agent_main<F: std::future::Future<Output = Result<()>>>(run: F) -> ! {
+    init_agent_logging();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let code = match rt.block_on(run) {
+        Ok(()) => 0,
+        Err(e) => {
+            error!("{e:#}");
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
 /// Logging for agents: to stderr (the agent's log file), without colors.
-pub fn init_agent_logging() {
+fn init_agent_logging() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)

@@ -12,9 +12,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use anyhow::{Context, Result};
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkLayerType, LinkMessage,
-};
+use netlink_packet_route::link::{InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkLayerType, LinkMessage};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
@@ -236,25 +234,8 @@ async fn collect(
     })
 }
 
-fn attr_mac(l: &LinkMessage) -> Option<[u8; 6]> {
-    l.attributes.iter().find_map(|a| match a {
-        LinkAttribute::Address(m) => m.as_slice().try_into().ok(),
-        _ => None,
-    })
-}
-
-fn link_kind(l: &LinkMessage) -> Option<&InfoKind> {
-    l.attributes.iter().find_map(|a| match a {
-        LinkAttribute::LinkInfo(info) => info.iter().find_map(|i| match i {
-            LinkInfo::Kind(k) => Some(k),
-            _ => None,
-        }),
-        _ => None,
-    })
-}
-
 fn kind_name(l: &LinkMessage) -> String {
-    match link_kind(l) {
+    match crate::nl::link_kind(l) {
         Some(InfoKind::Veth) => "veth".into(),
         Some(InfoKind::Bridge) => "bridge".into(),
         Some(InfoKind::Vxlan) => "vxlan".into(),
@@ -325,7 +306,7 @@ pub async fn take(state: &LabState, only: Option<&[String]>, dynamic: bool) -> R
                 LinkAttribute::Link(i) => Some(*i),
                 _ => None,
             }) {
-                if link_kind(l) == Some(&InfoKind::Veth) {
+                if crate::nl::link_kind(l) == Some(&InfoKind::Veth) {
                     veth_names.insert((node.clone(), peer), format!("veth({owner})"));
                 }
             }
@@ -346,11 +327,15 @@ pub async fn take(state: &LabState, only: Option<&[String]>, dynamic: bool) -> R
     for r in &raws {
         let (short, _, _, owner) = labels(&prefix, &r.name);
         for l in &r.links {
-            let Some(mac) = attr_mac(l) else { continue };
+            let Some(mac) = crate::nl::link_mac(l) else { continue };
             if mac == [0; 6] {
                 continue;
             }
-            let rank = if link_kind(l) == Some(&InfoKind::Bridge) { 0 } else { 1 };
+            let rank = if crate::nl::link_kind(l) == Some(&InfoKind::Bridge) {
+                0
+            } else {
+                1
+            };
             let label = format!("{owner}/{}", name_of(&short, l));
             let e = macs.entry(mac).or_insert((rank, label.clone()));
             if (rank, &label) < (e.0, &e.1) {
@@ -387,7 +372,7 @@ pub async fn take(state: &LabState, only: Option<&[String]>, dynamic: bool) -> R
             .map(|l| {
                 let kind = kind_name(l);
                 let mut details = Vec::new();
-                if let Some(v) = vxlan_info(l) {
+                if let Some(v) = crate::nl::vxlan_info(l) {
                     details = vxlan_details(v, &dev);
                 }
                 let flags = l.header.flags;
@@ -409,7 +394,7 @@ pub async fn take(state: &LabState, only: Option<&[String]>, dynamic: bool) -> R
                         _ => None,
                     }),
                     address: if kind == "vxlan" {
-                        attr_mac(l).map(|m| mac_string(&m))
+                        crate::nl::link_mac(l).map(|m| mac_string(&m))
                     } else {
                         None
                     },
@@ -504,16 +489,6 @@ pub async fn take(state: &LabState, only: Option<&[String]>, dynamic: bool) -> R
         ),
         faults: crate::fault::lines(state),
         namespaces: out,
-    })
-}
-
-fn vxlan_info(l: &LinkMessage) -> Option<&Vec<InfoVxlan>> {
-    l.attributes.iter().find_map(|a| match a {
-        LinkAttribute::LinkInfo(info) => info.iter().find_map(|i| match i {
-            LinkInfo::Data(InfoData::Vxlan(v)) => Some(v),
-            _ => None,
-        }),
-        _ => None,
     })
 }
 

@@ -95,12 +95,6 @@ pub struct PodStatus {
     pub mtu: u32,
 }
 
-fn process_running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
-        .unwrap_or(false)
-}
-
 /// The settings in force, with every default, as `key = value`.
 pub fn settings(plan: &Plan) -> BTreeMap<String, String> {
     let t = &plan.topology;
@@ -156,7 +150,7 @@ pub fn status(state: &LabState) -> Status {
             agent: state.agents.get(&n.name).map(|pid| AgentStatus {
                 name: agent_name.into(),
                 pid: *pid,
-                running: process_running(*pid),
+                running: crate::teardown::alive(*pid as i32),
             }),
             present: present.contains(&n.ns),
         })

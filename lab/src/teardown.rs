@@ -60,7 +60,8 @@ pub fn processes_in(inodes: &BTreeSet<u64>) -> Vec<i32> {
         .collect()
 }
 
-fn alive(pid: i32) -> bool {
+/// Whether a process runs (a zombie does not count).
+pub fn alive(pid: i32) -> bool {
     // A zombie has let go of its namespaces already.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(s) => !s

@@ -157,6 +157,22 @@ impl Drop for Lab {
     }
 }
 
+/// Every pod of a lab pings every other pod (each pair retried for 10 s).
+pub fn pingall(lab: &Lab) {
+    let pods = lab.pods();
+    for (src, _) in &pods {
+        for (dst, ip) in &pods {
+            if src == dst {
+                continue;
+            }
+            retry(&format!("ping {src} -> {dst} ({ip})"), Duration::from_secs(10), || {
+                let out = lab.exec(src, &["ping", "-c1", "-W1", ip]);
+                if out.status.success() { Ok(()) } else { Err(show(&out)) }
+            });
+        }
+    }
+}
+
 /// The base folder of lab state.
 pub fn run_dir() -> PathBuf {
     std::env::var_os("CNILAB_RUN_DIR")

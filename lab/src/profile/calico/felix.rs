@@ -16,7 +16,7 @@ use ipnet::Ipv4Net;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::route::{RouteProtocol, RouteType};
 use serde::{Deserialize, Serialize};
-use tracing::{error, info};
+use tracing::info;
 
 use super::{FELIX_PROTO, VXLAN_DEVICE, VXLAN_OVERHEAD, VXLAN_PORT, VXLAN_VNI};
 use crate::nl::{self, Nl};
@@ -73,20 +73,7 @@ impl VtepRecord {
 
 /// The entry point: `calico-felix` as argv[0].
 pub fn main() -> ! {
-    let args = Args::parse();
-    overlay::init_agent_logging();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let code = match rt.block_on(run(args)) {
-        Ok(()) => 0,
-        Err(e) => {
-            error!("{e:#}");
-            1
-        }
-    };
-    std::process::exit(code)
+    overlay::agent_main(run(Args::parse()))
 }
 
 fn read_record(dir: &Path, key: &str) -> Option<VtepRecord> {

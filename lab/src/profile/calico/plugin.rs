@@ -8,7 +8,6 @@
 use std::io::{Read, Write};
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, anyhow};
 use ipnet::Ipv4Net;
@@ -117,40 +116,8 @@ fn ipam(command: &str, conf: &Value, stdin: &[u8]) -> Result<Value, Failure> {
         code: 7,
         msg: "network configuration has no ipam type".into(),
     })?;
-    let path = env("CNI_PATH")?;
-    let bin = std::env::split_paths(&path)
-        .map(|d| d.join(plugin))
-        .find(|p| p.is_file())
-        .ok_or_else(|| Failure {
-            code: 999,
-            msg: format!("failed to find plugin \"{plugin}\" in path [{path}]"),
-        })?;
-    let mut child = Command::new(&bin)
-        .env("CNI_COMMAND", command)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| anyhow!("cannot run {}: {e}", bin.display()))?;
-    if let Some(mut i) = child.stdin.take() {
-        let _ = i.write_all(stdin);
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| anyhow!("waiting for {plugin}: {e}"))?;
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    if !out.status.success() {
-        let msg = v["msg"].as_str().unwrap_or("IPAM plugin failed").to_string();
-        let msg = match v["details"].as_str().filter(|d| !d.is_empty()) {
-            Some(d) => format!("{msg}; {d}"),
-            None => msg,
-        };
-        return Err(Failure {
-            code: v["code"].as_i64().unwrap_or(999),
-            msg,
-        });
-    }
-    Ok(v)
+    let out = crate::cni::invoke(command, plugin, stdin).map_err(|(code, msg)| Failure { code, msg })?;
+    Ok(serde_json::from_str(&out).unwrap_or(Value::Null))
 }
 
 fn veth_to(host: &str, peer_ns: &Netns, ifname: &str, mtu: u32) -> RouteNetlinkMessage {

@@ -57,20 +57,7 @@ pub struct Args {
 
 /// The entry point: `flanneld` as argv[0], or the `flanneld` binary.
 pub fn main() -> ! {
-    let args = Args::parse();
-    overlay::init_agent_logging();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let code = match rt.block_on(run(args)) {
-        Ok(()) => 0,
-        Err(e) => {
-            error!("{e:#}");
-            1
-        }
-    };
-    std::process::exit(code)
+    overlay::agent_main(run(Args::parse()))
 }
 
 /// The network configuration at `<prefix>/config`.

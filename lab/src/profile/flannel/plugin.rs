@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use ipnet::Ipv4Net;
 use serde_json::{Map, Value, json};
@@ -279,47 +278,10 @@ fn save_scratch(dir: &Path, container_id: &str, conf: &[u8]) -> Result<(), CniEr
         .map_err(|e| err(ERR_IO, format!("write {}: {e}", path.display())))
 }
 
-/// Runs the delegate plugin as libcni's invoke.Delegate* does: found in
-/// CNI_PATH, the same environment with CNI_COMMAND set, the configuration on
-/// stdin; its result is passed through.
+/// Runs the delegate plugin as libcni's invoke.Delegate* does; its result
+/// is passed through.
 fn delegate(command: &str, plugin: &str, conf: &[u8]) -> Result<String, CniError> {
-    let cni_path = env("CNI_PATH")?;
-    let bin = std::env::split_paths(&cni_path)
-        .map(|d| d.join(plugin))
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            err(
-                ERR_INTERNAL,
-                format!("failed to find plugin \"{plugin}\" in path [{cni_path}]"),
-            )
-        })?;
-    let mut child = Command::new(&bin)
-        .env("CNI_COMMAND", command)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| err(ERR_INTERNAL, format!("failed to run {}: {e}", bin.display())))?;
-    if let Some(mut si) = child.stdin.take() {
-        let _ = si.write_all(conf);
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| err(ERR_INTERNAL, format!("failed to wait for {}: {e}", bin.display())))?;
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    if out.status.success() {
-        return Ok(stdout);
-    }
-    let v: Value = serde_json::from_str(&stdout).unwrap_or(Value::Null);
-    let msg = v["msg"]
-        .as_str()
-        .unwrap_or("plugin failed without a CNI error")
-        .to_string();
-    let msg = match v["details"].as_str().filter(|d| !d.is_empty()) {
-        Some(d) => format!("{msg}; {d}"),
-        None => msg,
-    };
-    Err(err(v["code"].as_i64().unwrap_or(ERR_INTERNAL), msg))
+    crate::cni::invoke(command, plugin, conf).map_err(|(code, msg)| err(code, msg))
 }
 
 /// The gateway host-local gives a subnet: its first address.
