@@ -12,12 +12,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-/// Where the `bird` daemon is looked for.
-pub const BIRD_PATHS: &[&str] = &["/usr/sbin/bird", "/usr/bin/bird", "/sbin/bird"];
-
-/// The bird binary, if installed.
+/// The bird binary, if installed (see [`crate::tools::find`]).
 pub fn binary() -> Option<PathBuf> {
-    BIRD_PATHS.iter().map(PathBuf::from).find(|p| p.is_file())
+    crate::tools::find("bird")
 }
 
 /// One BGP session a BIRD is configured with.

@@ -46,7 +46,7 @@ pub struct UpOptions {
 
 /// Checks that the machine has what the topology needs, before anything is made.
 pub fn preflight(topology: &Topology) -> Result<(), Error> {
-    use crate::topology::{CalicoMode, Profile};
+    use crate::topology::Profile;
     if let Profile::Flannel(f) = &topology.network.profile {
         if f.backend == FlannelBackend::Udp {
             return Err(Error::env(
@@ -55,29 +55,24 @@ pub fn preflight(topology: &Topology) -> Result<(), Error> {
             ));
         }
     }
-    if matches!(&topology.network.profile, Profile::Calico(c) if c.mode == CalicoMode::Bgp)
-        && crate::bird::binary().is_none()
-    {
-        return Err(Error::env(
-            format!(
-                "Calico in BGP mode runs BIRD, which is not installed (looked for {})",
-                crate::bird::BIRD_PATHS.join(", ")
-            ),
-            "apt-get install bird2",
-        ));
-    }
-    let missing: Vec<&str> = ["bridge", "host-local", "portmap", "bandwidth"]
-        .into_iter()
-        .filter(|p| !SYSTEM_CNI_DIRS.iter().any(|d| Path::new(d).join(p).is_file()))
-        .collect();
+    let plan = Plan::new(topology, &topology.name, &LabPaths::of(&topology.name));
+    let (_, programs) = crate::doctor::needs(&plan);
+    let missing = crate::doctor::missing_programs(&programs);
     if !missing.is_empty() {
+        let names: Vec<String> = missing
+            .iter()
+            .map(|(p, _)| match p.strip_prefix("cni:") {
+                Some(plugin) => format!("the CNI plugin {plugin} (looked in {})", SYSTEM_CNI_DIRS.join(", ")),
+                None => format!("{p} (looked in {})", crate::tools::search_path_text()),
+            })
+            .collect();
+        let packages: std::collections::BTreeSet<&str> = missing.iter().map(|(_, pkg)| *pkg).collect();
         return Err(Error::env(
+            format!("this topology needs what is not installed: {}", names.join("; ")),
             format!(
-                "the CNI reference plugins {} are not installed (looked in {})",
-                missing.join(", "),
-                SYSTEM_CNI_DIRS.join(", ")
+                "apt-get install -y {} (`cnilab doctor TOPOLOGY` checks everything)",
+                packages.into_iter().collect::<Vec<_>>().join(" ")
             ),
-            "apt-get install containernetworking-plugins",
         ));
     }
     Ok(())

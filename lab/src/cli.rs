@@ -118,6 +118,15 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: FaultCmd,
     },
+    /// What this machine has for cnilab: privileges, kernel features, tools
+    /// with versions; with a topology, exit 3 when something it needs is missing.
+    Doctor {
+        /// Check what this topology needs.
+        topology: Option<PathBuf>,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a topology file and print its plan; needs no root.
     Validate {
         /// The topology file.
@@ -350,8 +359,8 @@ pub fn main() -> i32 {
     }
 }
 
-/// CAP_NET_ADMIN and CAP_SYS_ADMIN, in the effective set.
-fn require_root() -> Result<()> {
+/// Whether CAP_NET_ADMIN and CAP_SYS_ADMIN are in the effective set.
+pub fn has_root() -> bool {
     const CAP_NET_ADMIN: u32 = 12;
     const CAP_SYS_ADMIN: u32 = 21;
     let eff = std::fs::read_to_string("/proc/self/status")
@@ -363,7 +372,12 @@ fn require_root() -> Result<()> {
         })
         .unwrap_or(0);
     let has = |bit: u32| eff & (1u64 << bit) != 0;
-    if has(CAP_NET_ADMIN) && has(CAP_SYS_ADMIN) {
+    has(CAP_NET_ADMIN) && has(CAP_SYS_ADMIN)
+}
+
+/// Fails with exit 3 and one line without CAP_NET_ADMIN and CAP_SYS_ADMIN.
+fn require_root() -> Result<()> {
+    if has_root() {
         return Ok(());
     }
     Err(Error::env(
@@ -398,6 +412,19 @@ fn check_lab_name(name: &str) -> Result<()> {
 
 fn run(cli: Cli) -> Result<i32> {
     match cli.cmd {
+        Cmd::Doctor { topology, json } => {
+            let loaded = match &topology {
+                Some(path) => {
+                    let t = Topology::load(path)?;
+                    let plan = Plan::new(&t, &t.name, &paths::LabPaths::of(&t.name));
+                    Some((path.display().to_string(), plan))
+                }
+                None => None,
+            };
+            let report = crate::doctor::report(loaded.as_ref().map(|(f, p)| (f.as_str(), p)));
+            print(&report, json)?;
+            Ok(if report.ready() { 0 } else { crate::error::EXIT_ENV })
+        }
         Cmd::Validate { topology, json } => {
             let t = Topology::load(&topology)?;
             let plan = Plan::new(&t, &t.name, &paths::LabPaths::of(&t.name));

@@ -194,11 +194,11 @@ pub fn status(state: &LabState) -> Status {
 }
 
 /// A table as text, without the padding comfy-table leaves at line ends.
-fn text(t: &Table) -> String {
+pub(crate) fn text(t: &Table) -> String {
     t.to_string().lines().map(str::trim_end).collect::<Vec<_>>().join("\n")
 }
 
-fn table(header: &[&str]) -> Table {
+pub(crate) fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_style(presets::NOTHING);
     t.set_header(header.iter().map(|h| h.to_string()).collect::<Vec<_>>());

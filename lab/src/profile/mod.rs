@@ -52,7 +52,7 @@ impl ProfilePlan {
             owner: owner.to_string(),
             ns: ns.to_string(),
             name: "bird",
-            program: crate::bird::binary().unwrap_or_else(|| PathBuf::from(crate::bird::BIRD_PATHS[0])),
+            program: crate::bird::binary().unwrap_or_else(|| PathBuf::from("/usr/sbin/bird")),
             args: vec![
                 "-f".into(),
                 "-c".into(),
