@@ -118,6 +118,18 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: FaultCmd,
     },
+    /// Draw a topology file or a running lab: switches, routers, nodes and
+    /// pods with addresses and MTUs, tunnels or BGP sessions, faults.
+    Graph {
+        /// A topology file, or a running lab's name (default: the only lab).
+        what: Option<String>,
+        /// dot, mermaid or svg (svg needs Graphviz).
+        #[arg(long, default_value = "dot", value_parser = ["dot", "mermaid", "svg"])]
+        format: String,
+        /// Write here instead of to stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
     /// What this machine has for cnilab: privileges, kernel features, tools
     /// with versions; with a topology, exit 3 when something it needs is missing.
     Doctor {
@@ -412,6 +424,36 @@ fn check_lab_name(name: &str) -> Result<()> {
 
 fn run(cli: Cli) -> Result<i32> {
     match cli.cmd {
+        Cmd::Graph { what, format, output } => {
+            let from_file = what
+                .as_deref()
+                .filter(|w| w.ends_with(".toml") || w.contains('/') || std::path::Path::new(w).is_file());
+            let (plan, st) = match from_file {
+                Some(file) => {
+                    let t = Topology::load(std::path::Path::new(file))?;
+                    (Plan::new(&t, &t.name, &paths::LabPaths::of(&t.name)), None)
+                }
+                None => {
+                    let lab = state::choose_lab(what.as_deref().or(cli.lab.as_deref()))?;
+                    let st = state::require(&lab)?;
+                    (st.plan.clone(), Some(st))
+                }
+            };
+            let g = crate::graph::Graph::new(&plan, st.as_ref());
+            let text = match format.as_str() {
+                "svg" => g.svg()?,
+                "mermaid" => g.mermaid(),
+                _ => g.dot(),
+            };
+            match output {
+                Some(path) => {
+                    std::fs::write(&path, text).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+                    eprintln!("wrote {}", path.display());
+                }
+                None => print!("{text}"),
+            }
+            Ok(0)
+        }
         Cmd::Doctor { topology, json } => {
             let loaded = match &topology {
                 Some(path) => {

@@ -30,21 +30,81 @@ pub struct Feature {
 
 /// Every kernel feature doctor checks, in the order shown.
 pub const FEATURES: &[Feature] = &[
-    Feature { name: "veth", module: "veth", used_for: "every node, pod and router link" },
-    Feature { name: "bridge", module: "bridge", used_for: "switches, cni0" },
-    Feature { name: "vxlan", module: "vxlan", used_for: "flannel vxlan, calico vxlan, fault upstream-vxlan" },
-    Feature { name: "ipip", module: "ipip", used_for: "calico mode = \"ipip\"" },
-    Feature { name: "gre", module: "ip_gre", used_for: "GRE overlays (not used by shipped labs)" },
-    Feature { name: "vlan", module: "8021q", used_for: "VLAN-tagged fabrics (not used by shipped labs)" },
-    Feature { name: "macvlan", module: "macvlan", used_for: "the macvlan CNI plugin" },
-    Feature { name: "dummy", module: "dummy", used_for: "service addresses (not used by shipped labs)" },
-    Feature { name: "vrf", module: "vrf", used_for: "VRF-based routers (not used by shipped labs)" },
-    Feature { name: "ifb", module: "ifb", used_for: "the bandwidth CNI plugin's ingress shaping" },
-    Feature { name: "tun", module: "tun", used_for: "TUN/TAP-based agents (flannel udp backend)" },
-    Feature { name: "netem", module: "sch_netem", used_for: "fault loss (else an iptables statistic match)" },
-    Feature { name: "htb", module: "sch_htb", used_for: "rate limits" },
-    Feature { name: "tbf", module: "sch_tbf", used_for: "the bandwidth CNI plugin's egress shaping" },
-    Feature { name: "iptables", module: "ip_tables/nf_tables", used_for: "faults block and loss, portmap" },
+    Feature {
+        name: "veth",
+        module: "veth",
+        used_for: "every node, pod and router link",
+    },
+    Feature {
+        name: "bridge",
+        module: "bridge",
+        used_for: "switches, cni0",
+    },
+    Feature {
+        name: "vxlan",
+        module: "vxlan",
+        used_for: "flannel vxlan, calico vxlan, fault upstream-vxlan",
+    },
+    Feature {
+        name: "ipip",
+        module: "ipip",
+        used_for: "calico mode = \"ipip\"",
+    },
+    Feature {
+        name: "gre",
+        module: "ip_gre",
+        used_for: "GRE overlays (not used by shipped labs)",
+    },
+    Feature {
+        name: "vlan",
+        module: "8021q",
+        used_for: "VLAN-tagged fabrics (not used by shipped labs)",
+    },
+    Feature {
+        name: "macvlan",
+        module: "macvlan",
+        used_for: "the macvlan CNI plugin",
+    },
+    Feature {
+        name: "dummy",
+        module: "dummy",
+        used_for: "service addresses (not used by shipped labs)",
+    },
+    Feature {
+        name: "vrf",
+        module: "vrf",
+        used_for: "VRF-based routers (not used by shipped labs)",
+    },
+    Feature {
+        name: "ifb",
+        module: "ifb",
+        used_for: "the bandwidth CNI plugin's ingress shaping",
+    },
+    Feature {
+        name: "tun",
+        module: "tun",
+        used_for: "TUN/TAP-based agents (flannel udp backend)",
+    },
+    Feature {
+        name: "netem",
+        module: "sch_netem",
+        used_for: "fault loss (else an iptables statistic match)",
+    },
+    Feature {
+        name: "htb",
+        module: "sch_htb",
+        used_for: "rate limits",
+    },
+    Feature {
+        name: "tbf",
+        module: "sch_tbf",
+        used_for: "the bandwidth CNI plugin's egress shaping",
+    },
+    Feature {
+        name: "iptables",
+        module: "ip_tables/nf_tables",
+        used_for: "faults block and loss, portmap",
+    },
 ];
 
 /// What a check found.
@@ -251,7 +311,11 @@ pub fn report(topology: Option<(&str, &Plan)>) -> Report {
         let (need_kernel, progs) = needs(plan);
         let mut missing: Vec<String> = need_kernel
             .iter()
-            .filter(|k| kernel.iter().any(|f| f.name == **k && matches!(f.check, Check::Missing(_))))
+            .filter(|k| {
+                kernel
+                    .iter()
+                    .any(|f| f.name == **k && matches!(f.check, Check::Missing(_)))
+            })
             .map(|k| k.to_string())
             .collect();
         missing.extend(missing_programs(&progs).into_iter().map(|(p, _)| p));
@@ -316,9 +380,10 @@ fn probe_kernel() -> anyhow::Result<Vec<FeatureReport>> {
         let nl = Nl::connect()?;
         let verdict = |r: Result<(), nl::NlError>, f: &Feature| match r {
             Ok(()) => Check::Ok,
-            Err(e) if e.is_unsupported() => {
-                Check::Missing(format!("the kernel cannot make {} links: modprobe {}", f.name, f.module))
-            }
+            Err(e) if e.is_unsupported() => Check::Missing(format!(
+                "the kernel cannot make {} links: modprobe {}",
+                f.name, f.module
+            )),
             Err(e) => Check::Missing(format!("creating a {} link failed: {e}", f.name)),
         };
         let feature = |n: &str| *FEATURES.iter().find(|f| f.name == n).expect("known feature");
@@ -329,7 +394,15 @@ fn probe_kernel() -> anyhow::Result<Vec<FeatureReport>> {
         let r = nl.add(probe_link("db0", InfoKind::Bridge, None, None)).await;
         out.push(("bridge", verdict(r, &feature("bridge"))));
         let r = nl
-            .add(nl::vxlan("dx0", 1, 4789, Ipv4Addr::LOCALHOST, 0, 1450, [2, 0, 0, 0, 0, 1]))
+            .add(nl::vxlan(
+                "dx0",
+                1,
+                4789,
+                Ipv4Addr::LOCALHOST,
+                0,
+                1450,
+                [2, 0, 0, 0, 0, 1],
+            ))
             .await;
         out.push(("vxlan", verdict(r, &feature("vxlan"))));
         let r = nl.add(probe_link("di0", InfoKind::IpIp, None, None)).await;
@@ -347,7 +420,9 @@ fn probe_kernel() -> anyhow::Result<Vec<FeatureReport>> {
             if check.ok() {
                 if let Ok(Some(i)) = nl.index("dp0").await {
                     let _ = nl
-                        .change(RouteNetlinkMessage::DelLink(rtnetlink::LinkUnspec::new_with_index(i).build()))
+                        .change(RouteNetlinkMessage::DelLink(
+                            rtnetlink::LinkUnspec::new_with_index(i).build(),
+                        ))
                         .await;
                 }
             }
@@ -356,7 +431,12 @@ fn probe_kernel() -> anyhow::Result<Vec<FeatureReport>> {
         let r = nl.add(probe_link("dd0", InfoKind::Dummy, None, None)).await;
         out.push(("dummy", verdict(r, &feature("dummy"))));
         let r = nl
-            .add(probe_link("dr0", InfoKind::Vrf, Some(InfoData::Vrf(vec![InfoVrf::TableId(10)])), None))
+            .add(probe_link(
+                "dr0",
+                InfoKind::Vrf,
+                Some(InfoData::Vrf(vec![InfoVrf::TableId(10)])),
+                None,
+            ))
             .await;
         out.push(("vrf", verdict(r, &feature("vrf"))));
         let r = nl.add(probe_link("df0", InfoKind::Ifb, None, None)).await;
@@ -371,7 +451,11 @@ fn probe_kernel() -> anyhow::Result<Vec<FeatureReport>> {
     for (name, dev, args) in [
         ("netem", "lo", &["netem", "delay", "1ms"][..]),
         ("htb", "dv0", &["htb", "default", "1"][..]),
-        ("tbf", "db0", &["tbf", "rate", "1mbit", "burst", "32kb", "latency", "50ms"][..]),
+        (
+            "tbf",
+            "db0",
+            &["tbf", "rate", "1mbit", "burst", "32kb", "latency", "50ms"][..],
+        ),
     ] {
         let check = match &tc {
             None => Check::Unchecked("tc is not installed (apt-get install iproute2)".into()),

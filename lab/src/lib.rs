@@ -11,6 +11,7 @@ pub mod cni;
 pub mod doctor;
 pub mod error;
 pub mod fault;
+pub mod graph;
 pub mod netns;
 pub mod nl;
 pub mod overlay;

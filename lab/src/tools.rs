@@ -18,15 +18,60 @@ pub struct Tool {
 
 /// Every program cnilab runs.
 pub const TOOLS: &[Tool] = &[
-    Tool { name: "ip", package: "iproute2", used_for: "exec, probes, faults", version_args: &["-V"] },
-    Tool { name: "bridge", package: "iproute2", used_for: "looking at FDBs", version_args: &["-V"] },
-    Tool { name: "tc", package: "iproute2", used_for: "the loss fault with netem", version_args: &["-V"] },
-    Tool { name: "ping", package: "iputils-ping", used_for: "probes", version_args: &["-V"] },
-    Tool { name: "bird", package: "bird2", used_for: "Calico's BGP mode, BGP routers", version_args: &["--version"] },
-    Tool { name: "birdc", package: "bird2", used_for: "talking to BIRD by hand", version_args: &["--version"] },
-    Tool { name: "iptables", package: "iptables", used_for: "the block and loss faults", version_args: &["-V"] },
-    Tool { name: "tcpdump", package: "tcpdump", used_for: "capture", version_args: &["--version"] },
-    Tool { name: "dot", package: "graphviz", used_for: "graph --format svg", version_args: &["-V"] },
+    Tool {
+        name: "ip",
+        package: "iproute2",
+        used_for: "exec, probes, faults",
+        version_args: &["-V"],
+    },
+    Tool {
+        name: "bridge",
+        package: "iproute2",
+        used_for: "looking at FDBs",
+        version_args: &["-V"],
+    },
+    Tool {
+        name: "tc",
+        package: "iproute2",
+        used_for: "the loss fault with netem",
+        version_args: &["-V"],
+    },
+    Tool {
+        name: "ping",
+        package: "iputils-ping",
+        used_for: "probes",
+        version_args: &["-V"],
+    },
+    Tool {
+        name: "bird",
+        package: "bird2",
+        used_for: "Calico's BGP mode, BGP routers",
+        version_args: &["--version"],
+    },
+    Tool {
+        name: "birdc",
+        package: "bird2",
+        used_for: "talking to BIRD by hand",
+        version_args: &["--version"],
+    },
+    Tool {
+        name: "iptables",
+        package: "iptables",
+        used_for: "the block and loss faults",
+        version_args: &["-V"],
+    },
+    Tool {
+        name: "tcpdump",
+        package: "tcpdump",
+        used_for: "capture",
+        version_args: &["--version"],
+    },
+    Tool {
+        name: "dot",
+        package: "graphviz",
+        used_for: "graph --format svg",
+        version_args: &["-V"],
+    },
 ];
 
 /// The CNI reference plugins cnilab chains, from containernetworking-plugins.
@@ -38,7 +83,9 @@ pub fn search_path() -> Vec<PathBuf> {
     if let Some(p) = std::env::var_os("CNILAB_PATH").filter(|p| !p.is_empty()) {
         return std::env::split_paths(&p).collect();
     }
-    let mut v: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    let mut v: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
     for d in ["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
         let d = PathBuf::from(d);
         if !v.contains(&d) {
@@ -88,6 +135,10 @@ pub fn package_version(package: &str) -> Option<String> {
 /// What a program says its version is (first line).
 pub fn version(path: &std::path::Path, args: &[&str]) -> Option<String> {
     let out = std::process::Command::new(path).args(args).output().ok()?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     text.lines().map(str::trim).find(|l| !l.is_empty()).map(str::to_string)
 }
