@@ -201,3 +201,226 @@ fn xml_text(svg: &str) -> String {
     out.push_str(rest);
     out.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 }
+
+/// `cnilab trace ... --json` and its exit code.
+fn trace(lab: &Lab, src: &str, dst: &str, size: u32) -> (Option<i32>, serde_json::Value) {
+    let out = lab.run(&["trace", src, dst, "--size", &size.to_string(), "--json"]);
+    let v =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("trace printed no JSON ({e}):\n{}", show(&out)));
+    (out.status.code(), v)
+}
+
+fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+        .unwrap_or_default()
+}
+
+fn has(list: &[String], needle: &str) -> bool {
+    list.iter().any(|s| s.contains(needle))
+}
+
+#[test]
+fn trace_on_flannel_vxlan_shows_every_hop_its_entries_and_where_big_packets_die() {
+    let lab = Lab::up(&topology("flannel-vxlan.toml"));
+    let st = lab.state();
+    let lease = |node: &str| -> serde_json::Value {
+        st["plan"]["profile"]["flannel"]["nodes"]
+            .as_array()
+            .or_else(|| st["plan"]["profile"]["nodes"].as_array())
+            .expect("flannel nodes in the plan")
+            .iter()
+            .find(|n| n["node"] == node)
+            .cloned()
+            .expect("lease")
+    };
+    let w2 = lease("worker2");
+    let w1_subnet: ipnet::Ipv4Net = lease("worker1")["subnet"].as_str().unwrap().parse().unwrap();
+    let w2_subnet: ipnet::Ipv4Net = w2["subnet"].as_str().unwrap().parse().unwrap();
+    let w2_ip = st["plan"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "worker2")
+        .unwrap()["ip"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cni0 = w1_subnet.hosts().next().unwrap();
+    // The pod's MTU as the kernel has it.
+    let pod_mtu = lab.exec_json("worker1/pod-1", &["ip", "-j", "link", "show", "eth0"])[0]["mtu"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(pod_mtu, 1450);
+
+    let (code, t) = trace(&lab, "worker1/pod-1", "worker2/pod-1", 1400);
+    assert_eq!(code, Some(0), "{t:#}");
+    assert_eq!(t["delivered"], true);
+    let hops = t["hops"].as_array().unwrap();
+    let at: Vec<&str> = hops.iter().map(|h| h["at"].as_str().unwrap()).collect();
+    assert_eq!(
+        at,
+        [
+            "worker1/pod-1",
+            "worker1",
+            "worker1",
+            "switch tor1",
+            "worker2",
+            "worker2",
+            "worker2/pod-1"
+        ],
+        "{t:#}"
+    );
+    // pod eth0 -> veth -> cni0: the pod's route to the gateway on cni0.
+    assert_eq!(hops[0]["dev_out"], "eth0");
+    assert_eq!(hops[0]["mtu"], pod_mtu);
+    assert!(
+        has(&strings(&hops[0]["entries"]), &format!("via {cni0} dev eth0")),
+        "{:#}",
+        hops[0]
+    );
+    assert!(has(&strings(&hops[1]["notes"]), "port of bridge cni0"), "{:#}", hops[1]);
+    // route -> flannel.1 -> neighbour -> FDB, then the outer header.
+    let e1 = strings(&hops[1]["entries"]);
+    let vtep = w2_subnet.network();
+    assert!(
+        has(&e1, &format!("route {w2_subnet} via {vtep} dev flannel.1 onlink")),
+        "{e1:?}"
+    );
+    let mac = w2["vtep_mac"].as_str().unwrap();
+    assert!(
+        has(&e1, &format!("neigh {vtep} dev flannel.1 lladdr {mac} PERMANENT")),
+        "{e1:?}"
+    );
+    assert!(has(&e1, &format!("fdb {mac} dev flannel.1 dst {w2_ip}")), "{e1:?}");
+    assert_eq!(hops[1]["mtu"], 1450);
+    assert!(has(&strings(&hops[1]["notes"]), "1400 + 50 = 1450"), "{:#}", hops[1]);
+    // The underlay: the outer packet, 50 bytes more.
+    assert_eq!(hops[2]["size"], 1450);
+    assert!(
+        hops[2]["packet"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("-> {w2_ip} UDP 8472 VNI 1"))
+    );
+    assert_eq!(hops[2]["dev_out"], "eth0");
+    assert_eq!(hops[3]["dev_out"], "worker2");
+    assert!(
+        has(&strings(&hops[4]["notes"]), "decapsulated by flannel.1"),
+        "{:#}",
+        hops[4]
+    );
+    assert_eq!(hops[5]["dev_in"], "flannel.1");
+    assert!(
+        hops[5]["dev_out"].as_str().unwrap().starts_with("cni0 port veth"),
+        "{:#}",
+        hops[5]
+    );
+
+    // 1500 bytes: the pod's own eth0 refuses it.
+    let (code, t) = trace(&lab, "worker1/pod-1", "worker2/pod-1", 1500);
+    assert_eq!(code, Some(1), "{t:#}");
+    let hops = t["hops"].as_array().unwrap();
+    assert_eq!(hops.len(), 1, "{t:#}");
+    let why = hops[0]["drop"].as_str().unwrap();
+    assert!(why.contains("eth0") && why.contains("1450"), "{why}");
+
+    // Behind an upstream VXLAN switch, 1450 fits the pod but not the switch.
+    let out = lab.run(&["fault", "add", "upstream-vxlan", "--on", "tor1"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let (code, t) = trace(&lab, "worker1/pod-1", "worker2/pod-1", 1450);
+    assert_eq!(code, Some(1), "{t:#}");
+    let last = t["hops"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["at"], "switch tor1", "{t:#}");
+    let why = last["drop"].as_str().unwrap();
+    assert!(
+        why.contains("1500 + 50 = 1550") && why.contains("at most 1450"),
+        "{why}"
+    );
+    assert!(
+        t["verdict"].as_str().unwrap().starts_with("dropped at switch tor1"),
+        "{t:#}"
+    );
+    let (code, t) = trace(&lab, "worker1/pod-1", "worker2/pod-1", 1400);
+    assert_eq!(code, Some(0), "1400 bytes still cross: {t:#}");
+    // The lab's graph marks the fault.
+    let out = lab.run(&["graph"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("FAULT f1: upstream-vxlan on tor1"),
+        "{}",
+        show(&out)
+    );
+}
+
+#[test]
+fn trace_on_calico_bgp_shows_the_gateway_proxy_arp_and_the_bird_route() {
+    let lab = Lab::up(&topology("calico-bgp.toml"));
+    let st = lab.state();
+    let node = |name: &str| {
+        st["plan"]["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    let w2_ip = node("worker2")["ip"].as_str().unwrap().to_string();
+    let (code, t) = trace(&lab, "worker1/pod-1", "worker2/pod-1", 1500);
+    assert_eq!(code, Some(0), "{t:#}");
+    let hops = t["hops"].as_array().unwrap();
+    let at: Vec<&str> = hops.iter().map(|h| h["at"].as_str().unwrap()).collect();
+    assert_eq!(
+        at,
+        ["worker1/pod-1", "worker1", "switch tor1", "worker2", "worker2/pod-1"],
+        "{t:#}"
+    );
+    assert!(
+        has(&strings(&hops[0]["entries"]), "route default via 169.254.1.1 dev eth0"),
+        "{:#}",
+        hops[0]
+    );
+    assert!(has(&strings(&hops[0]["notes"]), "proxy_arp = 1"), "{:#}", hops[0]);
+    assert_eq!(hops[0]["mtu"], 1500);
+    assert!(hops[1]["dev_in"].as_str().unwrap().starts_with("cali"), "{:#}", hops[1]);
+    let e1 = strings(&hops[1]["entries"]);
+    assert!(
+        e1.iter()
+            .any(|e| e.starts_with("route ") && e.contains(&format!("via {w2_ip} dev eth0 proto bird"))),
+        "{e1:?}"
+    );
+    assert!(
+        e1.iter()
+            .any(|e| e.starts_with("bird ") && e.contains(&format!("via {w2_ip}"))),
+        "{e1:?}"
+    );
+    assert!(
+        hops[3]["dev_out"].as_str().unwrap().starts_with("cali"),
+        "{:#}",
+        hops[3]
+    );
+    // An address in worker2's block that no pod has dies on its blackhole.
+    let block = st["plan"]["profile"]["calico"]["nodes"]
+        .as_array()
+        .or_else(|| st["plan"]["profile"]["nodes"].as_array())
+        .unwrap()
+        .iter()
+        .find(|n| n["node"] == "worker2")
+        .unwrap()["block"]
+        .as_str()
+        .unwrap()
+        .parse::<ipnet::Ipv4Net>()
+        .unwrap();
+    let unused = block.hosts().last().unwrap().to_string();
+    let (code, t) = trace(&lab, "worker1/pod-1", &unused, 84);
+    assert_eq!(code, Some(1), "{t:#}");
+    let last = t["hops"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["at"], "worker2");
+    assert!(
+        last["drop"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("blackhole route for {block}")),
+        "{last:#}"
+    );
+}

@@ -118,6 +118,20 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: FaultCmd,
     },
+    /// Follow one packet hop by hop through the lab's real kernel state:
+    /// routes, neighbours, FDBs, encapsulation, MTUs; where and why it dies.
+    Trace {
+        /// NODE/POD or NODE.
+        src: String,
+        /// NODE/POD, NODE or an address.
+        dst: String,
+        /// The IP packet's size in bytes, as the kernel counts it against an MTU (DF set).
+        #[arg(long, default_value_t = 84)]
+        size: u32,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Draw a topology file or a running lab: switches, routers, nodes and
     /// pods with addresses and MTUs, tunnels or BGP sessions, faults.
     Graph {
@@ -424,6 +438,14 @@ fn check_lab_name(name: &str) -> Result<()> {
 
 fn run(cli: Cli) -> Result<i32> {
     match cli.cmd {
+        Cmd::Trace { src, dst, size, json } => {
+            require_root()?;
+            let lab = state::choose_lab(cli.lab.as_deref())?;
+            let st = state::require(&lab)?;
+            let t = crate::trace::trace(&st, &src, &dst, size)?;
+            print(&t, json)?;
+            Ok(if t.delivered { 0 } else { crate::error::EXIT_FAILED })
+        }
         Cmd::Graph { what, format, output } => {
             let from_file = what
                 .as_deref()

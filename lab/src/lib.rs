@@ -29,3 +29,4 @@ pub mod status;
 pub mod teardown;
 pub mod tools;
 pub mod topology;
+pub mod trace;

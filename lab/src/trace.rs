@@ -1,0 +1,1310 @@
+//! `cnilab trace`: the path of one packet, hop by hop, from the lab's real
+//! kernel state. In each namespace the packet visits, trace asks the kernel
+//! what it would do (`ip route get`, with `fibmatch` for the table entry),
+//! reads the neighbour and FDB entries the next hop needs, follows veth
+//! pairs to their other end and bridges to their egress port, encapsulates
+//! where a VXLAN device sends and decapsulates where one receives, and
+//! checks the packet's size against every MTU on the way. The packet is an
+//! IPv4 packet of `--size` bytes (as the kernel counts it against an MTU)
+//! with DF set, as TCP sends.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::netns::{self, Netns};
+use crate::paths;
+use crate::plan::Plan;
+use crate::state::LabState;
+
+/// VXLAN over IPv4 adds an inner Ethernet header (14), VXLAN (8), UDP (8), IP (20).
+pub const VXLAN_OVERHEAD: u32 = 50;
+/// The most namespaces a trace visits before it calls the path a loop.
+const MAX_HOPS: usize = 40;
+
+/// One namespace the packet crosses.
+#[derive(Debug, Clone, Serialize)]
+pub struct Hop {
+    /// Where: `worker1/pod-1`, `worker1`, `switch tor1`, `router spine`.
+    pub at: String,
+    /// Its namespace.
+    pub ns: String,
+    /// The interface it arrives on (none where it starts).
+    pub dev_in: Option<String>,
+    /// The interface it leaves by.
+    pub dev_out: Option<String>,
+    /// The MTU it must fit where it leaves.
+    pub mtu: Option<u32>,
+    /// The IP packet's size here (the outer packet's when encapsulated).
+    pub size: u32,
+    /// The addresses of the packet here (`src -> dst`, outer when encapsulated).
+    pub packet: String,
+    /// The table entries used, as iproute2 prints them: `route ...`, `neigh ...`, `fdb ...`.
+    pub entries: Vec<String>,
+    /// What happened, in words: encapsulation, proxy ARP, forwarding.
+    pub notes: Vec<String>,
+    /// Why the packet dies here, if it does.
+    pub drop: Option<String>,
+}
+
+/// The whole path.
+#[derive(Debug, Clone, Serialize)]
+pub struct Trace {
+    /// Source as written.
+    pub from: String,
+    /// Destination as written.
+    pub to: String,
+    /// Source address.
+    pub src: Ipv4Addr,
+    /// Destination address.
+    pub dst: Ipv4Addr,
+    /// IP packet size.
+    pub size: u32,
+    /// The hops.
+    pub hops: Vec<Hop>,
+    /// Whether it reaches the destination.
+    pub delivered: bool,
+    /// Where it ends and why, in one line.
+    pub verdict: String,
+}
+
+/// A packet in flight: inner addresses, and the outer header when encapsulated.
+#[derive(Debug, Clone)]
+struct Packet {
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    size: u32,
+    /// UDP destination port, for an outer VXLAN packet.
+    udp_port: Option<u16>,
+    /// The packet inside, with the VNI.
+    inner: Option<Box<(Packet, u32)>>,
+    /// The inner frame's destination MAC, for an outer VXLAN packet.
+    inner_mac: Option<String>,
+}
+
+impl Packet {
+    fn describe(&self) -> String {
+        match &self.inner {
+            None => format!("{} -> {}", self.src, self.dst),
+            Some(b) => format!(
+                "outer {} -> {} UDP {} VNI {} [inner {} -> {}]",
+                self.src,
+                self.dst,
+                self.udp_port.unwrap_or(0),
+                b.1,
+                b.0.src,
+                b.0.dst
+            ),
+        }
+    }
+}
+
+/// What cnilab knows a namespace to be.
+#[derive(Debug, Clone)]
+enum Place {
+    Pod { node: String, pod: String },
+    Node(String),
+    Router(String),
+    Fabric,
+    Leaf { switch: String },
+}
+
+/// A namespace's links and addresses, read once per visit.
+struct View {
+    ns: Netns,
+    links: Vec<Value>,
+    addrs: Vec<Value>,
+    /// The names of the namespaces its links' peers are in, by namespace id.
+    nsids: BTreeMap<i64, String>,
+    /// iptables rules, read when first needed.
+    rules: std::cell::OnceCell<Vec<(String, String)>>,
+}
+
+impl View {
+    fn load(name: &str) -> Result<View> {
+        let ns = Netns::open(name)?;
+        let links = json_in(&ns, "ip", &["-j", "-d", "link", "show"])?;
+        let addrs = json_in(&ns, "ip", &["-j", "-4", "addr", "show"])?;
+        let ids = json_in(&ns, "ip", &["-j", "netns", "list-id"])?;
+        let nsids = ids
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| Some((x["nsid"].as_i64()?, x["name"].as_str()?.to_string())))
+            .collect();
+        Ok(View {
+            ns,
+            links: links.as_array().cloned().unwrap_or_default(),
+            addrs: addrs.as_array().cloned().unwrap_or_default(),
+            nsids,
+            rules: Default::default(),
+        })
+    }
+
+    fn link(&self, name: &str) -> Option<&Value> {
+        self.links.iter().find(|l| l["ifname"] == name)
+    }
+
+    fn kind(&self, name: &str) -> &str {
+        self.link(name)
+            .and_then(|l| l["linkinfo"]["info_kind"].as_str())
+            .unwrap_or("")
+    }
+
+    fn mtu(&self, name: &str) -> Option<u32> {
+        self.link(name).and_then(|l| l["mtu"].as_u64()).map(|m| m as u32)
+    }
+
+    fn up(&self, name: &str) -> bool {
+        self.link(name).is_some_and(|l| {
+            l["flags"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|x| x == "UP") && f.iter().any(|x| x == "LOWER_UP"))
+        })
+    }
+
+    /// The device holding `ip` as one of its addresses.
+    fn local(&self, ip: Ipv4Addr) -> Option<String> {
+        let s = ip.to_string();
+        self.addrs.iter().find_map(|l| {
+            l["addr_info"]
+                .as_array()?
+                .iter()
+                .any(|a| a["local"] == s.as_str())
+                .then(|| l["ifname"].as_str().unwrap_or("").to_string())
+        })
+    }
+
+    /// Every iptables rule here, with its table (one `iptables-save`).
+    fn iptables(&self) -> &[(String, String)] {
+        self.rules.get_or_init(|| {
+            let Ok(out) = netns::command(&self.ns, "iptables-save").output() else {
+                return Vec::new();
+            };
+            let mut table = String::new();
+            let mut v = Vec::new();
+            for l in String::from_utf8_lossy(&out.stdout).lines() {
+                if let Some(t) = l.strip_prefix('*') {
+                    table = t.to_string();
+                } else if l.starts_with("-A ") {
+                    v.push((table.clone(), l.to_string()));
+                }
+            }
+            v
+        })
+    }
+
+    fn sysctl(&self, key: &str) -> Option<String> {
+        self.ns.run(|| netns::read_sysctl(key)).ok()
+    }
+}
+
+fn json_in(ns: &Netns, program: &str, args: &[&str]) -> Result<Value> {
+    let text = netns::run_in(ns, program, args)?;
+    if text.trim().is_empty() {
+        return Ok(Value::Array(Vec::new()));
+    }
+    serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{program} {} printed no JSON: {e}", args.join(" ")).into())
+}
+
+/// Runs `ip -j route get ...`: Ok(the answer) or Err(what ip said).
+fn route_get(ns: &Netns, args: &[String]) -> std::result::Result<Value, String> {
+    let mut full = vec!["-j".to_string(), "route".into(), "get".into()];
+    full.extend(args.iter().cloned());
+    let out = netns::command(ns, "ip")
+        .args(&full)
+        .output()
+        .map_err(|e| format!("cannot run ip: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        return Err(err.trim_start_matches("RTNETLINK answers: ").to_string());
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("ip printed no JSON: {e}"))?;
+    Ok(v.get(0).cloned().unwrap_or(Value::Null))
+}
+
+/// A route as `ip route` prints it.
+fn route_text(r: &Value) -> String {
+    let mut s = String::new();
+    if let Some(t) = r["type"].as_str().filter(|t| *t != "unicast") {
+        s.push_str(t);
+        s.push(' ');
+    }
+    s.push_str(r["dst"].as_str().unwrap_or("?"));
+    if let Some(g) = r["gateway"].as_str() {
+        s.push_str(&format!(" via {g}"));
+    }
+    if let Some(d) = r["dev"].as_str() {
+        s.push_str(&format!(" dev {d}"));
+    }
+    if let Some(p) = r["protocol"].as_str() {
+        s.push_str(&format!(" proto {p}"));
+    }
+    if let Some(sc) = r["scope"].as_str() {
+        s.push_str(&format!(" scope {sc}"));
+    }
+    if let Some(m) = r["metrics"]
+        .as_array()
+        .and_then(|m| m.iter().find_map(|x| x["mtu"].as_u64()))
+    {
+        s.push_str(&format!(" mtu {m}"));
+    }
+    if r["flags"].as_array().is_some_and(|f| f.iter().any(|x| x == "onlink")) {
+        s.push_str(" onlink");
+    }
+    s
+}
+
+/// The lab's names for addresses and namespaces.
+struct Lab<'a> {
+    state: &'a LabState,
+    plan: &'a Plan,
+    owners: BTreeMap<Ipv4Addr, (String, String)>,
+}
+
+impl<'a> Lab<'a> {
+    fn new(state: &'a LabState) -> Lab<'a> {
+        let plan = &state.plan;
+        let mut owners = BTreeMap::new();
+        for n in &plan.nodes {
+            owners.insert(n.ip, (format!("eth0 of {}", n.name), n.ns.clone()));
+            for p in &n.pods {
+                let key = format!("{}/{}", n.name, p.name);
+                if let Some(ip) = state
+                    .pods
+                    .get(&key)
+                    .and_then(|s| s.ip.as_deref())
+                    .and_then(|ip| ip.split('/').next())
+                    .and_then(|ip| ip.parse().ok())
+                {
+                    owners.insert(ip, (format!("pod {key}"), p.ns.clone()));
+                }
+            }
+        }
+        if let crate::profile::ProfilePlan::Flannel(f) = &plan.profile {
+            for fnode in &f.nodes {
+                if let Some(n) = plan.node(&fnode.node) {
+                    if let Some(dev) = &f.device {
+                        owners.insert(fnode.subnet.network(), (format!("{dev} of {}", n.name), n.ns.clone()));
+                    }
+                    if let Some(gw) = fnode.subnet.hosts().next() {
+                        owners.insert(gw, (format!("cni0 of {}", n.name), n.ns.clone()));
+                    }
+                }
+            }
+        }
+        for r in &plan.routers {
+            for p in &r.ports {
+                owners.insert(p.ip, (format!("{} of router {}", p.ifname, r.name), r.ns.clone()));
+            }
+        }
+        Lab { state, plan, owners }
+    }
+
+    fn place(&self, ns: &str) -> Place {
+        for n in &self.plan.nodes {
+            if n.ns == ns {
+                return Place::Node(n.name.clone());
+            }
+            if let Some(p) = n.pods.iter().find(|p| p.ns == ns) {
+                return Place::Pod {
+                    node: n.name.clone(),
+                    pod: p.name.clone(),
+                };
+            }
+        }
+        if let Some(r) = self.plan.routers.iter().find(|r| r.ns == ns) {
+            return Place::Router(r.name.clone());
+        }
+        for sw in &self.plan.switches {
+            let leaf = paths::infra_ns(&self.plan.lab, &format!("upstream-{}-", sw.name));
+            if ns
+                .strip_prefix(&leaf)
+                .is_some_and(|i| i.chars().all(|c| c.is_ascii_digit()))
+            {
+                return Place::Leaf {
+                    switch: sw.name.clone(),
+                };
+            }
+        }
+        Place::Fabric
+    }
+
+    fn label(&self, ns: &str, bridge: Option<&str>) -> String {
+        match self.place(ns) {
+            Place::Pod { node, pod } => format!("{node}/{pod}"),
+            Place::Node(n) => n,
+            Place::Router(r) => format!("router {r}"),
+            Place::Fabric => format!("switch {}", bridge.unwrap_or("?")),
+            Place::Leaf { switch } => format!("switch {switch} (upstream leaf)"),
+        }
+    }
+
+    /// The other end of veth `dev` in `view`: its namespace and name, by
+    /// the peer's namespace id and interface index, as the kernel records them.
+    fn peer(&self, view: &View, dev: &str) -> Option<(String, String, Value)> {
+        let l = view.link(dev)?;
+        let other = l["link_index"].as_u64()?;
+        let ns = match l["link_netnsid"].as_i64() {
+            None => view.ns.name().to_string(),
+            Some(id) => view.nsids.get(&id)?.clone(),
+        };
+        let nsh = Netns::open(&ns).ok()?;
+        let links = json_in(&nsh, "ip", &["-j", "link", "show"]).ok()?;
+        let link = links
+            .as_array()?
+            .iter()
+            .find(|x| x["ifindex"].as_u64() == Some(other))?
+            .clone();
+        let name = link["ifname"].as_str()?.to_string();
+        Some((ns, name, link))
+    }
+
+    /// BIRD's own entry for `prefix` in the BIRD of the node or router in `ns`.
+    fn bird_route(&self, ns: &str, prefix: &str) -> Option<crate::bird::BgpRoute> {
+        let owner = match self.place(ns) {
+            Place::Node(n) | Place::Router(n) => n,
+            _ => return None,
+        };
+        let paths = self.state.paths();
+        let spec = self
+            .plan
+            .profile
+            .agents(self.plan, &paths)
+            .into_iter()
+            .find(|a| a.owner == owner && a.name == "bird")?;
+        crate::bird::bgp_routes(&spec.ready)
+            .ok()?
+            .into_iter()
+            .find(|r| r.prefix == prefix)
+    }
+
+    fn owner(&self, ip: Ipv4Addr) -> Option<&(String, String)> {
+        self.owners.get(&ip)
+    }
+
+    fn faults_on(&self, ns: &str) -> Vec<String> {
+        let target = match self.place(ns) {
+            Place::Pod { node, pod } => format!("{node}/{pod}"),
+            Place::Node(n) => n,
+            Place::Router(r) => r,
+            _ => return Vec::new(),
+        };
+        self.state
+            .faults
+            .iter()
+            .filter(|f| f.spec.on() == target)
+            .map(|f| format!("active fault {}: {}", f.id, f.spec.describe()))
+            .collect()
+    }
+}
+
+/// Traces one packet of `size` bytes from `from` to `to`.
+pub fn trace(state: &LabState, from: &str, to: &str, size: u32) -> Result<Trace> {
+    if !(28..=65535).contains(&size) {
+        return Err(Error::usage(
+            format!("--size {size} is not an IPv4 packet size"),
+            "give the IP packet's size in bytes, 28 to 65535 (a default ping is 84)",
+        ));
+    }
+    let src = crate::probe::source(state, from)?;
+    let dst = crate::probe::dest(state, to)?;
+    let lab = Lab::new(state);
+    let start = View::load(&src.ns)?;
+    let src_ip = route_get(&start.ns, &[dst.ip.to_string()])
+        .ok()
+        .and_then(|r| r["prefsrc"].as_str().and_then(|s| s.parse().ok()))
+        .unwrap_or(Ipv4Addr::UNSPECIFIED);
+    drop(start);
+    let mut t = Trace {
+        from: from.to_string(),
+        to: to.to_string(),
+        src: src_ip,
+        dst: dst.ip,
+        size,
+        hops: Vec::new(),
+        delivered: false,
+        verdict: String::new(),
+    };
+    let mut pkt = Packet {
+        src: src_ip,
+        dst: dst.ip,
+        size,
+        udp_port: None,
+        inner: None,
+        inner_mac: None,
+    };
+    let mut at = src.ns.clone();
+    let mut dev_in: Option<String> = None;
+    let mut via: Option<Ipv4Addr> = None;
+    for _ in 0..MAX_HOPS {
+        let view = View::load(&at)?;
+        let first = t.hops.last().is_none_or(|h| h.ns != at);
+        let step = visit(&lab, &view, dev_in.as_deref(), via, first, &mut pkt)?;
+        let hop_at = step.hop.at.clone();
+        let dropped = step.hop.drop.clone();
+        t.hops.push(step.hop);
+        if let Some(why) = dropped {
+            t.verdict = format!("dropped at {hop_at}: {why}");
+            return Ok(t);
+        }
+        match step.next {
+            Next::Delivered => {
+                t.delivered = true;
+                t.verdict = format!("delivered to {hop_at}");
+                return Ok(t);
+            }
+            Next::Leaves(why) => {
+                t.verdict = why;
+                return Ok(t);
+            }
+            Next::Go { ns, dev, via: v } => {
+                at = ns;
+                dev_in = dev;
+                via = v;
+            }
+        }
+    }
+    t.verdict = format!("gave up after {MAX_HOPS} hops: a forwarding loop?");
+    Ok(t)
+}
+
+enum Next {
+    Delivered,
+    Leaves(String),
+    /// On to namespace `ns`, arriving on `dev` (none: sent by `ns` itself),
+    /// in a frame for the owner of `via` (the next hop's address).
+    Go {
+        ns: String,
+        dev: Option<String>,
+        via: Option<Ipv4Addr>,
+    },
+}
+
+struct Step {
+    hop: Hop,
+    next: Next,
+}
+
+fn hop(lab: &Lab, view: &View, dev_in: Option<&str>, pkt: &Packet, bridge: Option<&str>) -> Hop {
+    Hop {
+        at: lab.label(view.ns.name(), bridge),
+        ns: view.ns.name().to_string(),
+        dev_in: dev_in.map(str::to_string),
+        dev_out: None,
+        mtu: None,
+        size: pkt.size,
+        packet: pkt.describe(),
+        entries: Vec::new(),
+        notes: lab.faults_on(view.ns.name()),
+        drop: None,
+    }
+}
+
+/// One namespace: what the kernel does with the packet there.
+fn visit(
+    lab: &Lab,
+    view: &View,
+    dev_in: Option<&str>,
+    via: Option<Ipv4Addr>,
+    first: bool,
+    pkt: &mut Packet,
+) -> Result<Step> {
+    if matches!(lab.place(view.ns.name()), Place::Fabric | Place::Leaf { .. }) {
+        return switch(lab, view, dev_in.unwrap_or(""), via.unwrap_or(pkt.dst), pkt);
+    }
+    let mut h = hop(lab, view, dev_in, pkt, None);
+    let done = |h: Hop, next: Next| Ok(Step { hop: h, next });
+    if !first {
+        h.notes.clear();
+    }
+    if let Some((rule, _)) = iptables_drop(view, RANDOM_LOSS, "", None).filter(|_| first) {
+        h.entries.push(rule);
+        h.notes
+            .push("a share of packets is dropped here at random (statistic match): retries get through".into());
+    }
+    if let Some(q) = netem(view).filter(|_| first) {
+        h.entries.push(q);
+        h.notes.push("netem drops or delays a share of packets here".into());
+    }
+    if let Some(i) = dev_in {
+        if !view.up(i) {
+            h.drop = Some(format!("{i} is down"));
+            return done(h, Next::Delivered);
+        }
+        if let Some(m) = view.mtu(i) {
+            if pkt.size > m {
+                h.drop = Some(format!(
+                    "{} bytes arrive on {i}, whose MTU is {m}: a veth drops what does not fit its receiving end",
+                    pkt.size
+                ));
+                return done(h, Next::Delivered);
+            }
+        }
+    }
+    // Addressed to this namespace: delivered, or decapsulated.
+    if let Some(dev) = view.local(pkt.dst) {
+        if let Some(port) = pkt.udp_port {
+            match iptables_drop(view, ARRIVING, "udp", Some(port)) {
+                Some((rule, false)) => {
+                    h.entries.push(rule.clone());
+                    h.drop = Some(format!("an iptables rule drops UDP {port} on arrival: {rule}"));
+                    return done(h, Next::Delivered);
+                }
+                Some((rule, true)) => {
+                    h.entries.push(rule);
+                    h.notes
+                        .push("a share of these packets is dropped here at random (statistic match)".into());
+                }
+                None => {}
+            }
+            let vx = view.links.iter().find(|l| {
+                l["linkinfo"]["info_kind"] == "vxlan"
+                    && l["linkinfo"]["info_data"]["port"].as_u64() == Some(port as u64)
+            });
+            let (inner, vni) = *pkt.inner.take().expect("outer packets carry one");
+            match vx {
+                Some(l) => {
+                    let name = l["ifname"].as_str().unwrap_or("").to_string();
+                    let mine = l["address"].as_str().unwrap_or("");
+                    if let Some(want) = pkt.inner_mac.as_deref().filter(|m| *m != mine) {
+                        h.drop = Some(format!(
+                            "{name} decapsulates it, but the inner frame is for MAC {want} and {name} here has MAC {mine}: the sender's neighbour and FDB entries still name an old VTEP (stale until the agent resyncs), so IP discards the frame as not its own"
+                        ));
+                        return done(h, Next::Delivered);
+                    }
+                    h.notes.push(format!(
+                        "UDP {port} to {} is decapsulated by {name} (VNI {vni}); the inner {} -> {} enters as if {name} received it",
+                        pkt.dst, inner.src, inner.dst
+                    ));
+                    *pkt = inner;
+                    return done(
+                        h,
+                        Next::Go {
+                            ns: view.ns.name().to_string(),
+                            dev: Some(name),
+                            via: None,
+                        },
+                    );
+                }
+                None => {
+                    h.drop = Some(format!(
+                        "nothing listens on UDP {port} here: no VXLAN device with that port"
+                    ));
+                    return done(h, Next::Delivered);
+                }
+            }
+        }
+        h.notes.push(format!("{} is the address of {dev} here", pkt.dst));
+        return done(h, Next::Delivered);
+    }
+    // A bridge port hands frames for the bridge's own MAC up to the bridge,
+    // which is where IP sees them arrive.
+    let l3_in: Option<String> = dev_in.map(|d| match view.link(d).and_then(|l| l["master"].as_str()) {
+        Some(master) => {
+            h.notes.push(format!(
+                "{d} is a port of bridge {master}: the frame is for {master}'s MAC, so IP takes it from {master}"
+            ));
+            master.to_string()
+        }
+        None => d.to_string(),
+    });
+    let forwarding = l3_in.is_some();
+    if forwarding && view.sysctl("net/ipv4/ip_forward").as_deref() == Some("0") {
+        h.drop = Some(format!(
+            "net.ipv4.ip_forward = 0 here: the kernel does not forward packets that arrive on {}",
+            l3_in.as_deref().unwrap_or("")
+        ));
+        return done(h, Next::Delivered);
+    }
+    // The table entry, then the kernel's full decision.
+    let entry = fib_entry(view, pkt.dst);
+    match &entry {
+        Ok(r) => {
+            h.entries.push(format!("route {}", route_text(r)));
+            if let Some(t) = r["type"]
+                .as_str()
+                .filter(|t| ["blackhole", "unreachable", "prohibit"].contains(t))
+            {
+                let why = match (t, r["protocol"].as_str()) {
+                    ("blackhole", Some("bird")) => format!(
+                        "the {t} route for {} matches: BIRD installs it for this node's own block, and no pod here has {}",
+                        r["dst"].as_str().unwrap_or("?"),
+                        pkt.dst
+                    ),
+                    _ => format!("the {t} route {} matches", route_text(r)),
+                };
+                h.drop = Some(why);
+                return done(h, Next::Delivered);
+            }
+        }
+        Err(e) => {
+            h.drop = Some(format!("no route to {} ({e})", pkt.dst));
+            return done(h, Next::Delivered);
+        }
+    }
+    let mut args = vec![pkt.dst.to_string()];
+    if forwarding {
+        args.extend([
+            "from".into(),
+            pkt.src.to_string(),
+            "iif".into(),
+            l3_in.clone().unwrap_or_default(),
+        ]);
+    } else if pkt.src != Ipv4Addr::UNSPECIFIED && view.local(pkt.src).is_some() {
+        args.extend(["from".into(), pkt.src.to_string()]);
+    }
+    let r = match route_get(&view.ns, &args) {
+        Ok(r) => r,
+        Err(e) => {
+            h.drop = Some(format!("the kernel refuses to route it: {e}"));
+            return done(h, Next::Delivered);
+        }
+    };
+    let Some(out) = r["dev"].as_str().map(str::to_string) else {
+        h.drop = Some("the route names no device".into());
+        return done(h, Next::Delivered);
+    };
+    if let Ok(e) = &entry {
+        if e["protocol"] == "bird" {
+            let prefix = e["dst"].as_str().unwrap_or("");
+            if let Some(b) = lab.bird_route(view.ns.name(), prefix) {
+                h.entries.push(format!(
+                    "bird {} via {} from session {} (origin {}, AS path [{}])",
+                    b.prefix, b.via, b.from, b.origin, b.as_path
+                ));
+            }
+            let by =
+                r["gateway"]
+                    .as_str()
+                    .and_then(|g| g.parse::<Ipv4Addr>().ok())
+                    .map_or("a BGP peer".to_string(), |g| match lab.owner(g) {
+                        Some((_, ns)) => format!("{} ({g})", lab.label(ns, None)),
+                        None => g.to_string(),
+                    });
+            h.notes.push(format!(
+                "learned over BGP: {by} announced {prefix}, and BIRD's kernel protocol wrote the route (proto bird)"
+            ));
+        }
+    }
+    h.dev_out = Some(out.clone());
+    let gw: Ipv4Addr = r["gateway"].as_str().and_then(|g| g.parse().ok()).unwrap_or(pkt.dst);
+    let mtu = entry
+        .as_ref()
+        .ok()
+        .and_then(|e| e["metrics"].as_array())
+        .and_then(|m| m.iter().find_map(|x| x["mtu"].as_u64()))
+        .map(|m| m as u32)
+        .or_else(|| view.mtu(&out));
+    h.mtu = mtu;
+    if !view.up(&out) {
+        h.drop = Some(format!("{out} is down"));
+        return done(h, Next::Delivered);
+    }
+    if let Some(m) = mtu {
+        if pkt.size > m {
+            h.drop = Some(if forwarding {
+                format!(
+                    "{} bytes do not fit {out}'s MTU {m} and DF is set: the kernel drops it and sends ICMP \"fragmentation needed, mtu {m}\" to {}",
+                    pkt.size, pkt.src
+                )
+            } else {
+                format!(
+                    "{} bytes do not fit {out}'s MTU {m}: the sender's own kernel refuses a DF packet that size (EMSGSIZE, ping says \"message too long, mtu={m}\")",
+                    pkt.size
+                )
+            });
+            return done(h, Next::Delivered);
+        }
+    }
+    if view.kind(&out) == "vxlan" {
+        return encapsulate(lab, view, h, &out, gw, pkt);
+    }
+    if let (Some(port), false) = (pkt.udp_port, forwarding) {
+        match iptables_drop(view, LEAVING, "udp", Some(port)) {
+            Some((rule, false)) => {
+                h.entries.push(rule.clone());
+                h.drop = Some(format!("an iptables rule drops UDP {port} on its way out: {rule}"));
+                return done(h, Next::Delivered);
+            }
+            Some((rule, true)) => {
+                h.entries.push(rule);
+                h.notes
+                    .push("a share of these packets is dropped here at random (statistic match)".into());
+            }
+            None => {}
+        }
+    }
+    link_layer(lab, view, h, &out, gw, pkt)
+}
+
+/// The routing table entry the kernel uses for `dst`: `ip route get
+/// fibmatch`, or, where that refuses (a blackhole), the longest prefix of
+/// `ip route show match`.
+fn fib_entry(view: &View, dst: Ipv4Addr) -> std::result::Result<Value, String> {
+    let err = match route_get(&view.ns, &["fibmatch".into(), dst.to_string()]) {
+        Ok(r) => return Ok(r),
+        Err(e) => e,
+    };
+    let all =
+        json_in(&view.ns, "ip", &["-j", "route", "show", "match", &dst.to_string()]).map_err(|e| e.to_string())?;
+    let len = |r: &Value| -> u32 {
+        match r["dst"].as_str() {
+            Some("default") | None => 0,
+            Some(d) => d.split_once('/').map_or(32, |(_, l)| l.parse().unwrap_or(0)),
+        }
+    };
+    all.as_array()
+        .into_iter()
+        .flatten()
+        .max_by_key(|r| len(r))
+        .cloned()
+        .ok_or(err)
+}
+
+/// The neighbour entry for `gw` on `dev`, as `ip neigh` prints it.
+fn neighbour(view: &View, gw: Ipv4Addr, dev: &str) -> Option<Value> {
+    json_in(&view.ns, "ip", &["-j", "neigh", "show", &gw.to_string(), "dev", dev])
+        .ok()?
+        .get(0)
+        .cloned()
+}
+
+fn neigh_text(n: &Value, gw: Ipv4Addr, dev: &str) -> String {
+    let state = n["state"]
+        .as_array()
+        .map(|s| s.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(","))
+        .unwrap_or_default();
+    match n["lladdr"].as_str() {
+        Some(mac) => format!("neigh {gw} dev {dev} lladdr {mac} {state}"),
+        None => format!("neigh {gw} dev {dev} {state}"),
+    }
+}
+
+/// Sending through a VXLAN device: the neighbour gives the remote VTEP's
+/// MAC, the FDB the remote VTEP's address; the packet gets its outer header.
+fn encapsulate(lab: &Lab, view: &View, mut h: Hop, dev: &str, gw: Ipv4Addr, pkt: &mut Packet) -> Result<Step> {
+    let info = &view.link(dev).expect("route device exists")["linkinfo"]["info_data"];
+    let vni = info["id"].as_u64().unwrap_or(0) as u32;
+    let port = info["port"].as_u64().unwrap_or(4789) as u16;
+    let local: Option<Ipv4Addr> = info["local"].as_str().and_then(|s| s.parse().ok());
+    let Some(n) = neighbour(view, gw, dev).filter(|n| n["lladdr"].is_string()) else {
+        h.drop = Some(format!(
+            "no neighbour entry for {gw} on {dev}: the agent writes one per remote node (flannel: per lease) and {dev} does not ARP; is the agent running?"
+        ));
+        return Ok(Step {
+            hop: h,
+            next: Next::Delivered,
+        });
+    };
+    h.entries.push(neigh_text(&n, gw, dev));
+    if n["state"]
+        .as_array()
+        .is_some_and(|s| s.iter().any(|x| x == "PERMANENT"))
+    {
+        h.notes.push(format!(
+            "{dev} does no ARP: the agent wrote this neighbour and the FDB entry below for the remote node"
+        ));
+    }
+    let mac = n["lladdr"].as_str().unwrap_or("").to_string();
+    let fdb = json_in(&view.ns, "bridge", &["-j", "fdb", "show", "dev", dev])?;
+    let entry = fdb
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["mac"] == mac.as_str() && e["dst"].is_string())
+        .cloned();
+    let Some(e) = entry else {
+        h.drop = Some(format!(
+            "no FDB entry for {mac} on {dev}: the kernel does not know which node has that VTEP (learning is off)"
+        ));
+        return Ok(Step {
+            hop: h,
+            next: Next::Delivered,
+        });
+    };
+    let remote: Ipv4Addr = e["dst"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(Ipv4Addr::UNSPECIFIED);
+    h.entries.push(
+        format!("fdb {mac} dev {dev} dst {remote} {}", e["state"].as_str().unwrap_or(""))
+            .trim_end()
+            .to_string(),
+    );
+    let outer = pkt.size + VXLAN_OVERHEAD;
+    h.notes.push(format!(
+        "encapsulated by {dev}: outer {} -> {remote} UDP dport {port} VNI {vni}; {} + {VXLAN_OVERHEAD} = {outer} bytes on the underlay",
+        local.map_or("?".to_string(), |l| l.to_string()),
+        pkt.size
+    ));
+    if let Some(o) = lab.owner(remote) {
+        h.notes.push(format!("{remote} is {}", o.0));
+    }
+    let inner = std::mem::replace(
+        pkt,
+        Packet {
+            src: local.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            dst: remote,
+            size: outer,
+            udp_port: Some(port),
+            inner: None,
+            inner_mac: Some(mac.clone()),
+        },
+    );
+    pkt.inner = Some(Box::new((inner, vni)));
+    // The outer packet is sent by this namespace's own stack: one more
+    // route lookup here, shown as its own hop.
+    Ok(Step {
+        hop: h,
+        next: Next::Go {
+            ns: view.ns.name().to_string(),
+            dev: None,
+            via: None,
+        },
+    })
+}
+
+/// Sending on an Ethernet-like device: resolve the next hop's MAC, then
+/// follow the wire (a bridge port or a veth) to the namespace that gets it.
+fn link_layer(lab: &Lab, view: &View, mut h: Hop, dev: &str, gw: Ipv4Addr, pkt: &mut Packet) -> Result<Step> {
+    let stop = |h: Hop| {
+        Ok(Step {
+            hop: h,
+            next: Next::Delivered,
+        })
+    };
+    let n = neighbour(view, gw, dev);
+    let states = |n: &Value| -> Vec<String> {
+        n["state"]
+            .as_array()
+            .map(|s| s.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+            .unwrap_or_default()
+    };
+    match &n {
+        Some(n) if states(n).iter().any(|s| s == "FAILED" || s == "INCOMPLETE") => {
+            h.entries.push(neigh_text(n, gw, dev));
+            h.drop = Some(format!(
+                "the neighbour entry for {gw} is {}: nobody answered ARP for it{}",
+                states(n).join(","),
+                arp_hint(lab, gw)
+            ));
+            return stop(h);
+        }
+        Some(n) => h.entries.push(neigh_text(n, gw, dev)),
+        None => {
+            if let Some(why) = arp_silent(lab, gw) {
+                h.drop = Some(format!(
+                    "no neighbour entry for {gw} yet, and its ARP request goes unanswered: {why}"
+                ));
+                return stop(h);
+            }
+            h.notes.push(format!(
+                "no neighbour entry for {gw} yet: the kernel sends an ARP request first"
+            ));
+        }
+    }
+    if let Some(o) = lab.owner(gw) {
+        h.notes.push(format!("next hop {gw} is {}", o.0));
+    } else if view.kind(dev) == "veth" {
+        // Nobody has the address: only proxy ARP on the far end answers.
+        if let Some((ns, peer, link)) = lab.peer(view, dev) {
+            let far = Netns::open(&ns).ok();
+            let proxy = far.and_then(|f| {
+                f.run(|| netns::read_sysctl(&format!("net/ipv4/conf/{peer}/proxy_arp")))
+                    .ok()
+            });
+            let mac = link["address"].as_str().unwrap_or("?");
+            if proxy.as_deref() == Some("1") {
+                h.notes.push(format!(
+                    "{gw} is nobody's address: {peer} on {} has proxy_arp = 1 and answers ARP for it with its own MAC {mac} (Calico's gateway trick)",
+                    lab.label(&ns, None)
+                ));
+            } else if n.is_none() {
+                h.drop = Some(format!(
+                    "{gw} is nobody's address and {peer} on {} has proxy_arp = {}: no one answers ARP for it",
+                    lab.label(&ns, None),
+                    proxy.unwrap_or_else(|| "?".into())
+                ));
+                return stop(h);
+            }
+        }
+    }
+    // The wire: a bridge sends out of the port that has the MAC; a veth to its peer.
+    let mut out = dev.to_string();
+    if view.kind(dev) == "bridge" {
+        let mac = n.as_ref().and_then(|n| n["lladdr"].as_str()).map(str::to_string);
+        let port = mac.as_deref().and_then(|m| fdb_port(view, dev, m));
+        match (port, lab.owner(gw)) {
+            (Some(p), _) => {
+                h.entries
+                    .push(format!("fdb {} dev {p} master {dev}", mac.as_deref().unwrap_or("")));
+                out = p;
+            }
+            (None, Some((_, owner_ns))) => {
+                // Not learned yet: the bridge floods; follow the port leading to the owner.
+                let port = bridge_ports(view, dev)
+                    .into_iter()
+                    .find(|p| lab.peer(view, p).is_some_and(|(ns, ..)| &ns == owner_ns));
+                let Some(p) = port else {
+                    h.drop = Some(format!("no port of {dev} leads to {gw}"));
+                    return stop(h);
+                };
+                h.notes.push(format!(
+                    "{dev} has not learned that MAC yet: it floods, and {p} leads to {gw}"
+                ));
+                out = p;
+            }
+            (None, None) => {
+                return Ok(Step {
+                    hop: h,
+                    next: Next::Leaves(format!("leaves through {dev} toward {gw}, outside the lab")),
+                });
+            }
+        }
+        if let Some(m) = view.mtu(&out) {
+            if pkt.size > m {
+                h.drop = Some(format!("{} bytes do not fit bridge port {out}'s MTU {m}", pkt.size));
+                return stop(h);
+            }
+        }
+    }
+    match lab.peer(view, &out) {
+        Some((ns, peer, _)) => {
+            if out != dev {
+                h.dev_out = Some(format!("{dev} port {out}"));
+            }
+            Ok(Step {
+                hop: h,
+                next: Next::Go {
+                    ns,
+                    dev: Some(peer),
+                    via: Some(gw),
+                },
+            })
+        }
+        None => Ok(Step {
+            hop: h,
+            next: Next::Leaves(format!("leaves through {out}, whose other end is outside the lab")),
+        }),
+    }
+}
+
+/// Ports of a bridge in a view.
+fn bridge_ports(view: &View, bridge: &str) -> Vec<String> {
+    view.links
+        .iter()
+        .filter(|l| l["master"] == bridge)
+        .filter_map(|l| l["ifname"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// The bridge port an FDB entry puts `mac` on.
+fn fdb_port(view: &View, bridge: &str, mac: &str) -> Option<String> {
+    let fdb = json_in(&view.ns, "bridge", &["-j", "fdb", "show", "br", bridge]).ok()?;
+    fdb.as_array()?
+        .iter()
+        .find(|e| e["mac"] == mac && e["master"] == bridge && e["ifname"] != bridge)
+        .and_then(|e| e["ifname"].as_str().map(str::to_string))
+}
+
+/// A MAC the bridge learned behind `port` (not the port's own).
+fn bridge_fdb_for_port(view: &View, bridge: &str, port: &str) -> Option<String> {
+    let fdb = json_in(&view.ns, "bridge", &["-j", "fdb", "show", "br", bridge]).ok()?;
+    fdb.as_array()?
+        .iter()
+        .find(|e| e["ifname"] == port && e["master"] == bridge && e["state"] != "permanent")
+        .and_then(|e| e["mac"].as_str().map(str::to_string))
+}
+
+/// Why the owner of `ip` would not answer ARP for it, if it would not.
+fn arp_silent(lab: &Lab, ip: Ipv4Addr) -> Option<String> {
+    let (_, ns) = lab.owner(ip)?;
+    let h = Netns::open(ns).ok()?;
+    let v = h.run(|| netns::read_sysctl("net/ipv4/conf/all/arp_ignore")).ok()?;
+    (v == "8").then(|| {
+        format!(
+            "net.ipv4.conf.all.arp_ignore = 8 in {} (it answers no ARP)",
+            lab.label(ns, None)
+        )
+    })
+}
+
+fn arp_hint(lab: &Lab, ip: Ipv4Addr) -> String {
+    arp_silent(lab, ip).map_or(String::new(), |w| format!(" ({w})"))
+}
+
+/// Where iptables sees a packet arriving and leaving.
+const ARRIVING: &[(&str, &str)] = &[("raw", "PREROUTING"), ("mangle", "PREROUTING"), ("filter", "INPUT")];
+const LEAVING: &[(&str, &str)] = &[("filter", "OUTPUT"), ("mangle", "POSTROUTING")];
+/// Every chain a packet may cross in a namespace, for random-loss rules.
+const RANDOM_LOSS: &[(&str, &str)] = &[
+    ("raw", "PREROUTING"),
+    ("mangle", "PREROUTING"),
+    ("filter", "INPUT"),
+    ("filter", "FORWARD"),
+    ("filter", "OUTPUT"),
+    ("mangle", "POSTROUTING"),
+];
+
+/// A netem qdisc here, as `tc qdisc` prints it.
+fn netem(view: &View) -> Option<String> {
+    let out = netns::command(&view.ns, "tc").args(["qdisc", "show"]).output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.contains("netem"))
+        .map(|l| format!("qdisc {}", l.trim_start_matches("qdisc ").trim()))
+}
+
+/// An iptables rule in `chains` that drops `proto` to `port` here (any
+/// packet when `port` is None): Some(rule, whether it drops only a share,
+/// by a statistic match).
+fn iptables_drop(view: &View, chains: &[(&str, &str)], proto: &str, port: Option<u16>) -> Option<(String, bool)> {
+    view.iptables().iter().find_map(|(table, l)| {
+        let in_chain = chains
+            .iter()
+            .any(|(t, c)| t == table && l.starts_with(&format!("-A {c} ")));
+        let drops = l.contains("-j DROP") || l.contains("-j REJECT");
+        let matches = match port {
+            Some(p) => l.contains(&format!("-p {proto}")) && l.contains(&format!("--dport {p}")),
+            None => l.contains("statistic"),
+        };
+        (in_chain && drops && matches).then(|| (format!("iptables -t {table} {l}"), l.contains("statistic")))
+    })
+}
+
+/// A switch: the fabric namespace's bridge, or the leaves of an upstream
+/// VXLAN fault that now carry its ports.
+fn switch(lab: &Lab, view: &View, port_in: &str, via: Ipv4Addr, pkt: &mut Packet) -> Result<Step> {
+    let bridge = view
+        .link(port_in)
+        .and_then(|l| l["master"].as_str())
+        .unwrap_or("")
+        .to_string();
+    let switch_name = match lab.place(view.ns.name()) {
+        Place::Leaf { switch } => switch,
+        _ => bridge.clone(),
+    };
+    let mut h = hop(lab, view, Some(port_in), pkt, Some(&switch_name));
+    h.at = format!("switch {switch_name}");
+    h.notes.extend(
+        lab.state
+            .faults
+            .iter()
+            .filter(|f| f.spec.on() == switch_name)
+            .map(|f| format!("active fault {}: {}", f.id, f.spec.describe())),
+    );
+    let stop = |h: Hop| {
+        Ok(Step {
+            hop: h,
+            next: Next::Delivered,
+        })
+    };
+    if let Some(m) = view.mtu(port_in) {
+        if pkt.size > m {
+            h.drop = Some(format!("{} bytes arrive on port {port_in}, whose MTU is {m}", pkt.size));
+            return stop(h);
+        }
+    }
+    // The frame is for the MAC of the next hop the sender chose.
+    let target = l2_target(lab, via);
+    let Some((target_label, target_ns)) = target else {
+        return Ok(Step {
+            hop: h,
+            next: Next::Leaves(format!(
+                "leaves switch {switch_name}: nothing in the lab owns {}",
+                pkt.dst
+            )),
+        });
+    };
+    let local_port = bridge_ports(view, &bridge)
+        .into_iter()
+        .find(|p| lab.peer(view, p).is_some_and(|(ns, ..)| ns == target_ns));
+    if let Some(out) = local_port {
+        return switch_out(lab, view, h, &out, pkt);
+    }
+    // An upstream leaf: the frame crosses the upstream VXLAN to another leaf.
+    let Place::Leaf { .. } = lab.place(view.ns.name()) else {
+        h.drop = Some(format!("no port of {bridge} leads to {target_label}"));
+        return stop(h);
+    };
+    let vx = view
+        .links
+        .iter()
+        .find(|l| l["master"] == bridge.as_str() && l["linkinfo"]["info_kind"] == "vxlan");
+    let Some(vx) = vx else {
+        h.drop = Some(format!("no port of {bridge} leads to {target_label}"));
+        return stop(h);
+    };
+    let vx_name = vx["ifname"].as_str().unwrap_or("").to_string();
+    let vni = vx["linkinfo"]["info_data"]["id"].as_u64().unwrap_or(0);
+    let local = vx["linkinfo"]["info_data"]["local"].as_str().unwrap_or("?").to_string();
+    // The leaf holding the target's port.
+    let other = netns::list()
+        .into_iter()
+        .filter(|n| matches!(lab.place(n), Place::Leaf { switch } if switch == switch_name))
+        .find(|n| {
+            let Ok(v) = View::load(n) else { return false };
+            v.links
+                .iter()
+                .filter(|l| l["linkinfo"]["info_kind"] == "veth" && l["ifname"] != "uplink")
+                .any(|l| {
+                    let name = l["ifname"].as_str().unwrap_or("");
+                    lab.peer(&v, name).is_some_and(|(ns, ..)| ns == target_ns)
+                })
+        });
+    let Some(other) = other else {
+        h.drop = Some(format!("no upstream leaf has a port to {target_label}"));
+        return stop(h);
+    };
+    let other_view = View::load(&other)?;
+    let remote = other_view
+        .addrs
+        .iter()
+        .find(|l| l["ifname"] == "uplink")
+        .and_then(|l| l["addr_info"][0]["local"].as_str())
+        .unwrap_or("?")
+        .to_string();
+    let uplink_mtu = view.mtu("uplink").unwrap_or(1500);
+    let outer = pkt.size + VXLAN_OVERHEAD;
+    h.dev_out = Some(vx_name.clone());
+    h.mtu = Some(uplink_mtu.saturating_sub(VXLAN_OVERHEAD));
+    h.entries.push(format!(
+        "vxlan {vx_name} id {vni} local {local} remote {remote} dev uplink (MTU {uplink_mtu})"
+    ));
+    h.notes.push(format!(
+        "the switch's ports now sit on leaves joined by an upstream VXLAN: the frame for {target_label} crosses it"
+    ));
+    if outer > uplink_mtu {
+        h.drop = Some(format!(
+            "the upstream VXLAN hop adds {VXLAN_OVERHEAD} bytes: {} + {VXLAN_OVERHEAD} = {outer} > the uplink's MTU {uplink_mtu}, with DF set on the outer header, so the switch can carry at most {} bytes; it drops the frame silently (a switch sends no ICMP)",
+            pkt.size,
+            uplink_mtu - VXLAN_OVERHEAD
+        ));
+        return stop(h);
+    }
+    h.notes.push(format!(
+        "{} + {VXLAN_OVERHEAD} = {outer} bytes fit the uplink's MTU {uplink_mtu}",
+        pkt.size
+    ));
+    let out = bridge_ports(&other_view, "br")
+        .into_iter()
+        .find(|p| lab.peer(&other_view, p).is_some_and(|(ns, ..)| ns == target_ns));
+    match out {
+        Some(out) => switch_out(lab, &other_view, h, &out, pkt),
+        None => {
+            h.drop = Some(format!("the far leaf has no port to {target_label}"));
+            stop(h)
+        }
+    }
+}
+
+fn switch_out(lab: &Lab, view: &View, mut h: Hop, out: &str, pkt: &Packet) -> Result<Step> {
+    h.dev_out = Some(out.to_string());
+    let bridge = view.link(out).and_then(|l| l["master"].as_str()).unwrap_or("");
+    match bridge_fdb_for_port(view, bridge, out) {
+        Some(mac) => h.entries.push(format!("fdb {mac} dev {out} master {bridge} (learned)")),
+        None => h.notes.push(format!(
+            "{bridge} has not learned the MAC behind {out} yet: it floods, and {out} leads on"
+        )),
+    }
+    let m = view.mtu(out);
+    h.mtu = h.mtu.or(m);
+    if let Some(m) = m {
+        if pkt.size > m {
+            h.drop = Some(format!(
+                "{} bytes do not fit port {out}'s MTU {m}: a switch drops oversize frames silently",
+                pkt.size
+            ));
+            return Ok(Step {
+                hop: h,
+                next: Next::Delivered,
+            });
+        }
+    }
+    if !view.up(out) {
+        h.drop = Some(format!("port {out} is down"));
+        return Ok(Step {
+            hop: h,
+            next: Next::Delivered,
+        });
+    }
+    match lab.peer(view, out) {
+        Some((ns, dev, _)) => Ok(Step {
+            hop: h,
+            next: Next::Go {
+                ns,
+                dev: Some(dev),
+                via: None,
+            },
+        }),
+        None => Ok(Step {
+            hop: h,
+            next: Next::Leaves(format!("leaves through port {out}")),
+        }),
+    }
+}
+
+/// The node or router whose interface has address `ip` on a switch.
+fn l2_target<'l>(lab: &'l Lab, ip: Ipv4Addr) -> Option<(String, &'l str)> {
+    if let Some(n) = lab.plan.nodes.iter().find(|n| n.ip == ip) {
+        return Some((format!("node {}", n.name), n.ns.as_str()));
+    }
+    lab.plan
+        .routers
+        .iter()
+        .find(|r| r.ports.iter().any(|p| p.ip == ip))
+        .map(|r| (format!("router {}", r.name), r.ns.as_str()))
+}
+
+impl fmt::Display for Trace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "trace {} ({}) -> {} ({}): {}-byte IP packet, DF set",
+            self.from, self.src, self.to, self.dst, self.size
+        )?;
+        for (i, h) in self.hops.iter().enumerate() {
+            writeln!(f)?;
+            let mut head = format!("{:>2}  {}", i + 1, h.at);
+            if let Some(d) = &h.dev_in {
+                if !d.is_empty() {
+                    head.push_str(&format!("  in {d}"));
+                }
+            }
+            if let Some(d) = &h.dev_out {
+                head.push_str(&format!("  out {d}"));
+                if let Some(m) = h.mtu {
+                    head.push_str(&format!(" (MTU {m})"));
+                }
+            }
+            head.push_str(&format!("  {} bytes", h.size));
+            writeln!(f, "{head}")?;
+            writeln!(f, "      packet  {}", h.packet)?;
+            for e in &h.entries {
+                let (kind, rest) = e.split_once(' ').unwrap_or((e, ""));
+                writeln!(f, "      {kind:<7} {rest}")?;
+            }
+            for n in &h.notes {
+                writeln!(f, "      note    {n}")?;
+            }
+            if let Some(d) = &h.drop {
+                writeln!(f, "      DROP    {d}")?;
+            }
+        }
+        writeln!(f)?;
+        writeln!(
+            f,
+            "{}",
+            if self.delivered {
+                format!("OK: {}", self.verdict)
+            } else {
+                self.verdict.clone()
+            }
+        )
+    }
+}
