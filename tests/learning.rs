@@ -424,3 +424,87 @@ fn trace_on_calico_bgp_shows_the_gateway_proxy_arp_and_the_bird_route() {
         "{last:#}"
     );
 }
+
+#[test]
+fn shell_prompt_names_the_lab_and_target_and_capture_decodes_flannel_vxlan() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    use std::time::Duration;
+
+    let lab = Lab::up(&topology("flannel-vxlan.toml"));
+    // shell: commands on stdin run inside the node; the prompt says where.
+    let mut child = Command::new(bin())
+        .args(["--lab", &lab.name, "shell", "worker1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("shell starts");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"ip -br addr show eth0\necho target=$CNILAB_TARGET\nexit\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let node_ip = lab.state()["plan"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "worker1")
+        .unwrap()["ip"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(stdout.contains(&format!("{node_ip}/")), "{}", show(&out));
+    assert!(stdout.contains("target=worker1"), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("[cnilab {} worker1]", lab.name)),
+        "{}",
+        show(&out)
+    );
+
+    // capture: VXLAN on flannel's port 8472 is decoded down to the pods' ICMP.
+    let pods = lab.pods();
+    let (_, dst_ip) = pods.iter().find(|(k, _)| k == "worker2/pod-1").unwrap().clone();
+    let mut cap = Command::new(bin())
+        .args([
+            "--lab", &lab.name, "capture", "worker2", "--count", "2", "--", "udp", "port", "8472",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("capture starts");
+    let stderr = cap.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let listening = loop {
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(l) if l.contains("listening on eth0") => break true,
+            Ok(l) => seen.push(l),
+            Err(_) => break false,
+        }
+    };
+    if !listening {
+        let _ = cap.kill();
+        panic!("tcpdump never listened: {seen:?}");
+    }
+    retry("capture sees two VXLAN packets", Duration::from_secs(20), || {
+        lab.exec("worker1/pod-1", &["ping", "-c1", "-W1", &dst_ip]);
+        match cap.try_wait() {
+            Ok(Some(_)) => Ok(()),
+            _ => Err("capture still waiting".to_string()),
+        }
+    });
+    let out = cap.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("> ") && text.contains(".8472: VXLAN"), "{text}");
+    assert!(text.contains("vni 1"), "{text}");
+    assert!(text.contains(&format!("> {dst_ip}: ICMP echo request")), "{text}");
+}

@@ -74,6 +74,28 @@ pub enum Cmd {
         #[arg(last = true, required = true, num_args = 1..)]
         cmd: Vec<String>,
     },
+    /// An interactive shell inside a node's, pod's, switch's or router's
+    /// namespace; its prompt names the lab and the target.
+    Shell {
+        /// NODE, NODE/POD, a switch or a router.
+        target: String,
+    },
+    /// tcpdump inside a target's namespace, with VXLAN decoded.
+    Capture {
+        /// NODE, NODE/POD, a switch or a router.
+        target: String,
+        /// The interface (default: eth0 in nodes and pods, every port of a switch).
+        iface: Option<String>,
+        /// Stop after this many packets.
+        #[arg(long, short = 'c')]
+        count: Option<u32>,
+        /// Write the packets to this pcap file instead of decoding them.
+        #[arg(long, short = 'w')]
+        write: Option<PathBuf>,
+        /// A tcpdump filter, after `--` (e.g. -- udp port 8472).
+        #[arg(last = true)]
+        filter: Vec<String>,
+    },
     /// The lab's normalized network state.
     Snapshot {
         /// Only these targets (NODE, NODE/POD, switch); default: all.
@@ -438,6 +460,80 @@ fn check_lab_name(name: &str) -> Result<()> {
 
 fn run(cli: Cli) -> Result<i32> {
     match cli.cmd {
+        Cmd::Shell { target } => {
+            require_root()?;
+            let lab = state::choose_lab(cli.lab.as_deref())?;
+            let st = state::require(&lab)?;
+            let ns = resolve_target(&st, &target)?;
+            let shell = ["/bin/bash", "/usr/bin/bash", "/bin/sh"]
+                .into_iter()
+                .find(|p| std::path::Path::new(p).is_file())
+                .unwrap_or("/bin/sh");
+            // SAFETY: single-threaded here; nothing else reads the environment.
+            unsafe {
+                std::env::set_var("PS1", format!("[cnilab {lab} {target}] \\w# "));
+                std::env::set_var("CNILAB_LAB", &lab);
+                std::env::set_var("CNILAB_TARGET", &target);
+            }
+            eprintln!("entering {target} of lab {lab} (namespace {ns}); `exit` or Ctrl-D leaves");
+            let mut cmd = vec![shell.to_string()];
+            if shell.ends_with("bash") {
+                cmd.extend(["--norc".into(), "--noprofile".into()]);
+            }
+            cmd.push("-i".into());
+            exec_in(&ns, &cmd)
+        }
+        Cmd::Capture {
+            target,
+            iface,
+            count,
+            write,
+            filter,
+        } => {
+            require_root()?;
+            let lab = state::choose_lab(cli.lab.as_deref())?;
+            let st = state::require(&lab)?;
+            let ns = resolve_target(&st, &target)?;
+            let tcpdump = crate::tools::require("tcpdump")?;
+            let switch = st.plan.switches.iter().any(|s| s.name == target);
+            let iface = iface.unwrap_or_else(|| if switch { "any".into() } else { "eth0".into() });
+            let mut cmd = vec![
+                tcpdump.display().to_string(),
+                "-n".into(),
+                "-l".into(),
+                "-i".into(),
+                iface.clone(),
+            ];
+            if switch || iface == "any" {
+                cmd.push("-e".into());
+            }
+            if let Some(c) = count {
+                cmd.extend(["-c".into(), c.to_string()]);
+            }
+            if let Some(w) = &write {
+                cmd.extend(["-w".into(), w.display().to_string()]);
+            }
+            // tcpdump decodes VXLAN by itself on 4789 only; flannel's 8472
+            // needs -T vxlan, as seed 001 does.
+            let port = match &st.plan.profile {
+                crate::profile::ProfilePlan::Flannel(f) if f.backend == crate::topology::FlannelBackend::Vxlan => {
+                    Some(f.port)
+                }
+                crate::profile::ProfilePlan::Calico(c) if c.mode == crate::topology::CalicoMode::Vxlan => Some(4789),
+                _ => None,
+            };
+            let decoded = match port {
+                Some(p) if p != 4789 => {
+                    cmd.extend(["-T".into(), "vxlan".into()]);
+                    format!(", UDP is decoded as VXLAN (port {p})")
+                }
+                Some(p) => format!(", VXLAN on UDP {p} is decoded"),
+                None => String::new(),
+            };
+            cmd.extend(filter);
+            eprintln!("capturing in {target} of lab {lab} on {iface}{decoded}; Ctrl-C stops");
+            exec_in(&ns, &cmd)
+        }
         Cmd::Trace { src, dst, size, json } => {
             require_root()?;
             let lab = state::choose_lab(cli.lab.as_deref())?;
