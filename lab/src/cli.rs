@@ -678,7 +678,7 @@ fn run(cli: Cli) -> Result<i32> {
             let mut reports = Vec::new();
             for l in &labs {
                 let started = Instant::now();
-                let r = teardown::down(l)?;
+                let r = teardown::down_with(l, &Progress::new(!json))?;
                 if !json {
                     if r.namespaces == 0 && !r.state {
                         println!("lab {l}: nothing to remove");

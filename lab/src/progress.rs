@@ -6,6 +6,10 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+/// Phases with fewer steps than this pass without a bar: a handful of
+/// nodes is built before a bar would be read.
+const DRAW_FROM: usize = 8;
+
 /// Reports phases of a long operation.
 pub struct Progress {
     draw: bool,
@@ -51,7 +55,7 @@ impl Progress {
         let mut inner = self.inner.lock().expect("progress lock");
         Self::close(&mut inner);
         inner.phase = Some((name.to_string(), Instant::now()));
-        if self.draw {
+        if self.draw && total >= DRAW_FROM {
             let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
             bar.set_style(
                 ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} {elapsed}")

@@ -102,13 +102,22 @@ pub fn stop_processes(pids: &[i32]) {
 
 /// Removes everything of lab `lab`. Idempotent.
 pub fn down(lab: &str) -> Result<DownReport> {
+    down_with(lab, &crate::progress::Progress::quiet())
+}
+
+/// [`down`], reporting its phases.
+pub fn down_with(lab: &str, progress: &crate::progress::Progress) -> Result<DownReport> {
     let prefix = paths::lab_ns_prefix(lab);
     let names: Vec<String> = netns::list().into_iter().filter(|n| n.starts_with(&prefix)).collect();
     let pids = processes_in(&ns_inodes(&names));
+    progress.phase("stop", pids.len());
     stop_processes(&pids);
+    progress.phase("remove", names.len());
     for n in &names {
         netns::delete(n)?;
+        progress.step();
     }
+    progress.finish();
     let root = LabPaths::of(lab).root;
     let state = root.exists();
     if state {
