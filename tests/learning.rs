@@ -508,3 +508,112 @@ fn shell_prompt_names_the_lab_and_target_and_capture_decodes_flannel_vxlan() {
     assert!(text.contains("vni 1"), "{text}");
     assert!(text.contains(&format!("> {dst_ip}: ICMP echo request")), "{text}");
 }
+
+/// The README's tutorial: every line of its ```sh tutorial blocks, in
+/// order, after what the README's first command does. Lines starting with
+/// `! ` must fail. The labs get unique names; `--lab` and `down` follow.
+#[test]
+fn readme_tutorial_commands_run_as_written() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README.md");
+    let mut lines = Vec::new();
+    let mut inside = false;
+    for l in readme.lines() {
+        if l.trim() == "```sh tutorial" {
+            inside = true;
+        } else if inside && l.trim() == "```" {
+            inside = false;
+        } else if inside {
+            let cmd = l.split(" #").next().unwrap_or("").trim();
+            if !cmd.is_empty() && !cmd.starts_with('#') {
+                lines.push(cmd.to_string());
+            }
+        }
+    }
+    assert!(lines.len() >= 20, "the tutorial has only {} commands", lines.len());
+    // Unique names for the labs the tutorial makes, by their topology names.
+    let lab_of = |file: &str| -> String {
+        let out = cnilab(&["validate", repo().join(file).to_str().unwrap(), "--json"]);
+        assert!(out.status.success(), "{}", show(&out));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["lab"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let mut names: Vec<(String, Lab)> = vec![(lab_of("topologies/flannel-vxlan.toml"), Lab::reserve())];
+    for l in &lines {
+        let words: Vec<&str> = l.trim_start_matches("! ").split_whitespace().collect();
+        if words.get(1) == Some(&"up") {
+            names.push((lab_of(words[2]), Lab::reserve()));
+        }
+    }
+    let map = |name: &str| -> String {
+        names
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(name.to_string(), |(_, lab)| lab.name.clone())
+    };
+    let quickstart = names[0].1.name.clone();
+    // What the README's first command does: up, and the status shown.
+    let out = cnilab(&[
+        "up",
+        repo().join("topologies/flannel-vxlan.toml").to_str().unwrap(),
+        "--name",
+        &quickstart,
+    ]);
+    assert!(out.status.success(), "{}", show(&out));
+    for l in &lines {
+        let fails = l.starts_with("! ");
+        let words: Vec<String> = l
+            .trim_start_matches("! ")
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        assert_eq!(words[0], "cnilab", "tutorial lines are cnilab commands: {l}");
+        let mut args: Vec<String> = Vec::new();
+        let mut i = 1;
+        while i < words.len() {
+            args.push(words[i].clone());
+            if words[i] == "--lab" && i + 1 < words.len() {
+                args.push(map(&words[i + 1]));
+                i += 1;
+            }
+            i += 1;
+        }
+        let cmd = args
+            .iter()
+            .find(|a| !a.starts_with('-') && !names.iter().any(|(_, lab)| &lab.name == *a));
+        match cmd.map(String::as_str) {
+            Some("up") => {
+                let file = args.iter().skip_while(|a| *a != "up").nth(1).unwrap().clone();
+                args.extend(["--name".to_string(), map(&lab_of(&file))]);
+            }
+            Some("down") => {
+                if let Some(last) = args.last_mut() {
+                    *last = map(last);
+                }
+            }
+            _ => {}
+        }
+        let out = Command::new(bin())
+            .args(&args)
+            .env("CNILAB_LAB", &quickstart)
+            .current_dir(repo())
+            .output()
+            .expect("cnilab runs");
+        if fails {
+            assert!(
+                !out.status.success(),
+                "tutorial line `{l}` should fail:\n{}",
+                show(&out)
+            );
+        } else {
+            assert!(out.status.success(), "tutorial line `{l}` failed:\n{}", show(&out));
+        }
+    }
+    for (_, lab) in &names {
+        assert!(
+            namespaces_with(&format!("cnilab.{}.", lab.name)).is_empty(),
+            "the tutorial's last lines remove its labs"
+        );
+    }
+}
