@@ -29,7 +29,8 @@ fn down_removes_namespaces_processes_and_state_and_is_idempotent() {
     let out = cnilab(&["down", &lab.name]);
     assert!(out.status.success(), "{}", show(&out));
     assert!(
-        show(&out).contains("removed 10 namespaces, stopped 3 processes"),
+        // Three flanneld and the lab's datastore watch service.
+        show(&out).contains("removed 10 namespaces, stopped 4 processes"),
         "{}",
         show(&out)
     );
@@ -47,28 +48,40 @@ fn interrupted_up_leaves_nothing(signal: nix::sys::signal::Signal) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Half-way: some pods are there, not all.
+    // Half-way: some pods are wired (their CNI results cached), not all.
     let prefix = format!("cnilab.{}.", lab.name);
+    let wired = || -> usize {
+        let nodes = run_dir().join(&lab.name).join("nodes");
+        std::fs::read_dir(&nodes)
+            .map(|d| {
+                d.flatten()
+                    .map(|n| {
+                        std::fs::read_dir(n.path().join("cni/lib/results"))
+                            .map(|r| r.count())
+                            .unwrap_or(0)
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
     retry("up reaches its pods", Duration::from_secs(30), || {
-        let pods = namespaces_with(&prefix)
-            .iter()
-            .filter(|n| n.matches('.').count() == 3)
-            .count();
+        let pods = wired();
         if pods > 0 {
             Ok(())
         } else {
-            Err(format!("{pods} pod namespaces"))
+            Err(format!("{pods} pods wired"))
         }
     });
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(up.id() as i32), signal).unwrap();
     let status = up.wait().unwrap();
     assert!(!status.success(), "up was interrupted");
-    let pods = namespaces_with(&prefix)
-        .iter()
-        .filter(|n| n.matches('.').count() == 3)
-        .count();
-    assert!(pods < 64, "up was stopped before all 64 pods were made ({pods})");
+    let pods = wired();
+    assert!(pods < 64, "up was stopped before all 64 pods were wired ({pods})");
     if signal == nix::sys::signal::Signal::SIGKILL {
+        assert!(
+            !namespaces_with(&prefix).is_empty(),
+            "a killed up leaves its namespaces"
+        );
         let out = cnilab(&["down", &lab.name]);
         assert!(out.status.success(), "{}", show(&out));
     } else {
@@ -146,4 +159,37 @@ fn a_failing_cni_add_reports_the_plugin_error_and_leaves_nothing() {
         "host-local's own words: {err}"
     );
     assert_gone(&lab.name);
+}
+
+/// More agents than the usual fs.inotify.max_user_instances (128): every
+/// agent watches the datastore through the lab's one watch service.
+#[test]
+fn a_lab_with_more_agents_than_inotify_instances_converges() {
+    let limit: usize = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_instances")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(128);
+    let nodes = limit.max(128) + 12;
+    let topo = TempFile::toml(&format!("name = \"x\"\n[[node]]\nname = \"n{{i}}\"\ncount = {nodes}\n"));
+    let lab = Lab::up(&topo.path);
+    for node in ["n1", &format!("n{}", nodes / 2), &format!("n{nodes}")] {
+        let neigh = lab.exec_json(node, &["ip", "-j", "neigh", "show", "dev", "flannel.1"]);
+        assert_eq!(
+            neigh.as_array().unwrap().len(),
+            nodes - 1,
+            "{node} knows every other node's VTEP"
+        );
+        let routes = lab.exec_json(node, &["ip", "-j", "route", "show", "dev", "flannel.1"]);
+        assert_eq!(
+            routes.as_array().unwrap().len(),
+            nodes - 1,
+            "{node} routes to every other lease"
+        );
+    }
+    let watchers = processes_mentioning(&format!("{}/watch.sock", run_dir().join(&lab.name).display()));
+    assert!(
+        watchers.len() > nodes,
+        "every agent and the service itself use the watch socket: {}",
+        watchers.len()
+    );
 }

@@ -98,6 +98,7 @@ pub fn claim(topology: &Topology, opts: &UpOptions) -> Result<LabState, Error> {
     netns::ensure_run_dir()?;
     let plan = Plan::new(topology, &lab, &paths);
     let state = LabState::new(plan, opts.topology_file.clone());
+    paths::ensure_state_in_memory();
     std::fs::create_dir_all(&paths.root).with_context(|| format!("cannot create {}", paths.root.display()))?;
     if let Ok(text) = std::fs::read_to_string(&opts.topology_file) {
         std::fs::write(paths.topology_copy(), text).context("cannot copy the topology")?;
@@ -300,6 +301,7 @@ async fn build_all(state: &mut LabState, paths: &LabPaths, progress: &Progress) 
         }
     }))
     .await?;
+    start_watch_service(paths, &fabric, progress).await?;
     drop(fabric);
 
     let built = Built {
@@ -315,7 +317,6 @@ async fn build_all(state: &mut LabState, paths: &LabPaths, progress: &Progress) 
         ProfilePlan::Calico(c) => crate::profile::calico::build::start(&built, state, c).await?,
     }
     state.save()?;
-    progress.phase("pods", plan.pod_count());
     add_pods(state, &built).await?;
     state.save()?;
     progress.phase("converge", plan.nodes.len());
@@ -425,19 +426,17 @@ pub fn spawn_agent(program: &Path, args: &[String], ns: &Netns, log: &Path) -> R
     }
     let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
     let err = out.try_clone()?;
-    let fd = ns.raw_fd();
     let mut cmd = std::process::Command::new(program);
-    cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
-    // SAFETY: between fork and exec the child only makes system calls.
-    unsafe {
-        cmd.pre_exec(move || {
-            netns::enter_in_child(fd)?;
-            nix::unistd::setsid().map_err(std::io::Error::from)?;
-            Ok(())
-        });
-    }
-    let child = cmd
-        .spawn()
+    // Its own process group: a Ctrl-C at the terminal is for cnilab, not
+    // for the lab's daemons. Without a pre_exec hook the spawn is a
+    // posix_spawn, not a fork of this process.
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0);
+    let child = netns::with_netns(ns.raw_fd(), || cmd.spawn())
+        .context("cannot enter the namespace")?
         .with_context(|| format!("cannot start {}", program.display()))?;
     Ok(child.id())
 }
@@ -450,6 +449,18 @@ pub fn start_agent(spec: &crate::profile::AgentSpec, ns: &Netns) -> Result<u32> 
     }
     let _ = std::fs::remove_file(&spec.ready);
     spawn_agent(&spec.program, &spec.args, ns, &spec.log)
+}
+
+/// Starts the lab's datastore watch service (one inotify instance for all
+/// agents) in the fabric namespace and waits for its socket.
+async fn start_watch_service(paths: &LabPaths, fabric: &Netns, progress: &Progress) -> Result<()> {
+    link_binaries(paths, &["cnilab-watchd"])?;
+    let socket = paths.watch_socket();
+    let _ = std::fs::remove_file(&socket);
+    let log = paths.root.join("watchd.log");
+    let args = vec!["--socket".to_string(), socket.display().to_string()];
+    let pid = spawn_agent(&paths.bin_dir().join("cnilab-watchd"), &args, fabric, &log)?;
+    wait_ready(&[("fabric".to_string(), socket, pid, log, "cnilab-watchd")], progress).await
 }
 
 /// Starts every agent of the lab and waits until each is ready.
@@ -492,6 +503,19 @@ pub fn runtime_for(paths: &LabPaths, node: &str, ns: &Netns) -> Runtime {
 /// as many at once as there are cores.
 async fn add_pods(state: &mut LabState, b: &Built<'_>) -> Result<()> {
     let plan = b.plan;
+    // The sandboxes first, as kubelet makes a pod's namespace before its
+    // CNI ADD: many at once, since most of the cost is the kernel's.
+    b.progress.phase("sandboxes", plan.pod_count());
+    futures::stream::iter(plan.pods().map(|(_, p)| async move {
+        let (_ns, pnl) = create_ns(p.ns.clone(), &[]).await?;
+        pnl.change(nl::set_up(1)).await.context("lo up")?;
+        b.progress.step();
+        Ok::<_, anyhow::Error>(())
+    }))
+    .buffer_unordered(4 * parallelism())
+    .try_collect::<Vec<()>>()
+    .await?;
+    b.progress.phase("pods", plan.pod_count());
     let per_node: Vec<Vec<(String, PodState)>> =
         futures::stream::iter(plan.nodes.iter().filter(|n| !n.pods.is_empty()).map(|n| {
             let rt = runtime_for(b.paths, &n.name, &b.nodes[&n.name].ns);
@@ -499,8 +523,6 @@ async fn add_pods(state: &mut LabState, b: &Built<'_>) -> Result<()> {
             async move {
                 let mut out = Vec::new();
                 for p in &n.pods {
-                    let (_ns, pnl) = create_ns(p.ns.clone(), &[]).await?;
-                    pnl.change(nl::set_up(1)).await.context("lo up")?;
                     let att = Attachment::pod(&p.container_id, netns::path_of(&p.ns), &p.ifname, &p.name);
                     let who = format!("{}/{}", n.name, p.name);
                     let result = rt

@@ -5,7 +5,6 @@
 //! node's namespace, as they would on the node itself.
 
 use std::os::fd::RawFd;
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -191,14 +190,10 @@ impl Runtime {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let ns = self.node_ns;
-        // SAFETY: the child only makes the setns system call before exec.
-        unsafe {
-            cmd.pre_exec(move || netns::enter_in_child(ns));
-        }
-        let mut child = tokio::process::Command::from(cmd)
-            .kill_on_drop(true)
-            .spawn()
+        let mut cmd = tokio::process::Command::from(cmd);
+        cmd.kill_on_drop(true);
+        let mut child = netns::with_netns(self.node_ns, || cmd.spawn())
+            .context("cannot enter the node's namespace")?
             .with_context(|| format!("cannot run {}", bin.display()))?;
         let input = serde_json::to_vec(conf)?;
         let mut stdin = child.stdin.take().expect("piped stdin");

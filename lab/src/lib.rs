@@ -30,3 +30,4 @@ pub mod teardown;
 pub mod tools;
 pub mod topology;
 pub mod trace;
+pub mod watchd;

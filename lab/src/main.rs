@@ -13,6 +13,7 @@ fn main() {
         "flanneld" => cnilab::profile::flannel::agent::main(),
         "calico" => cnilab::profile::calico::plugin::main(),
         "calico-felix" => cnilab::profile::calico::felix::main(),
+        "cnilab-watchd" => cnilab::watchd::main(),
         _ => std::process::exit(cnilab::cli::main()),
     }
 }

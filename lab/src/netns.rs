@@ -235,6 +235,34 @@ pub fn run_in(ns: &Netns, program: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).to_string())
 }
 
+/// Runs `f` on the calling thread inside namespace `fd`, then brings the
+/// thread back to the process's own namespace. Children spawned in `f`
+/// start in `fd` without a `pre_exec` hook, so the spawn can use
+/// posix_spawn (a vfork) instead of copying this process's page tables.
+/// `f` must not block: the thread belongs to a pool.
+pub fn with_netns<T>(fd: RawFd, f: impl FnOnce() -> T) -> io::Result<T> {
+    static HOME: std::sync::OnceLock<io::Result<File>> = std::sync::OnceLock::new();
+    // /proc/self is the main thread, which never leaves the process's namespace.
+    let home = match HOME.get_or_init(|| File::open("/proc/self/ns/net")) {
+        Ok(f) => f.as_raw_fd(),
+        Err(e) => return Err(io::Error::new(e.kind(), format!("/proc/self/ns/net: {e}"))),
+    };
+    // SAFETY: plain system calls on descriptors that stay open.
+    if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let out = f();
+    // SAFETY: as above.
+    if unsafe { libc::setns(home, libc::CLONE_NEWNET) } != 0 {
+        // A pool thread left in a lab namespace would misplace later work.
+        panic!(
+            "cannot return to the process's network namespace: {}",
+            io::Error::last_os_error()
+        );
+    }
+    Ok(out)
+}
+
 /// Enters namespace `fd` in a freshly forked child; for `pre_exec`.
 ///
 /// # Safety

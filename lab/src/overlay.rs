@@ -250,13 +250,7 @@ impl DirWatch {
     pub fn new(dir: &Path) -> Result<DirWatch> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
-        inotify.add_watch(
-            dir,
-            AddWatchFlags::IN_MOVED_TO
-                | AddWatchFlags::IN_CLOSE_WRITE
-                | AddWatchFlags::IN_DELETE
-                | AddWatchFlags::IN_MOVED_FROM,
-        )?;
+        inotify.add_watch(dir, crate::watchd::WATCH_FLAGS)?;
         // SAFETY: the Inotify is owned by the AsyncFd and closed only when it drops.
         let fd = unsafe { AsyncFd::register_with_interest(InotifyFd(inotify), tokio::io::Interest::READABLE) }
             .map_err(|e| anyhow::anyhow!("cannot watch {}: {e}", dir.display()))?;
@@ -273,12 +267,7 @@ impl DirWatch {
 
     /// Every key present now.
     pub fn keys(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(&self.dir)
-            .map(|d| d.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
-            .unwrap_or_default();
-        v.retain(|k| !k.starts_with('.'));
-        v.sort();
-        v
+        list_keys(&self.dir)
     }
 
     /// Waits for changes; the keys that changed (all of them after an
@@ -310,6 +299,108 @@ impl DirWatch {
             }
         }
     }
+}
+
+/// How an agent hears about datastore changes: from the lab's watch
+/// service (`cnilab-watchd`) when it runs, else from its own inotify.
+pub enum Watch {
+    /// Its own inotify instance.
+    Dir(DirWatch),
+    /// A stream from the watch service.
+    Service {
+        /// The folder.
+        dir: PathBuf,
+        /// Lines from the service.
+        reader: tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>,
+        /// Kept open: the service stops streaming when it closes.
+        _writer: tokio::net::unix::OwnedWriteHalf,
+    },
+}
+
+impl Watch {
+    /// Watches `dir` through the service at `socket`, or by itself when
+    /// there is none. Watch first, then list: nothing written in between is missed.
+    pub async fn new(dir: &Path, socket: Option<&Path>) -> Result<Watch> {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let Some(socket) = socket else {
+            return Ok(Watch::Dir(DirWatch::new(dir)?));
+        };
+        let stream = match tokio::net::UnixStream::connect(socket).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(
+                    "no watch service at {} ({e}): watching {} with inotify",
+                    socket.display(),
+                    dir.display()
+                );
+                return Ok(Watch::Dir(DirWatch::new(dir)?));
+            }
+        };
+        let (read, mut write) = stream.into_split();
+        write.write_all(format!("WATCH {}\n", dir.display()).as_bytes()).await?;
+        let mut reader = tokio::io::BufReader::new(read);
+        let mut line = String::new();
+        reader.read_line(&mut line).await?;
+        anyhow::ensure!(line.trim() == "OK", "the watch service answered {line:?}");
+        Ok(Watch::Service {
+            dir: dir.to_path_buf(),
+            reader,
+            _writer: write,
+        })
+    }
+
+    /// The folder.
+    pub fn dir(&self) -> &Path {
+        match self {
+            Watch::Dir(d) => d.dir(),
+            Watch::Service { dir, .. } => dir,
+        }
+    }
+
+    /// Every key present now.
+    pub fn keys(&self) -> Vec<String> {
+        list_keys(self.dir())
+    }
+
+    /// Waits for changes; the keys that changed (all of them after an
+    /// overflow, `overflowed` true).
+    pub async fn changed(&mut self) -> Result<(Vec<String>, bool)> {
+        use tokio::io::AsyncBufReadExt;
+        match self {
+            Watch::Dir(d) => d.changed().await,
+            Watch::Service { dir, reader, .. } => {
+                let mut keys = Vec::new();
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if reader.read_line(&mut line).await? == 0 {
+                        anyhow::bail!("the lab's watch service went away");
+                    }
+                    keys.push(line.trim_end().to_string());
+                    // Take every change already here, then act once.
+                    if !reader.buffer().contains(&b'\n') {
+                        break;
+                    }
+                }
+                if keys.iter().any(|k| k == "*") {
+                    return Ok((list_keys(dir), true));
+                }
+                keys.sort();
+                keys.dedup();
+                Ok((keys, false))
+            }
+        }
+    }
+}
+
+/// The keys in a datastore folder, without files being written.
+fn list_keys(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
+        .unwrap_or_default();
+    v.retain(|k| !k.starts_with('.'));
+    v.sort();
+    v
 }
 
 /// Waits for SIGTERM or SIGINT.

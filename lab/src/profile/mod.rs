@@ -98,6 +98,7 @@ impl ProfilePlan {
                                 format!("--block={}", cn.block),
                                 format!("--tunnel-addr={}", t.address),
                                 format!("--vtep-mac={}", t.mac),
+                                format!("--watch-socket={}", paths.watch_socket().display()),
                             ],
                             log: paths.agent_log(&n.name),
                             ready: paths.etcd_dir().join("calico/vxlan").join(&n.name),

@@ -20,7 +20,7 @@ use tracing::info;
 
 use super::{FELIX_PROTO, VXLAN_DEVICE, VXLAN_OVERHEAD, VXLAN_PORT, VXLAN_VNI};
 use crate::nl::{self, Nl};
-use crate::overlay::{self, DirWatch, Peer, Vtep, VxlanSpec};
+use crate::overlay::{self, Peer, Vtep, VxlanSpec, Watch};
 
 /// calico-felix's command line.
 #[derive(Parser, Debug)]
@@ -47,6 +47,9 @@ pub struct Args {
     /// The VTEP MAC.
     #[arg(long)]
     pub vtep_mac: String,
+    /// The lab's watch service (cnilab-watchd); without it, inotify.
+    #[arg(long)]
+    pub watch_socket: Option<PathBuf>,
 }
 
 /// A node's VTEP as published in the datastore.
@@ -115,7 +118,7 @@ async fn run(args: Args) -> Result<()> {
         args.tunnel_addr, args.block
     );
 
-    let watch = DirWatch::new(&args.datastore_dir.join("calico/vxlan"))?;
+    let mut watch = Watch::new(&args.datastore_dir.join("calico/vxlan"), args.watch_socket.as_deref()).await?;
     let me = VtepRecord {
         node: args.node.clone(),
         ip,

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use tracing::{error, info, warn};
 
 use crate::nl::{self, Nl};
-use crate::overlay::{self, DirWatch, Peer, Vtep, VxlanSpec};
+use crate::overlay::{self, Peer, Vtep, VxlanSpec, Watch};
 use crate::plan::{mac_string, random_mac};
 
 /// flanneld's command line (the flags of the real one where they exist).
@@ -53,6 +53,9 @@ pub struct Args {
     /// Whether flanneld masquerades traffic leaving the pod network.
     #[arg(long)]
     pub ip_masq: bool,
+    /// The lab's watch service (cnilab-watchd); without it, inotify.
+    #[arg(long)]
+    pub watch_socket: Option<PathBuf>,
 }
 
 /// The entry point: `flanneld` as argv[0], or the `flanneld` binary.
@@ -246,7 +249,7 @@ async fn run(args: Args) -> Result<()> {
         other => bail!("backend {other} is not implemented by cnilab's flanneld (vxlan and host-gw are)"),
     };
 
-    let watch = DirWatch::new(&etcd.join("subnets"))?;
+    let mut watch = Watch::new(&etcd.join("subnets"), args.watch_socket.as_deref()).await?;
     let mut lease = json!({ "PublicIP": public_ip.to_string(), "BackendType": config.backend });
     if let Some(d) = backend_data {
         lease["BackendData"] = d;

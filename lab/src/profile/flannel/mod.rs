@@ -154,6 +154,7 @@ pub fn plan(topology: &Topology, opts: &FlannelOptions, nodes: &[NodePlan], path
                 format!("--vtep-mac={mac}"),
                 format!("--subnet-file={}", agent_dir.join("subnet.env").display()),
                 "--ip-masq".to_string(),
+                format!("--watch-socket={}", paths.watch_socket().display()),
             ];
             FlannelNode {
                 node: n.name.clone(),
