@@ -325,9 +325,49 @@ fn trace_on_flannel_vxlan_shows_every_hop_its_entries_and_where_big_packets_die(
     let why = hops[0]["drop"].as_str().unwrap();
     assert!(why.contains("eth0") && why.contains("1450"), "{why}");
 
+    // UDP 8472 blocked on the receiving node (flannel #423): dies there, on the rule.
+    let out = lab.run(&[
+        "fault", "add", "block", "--on", "worker2", "--proto", "udp", "--port", "8472",
+    ]);
+    assert!(out.status.success(), "{}", show(&out));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let (code, t) = trace(&lab, "worker1/pod-1", "worker2/pod-1", 84);
+    assert_eq!(code, Some(1), "{t:#}");
+    let last = t["hops"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["at"], "worker2", "{t:#}");
+    assert!(
+        last["drop"].as_str().unwrap().contains("drops UDP 8472 on arrival"),
+        "{last:#}"
+    );
+    assert!(lab.run(&["fault", "rm", &id]).status.success());
+    // ip_forward off on the sending node: its pods are cut off.
+    let out = lab.run(&[
+        "fault",
+        "add",
+        "sysctl",
+        "--on",
+        "worker1",
+        "--key",
+        "net.ipv4.ip_forward",
+        "--value",
+        "0",
+    ]);
+    assert!(out.status.success(), "{}", show(&out));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let (code, t) = trace(&lab, "worker1/pod-1", "worker2/pod-1", 84);
+    assert_eq!(code, Some(1), "{t:#}");
+    let last = t["hops"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["at"], "worker1", "{t:#}");
+    assert!(
+        last["drop"].as_str().unwrap().contains("net.ipv4.ip_forward = 0"),
+        "{last:#}"
+    );
+    assert!(lab.run(&["fault", "rm", &id]).status.success());
+
     // Behind an upstream VXLAN switch, 1450 fits the pod but not the switch.
     let out = lab.run(&["fault", "add", "upstream-vxlan", "--on", "tor1"]);
     assert!(out.status.success(), "{}", show(&out));
+    let upstream = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let (code, t) = trace(&lab, "worker1/pod-1", "worker2/pod-1", 1450);
     assert_eq!(code, Some(1), "{t:#}");
     let last = t["hops"].as_array().unwrap().last().unwrap().clone();
@@ -346,7 +386,7 @@ fn trace_on_flannel_vxlan_shows_every_hop_its_entries_and_where_big_packets_die(
     // The lab's graph marks the fault.
     let out = lab.run(&["graph"]);
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("FAULT f1: upstream-vxlan on tor1"),
+        String::from_utf8_lossy(&out.stdout).contains(&format!("FAULT {upstream}: upstream-vxlan on tor1")),
         "{}",
         show(&out)
     );

@@ -549,18 +549,8 @@ fn visit(
     // Addressed to this namespace: delivered, or decapsulated.
     if let Some(dev) = view.local(pkt.dst) {
         if let Some(port) = pkt.udp_port {
-            match iptables_drop(view, ARRIVING, "udp", Some(port)) {
-                Some((rule, false)) => {
-                    h.entries.push(rule.clone());
-                    h.drop = Some(format!("an iptables rule drops UDP {port} on arrival: {rule}"));
-                    return done(h, Next::Delivered);
-                }
-                Some((rule, true)) => {
-                    h.entries.push(rule);
-                    h.notes
-                        .push("a share of these packets is dropped here at random (statistic match)".into());
-                }
-                None => {}
+            if udp_filtered(view, &mut h, ARRIVING, port, "on arrival") {
+                return done(h, Next::Delivered);
             }
             let vx = view.links.iter().find(|l| {
                 l["linkinfo"]["info_kind"] == "vxlan"
@@ -725,18 +715,8 @@ fn visit(
         return encapsulate(lab, view, h, &out, gw, pkt);
     }
     if let (Some(port), false) = (pkt.udp_port, forwarding) {
-        match iptables_drop(view, LEAVING, "udp", Some(port)) {
-            Some((rule, false)) => {
-                h.entries.push(rule.clone());
-                h.drop = Some(format!("an iptables rule drops UDP {port} on its way out: {rule}"));
-                return done(h, Next::Delivered);
-            }
-            Some((rule, true)) => {
-                h.entries.push(rule);
-                h.notes
-                    .push("a share of these packets is dropped here at random (statistic match)".into());
-            }
-            None => {}
+        if udp_filtered(view, &mut h, LEAVING, port, "on its way out") {
+            return done(h, Next::Delivered);
         }
     }
     link_layer(lab, view, h, &out, gw, pkt)
@@ -1050,6 +1030,26 @@ const RANDOM_LOSS: &[(&str, &str)] = &[
     ("filter", "OUTPUT"),
     ("mangle", "POSTROUTING"),
 ];
+
+/// Applies the iptables rules of `chains` for UDP to `port` to the hop:
+/// true when one drops the packet (then `h.drop` says so); a random-share
+/// rule becomes a note.
+fn udp_filtered(view: &View, h: &mut Hop, chains: &[(&str, &str)], port: u16, when: &str) -> bool {
+    match iptables_drop(view, chains, "udp", Some(port)) {
+        Some((rule, false)) => {
+            h.drop = Some(format!("an iptables rule drops UDP {port} {when}: {rule}"));
+            h.entries.push(rule);
+            true
+        }
+        Some((rule, true)) => {
+            h.entries.push(rule);
+            h.notes
+                .push("a share of these packets is dropped here at random (statistic match)".into());
+            false
+        }
+        None => false,
+    }
+}
 
 /// A netem qdisc here, as `tc qdisc` prints it.
 fn netem(view: &View) -> Option<String> {
