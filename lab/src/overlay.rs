@@ -403,6 +403,21 @@ fn list_keys(dir: &Path) -> Vec<String> {
     v
 }
 
+/// An agent's main loop: until SIGTERM or SIGINT, hands each batch of
+/// changed keys to `on_change`, with `true` after an overflow (every key
+/// present was listed; ones that vanished are not among them).
+pub async fn follow(watch: &mut Watch, mut on_change: impl AsyncFnMut(Vec<String>, bool)) -> Result<()> {
+    loop {
+        tokio::select! {
+            r = terminated() => return r,
+            changed = watch.changed() => {
+                let (keys, overflowed) = changed?;
+                on_change(keys, overflowed).await;
+            }
+        }
+    }
+}
+
 /// Waits for SIGTERM or SIGINT.
 pub async fn terminated() -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};

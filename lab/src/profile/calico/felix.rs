@@ -133,19 +133,15 @@ async fn run(args: Args) -> Result<()> {
         proto: RouteProtocol::from(FELIX_PROTO),
     };
     let mut known: BTreeMap<String, VtepRecord> = BTreeMap::new();
-    sync(&vtep, watch.dir(), &args.node, watch.keys(), &mut known).await;
-    loop {
-        tokio::select! {
-            r = overlay::terminated() => { r?; break; }
-            changed = watch.changed() => {
-                let (mut keys, overflowed) = changed?;
-                if overflowed {
-                    keys.extend(known.keys().cloned());
-                }
-                sync(&vtep, watch.dir(), &args.node, keys, &mut known).await;
-            }
+    let dir = watch.dir().to_path_buf();
+    sync(&vtep, &dir, &args.node, watch.keys(), &mut known).await;
+    overlay::follow(&mut watch, async |mut keys, overflowed| {
+        if overflowed {
+            keys.extend(known.keys().cloned());
         }
-    }
+        sync(&vtep, &dir, &args.node, keys, &mut known).await;
+    })
+    .await?;
     info!("exiting; the overlay stays in place");
     Ok(())
 }

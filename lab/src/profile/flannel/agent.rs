@@ -269,20 +269,16 @@ async fn run(args: Args) -> Result<()> {
     info!("wrote subnet file to {}", args.subnet_file.display());
 
     let mut known: BTreeMap<String, Lease> = BTreeMap::new();
-    sync(&backend, watch.dir(), &own, watch.keys(), &mut known).await;
+    let dir = watch.dir().to_path_buf();
+    sync(&backend, &dir, &own, watch.keys(), &mut known).await;
     info!("watching for new subnet leases");
-    loop {
-        tokio::select! {
-            r = overlay::terminated() => { r?; break; }
-            changed = watch.changed() => {
-                let (mut keys, overflowed) = changed?;
-                if overflowed {
-                    keys.extend(known.keys().cloned());
-                }
-                sync(&backend, watch.dir(), &own, keys, &mut known).await;
-            }
+    overlay::follow(&mut watch, async |mut keys, overflowed| {
+        if overflowed {
+            keys.extend(known.keys().cloned());
         }
-    }
+        sync(&backend, &dir, &own, keys, &mut known).await;
+    })
+    .await?;
     info!("exiting; the device, routes and lease stay, as with flanneld");
     Ok(())
 }
