@@ -5,6 +5,7 @@
 //! nothing depends on ifindexes, timing or the lab's name, and every list
 //! is sorted.
 
+use futures::{StreamExt as _, TryStreamExt as _};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
@@ -149,6 +150,9 @@ pub struct Ipam {
 }
 
 /// Raw kernel state of one namespace.
+/// How many namespaces a snapshot reads at once.
+const SNAPSHOT_READERS: usize = 16;
+
 struct Raw {
     name: String,
     bgp_sessions: Vec<crate::bird::Session>,
@@ -200,6 +204,23 @@ async fn collect(
     )
     .with_context(|| format!("reading namespace {ns}"))?;
     let _ = dynamic;
+    // Only what a snapshot shows is kept: a link's per-protocol settings and
+    // statistics are most of its message, and a big lab has thousands.
+    let mut links = links;
+    for l in &mut links {
+        l.attributes.retain(|a| {
+            matches!(
+                a,
+                LinkAttribute::IfName(_)
+                    | LinkAttribute::Mtu(_)
+                    | LinkAttribute::Address(_)
+                    | LinkAttribute::Controller(_)
+                    | LinkAttribute::Link(_)
+                    | LinkAttribute::LinkInfo(_)
+            )
+        });
+        l.attributes.shrink_to_fit();
+    }
     let mut keys = touched_sysctls(role, &links);
     for k in fault_keys {
         if !keys.contains(&k) {
@@ -281,7 +302,9 @@ pub async fn take(state: &LabState, only: Option<&[String]>, dynamic: bool) -> R
     // are normalized across the whole lab.
     let paths = state.paths();
     let fault_keys = crate::fault::touched_sysctls(state);
-    let raws: Vec<Raw> = futures::future::try_join_all(wanted.iter().map(|ns| {
+    // A bounded number at once: each namespace read holds a netlink socket
+    // and its buffers, which for a thousand pods at once was most of the memory.
+    let raws: Vec<Raw> = futures::stream::iter(wanted.iter().map(|ns| {
         let (_, role, _, owner) = labels(&prefix, ns);
         let keys = fault_keys.get(ns).cloned().unwrap_or_default();
         let socket = match role.as_str() {
@@ -291,6 +314,8 @@ pub async fn take(state: &LabState, only: Option<&[String]>, dynamic: bool) -> R
         };
         async move { collect(ns, &role, socket, keys, dynamic).await }
     }))
+    .buffered(SNAPSHOT_READERS)
+    .try_collect()
     .await?;
 
     // veth(node/pod): a pod's eth0 names its peer's ifindex in the node.
