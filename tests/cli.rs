@@ -167,3 +167,23 @@ fn validate_needs_no_root_and_prints_the_plan() {
     assert_eq!(plan["nodes"].as_array().unwrap().len(), 3);
     assert_eq!(plan["profile"]["cni"], "flannel");
 }
+
+#[test]
+fn a_closed_output_pipe_ends_up_quietly() {
+    let lab = Lab::reserve();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} up {} --name {} --json | head -1",
+            bin(),
+            topology("flannel-vxlan.toml").display(),
+            lab.name
+        ))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "{");
+    // The lab is up and whole: the closed pipe came after the build.
+    assert_eq!(lab.pods().len(), 6);
+}

@@ -145,3 +145,61 @@ fn ctrl_c_during_run_leaves_nothing() {
     assert_gone(&lab);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn goldens_are_found_beside_the_scenario_from_any_working_directory() {
+    let dir = std::env::temp_dir().join(format!("cnilab-sc4-{}", unique_name()));
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    let file = dir.join("sub/golden-here.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"golden-here\"\ntopology = \"{}\"\nsnapshots = \"../goldens\"\n[[step]]\nsnapshot = \"clean\"\n",
+            topology("flannel-vxlan.toml").display()
+        ),
+    )
+    .unwrap();
+    let prefix = unique_name();
+    let run = |cwd: &std::path::Path, path: &str, extra: &[&str]| {
+        let out = Command::new(bin())
+            .current_dir(cwd)
+            .args(["run", path, "--name", &prefix])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_gone(&prefix);
+        out
+    };
+    // Written from one folder, with the file named relative to it...
+    let out = run(&dir.join("sub"), "golden-here.toml", &["--update"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(show(&out).contains(&format!("lab {prefix} up")), "{}", show(&out));
+    let golden = dir.join("goldens/golden-here@clean.snap");
+    assert!(golden.is_file(), "{} was not written", golden.display());
+    // ...compared from two others: the same golden, never the working directory's.
+    for (cwd, path) in [
+        (dir.as_path(), "sub/golden-here.toml"),
+        (std::path::Path::new("/"), file.to_str().unwrap()),
+    ] {
+        let out = run(cwd, path, &[]);
+        assert!(out.status.success(), "from {}: {}", cwd.display(), show(&out));
+        assert!(
+            show(&out).contains(&format!("equals {}", golden.display())) || show(&out).contains("PASSED"),
+            "{}",
+            show(&out)
+        );
+    }
+    std::fs::write(
+        &golden,
+        "---\nsource: x\nexpression: \"snapshot clean\"\n---\nsomething else\n",
+    )
+    .unwrap();
+    let out = run(std::path::Path::new("/"), file.to_str().unwrap(), &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a changed golden was not used:\n{}",
+        show(&out)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

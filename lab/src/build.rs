@@ -80,9 +80,11 @@ pub fn preflight(topology: &Topology) -> Result<(), Error> {
 
 /// Claims a lab name: checks the machine and that no lab of that name
 /// exists, then creates the lab's state folder. From here on the lab is
-/// ours to remove if anything fails.
-pub fn claim(topology: &Topology, opts: &UpOptions) -> Result<LabState, Error> {
+/// ours to remove if anything fails. The caller holds the lab's lock
+/// ([`claim_lock`]), so no other command sees the lab half made.
+pub fn claim(topology: &Topology, opts: &UpOptions, _held: &crate::lock::LabLock) -> Result<LabState, Error> {
     let lab = opts.name.clone().unwrap_or_else(|| topology.name.clone());
+    crate::names::check(crate::names::Kind::Lab, &lab, "lab to build")?;
     preflight(topology)?;
     let paths = LabPaths::of(&lab);
     let prefix = paths::lab_ns_prefix(&lab);
@@ -98,13 +100,22 @@ pub fn claim(topology: &Topology, opts: &UpOptions) -> Result<LabState, Error> {
     netns::ensure_run_dir()?;
     let plan = Plan::new(topology, &lab, &paths);
     let state = LabState::new(plan, opts.topology_file.clone());
-    paths::ensure_state_in_memory();
     std::fs::create_dir_all(&paths.root).with_context(|| format!("cannot create {}", paths.root.display()))?;
+    std::fs::write(paths.marker(), &lab).with_context(|| format!("cannot write {}", paths.marker().display()))?;
     if let Ok(text) = std::fs::read_to_string(&opts.topology_file) {
         std::fs::write(paths.topology_copy(), text).context("cannot copy the topology")?;
     }
     state.save()?;
     Ok(state)
+}
+
+/// The lock of the lab `opts` names, taken before [`claim`]: a second `up`
+/// of the same name is refused at once, naming the one at work.
+pub fn claim_lock(topology: &Topology, opts: &UpOptions) -> Result<crate::lock::LabLock, Error> {
+    let lab = opts.name.as_deref().unwrap_or(&topology.name);
+    crate::names::check(crate::names::Kind::Lab, lab, "lab to build")?;
+    paths::ensure_state_in_memory();
+    crate::lock::try_acquire(lab)?.ok_or_else(|| crate::lock::busy(lab))
 }
 
 /// Builds a claimed lab and marks it up.
@@ -121,7 +132,8 @@ pub async fn build(state: &mut LabState, progress: &Progress) -> Result<()> {
 /// still finish after that; callers that own the runtime should run
 /// [`crate::teardown::down`] again once it has shut down, as `cnilab up` does.
 pub async fn up(topology: &Topology, opts: &UpOptions, progress: &Progress) -> Result<LabState, Error> {
-    let mut state = claim(topology, opts)?;
+    let lock = claim_lock(topology, opts)?;
+    let mut state = claim(topology, opts, &lock)?;
     let mut guard = TeardownGuard {
         lab: state.plan.lab.clone(),
         armed: true,

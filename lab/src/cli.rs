@@ -17,6 +17,35 @@ use crate::status;
 use crate::teardown;
 use crate::topology::Topology;
 
+/// Writes to stdout. A reader that went away (`cnilab up --json | head -1`)
+/// ends the command quietly instead of panicking; the lab is already in the
+/// state the command left it in.
+fn write_out(text: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    if let Err(e) = o.write_fmt(text).and_then(|()| o.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+    }
+}
+
+/// Like `write_out`, for output written while a lab is being worked on
+/// (`run`): a closed pipe must not stop the command before it cleans up.
+fn write_out_lossy(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
+macro_rules! out {
+    ($($t:tt)*) => { write_out(format_args!($($t)*)) };
+}
+
+macro_rules! outln {
+    () => { write_out(format_args!("\n")) };
+    ($($t:tt)*) => { write_out(format_args!("{}\n", format_args!($($t)*))) };
+}
+
 /// cnilab: many fake Kubernetes nodes on one Linux host, wired by real CNI
 /// plugins, with faults and snapshots.
 #[derive(Parser, Debug)]
@@ -133,6 +162,10 @@ pub enum Cmd {
         /// Write a JUnit XML report here.
         #[arg(long)]
         junit: Option<PathBuf>,
+        /// Name the labs: PREFIX for one scenario, PREFIX-1, PREFIX-2... for
+        /// several (default: --lab, else a name made of the scenario's and this process's).
+        #[arg(long, value_name = "PREFIX")]
+        name: Option<String>,
     },
     /// Inject, list and remove faults.
     Fault {
@@ -263,9 +296,9 @@ pub enum PodCmd {
 
 fn print<T: serde::Serialize + std::fmt::Display>(v: &T, json: bool) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(v).map_err(anyhow::Error::from)?);
+        outln!("{}", serde_json::to_string_pretty(v).map_err(anyhow::Error::from)?);
     } else {
-        println!("{v}");
+        outln!("{v}");
     }
     Ok(())
 }
@@ -398,7 +431,7 @@ pub fn main() -> i32 {
             return if e.use_stderr() { EXIT_INPUT } else { 0 };
         }
     };
-    match run(cli) {
+    match crate::paths::check_run_dir().and_then(|()| run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
@@ -441,22 +474,8 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
-fn check_lab_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 12
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::usage(
-            format!("lab name \"{name}\" is not valid"),
-            "use 1-12 characters of a-z, 0-9 and '-', starting with a letter",
-        ))
-    }
-}
+/// How long a command that changes a lab waits for another one to finish.
+const WRITER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(300);
 
 fn run(cli: Cli) -> Result<i32> {
     match cli.cmd {
@@ -537,7 +556,7 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Trace { src, dst, size, json } => {
             require_root()?;
             let lab = state::choose_lab(cli.lab.as_deref())?;
-            let st = state::require(&lab)?;
+            let st = state::require_up(&lab)?;
             let t = crate::trace::trace(&st, &src, &dst, size)?;
             print(&t, json)?;
             Ok(if t.delivered { 0 } else { crate::error::EXIT_FAILED })
@@ -568,7 +587,7 @@ fn run(cli: Cli) -> Result<i32> {
                     std::fs::write(&path, text).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
                     eprintln!("wrote {}", path.display());
                 }
-                None => print!("{text}"),
+                None => out!("{text}"),
             }
             Ok(0)
         }
@@ -589,9 +608,9 @@ fn run(cli: Cli) -> Result<i32> {
             let t = Topology::load(&topology)?;
             let plan = Plan::new(&t, &t.name, &paths::LabPaths::of(&t.name));
             if json {
-                println!("{}", serde_json::to_string_pretty(&plan).map_err(anyhow::Error::from)?);
+                outln!("{}", serde_json::to_string_pretty(&plan).map_err(anyhow::Error::from)?);
             } else {
-                println!(
+                outln!(
                     "{}: valid: lab {}, {} nodes, {} pods, {}",
                     topology.display(),
                     t.name,
@@ -605,7 +624,7 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Up { topology, name, json } => {
             require_root()?;
             if let Some(n) = &name {
-                check_lab_name(n)?;
+                crate::names::check(crate::names::Kind::Lab, n, "from --name")?;
             }
             let t = Topology::load(&topology)?;
             let opts = UpOptions {
@@ -614,7 +633,10 @@ fn run(cli: Cli) -> Result<i32> {
             };
             let progress = Progress::new(!json);
             let started = Instant::now();
-            let mut state = build::claim(&t, &opts)?;
+            // Held until this command ends: `down` of this lab waits for it,
+            // after asking it to stop.
+            let lock = build::claim_lock(&t, &opts)?;
+            let mut state = build::claim(&t, &opts, &lock)?;
             let lab = state.plan.lab.clone();
             let rt = runtime();
             let outcome = rt.block_on(async {
@@ -635,21 +657,24 @@ fn run(cli: Cli) -> Result<i32> {
                 Some(Err(e)) => Some(Error::from(e)),
                 None => {
                     teardown::down(&lab)?;
+                    lock.remove();
                     eprintln!("interrupted: lab {lab} was removed");
                     return Ok(130);
                 }
             };
             if let Some(e) = failed {
-                if let Err(d) = teardown::down(&lab) {
-                    eprintln!("error: removing the half-built lab {lab} failed: {d:#}");
+                match teardown::down(&lab) {
+                    Ok(_) => lock.remove(),
+                    Err(d) => eprintln!("error: removing the half-built lab {lab} failed: {d:#}"),
                 }
                 return Err(e);
             }
+            drop(lock);
             let st = status::status(&state);
             if json {
-                println!("{}", serde_json::to_string_pretty(&st).map_err(anyhow::Error::from)?);
+                outln!("{}", serde_json::to_string_pretty(&st).map_err(anyhow::Error::from)?);
             } else {
-                print!(
+                out!(
                     "{}",
                     status::up_summary(&st, &state.plan, started.elapsed(), &progress.timings())
                 );
@@ -662,7 +687,10 @@ fn run(cli: Cli) -> Result<i32> {
                 state::labs()
             } else {
                 match which.or(cli.lab) {
-                    Some(l) => vec![l],
+                    Some(l) => {
+                        crate::names::check(crate::names::Kind::Lab, &l, "lab to remove")?;
+                        vec![l]
+                    }
                     None => match state::labs().as_slice() {
                         [] => Vec::new(),
                         [one] => vec![one.clone()],
@@ -678,12 +706,16 @@ fn run(cli: Cli) -> Result<i32> {
             let mut reports = Vec::new();
             for l in &labs {
                 let started = Instant::now();
+                let lock = crate::lock::acquire_stopping_holder(l, |who| {
+                    eprintln!("lab {l} is being changed by {who}: stopping it first");
+                })?;
                 let r = teardown::down_with(l, &Progress::new(!json))?;
+                lock.remove();
                 if !json {
                     if r.namespaces == 0 && !r.state {
-                        println!("lab {l}: nothing to remove");
+                        outln!("lab {l}: nothing to remove");
                     } else {
-                        println!(
+                        outln!(
                             "lab {l} is down: removed {} namespaces, stopped {} processes, in {:.2} s",
                             r.namespaces,
                             r.processes,
@@ -694,12 +726,12 @@ fn run(cli: Cli) -> Result<i32> {
                 reports.push(r);
             }
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&reports).map_err(anyhow::Error::from)?
                 );
             } else if labs.is_empty() {
-                println!("no lab to remove");
+                outln!("no lab to remove");
             }
             Ok(0)
         }
@@ -709,9 +741,9 @@ fn run(cli: Cli) -> Result<i32> {
             let st = state::require(&lab)?;
             let s = status::status(&st);
             if json {
-                println!("{}", serde_json::to_string_pretty(&s).map_err(anyhow::Error::from)?);
+                outln!("{}", serde_json::to_string_pretty(&s).map_err(anyhow::Error::from)?);
             } else {
-                print!("{}", status::render(&s, &st.plan));
+                out!("{}", status::render(&s, &st.plan));
             }
             Ok(0)
         }
@@ -727,27 +759,30 @@ fn run(cli: Cli) -> Result<i32> {
             update,
             keep,
             junit,
+            name,
         } => {
             require_root()?;
             let loaded = scenarios
                 .iter()
                 .map(|p| crate::scenario::load(p))
                 .collect::<Result<Vec<_>>>()?;
+            let labs = crate::scenario::lab_names(&loaded, name.as_deref().or(cli.lab.as_deref()))?;
             let opts = crate::scenario::RunOptions { update, keep };
             let mut reports = Vec::new();
-            for sc in loaded {
-                let lab = crate::scenario::lab_for(&sc);
-                println!("scenario {} ({})", sc.name, sc.path.display());
+            for (sc, lab) in loaded.into_iter().zip(labs) {
+                paths::ensure_state_in_memory();
+                let lock = crate::lock::try_acquire(&lab)?.ok_or_else(|| crate::lock::busy(&lab))?;
+                outln!("scenario {} ({})", sc.name, sc.path.display());
                 if let Some(first) = sc.description.lines().next().filter(|l| !l.is_empty()) {
-                    println!("  {first}");
+                    outln!("  {first}");
                 }
                 let rt = runtime();
                 let outcome = rt.block_on(async {
                     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                         .map_err(anyhow::Error::from)?;
-                    let mut out = |l: &str| println!("{l}");
+                    let mut out = |l: &str| write_out_lossy(l);
                     Ok::<_, Error>(tokio::select! {
-                        r = crate::scenario::run(&sc, &opts, &lab, &mut out) => Some(r),
+                        r = crate::scenario::run(&sc, &opts, &lab, &lock, &mut out) => Some(r),
                         _ = tokio::signal::ctrl_c() => None,
                         _ = term.recv() => None,
                     })
@@ -755,28 +790,30 @@ fn run(cli: Cli) -> Result<i32> {
                 drop(rt);
                 let Some(report) = outcome else {
                     teardown::down(&lab)?;
+                    lock.remove();
                     eprintln!("interrupted: lab {lab} was removed");
                     return Ok(130);
                 };
                 if keep && report.error.is_none() {
-                    println!("  lab {lab} kept: cnilab --lab {lab} status");
+                    outln!("  lab {lab} kept: cnilab --lab {lab} status");
                 } else {
                     teardown::down(&lab)?;
+                    lock.remove();
                 }
                 match (&report.error, report.passed()) {
-                    (Some(e), _) => println!("  ERROR: {e}"),
-                    (None, true) => println!(
+                    (Some(e), _) => outln!("  ERROR: {e}"),
+                    (None, true) => outln!(
                         "  PASSED {} steps in {:.1} s",
                         report.steps.len(),
                         report.time.as_secs_f64()
                     ),
-                    (None, false) => println!("  FAILED at step {}", report.steps.last().map_or(0, |s| s.step.index)),
+                    (None, false) => outln!("  FAILED at step {}", report.steps.last().map_or(0, |s| s.step.index)),
                 }
                 reports.push((sc, report));
             }
             let failed = reports.iter().filter(|(_, r)| !r.passed()).count();
             if reports.len() > 1 {
-                println!("{} of {} scenarios passed", reports.len() - failed, reports.len());
+                outln!("{} of {} scenarios passed", reports.len() - failed, reports.len());
             }
             if let Some(path) = junit {
                 let xml = crate::scenario::junit(&reports)?;
@@ -787,7 +824,7 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Probe { cmd } => {
             require_root()?;
             let lab = state::choose_lab(cli.lab.as_deref())?;
-            let st = state::require(&lab)?;
+            let st = state::require_up(&lab)?;
             let ok = match cmd {
                 ProbeCmd::Ping {
                     src,
@@ -832,16 +869,16 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Pod { cmd } => {
             require_root()?;
             let lab = state::choose_lab(cli.lab.as_deref())?;
-            let mut st = state::require(&lab)?;
+            let (_lock, mut st) = state::lock_and_require_up(&lab, WRITER_PATIENCE)?;
             let rt = runtime();
             match cmd {
                 PodCmd::Add { pod } => {
                     let ip = rt.block_on(crate::pods::add(&mut st, &pod))?;
-                    println!("pod {pod} added: {ip}");
+                    outln!("pod {pod} added: {ip}");
                 }
                 PodCmd::Rm { pod } => {
                     rt.block_on(crate::pods::remove(&mut st, &pod))?;
-                    println!("pod {pod} removed");
+                    outln!("pod {pod} removed");
                 }
             }
             Ok(0)
@@ -849,7 +886,9 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Fault { cmd } => {
             require_root()?;
             let lab = state::choose_lab(cli.lab.as_deref())?;
-            let mut st = state::require(&lab)?;
+            // Read under the lock: a fault added meanwhile by another
+            // command is in the state we change, not lost.
+            let (_lock, mut st) = state::lock_and_require_up(&lab, WRITER_PATIENCE)?;
             let progress = Progress::quiet();
             let rt = runtime();
             match cmd {
@@ -868,9 +907,9 @@ fn run(cli: Cli) -> Result<i32> {
                     let spec = fault_spec(&kind, on, mtu, percent, proto, port, key, value, new_mac)?;
                     let f = rt.block_on(crate::fault::add(&mut st, spec, &progress))?;
                     if json {
-                        println!("{}", serde_json::to_string_pretty(&f).map_err(anyhow::Error::from)?);
+                        outln!("{}", serde_json::to_string_pretty(&f).map_err(anyhow::Error::from)?);
                     } else {
-                        println!("{}", f.id);
+                        outln!("{}", f.id);
                         if let Some(n) = &f.note {
                             eprintln!("note: {n}");
                         }
@@ -878,15 +917,15 @@ fn run(cli: Cli) -> Result<i32> {
                 }
                 FaultCmd::Ls { json } => {
                     if json {
-                        println!(
+                        outln!(
                             "{}",
                             serde_json::to_string_pretty(&st.faults).map_err(anyhow::Error::from)?
                         );
                     } else if st.faults.is_empty() {
-                        println!("no faults in lab {lab}");
+                        outln!("no faults in lab {lab}");
                     } else {
                         for l in crate::fault::lines(&st) {
-                            println!("{l}");
+                            outln!("{l}");
                         }
                     }
                 }
@@ -903,7 +942,7 @@ fn run(cli: Cli) -> Result<i32> {
                     };
                     for i in ids {
                         let f = rt.block_on(crate::fault::remove(&mut st, &i, &progress))?;
-                        println!("removed {} {}", f.id, f.spec.describe());
+                        outln!("removed {} {}", f.id, f.spec.describe());
                     }
                 }
             }
@@ -912,7 +951,7 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Snapshot { targets, json, dynamic } => {
             require_root()?;
             let lab = state::choose_lab(cli.lab.as_deref())?;
-            let st = state::require(&lab)?;
+            let st = state::require_up(&lab)?;
             let namespaces: Option<Vec<String>> = if targets.is_empty() {
                 None
             } else {
@@ -921,9 +960,9 @@ fn run(cli: Cli) -> Result<i32> {
             let rt = runtime();
             let snap = rt.block_on(crate::snapshot::take(&st, namespaces.as_deref(), dynamic))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&snap).map_err(anyhow::Error::from)?);
+                outln!("{}", serde_json::to_string_pretty(&snap).map_err(anyhow::Error::from)?);
             } else {
-                print!("{}", snap.render());
+                out!("{}", snap.render());
             }
             Ok(0)
         }
@@ -932,6 +971,7 @@ fn run(cli: Cli) -> Result<i32> {
 
 /// The namespace of a TARGET: `NODE`, `NODE/POD`, or a switch name.
 pub fn resolve_target(st: &LabState, target: &str) -> Result<String> {
+    crate::names::check_target(target)?;
     let plan = &st.plan;
     if let Some((node, pod)) = target.split_once('/') {
         if let Some(p) = plan.node(node).and_then(|n| n.pods.iter().find(|p| p.name == pod)) {

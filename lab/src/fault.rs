@@ -854,8 +854,15 @@ async fn upstream_vxlan_remove(ctx: &Ctx<'_>, switch: &str, undo: &Value) -> Res
         ))
         .await?;
     }
+    // Names read back from the state: only this lab's namespaces are removed.
+    let prefix = crate::paths::lab_ns_prefix(&ctx.plan.lab);
     for ns in undo["namespaces"].as_array().into_iter().flatten() {
-        netns::delete(ns.as_str().unwrap_or_default())?;
+        let ns = ns.as_str().unwrap_or_default();
+        anyhow::ensure!(
+            ns.starts_with(&prefix),
+            "the fault's record names {ns:?}, not a namespace of this lab"
+        );
+        netns::delete(ns)?;
     }
     Ok(())
 }

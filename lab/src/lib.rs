@@ -12,6 +12,8 @@ pub mod doctor;
 pub mod error;
 pub mod fault;
 pub mod graph;
+pub mod lock;
+pub mod names;
 pub mod netns;
 pub mod nl;
 pub mod overlay;

@@ -22,6 +22,14 @@ pub fn path_of(name: &str) -> PathBuf {
     Path::new(NETNS_RUN_DIR).join(name)
 }
 
+/// Only cnilab's own namespaces are made or removed, and a name never
+/// reaches outside /run/netns.
+fn check_owned(name: &str) -> Result<()> {
+    let ok = name.starts_with(crate::paths::NS_PREFIX) && !name.contains('/') && name.len() < 256;
+    anyhow::ensure!(ok, "{:?} is not a cnilab namespace name", crate::names::excerpt(name));
+    Ok(())
+}
+
 /// Makes `/run/netns` a shared mount point, as `ip netns add` does, so that
 /// namespaces bound there stay visible to other mount namespaces.
 pub fn ensure_run_dir() -> Result<()> {
@@ -65,6 +73,7 @@ impl Netns {
     /// written and netlink sockets opened, since both bind to the namespace
     /// of the calling thread.
     pub fn create<T: Send>(name: &str, setup: impl FnOnce() -> Result<T> + Send) -> Result<(Netns, T)> {
+        check_owned(name)?;
         let path = path_of(name);
         let out = std::thread::scope(|s| {
             s.spawn(|| -> Result<T> {
@@ -156,6 +165,7 @@ impl Netns {
 /// Removes a named namespace: the kernel frees its devices in one batch once
 /// nothing holds it any more. Removing one that is gone is not an error.
 pub fn delete(name: &str) -> Result<()> {
+    check_owned(name)?;
     let path = path_of(name);
     match umount2(&path, MntFlags::MNT_DETACH) {
         Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}

@@ -2,12 +2,54 @@
 //! runtime folder. Everything cnilab makes is found again from these names
 //! alone, which is what lets `down` clean up after a crash.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 /// Default base folder of lab state, moved with `CNILAB_RUN_DIR`.
 pub const DEFAULT_RUN_DIR: &str = "/run/cnilab";
 /// Prefix of every cnilab network namespace.
 pub const NS_PREFIX: &str = "cnilab.";
+
+/// Checks `CNILAB_RUN_DIR` before anything is made or removed under it: an
+/// absolute, normalized folder other than `/`, so that `<base>/<lab>` is
+/// always a folder of cnilab's own.
+pub fn check_run_dir() -> Result<(), crate::error::Error> {
+    let Some(v) = std::env::var_os("CNILAB_RUN_DIR").filter(|v| !v.is_empty()) else {
+        return Ok(());
+    };
+    let p = PathBuf::from(&v);
+    let shown = crate::names::excerpt(&p.to_string_lossy());
+    let problem = if !p.is_absolute() {
+        Some("is not an absolute path")
+    } else if p
+        .components()
+        .any(|c| !matches!(c, Component::RootDir | Component::Normal(_)))
+    {
+        Some("has '.' or '..' in it")
+    } else if p.parent().is_none() {
+        Some("is the root folder")
+    } else if v.len() > 1024 {
+        Some("is longer than 1024 bytes")
+    } else {
+        None
+    };
+    match problem {
+        None => Ok(()),
+        Some(why) => Err(crate::error::Error::usage(
+            format!("CNILAB_RUN_DIR \"{shown}\" {why}"),
+            "set it to an absolute folder of its own, such as /run/cnilab, or unset it",
+        )),
+    }
+}
+
+/// Whether `path` lies strictly inside `base`, judged on the names alone
+/// (no `..`, no `.`), which is what every removal checks first.
+pub fn inside(base: &Path, path: &Path) -> bool {
+    path != base
+        && path.starts_with(base)
+        && path
+            .strip_prefix(base)
+            .is_ok_and(|rest| rest.components().all(|c| matches!(c, Component::Normal(_))))
+}
 
 /// The base folder of all labs' state.
 pub fn run_base() -> PathBuf {
@@ -43,7 +85,10 @@ pub fn ensure_state_in_memory() {
     let Ok(_lock) = Flock::lock(dir, FlockArg::LockExclusive) else {
         return;
     };
-    let empty = std::fs::read_dir(&base).is_ok_and(|mut d| d.next().is_none());
+    // An empty lock folder hides nothing: no lock is held in it.
+    let empty_dir = |p: &Path| std::fs::read_dir(p).is_ok_and(|mut d| d.next().is_none());
+    let empty =
+        std::fs::read_dir(&base).is_ok_and(|d| d.flatten().all(|e| e.file_name() == ".locks" && empty_dir(&e.path())));
     if is_tmpfs(&base) || !empty {
         return;
     }
@@ -57,6 +102,12 @@ pub fn ensure_state_in_memory() {
     ) {
         tracing::debug!("cannot mount a tmpfs on {}: {e}", base.display());
     }
+}
+
+/// The lab a namespace name belongs to, if it is a cnilab one with a valid lab name.
+/// Names read back from `/run/netns` are checked like any other input.
+pub fn valid_lab_of_ns(ns: &str) -> Option<&str> {
+    lab_of_ns(ns).filter(|l| crate::names::is_valid(crate::names::Kind::Lab, l))
 }
 
 /// `cnilab.<lab>.`: every namespace of the lab starts with it.
@@ -102,6 +153,12 @@ impl LabPaths {
     /// The paths of lab `lab` under the configured run folder.
     pub fn of(lab: &str) -> Self {
         Self::new(&run_base(), lab)
+    }
+
+    /// The file that marks a folder as a lab's own: `down` removes a lab
+    /// folder only when it holds this marker naming that lab.
+    pub fn marker(&self) -> PathBuf {
+        self.root.join(".cnilab-lab")
     }
 
     /// The lab's state: plan, pods, agents, faults.
@@ -175,5 +232,19 @@ mod tests {
         assert_eq!(lab_of_ns("other"), None);
         assert!(pod_ns("a", "b", "c").starts_with(&lab_ns_prefix("a")));
         assert!(!node_ns("ab", "x").starts_with(&lab_ns_prefix("a")));
+        assert_eq!(valid_lab_of_ns("cnilab.Bad.x"), None);
+    }
+
+    #[test]
+    fn inside_judges_names_not_the_disk() {
+        let base = Path::new("/run/cnilab");
+        assert!(inside(base, Path::new("/run/cnilab/demo")));
+        assert!(!inside(base, Path::new("/run/cnilab")));
+        assert!(!inside(base, Path::new("/run/cnilab/../../etc")));
+        assert!(!inside(base, Path::new("/etc")));
+        // What `Path::join` makes of an absolute name: the name itself.
+        #[allow(clippy::join_absolute_paths)]
+        let joined = base.join("/etc");
+        assert!(!inside(base, &joined));
     }
 }

@@ -32,6 +32,10 @@ pub struct Scenario {
     pub description: String,
     /// The topology file, resolved against the scenario's folder.
     pub topology: PathBuf,
+    /// The folder of its golden snapshots: the `snapshots` key resolved
+    /// against the scenario's own folder (default `snapshots/` beside it),
+    /// never against the working directory.
+    pub snapshots: PathBuf,
     /// The steps.
     pub steps: Vec<Step>,
 }
@@ -447,7 +451,7 @@ pub fn load(path: &Path) -> Result<Scenario, Error> {
 fn parse(src: &Source, path: &Path) -> R<Scenario> {
     let (doc, span) = parse_document(src, &src.text)?;
     let root = Table::root(src, &doc, span);
-    root.allow(&["name", "topology", "description", "step"])?;
+    root.allow(&["name", "topology", "description", "snapshots", "step"])?;
     let name: Sp<String> = root.required_string("name", "name = \"upstream-vxlan-mtu\"")?;
     if name.v.is_empty()
         || !name
@@ -462,7 +466,18 @@ fn parse(src: &Source, path: &Path) -> R<Scenario> {
         ));
     }
     let topo = root.required_string("topology", "topology = \"../topologies/flannel-vxlan.toml\"")?;
-    let base = path.parent().unwrap_or(Path::new("."));
+    // Absolute, so that the same scenario finds the same files from any
+    // working directory.
+    let base = std::path::absolute(
+        path.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new(".")),
+    )
+    .unwrap_or_else(|_| path.parent().unwrap_or(Path::new(".")).to_path_buf());
+    let snapshots = base.join(
+        root.string("snapshots", "snapshots = \"../snapshots\"")?
+            .map_or_else(|| "snapshots".to_string(), |s| s.v),
+    );
     let topology = base.join(&topo.v);
     if !topology.is_file() {
         return Err(root.err(
@@ -493,6 +508,7 @@ fn parse(src: &Source, path: &Path) -> R<Scenario> {
         name: name.v,
         description,
         topology,
+        snapshots,
         steps,
     })
 }
@@ -543,8 +559,7 @@ pub struct RunOptions {
 
 /// The file a snapshot step compares with.
 pub fn snapshot_file(sc: &Scenario, name: &str) -> PathBuf {
-    let dir = sc.path.parent().and_then(Path::parent).unwrap_or(Path::new("."));
-    dir.join("snapshots").join(format!("{}@{name}.snap", sc.name))
+    sc.snapshots.join(format!("{}@{name}.snap", sc.name))
 }
 
 /// The content of an insta `.snap` file, without its header.
@@ -856,7 +871,13 @@ pub fn lab_name(name: &str, pid: u32) -> String {
 /// Runs one scenario: builds its lab, runs the steps until one fails, and
 /// (unless `keep`) removes the lab. The lab's name is returned for cleanup
 /// on interruption.
-pub async fn run(sc: &Scenario, opts: &RunOptions, lab: &str, out: &mut dyn FnMut(&str)) -> ScenarioReport {
+pub async fn run(
+    sc: &Scenario,
+    opts: &RunOptions,
+    lab: &str,
+    lock: &crate::lock::LabLock,
+    out: &mut dyn FnMut(&str),
+) -> ScenarioReport {
     let started = Instant::now();
     let progress = Progress::quiet();
     let mut steps = Vec::new();
@@ -875,7 +896,7 @@ pub async fn run(sc: &Scenario, opts: &RunOptions, lab: &str, out: &mut dyn FnMu
         name: Some(lab.to_string()),
         topology_file: sc.topology.display().to_string(),
     };
-    let mut state = match crate::build::claim(&topology, &up) {
+    let mut state = match crate::build::claim(&topology, &up, lock) {
         Ok(s) => s,
         Err(e) => {
             return ScenarioReport {
@@ -929,9 +950,35 @@ pub async fn run(sc: &Scenario, opts: &RunOptions, lab: &str, out: &mut dyn FnMu
     }
 }
 
-/// The lab name a scenario runs under in this process.
-pub fn lab_for(sc: &Scenario) -> String {
-    lab_name(&sc.name, std::process::id())
+/// The lab names scenarios run under: `prefix` for a single scenario,
+/// `prefix-1`, `prefix-2`... for several (`run --name` or `--lab`), else a
+/// name of the scenario and this process, so parallel runs do not collide.
+pub fn lab_names(scenarios: &[Scenario], prefix: Option<&str>) -> Result<Vec<String>, Error> {
+    use crate::names::{Kind, check};
+    let Some(p) = prefix else {
+        return Ok(scenarios
+            .iter()
+            .map(|sc| lab_name(&sc.name, std::process::id()))
+            .collect());
+    };
+    check(Kind::Lab, p, "from --name or --lab")?;
+    if scenarios.len() == 1 {
+        return Ok(vec![p.to_string()]);
+    }
+    let names: Vec<String> = (1..=scenarios.len()).map(|i| format!("{p}-{i}")).collect();
+    for n in &names {
+        check(Kind::Lab, n, "a scenario's lab, the prefix and its number").map_err(|_| {
+            Error::usage(
+                format!(
+                    "the lab names {p}-1 .. {p}-{} are longer than {} characters",
+                    scenarios.len(),
+                    crate::names::LAB_MAX
+                ),
+                "give --name a shorter prefix",
+            )
+        })?;
+    }
+    Ok(names)
 }
 
 /// Scenario reports as JUnit XML.

@@ -77,8 +77,11 @@ impl LabState {
         LabPaths::of(&self.plan.lab)
     }
 
-    /// Loads a lab's state, `None` when it has none.
+    /// Loads a lab's state, `None` when it has none. What is read back is
+    /// checked like input: it must be this lab's, and every namespace it
+    /// names must be one of this lab's.
     pub fn load(lab: &str) -> Result<Option<LabState>> {
+        crate::names::check(crate::names::Kind::Lab, lab, "lab")?;
         let path = LabPaths::of(lab).state_file();
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
@@ -87,7 +90,49 @@ impl LabState {
         };
         let state: LabState =
             serde_json::from_str(&text).with_context(|| format!("{} is not a cnilab state file", path.display()))?;
+        state.check_owned_by(lab).with_context(|| {
+            format!(
+                "{} does not describe lab {lab}; remove the lab with `cnilab down {lab}`",
+                path.display()
+            )
+        })?;
         Ok(Some(state))
+    }
+
+    /// Every name in the state belongs to lab `lab`: a state file edited or
+    /// copied from another lab cannot point commands at other namespaces.
+    fn check_owned_by(&self, lab: &str) -> Result<()> {
+        use crate::names::{Kind, is_valid};
+        let plan = &self.plan;
+        anyhow::ensure!(plan.lab == lab, "it names lab {:?}", crate::names::excerpt(&plan.lab));
+        let prefix = paths::lab_ns_prefix(lab);
+        let owned = |ns: &str| ns.starts_with(&prefix) && !ns.contains('/') && ns.len() < 256;
+        anyhow::ensure!(owned(&plan.fabric_ns), "its fabric namespace is not the lab's");
+        for n in &plan.nodes {
+            anyhow::ensure!(
+                is_valid(Kind::Node, &n.name) && owned(&n.ns),
+                "node {:?} is not the lab's",
+                n.name
+            );
+            for p in &n.pods {
+                anyhow::ensure!(
+                    is_valid(Kind::Pod, &p.name) && owned(&p.ns),
+                    "pod {:?} is not the lab's",
+                    p.name
+                );
+            }
+        }
+        for r in &plan.routers {
+            anyhow::ensure!(
+                is_valid(Kind::Router, &r.name) && owned(&r.ns),
+                "router {:?} is not the lab's",
+                r.name
+            );
+        }
+        for s in &plan.switches {
+            anyhow::ensure!(is_valid(Kind::Switch, &s.name), "switch {:?} is not valid", s.name);
+        }
+        Ok(())
     }
 
     /// Saves the state atomically.
@@ -95,8 +140,15 @@ impl LabState {
         let path = self.paths().state_file();
         let tmp = path.with_extension("json.tmp");
         std::fs::create_dir_all(path.parent().expect("state file has a folder"))?;
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        // Write, fsync, rename: a reader sees the old state or the new one,
+        // never half of one, also across a crash.
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&serde_json::to_vec_pretty(self)?)?;
+            f.sync_all()
+        };
+        write().with_context(|| format!("cannot write {}", tmp.display()))?;
         std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
         Ok(())
     }
@@ -108,15 +160,18 @@ pub fn labs() -> Vec<String> {
     let mut found = std::collections::BTreeSet::new();
     if let Ok(dir) = std::fs::read_dir(paths::run_base()) {
         for e in dir.flatten() {
+            // Only folders with a lab's name: anything else there is not ours.
             if e.path().is_dir() {
                 if let Ok(name) = e.file_name().into_string() {
-                    found.insert(name);
+                    if crate::names::is_valid(crate::names::Kind::Lab, &name) {
+                        found.insert(name);
+                    }
                 }
             }
         }
     }
     for ns in netns::list() {
-        if let Some(lab) = paths::lab_of_ns(&ns) {
+        if let Some(lab) = paths::valid_lab_of_ns(&ns) {
             found.insert(lab.to_string());
         }
     }
@@ -127,6 +182,7 @@ pub fn labs() -> Vec<String> {
 /// `CNILAB_LAB`), else the only one running.
 pub fn choose_lab(named: Option<&str>) -> Result<String, Error> {
     if let Some(n) = named {
+        crate::names::check(crate::names::Kind::Lab, n, "from an argument, --lab or CNILAB_LAB")?;
         return Ok(n.to_string());
     }
     let all = labs();
@@ -142,6 +198,7 @@ pub fn choose_lab(named: Option<&str>) -> Result<String, Error> {
 
 /// The state of a lab that must exist.
 pub fn require(lab: &str) -> Result<LabState, Error> {
+    crate::names::check(crate::names::Kind::Lab, lab, "lab")?;
     match LabState::load(lab)? {
         Some(s) => Ok(s),
         None => {
@@ -152,6 +209,43 @@ pub fn require(lab: &str) -> Result<LabState, Error> {
                 format!("running labs: {}", others.join(", "))
             };
             Err(Error::env(format!("lab \"{lab}\" is not running"), fix))
+        }
+    }
+}
+
+/// The state of a lab whose `up` has finished: observing or changing a lab
+/// that is still being built (or whose `up` crashed) would report half of it.
+pub fn require_up(lab: &str) -> Result<LabState, Error> {
+    let st = require(lab)?;
+    if st.phase != Phase::Up {
+        let who = crate::lock::holder(lab).map_or_else(
+            || "its `cnilab up` did not finish".to_string(),
+            |pid| format!("`cnilab up` (pid {pid}) is still building it"),
+        );
+        return Err(Error::env(
+            format!("lab {lab} is not up: {who}"),
+            format!("wait for `cnilab up` to finish, or remove the lab with `cnilab down {lab}`"),
+        ));
+    }
+    Ok(st)
+}
+
+/// For commands that change a running lab (fault, pod): waits for the lab's
+/// lock, then reads its state under it, so that what another writer just
+/// recorded is in the state this command changes. A lab that turned out not
+/// to exist leaves no lock file behind.
+pub fn lock_and_require_up(
+    lab: &str,
+    patience: std::time::Duration,
+) -> Result<(crate::lock::LabLock, LabState), Error> {
+    let lock = crate::lock::acquire(lab, patience)?;
+    match require_up(lab) {
+        Ok(st) => Ok((lock, st)),
+        Err(e) => {
+            if !LabPaths::of(lab).root.exists() {
+                lock.remove();
+            }
+            Err(e)
         }
     }
 }

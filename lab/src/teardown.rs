@@ -105,8 +105,11 @@ pub fn down(lab: &str) -> Result<DownReport> {
     down_with(lab, &crate::progress::Progress::quiet())
 }
 
-/// [`down`], reporting its phases.
+/// [`down`], reporting its phases. The name is checked before anything is
+/// looked at: namespaces are matched by the exact prefix `cnilab.<lab>.`, and
+/// only the lab's own folder under the run folder is removed.
 pub fn down_with(lab: &str, progress: &crate::progress::Progress) -> Result<DownReport> {
+    crate::names::check(crate::names::Kind::Lab, lab, "lab to remove")?;
     let prefix = paths::lab_ns_prefix(lab);
     let names: Vec<String> = netns::list().into_iter().filter(|n| n.starts_with(&prefix)).collect();
     let pids = processes_in(&ns_inodes(&names));
@@ -118,15 +121,44 @@ pub fn down_with(lab: &str, progress: &crate::progress::Progress) -> Result<Down
         progress.step();
     }
     progress.finish();
-    let root = LabPaths::of(lab).root;
-    let state = root.exists();
-    if state {
-        std::fs::remove_dir_all(&root).with_context(|| format!("cannot remove {}", root.display()))?;
-    }
+    let state = remove_state_folder(lab)?;
     Ok(DownReport {
         lab: lab.to_string(),
         namespaces: names.len(),
         processes: pids.len(),
         state,
     })
+}
+
+/// Removes `<run dir>/<lab>` when it is the lab's own: a real folder (not a
+/// link) inside the run folder that holds the marker naming this lab, or an
+/// empty one left by a crash. Anything else is left alone and reported.
+fn remove_state_folder(lab: &str) -> Result<bool> {
+    let base = paths::run_base();
+    let lp = LabPaths::new(&base, lab);
+    let root = &lp.root;
+    anyhow::ensure!(
+        paths::inside(&base, root),
+        "{} is outside {}",
+        root.display(),
+        base.display()
+    );
+    let meta = match std::fs::symlink_metadata(root) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e).with_context(|| format!("cannot look at {}", root.display())),
+    };
+    let marked = std::fs::read_to_string(lp.marker()).is_ok_and(|m| m.trim() == lab);
+    if meta.is_dir() && marked {
+        std::fs::remove_dir_all(root).with_context(|| format!("cannot remove {}", root.display()))?;
+        return Ok(true);
+    }
+    if meta.is_dir() && std::fs::remove_dir(root).is_ok() {
+        return Ok(true);
+    }
+    Err(anyhow::anyhow!(
+        "{} is not a cnilab lab folder (no {} naming lab {lab}), so it was left alone; remove it yourself if it is yours",
+        root.display(),
+        lp.marker().file_name().unwrap_or_default().to_string_lossy()
+    ))
 }

@@ -224,6 +224,8 @@ pub fn assert_gone(name: &str) {
     let procs = processes_mentioning(&format!("{}/", dir.display()));
     assert!(procs.is_empty(), "processes left: {procs:?}");
     assert!(!dir.exists(), "{} is left", dir.display());
+    let lock = run_dir().join(".locks").join(name);
+    assert!(!lock.exists(), "{} is left", lock.display());
 }
 
 /// Calls `f` until it returns Ok or `deadline` passes, with a short backoff;
