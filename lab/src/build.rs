@@ -118,6 +118,23 @@ pub fn claim_lock(topology: &Topology, opts: &UpOptions) -> Result<crate::lock::
     crate::lock::try_acquire(lab)?.ok_or_else(|| crate::lock::busy(lab))
 }
 
+/// [`claim_lock`] then [`claim`]. A claim refused before the lab's folder
+/// exists (the machine lacks a program, the name is taken by namespaces
+/// only) leaves no lock file behind.
+pub fn claim_locked(topology: &Topology, opts: &UpOptions) -> Result<(crate::lock::LabLock, LabState), Error> {
+    let lock = claim_lock(topology, opts)?;
+    match claim(topology, opts, &lock) {
+        Ok(state) => Ok((lock, state)),
+        Err(e) => {
+            let lab = opts.name.as_deref().unwrap_or(&topology.name);
+            if !LabPaths::of(lab).root.exists() {
+                lock.remove();
+            }
+            Err(e)
+        }
+    }
+}
+
 /// Builds a claimed lab and marks it up.
 pub async fn build(state: &mut LabState, progress: &Progress) -> Result<()> {
     let paths = state.paths();
@@ -132,8 +149,7 @@ pub async fn build(state: &mut LabState, progress: &Progress) -> Result<()> {
 /// still finish after that; callers that own the runtime should run
 /// [`crate::teardown::down`] again once it has shut down, as `cnilab up` does.
 pub async fn up(topology: &Topology, opts: &UpOptions, progress: &Progress) -> Result<LabState, Error> {
-    let lock = claim_lock(topology, opts)?;
-    let mut state = claim(topology, opts, &lock)?;
+    let (_lock, mut state) = claim_locked(topology, opts)?;
     let mut guard = TeardownGuard {
         lab: state.plan.lab.clone(),
         armed: true,

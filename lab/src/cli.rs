@@ -635,8 +635,7 @@ fn run(cli: Cli) -> Result<i32> {
             let started = Instant::now();
             // Held until this command ends: `down` of this lab waits for it,
             // after asking it to stop.
-            let lock = build::claim_lock(&t, &opts)?;
-            let mut state = build::claim(&t, &opts, &lock)?;
+            let (lock, mut state) = build::claim_locked(&t, &opts)?;
             let lab = state.plan.lab.clone();
             let rt = runtime();
             let outcome = rt.block_on(async {
