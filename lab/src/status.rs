@@ -312,30 +312,6 @@ pub fn render(s: &Status, plan: &Plan) -> String {
     out
 }
 
-/// Things in a lab that will not work as the user probably expects.
-pub fn warnings(plan: &Plan) -> Vec<String> {
-    let mut w = Vec::new();
-    if let ProfilePlan::Calico(_) = &plan.profile {
-        let lonely: Vec<&str> = plan
-            .nodes
-            .iter()
-            .filter(|n| n.gateway.is_none())
-            .map(|n| n.name.as_str())
-            .collect();
-        if !lonely.is_empty() {
-            w.push(format!(
-                "warning: {} {} no default route, so {} pods cannot reach their gateway 169.254.1.1: Calico relies on \
-                 proxy ARP, which the kernel answers only for addresses it has a route to; add a [[router]] on the \
-                 switch to give nodes a default route",
-                lonely.join(", "),
-                if lonely.len() == 1 { "has" } else { "have" },
-                if lonely.len() == 1 { "its" } else { "their" }
-            ));
-        }
-    }
-    w
-}
-
 /// The summary `up` prints.
 pub fn up_summary(s: &Status, plan: &Plan, total: Duration, phases: &[(String, Duration)]) -> String {
     let mut out = format!(
@@ -364,10 +340,5 @@ pub fn up_summary(s: &Status, plan: &Plan, total: Duration, phases: &[(String, D
         "              cnilab status; cnilab snapshot; cnilab down {}\n",
         s.lab
     ));
-    for w in warnings(plan) {
-        out.push('\n');
-        out.push_str(&w);
-        out.push('\n');
-    }
     out
 }
