@@ -59,7 +59,7 @@ pub struct NodeStatus {
     pub ip: String,
     /// eth0 MTU.
     pub mtu: u32,
-    /// The node's pod subnet (flannel lease).
+    /// The node's pod subnet (flannel lease) or Calico blocks, comma-separated.
     pub pod_subnet: Option<String>,
     /// The overlay device and its MTU.
     pub overlay: Option<(String, u32)>,
@@ -145,7 +145,13 @@ pub fn status(state: &LabState) -> Status {
             switch: n.switch.clone(),
             ip: format!("{}/{}", n.ip, n.prefix_len),
             mtu: n.mtu,
-            pod_subnet: plan.profile.pod_subnet(&n.name).map(|s| s.to_string()),
+            pod_subnet: match &plan.profile {
+                // A Calico node holds every block it claimed.
+                ProfilePlan::Calico(c) => c
+                    .node(&n.name)
+                    .map(|cn| cn.blocks().map(|b| b.to_string()).collect::<Vec<_>>().join(", ")),
+                _ => plan.profile.pod_subnet(&n.name).map(|s| s.to_string()),
+            },
             overlay: plan.profile.overlay(&n.name),
             agent: state.agents.get(&n.name).map(|pid| AgentStatus {
                 name: agent_name.into(),
