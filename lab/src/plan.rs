@@ -384,4 +384,20 @@ mod tests {
         );
         assert_eq!(plan.routers[0].ports[0].fabric_port, "r.0");
     }
+
+    #[test]
+    fn switches_without_a_router_get_an_uplink_holding_the_gateway() {
+        let text = "name = \"d\"\n[[switch]]\nname = \"s\"\nsubnet = \"10.0.0.0/24\"\n[[switch]]\nname = \"t\"\nsubnet = \"10.0.1.0/24\"\n[[router]]\nname = \"r\"\nswitches = [\"t\"]\n[[node]]\nname = \"a\"\nswitch = \"s\"\n[[node]]\nname = \"b\"\nswitch = \"t\"\n";
+        let plan = Plan::new(&topo(text), "lab1", &LabPaths::new(Path::new("/run/x"), "lab1"));
+        let u = plan.switches[0].uplink.as_ref().expect("s has no router");
+        assert_eq!((u.ip.to_string(), u.prefix_len), ("10.0.0.1".into(), 24));
+        assert_eq!(
+            (u.ns.as_str(), u.fabric_port.as_str()),
+            ("cnilab.lab1._uplink-s", "s.gw")
+        );
+        assert!(plan.switches[1].uplink.is_none(), "the router holds .1 of t");
+        let gws: Vec<String> = plan.nodes.iter().map(|n| n.gateway.unwrap().to_string()).collect();
+        assert_eq!(gws, ["10.0.0.1", "10.0.1.1"]);
+        assert!(plan.namespaces().contains(&"cnilab.lab1._uplink-s".to_string()));
+    }
 }

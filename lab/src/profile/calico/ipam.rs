@@ -143,3 +143,79 @@ pub fn capacity(c: &CalicoPlan, node_index: usize, max_pods: Option<u32>) -> u64
     let all = n.blocks().count() as u64 * u64::from(block_capacity(c.block_size));
     max_pods.map_or(all, |m| all.min(u64::from(m)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_block_holds_all_but_its_first_and_last_address() {
+        assert_eq!(block_capacity(26), 62);
+        assert_eq!(block_capacity(28), 14);
+        assert_eq!(block_capacity(31), 0);
+    }
+
+    #[test]
+    fn nodes_get_as_many_blocks_as_their_pods_need_within_the_limits() {
+        assert_eq!(blocks_wanted(0, None, 26), 1);
+        assert_eq!(blocks_wanted(62, None, 26), 1);
+        assert_eq!(blocks_wanted(63, None, 26), 2);
+        assert_eq!(blocks_wanted(100, None, 26), 2);
+        assert_eq!(blocks_wanted(20, None, 28), 2);
+        assert_eq!(blocks_wanted(20, Some(4), 28), 1, "max_pods bounds the range");
+        assert_eq!(blocks_wanted(10_000, None, 28), MAX_BLOCKS_PER_HOST);
+    }
+
+    #[test]
+    fn further_blocks_follow_the_first_from_the_nodes_own_start() {
+        let pool = net("10.244.0.0/22");
+        let one = plan_blocks(pool, 28, &[1, 1, 1], 7);
+        let more = plan_blocks(pool, 28, &[3, 1, 2], 7);
+        // First blocks do not move when a node needs more.
+        let firsts: Vec<Ipv4Net> = more.iter().map(|b| b[0]).collect();
+        assert_eq!(firsts, one.iter().map(|b| b[0]).collect::<Vec<_>>());
+        assert_eq!(more.iter().map(Vec::len).collect::<Vec<_>>(), [3, 1, 2]);
+        let all: BTreeSet<Ipv4Net> = more.iter().flatten().copied().collect();
+        assert_eq!(all.len(), 6, "no block is given twice");
+        assert!(all.iter().all(|b| pool.contains(b) && b.prefix_len() == 28));
+        assert_eq!(
+            plan_blocks(pool, 28, &[3, 1, 2], 7),
+            more,
+            "deterministic from the seed"
+        );
+        // The walk goes on from the node's start: the next free block upward.
+        let starts = walk_starts(pool, 28, 3, 7);
+        let taken: BTreeSet<Ipv4Net> = more[1..].iter().flatten().copied().collect();
+        let mut walk = taken.clone();
+        walk.insert(more[0][0]);
+        assert_eq!(next_free(pool, 28, starts[0], &walk), Some(more[0][1]));
+    }
+
+    #[test]
+    fn an_exhausted_pool_gives_fewer_blocks_instead_of_failing() {
+        let b = plan_blocks(net("10.0.0.0/26"), 28, &[3, 3], 1);
+        assert_eq!(b.iter().map(Vec::len).sum::<usize>(), 4);
+        assert!(b.iter().all(|x| !x.is_empty()));
+    }
+
+    #[test]
+    fn the_range_set_has_one_range_per_block_trimmed_to_max_pods() {
+        let blocks = [net("10.0.0.0/28"), net("10.0.0.32/28")];
+        let r = ranges(&blocks, None);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[1]["subnet"], "10.0.0.32/28");
+        assert_eq!(r[1]["rangeStart"], "10.0.0.33");
+        assert_eq!(r[1]["gateway"], "10.0.0.32");
+        assert!(r[0].get("rangeEnd").is_none());
+        let r = ranges(&blocks, Some(20));
+        assert!(r[0].get("rangeEnd").is_none());
+        assert_eq!(r[1]["rangeEnd"], "10.0.0.38", "14 + 6 addresses");
+        let r = ranges(&blocks[..1], Some(4));
+        assert_eq!(r[0]["rangeEnd"], "10.0.0.4");
+        assert_eq!(ranges(&blocks, Some(14)).len(), 1);
+    }
+}
