@@ -30,7 +30,11 @@ pods = 2
 fn probe_pingall(lab: &Lab) -> String {
     retry("cnilab probe pingall", Duration::from_secs(30), || {
         let out = lab.run(&["probe", "pingall"]);
-        if out.status.success() { Ok(show(&out)) } else { Err(show(&out)) }
+        if out.status.success() {
+            Ok(show(&out))
+        } else {
+            Err(show(&out))
+        }
     })
 }
 
@@ -85,9 +89,26 @@ fn the_uplink_answers_for_the_gateway_and_forwards_nothing() {
     assert_eq!(String::from_utf8_lossy(&forward.stdout).trim(), "0");
     let pods = lab.pods();
     let out = lab.exec(&pods[0].0, &["ping", "-c1", "-W1", "198.51.100.7"]);
-    assert!(!out.status.success(), "a packet for outside the lab got a reply:\n{}", show(&out));
+    assert!(
+        !out.status.success(),
+        "a packet for outside the lab got a reply:\n{}",
+        show(&out)
+    );
     let out = lab.exec("n1", &["ping", "-c1", "-W1", "10.99.0.1"]);
-    assert!(!out.status.success(), "a packet for outside the lab got a reply:\n{}", show(&out));
+    assert!(
+        !out.status.success(),
+        "a packet for outside the lab got a reply:\n{}",
+        show(&out)
+    );
+    // trace agrees: .1 is delivered at the uplink, the rest dropped there.
+    let trace = |dst: &str| show(&lab.run(&["trace", "n1", dst]));
+    let to_gw = trace("172.20.0.1");
+    assert!(to_gw.contains("delivered to uplink of switch tor1"), "{to_gw}");
+    let out_of_lab = trace("198.51.100.7");
+    assert!(
+        out_of_lab.contains("dropped at uplink of switch tor1") && out_of_lab.contains("ip_forward = 0"),
+        "{out_of_lab}"
+    );
     // With a router on the switch there is no uplink: the router holds .1.
     let routed = Lab::up(&topology("calico-bgp.toml"));
     let uplinks = namespaces_with(&format!("cnilab.{}._uplink", routed.name));
