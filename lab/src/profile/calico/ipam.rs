@@ -118,20 +118,21 @@ pub fn ranges(blocks: &[Ipv4Net], max_pods: Option<u32>) -> Vec<serde_json::Valu
     out
 }
 
-/// Why a node cannot claim another block, in Calico's words, or the block
-/// it claims: the first free one from its own starting block.
+/// The block a node claims next: the first free one from its own starting
+/// block; or why it cannot, in Calico's words, with the fix.
 pub fn claim_next(c: &CalicoPlan, node_index: usize, seed: u64) -> Result<Ipv4Net, String> {
     let n = &c.nodes[node_index];
     if n.blocks().count() >= MAX_BLOCKS_PER_HOST {
         return Err(format!(
-            "Need to allocate an IPAM block but could not - limit of {MAX_BLOCKS_PER_HOST} blocks reached for this node"
+            "Need to allocate an IPAM block but could not - limit of {MAX_BLOCKS_PER_HOST} blocks reached for this node \
+             (Calico's default maxBlocksPerHost); use a shorter block_size for larger blocks, or add the pod to another node"
         ));
     }
     let taken: BTreeSet<Ipv4Net> = c.nodes.iter().flat_map(|n| n.blocks()).collect();
     let starts = walk_starts(c.pool, c.block_size, c.nodes.len(), seed);
     next_free(c.pool, c.block_size, starts[node_index], &taken).ok_or_else(|| {
         format!(
-            "No more free affine blocks: every block of the pool {} is claimed",
+            "No more free affine blocks: every block of the pool {} is claimed; use a larger pod_cidr",
             c.pool
         )
     })

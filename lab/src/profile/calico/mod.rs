@@ -502,4 +502,22 @@ mod tests {
         assert_eq!(t.address, n.block.network());
         assert_eq!((t.mtu, n.pod_mtu), (1450, 1450));
     }
+
+    #[test]
+    fn claims_stop_at_the_per_host_limit_and_at_an_exhausted_pool() {
+        let text = "name = \"c\"\n[network]\ncni = \"calico\"\npod_cidr = \"10.0.0.0/16\"\n[network.calico]\nblock_size = 28\n[[node]]\nname = \"n{i}\"\ncount = 2\npods = 20\n";
+        let (_, mut c) = plan_of(text);
+        assert_eq!(c.nodes[0].blocks().count(), 2, "20 pods in blocks of 14");
+        while c.nodes[0].blocks().count() < ipam::MAX_BLOCKS_PER_HOST {
+            let b = ipam::claim_next(&c, 0, 0).unwrap();
+            assert!(c.nodes.iter().all(|n| n.blocks().all(|x| x != b)), "{b} given twice");
+            c.nodes[0].more_blocks.push(b);
+        }
+        let err = ipam::claim_next(&c, 0, 0).unwrap_err();
+        assert!(err.contains("limit of 20 blocks reached for this node"), "{err}");
+        // A /26 pool holds four /28 blocks: two nodes of 20 pods take them all.
+        let (_, c) = plan_of(&text.replace("10.0.0.0/16", "10.0.0.0/26"));
+        let err = ipam::claim_next(&c, 1, 0).unwrap_err();
+        assert!(err.contains("use a larger pod_cidr"), "{err}");
+    }
 }
