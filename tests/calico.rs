@@ -320,3 +320,162 @@ fn ipip_mode_exits_3_naming_what_is_missing() {
     assert!(show(&out).contains("ipip"), "{}", show(&out));
     assert_gone(&lab.name);
 }
+
+/// (node, blocks) from the lab's plan: the first block and those claimed after.
+fn node_blocks(lab: &Lab) -> Vec<(String, Vec<String>)> {
+    let st = lab.state();
+    st["plan"]["profile"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            let mut b = vec![n["block"].as_str().unwrap().to_string()];
+            b.extend(
+                n["more_blocks"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|x| x.as_str().unwrap().to_string()),
+            );
+            (n["node"].as_str().unwrap().to_string(), b)
+        })
+        .collect()
+}
+
+/// Every node routes every other node's blocks via that node, and
+/// blackholes its own.
+fn assert_block_routes(lab: &Lab, mode_gateway: impl Fn(&str) -> String) {
+    let all = node_blocks(lab);
+    for (node, _) in &all {
+        let r = routes(lab, node);
+        for (other, blocks) in &all {
+            for b in blocks {
+                let x = r
+                    .iter()
+                    .find(|x| x["dst"] == b.as_str())
+                    .unwrap_or_else(|| panic!("{node}: no route to {other}'s block {b}: {r:?}"));
+                if other == node {
+                    assert_eq!(x["type"], "blackhole", "{node}: {x}");
+                } else {
+                    assert_eq!(
+                        x["gateway"],
+                        mode_gateway(other).as_str(),
+                        "{node} -> {other}'s {b}: {x}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+const BLOCKS: &str = r#"name = "blocks"
+[network]
+cni = "calico"
+pod_cidr = "10.244.0.0/22"
+[network.calico]
+mode = "MODE"
+block_size = 28
+[[node]]
+name = "big"
+pods = 20
+[[node]]
+name = "small{i}"
+count = 2
+pods = 2
+"#;
+
+fn node_ip(lab: &Lab, node: &str) -> String {
+    blocks(lab).into_iter().find(|(n, ..)| n == node).unwrap().1
+}
+
+#[test]
+fn a_node_with_more_pods_than_a_block_holds_takes_another_block() {
+    let topo = TempFile::toml(&BLOCKS.replace("MODE", "bgp"));
+    let lab = Lab::up(&topo.path);
+    let all = node_blocks(&lab);
+    let big = &all.iter().find(|(n, _)| n == "big").unwrap().1;
+    assert_eq!(big.len(), 2, "20 pods need two /28 blocks of 14 addresses: {all:?}");
+    assert!(
+        all.iter().filter(|(n, _)| n != "big").all(|(_, b)| b.len() == 1),
+        "{all:?}"
+    );
+    let pods: Vec<(String, String)> = lab.pods().into_iter().filter(|(p, _)| p.starts_with("big/")).collect();
+    assert_eq!(pods.len(), 20);
+    let nets: Vec<ipnet::Ipv4Net> = big.iter().map(|b| b.parse().unwrap()).collect();
+    for (pod, ip) in &pods {
+        let ip: std::net::Ipv4Addr = ip.parse().unwrap();
+        assert!(nets.iter().any(|n| n.contains(&ip)), "{pod} {ip} outside {big:?}");
+    }
+    let in_second = pods
+        .iter()
+        .filter(|(_, ip)| nets[1].contains(&ip.parse::<std::net::Ipv4Addr>().unwrap()))
+        .count();
+    assert_eq!(in_second, 6, "14 in the first block, 6 in the second");
+    // Both blocks are exported: every other node routes them via big.
+    assert_block_routes(&lab, |n| node_ip(&lab, n));
+    let status = show(&lab.run(&["status"]));
+    assert!(status.contains(&format!("{}, {}", big[0], big[1])), "{status}");
+    pingall(&lab);
+}
+
+#[test]
+fn pod_add_past_the_planned_blocks_claims_one_that_peers_learn() {
+    for mode in ["bgp", "vxlan"] {
+        let topo = TempFile::toml(&BLOCKS.replace("MODE", mode));
+        let lab = Lab::up(&topo.path);
+        // small1 holds 2 pods in a block of 14: the 15th needs a new block.
+        for i in 3..=15 {
+            let out = lab.run(&["pod", "add", &format!("small1/p{i}")]);
+            assert!(out.status.success(), "{mode}: pod add small1/p{i}:\n{}", show(&out));
+        }
+        let all = node_blocks(&lab);
+        let small1 = &all.iter().find(|(n, _)| n == "small1").unwrap().1;
+        assert_eq!(small1.len(), 2, "{mode}: {all:?}");
+        let (_, ip) = lab.pods().into_iter().find(|(p, _)| p == "small1/p15").unwrap();
+        let second: ipnet::Ipv4Net = small1[1].parse().unwrap();
+        assert!(
+            second.contains(&ip.parse::<std::net::Ipv4Addr>().unwrap()),
+            "{mode}: {ip} not in {second}"
+        );
+        let tunnel = |n: &str| -> String {
+            let st = lab.state();
+            let node = st["plan"]["profile"]["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["node"] == n)
+                .cloned()
+                .unwrap();
+            node["vxlan"]["address"].as_str().unwrap().to_string()
+        };
+        if mode == "bgp" {
+            assert_block_routes(&lab, |n| node_ip(&lab, n));
+        } else {
+            assert_block_routes(&lab, tunnel);
+        }
+        retry(
+            &format!("{mode}: big/pod-1 -> small1/p15"),
+            Duration::from_secs(10),
+            || {
+                let out = lab.exec("big/pod-1", &["ping", "-c1", "-W1", &ip]);
+                if out.status.success() { Ok(()) } else { Err(show(&out)) }
+            },
+        );
+    }
+}
+
+#[test]
+fn max_pods_still_bounds_a_node_with_room_for_more_blocks() {
+    // max_pods limits the node's range (a cloud's pod limit): no further
+    // block is claimed past it, and host-local says the node is full.
+    let text = BLOCKS
+        .replace("MODE", "bgp")
+        .replace("pods = 20\n", "pods = 3\nmax_pods = 3\n");
+    let topo = TempFile::toml(&text);
+    let lab = Lab::up(&topo.path);
+    let out = lab.run(&["pod", "add", "big/extra"]);
+    assert!(!out.status.success(), "a pod past max_pods was added:\n{}", show(&out));
+    assert!(show(&out).contains("no IP addresses available"), "{}", show(&out));
+    let all = node_blocks(&lab);
+    assert_eq!(all.iter().find(|(n, _)| n == "big").unwrap().1.len(), 1, "{all:?}");
+}

@@ -261,7 +261,8 @@ impl<'a> Built<'a> {
 async fn build_all(state: &mut LabState, paths: &LabPaths, progress: &Progress) -> Result<()> {
     let plan = state.plan.clone();
 
-    progress.phase("fabric", plan.switches.len() + plan.routers.len());
+    let uplinks = plan.switches.iter().filter(|s| s.uplink.is_some()).count();
+    progress.phase("fabric", plan.switches.len() + plan.routers.len() + uplinks);
     let (fabric, fnl) = create_ns(plan.fabric_ns.clone(), &[]).await?;
     let mut bridges = BTreeMap::new();
     for s in &plan.switches {
@@ -296,6 +297,7 @@ async fn build_all(state: &mut LabState, paths: &LabPaths, progress: &Progress) 
         routers.insert(r.name.clone(), Handle { ns, nl });
         progress.step();
     }
+    add_uplinks(&plan, &fnl, &bridges, progress).await?;
 
     progress.phase("nodes", plan.nodes.len());
     let handles: Vec<(String, Handle)> = futures::stream::iter(plan.nodes.iter().map(|n| {
@@ -350,6 +352,36 @@ async fn build_all(state: &mut LabState, paths: &LabPaths, progress: &Progress) 
     progress.phase("converge", plan.nodes.len());
     built.converge().await?;
     progress.finish();
+    Ok(())
+}
+
+/// Sysctls of an uplink: forwarding off, so it answers for its own address
+/// and passes nothing on (a new namespace starts so; written to be sure).
+const UPLINK_SYSCTLS: &[(&str, &str)] = &[("net/ipv4/ip_forward", "0")];
+
+/// Gives every switch without a router its uplink: a namespace on the
+/// switch holding the gateway address, as the edge of a real network.
+async fn add_uplinks(plan: &Plan, fnl: &Nl, bridges: &BTreeMap<String, u32>, progress: &Progress) -> Result<()> {
+    for s in &plan.switches {
+        let Some(u) = &s.uplink else { continue };
+        let (ns, nl) = create_ns(u.ns.clone(), UPLINK_SYSCTLS).await?;
+        nl.change(nl::set_up(1)).await.context("uplink lo up")?;
+        fnl.add(nl::veth_pair(
+            &u.fabric_port,
+            Some(bridges[&s.name]),
+            &u.ifname,
+            ns.raw_fd(),
+            s.mtu,
+        ))
+        .await
+        .map_err(|e| kernel_error(e, "veth", &format!("joining the uplink of switch {}", s.name)))?;
+        let idx = nl.index(&u.ifname).await?.context("uplink port missing")?;
+        nl.add(nl::address(idx, u.ip, u.prefix_len))
+            .await
+            .with_context(|| format!("the gateway address {} of switch {}", u.ip, s.name))?;
+        nl.change(nl::set_up(idx)).await.context("uplink port up")?;
+        progress.step();
+    }
     Ok(())
 }
 
@@ -415,7 +447,7 @@ fn kernel_error(e: nl::NlError, kind: &str, doing: &str) -> anyhow::Error {
 }
 
 /// A node's own network settings: lo and eth0 up, eth0's address, the
-/// default route via a router on its switch.
+/// default route via its switch's gateway (a router or the uplink).
 async fn configure_node(n: &NodePlan, nl: &Nl) -> Result<()> {
     nl.change(nl::set_up(1)).await.context("lo up")?;
     let eth0 = nl.index("eth0").await?.context("eth0 missing")?;

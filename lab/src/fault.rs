@@ -691,6 +691,15 @@ async fn arp_suppress_switch(ctx: &Ctx<'_>, switch: &str, on: bool, undo: &Value
             hosts.push((r.ns.clone(), p.ifname.clone(), p.fabric_port.as_str(), p.ip));
         }
     }
+    // The gateway stays reachable, as an EVPN fabric's anycast gateway does.
+    for u in plan
+        .switches
+        .iter()
+        .filter(|s| s.name == switch)
+        .filter_map(|s| s.uplink.as_ref())
+    {
+        hosts.push((u.ns.clone(), u.ifname.clone(), u.fabric_port.as_str(), u.ip));
+    }
     let mut entries = Vec::new();
     for (ns, ifname, port, ip) in hosts {
         let h = ctx.open(&ns)?;

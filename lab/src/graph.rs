@@ -148,7 +148,12 @@ impl Graph {
                         if let Some(t) = &cnode.vxlan {
                             lines.push(format!("vxlan.calico {}/32 MTU {}", t.address, t.mtu));
                         }
-                        lines.push(format!("block {}", cnode.block));
+                        let blocks: Vec<String> = cnode.blocks().map(|b| b.to_string()).collect();
+                        lines.push(format!(
+                            "{} {}",
+                            if blocks.len() == 1 { "block" } else { "blocks" },
+                            blocks.join(", ")
+                        ));
                         if cnode.bird.is_some() {
                             lines.push(format!(
                                 "BIRD, AS {}{}",
@@ -156,7 +161,7 @@ impl Graph {
                                 if cnode.reflector { ", route reflector" } else { "" }
                             ));
                         }
-                        pod_lines = Some((format!("from {}", cnode.block), cnode.pod_mtu));
+                        pod_lines = Some((format!("from {}", blocks.join(", ")), cnode.pod_mtu));
                     }
                 }
             }

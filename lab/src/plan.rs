@@ -43,6 +43,28 @@ pub struct SwitchPlan {
     pub subnet: Ipv4Net,
     /// MTU of the bridge and of every port and node eth0 on it.
     pub mtu: u32,
+    /// The network edge serving the gateway address, when no router does.
+    #[serde(default)]
+    pub uplink: Option<UplinkPlan>,
+}
+
+/// A switch's uplink: what a real network gives every node, a default
+/// gateway. A namespace with one port on the switch holding the gateway
+/// address (.1), which answers ARP and ping for it and, with forwarding
+/// off, passes nothing on: traffic for elsewhere ends there, as at the edge
+/// of a lab network, and never reaches the host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UplinkPlan {
+    /// Its namespace (`cnilab.<lab>._uplink-<switch>`).
+    pub ns: String,
+    /// Its interface (named after the switch).
+    pub ifname: String,
+    /// Its peer in the fabric namespace.
+    pub fabric_port: String,
+    /// The gateway address (.1 of the switch subnet).
+    pub ip: Ipv4Addr,
+    /// Prefix length of the switch subnet.
+    pub prefix_len: u8,
 }
 
 /// A node: a namespace with `eth0` on its switch.
@@ -62,13 +84,19 @@ pub struct NodePlan {
     pub prefix_len: u8,
     /// eth0's MTU (the switch's).
     pub mtu: u32,
-    /// Default route, when a router is on the switch.
+    /// Default route: .1 of its switch, a router's or the switch's uplink.
     pub gateway: Option<Ipv4Addr>,
     /// Its pods.
     pub pods: Vec<PodPlan>,
     /// Size of its IPAM range, when limited.
     #[serde(default)]
     pub max_pods: Option<u32>,
+}
+
+/// The gateway address of a switch subnet: its first host address, which a
+/// router takes, or else the switch's uplink.
+pub fn gateway_of(subnet: Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(subnet.network()) + 1)
 }
 
 /// A router: a namespace joining switches at L3, taking .1 on each.
@@ -155,10 +183,12 @@ impl Plan {
         let switches: Vec<SwitchPlan> = topology
             .switches
             .iter()
-            .map(|s| SwitchPlan {
+            .enumerate()
+            .map(|(i, s)| SwitchPlan {
                 name: s.name.clone(),
                 subnet: s.subnet,
                 mtu: s.mtu,
+                uplink: topology.router_on(&s.name).is_none().then(|| uplink(topology, lab, i)),
             })
             .collect();
         let nodes = topology
@@ -166,9 +196,7 @@ impl Plan {
             .iter()
             .map(|n| {
                 let sw = topology.switch(&n.switch).expect("validated switch");
-                let gateway = topology
-                    .router_on(&sw.name)
-                    .map(|_| Ipv4Addr::from(u32::from(sw.subnet.network()) + 1));
+                let gateway = Some(gateway_of(sw.subnet));
                 NodePlan {
                     name: n.name.clone(),
                     ns: paths::node_ns(lab, &n.name),
@@ -221,7 +249,7 @@ impl Plan {
                                 switch: sw.clone(),
                                 ifname: sw.clone(),
                                 fabric_port: format!("{base}.{k}"),
-                                ip: Ipv4Addr::from(u32::from(s.subnet.network()) + 1),
+                                ip: gateway_of(s.subnet),
                                 prefix_len: s.subnet.prefix_len(),
                                 mtu: s.mtu,
                             }
@@ -264,15 +292,37 @@ impl Plan {
         self.routers.iter().find(|r| r.name == name)
     }
 
-    /// Every namespace of the lab, fabric and routers first.
+    /// Every namespace of the lab, fabric, routers and uplinks first.
     pub fn namespaces(&self) -> Vec<String> {
         let mut v = vec![self.fabric_ns.clone()];
         v.extend(self.routers.iter().map(|r| r.ns.clone()));
+        v.extend(self.switches.iter().filter_map(|s| Some(s.uplink.as_ref()?.ns.clone())));
         for n in &self.nodes {
             v.push(n.ns.clone());
             v.extend(n.pods.iter().map(|p| p.ns.clone()));
         }
         v
+    }
+}
+
+/// The uplink of the `i`th switch. Its fabric port is `<switch>.gw` (the
+/// first 12 characters, or `s<i>` when two switches share them): node
+/// ports have no dot and router ports end in a digit, so it meets neither.
+fn uplink(topology: &Topology, lab: &str, i: usize) -> UplinkPlan {
+    let s = &topology.switches[i];
+    let short: String = s.name.chars().take(12).collect();
+    let clash = topology
+        .switches
+        .iter()
+        .enumerate()
+        .any(|(oi, o)| oi != i && o.name.chars().take(12).eq(short.chars()));
+    let base = if clash { format!("s{i}") } else { short };
+    UplinkPlan {
+        ns: paths::infra_ns(lab, &format!("uplink-{}", s.name)),
+        ifname: s.name.clone(),
+        fabric_port: format!("{base}.gw"),
+        ip: gateway_of(s.subnet),
+        prefix_len: s.subnet.prefix_len(),
     }
 }
 
@@ -333,5 +383,21 @@ mod tests {
             ]
         );
         assert_eq!(plan.routers[0].ports[0].fabric_port, "r.0");
+    }
+
+    #[test]
+    fn switches_without_a_router_get_an_uplink_holding_the_gateway() {
+        let text = "name = \"d\"\n[[switch]]\nname = \"s\"\nsubnet = \"10.0.0.0/24\"\n[[switch]]\nname = \"t\"\nsubnet = \"10.0.1.0/24\"\n[[router]]\nname = \"r\"\nswitches = [\"t\"]\n[[node]]\nname = \"a\"\nswitch = \"s\"\n[[node]]\nname = \"b\"\nswitch = \"t\"\n";
+        let plan = Plan::new(&topo(text), "lab1", &LabPaths::new(Path::new("/run/x"), "lab1"));
+        let u = plan.switches[0].uplink.as_ref().expect("s has no router");
+        assert_eq!((u.ip.to_string(), u.prefix_len), ("10.0.0.1".into(), 24));
+        assert_eq!(
+            (u.ns.as_str(), u.fabric_port.as_str()),
+            ("cnilab.lab1._uplink-s", "s.gw")
+        );
+        assert!(plan.switches[1].uplink.is_none(), "the router holds .1 of t");
+        let gws: Vec<String> = plan.nodes.iter().map(|n| n.gateway.unwrap().to_string()).collect();
+        assert_eq!(gws, ["10.0.0.1", "10.0.1.1"]);
+        assert!(plan.namespaces().contains(&"cnilab.lab1._uplink-s".to_string()));
     }
 }

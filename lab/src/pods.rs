@@ -80,7 +80,9 @@ pub async fn add(state: &mut LabState, pod: &str) -> Result<String> {
         });
     let node_ns = Netns::open(&n.ns)?;
     let runtime = runtime_for(&paths, node, &node_ns);
-    let conflist = plan
+    crate::profile::calico::build::claim_if_full(state, node).await?;
+    let conflist = state
+        .plan
         .profile
         .conflist(node)
         .context("node without CNI configuration")?

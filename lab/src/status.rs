@@ -59,7 +59,7 @@ pub struct NodeStatus {
     pub ip: String,
     /// eth0 MTU.
     pub mtu: u32,
-    /// The node's pod subnet (flannel lease).
+    /// The node's pod subnet (flannel lease) or Calico blocks, comma-separated.
     pub pod_subnet: Option<String>,
     /// The overlay device and its MTU.
     pub overlay: Option<(String, u32)>,
@@ -145,7 +145,13 @@ pub fn status(state: &LabState) -> Status {
             switch: n.switch.clone(),
             ip: format!("{}/{}", n.ip, n.prefix_len),
             mtu: n.mtu,
-            pod_subnet: plan.profile.pod_subnet(&n.name).map(|s| s.to_string()),
+            pod_subnet: match &plan.profile {
+                // A Calico node holds every block it claimed.
+                ProfilePlan::Calico(c) => c
+                    .node(&n.name)
+                    .map(|cn| cn.blocks().map(|b| b.to_string()).collect::<Vec<_>>().join(", ")),
+                _ => plan.profile.pod_subnet(&n.name).map(|s| s.to_string()),
+            },
             overlay: plan.profile.overlay(&n.name),
             agent: state.agents.get(&n.name).map(|pid| AgentStatus {
                 name: agent_name.into(),
@@ -312,30 +318,6 @@ pub fn render(s: &Status, plan: &Plan) -> String {
     out
 }
 
-/// Things in a lab that will not work as the user probably expects.
-pub fn warnings(plan: &Plan) -> Vec<String> {
-    let mut w = Vec::new();
-    if let ProfilePlan::Calico(_) = &plan.profile {
-        let lonely: Vec<&str> = plan
-            .nodes
-            .iter()
-            .filter(|n| n.gateway.is_none())
-            .map(|n| n.name.as_str())
-            .collect();
-        if !lonely.is_empty() {
-            w.push(format!(
-                "warning: {} {} no default route, so {} pods cannot reach their gateway 169.254.1.1: Calico relies on \
-                 proxy ARP, which the kernel answers only for addresses it has a route to; add a [[router]] on the \
-                 switch to give nodes a default route",
-                lonely.join(", "),
-                if lonely.len() == 1 { "has" } else { "have" },
-                if lonely.len() == 1 { "its" } else { "their" }
-            ));
-        }
-    }
-    w
-}
-
 /// The summary `up` prints.
 pub fn up_summary(s: &Status, plan: &Plan, total: Duration, phases: &[(String, Duration)]) -> String {
     let mut out = format!(
@@ -364,10 +346,5 @@ pub fn up_summary(s: &Status, plan: &Plan, total: Duration, phases: &[(String, D
         "              cnilab status; cnilab snapshot; cnilab down {}\n",
         s.lab
     ));
-    for w in warnings(plan) {
-        out.push('\n');
-        out.push_str(&w);
-        out.push('\n');
-    }
     out
 }

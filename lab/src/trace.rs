@@ -106,11 +106,18 @@ impl Packet {
 /// What cnilab knows a namespace to be.
 #[derive(Debug, Clone)]
 enum Place {
-    Pod { node: String, pod: String },
+    Pod {
+        node: String,
+        pod: String,
+    },
     Node(String),
     Router(String),
+    /// The uplink of a switch without a router, holding its .1.
+    Uplink(String),
     Fabric,
-    Leaf { switch: String },
+    Leaf {
+        switch: String,
+    },
 }
 
 /// A namespace's links and addresses, read once per visit.
@@ -302,6 +309,11 @@ impl<'a> Lab<'a> {
                 owners.insert(p.ip, (format!("{} of router {}", p.ifname, r.name), r.ns.clone()));
             }
         }
+        for s in &plan.switches {
+            if let Some(u) = &s.uplink {
+                owners.insert(u.ip, (format!("the uplink of switch {}", s.name), u.ns.clone()));
+            }
+        }
         Lab { state, plan, owners }
     }
 
@@ -319,6 +331,14 @@ impl<'a> Lab<'a> {
         }
         if let Some(r) = self.plan.routers.iter().find(|r| r.ns == ns) {
             return Place::Router(r.name.clone());
+        }
+        if let Some(s) = self
+            .plan
+            .switches
+            .iter()
+            .find(|s| s.uplink.as_ref().is_some_and(|u| u.ns == ns))
+        {
+            return Place::Uplink(s.name.clone());
         }
         for sw in &self.plan.switches {
             let leaf = paths::infra_ns(&self.plan.lab, &format!("upstream-{}-", sw.name));
@@ -339,6 +359,7 @@ impl<'a> Lab<'a> {
             Place::Pod { node, pod } => format!("{node}/{pod}"),
             Place::Node(n) => n,
             Place::Router(r) => format!("router {r}"),
+            Place::Uplink(s) => format!("uplink of switch {s}"),
             Place::Fabric => format!("switch {}", bridge.unwrap_or("?")),
             Place::Leaf { switch } => format!("switch {switch} (upstream leaf)"),
         }
@@ -1253,6 +1274,14 @@ fn switch_out(lab: &Lab, view: &View, mut h: Hop, out: &str, pkt: &Packet) -> Re
 fn l2_target<'l>(lab: &'l Lab, ip: Ipv4Addr) -> Option<(String, &'l str)> {
     if let Some(n) = lab.plan.nodes.iter().find(|n| n.ip == ip) {
         return Some((format!("node {}", n.name), n.ns.as_str()));
+    }
+    if let Some((s, u)) = lab
+        .plan
+        .switches
+        .iter()
+        .find_map(|s| s.uplink.as_ref().filter(|u| u.ip == ip).map(|u| (s, u)))
+    {
+        return Some((format!("the uplink of switch {}", s.name), u.ns.as_str()));
     }
     lab.plan
         .routers

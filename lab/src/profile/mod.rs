@@ -91,15 +91,19 @@ impl ProfilePlan {
                             ns: n.ns.clone(),
                             name: "calico-felix",
                             program: paths.bin_dir().join("calico-felix"),
-                            args: vec![
+                            args: [
                                 format!("--datastore-dir={}", paths.etcd_dir().display()),
                                 format!("--node={}", n.name),
                                 "--iface=eth0".to_string(),
-                                format!("--block={}", cn.block),
+                            ]
+                            .into_iter()
+                            .chain(cn.blocks().map(|b| format!("--block={b}")))
+                            .chain([
                                 format!("--tunnel-addr={}", t.address),
                                 format!("--vtep-mac={}", t.mac),
                                 format!("--watch-socket={}", paths.watch_socket().display()),
-                            ],
+                            ])
+                            .collect(),
                             log: paths.agent_log(&n.name),
                             ready: paths.etcd_dir().join("calico/vxlan").join(&n.name),
                             config: None,

@@ -2,12 +2,16 @@
 //! with nodes) in BGP mode, a felix stand-in per node in VXLAN mode; then
 //! waiting until every BGP session is Established and every route is there.
 
-use anyhow::{Context, Result};
+use std::net::Ipv4Addr;
 
-use super::{CONFLIST_NAME, CalicoPlan};
+use anyhow::{Context, Result, bail};
+use ipnet::Ipv4Net;
+
+use super::{CONFLIST_NAME, CalicoPlan, ipam};
 use crate::bird::{self, BirdPlan};
 use crate::build::{Built, link_binaries, start_agents};
 use crate::plan::write_file;
+use crate::profile::ProfilePlan;
 use crate::profile::flannel::build::main_routes;
 use crate::state::LabState;
 use crate::topology::CalicoMode;
@@ -77,28 +81,108 @@ pub async fn converge(b: &Built<'_>, c: &CalicoPlan) -> Result<()> {
         let mut missing = pending_sessions(&birds).await?;
         for n in &c.nodes {
             let have = main_routes(&b.nodes[&n.node].nl).await?;
-            for o in &c.nodes {
-                let ok = if o.node == n.node {
-                    have.iter().any(|(d, g)| *d == o.block && g.is_none())
-                } else if c.mode == CalicoMode::Vxlan {
-                    let gw = o.vxlan.as_ref().map(|t| t.address);
-                    have.iter().any(|(d, g)| *d == o.block && *g == gw)
-                } else {
-                    have.iter().any(|(d, g)| *d == o.block && g.is_some())
-                };
-                if !ok {
-                    let what = if o.node == n.node {
-                        "blackhole for its own block"
-                    } else {
-                        "route to"
-                    };
-                    missing.push(format!("{}: no {what} {} (node {})", n.node, o.block, o.node));
-                }
-            }
+            missing.extend(missing_routes(c, &n.node, &have));
         }
         Ok(missing)
     })
     .await?;
     b.progress.finish();
     Ok(())
+}
+
+/// The block routes `node` lacks, given its main table as (dst, gateway).
+fn missing_routes(c: &CalicoPlan, node: &str, have: &[(Ipv4Net, Option<Ipv4Addr>)]) -> Vec<String> {
+    let mut missing = Vec::new();
+    for o in &c.nodes {
+        for block in o.blocks() {
+            let ok = if o.node == node {
+                have.iter().any(|(d, g)| *d == block && g.is_none())
+            } else if c.mode == CalicoMode::Vxlan {
+                let gw = o.vxlan.as_ref().map(|t| t.address);
+                have.iter().any(|(d, g)| *d == block && *g == gw)
+            } else {
+                have.iter().any(|(d, g)| *d == block && g.is_some())
+            };
+            if !ok {
+                let what = if o.node == node {
+                    "blackhole for its own block"
+                } else {
+                    "route to"
+                };
+                missing.push(format!("{node}: no {what} {block} (node {})", o.node));
+            }
+        }
+    }
+    missing
+}
+
+/// Before a pod is added to `node`: when every address of the node's blocks
+/// is in use, claims another block as Calico's IPAM does (autoAssign), up
+/// to the per-host limit and within `max_pods`. The lab's state, the node's
+/// conflist and its BIRD (reconfigured) or felix record (followed by every
+/// felix) learn the block, and this waits until every node routes it.
+/// Nothing happens while the node has room, or for flannel.
+pub async fn claim_if_full(state: &mut LabState, node: &str) -> Result<()> {
+    let plan = state.plan.clone();
+    let ProfilePlan::Calico(c) = &plan.profile else {
+        return Ok(());
+    };
+    let (Some(i), Some(n)) = (c.nodes.iter().position(|x| x.node == node), plan.node(node)) else {
+        return Ok(());
+    };
+    let in_use = state
+        .pods
+        .iter()
+        .filter(|(k, p)| k.split_once('/').is_some_and(|(nd, _)| nd == node) && p.ip.is_some())
+        .count() as u64;
+    if in_use < ipam::capacity(c, i, n.max_pods) || n.max_pods.is_some_and(|m| in_use >= u64::from(m)) {
+        // Room left, or the node's limit reached: host-local decides, and
+        // says "no IP addresses available" when full.
+        return Ok(());
+    }
+    let block = ipam::claim_next(c, i, plan.topology.seed)
+        .map_err(|why| anyhow::anyhow!("node {node} needs another IPAM block: {why}"))?;
+    let paths = state.paths();
+    let crate::topology::Profile::Calico(opts) = &plan.topology.network.profile else {
+        bail!("a Calico plan of a topology that is not Calico");
+    };
+    let mut c2 = c.clone();
+    let cn = &mut c2.nodes[i];
+    cn.more_blocks.push(block);
+    let blocks: Vec<Ipv4Net> = cn.blocks().collect();
+    cn.conflist = super::conflist(node, &blocks, cn.pod_mtu, n.max_pods, &paths);
+    cn.bird = super::node_bird(opts, c.pool, &plan.nodes, &plan.routers, n, &blocks);
+    write_file(
+        &paths.cni_conf_dir(node).join(CONFLIST_NAME),
+        &serde_json::to_string_pretty(&cn.conflist)?,
+    )?;
+    if let Some(b) = &cn.bird {
+        let dir = paths.agent_dir(node);
+        write_file(&dir.join("bird.conf"), &b.config)?;
+        let sock = dir.join("bird.ctl");
+        tokio::task::spawn_blocking(move || bird::query(&sock, "configure"))
+            .await?
+            .with_context(|| format!("reconfiguring BIRD on {node} for the new block {block}"))?;
+    }
+    if cn.vxlan.is_some() {
+        super::felix::publish_block(&paths.etcd_dir(), node, block)?;
+    }
+    state.plan.profile = ProfilePlan::Calico(c2.clone());
+    state.save()?;
+    let progress = crate::progress::Progress::quiet();
+    let built = Built::open(&plan, &paths, &progress)?;
+    let birds = birds(&built, &c2);
+    crate::build::converge(&format!("the new block {block} of {node}"), || async {
+        let mut missing = pending_sessions(&birds).await?;
+        for n in &c2.nodes {
+            let have = main_routes(&built.nodes[&n.node].nl).await?;
+            missing.extend(
+                missing_routes(&c2, &n.node, &have)
+                    .into_iter()
+                    .filter(|m| m.contains(&block.to_string())),
+            );
+        }
+        Ok(missing)
+    })
+    .await
 }
