@@ -131,6 +131,9 @@ impl LabState {
         }
         for s in &plan.switches {
             anyhow::ensure!(is_valid(Kind::Switch, &s.name), "switch {:?} is not valid", s.name);
+            if let Some(u) = &s.uplink {
+                anyhow::ensure!(owned(&u.ns), "the uplink of switch {:?} is not the lab's", s.name);
+            }
         }
         Ok(())
     }
