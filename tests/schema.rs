@@ -81,7 +81,8 @@ fn assert_valid(file: &str, output: &std::process::Output) -> Value {
 }
 
 /// Real output of a lab with routers, BIRD on nodes and a router, BGP
-/// sessions and a fault validates; status shows them all as objects.
+/// sessions and a fault validates; status shows them all as objects, and
+/// graph colours the live sessions.
 #[test]
 fn real_output_validates_against_the_schemas() {
     let lab = Lab::up(&topology("calico-tor.toml"));
@@ -120,8 +121,39 @@ fn real_output_validates_against_the_schemas() {
     assert_eq!(s["faults"][0]["on"], "a1", "{s:#}");
     assert_eq!(s["faults"][0]["options"]["percent"], 1.0, "{s:#}");
 
+    // The same sessions, drawn by graph: green when Established.
+    let graph = lab.run(&["graph"]);
+    let dot = String::from_utf8_lossy(&graph.stdout);
+    let sessions: Vec<&str> = dot.lines().filter(|l| l.contains("style=dotted")).collect();
+    assert_eq!(sessions.len(), 4, "{dot}");
+    assert!(sessions.iter().all(|l| l.contains("color=green")), "{dot}");
+
     let snap = assert_valid("snapshot.json", &lab.run(&["snapshot", "--json"]));
     assert!(!snap["namespaces"].as_array().unwrap().is_empty());
     let trace = assert_valid("trace.json", &lab.run(&["trace", "a1/pod-1", "b2/pod-1", "--json"]));
     assert!(!trace["hops"].as_array().unwrap().is_empty(), "{trace:#}");
+
+    // b2's BIRD stopped: the spine's session with it leaves Established,
+    // and graph draws that one red with the spine's state.
+    let down = lab.run(&["fault", "add", "agent-down", "--on", "b2"]);
+    assert!(down.status.success(), "{}", show(&down));
+    retry("graph shows b2's session down", Duration::from_secs(30), || {
+        let dot = String::from_utf8_lossy(&lab.run(&["graph"]).stdout).to_string();
+        let sessions: Vec<&str> = dot.lines().filter(|l| l.contains("style=dotted")).collect();
+        let red: Vec<&str> = sessions.iter().copied().filter(|l| l.contains("color=red")).collect();
+        let green = sessions.iter().filter(|l| l.contains("color=green")).count();
+        match red.as_slice() {
+            [one] if one.contains("node_b2") && one.contains("xlabel=") && green == 3 => Ok(()),
+            _ => Err(dot),
+        }
+    });
+    let s = assert_valid("status.json", &lab.run(&["status", "--json"]));
+    assert!(
+        s["bgp_sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["established"] == false),
+        "{s:#}"
+    );
 }
