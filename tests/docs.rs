@@ -43,9 +43,10 @@ fn function<'a>(src: &'a str, name: &str) -> &'a str {
         .find(&format!("fn {name}("))
         .unwrap_or_else(|| panic!("no fn {name}"));
     let rest = &src[start..];
-    let end = rest[1..]
-        .find("\nfn ")
-        .or_else(|| rest[1..].find("\npub fn "))
+    let end = ["\nfn ", "\npub fn ", "\nasync fn ", "\npub async fn "]
+        .iter()
+        .filter_map(|next| rest[1..].find(next))
+        .min()
         .map_or(rest.len(), |e| e + 1);
     &rest[..end]
 }
