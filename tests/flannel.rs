@@ -332,7 +332,7 @@ fn status_shows_defaults_nodes_and_pods() {
     assert_eq!(s["nodes"].as_array().unwrap().len(), 3);
     for n in s["nodes"].as_array().unwrap() {
         assert_eq!(n["agent"]["running"], true, "{n}");
-        assert_eq!(n["overlay"], serde_json::json!(["flannel.1", 1450]));
+        assert_eq!(n["overlay"], serde_json::json!({"device": "flannel.1", "mtu": 1450}));
     }
     for p in s["pods"].as_array().unwrap() {
         assert!(p["ip"].as_str().unwrap().starts_with("10.244."), "{p}");

@@ -31,7 +31,7 @@ use crate::state::LabState;
 pub const FORMAT: u32 = 1;
 
 /// A whole lab's normalized state.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Snapshot {
     /// Format version.
     pub format: u32,
@@ -44,7 +44,7 @@ pub struct Snapshot {
 }
 
 /// One namespace's state.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct NsSnapshot {
     /// Its name without `cnilab.<lab>.`: `_fabric`, `worker1`, `worker1.web`.
     pub name: String,
@@ -73,7 +73,7 @@ pub struct NsSnapshot {
 }
 
 /// A link.
-#[derive(Debug, Serialize, Clone)]
+#[derive(Debug, Serialize, Clone, schemars::JsonSchema)]
 pub struct Link {
     /// Normalized name.
     pub name: String,
@@ -94,7 +94,7 @@ pub struct Link {
 }
 
 /// An address.
-#[derive(Debug, Serialize, Clone)]
+#[derive(Debug, Serialize, Clone, schemars::JsonSchema)]
 pub struct Address {
     /// Link.
     pub dev: String,
@@ -103,7 +103,7 @@ pub struct Address {
 }
 
 /// A route.
-#[derive(Debug, Serialize, Clone)]
+#[derive(Debug, Serialize, Clone, schemars::JsonSchema)]
 pub struct Route {
     /// main, local, or the table number.
     pub table: String,
@@ -114,21 +114,21 @@ pub struct Route {
 }
 
 /// A neighbour entry.
-#[derive(Debug, Serialize, Clone)]
+#[derive(Debug, Serialize, Clone, schemars::JsonSchema)]
 pub struct Neighbour {
     /// The entry as `ip neigh` prints it.
     pub text: String,
 }
 
 /// An FDB entry.
-#[derive(Debug, Serialize, Clone)]
+#[derive(Debug, Serialize, Clone, schemars::JsonSchema)]
 pub struct Fdb {
     /// The entry as `bridge fdb` prints it.
     pub text: String,
 }
 
 /// A sysctl.
-#[derive(Debug, Serialize, Clone)]
+#[derive(Debug, Serialize, Clone, schemars::JsonSchema)]
 pub struct Sysctl {
     /// sysctl(8) name.
     pub key: String,
@@ -137,7 +137,7 @@ pub struct Sysctl {
 }
 
 /// An address held by a pod.
-#[derive(Debug, Serialize, Clone)]
+#[derive(Debug, Serialize, Clone, schemars::JsonSchema)]
 pub struct Ipam {
     /// IPAM network name.
     pub network: String,

@@ -16,7 +16,7 @@ use crate::plan::Plan;
 pub const STATE_VERSION: u32 = 1;
 
 /// Where a lab is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
     /// `up` is running (or crashed while running).

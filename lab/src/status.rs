@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use comfy_table::{Table, presets};
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::netns;
@@ -14,8 +15,10 @@ use crate::profile::ProfilePlan;
 use crate::state::{LabState, Phase};
 use crate::topology::Profile;
 
-/// A lab's status, for people (`Display`) and programs (JSON).
-#[derive(Debug, Serialize)]
+/// A lab's status, for people (`Display`) and programs (JSON). Every
+/// element is an object with named fields, so that programs read fields by
+/// name and new fields do not break them (docs/schemas/status.json).
+#[derive(Debug, Serialize, JsonSchema)]
 pub struct Status {
     /// Lab name.
     pub lab: String,
@@ -27,16 +30,22 @@ pub struct Status {
     pub settings: BTreeMap<String, String>,
     /// Switches.
     pub switches: Vec<SwitchStatus>,
+    /// Routers.
+    pub routers: Vec<RouterStatus>,
     /// Nodes.
     pub nodes: Vec<NodeStatus>,
     /// Pods.
     pub pods: Vec<PodStatus>,
-    /// Active faults.
-    pub faults: Vec<String>,
+    /// Every control-plane agent (flanneld, calico-felix, BIRD) of nodes and routers.
+    pub agents: Vec<AgentStatus>,
+    /// Every BGP session of every BIRD, as BIRD reports it now; empty without BGP.
+    pub bgp_sessions: Vec<BgpSessionStatus>,
+    /// Active faults, oldest first.
+    pub faults: Vec<FaultStatus>,
 }
 
 /// One switch.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 pub struct SwitchStatus {
     /// Name.
     pub name: String,
@@ -46,8 +55,47 @@ pub struct SwitchStatus {
     pub mtu: u32,
 }
 
+/// A router: a namespace forwarding between the switches it joins.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RouterStatus {
+    /// Name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// One port per switch it joins.
+    pub ports: Vec<RouterPortStatus>,
+    /// Its AS when it speaks BGP.
+    pub asn: Option<u32>,
+    /// Its BIRD, when it has BGP peers.
+    pub agent: Option<AgentStatus>,
+    /// Whether its namespace exists.
+    pub present: bool,
+}
+
+/// A router's port on a switch.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RouterPortStatus {
+    /// The switch.
+    pub switch: String,
+    /// The interface in the router's namespace.
+    pub ifname: String,
+    /// Its address with prefix (the switch subnet's first host).
+    pub ip: String,
+    /// Its MTU.
+    pub mtu: u32,
+}
+
+/// A node's overlay device.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct OverlayStatus {
+    /// The device, e.g. `flannel.1` or `vxlan.calico`.
+    pub device: String,
+    /// Its MTU.
+    pub mtu: u32,
+}
+
 /// One node.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 pub struct NodeStatus {
     /// Name.
     pub name: String,
@@ -61,18 +109,20 @@ pub struct NodeStatus {
     pub mtu: u32,
     /// The node's pod subnet (flannel lease) or Calico blocks, comma-separated.
     pub pod_subnet: Option<String>,
-    /// The overlay device and its MTU.
-    pub overlay: Option<(String, u32)>,
+    /// The overlay device and its MTU, when the profile makes one.
+    pub overlay: Option<OverlayStatus>,
     /// The control-plane agent and whether it runs.
     pub agent: Option<AgentStatus>,
     /// Whether its namespace exists.
     pub present: bool,
 }
 
-/// A node's agent.
-#[derive(Debug, Serialize)]
+/// A node's or router's control-plane agent.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct AgentStatus {
-    /// Program name.
+    /// The node or router it serves.
+    pub owner: String,
+    /// Program name: flanneld, calico-felix or bird.
     pub name: String,
     /// Process ID.
     pub pid: u32,
@@ -80,8 +130,43 @@ pub struct AgentStatus {
     pub running: bool,
 }
 
+/// One BGP session of a node's or router's BIRD.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct BgpSessionStatus {
+    /// The node or router whose BIRD holds the session.
+    pub on: String,
+    /// BIRD's protocol name (`Mesh_172_20_0_11`, ...); `-` when BIRD does not answer.
+    pub name: String,
+    /// The peer's address; empty when BIRD does not answer.
+    pub neighbor: String,
+    /// The node or router that has the peer's address, if one of the lab's.
+    pub peer: Option<String>,
+    /// BGP state as BIRD names it (Established, Active, Connect, ...), or
+    /// `down`, or `BIRD not running`.
+    pub state: String,
+    /// Whether the state is Established.
+    pub established: bool,
+}
+
+/// An active fault.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct FaultStatus {
+    /// `f1`, `f2`, ... (what `fault rm` takes).
+    pub id: String,
+    /// The kind, as `fault add` takes it: mtu, upstream-vxlan, ...
+    pub kind: String,
+    /// The node, pod, switch or router it hits.
+    pub on: String,
+    /// The kind's options (`mtu`, `percent`, `proto`, `port`, `key`, `value`, `new_mac`).
+    pub options: BTreeMap<String, serde_json::Value>,
+    /// One line, as `fault ls` prints it.
+    pub description: String,
+    /// A note for the user, such as a fallback that was used.
+    pub note: Option<String>,
+}
+
 /// One pod.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 pub struct PodStatus {
     /// `node/pod`.
     pub name: String,
@@ -135,8 +220,16 @@ pub fn settings(plan: &Plan) -> BTreeMap<String, String> {
 pub fn status(state: &LabState) -> Status {
     let plan = &state.plan;
     let present = netns::list();
+    let agent = |owner: &str, name: &str| {
+        state.agents.get(owner).map(|pid| AgentStatus {
+            owner: owner.to_string(),
+            name: name.to_string(),
+            pid: *pid,
+            running: crate::teardown::alive(*pid as i32),
+        })
+    };
     let agent_name = plan.profile.agent_name();
-    let nodes = plan
+    let nodes: Vec<NodeStatus> = plan
         .nodes
         .iter()
         .map(|n| NodeStatus {
@@ -152,32 +245,39 @@ pub fn status(state: &LabState) -> Status {
                     .map(|cn| cn.blocks().map(|b| b.to_string()).collect::<Vec<_>>().join(", ")),
                 _ => plan.profile.pod_subnet(&n.name).map(|s| s.to_string()),
             },
-            overlay: plan.profile.overlay(&n.name),
-            agent: state.agents.get(&n.name).map(|pid| AgentStatus {
-                name: agent_name.into(),
-                pid: *pid,
-                running: crate::teardown::alive(*pid as i32),
-            }),
+            overlay: plan
+                .profile
+                .overlay(&n.name)
+                .map(|(device, mtu)| OverlayStatus { device, mtu }),
+            agent: agent(&n.name, agent_name),
             present: present.contains(&n.ns),
         })
         .collect();
-    let pods = plan
-        .pods()
-        .map(|(n, p)| {
-            let key = format!("{}/{}", n.name, p.name);
-            let st = state.pods.get(&key);
-            PodStatus {
-                namespace: p.ns.clone(),
-                ip: st.and_then(|s| s.ip.clone()),
-                gateway: match &plan.profile {
-                    // Calico's result carries no gateway; every pod routes via 169.254.1.1.
-                    ProfilePlan::Calico(_) => Some(crate::profile::calico::POD_GATEWAY.to_string()),
-                    _ => st.and_then(|s| s.gateway.map(|g| g.to_string())),
-                },
-                mtu: plan.profile.pod_mtu(&n.name).unwrap_or(n.mtu),
-                name: key,
-            }
+    let routers: Vec<RouterStatus> = plan
+        .routers
+        .iter()
+        .map(|r| RouterStatus {
+            name: r.name.clone(),
+            namespace: r.ns.clone(),
+            ports: r
+                .ports
+                .iter()
+                .map(|p| RouterPortStatus {
+                    switch: p.switch.clone(),
+                    ifname: p.ifname.clone(),
+                    ip: format!("{}/{}", p.ip, p.prefix_len),
+                    mtu: p.mtu,
+                })
+                .collect(),
+            asn: r.asn,
+            agent: r.bird.as_ref().and_then(|_| agent(&r.name, "bird")),
+            present: present.contains(&r.ns),
         })
+        .collect();
+    let agents = nodes
+        .iter()
+        .filter_map(|n| n.agent.clone())
+        .chain(routers.iter().filter_map(|r| r.agent.clone()))
         .collect();
     Status {
         lab: plan.lab.clone(),
@@ -193,10 +293,91 @@ pub fn status(state: &LabState) -> Status {
                 mtu: s.mtu,
             })
             .collect(),
+        routers,
         nodes,
-        pods,
-        faults: crate::fault::lines(state),
+        pods: pods(state),
+        agents,
+        bgp_sessions: bgp_sessions(state),
+        faults: faults(state),
     }
+}
+
+fn pods(state: &LabState) -> Vec<PodStatus> {
+    let plan = &state.plan;
+    plan.pods()
+        .map(|(n, p)| {
+            let key = format!("{}/{}", n.name, p.name);
+            let st = state.pods.get(&key);
+            PodStatus {
+                namespace: p.ns.clone(),
+                ip: st.and_then(|s| s.ip.clone()),
+                gateway: match &plan.profile {
+                    // Calico's result carries no gateway; every pod routes via 169.254.1.1.
+                    ProfilePlan::Calico(_) => Some(crate::profile::calico::POD_GATEWAY.to_string()),
+                    _ => st.and_then(|s| s.gateway.map(|g| g.to_string())),
+                },
+                mtu: plan.profile.pod_mtu(&n.name).unwrap_or(n.mtu),
+                name: key,
+            }
+        })
+        .collect()
+}
+
+/// The BGP sessions as BIRD reports them now, through the same control
+/// socket query as `probe bgp`; a lab without BIRD has none.
+fn bgp_sessions(state: &LabState) -> Vec<BgpSessionStatus> {
+    let plan = &state.plan;
+    let has_bird = plan.routers.iter().any(|r| r.bird.is_some())
+        || matches!(&plan.profile, ProfilePlan::Calico(c) if c.nodes.iter().any(|n| n.bird.is_some()));
+    if !has_bird {
+        return Vec::new();
+    }
+    let mut owner_of: BTreeMap<String, String> = BTreeMap::new();
+    for n in &plan.nodes {
+        owner_of.insert(n.ip.to_string(), n.name.clone());
+    }
+    for r in &plan.routers {
+        for p in &r.ports {
+            owner_of.insert(p.ip.to_string(), r.name.clone());
+        }
+    }
+    let Ok(bgp) = crate::probe::bgp(state, None) else {
+        return Vec::new();
+    };
+    bgp.sessions
+        .into_iter()
+        .map(|(on, name, neighbor, state)| BgpSessionStatus {
+            on,
+            name,
+            peer: owner_of.get(&neighbor).cloned(),
+            neighbor,
+            established: state == "Established",
+            state,
+        })
+        .collect()
+}
+
+fn faults(state: &LabState) -> Vec<FaultStatus> {
+    state
+        .faults
+        .iter()
+        .map(|f| {
+            let mut options = match serde_json::to_value(&f.spec) {
+                Ok(serde_json::Value::Object(m)) => m.into_iter().collect(),
+                _ => BTreeMap::new(),
+            };
+            options.remove("kind");
+            options.remove("on");
+            FaultStatus {
+                id: f.id.clone(),
+                kind: f.spec.kind().to_string(),
+                on: f.spec.on().to_string(),
+                options,
+                description: f.spec.describe(),
+                note: f.note.clone(),
+            }
+        })
+        .collect()
 }
 
 /// A table as text, without the padding comfy-table leaves at line ends.
@@ -237,7 +418,10 @@ pub fn network_line(plan: &Plan) -> String {
 
 /// The node and pod tables.
 pub fn tables(s: &Status) -> String {
-    let overlay = s.nodes.iter().find_map(|n| n.overlay.as_ref().map(|o| o.0.clone()));
+    let overlay = s
+        .nodes
+        .iter()
+        .find_map(|n| n.overlay.as_ref().map(|o| o.device.clone()));
     let mut header = vec!["NODE", "IP", "SWITCH", "POD SUBNET", "eth0 MTU"];
     let overlay_header = overlay.as_ref().map(|o| format!("{o} MTU"));
     if let Some(h) = &overlay_header {
@@ -254,7 +438,7 @@ pub fn tables(s: &Status) -> String {
             n.mtu.to_string(),
         ];
         if overlay.is_some() {
-            row.push(n.overlay.as_ref().map_or("-".into(), |o| o.1.to_string()));
+            row.push(n.overlay.as_ref().map_or("-".into(), |o| o.mtu.to_string()));
         }
         row.push(match &n.agent {
             Some(a) if a.running => format!("{} running (pid {})", a.name, a.pid),
@@ -312,7 +496,11 @@ pub fn render(s: &Status, plan: &Plan) -> String {
     out.push_str(&if s.faults.is_empty() {
         "none".to_string()
     } else {
-        s.faults.join(", ")
+        s.faults
+            .iter()
+            .map(|f| format!("{} {}", f.id, f.description))
+            .collect::<Vec<_>>()
+            .join(", ")
     });
     out.push('\n');
     out

@@ -27,7 +27,7 @@ pub const VXLAN_OVERHEAD: u32 = 50;
 const MAX_HOPS: usize = 40;
 
 /// One namespace the packet crosses.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Hop {
     /// Where: `worker1/pod-1`, `worker1`, `switch tor1`, `router spine`.
     pub at: String,
@@ -52,7 +52,7 @@ pub struct Hop {
 }
 
 /// The whole path.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Trace {
     /// Source as written.
     pub from: String,
