@@ -46,15 +46,8 @@ pub struct UpOptions {
 
 /// Checks that the machine has what the topology needs, before anything is made.
 pub fn preflight(topology: &Topology) -> Result<(), Error> {
-    use crate::topology::Profile;
-    if let Profile::Flannel(f) = &topology.network.profile {
-        if f.backend == FlannelBackend::Udp {
-            return Err(Error::env(
-                "the flannel udp backend validates, but cnilab does not build it yet",
-                "use backend = \"vxlan\" or \"host-gw\"",
-            ));
-        }
-    }
+    // Backends cnilab does not build (flannel udp) are refused while the
+    // topology is read (topology::check_built), as `validate` refuses them.
     let plan = Plan::new(topology, &topology.name, &LabPaths::of(&topology.name));
     let (_, programs) = crate::doctor::needs(&plan);
     let missing = crate::doctor::missing_programs(&programs);
