@@ -200,3 +200,52 @@ pods = 6
 "#;
     builds(text, 9, "192.168.8.0/24");
 }
+
+/// `validate` and `up` refuse alike what cannot be built: exit 2 for a
+/// backend cnilab does not build, 3 for what the machine lacks.
+#[test]
+fn validate_and_up_refuse_the_same_way() {
+    let flannel = "name = \"x\"\n[network.flannel]\nbackend = \"udp\"\n[[node]]\nname = \"n\"\n";
+    let calico =
+        "name = \"x\"\n[network]\ncni = \"calico\"\n[network.calico]\nmode = \"ipip\"\n[[node]]\nname = \"n\"\n";
+    for (text, code, needle) in [(flannel, 2, "udp backend is not built"), (calico, 3, "ipip")] {
+        let topo = TempFile::toml(text);
+        let v = cnilab(&["validate", topo.path.to_str().expect("utf-8 path")]);
+        assert_eq!(v.status.code(), Some(code), "{}", show(&v));
+        assert!(show(&v).contains(needle) && show(&v).contains("fix: "), "{}", show(&v));
+        let lab = Lab::reserve();
+        let up = lab.up_output(&topo.path);
+        assert_eq!(up.status.code(), Some(code), "{}", show(&up));
+        assert!(show(&up).contains(needle), "{}", show(&up));
+    }
+}
+
+/// Three typos in three places: one run names all three, in file order,
+/// and a 1 MiB value gives a short answer.
+#[test]
+fn validate_reports_every_mistake_briefly() {
+    let text = format!(
+        "name = \"x\"\n[[switch]]\nname = \"tor1\"\nsubnet = \"172.20.0.0/24\"\nmtux = 1500\n[[node]]\nname = \"n\"\npod = 2\n[network]\ncni = \"flanel\"\n[[router]]\nname = \"{}\"\nswitches = [\"tor1\"]\n",
+        "r".repeat(1 << 20)
+    );
+    let topo = TempFile::toml(&text);
+    let v = cnilab(&["validate", topo.path.to_str().expect("utf-8 path")]);
+    assert_eq!(v.status.code(), Some(2), "{}", show(&v));
+    let stderr = String::from_utf8_lossy(&v.stderr);
+    assert!(stderr.len() < 8 * 1024, "{} bytes of errors", stderr.len());
+    let path = topo.path.display().to_string();
+    let places: Vec<usize> = [
+        ":5:1: unknown key `mtux`",
+        ":8:1: unknown key `pod`",
+        ":10:7: unknown CNI profile",
+        ":12:8: router name",
+    ]
+    .iter()
+    .map(|p| {
+        stderr
+            .find(&format!("{path}{p}"))
+            .unwrap_or_else(|| panic!("{p} not in:\n{stderr}"))
+    })
+    .collect();
+    assert!(places.windows(2).all(|w| w[0] < w[1]), "not in file order:\n{stderr}");
+}

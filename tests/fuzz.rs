@@ -21,7 +21,10 @@ use rand_chacha::ChaCha8Rng;
 const MAX_ERROR_BYTES: usize = 64 * 1024;
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("lab/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("lab/ has a parent")
+        .to_path_buf()
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -35,23 +38,105 @@ fn shipped(dir: &str) -> Vec<String> {
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
         .collect();
     files.sort();
-    files.iter().map(|p| std::fs::read_to_string(p).expect("readable")).collect()
+    files
+        .iter()
+        .map(|p| std::fs::read_to_string(p).expect("readable"))
+        .collect()
 }
 
 /// Values near every limit the formats have.
 fn dictionary() -> Vec<String> {
     let mut d: Vec<String> = [
-        "0", "1", "-1", "2", "3", "12", "13", "15", "16", "20", "24", "26", "29", "30", "31", "32", "33",
-        "576", "9216", "9217", "4096", "4097", "65535", "65536", "16777215", "16777216", "4294967295",
-        "4294967296", "9223372036854775807", "-9223372036854775808", "99999999999999999999", "0x10", "1_000",
-        "1.5", "nan", "inf", "true", "1979-05-27", "[]", "{}", "[1, \"a\"]", "[[]]", "[\"\"]", "\"\"", "\" \"",
-        "\"{i}\"", "\"n{i}\"", "\"{i}{i}\"", "\"worker{i}\"", "\"master\"", "\"tor1\"", "\"tor2\"", "\"spine\"",
-        "\"vxlan\"", "\"host-gw\"", "\"udp\"", "\"bgp\"", "\"ipip\"", "\"full\"", "\"tor\"", "\"reflectors\"",
-        "\"flannel\"", "\"calico\"", "\"ok\"", "\"fail\"", "\"pingall\"", "\"0s\"", "\"1ms\"", "\"-1s\"",
-        "\"99999999999999999999s\"", "\"1h\"", "\"ünïcødé\"", "\"\u{1F600}\"", "\"a\\u0000b\"", "\"../../etc\"",
-        "\"/etc\"", "\"a/b\"", "\"172.20.0.0\"", "\"172.20.0.1\"", "\"172.20.0.255\"", "\"172.20.0.10\"",
-        "\"255.255.255.255\"", "\"0.0.0.0\"", "\"1.2.3\"", "\"10.0.0.0/33\"", "\"10.0.0.1/8\"",
-        "[\"master\", \"master\"]", "[\"tor1\", \"tor1\"]", "{ ok = false }", "{ ok = true, error_contains = \"x\" }",
+        "0",
+        "1",
+        "-1",
+        "2",
+        "3",
+        "12",
+        "13",
+        "15",
+        "16",
+        "20",
+        "24",
+        "26",
+        "29",
+        "30",
+        "31",
+        "32",
+        "33",
+        "576",
+        "9216",
+        "9217",
+        "4096",
+        "4097",
+        "65535",
+        "65536",
+        "16777215",
+        "16777216",
+        "4294967295",
+        "4294967296",
+        "9223372036854775807",
+        "-9223372036854775808",
+        "99999999999999999999",
+        "0x10",
+        "1_000",
+        "1.5",
+        "nan",
+        "inf",
+        "true",
+        "1979-05-27",
+        "[]",
+        "{}",
+        "[1, \"a\"]",
+        "[[]]",
+        "[\"\"]",
+        "\"\"",
+        "\" \"",
+        "\"{i}\"",
+        "\"n{i}\"",
+        "\"{i}{i}\"",
+        "\"worker{i}\"",
+        "\"master\"",
+        "\"tor1\"",
+        "\"tor2\"",
+        "\"spine\"",
+        "\"vxlan\"",
+        "\"host-gw\"",
+        "\"udp\"",
+        "\"bgp\"",
+        "\"ipip\"",
+        "\"full\"",
+        "\"tor\"",
+        "\"reflectors\"",
+        "\"flannel\"",
+        "\"calico\"",
+        "\"ok\"",
+        "\"fail\"",
+        "\"pingall\"",
+        "\"0s\"",
+        "\"1ms\"",
+        "\"-1s\"",
+        "\"99999999999999999999s\"",
+        "\"1h\"",
+        "\"ünïcødé\"",
+        "\"\u{1F600}\"",
+        "\"a\\u0000b\"",
+        "\"../../etc\"",
+        "\"/etc\"",
+        "\"a/b\"",
+        "\"172.20.0.0\"",
+        "\"172.20.0.1\"",
+        "\"172.20.0.255\"",
+        "\"172.20.0.10\"",
+        "\"255.255.255.255\"",
+        "\"0.0.0.0\"",
+        "\"1.2.3\"",
+        "\"10.0.0.0/33\"",
+        "\"10.0.0.1/8\"",
+        "[\"master\", \"master\"]",
+        "[\"tor1\", \"tor1\"]",
+        "{ ok = false }",
+        "{ ok = true, error_contains = \"x\" }",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -61,8 +146,17 @@ fn dictionary() -> Vec<String> {
         d.push(format!("\"172.20.0.0/{len}\"").replace("172.20.0.0/0", "0.0.0.0/0"));
     }
     for net in [
-        "0.0.0.0/0", "0.0.0.0/1", "0.0.0.0/8", "224.0.0.0/4", "240.0.0.0/4", "127.0.0.0/8", "169.254.0.0/16",
-        "255.255.255.255/32", "128.0.0.0/1", "192.168.0.0/16", "10.0.0.0/8",
+        "0.0.0.0/0",
+        "0.0.0.0/1",
+        "0.0.0.0/8",
+        "224.0.0.0/4",
+        "240.0.0.0/4",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "255.255.255.255/32",
+        "128.0.0.0/1",
+        "192.168.0.0/16",
+        "10.0.0.0/8",
     ] {
         d.push(format!("\"{net}\""));
     }
@@ -73,12 +167,41 @@ fn dictionary() -> Vec<String> {
 
 /// Whole lines that may be inserted.
 const SNIPPETS: &[&str] = &[
-    "[[node]]", "[[switch]]", "[[router]]", "[[step]]", "[network]", "[network.flannel]", "[network.calico]",
-    "[network.foo]", "name = \"n{i}\"", "count = 4096", "pods = 4096", "pods = 64", "max_pods = 1", "ip = \"172.20.0.1\"",
-    "switch = \"tor2\"", "switches = [\"tor1\"]", "subnet = \"172.21.0.0/30\"", "block_size = 31", "subnet_len = 30",
-    "backend = \"udp\"", "mode = \"ipip\"", "mesh = \"tor\"", "reflectors = []", "asn = 0", "seed = 18446744073709551615",
-    "[[node]]\nname = \"x\"", "[[switch]]\nname = \"tor1\"\nsubnet = \"172.20.0.0/24\"", "a.b.c = 1", "x = ",
-    "[", "\"", "'''", "\u{feff}", "# comment", "",
+    "[[node]]",
+    "[[switch]]",
+    "[[router]]",
+    "[[step]]",
+    "[network]",
+    "[network.flannel]",
+    "[network.calico]",
+    "[network.foo]",
+    "name = \"n{i}\"",
+    "count = 4096",
+    "pods = 4096",
+    "pods = 64",
+    "max_pods = 1",
+    "ip = \"172.20.0.1\"",
+    "switch = \"tor2\"",
+    "switches = [\"tor1\"]",
+    "subnet = \"172.21.0.0/30\"",
+    "block_size = 31",
+    "subnet_len = 30",
+    "backend = \"udp\"",
+    "mode = \"ipip\"",
+    "mesh = \"tor\"",
+    "reflectors = []",
+    "asn = 0",
+    "seed = 18446744073709551615",
+    "[[node]]\nname = \"x\"",
+    "[[switch]]\nname = \"tor1\"\nsubnet = \"172.20.0.0/24\"",
+    "a.b.c = 1",
+    "x = ",
+    "[",
+    "\"",
+    "'''",
+    "\u{feff}",
+    "# comment",
+    "",
 ];
 
 fn mutate(text: &str, r: &mut ChaCha8Rng, dict: &[String]) -> String {
@@ -241,5 +364,8 @@ fn mutated_topologies_and_scenarios_never_panic() {
         );
     }
     // Mutations keep some inputs valid, so the plan path is exercised too.
-    assert!(topo.accepted > 0 && topo.rejected > 0, "the mutations exercise both outcomes");
+    assert!(
+        topo.accepted > 0 && topo.rejected > 0,
+        "the mutations exercise both outcomes"
+    );
 }

@@ -345,11 +345,19 @@ async fn probe_kernel(plan: &Plan, fnl: &Nl) -> Result<()> {
             "checking IP-in-IP support for Calico's ipip mode",
         )
         .await?;
+    }
+    unbuildable_here(plan)?;
+    Ok(())
+}
+
+/// What no machine cnilab supports can build, though the topology is valid
+/// (exit 3): `validate` and `up` both ask this.
+pub fn unbuildable_here(plan: &Plan) -> Result<(), Error> {
+    if matches!(&plan.profile, ProfilePlan::Calico(c) if c.mode == crate::topology::CalicoMode::Ipip) {
         return Err(Error::env(
             "Calico's ipip mode needs BIRD 1's krt_tunnel, which BIRD 2 lacks; cnilab does not build it yet",
             "use mode = \"bgp\" or \"vxlan\"",
-        )
-        .into());
+        ));
     }
     Ok(())
 }
