@@ -369,3 +369,29 @@ fn mutated_topologies_and_scenarios_never_panic() {
         "the mutations exercise both outcomes"
     );
 }
+
+/// What fuzzing found, kept as fixed cases: flannel pools of /31 and /32
+/// panicked in the lease allocation, a huge scenario timeout in Duration.
+#[test]
+fn inputs_that_once_panicked_are_refused() {
+    for cidr in ["10.244.0.0/31", "10.244.0.0/32", "10.244.0.0/30"] {
+        let text = format!("name = \"x\"\n[network]\npod_cidr = \"{cidr}\"\n[[node]]\nname = \"n\"\n");
+        let e = cnilab::topology::parse(&Source::new("t.toml", &text)).expect_err("refused");
+        assert_eq!((e.line, e.col), (3, 12), "{e}");
+        assert!(e.message.contains("too small for flannel"), "{e}");
+    }
+    let dir = std::env::temp_dir().join(format!("cnilab-fuzz-fixed-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("scenarios")).expect("temp folder");
+    let _ = std::os::unix::fs::symlink(repo().join("topologies"), dir.join("topologies"));
+    let path = dir.join("scenarios/s.toml");
+    for timeout in ["99999999999999999999s", "1e400s", "86401s"] {
+        let text = format!(
+            "name = \"s\"\ntopology = \"../topologies/flannel-vxlan.toml\"\n[[step]]\nprobe = \"pingall\"\ntimeout = \"{timeout}\"\n"
+        );
+        std::fs::write(&path, text).expect("write");
+        let e = cnilab::scenario::load(&path).expect_err("refused");
+        assert_eq!(e.exit_code(), 2, "{e}");
+        assert!(e.to_string().contains(":5:11: "), "{e}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -795,10 +795,11 @@ fn parse_network(
     errs: &Errors,
 ) -> Option<Network> {
     // Checks against the nodes and switches run only when those parsed.
-    let ctx = Parts {
+    let mut ctx = Parts {
         routers,
         nodes,
         ok: parts_ok,
+        pool: true,
     };
     let Some(net) = errs.ok(root.table("network", "[network]"))? else {
         let cidr = Sp::new("10.244.0.0/16".parse().expect("valid default"), 0..0);
@@ -857,17 +858,19 @@ fn parse_network(
     }
     let key = if calico { "calico" } else { "flannel" };
     let t = errs.ok(net.table(key, &format!("[network.{key}]")))?;
-    let pod_cidr = pod_cidr?;
+    // Without a pod CIDR the profile's own keys are still checked.
+    ctx.pool = pod_cidr.is_some();
+    let cidr = pod_cidr.unwrap_or_else(|| Sp::new(default_cidr.parse().expect("valid default"), net.span()));
     let profile = if calico {
-        Profile::Calico(calico_options(t.as_ref(), &pod_cidr, &ctx, root, errs)?)
+        Profile::Calico(calico_options(t.as_ref(), &cidr, &ctx, root, errs)?)
     } else {
-        Profile::Flannel(flannel_options(t.as_ref(), &pod_cidr, &ctx, &net, errs)?)
+        Profile::Flannel(flannel_options(t.as_ref(), &cidr, &ctx, &net, errs)?)
     };
     if errs.count() > before {
         return None;
     }
     Some(Network {
-        pod_cidr: pod_cidr.v,
+        pod_cidr: cidr.v,
         mtu: mtu?.map(|m| m.v as u32),
         profile,
     })
@@ -878,7 +881,10 @@ fn parse_network(
 struct Parts<'p> {
     routers: &'p [RouterIn],
     nodes: &'p [NodeIn],
+    /// The nodes, routers and switches parsed.
     ok: bool,
+    /// The pod CIDR parsed (else a default stands in, unchecked).
+    pool: bool,
 }
 
 fn check_pod_cidr_overlap(t: &Table, cidr: &Sp<Ipv4Net>, switches: &[SwitchIn]) -> R<()> {
@@ -1005,6 +1011,9 @@ fn check_flannel_room(
     parts: &Parts,
 ) -> R<()> {
     let cidr = pod_cidr.v;
+    if !parts.pool {
+        return Ok(());
+    }
     if cidr.prefix_len() >= 30 {
         return Err(at.err(
             pod_cidr.span.clone(),
@@ -1223,6 +1232,9 @@ fn check_calico_room(
             ),
             "use a block_size from 20 to 30, e.g. 26 (Calico's default)",
         ));
+    }
+    if !parts.pool {
+        return Ok(());
     }
     if opts.block_size < cidr.v.prefix_len() {
         return Err(root.err(

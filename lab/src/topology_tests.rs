@@ -631,3 +631,13 @@ fn quoted_line_keeps_the_underline_under_the_value() {
     );
     assert_eq!(&quoted[caret.len() - 3..caret.len()], "\"x\"", "{shown}");
 }
+
+#[test]
+fn profile_keys_are_checked_without_a_pod_cidr() {
+    let text = CALICO
+        .replace("192.168.0.0/24", "224.0.0.0/24")
+        .replace("block_size = 26", "block_size = 26\nmodee = \"bgp\"");
+    let e = parse(&Source::new("t.toml", &text)).expect_err("two mistakes");
+    let places: Vec<(usize, usize)> = e.all().map(|e| (e.line, e.col)).collect();
+    assert_eq!(places, [(4, 12), (7, 1)], "{e}");
+}
