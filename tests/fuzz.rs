@@ -395,3 +395,76 @@ fn inputs_that_once_panicked_are_refused() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Every prefix length of a set of networks, as pod CIDR (both profiles,
+/// with each subnet_len and block_size) and as switch subnet: no panic,
+/// every accepted one plans, and none accepted lies in a range no lab can use.
+#[test]
+fn cidr_sweep_accepts_only_usable_ranges() {
+    let unusable: Vec<ipnet::Ipv4Net> = ["0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/3"]
+        .iter()
+        .map(|n| n.parse().expect("CIDR"))
+        .collect();
+    let overlaps = |c: &str| {
+        let n: ipnet::Ipv4Net = c.parse().expect("CIDR");
+        unusable
+            .iter()
+            .any(|u| u.contains(&n.network()) || n.contains(&u.network()))
+    };
+    let bases = [
+        "0.0.0.0",
+        "10.0.0.0",
+        "100.64.0.0",
+        "127.0.0.0",
+        "169.254.0.0",
+        "172.20.0.0",
+        "192.168.0.0",
+        "224.0.0.0",
+        "240.0.0.0",
+        "255.255.255.255",
+    ];
+    let mut accepted = 0;
+    for base in bases {
+        for len in 0..=32u8 {
+            let Ok(net) = ipnet::Ipv4Net::new(base.parse().expect("address"), len) else {
+                continue;
+            };
+            let cidr = net.trunc().to_string();
+            let mut texts = vec![format!(
+                "name = \"x\"\n[[switch]]\nname = \"s\"\nsubnet = \"{cidr}\"\n[network]\npod_cidr = \"10.244.0.0/16\"\n[[node]]\nname = \"n\"\nip = \"{}\"\npods = 1\n",
+                ipnet::Ipv4Net::new(net.trunc().network(), len)
+                    .expect("net")
+                    .hosts()
+                    .nth(1)
+                    .unwrap_or(net.network())
+            )];
+            for sub in [len.saturating_add(1), len.saturating_add(2), 24, 30, 31, 32] {
+                texts.push(format!(
+                    "name = \"x\"\n[[switch]]\nname = \"s\"\nsubnet = \"172.20.0.0/24\"\n[network]\npod_cidr = \"{cidr}\"\n[network.flannel]\nsubnet_len = {sub}\n[[node]]\nname = \"n{{i}}\"\ncount = 2\npods = 1\n"
+                ));
+                texts.push(format!(
+                    "name = \"x\"\n[[switch]]\nname = \"s\"\nsubnet = \"172.20.0.0/24\"\n[network]\ncni = \"calico\"\npod_cidr = \"{cidr}\"\n[network.calico]\nblock_size = {sub}\n[[node]]\nname = \"n{{i}}\"\ncount = 2\npods = 1\n"
+                ));
+            }
+            texts.push(format!(
+                "name = \"x\"\n[network]\npod_cidr = \"{cidr}\"\n[[node]]\nname = \"n\"\npods = 1\n"
+            ));
+            for text in texts {
+                let r = catch_unwind(|| {
+                    cnilab::topology::parse(&Source::new("t.toml", &text)).map(|t| {
+                        Plan::new(&t, &t.name, &LabPaths::of(&t.name));
+                    })
+                });
+                match r {
+                    Err(_) => panic!("panicked on:\n{text}"),
+                    Ok(Ok(())) => {
+                        accepted += 1;
+                        assert!(!overlaps(&cidr), "accepted {cidr}:\n{text}");
+                    }
+                    Ok(Err(_)) => {}
+                }
+            }
+        }
+    }
+    assert!(accepted > 0);
+}

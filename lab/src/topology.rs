@@ -1351,6 +1351,13 @@ fn check_unique_across_kinds(root: &Table, switches: &[SwitchIn], nodes: &[NodeI
     Ok(())
 }
 
+/// A host address to suggest on a network: .10, or the last host of a
+/// smaller one.
+fn example_host(net: &Ipv4Net) -> Ipv4Addr {
+    let hosts = (1u64 << (32 - u32::from(net.prefix_len()))).saturating_sub(2);
+    host(net, FIRST_NODE_HOST.min(hosts.max(1) as u32))
+}
+
 /// The `n`th address of a network.
 fn host(net: &Ipv4Net, n: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(net.network()) + n)
@@ -1387,7 +1394,7 @@ fn assign_addresses(
                     format!(
                         "use another host address of {}, e.g. {}",
                         sw.subnet,
-                        host(&sw.subnet, FIRST_NODE_HOST.min(sw.subnet.hosts().count() as u32))
+                        example_host(&sw.subnet)
                     ),
                 ));
             }
@@ -1408,11 +1415,7 @@ fn assign_addresses(
                 return Err(root.err(
                     span,
                     format!("node \"{}\" address {ip} {why}", n.node.name),
-                    format!(
-                        "use a host address of {}, e.g. {}",
-                        sw.subnet,
-                        host(&sw.subnet, FIRST_NODE_HOST.min(sw.subnet.hosts().count() as u32))
-                    ),
+                    format!("use a host address of {}, e.g. {}", sw.subnet, example_host(&sw.subnet)),
                 ));
             }
             if let Some(owner) = taken.get(&ip) {
@@ -1432,9 +1435,10 @@ fn assign_addresses(
             .filter(|(_, n)| n.node.switch == sw.name && n.explicit_ip.is_none())
             .map(|(i, _)| i)
             .collect();
-        let room = (FIRST_NODE_HOST..=last.max(FIRST_NODE_HOST))
-            .filter(|h| *h <= last && !taken.contains_key(&host(&sw.subnet, *h)))
-            .count();
+        // Counted, not walked: a /4 switch has 2^28 addresses.
+        let in_range =
+            |a: &Ipv4Addr| (FIRST_NODE_HOST..=last).contains(&(u32::from(*a) - u32::from(sw.subnet.network())));
+        let room = (last + 1).saturating_sub(FIRST_NODE_HOST) as usize - taken.keys().filter(|a| in_range(a)).count();
         if auto.len() > room {
             let span = if s.span == (0..0) {
                 nodes[auto[room]].name_span.clone()

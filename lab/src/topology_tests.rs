@@ -277,6 +277,19 @@ fn rejects_switch_subnet_too_small() {
     let e = rejects(&small, 13, 10, "room for 4 automatically addressed nodes");
     assert!(e.message.contains("5 nodes need one"), "{}", e.message);
     assert!(e.fix.contains("172.20.0.0/27"), "{}", e.fix);
+    for cidr in ["172.20.0.0/31", "172.20.0.0/32"] {
+        let e = rejects(
+            &replace("subnet = \"172.20.0.0/24\"", &format!("subnet = \"{cidr}\"")),
+            13,
+            10,
+            &format!("switch subnet {cidr} is too small"),
+        );
+        assert!(e.fix.contains("/30 or shorter"), "{}", e.fix);
+    }
+    // The smallest switch: its gateway .1 and one node at .2.
+    ok(
+        "name = \"s\"\n[[switch]]\nname = \"s\"\nsubnet = \"172.20.0.0/30\"\n[[node]]\nname = \"n\"\nip = \"172.20.0.2\"\n",
+    );
 }
 
 #[test]
