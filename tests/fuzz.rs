@@ -333,13 +333,20 @@ fn mutated_topologies_and_scenarios_never_panic() {
     let mut r = ChaCha8Rng::seed_from_u64(seed);
     let (mut topo, mut scen) = (Tally::default(), Tally::default());
     let started = Instant::now();
+    let mut slowest = (std::time::Duration::ZERO, String::new());
     for case in 0..cases {
-        if case % 4 == 3 {
+        let at = Instant::now();
+        let text = if case % 4 == 3 {
             let text = mutate(scenarios.choose(&mut r).expect("scenarios"), &mut r, &dict);
             guarded(&mut scen, "scenario", &text, || check_scenario(&scenario_path, &text));
+            text
         } else {
             let text = mutate(topologies.choose(&mut r).expect("topologies"), &mut r, &dict);
             guarded(&mut topo, "topology", &text, || check_topology(&text));
+            text
+        };
+        if at.elapsed() > slowest.0 {
+            slowest = (at.elapsed(), text);
         }
     }
     let _ = std::panic::take_hook();
@@ -352,6 +359,11 @@ fn mutated_topologies_and_scenarios_never_panic() {
         scen.accepted,
         scen.rejected,
         topo.panics.len() + scen.panics.len()
+    );
+    eprintln!(
+        "fuzz: slowest case {:.0} ms:\n{}",
+        slowest.0.as_secs_f64() * 1000.0,
+        cnilab::error::excerpt(&slowest.1, 2000)
     );
     let failures: Vec<&(String, String)> = topo.panics.iter().chain(&scen.panics).collect();
     if let Some((why, text)) = failures.first() {
