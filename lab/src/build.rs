@@ -46,15 +46,8 @@ pub struct UpOptions {
 
 /// Checks that the machine has what the topology needs, before anything is made.
 pub fn preflight(topology: &Topology) -> Result<(), Error> {
-    use crate::topology::Profile;
-    if let Profile::Flannel(f) = &topology.network.profile {
-        if f.backend == FlannelBackend::Udp {
-            return Err(Error::env(
-                "the flannel udp backend validates, but cnilab does not build it yet",
-                "use backend = \"vxlan\" or \"host-gw\"",
-            ));
-        }
-    }
+    // Backends cnilab does not build (flannel udp) are refused while the
+    // topology is read (topology::check_built), as `validate` refuses them.
     let plan = Plan::new(topology, &topology.name, &LabPaths::of(&topology.name));
     let (_, programs) = crate::doctor::needs(&plan);
     let missing = crate::doctor::missing_programs(&programs);
@@ -412,11 +405,19 @@ async fn probe_kernel(plan: &Plan, fnl: &Nl) -> Result<()> {
             "checking IP-in-IP support for Calico's ipip mode",
         )
         .await?;
+    }
+    unbuildable_here(plan)?;
+    Ok(())
+}
+
+/// What no machine cnilab supports can build, though the topology is valid
+/// (exit 3): `validate` and `up` both ask this.
+pub fn unbuildable_here(plan: &Plan) -> Result<(), Error> {
+    if matches!(&plan.profile, ProfilePlan::Calico(c) if c.mode == crate::topology::CalicoMode::Ipip) {
         return Err(Error::env(
             "Calico's ipip mode needs BIRD 1's krt_tunnel, which BIRD 2 lacks; cnilab does not build it yet",
             "use mode = \"bgp\" or \"vxlan\"",
-        )
-        .into());
+        ));
     }
     Ok(())
 }

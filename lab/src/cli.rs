@@ -607,6 +607,8 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Validate { topology, json } => {
             let t = Topology::load(&topology)?;
             let plan = Plan::new(&t, &t.name, &paths::LabPaths::of(&t.name));
+            // What up would refuse on any machine; what this one lacks is doctor's.
+            crate::build::unbuildable_here(&plan)?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&plan).map_err(anyhow::Error::from)?);
             } else {

@@ -168,7 +168,15 @@ fn parse_duration(t: &Table, key: &str) -> R<Option<Duration>> {
             ));
         }
     };
-    Ok(Some(Duration::from_secs_f64(secs)))
+    // Longer would panic converting, or later adding it to the clock.
+    match Duration::try_from_secs_f64(secs) {
+        Ok(d) if d <= Duration::from_secs(86_400) => Ok(Some(d)),
+        _ => Err(t.err(
+            s.span,
+            format!("`{key}` = \"{v}\" is longer than a day"),
+            "use a duration of at most a day, e.g. \"30s\"",
+        )),
+    }
 }
 
 fn de_to_json(v: &DeValue<'_>) -> Value {

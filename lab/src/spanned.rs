@@ -2,11 +2,12 @@
 //! topology or scenario file is reported at its line and column with a fix.
 //! Unknown keys are errors, with a "did you mean" where one is close.
 
+use std::cell::RefCell;
 use std::ops::Range;
 
 use toml::de::{DeTable, DeValue};
 
-use crate::error::{InputError, Source};
+use crate::error::{InputError, Source, excerpt};
 
 /// A value and where it was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +26,62 @@ impl<T> Sp<T> {
 }
 
 type R<T> = Result<T, InputError>;
+
+/// Most mistakes of one file listed in one run; the rest are counted.
+const MAX_LISTED: usize = 30;
+
+/// The mistakes found in one file so far. Reading goes on after a mistake
+/// that later checks do not depend on, so one run reports them all.
+#[derive(Debug, Default)]
+pub struct Errors(RefCell<Vec<InputError>>);
+
+impl Errors {
+    /// Records a mistake (and the further ones it carries).
+    pub fn push(&self, mut e: InputError) {
+        let more = e.more.take();
+        let mut v = self.0.borrow_mut();
+        v.push(e);
+        v.extend(more.into_iter().flat_map(|m| *m));
+    }
+
+    /// The value, or `None` once its mistake is recorded.
+    pub fn ok<T>(&self, r: R<T>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.push(e);
+                None
+            }
+        }
+    }
+
+    /// Whether no mistake was found.
+    pub fn is_empty(&self) -> bool {
+        self.0.borrow().is_empty()
+    }
+
+    /// How many mistakes were found.
+    pub fn count(&self) -> usize {
+        self.0.borrow().len()
+    }
+
+    /// `v` when no mistake was found; otherwise every mistake in file order,
+    /// the first carrying the others.
+    pub fn finish<T>(self, v: Option<T>) -> R<T> {
+        let mut all = self.0.into_inner();
+        all.sort_by_key(|e| (e.line, e.col));
+        all.dedup();
+        if all.is_empty() {
+            return v.ok_or_else(|| Source::new("", "").error(0..0, "invalid input", "correct the file"));
+        }
+        let omitted = all.len().saturating_sub(MAX_LISTED);
+        all.truncate(MAX_LISTED);
+        let mut first = all.remove(0);
+        first.more = (!all.is_empty()).then(|| Box::new(all));
+        first.omitted = omitted as u32;
+        Err(first)
+    }
+}
 
 /// Parses a whole document, turning syntax errors into [`InputError`]s.
 pub fn parse_document<'i>(src: &Source, text: &'i str) -> R<(DeTable<'i>, Range<usize>)> {
@@ -94,8 +151,10 @@ impl<'a, 'i> Table<'a, 'i> {
         self.src.error(span, msg, fix)
     }
 
-    /// Rejects every key not in `allowed`, suggesting the closest allowed one.
+    /// Rejects every key not in `allowed`, suggesting the closest allowed
+    /// one; the error carries all of them.
     pub fn allow(&self, allowed: &[&str]) -> R<()> {
+        let errs = Errors::default();
         for (k, _) in self.table.iter() {
             let key: &str = k.get_ref();
             if allowed.contains(&key) {
@@ -105,9 +164,13 @@ impl<'a, 'i> Table<'a, 'i> {
                 Some(near) => format!("did you mean `{near}`? {} takes: {}", self.ctx, allowed.join(", ")),
                 None => format!("remove it; {} takes: {}", self.ctx, allowed.join(", ")),
             };
-            return Err(self.err(k.span(), format!("unknown key `{key}` in {}", self.ctx), fix));
+            errs.push(self.err(
+                k.span(),
+                format!("unknown key `{}` in {}", excerpt(key, 60), self.ctx),
+                fix,
+            ));
         }
-        Ok(())
+        errs.finish(Some(()))
     }
 
     fn get(&self, key: &str) -> Option<(Range<usize>, &'a toml::Spanned<DeValue<'i>>)> {
@@ -276,6 +339,10 @@ impl<'a, 'i> Table<'a, 'i> {
 
 /// The allowed word closest to `word`, when it is close enough to be a typo.
 pub fn closest<'w>(word: &str, allowed: &[&'w str]) -> Option<&'w str> {
+    // Far longer words are no typos, and comparing them costs time.
+    if word.chars().count() > 64 {
+        return None;
+    }
     allowed
         .iter()
         .map(|a| (edit_distance(word, a), *a))

@@ -9,8 +9,8 @@ use std::path::Path;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, InputError, Source};
-use crate::spanned::{Sp, Table, parse_document};
+use crate::error::{Error, InputError, Source, excerpt};
+use crate::spanned::{Errors, Sp, Table, parse_document};
 
 type R<T> = Result<T, InputError>;
 
@@ -212,38 +212,66 @@ impl Topology {
     }
 }
 
-/// Parses and validates a topology from its source text.
+/// Parses and validates a topology from its source text. Every independent
+/// mistake is reported, in file order; checks that depend on a value with a
+/// mistake are skipped rather than reported as a second mistake.
 pub fn parse(src: &Source) -> R<Topology> {
     let (doc, span) = parse_document(src, &src.text)?;
     let root = Table::root(src, &doc, span);
-    root.allow(&["name", "seed", "network", "switch", "node", "router"])?;
+    let errs = Errors::default();
+    let topology = read(&root, &errs);
+    errs.finish(topology)
+}
 
-    let name = root.required_string("name", "name = \"demo\"")?;
-    check_name(&root, &name, "lab name", 12)?;
-    let seed = root.int("seed", 0, i64::MAX, "seed = 0")?.map_or(0, |s| s.v as u64);
+/// Most nodes a topology may have, all switches together.
+pub const MAX_NODES: usize = 4096;
+/// Most pods a topology may have, all nodes together.
+pub const MAX_PODS: usize = 65536;
 
-    let switches = parse_switches(&root)?;
-    let routers = parse_routers(&root, &switches)?;
-    let nodes = parse_nodes(&root, &switches)?;
-    if nodes.is_empty() {
-        return Err(root.err(
+fn read(root: &Table, errs: &Errors) -> Option<Topology> {
+    errs.ok(root.allow(&["name", "seed", "network", "switch", "node", "router"]));
+    let name = errs.ok(root.required_string("name", "name = \"demo\""));
+    let name = name.filter(|n| errs.ok(check_name(root, n, "lab name", 12)).is_some());
+    let seed = errs
+        .ok(root.int("seed", 0, i64::MAX, "seed = 0"))
+        .map(|s| s.map_or(0, |s| s.v as u64));
+
+    let before = errs.count();
+    let switches = parse_switches(root, errs);
+    let switches_ok = errs.count() == before;
+    let routers = parse_routers(root, &switches, switches_ok, errs);
+    let before_nodes = errs.count();
+    let nodes = parse_nodes(root, &switches, switches_ok, errs);
+    if nodes.is_empty() && errs.count() == before_nodes {
+        errs.push(root.err(
             0..0,
             "the topology has no nodes",
             "add at least one [[node]] section, e.g. [[node]] name = \"worker{i}\" count = 2 pods = 2",
         ));
     }
-    let network = parse_network(&root, &switches, &routers, &nodes)?;
-    check_unique_across_kinds(&root, &switches, &nodes, &routers)?;
-    let nodes = assign_addresses(&root, &switches, &routers, nodes)?;
-
-    Ok(Topology {
-        name: name.v,
-        seed,
-        network,
+    let parts_ok = errs.count() == before;
+    let network = parse_network(root, &switches, &routers, &nodes, parts_ok, errs);
+    if !parts_ok {
+        return None;
+    }
+    errs.ok(check_unique_across_kinds(root, &switches, &nodes, &routers));
+    let nodes = errs.ok(assign_addresses(root, &switches, &routers, nodes))?;
+    if !errs.is_empty() {
+        return None;
+    }
+    Some(Topology {
+        name: name?.v,
+        seed: seed?,
+        network: network?,
         switches: switches.into_iter().map(|s| s.switch).collect(),
         nodes: nodes.into_iter().map(|n| n.node).collect(),
         routers: routers.into_iter().map(|r| r.router).collect(),
     })
+}
+
+/// What is quoted of a value the user wrote: at most 60 characters.
+fn q(s: &str) -> String {
+    excerpt(s, 60)
 }
 
 /// Names: 1-`max` chars of `[a-z0-9-]`, starting with a letter.
@@ -252,7 +280,7 @@ fn check_name(t: &Table, name: &Sp<String>, what: &str, max: usize) -> R<()> {
     let problem = if n.is_empty() {
         Some("is empty".to_string())
     } else if n.len() > max {
-        Some(format!("has {} characters, more than {max}", n.len()))
+        Some(format!("has {} characters, more than {max}", n.chars().count()))
     } else if !n.starts_with(|c: char| c.is_ascii_lowercase()) {
         Some("does not start with a lowercase letter".to_string())
     } else {
@@ -264,7 +292,7 @@ fn check_name(t: &Table, name: &Sp<String>, what: &str, max: usize) -> R<()> {
         None => Ok(()),
         Some(p) => Err(t.err(
             name.span.clone(),
-            format!("{what} \"{n}\" {p}"),
+            format!("{what} \"{}\" {p}", q(n)),
             format!(
                 "use 1-{max} characters of a-z, 0-9 and '-', starting with a letter, e.g. \"{}\"",
                 suggest_name(n, max)
@@ -275,8 +303,9 @@ fn check_name(t: &Table, name: &Sp<String>, what: &str, max: usize) -> R<()> {
 
 fn suggest_name(n: &str, max: usize) -> String {
     let mut s: String = n
-        .to_ascii_lowercase()
         .chars()
+        .take(max)
+        .map(|c| c.to_ascii_lowercase())
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .collect();
     if !s.starts_with(|c: char| c.is_ascii_lowercase()) {
@@ -299,10 +328,43 @@ fn parse_cidr(t: &Table, key: &str, example: &str) -> R<Option<Sp<Ipv4Net>>> {
         Ok(net) => Ok(Some(Sp::new(net, s.span))),
         Err(_) => Err(t.err(
             s.span.clone(),
-            format!("`{key}` = \"{}\" is not an IPv4 CIDR", s.v),
+            format!("`{key}` = \"{}\" is not an IPv4 CIDR", q(&s.v)),
             format!("write an IPv4 network and prefix length, e.g. {example}"),
         )),
     }
+}
+
+/// Address ranges no lab can use for pods or an underlay, and why.
+const UNUSABLE: [(&str, &str); 5] = [
+    ("0.0.0.0/8", "\"this network\" (0.0.0.0/8), which is no destination"),
+    ("127.0.0.0/8", "loopback (127.0.0.0/8), which never leaves a namespace"),
+    (
+        "169.254.0.0/16",
+        "link-local (169.254.0.0/16), which Calico uses for its pod gateway 169.254.1.1",
+    ),
+    (
+        "224.0.0.0/4",
+        "multicast (224.0.0.0/4), which the kernel refuses as an interface address",
+    ),
+    (
+        "240.0.0.0/4",
+        "reserved (240.0.0.0/4, with the broadcast address 255.255.255.255), which the kernel does not route",
+    ),
+];
+
+/// Refuses a pod CIDR or switch subnet that overlaps a range no lab can use.
+fn check_usable(t: &Table, net: &Sp<Ipv4Net>, what: &str, example: &str) -> R<()> {
+    for (range, why) in UNUSABLE {
+        let r: Ipv4Net = range.parse().expect("valid constant");
+        if r.contains(&net.v.network()) || net.v.contains(&r.network()) {
+            return Err(t.err(
+                net.span.clone(),
+                format!("{what} {} overlaps {why}", net.v),
+                format!("use a private range, e.g. {example}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 struct SwitchIn {
@@ -311,59 +373,15 @@ struct SwitchIn {
     subnet_span: Range<usize>,
 }
 
-fn parse_switches(root: &Table) -> R<Vec<SwitchIn>> {
+fn parse_switches(root: &Table, errs: &Errors) -> Vec<SwitchIn> {
     let mut out: Vec<SwitchIn> = Vec::new();
-    for t in root.tables("switch", "[[switch]]")? {
-        t.allow(&["name", "subnet", "mtu"])?;
-        let name = t.required_string("name", "name = \"tor1\"")?;
-        check_name(&t, &name, "switch name", 15)?;
-        if out.iter().any(|s| s.switch.name == name.v) {
-            return Err(t.err(
-                name.span,
-                format!("there are two switches named \"{}\"", name.v),
-                "give each [[switch]] its own name",
-            ));
+    let written = root.has("switch");
+    for t in errs.ok(root.tables("switch", "[[switch]]")).unwrap_or_default() {
+        if let Some(s) = parse_switch(&t, &out, errs) {
+            out.push(s);
         }
-        let subnet = parse_cidr(&t, "subnet", "subnet = \"172.20.0.0/24\"")?.ok_or_else(|| {
-            t.err(
-                t.span(),
-                format!("switch \"{}\" has no `subnet`", name.v),
-                "add the underlay subnet of its nodes, e.g. subnet = \"172.20.0.0/24\"",
-            )
-        })?;
-        if subnet.v.prefix_len() > 30 {
-            return Err(t.err(
-                subnet.span,
-                format!("switch subnet {} is too small to hold a node", subnet.v),
-                "use a prefix of /30 or shorter, e.g. /24",
-            ));
-        }
-        for other in &out {
-            if other.switch.subnet.contains(&subnet.v.network()) || subnet.v.contains(&other.switch.subnet.network()) {
-                return Err(t.err(
-                    subnet.span,
-                    format!(
-                        "switch subnet {} overlaps {} of switch \"{}\"",
-                        subnet.v, other.switch.subnet, other.switch.name
-                    ),
-                    "give each switch a subnet of its own",
-                ));
-            }
-        }
-        let mtu = t
-            .int("mtu", MTU_MIN, MTU_MAX, "mtu = 1500")?
-            .map_or(1500, |m| m.v as u32);
-        out.push(SwitchIn {
-            switch: Switch {
-                name: name.v,
-                subnet: subnet.v,
-                mtu,
-            },
-            span: t.span(),
-            subnet_span: subnet.span,
-        });
     }
-    if out.is_empty() {
+    if !written {
         // One default segment keeps the smallest topology short.
         out.push(SwitchIn {
             switch: Switch {
@@ -375,7 +393,78 @@ fn parse_switches(root: &Table) -> R<Vec<SwitchIn>> {
             subnet_span: 0..0,
         });
     }
-    Ok(out)
+    out
+}
+
+fn parse_switch(t: &Table, out: &[SwitchIn], errs: &Errors) -> Option<SwitchIn> {
+    let before = errs.count();
+    errs.ok(t.allow(&["name", "subnet", "mtu"]));
+    let name = errs.ok(t.required_string("name", "name = \"tor1\""));
+    let name = name.filter(|n| errs.ok(check_name(t, n, "switch name", 15)).is_some());
+    if let Some(n) = name.as_ref().filter(|n| out.iter().any(|s| s.switch.name == n.v)) {
+        errs.push(t.err(
+            n.span.clone(),
+            format!("there are two switches named \"{}\"", n.v),
+            "give each [[switch]] its own name",
+        ));
+    }
+    let example = "subnet = \"172.20.0.0/24\"";
+    let subnet = match errs.ok(parse_cidr(t, "subnet", example)) {
+        Some(None) => {
+            let which = name.as_ref().map_or(String::new(), |n| format!(" \"{}\"", n.v));
+            errs.push(t.err(
+                t.span(),
+                format!("switch{which} has no `subnet`"),
+                "add the underlay subnet of its nodes, e.g. subnet = \"172.20.0.0/24\"",
+            ));
+            None
+        }
+        other => other.flatten(),
+    };
+    let subnet = subnet.filter(|s| errs.ok(check_switch_subnet(t, s, out)).is_some());
+    let mtu = errs.ok(t.int("mtu", MTU_MIN, MTU_MAX, "mtu = 1500"));
+    if errs.count() > before {
+        return None;
+    }
+    let subnet = subnet?;
+    Some(SwitchIn {
+        switch: Switch {
+            name: name?.v,
+            subnet: subnet.v,
+            mtu: mtu?.map_or(1500, |m| m.v as u32),
+        },
+        span: t.span(),
+        subnet_span: subnet.span,
+    })
+}
+
+/// A switch subnet must be usable, hold its gateway (.1) and a node, and be
+/// its own.
+fn check_switch_subnet(t: &Table, subnet: &Sp<Ipv4Net>, out: &[SwitchIn]) -> R<()> {
+    check_usable(t, subnet, "switch subnet", "172.20.0.0/24")?;
+    if subnet.v.prefix_len() > 30 {
+        return Err(t.err(
+            subnet.span.clone(),
+            format!(
+                "switch subnet {} is too small: it needs a network address, the gateway .1, a node and a broadcast address",
+                subnet.v
+            ),
+            "use a prefix of /30 or shorter, e.g. /24",
+        ));
+    }
+    for other in out {
+        if other.switch.subnet.contains(&subnet.v.network()) || subnet.v.contains(&other.switch.subnet.network()) {
+            return Err(t.err(
+                subnet.span.clone(),
+                format!(
+                    "switch subnet {} overlaps {} of switch \"{}\"",
+                    subnet.v, other.switch.subnet, other.switch.name
+                ),
+                "give each switch a subnet of its own",
+            ));
+        }
+    }
+    Ok(())
 }
 
 struct RouterIn {
@@ -383,69 +472,108 @@ struct RouterIn {
     name_span: Range<usize>,
 }
 
-fn parse_routers(root: &Table, switches: &[SwitchIn]) -> R<Vec<RouterIn>> {
+fn parse_routers(root: &Table, switches: &[SwitchIn], switches_ok: bool, errs: &Errors) -> Vec<RouterIn> {
     let mut out: Vec<RouterIn> = Vec::new();
     let mut taken: BTreeMap<String, String> = BTreeMap::new();
-    for t in root.tables("router", "[[router]]")? {
-        t.allow(&["name", "switches", "asn"])?;
-        let name = t.required_string("name", "name = \"spine\"")?;
-        check_name(&t, &name, "router name", 15)?;
-        if out.iter().any(|r| r.router.name == name.v) {
-            return Err(t.err(
-                name.span,
-                format!("there are two routers named \"{}\"", name.v),
-                "give each [[router]] its own name",
-            ));
+    for t in errs.ok(root.tables("router", "[[router]]")).unwrap_or_default() {
+        let sw = SwitchRefs {
+            switches,
+            checked: switches_ok,
+        };
+        if let Some(r) = parse_router(&t, &out, &mut taken, &sw, errs) {
+            out.push(r);
         }
-        let sw = t
-            .strings("switches", "switches = [\"tor1\", \"tor2\"]")?
-            .ok_or_else(|| {
-                t.err(
-                    t.span(),
-                    format!("router \"{}\" has no `switches`", name.v),
-                    "list the switches it joins, e.g. switches = [\"tor1\", \"tor2\"]",
-                )
-            })?;
-        if sw.v.is_empty() {
-            return Err(t.err(
-                sw.span,
-                format!("router \"{}\" joins no switch", name.v),
-                "list at least one switch, e.g. switches = [\"tor1\"]",
-            ));
-        }
-        let mut names = Vec::new();
-        for s in &sw.v {
-            if !switches.iter().any(|x| x.switch.name == s.v) {
-                return Err(unknown_switch(&t, s, switches));
-            }
-            if names.contains(&s.v) {
-                return Err(t.err(
-                    s.span.clone(),
-                    format!("router \"{}\" lists switch \"{}\" twice", name.v, s.v),
-                    "list each switch once",
-                ));
-            }
-            if let Some(other) = taken.get(&s.v) {
-                return Err(t.err(
-                    s.span.clone(),
-                    format!("switch \"{}\" already has router \"{other}\", which takes its .1", s.v),
-                    "put one router on each switch",
-                ));
-            }
-            taken.insert(s.v.clone(), name.v.clone());
-            names.push(s.v.clone());
-        }
-        let asn = t.int("asn", 1, u32::MAX as i64, "asn = 65000")?.map(|a| a.v as u32);
-        out.push(RouterIn {
-            router: Router {
-                name: name.v,
-                switches: names,
-                asn,
-            },
-            name_span: name.span,
-        });
     }
-    Ok(out)
+    out
+}
+
+/// The switches references are checked against, when they all parsed.
+struct SwitchRefs<'s> {
+    switches: &'s [SwitchIn],
+    checked: bool,
+}
+
+impl SwitchRefs<'_> {
+    /// Refuses a reference to a switch that does not exist.
+    fn check(&self, t: &Table, s: &Sp<String>) -> R<()> {
+        if self.checked && !self.switches.iter().any(|x| x.switch.name == s.v) {
+            return Err(unknown_switch(t, s, self.switches));
+        }
+        Ok(())
+    }
+}
+
+fn parse_router(
+    t: &Table,
+    out: &[RouterIn],
+    taken: &mut BTreeMap<String, String>,
+    refs: &SwitchRefs,
+    errs: &Errors,
+) -> Option<RouterIn> {
+    let before = errs.count();
+    errs.ok(t.allow(&["name", "switches", "asn"]));
+    let name = errs.ok(t.required_string("name", "name = \"spine\""));
+    let name = name.filter(|n| errs.ok(check_name(t, n, "router name", 15)).is_some());
+    if let Some(n) = name.as_ref().filter(|n| out.iter().any(|r| r.router.name == n.v)) {
+        errs.push(t.err(
+            n.span.clone(),
+            format!("there are two routers named \"{}\"", n.v),
+            "give each [[router]] its own name",
+        ));
+    }
+    let which = name.as_ref().map_or(String::new(), |n| format!(" \"{}\"", n.v));
+    let mut names = Vec::new();
+    match errs.ok(t.strings("switches", "switches = [\"tor1\", \"tor2\"]")) {
+        Some(None) => errs.push(t.err(
+            t.span(),
+            format!("router{which} has no `switches`"),
+            "list the switches it joins, e.g. switches = [\"tor1\", \"tor2\"]",
+        )),
+        Some(Some(sw)) if sw.v.is_empty() => errs.push(t.err(
+            sw.span,
+            format!("router{which} joins no switch"),
+            "list at least one switch, e.g. switches = [\"tor1\"]",
+        )),
+        Some(Some(sw)) => {
+            for s in &sw.v {
+                if errs.ok(refs.check(t, s)).is_none() {
+                    continue;
+                }
+                if names.contains(&s.v) {
+                    errs.push(t.err(
+                        s.span.clone(),
+                        format!("router{which} lists switch \"{}\" twice", q(&s.v)),
+                        "list each switch once",
+                    ));
+                } else if let Some(other) = taken.get(&s.v) {
+                    errs.push(t.err(
+                        s.span.clone(),
+                        format!("switch \"{}\" already has router \"{other}\", which takes its .1", s.v),
+                        "put one router on each switch",
+                    ));
+                } else {
+                    names.push(s.v.clone());
+                }
+            }
+        }
+        None => {}
+    }
+    let asn = errs.ok(t.int("asn", 1, u32::MAX as i64, "asn = 65000"));
+    if errs.count() > before {
+        return None;
+    }
+    let name = name?;
+    for s in &names {
+        taken.insert(s.clone(), name.v.clone());
+    }
+    Some(RouterIn {
+        router: Router {
+            name: name.v,
+            switches: names,
+            asn: asn?.map(|a| a.v as u32),
+        },
+        name_span: name.span,
+    })
 }
 
 fn unknown_switch(t: &Table, s: &Sp<String>, switches: &[SwitchIn]) -> InputError {
@@ -455,10 +583,10 @@ fn unknown_switch(t: &Table, s: &Sp<String>, switches: &[SwitchIn]) -> InputErro
         None => format!(
             "use one of the switches: {}, or add a [[switch]] named \"{}\"",
             names.join(", "),
-            s.v
+            suggest_name(&s.v, 15)
         ),
     };
-    t.err(s.span.clone(), format!("there is no switch \"{}\"", s.v), fix)
+    t.err(s.span.clone(), format!("there is no switch \"{}\"", q(&s.v)), fix)
 }
 
 struct NodeIn {
@@ -466,99 +594,161 @@ struct NodeIn {
     max_pods_span: Option<Range<usize>>,
     name_span: Range<usize>,
     ip_span: Option<Range<usize>>,
+    /// Where its pods are written (the node's table when they are not).
+    pods_span: Range<usize>,
     explicit_ip: Option<Ipv4Addr>,
 }
 
-fn parse_nodes(root: &Table, switches: &[SwitchIn]) -> R<Vec<NodeIn>> {
+fn parse_nodes(root: &Table, switches: &[SwitchIn], switches_ok: bool, errs: &Errors) -> Vec<NodeIn> {
     let mut out: Vec<NodeIn> = Vec::new();
-    for t in root.tables("node", "[[node]]")? {
-        t.allow(&["name", "switch", "ip", "pods", "count", "max_pods"])?;
-        let name = t.required_string("name", "name = \"worker1\"")?;
-        let count = t.int("count", 1, 4096, "count = 3")?;
-        let templated = name.v.contains("{i}");
-        match (&count, templated) {
-            (Some(c), false) => {
-                return Err(t.err(
-                    c.span.clone(),
-                    format!("node \"{}\" has `count` but its name has no \"{{i}}\"", name.v),
-                    format!("put {{i}} where the number goes, e.g. name = \"{}{{i}}\"", name.v),
+    let mut names: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut pods = 0usize;
+    let refs = SwitchRefs {
+        switches,
+        checked: switches_ok,
+    };
+    for t in errs.ok(root.tables("node", "[[node]]")).unwrap_or_default() {
+        let Some(new) = parse_node(&t, &refs, errs) else {
+            continue;
+        };
+        let first = new.first().map(|n| (n.name_span.clone(), n.pods_span.clone()));
+        pods += new.iter().map(|n| n.node.pods.len()).sum::<usize>();
+        if let Some((name_span, pods_span)) = first {
+            if out.len() + new.len() > MAX_NODES {
+                errs.push(t.err(
+                    name_span,
+                    format!(
+                        "this makes {} nodes, more than cnilab builds ({MAX_NODES})",
+                        out.len() + new.len()
+                    ),
+                    "use fewer or smaller `count`s",
                 ));
+                break;
             }
-            (None, true) => {
-                return Err(t.err(
-                    name.span.clone(),
-                    format!("node name \"{}\" has \"{{i}}\" but no `count`", name.v),
-                    "add count = N to make N nodes, or remove {i} from the name",
+            if pods > MAX_PODS {
+                errs.push(t.err(
+                    pods_span,
+                    format!("this makes {pods} pods, more than cnilab builds ({MAX_PODS})"),
+                    "give the nodes fewer pods",
                 ));
+                break;
             }
-            _ => {}
         }
-        let switch = match t.string("switch", "switch = \"tor1\"")? {
-            Some(s) => {
-                if !switches.iter().any(|x| x.switch.name == s.v) {
-                    return Err(unknown_switch(&t, &s, switches));
-                }
-                s.v
-            }
-            None if switches.len() == 1 => switches[0].switch.name.clone(),
-            None => {
-                let names: Vec<&str> = switches.iter().map(|x| x.switch.name.as_str()).collect();
-                return Err(t.err(
-                    name.span.clone(),
-                    format!("node \"{}\" names no switch, and there are {}", name.v, switches.len()),
-                    format!("add switch = \"...\" with one of: {}", names.join(", ")),
-                ));
-            }
-        };
-        let ip = match t.string("ip", "ip = \"172.20.0.10\"")? {
-            None => None,
-            Some(s) => {
-                if let Some(c) = &count {
-                    return Err(t.err(
-                        s.span.clone(),
-                        format!("node \"{}\" has both `ip` and `count = {}`", name.v, c.v),
-                        "addresses of counted nodes are assigned in order; remove `ip` or `count`",
-                    ));
-                }
-                let addr = s.v.parse::<Ipv4Addr>().map_err(|_| {
-                    t.err(
-                        s.span.clone(),
-                        format!("`ip` = \"{}\" is not an IPv4 address", s.v),
-                        "write an address on the node's switch subnet, e.g. ip = \"172.20.0.10\"",
-                    )
-                })?;
-                Some(Sp::new(addr, s.span))
-            }
-        };
-        let pods = parse_pods(&t)?;
-        let max_pods = t.int("max_pods", 1, 65535, "max_pods = 4")?;
-        let n = count.as_ref().map_or(1, |c| c.v);
-        for i in 1..=n {
-            let expanded = Sp::new(name.v.replace("{i}", &i.to_string()), name.span.clone());
-            check_name(&t, &expanded, "node name", 15)?;
-            if out.iter().any(|o| o.node.name == expanded.v) {
-                return Err(t.err(
-                    name.span.clone(),
-                    format!("there are two nodes named \"{}\"", expanded.v),
+        for n in new {
+            if !names.insert(n.node.name.clone()) {
+                errs.push(t.err(
+                    n.name_span.clone(),
+                    format!("there are two nodes named \"{}\"", n.node.name),
                     "give each node its own name",
                 ));
+                continue;
             }
-            out.push(NodeIn {
-                node: Node {
-                    name: expanded.v,
-                    switch: switch.clone(),
-                    ip: Ipv4Addr::UNSPECIFIED,
-                    pods: pods.clone(),
-                    max_pods: max_pods.as_ref().map(|m| m.v as u32),
-                },
-                name_span: name.span.clone(),
-                max_pods_span: max_pods.as_ref().map(|m| m.span.clone()),
-                ip_span: ip.as_ref().map(|i| i.span.clone()),
-                explicit_ip: ip.as_ref().map(|i| i.v),
-            });
+            out.push(n);
         }
     }
-    Ok(out)
+    out
+}
+
+/// One `[[node]]` table: its nodes, `count` expanded.
+fn parse_node(t: &Table, refs: &SwitchRefs, errs: &Errors) -> Option<Vec<NodeIn>> {
+    let before = errs.count();
+    errs.ok(t.allow(&["name", "switch", "ip", "pods", "count", "max_pods"]));
+    let name = errs.ok(t.required_string("name", "name = \"worker1\""));
+    let count = errs.ok(t.int("count", 1, MAX_NODES as i64, "count = 3")).flatten();
+    if let Some(name) = &name {
+        errs.ok(check_count(t, name, count.as_ref()));
+    }
+    let node = name
+        .as_ref()
+        .map_or_else(|| "node".to_string(), |n| format!("node \"{}\"", q(&n.v)));
+    let switch = match errs.ok(t.string("switch", "switch = \"tor1\"")) {
+        Some(Some(s)) => errs.ok(refs.check(t, &s)).map(|_| s.v),
+        Some(None) if refs.switches.len() == 1 => Some(refs.switches[0].switch.name.clone()),
+        // The switches had mistakes: which one is meant is left open, and
+        // nothing that depends on it is checked.
+        Some(None) if !refs.checked => Some(String::new()),
+        Some(None) => {
+            let names: Vec<&str> = refs.switches.iter().map(|x| x.switch.name.as_str()).collect();
+            let span = name.as_ref().map_or_else(|| t.span(), |n| n.span.clone());
+            errs.push(t.err(
+                span,
+                format!("{node} names no switch, and there are {}", refs.switches.len()),
+                format!("add switch = \"...\" with one of: {}", names.join(", ")),
+            ));
+            None
+        }
+        None => None,
+    };
+    let ip = errs.ok(parse_node_ip(t, &node, count.as_ref())).flatten();
+    let pods = errs.ok(parse_pods(t));
+    let max_pods = errs.ok(t.int("max_pods", 1, 65535, "max_pods = 4"));
+    if errs.count() > before {
+        return None;
+    }
+    let (name, switch, pods, max_pods) = (name?, switch?, pods?, max_pods?);
+    let n = count.as_ref().map_or(1, |c| c.v);
+    let mut out = Vec::new();
+    for i in 1..=n {
+        let expanded = Sp::new(name.v.replace("{i}", &i.to_string()), name.span.clone());
+        // A bad template is one mistake, not one per node.
+        errs.ok(check_name(t, &expanded, "node name", 15))?;
+        out.push(NodeIn {
+            node: Node {
+                name: expanded.v,
+                switch: switch.clone(),
+                ip: Ipv4Addr::UNSPECIFIED,
+                pods: pods.clone(),
+                max_pods: max_pods.as_ref().map(|m| m.v as u32),
+            },
+            name_span: name.span.clone(),
+            max_pods_span: max_pods.as_ref().map(|m| m.span.clone()),
+            ip_span: ip.as_ref().map(|i| i.span.clone()),
+            pods_span: t.value_span("pods").unwrap_or_else(|| t.span()),
+            explicit_ip: ip.as_ref().map(|i| i.v),
+        });
+    }
+    Some(out)
+}
+
+/// `count` goes with a templated name, and only with one.
+fn check_count(t: &Table, name: &Sp<String>, count: Option<&Sp<i64>>) -> R<()> {
+    match (count, name.v.contains("{i}")) {
+        (Some(c), false) => Err(t.err(
+            c.span.clone(),
+            format!("node \"{}\" has `count` but its name has no \"{{i}}\"", q(&name.v)),
+            format!(
+                "put {{i}} where the number goes, e.g. name = \"{}{{i}}\"",
+                suggest_name(&name.v, 12)
+            ),
+        )),
+        (None, true) => Err(t.err(
+            name.span.clone(),
+            format!("node name \"{}\" has \"{{i}}\" but no `count`", q(&name.v)),
+            "add count = N to make N nodes, or remove {i} from the name",
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn parse_node_ip(t: &Table, node: &str, count: Option<&Sp<i64>>) -> R<Option<Sp<Ipv4Addr>>> {
+    let Some(s) = t.string("ip", "ip = \"172.20.0.10\"")? else {
+        return Ok(None);
+    };
+    if let Some(c) = count {
+        return Err(t.err(
+            s.span.clone(),
+            format!("{node} has both `ip` and `count = {}`", c.v),
+            "addresses of counted nodes are assigned in order; remove `ip` or `count`",
+        ));
+    }
+    let addr = s.v.parse::<Ipv4Addr>().map_err(|_| {
+        t.err(
+            s.span.clone(),
+            format!("`ip` = \"{}\" is not an IPv4 address", q(&s.v)),
+            "write an address on the node's switch subnet, e.g. ip = \"172.20.0.10\"",
+        )
+    })?;
+    Ok(Some(Sp::new(addr, s.span)))
 }
 
 fn parse_pods(t: &Table) -> R<Vec<String>> {
@@ -577,36 +767,56 @@ fn parse_pods(t: &Table) -> R<Vec<String>> {
         ));
     }
     let names = t.strings("pods", "pods = [\"web\", \"db\"]")?.expect("present");
+    let errs = Errors::default();
     let mut out: Vec<String> = Vec::new();
     for n in names.v {
-        check_name(t, &n, "pod name", 15)?;
+        if errs.ok(check_name(t, &n, "pod name", 15)).is_none() {
+            continue;
+        }
         if out.contains(&n.v) {
-            return Err(t.err(
+            errs.push(t.err(
                 n.span,
                 format!("pod name \"{}\" appears twice on this node", n.v),
                 "give each pod of a node its own name",
             ));
+            continue;
         }
         out.push(n.v);
     }
-    Ok(out)
+    errs.finish(Some(out))
 }
 
-fn parse_network(root: &Table, switches: &[SwitchIn], routers: &[RouterIn], nodes: &[NodeIn]) -> R<Network> {
-    let net = root.table("network", "[network]")?;
-    let Some(net) = net else {
-        let cidr: Ipv4Net = "10.244.0.0/16".parse().expect("valid default");
-        check_pod_cidr_overlap(root, &Sp::new(cidr, 0..0), switches)?;
-        let opts = flannel_options(None, &Sp::new(cidr, 0..0), nodes.len(), root)?;
-        return Ok(Network {
-            pod_cidr: cidr,
+fn parse_network(
+    root: &Table,
+    switches: &[SwitchIn],
+    routers: &[RouterIn],
+    nodes: &[NodeIn],
+    parts_ok: bool,
+    errs: &Errors,
+) -> Option<Network> {
+    // Checks against the nodes and switches run only when those parsed.
+    let mut ctx = Parts {
+        routers,
+        nodes,
+        ok: parts_ok,
+        pool: true,
+    };
+    let Some(net) = errs.ok(root.table("network", "[network]"))? else {
+        let cidr = Sp::new("10.244.0.0/16".parse().expect("valid default"), 0..0);
+        if parts_ok {
+            errs.ok(check_pod_cidr_overlap(root, &cidr, switches));
+        }
+        let opts = flannel_options(None, &cidr, &ctx, root, errs)?;
+        return Some(Network {
+            pod_cidr: cidr.v,
             mtu: None,
             profile: Profile::Flannel(opts),
         });
     };
-    net.allow(&["cni", "pod_cidr", "mtu", "flannel", "calico"])?;
-    let cni = net
-        .string("cni", "cni = \"flannel\"")?
+    let before = errs.count();
+    errs.ok(net.allow(&["cni", "pod_cidr", "mtu", "flannel", "calico"]));
+    let cni = errs
+        .ok(net.string("cni", "cni = \"flannel\""))?
         .unwrap_or_else(|| Sp::new("flannel".into(), net.span()));
     let profiles = ["flannel", "calico"];
     if !profiles.contains(&cni.v.as_str()) {
@@ -614,48 +824,67 @@ fn parse_network(root: &Table, switches: &[SwitchIn], routers: &[RouterIn], node
             Some(near) => format!("did you mean \"{near}\"? profiles: flannel, calico"),
             None => "use one of the profiles under plugins/: flannel, calico".to_string(),
         };
-        return Err(net.err(cni.span, format!("unknown CNI profile \"{}\"", cni.v), fix));
+        errs.push(net.err(cni.span, format!("unknown CNI profile \"{}\"", q(&cni.v)), fix));
+        return None;
     }
-    let default_cidr = if cni.v == "calico" {
-        "192.168.0.0/16"
-    } else {
-        "10.244.0.0/16"
-    };
-    let pod_cidr = parse_cidr(&net, "pod_cidr", "pod_cidr = \"10.244.0.0/16\"")?
-        .unwrap_or_else(|| Sp::new(default_cidr.parse().expect("valid default"), net.span()));
-    check_pod_cidr_overlap(&net, &pod_cidr, switches)?;
-    let mtu = net.int("mtu", MTU_MIN, MTU_MAX, "mtu = 1400")?.map(|m| m.v as u32);
+    let calico = cni.v == "calico";
+    let default_cidr = if calico { "192.168.0.0/16" } else { "10.244.0.0/16" };
+    let pod_cidr = errs
+        .ok(parse_cidr(&net, "pod_cidr", "pod_cidr = \"10.244.0.0/16\""))
+        .map(|c| c.unwrap_or_else(|| Sp::new(default_cidr.parse().expect("valid default"), net.span())))
+        .filter(|c| errs.ok(check_usable(&net, c, "pod CIDR", default_cidr)).is_some());
+    if let (Some(c), true) = (&pod_cidr, parts_ok) {
+        errs.ok(check_pod_cidr_overlap(&net, c, switches));
+    }
+    let mtu = errs.ok(net.int("mtu", MTU_MIN, MTU_MAX, "mtu = 1400"));
     // A profile's section belongs to that profile only.
     for other in profiles.iter().filter(|p| **p != cni.v) {
         if let Some(span) = net.key_span(other) {
-            return Err(net.err(
+            errs.push(net.err(
                 span,
                 format!("[network.{other}] does not belong to cni = \"{}\"", cni.v),
                 format!("remove [network.{other}], or set cni = \"{other}\""),
             ));
         }
     }
-    if cni.v != "calico" {
+    if !calico {
         if let Some(span) = nodes.iter().find_map(|n| n.max_pods_span.clone()) {
-            return Err(net.err(
+            errs.push(net.err(
                 span,
                 "max_pods limits a node's IPAM range, which only the calico profile's conflist sets; flannel's plugin always hands out the whole lease",
                 "use cni = \"calico\", or a longer subnet_len to give each node fewer addresses",
             ));
         }
     }
-    let profile = if cni.v == "calico" {
-        let t = net.table("calico", "[network.calico]")?;
-        Profile::Calico(calico_options(t.as_ref(), &pod_cidr, nodes, routers, root)?)
+    let key = if calico { "calico" } else { "flannel" };
+    let t = errs.ok(net.table(key, &format!("[network.{key}]")))?;
+    // Without a pod CIDR the profile's own keys are still checked.
+    ctx.pool = pod_cidr.is_some();
+    let cidr = pod_cidr.unwrap_or_else(|| Sp::new(default_cidr.parse().expect("valid default"), net.span()));
+    let profile = if calico {
+        Profile::Calico(calico_options(t.as_ref(), &cidr, &ctx, root, errs)?)
     } else {
-        let t = net.table("flannel", "[network.flannel]")?;
-        Profile::Flannel(flannel_options(t.as_ref(), &pod_cidr, nodes.len(), &net)?)
+        Profile::Flannel(flannel_options(t.as_ref(), &cidr, &ctx, &net, errs)?)
     };
-    Ok(Network {
-        pod_cidr: pod_cidr.v,
-        mtu,
+    if errs.count() > before {
+        return None;
+    }
+    Some(Network {
+        pod_cidr: cidr.v,
+        mtu: mtu?.map(|m| m.v as u32),
         profile,
     })
+}
+
+/// The parts of the topology a network is checked against, and whether
+/// they all parsed (otherwise the checks against them are skipped).
+struct Parts<'p> {
+    routers: &'p [RouterIn],
+    nodes: &'p [NodeIn],
+    /// The nodes, routers and switches parsed.
+    ok: bool,
+    /// The pod CIDR parsed (else a default stands in, unchecked).
+    pool: bool,
 }
 
 fn check_pod_cidr_overlap(t: &Table, cidr: &Sp<Ipv4Net>, switches: &[SwitchIn]) -> R<()> {
@@ -687,12 +916,45 @@ fn check_pod_cidr_overlap(t: &Table, cidr: &Sp<Ipv4Net>, switches: &[SwitchIn]) 
     Ok(())
 }
 
-fn flannel_options(t: Option<&Table>, pod_cidr: &Sp<Ipv4Net>, nodes: usize, at: &Table) -> R<FlannelOptions> {
+/// The backends and modes that validate but that cnilab does not build
+/// yet: one check for `validate` and `up` alike.
+fn check_built(t: &Table, key: &str, value: &Sp<String>) -> R<()> {
+    if key == "backend" && value.v == "udp" {
+        return Err(t.err(
+            value.span.clone(),
+            "the flannel udp backend is not built by cnilab yet",
+            "use backend = \"vxlan\" or \"host-gw\"",
+        ));
+    }
+    Ok(())
+}
+
+/// Pods a flannel node subnet of prefix `len` holds: host-local hands out
+/// every address but the network, the gateway (.1) and the broadcast.
+pub fn flannel_pods_per_subnet(len: u8) -> u64 {
+    (1u64 << (32 - u32::from(len.min(32)))).saturating_sub(3)
+}
+
+/// Pods a Calico block of prefix `len` holds: host-local hands out .1 up to
+/// the address before the broadcast.
+pub fn calico_pods_per_block(len: u8) -> u64 {
+    (1u64 << (32 - u32::from(len.min(32)))).saturating_sub(2)
+}
+
+fn flannel_options(
+    t: Option<&Table>,
+    pod_cidr: &Sp<Ipv4Net>,
+    parts: &Parts,
+    at: &Table,
+    errs: &Errors,
+) -> Option<FlannelOptions> {
+    let before = errs.count();
     let cidr = pod_cidr.v;
+    // A node subnet is at most a /30 (network, gateway, one pod, broadcast).
     let default_len = if cidr.prefix_len() <= 22 {
         24
     } else {
-        cidr.prefix_len() + 2
+        (cidr.prefix_len() + 2).min(30)
     };
     let mut opts = FlannelOptions {
         backend: FlannelBackend::Vxlan,
@@ -702,36 +964,65 @@ fn flannel_options(t: Option<&Table>, pod_cidr: &Sp<Ipv4Net>, nodes: usize, at: 
     };
     let mut len_span = None;
     if let Some(t) = t {
-        t.allow(&["backend", "vni", "port", "subnet_len"])?;
-        if let Some(b) = t.string("backend", "backend = \"vxlan\"")? {
-            opts.backend = match b.v.as_str() {
-                "vxlan" => FlannelBackend::Vxlan,
-                "host-gw" => FlannelBackend::HostGw,
-                "udp" => FlannelBackend::Udp,
-                _ => {
-                    return Err(t.err(
-                        b.span,
-                        format!("unknown flannel backend \"{}\"", b.v),
-                        "use backend = \"vxlan\", \"host-gw\" or \"udp\"",
-                    ));
-                }
-            };
+        errs.ok(t.allow(&["backend", "vni", "port", "subnet_len"]));
+        if let Some(Some(b)) = errs.ok(t.string("backend", "backend = \"vxlan\"")) {
+            match b.v.as_str() {
+                "vxlan" => opts.backend = FlannelBackend::Vxlan,
+                "host-gw" => opts.backend = FlannelBackend::HostGw,
+                "udp" => opts.backend = FlannelBackend::Udp,
+                _ => errs.push(t.err(
+                    b.span.clone(),
+                    format!("unknown flannel backend \"{}\"", q(&b.v)),
+                    "use backend = \"vxlan\" or \"host-gw\" (\"udp\" is not built yet)",
+                )),
+            }
+            errs.ok(check_built(t, "backend", &b));
         }
         if opts.backend == FlannelBackend::Udp {
             opts.port = 8285;
         }
-        if let Some(v) = t.int("vni", 1, (1 << 24) - 1, "vni = 1")? {
+        if let Some(Some(v)) = errs.ok(t.int("vni", 1, (1 << 24) - 1, "vni = 1")) {
             opts.vni = v.v as u32;
         }
-        if let Some(p) = t.int("port", 1, 65535, "port = 8472")? {
+        if let Some(Some(p)) = errs.ok(t.int("port", 1, 65535, "port = 8472")) {
             opts.port = p.v as u16;
         }
-        if let Some(l) = t.int("subnet_len", 1, 30, "subnet_len = 24")? {
-            opts.subnet_len = l.v as u8;
-            len_span = Some(l.span);
+        match errs.ok(t.int("subnet_len", 1, 30, "subnet_len = 24")) {
+            Some(Some(l)) => {
+                opts.subnet_len = l.v as u8;
+                len_span = Some(l.span);
+            }
+            Some(None) => {}
+            None => return None,
         }
     }
     let span = len_span.unwrap_or_else(|| pod_cidr.span.clone());
+    errs.ok(check_flannel_room(at, pod_cidr, &opts, span, parts));
+    (errs.count() == before).then_some(opts)
+}
+
+/// The pool splits into node subnets, one per node (flannel never leases
+/// the first), each holding its node's pods.
+fn check_flannel_room(
+    at: &Table,
+    pod_cidr: &Sp<Ipv4Net>,
+    opts: &FlannelOptions,
+    span: Range<usize>,
+    parts: &Parts,
+) -> R<()> {
+    let cidr = pod_cidr.v;
+    if !parts.pool {
+        return Ok(());
+    }
+    if cidr.prefix_len() >= 30 {
+        return Err(at.err(
+            pod_cidr.span.clone(),
+            format!(
+                "pod CIDR {cidr} is too small for flannel: every node needs a subnet of at least /30, and flannel never leases the first"
+            ),
+            "use a pod_cidr of /29 or larger, e.g. \"10.244.0.0/16\"",
+        ));
+    }
     if opts.subnet_len <= cidr.prefix_len() {
         return Err(at.err(
             span,
@@ -740,13 +1031,16 @@ fn flannel_options(t: Option<&Table>, pod_cidr: &Sp<Ipv4Net>, nodes: usize, at: 
                 opts.subnet_len
             ),
             format!(
-                "use a subnet_len longer than /{}, e.g. {}",
-                cidr.prefix_len(),
-                default_len.max(cidr.prefix_len() + 1)
+                "use a subnet_len from {} to 30, e.g. {}",
+                cidr.prefix_len() + 1,
+                (cidr.prefix_len() + 2).clamp(24, 30)
             ),
         ));
     }
-    // flannel never leases the first subnet (SubnetMin), hence the - 1.
+    if !parts.ok {
+        return Ok(());
+    }
+    let nodes = parts.nodes.len();
     let room = (1u64 << (opts.subnet_len - cidr.prefix_len())) - 1;
     if (nodes as u64) > room {
         return Err(at.err(
@@ -758,16 +1052,38 @@ fn flannel_options(t: Option<&Table>, pod_cidr: &Sp<Ipv4Net>, nodes: usize, at: 
             "use a larger pod_cidr or a longer subnet_len",
         ));
     }
-    Ok(opts)
+    let holds = flannel_pods_per_subnet(opts.subnet_len);
+    if let Some(n) = parts.nodes.iter().find(|n| n.node.pods.len() as u64 > holds) {
+        let pods = n.node.pods.len() as u64;
+        // The longest subnet_len that still holds them all.
+        let fits = (2..=30u8)
+            .rev()
+            .find(|l| flannel_pods_per_subnet(*l) >= pods)
+            .unwrap_or(2);
+        return Err(at.err(
+            n.pods_span.clone(),
+            format!(
+                "node \"{}\" has {pods} pods, but its flannel subnet (/{}) holds {holds} (host-local skips the network, the gateway .1 and the broadcast address)",
+                n.node.name, opts.subnet_len
+            ),
+            if fits > cidr.prefix_len() {
+                format!("give it at most {holds} pods, or use subnet_len = {fits} or shorter")
+            } else {
+                format!("give it at most {holds} pods, or use a larger pod_cidr and a shorter subnet_len")
+            },
+        ));
+    }
+    Ok(())
 }
 
 fn calico_options(
     t: Option<&Table>,
     cidr: &Sp<Ipv4Net>,
-    nodes: &[NodeIn],
-    routers: &[RouterIn],
+    parts: &Parts,
     root: &Table,
-) -> R<CalicoOptions> {
+    errs: &Errors,
+) -> Option<CalicoOptions> {
+    let before = errs.count();
     let mut opts = CalicoOptions {
         mode: CalicoMode::Bgp,
         block_size: 26,
@@ -779,7 +1095,7 @@ fn calico_options(
     };
     let mut size_span = cidr.span.clone();
     if let Some(t) = t {
-        t.allow(&[
+        errs.ok(t.allow(&[
             "mode",
             "block_size",
             "asn",
@@ -787,102 +1103,138 @@ fn calico_options(
             "reflectors",
             "hold_time",
             "restart_time",
-        ])?;
-        if let Some(h) = t.int("hold_time", 3, 65535, "hold_time = 240")? {
+        ]));
+        if let Some(Some(h)) = errs.ok(t.int("hold_time", 3, 65535, "hold_time = 240")) {
             opts.hold_time = h.v as u32;
         }
-        if let Some(r) = t.int("restart_time", 1, 65535, "restart_time = 120")? {
+        if let Some(Some(r)) = errs.ok(t.int("restart_time", 1, 65535, "restart_time = 120")) {
             opts.restart_time = r.v as u32;
         }
-        if let Some(m) = t.string("mode", "mode = \"bgp\"")? {
-            opts.mode = match m.v.as_str() {
-                "bgp" => CalicoMode::Bgp,
-                "vxlan" => CalicoMode::Vxlan,
-                "ipip" => CalicoMode::Ipip,
-                _ => {
-                    return Err(t.err(
-                        m.span,
-                        format!("unknown Calico mode \"{}\"", m.v),
-                        "use mode = \"bgp\", \"vxlan\" or \"ipip\"",
-                    ));
-                }
-            };
-        }
-        if let Some(b) = t.int("block_size", 20, 32, "block_size = 26")? {
-            opts.block_size = b.v as u8;
-            size_span = b.span;
-        }
-        if let Some(a) = t.int("asn", 1, u32::MAX as i64, "asn = 64512")? {
-            opts.asn = a.v as u32;
-        }
-        let mesh = t.string("mesh", "mesh = \"full\"")?;
-        if let Some(m) = &mesh {
-            opts.mesh = match m.v.as_str() {
-                "full" => CalicoMesh::Full,
-                "reflectors" => CalicoMesh::Reflectors,
-                "tor" => CalicoMesh::Tor,
-                _ => {
-                    return Err(t.err(
-                        m.span.clone(),
-                        format!("unknown mesh \"{}\"", m.v),
-                        "use mesh = \"full\", \"reflectors\" or \"tor\"",
-                    ));
-                }
-            };
-            if opts.mesh == CalicoMesh::Tor {
-                check_tor_routers(t, m, nodes, routers)?;
+        if let Some(Some(m)) = errs.ok(t.string("mode", "mode = \"bgp\"")) {
+            match m.v.as_str() {
+                "bgp" => opts.mode = CalicoMode::Bgp,
+                "vxlan" => opts.mode = CalicoMode::Vxlan,
+                "ipip" => opts.mode = CalicoMode::Ipip,
+                _ => errs.push(t.err(
+                    m.span,
+                    format!("unknown Calico mode \"{}\"", q(&m.v)),
+                    "use mode = \"bgp\", \"vxlan\" or \"ipip\"",
+                )),
             }
         }
-        let refl = t.strings("reflectors", "reflectors = [\"master\"]")?;
-        match (&refl, opts.mesh) {
-            (Some(r), CalicoMesh::Reflectors) => {
-                if r.v.is_empty() {
-                    return Err(t.err(
-                        r.span.clone(),
-                        "no route reflectors listed",
-                        "name at least one node, e.g. reflectors = [\"master\"]",
+        match errs.ok(t.int("block_size", 20, 32, "block_size = 26")) {
+            Some(Some(b)) => {
+                opts.block_size = b.v as u8;
+                size_span = b.span;
+            }
+            Some(None) => {}
+            None => return None,
+        }
+        if let Some(Some(a)) = errs.ok(t.int("asn", 1, u32::MAX as i64, "asn = 64512")) {
+            opts.asn = a.v as u32;
+        }
+        calico_mesh(t, &mut opts, parts, errs);
+    }
+    errs.ok(check_calico_room(root, cidr, &opts, size_span, parts));
+    (errs.count() == before).then_some(opts)
+}
+
+/// `mesh` and `reflectors`, checked against the nodes and routers.
+fn calico_mesh(t: &Table, opts: &mut CalicoOptions, parts: &Parts, errs: &Errors) {
+    let mesh = errs.ok(t.string("mesh", "mesh = \"full\"")).flatten();
+    if let Some(m) = &mesh {
+        match m.v.as_str() {
+            "full" => opts.mesh = CalicoMesh::Full,
+            "reflectors" => opts.mesh = CalicoMesh::Reflectors,
+            "tor" => opts.mesh = CalicoMesh::Tor,
+            _ => {
+                errs.push(t.err(
+                    m.span.clone(),
+                    format!("unknown mesh \"{}\"", q(&m.v)),
+                    "use mesh = \"full\", \"reflectors\" or \"tor\"",
+                ));
+                return;
+            }
+        }
+        if opts.mesh == CalicoMesh::Tor && parts.ok {
+            errs.ok(check_tor_routers(t, m, parts.nodes, parts.routers));
+        }
+    }
+    let Some(refl) = errs.ok(t.strings("reflectors", "reflectors = [\"master\"]")) else {
+        return;
+    };
+    match (&refl, opts.mesh) {
+        (Some(r), CalicoMesh::Reflectors) => {
+            if r.v.is_empty() {
+                errs.push(t.err(
+                    r.span.clone(),
+                    "no route reflectors listed",
+                    "name at least one node, e.g. reflectors = [\"master\"]",
+                ));
+            }
+            for name in &r.v {
+                let nodes = parts.nodes;
+                if parts.ok && !nodes.iter().any(|n| n.node.name == name.v) {
+                    let names: Vec<&str> = nodes.iter().map(|n| n.node.name.as_str()).collect();
+                    let fix = match crate::spanned::closest(&name.v, &names) {
+                        Some(near) => format!("did you mean \"{near}\"?"),
+                        None => format!("name one of the nodes: {}", names.join(", ")),
+                    };
+                    errs.push(t.err(
+                        name.span.clone(),
+                        format!("reflector \"{}\" is not a node", q(&name.v)),
+                        fix,
                     ));
-                }
-                for name in &r.v {
-                    if !nodes.iter().any(|n| n.node.name == name.v) {
-                        let names: Vec<&str> = nodes.iter().map(|n| n.node.name.as_str()).collect();
-                        let fix = match crate::spanned::closest(&name.v, &names) {
-                            Some(near) => format!("did you mean \"{near}\"?"),
-                            None => format!("name one of the nodes: {}", names.join(", ")),
-                        };
-                        return Err(t.err(
-                            name.span.clone(),
-                            format!("reflector \"{}\" is not a node", name.v),
-                            fix,
-                        ));
-                    }
-                    if opts.reflectors.contains(&name.v) {
-                        return Err(t.err(
-                            name.span.clone(),
-                            format!("reflector \"{}\" is listed twice", name.v),
-                            "list each reflector once",
-                        ));
-                    }
+                } else if opts.reflectors.contains(&name.v) {
+                    errs.push(t.err(
+                        name.span.clone(),
+                        format!("reflector \"{}\" is listed twice", name.v),
+                        "list each reflector once",
+                    ));
+                } else {
                     opts.reflectors.push(name.v.clone());
                 }
             }
-            (Some(r), _) => {
-                return Err(t.err(
-                    r.span.clone(),
-                    "`reflectors` only applies with mesh = \"reflectors\"",
-                    "add mesh = \"reflectors\", or remove `reflectors`",
-                ));
-            }
-            (None, CalicoMesh::Reflectors) => {
-                let span = mesh.map(|m| m.span).unwrap_or_else(|| t.span());
-                return Err(t.err(
-                    span,
-                    "mesh = \"reflectors\" names no reflectors",
-                    "add reflectors = [\"<node>\", ...]",
-                ));
-            }
-            (None, _) => {}
         }
+        (Some(r), _) => errs.push(t.err(
+            r.span.clone(),
+            "`reflectors` only applies with mesh = \"reflectors\"",
+            "add mesh = \"reflectors\", or remove `reflectors`",
+        )),
+        (None, CalicoMesh::Reflectors) => {
+            let span = mesh.map(|m| m.span).unwrap_or_else(|| t.span());
+            errs.push(t.err(
+                span,
+                "mesh = \"reflectors\" names no reflectors",
+                "add reflectors = [\"<node>\", ...]",
+            ));
+        }
+        (None, _) => {}
+    }
+}
+
+/// Blocks hold pods, the pool holds a block for every node and enough
+/// blocks for all their pods: a node whose block is full takes another from
+/// the pool, as Calico's IPAM does.
+fn check_calico_room(
+    root: &Table,
+    cidr: &Sp<Ipv4Net>,
+    opts: &CalicoOptions,
+    size_span: Range<usize>,
+    parts: &Parts,
+) -> R<()> {
+    if opts.block_size > 30 {
+        return Err(root.err(
+            size_span,
+            format!(
+                "block_size /{} holds no pod: host-local needs a network address, a pod address and a broadcast address",
+                opts.block_size
+            ),
+            "use a block_size from 20 to 30, e.g. 26 (Calico's default)",
+        ));
+    }
+    if !parts.pool {
+        return Ok(());
     }
     if opts.block_size < cidr.v.prefix_len() {
         return Err(root.err(
@@ -891,8 +1243,12 @@ fn calico_options(
             format!("use a block_size of /{} or longer", cidr.v.prefix_len()),
         ));
     }
+    if !parts.ok {
+        return Ok(());
+    }
     let room = (1u64 << (32 - opts.block_size)).saturating_sub(1);
-    if let Some(n) = nodes
+    if let Some(n) = parts
+        .nodes
         .iter()
         .find(|n| n.node.max_pods.is_some_and(|m| u64::from(m) > room))
     {
@@ -907,19 +1263,32 @@ fn calico_options(
         ));
     }
     let blocks = 1u64 << (opts.block_size - cidr.v.prefix_len());
-    if (nodes.len() as u64) > blocks {
+    let nodes = parts.nodes.len() as u64;
+    if nodes > blocks {
         return Err(root.err(
             size_span,
             format!(
-                "pool {} with block_size /{} leaves {blocks} blocks, but there are {} nodes",
-                cidr.v,
-                opts.block_size,
-                nodes.len()
+                "pool {} with block_size /{} leaves {blocks} blocks, but there are {nodes} nodes",
+                cidr.v, opts.block_size,
             ),
             "use a larger pod_cidr or a longer block_size",
         ));
     }
-    Ok(opts)
+    let per_block = calico_pods_per_block(opts.block_size);
+    let want = |n: &NodeIn| (n.node.pods.len() as u64).max(n.node.max_pods.map_or(0, u64::from));
+    let needed: u64 = parts.nodes.iter().map(|n| want(n).div_ceil(per_block).max(1)).sum();
+    if needed > blocks {
+        let pods: u64 = parts.nodes.iter().map(want).sum();
+        return Err(root.err(
+            cidr.span.clone(),
+            format!(
+                "pool {} holds {blocks} blocks of /{} ({per_block} pods each), but the nodes' {pods} pods need {needed}",
+                cidr.v, opts.block_size
+            ),
+            "use a larger pod_cidr, or give the nodes fewer pods",
+        ));
+    }
+    Ok(())
 }
 
 /// With `mesh = "tor"` every node peers with the BGP router on its switch,
@@ -982,6 +1351,13 @@ fn check_unique_across_kinds(root: &Table, switches: &[SwitchIn], nodes: &[NodeI
     Ok(())
 }
 
+/// A host address to suggest on a network: .10, or the last host of a
+/// smaller one.
+fn example_host(net: &Ipv4Net) -> Ipv4Addr {
+    let hosts = (1u64 << (32 - u32::from(net.prefix_len()))).saturating_sub(2);
+    host(net, FIRST_NODE_HOST.min(hosts.max(1) as u32))
+}
+
 /// The `n`th address of a network.
 fn host(net: &Ipv4Net, n: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(net.network()) + n)
@@ -998,13 +1374,30 @@ fn assign_addresses(
     for s in switches {
         let sw = &s.switch;
         let mut taken: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
-        if let Some(r) = routers.iter().find(|r| r.router.switches.contains(&sw.name)) {
-            taken.insert(host(&sw.subnet, 1), format!("router \"{}\"", r.router.name));
-        }
+        // .1 is every switch's gateway: its router's, or else the fabric's uplink.
+        let gateway = match routers.iter().find(|r| r.router.switches.contains(&sw.name)) {
+            Some(r) => format!("router \"{}\"", r.router.name),
+            None => "the fabric's uplink".to_string(),
+        };
+        taken.insert(host(&sw.subnet, 1), gateway.clone());
         for n in nodes.iter().filter(|n| n.node.switch == sw.name) {
             let (Some(ip), Some(span)) = (n.explicit_ip, n.ip_span.clone()) else {
                 continue;
             };
+            if ip == host(&sw.subnet, 1) {
+                return Err(root.err(
+                    span,
+                    format!(
+                        "node \"{}\" address {ip} is the gateway (.1) of switch \"{}\", which {gateway} serves",
+                        n.node.name, sw.name
+                    ),
+                    format!(
+                        "use another host address of {}, e.g. {}",
+                        sw.subnet,
+                        example_host(&sw.subnet)
+                    ),
+                ));
+            }
             if !sw.subnet.contains(&ip) || ip == sw.subnet.network() || ip == sw.subnet.broadcast() {
                 let why = if sw.subnet.contains(&ip) {
                     format!(
@@ -1022,11 +1415,7 @@ fn assign_addresses(
                 return Err(root.err(
                     span,
                     format!("node \"{}\" address {ip} {why}", n.node.name),
-                    format!(
-                        "use a host address of {}, e.g. {}",
-                        sw.subnet,
-                        host(&sw.subnet, FIRST_NODE_HOST.min(sw.subnet.hosts().count() as u32))
-                    ),
+                    format!("use a host address of {}, e.g. {}", sw.subnet, example_host(&sw.subnet)),
                 ));
             }
             if let Some(owner) = taken.get(&ip) {
@@ -1046,9 +1435,10 @@ fn assign_addresses(
             .filter(|(_, n)| n.node.switch == sw.name && n.explicit_ip.is_none())
             .map(|(i, _)| i)
             .collect();
-        let room = (FIRST_NODE_HOST..=last.max(FIRST_NODE_HOST))
-            .filter(|h| *h <= last && !taken.contains_key(&host(&sw.subnet, *h)))
-            .count();
+        // Counted, not walked: a /4 switch has 2^28 addresses.
+        let in_range =
+            |a: &Ipv4Addr| (FIRST_NODE_HOST..=last).contains(&(u32::from(*a) - u32::from(sw.subnet.network())));
+        let room = (last + 1).saturating_sub(FIRST_NODE_HOST) as usize - taken.keys().filter(|a| in_range(a)).count();
         if auto.len() > room {
             let span = if s.span == (0..0) {
                 nodes[auto[room]].name_span.clone()

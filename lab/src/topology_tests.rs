@@ -259,7 +259,16 @@ fn rejects_addresses_outside_or_taken() {
         "{}\n[[router]]\nname = \"gw\"\nswitches = [\"tor1\"]\n",
         replace("ip = \"172.20.0.10\"", "ip = \"172.20.0.1\"")
     );
-    rejects(&router, 18, 6, "already taken by router \"gw\"");
+    rejects(
+        &router,
+        18,
+        6,
+        "is the gateway (.1) of switch \"tor1\", which router \"gw\" serves",
+    );
+    // Without a router the fabric's uplink serves .1.
+    let uplink = replace("ip = \"172.20.0.10\"", "ip = \"172.20.0.1\"");
+    let e = rejects(&uplink, 18, 6, "which the fabric's uplink serves");
+    assert!(e.fix.contains("172.20.0.10"), "{}", e.fix);
 }
 
 #[test]
@@ -268,6 +277,19 @@ fn rejects_switch_subnet_too_small() {
     let e = rejects(&small, 13, 10, "room for 4 automatically addressed nodes");
     assert!(e.message.contains("5 nodes need one"), "{}", e.message);
     assert!(e.fix.contains("172.20.0.0/27"), "{}", e.fix);
+    for cidr in ["172.20.0.0/31", "172.20.0.0/32"] {
+        let e = rejects(
+            &replace("subnet = \"172.20.0.0/24\"", &format!("subnet = \"{cidr}\"")),
+            13,
+            10,
+            &format!("switch subnet {cidr} is too small"),
+        );
+        assert!(e.fix.contains("/30 or shorter"), "{}", e.fix);
+    }
+    // The smallest switch: its gateway .1 and one node at .2.
+    ok(
+        "name = \"s\"\n[[switch]]\nname = \"s\"\nsubnet = \"172.20.0.0/30\"\n[[node]]\nname = \"n\"\nip = \"172.20.0.2\"\n",
+    );
 }
 
 #[test]
@@ -411,4 +433,224 @@ fn rejects_options_of_another_profile() {
 #[test]
 fn rejects_a_lab_without_nodes() {
     rejects("name = \"a\"\n", 1, 1, "no nodes");
+}
+
+const CALICO: &str = r#"name = "c"
+[network]
+cni = "calico"
+pod_cidr = "192.168.0.0/24"
+[network.calico]
+block_size = 26
+[[node]]
+name = "n{i}"
+count = 2
+pods = 3
+"#;
+
+#[test]
+fn rejects_ranges_no_lab_can_use() {
+    for (cidr, why) in [
+        ("224.0.0.0/4", "multicast"),
+        ("240.0.0.0/4", "reserved"),
+        ("0.0.0.0/1", "\"this network\""),
+        ("127.0.0.0/16", "loopback"),
+        ("169.254.0.0/16", "link-local"),
+        ("128.0.0.0/1", "link-local"),
+        ("255.255.255.0/24", "broadcast"),
+    ] {
+        let e = rejects(
+            &replace("pod_cidr = \"10.244.0.0/16\"", &format!("pod_cidr = \"{cidr}\"")),
+            6,
+            12,
+            why,
+        );
+        assert!(e.message.starts_with(&format!("pod CIDR {cidr} overlaps")), "{e}");
+        let e = rejects(
+            &replace("subnet = \"172.20.0.0/24\"", &format!("subnet = \"{cidr}\"")),
+            13,
+            10,
+            why,
+        );
+        assert!(e.message.starts_with(&format!("switch subnet {cidr} overlaps")), "{e}");
+        assert!(e.fix.contains("172.20.0.0/24"), "{}", e.fix);
+    }
+    let calico = CALICO.replace("192.168.0.0/24", "169.254.0.0/24");
+    rejects(&calico, 4, 12, "169.254.1.1");
+}
+
+#[test]
+fn rejects_flannel_pools_too_small_for_a_subnet() {
+    for cidr in ["10.244.0.0/30", "10.244.0.0/31", "10.244.0.0/32"] {
+        let e = rejects(
+            &replace("pod_cidr = \"10.244.0.0/16\"", &format!("pod_cidr = \"{cidr}\"")),
+            6,
+            12,
+            "too small for flannel",
+        );
+        assert!(e.fix.contains("/29 or larger"), "{}", e.fix);
+    }
+    // A /29 gives one /30 lease (the first is never leased) with one pod.
+    let one = "name = \"f\"\n[network]\npod_cidr = \"10.244.0.0/29\"\n[[node]]\nname = \"n\"\npods = 1\n";
+    let t = ok(one);
+    let Profile::Flannel(f) = &t.network.profile else {
+        panic!()
+    };
+    assert_eq!(f.subnet_len, 30);
+    crate::plan::Plan::new(&t, "f", &crate::paths::LabPaths::of("f"));
+}
+
+#[test]
+fn rejects_more_pods_than_a_flannel_subnet_holds() {
+    let full = replace("backend = \"vxlan\"", "subnet_len = 28");
+    // A /28 holds 16 - 3 = 13 pods.
+    ok(&full.replace("pods = 2\n", "pods = 13\n"));
+    let e = rejects(
+        &full.replace("pods = 2\n", "pods = 14\n"),
+        24,
+        8,
+        "node \"worker1\" has 14 pods, but its flannel subnet (/28) holds 13",
+    );
+    assert!(e.fix.contains("subnet_len = 27"), "{}", e.fix);
+    let e = rejects(
+        &replace("backend = \"vxlan\"", "subnet_len = 30").replace("pods = [\"web\", \"db\"]", "pods = [\"a\", \"b\"]"),
+        19,
+        8,
+        "node \"master\" has 2 pods, but its flannel subnet (/30) holds 1",
+    );
+    assert!(e.fix.contains("subnet_len = 29"), "{}", e.fix);
+}
+
+#[test]
+fn rejects_calico_blocks_that_hold_no_pod() {
+    for size in [31, 32] {
+        let e = rejects(
+            &CALICO.replace("block_size = 26", &format!("block_size = {size}")),
+            6,
+            14,
+            &format!("block_size /{size} holds no pod"),
+        );
+        assert!(e.fix.contains("from 20 to 30"), "{}", e.fix);
+    }
+    ok(&CALICO
+        .replace("block_size = 26", "block_size = 30")
+        .replace("pods = 3", "pods = 2"));
+}
+
+#[test]
+fn calico_pool_must_hold_every_pod_but_not_one_block() {
+    // More pods than one /26 block: the node takes further blocks.
+    ok(&CALICO.replace("pods = 3", "pods = 100"));
+    // 2 nodes of 100 pods need 2 blocks each; a /24 holds 4 blocks of 62.
+    ok(&CALICO.replace("pods = 3", "pods = 124"));
+    let e = rejects(
+        &CALICO.replace("pods = 3", "pods = 125"),
+        4,
+        12,
+        "pool 192.168.0.0/24 holds 4 blocks of /26 (62 pods each), but the nodes' 250 pods need 6",
+    );
+    assert!(e.fix.contains("larger pod_cidr"), "{}", e.fix);
+    let limited = CALICO
+        .replace("pods = 3", "pods = 3\nmax_pods = 62")
+        .replace("count = 2", "count = 4");
+    ok(&limited);
+    rejects(
+        &limited.replace("count = 4", "count = 5"),
+        6,
+        14,
+        "leaves 4 blocks, but there are 5 nodes",
+    );
+}
+
+#[test]
+fn refuses_the_flannel_udp_backend_as_not_built() {
+    let e = rejects(
+        &replace("backend = \"vxlan\"", "backend = \"udp\""),
+        9,
+        11,
+        "udp backend is not built by cnilab yet",
+    );
+    assert!(e.fix.contains("\"vxlan\""), "{}", e.fix);
+}
+
+#[test]
+fn reports_every_independent_mistake_in_file_order() {
+    let text = replace("mtu = 1500", "mtux = 1500")
+        .replace("pods = [\"web\", \"db\"]", "pods = [\"web\", \"d_b\"]")
+        .replace("backend = \"vxlan\"", "backend = \"vxlam\"")
+        .replace("seed = 7", "seed = -7\nsede = 1");
+    let e = parse(&Source::new("t.toml", &text)).expect_err("four mistakes");
+    let places: Vec<(usize, usize)> = e.all().map(|e| (e.line, e.col)).collect();
+    assert_eq!(places, [(2, 8), (3, 1), (10, 11), (15, 1), (20, 16)], "{e}");
+    let shown = e.to_string();
+    for needle in [
+        "t.toml:2:8: `seed` = -7 is out of range",
+        "t.toml:3:1: unknown key `sede` in the top level",
+        "t.toml:10:11: unknown flannel backend \"vxlam\"",
+        "t.toml:15:1: unknown key `mtux` in [[switch]]",
+        "t.toml:20:16: pod name \"d_b\" holds `_`",
+    ] {
+        assert!(shown.contains(needle), "{needle:?} not in:\n{shown}");
+    }
+    assert_eq!(
+        shown.matches("\nfix: ").count() + usize::from(shown.starts_with("fix: ")),
+        5,
+        "{shown}"
+    );
+}
+
+#[test]
+fn skips_checks_that_depend_on_a_mistake() {
+    // The switch has a mistake: the node on it is not reported as naming
+    // an unknown switch, nor the topology as having no nodes.
+    let text = replace("mtu = 1500", "mtu = 1500\ncolour = 1");
+    let e = parse(&Source::new("t.toml", &text)).expect_err("one mistake");
+    assert_eq!(e.all().count(), 1, "{e}");
+    assert!(e.message.contains("unknown key `colour`"), "{e}");
+}
+
+#[test]
+fn huge_values_are_quoted_short() {
+    let big = "x".repeat(1 << 20);
+    for text in [
+        replace("name = \"demo\"", &format!("name = \"{big}\"")),
+        replace("backend = \"vxlan\"", &format!("backend = \"{big}\"")),
+        replace("pod_cidr = \"10.244.0.0/16\"", &format!("pod_cidr = \"{big}\"")),
+        replace("mtu = 1500", &format!("{big} = 1")),
+        format!("{GOOD}\n[[node]]\nname = \"{big}\"\nswitch = \"{big}\"\nip = \"{big}\"\npods = [\"{big}\"]\n"),
+    ] {
+        let e = parse(&Source::new("t.toml", &text)).expect_err("rejected");
+        let shown = e.to_string();
+        assert!(shown.len() < 4000, "{} bytes:\n{}", shown.len(), &shown[..4000]);
+        assert!(shown.contains("xxx..."), "{shown}");
+    }
+}
+
+#[test]
+fn quoted_line_keeps_the_underline_under_the_value() {
+    let long = format!("{}\n", "a".repeat(200));
+    let text = replace("backend = \"vxlan\"", &format!("backend = \"vxlan\"\n# {long}port = 0"));
+    let e = rejects(&text, 11, 8, "out of range");
+    let shown = e.to_string();
+    assert!(shown.contains("11 | port = 0\n   |        ^\n"), "{shown}");
+    let wide = replace("backend = \"vxlan\"", &format!("{}backend = \"x\"", " ".repeat(100)));
+    let e = rejects(&wide, 9, 111, "unknown flannel backend");
+    let shown = e.to_string();
+    let lines: Vec<&str> = shown.lines().collect();
+    let quoted = lines[2].split_once("| ").unwrap().1;
+    let caret = lines[3].split_once("| ").unwrap().1;
+    assert!(
+        quoted.starts_with("...") && quoted.ends_with("backend = \"x\""),
+        "{shown}"
+    );
+    assert_eq!(&quoted[caret.len() - 3..caret.len()], "\"x\"", "{shown}");
+}
+
+#[test]
+fn profile_keys_are_checked_without_a_pod_cidr() {
+    let text = CALICO
+        .replace("192.168.0.0/24", "224.0.0.0/24")
+        .replace("block_size = 26", "block_size = 26\nmodee = \"bgp\"");
+    let e = parse(&Source::new("t.toml", &text)).expect_err("two mistakes");
+    let places: Vec<(usize, usize)> = e.all().map(|e| (e.line, e.col)).collect();
+    assert_eq!(places, [(4, 12), (7, 1)], "{e}");
 }
