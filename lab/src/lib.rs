@@ -12,6 +12,7 @@ pub mod doctor;
 pub mod error;
 pub mod fault;
 pub mod graph;
+pub mod iptables;
 pub mod netns;
 pub mod nl;
 pub mod overlay;
