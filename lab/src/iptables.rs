@@ -44,7 +44,10 @@ enum Match {
     Sport(Vec<(u16, u16)>),
     IcmpType(String),
     State(Vec<String>),
-    AddrType { dst: bool, kind: String },
+    AddrType {
+        dst: bool,
+        kind: String,
+    },
     Random(f64),
     /// Always true: a comment, or loading a protocol's match module.
     Nothing,
@@ -158,9 +161,7 @@ fn ports(s: &str) -> Option<Vec<(u16, u16)>> {
 }
 
 fn net(s: &str) -> Option<Ipv4Net> {
-    s.parse()
-        .ok()
-        .or_else(|| s.parse::<Ipv4Addr>().ok().map(|a| Ipv4Net::from(a)))
+    s.parse().ok().or_else(|| s.parse::<Ipv4Addr>().ok().map(Ipv4Net::from))
 }
 
 fn next<'a>(it: &mut impl Iterator<Item = &'a str>) -> String {
@@ -193,9 +194,7 @@ impl Rule {
                 "--dport" | "--dports" | "--destination-port" => {
                     ports(&next(&mut it)).map_or(Match::Unknown, Match::Dport)
                 }
-                "--sport" | "--sports" | "--source-port" => {
-                    ports(&next(&mut it)).map_or(Match::Unknown, Match::Sport)
-                }
+                "--sport" | "--sports" | "--source-port" => ports(&next(&mut it)).map_or(Match::Unknown, Match::Sport),
                 "--icmp-type" => Match::IcmpType(next(&mut it)),
                 "--ctstate" | "--state" => Match::State(next(&mut it).split(',').map(str::to_string).collect()),
                 "--dst-type" => Match::AddrType {
@@ -301,13 +300,13 @@ impl Match {
             None => Tri::Maybe,
         };
         match self {
-            Match::Proto(name) => yes(match (name.as_str(), p.proto) {
-                ("all" | "0", _) => true,
-                ("icmp" | "1", Proto::Icmp(_)) => true,
-                ("tcp" | "6", Proto::Tcp { .. }) => true,
-                ("udp" | "17", Proto::Udp { .. }) => true,
-                _ => false,
-            }),
+            Match::Proto(name) => yes(matches!(
+                (name.as_str(), p.proto),
+                ("all" | "0", _)
+                    | ("icmp" | "1", Proto::Icmp(_))
+                    | ("tcp" | "6", Proto::Tcp { .. })
+                    | ("udp" | "17", Proto::Udp { .. })
+            )),
             Match::Src(n) => yes(n.contains(&p.src)),
             Match::Dst(n) => yes(n.contains(&p.dst)),
             Match::In(i) => iface(i, p.iif),
@@ -558,7 +557,13 @@ COMMIT
         assert!(v.passes);
         assert!(v.rule.contains("ESTABLISHED"), "{v:?}");
         // Into the pod network: the -o cni0 rule accepts it.
-        let p = pkt("10.244.2.2", "10.244.1.2", Proto::Icmp(8), Some("flannel.1"), Some("cni0"));
+        let p = pkt(
+            "10.244.2.2",
+            "10.244.1.2",
+            Proto::Icmp(8),
+            Some("flannel.1"),
+            Some("cni0"),
+        );
         assert!(rs.judge("filter", "FORWARD", &p).unwrap().passes);
     }
 
@@ -579,7 +584,11 @@ COMMIT
             sport: None,
             dport: 8472,
         };
-        let v = rs.judge("raw", "PREROUTING", &pkt("172.20.0.3", "172.20.0.2", udp, Some("eth0"), None));
+        let v = rs.judge(
+            "raw",
+            "PREROUTING",
+            &pkt("172.20.0.3", "172.20.0.2", udp, Some("eth0"), None),
+        );
         assert!(!v.unwrap().passes);
         let other = pkt("172.20.0.3", "172.20.0.2", udp, Some("eth1"), None);
         assert!(rs.judge("raw", "PREROUTING", &other).unwrap().passes);
