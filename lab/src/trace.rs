@@ -204,6 +204,8 @@ struct View {
     nsids: BTreeMap<i64, String>,
     /// iptables rules, read when first needed.
     rules: std::cell::OnceCell<Ruleset>,
+    /// `tc qdisc show`, read when first needed.
+    qdiscs: std::cell::OnceCell<String>,
 }
 
 impl View {
@@ -224,6 +226,7 @@ impl View {
             addrs: addrs.as_array().cloned().unwrap_or_default(),
             nsids,
             rules: Default::default(),
+            qdiscs: Default::default(),
         })
     }
 
@@ -358,6 +361,8 @@ struct Lab<'a> {
     /// undoes on the reply: (namespace, whether the source was rewritten,
     /// address before, address after).
     nat: std::cell::RefCell<Vec<(String, bool, Ipv4Addr, Ipv4Addr)>>,
+    /// Each namespace read once: a trace visits nodes several times, both ways.
+    views: std::cell::RefCell<BTreeMap<String, std::rc::Rc<View>>>,
 }
 
 impl<'a> Lab<'a> {
@@ -401,7 +406,18 @@ impl<'a> Lab<'a> {
             plan,
             owners,
             nat: Default::default(),
+            views: Default::default(),
         }
+    }
+
+    /// The namespace's links, addresses and rules, read on its first visit.
+    fn view(&self, ns: &str) -> Result<std::rc::Rc<View>> {
+        if let Some(v) = self.views.borrow().get(ns) {
+            return Ok(v.clone());
+        }
+        let v = std::rc::Rc::new(View::load(ns)?);
+        self.views.borrow_mut().insert(ns.to_string(), v.clone());
+        Ok(v)
     }
 
     fn place(&self, ns: &str) -> Place {
@@ -452,13 +468,8 @@ impl<'a> Lab<'a> {
             None => view.ns.name().to_string(),
             Some(id) => view.nsids.get(&id)?.clone(),
         };
-        let nsh = Netns::open(&ns).ok()?;
-        let links = json_in(&nsh, "ip", &["-j", "link", "show"]).ok()?;
-        let link = links
-            .as_array()?
-            .iter()
-            .find(|x| x["ifindex"].as_u64() == Some(other))?
-            .clone();
+        let far = self.view(&ns).ok()?;
+        let link = far.links.iter().find(|x| x["ifindex"].as_u64() == Some(other))?.clone();
         let name = link["ifname"].as_str()?.to_string();
         Some((ns, name, link))
     }
@@ -606,7 +617,7 @@ fn follow(lab: &Lab, start: &str, pkt: &mut Packet, hops: &mut Vec<Hop>) -> Resu
     let mut dev_in: Option<String> = None;
     let mut via: Option<Ipv4Addr> = None;
     for _ in 0..MAX_HOPS {
-        let view = View::load(&at)?;
+        let view = lab.view(&at)?;
         let first = hops.last().is_none_or(|h| h.ns != at);
         let step = visit(lab, &view, dev_in.as_deref(), via, first, pkt)?;
         let hop_at = step.hop.at.clone();
@@ -1436,14 +1447,15 @@ fn netfilter(
 
 /// A netem qdisc here (on `dev`, or on any device), as `tc qdisc` prints it.
 fn netem(view: &View, dev: Option<&str>) -> Option<String> {
-    let mut args = vec!["qdisc", "show"];
-    if let Some(d) = dev {
-        args.extend(["dev", d]);
-    }
-    let out = netns::command(&view.ns, "tc").args(&args).output().ok()?;
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find(|l| l.contains("netem"))
+    let all = view.qdiscs.get_or_init(|| {
+        netns::command(&view.ns, "tc")
+            .args(["qdisc", "show"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default()
+    });
+    all.lines()
+        .find(|l| l.contains("netem") && dev.is_none_or(|d| l.contains(&format!(" dev {d} "))))
         .map(|l| format!("qdisc {}", l.trim_start_matches("qdisc ").trim()))
 }
 
@@ -1518,7 +1530,7 @@ fn switch(lab: &Lab, view: &View, port_in: &str, via: Ipv4Addr, pkt: &mut Packet
         .into_iter()
         .filter(|n| matches!(lab.place(n), Place::Leaf { switch } if switch == switch_name))
         .find(|n| {
-            let Ok(v) = View::load(n) else { return false };
+            let Ok(v) = lab.view(n) else { return false };
             v.links
                 .iter()
                 .filter(|l| l["linkinfo"]["info_kind"] == "veth" && l["ifname"] != "uplink")
@@ -1531,7 +1543,7 @@ fn switch(lab: &Lab, view: &View, port_in: &str, via: Ipv4Addr, pkt: &mut Packet
         h.drop = Some(format!("no upstream leaf has a port to {target_label}"));
         return stop(h);
     };
-    let other_view = View::load(&other)?;
+    let other_view = lab.view(&other)?;
     let remote = other_view
         .addrs
         .iter()
