@@ -140,8 +140,9 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: FaultCmd,
     },
-    /// Follow one packet hop by hop through the lab's real kernel state:
-    /// routes, neighbours, FDBs, encapsulation, MTUs; where and why it dies.
+    /// Follow one ICMP echo hop by hop through the lab's real kernel state,
+    /// and its reply back: routes, neighbours, FDBs, encapsulation, MTUs,
+    /// iptables, rp_filter; where and why it dies.
     Trace {
         /// NODE/POD or NODE.
         src: String,
