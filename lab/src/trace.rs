@@ -1186,12 +1186,7 @@ fn link_layer(lab: &Lab, view: &View, mut h: Hop, dev: &str, gw: Ipv4Addr, pkt: 
         })
     };
     let n = neighbour(view, gw, dev);
-    let states = |n: &Value| -> Vec<String> {
-        n["state"]
-            .as_array()
-            .map(|s| s.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
-            .unwrap_or_default()
-    };
+    let states = neigh_states;
     match &n {
         Some(n) if states(n).iter().any(|s| s == "FAILED" || s == "INCOMPLETE") => {
             h.entries.push(neigh_text(n, gw, dev));
@@ -1299,6 +1294,14 @@ fn link_layer(lab: &Lab, view: &View, mut h: Hop, dev: &str, gw: Ipv4Addr, pkt: 
             next: Next::Leaves(format!("leaves through {out}, whose other end is outside the lab")),
         }),
     }
+}
+
+/// A neighbour entry's states: REACHABLE, STALE, FAILED...
+fn neigh_states(n: &Value) -> Vec<String> {
+    n["state"]
+        .as_array()
+        .map(|s| s.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+        .unwrap_or_default()
 }
 
 /// Ports of a bridge in a view.
@@ -1525,21 +1528,7 @@ fn switch(lab: &Lab, view: &View, port_in: &str, via: Ipv4Addr, pkt: &mut Packet
     let vx_name = vx["ifname"].as_str().unwrap_or("").to_string();
     let vni = vx["linkinfo"]["info_data"]["id"].as_u64().unwrap_or(0);
     let local = vx["linkinfo"]["info_data"]["local"].as_str().unwrap_or("?").to_string();
-    // The leaf holding the target's port.
-    let other = netns::list()
-        .into_iter()
-        .filter(|n| matches!(lab.place(n), Place::Leaf { switch } if switch == switch_name))
-        .find(|n| {
-            let Ok(v) = lab.view(n) else { return false };
-            v.links
-                .iter()
-                .filter(|l| l["linkinfo"]["info_kind"] == "veth" && l["ifname"] != "uplink")
-                .any(|l| {
-                    let name = l["ifname"].as_str().unwrap_or("");
-                    lab.peer(&v, name).is_some_and(|(ns, ..)| ns == target_ns)
-                })
-        });
-    let Some(other) = other else {
+    let Some(other) = leaf_with_port(lab, &switch_name, target_ns) else {
         h.drop = Some(format!("no upstream leaf has a port to {target_label}"));
         return stop(h);
     };
@@ -1583,6 +1572,23 @@ fn switch(lab: &Lab, view: &View, port_in: &str, via: Ipv4Addr, pkt: &mut Packet
             stop(h)
         }
     }
+}
+
+/// The upstream leaf of `switch_name` that holds the port to `target_ns`.
+fn leaf_with_port(lab: &Lab, switch_name: &str, target_ns: &str) -> Option<String> {
+    netns::list()
+        .into_iter()
+        .filter(|n| matches!(lab.place(n), Place::Leaf { switch } if switch == switch_name))
+        .find(|n| {
+            let Ok(v) = lab.view(n) else { return false };
+            v.links
+                .iter()
+                .filter(|l| l["linkinfo"]["info_kind"] == "veth" && l["ifname"] != "uplink")
+                .any(|l| {
+                    let name = l["ifname"].as_str().unwrap_or("");
+                    lab.peer(&v, name).is_some_and(|(ns, ..)| ns == target_ns)
+                })
+        })
 }
 
 fn switch_out(lab: &Lab, view: &View, mut h: Hop, out: &str, pkt: &Packet) -> Result<Step> {
