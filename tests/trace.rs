@@ -1,7 +1,8 @@
 //! `cnilab trace` against real pings: on every fault kind of cli.md that a
-//! flannel VXLAN lab can have, and on iptables policies and rules inside a
-//! node or a pod, trace's verdict (exit 0 or 1) equals what `probe ping`
-//! sees. One lab; each fault is added and removed in turn.
+//! flannel VXLAN lab with a router can have, on iptables policies and rules
+//! inside a node or a pod, on rp_filter and on a router with no route back,
+//! trace's verdict (exit 0 or 1) equals what `probe ping` sees. One lab;
+//! each fault is added and removed in turn.
 
 mod common;
 
@@ -14,8 +15,8 @@ const SRC: &str = "worker1/pod-1";
 const DST: &str = "worker2/pod-1";
 
 /// `trace SRC DST --size SIZE --json`: whether it says delivered, and the JSON.
-fn trace(lab: &Lab, size: u32) -> (bool, Value) {
-    let out = lab.run(&["trace", SRC, DST, "--size", &size.to_string(), "--json"]);
+fn trace(lab: &Lab, dst: &str, size: u32) -> (bool, Value) {
+    let out = lab.run(&["trace", SRC, dst, "--size", &size.to_string(), "--json"]);
     let v: Value =
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("trace printed no JSON ({e}):\n{}", show(&out)));
     let code = out.status.code();
@@ -29,23 +30,26 @@ fn trace(lab: &Lab, size: u32) -> (bool, Value) {
 }
 
 /// One real echo of the same IP size with DF set: whether the reply came.
-fn ping(lab: &Lab, size: u32) -> bool {
+fn ping(lab: &Lab, dst: &str, size: u32) -> bool {
     let payload = (size - 28).to_string();
-    lab.run(&["probe", "ping", SRC, DST, "--size", &payload, "--df"])
+    lab.run(&["probe", "ping", SRC, dst, "--size", &payload, "--df"])
         .status
         .success()
 }
 
 /// Trace and ping until they agree or 15 s pass (neighbour entries and
-/// learned MACs settle after a fault): (trace delivered, ping replied, trace).
-fn compare(lab: &Lab, size: u32) -> (bool, bool, Value) {
+/// learned MACs settle after a fault): (trace delivered, ping replied,
+/// trace, how many tries it took).
+fn compare(lab: &Lab, dst: &str, size: u32) -> (bool, bool, Value, u32) {
     let until = Instant::now() + Duration::from_secs(15);
     let mut pause = Duration::from_millis(20);
+    let mut tries = 0;
     loop {
-        let (t, v) = trace(lab, size);
-        let p = ping(lab, size);
+        tries += 1;
+        let (t, v) = trace(lab, dst, size);
+        let p = ping(lab, dst, size);
         if t == p || Instant::now() >= until {
-            return (t, p, v);
+            return (t, p, v, tries);
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(500));
@@ -71,26 +75,28 @@ struct Seen {
     size: u32,
     trace: bool,
     ping: bool,
+    tries: u32,
     verdict: String,
 }
 
 #[test]
 fn trace_agrees_with_ping_on_every_fault_and_names_the_iptables_drop() {
-    let lab = Lab::up(&topology("flannel-vxlan.toml"));
+    let lab = Lab::up(&topology("flannel-routed.toml"));
     let mut seen: Vec<Seen> = Vec::new();
-    let mut check = |lab: &Lab, case: &str, size: u32| -> Value {
-        let (t, p, v) = compare(lab, size);
+    let mut check = |lab: &Lab, dst: &str, case: &str, size: u32| -> Value {
+        let (t, p, v, tries) = compare(lab, dst, size);
         seen.push(Seen {
             case: case.to_string(),
             size,
             trace: t,
             ping: p,
+            tries,
             verdict: v["verdict"].as_str().unwrap_or("").to_string(),
         });
         v
     };
-    check(&lab, "no fault", 84);
-    check(&lab, "no fault", 1450);
+    check(&lab, DST, "no fault", 84);
+    check(&lab, DST, "no fault", 1450);
 
     // Faults from cli.md, each reverted before the next. `loss` is 100%,
     // so that its outcome is certain.
@@ -132,7 +138,7 @@ fn trace_agrees_with_ping_on_every_fault_and_names_the_iptables_drop() {
     for (args, sizes) in kinds {
         let id = fault(&lab, args);
         for size in *sizes {
-            check(&lab, &args.join(" "), *size);
+            check(&lab, DST, &args.join(" "), *size);
         }
         unfault(&lab, &id);
     }
@@ -140,7 +146,7 @@ fn trace_agrees_with_ping_on_every_fault_and_names_the_iptables_drop() {
     // Docker's FORWARD policy inside a node: the trace names node, table, chain and policy.
     for node in ["worker1", "worker2"] {
         lab.exec_ok(node, &["iptables", "-P", "FORWARD", "DROP"]);
-        let v = check(&lab, &format!("{node}: iptables -P FORWARD DROP"), 84);
+        let v = check(&lab, DST, &format!("{node}: iptables -P FORWARD DROP"), 84);
         let d = &v["dropped"];
         assert_eq!(
             (&d["direction"], &d["at"], &d["table"], &d["chain"], &d["rule"]),
@@ -177,7 +183,7 @@ fn trace_agrees_with_ping_on_every_fault_and_names_the_iptables_drop() {
             "DROP",
         ],
     );
-    let v = check(&lab, "pod: OUTPUT drops echo-reply", 84);
+    let v = check(&lab, DST, "pod: OUTPUT drops echo-reply", 84);
     assert_eq!(v["dropped"]["direction"], "reply", "{v:#}");
     assert_eq!(v["dropped"]["at"], DST, "{v:#}");
     assert_eq!(v["dropped"]["chain"], "OUTPUT", "{v:#}");
@@ -197,7 +203,7 @@ fn trace_agrees_with_ping_on_every_fault_and_names_the_iptables_drop() {
             "DROP",
         ],
     );
-    let v = check(&lab, "worker1: FORWARD drops ESTABLISHED", 84);
+    let v = check(&lab, DST, "worker1: FORWARD drops ESTABLISHED", 84);
     assert_eq!(v["dropped"]["direction"], "reply", "{v:#}");
     lab.exec_ok("worker1", &["iptables", "-F", "FORWARD"]);
     // Strict rp_filter with an asymmetric route: worker2 would answer worker1's pod
@@ -212,7 +218,7 @@ fn trace_agrees_with_ping_on_every_fault_and_names_the_iptables_drop() {
         .as_str()
         .expect("node address")
         .to_string();
-    let route = [format!("{src_ip}/32"), "via".into(), w1_ip, "dev".into(), "eth0".into()];
+    let route = [format!("{src_ip}/32"), "via".into(), w1_ip];
     let mut add = vec!["ip", "route", "add"];
     add.extend(route.iter().map(String::as_str));
     lab.exec_ok("worker2", &add);
@@ -229,7 +235,7 @@ fn trace_agrees_with_ping_on_every_fault_and_names_the_iptables_drop() {
                 mode,
             ],
         );
-        let v = check(&lab, &format!("asymmetric route, rp_filter {mode}"), 84);
+        let v = check(&lab, DST, &format!("asymmetric route, rp_filter {mode}"), 84);
         if mode == "1" {
             let why = v["dropped"]["why"].as_str().unwrap_or("");
             assert!(why.contains("rp_filter = 1") && why.contains("strict"), "{v:#}");
@@ -239,15 +245,35 @@ fn trace_agrees_with_ping_on_every_fault_and_names_the_iptables_drop() {
     add[2] = "del";
     lab.exec_ok("worker2", &add);
 
+    // A pod -> router echo: the router has no route back to the pod network,
+    // so the request arrives and the reply cannot leave; with a route, it can.
+    let st = lab.state();
+    let gw_ip = st["plan"]["routers"][0]["ports"][0]["ip"]
+        .as_str()
+        .expect("router port")
+        .to_string();
+    let v = check(&lab, &gw_ip, "pod -> router, no route back", 84);
+    assert_eq!(
+        (&v["dropped"]["direction"], &v["dropped"]["at"]),
+        (&Value::from("reply"), &Value::from("router gw")),
+        "{v:#}"
+    );
+    add[2] = "add";
+    lab.exec_ok("gw", &add);
+    check(&lab, &gw_ip, "pod -> router, route back via worker1", 84);
+    add[2] = "del";
+    lab.exec_ok("gw", &add);
+
     let mut table = String::new();
     for s in &seen {
         table.push_str(&format!(
-            "{:<72} {:>5}  trace {:<9} ping {:<8} {}\n",
+            "{:<72} {:>5}  trace {:<9} ping {:<8} {} (try {})\n",
             s.case,
             s.size,
             if s.trace { "delivered" } else { "fails" },
             if s.ping { "replies" } else { "fails" },
-            if s.trace == s.ping { "agree" } else { "DISAGREE" }
+            if s.trace == s.ping { "agree" } else { "DISAGREE" },
+            s.tries
         ));
     }
     let agree = seen.iter().filter(|s| s.trace == s.ping).count();
