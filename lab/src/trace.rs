@@ -1188,6 +1188,19 @@ fn link_layer(lab: &Lab, view: &View, mut h: Hop, dev: &str, gw: Ipv4Addr, pkt: 
     let n = neighbour(view, gw, dev);
     let states = neigh_states;
     match &n {
+        // A failed entry is only the last attempt: the next packet makes the
+        // kernel ask again, and an owner in the lab that answers ARP now replies.
+        Some(n)
+            if states(n).iter().any(|s| s == "FAILED" || s == "INCOMPLETE")
+                && lab.owner(gw).is_some()
+                && arp_silent(lab, gw).is_none() =>
+        {
+            h.entries.push(neigh_text(n, gw, dev));
+            h.notes.push(format!(
+                "the last ARP for {gw} went unanswered ({}), but its owner answers ARP now: the kernel asks again for this packet",
+                states(n).join(",")
+            ));
+        }
         Some(n) if states(n).iter().any(|s| s == "FAILED" || s == "INCOMPLETE") => {
             h.entries.push(neigh_text(n, gw, dev));
             h.drop = Some(format!(
