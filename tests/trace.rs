@@ -147,6 +147,19 @@ fn trace_agrees_with_ping_on_every_fault_and_names_the_iptables_drop() {
         }
     }
 
+    // A TCP trace meets the TCP block that an echo passes.
+    let id = fault(&lab, &["block", "--on", "worker2", "--proto", "tcp", "--port", "179"]);
+    let out = lab.run(&["trace", SRC, DST, "--proto", "tcp", "--port", "179", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(
+        (&v["dropped"]["at"], &v["dropped"]["table"], &v["dropped"]["chain"]),
+        (&Value::from("worker2"), &Value::from("raw"), &Value::from("PREROUTING")),
+        "{v:#}"
+    );
+    assert!(trace(&lab, DST, 84).0, "an echo still crosses");
+    unfault(&lab, &id);
+
     // Docker's FORWARD policy inside a node: the trace names node, table, chain and policy.
     for node in ["worker1", "worker2"] {
         lab.exec_ok(node, &["iptables", "-P", "FORWARD", "DROP"]);

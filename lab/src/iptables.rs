@@ -74,10 +74,11 @@ enum Target {
 pub enum Proto {
     /// ICMP with its type (8 echo request, 0 echo reply).
     Icmp(u8),
-    /// UDP; a source port of None is unknown (VXLAN hashes it per flow).
-    Udp { sport: Option<u16>, dport: u16 },
-    /// TCP.
-    Tcp { sport: Option<u16>, dport: u16 },
+    /// UDP; a port of None is unknown (VXLAN hashes the source port per
+    /// flow; a reply goes to the request's source port).
+    Udp { sport: Option<u16>, dport: Option<u16> },
+    /// TCP, ports as for UDP.
+    Tcp { sport: Option<u16>, dport: Option<u16> },
 }
 
 /// The packet as a chain sees it.
@@ -292,7 +293,7 @@ fn yes(b: bool) -> Tri {
 impl Match {
     fn test(&self, p: &Packet) -> Tri {
         let (sport, dport) = match p.proto {
-            Proto::Udp { sport, dport } | Proto::Tcp { sport, dport } => (sport, Some(dport)),
+            Proto::Udp { sport, dport } | Proto::Tcp { sport, dport } => (sport, dport),
             Proto::Icmp(_) => (None, None),
         };
         let in_ranges = |r: &[(u16, u16)], port: Option<u16>| match port {
@@ -582,7 +583,7 @@ COMMIT
         let rs = Ruleset::parse(SAVE);
         let udp = Proto::Udp {
             sport: None,
-            dport: 8472,
+            dport: Some(8472),
         };
         let v = rs.judge(
             "raw",

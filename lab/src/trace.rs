@@ -102,6 +102,8 @@ pub struct Trace {
     pub dst: Ipv4Addr,
     /// IP packet size.
     pub size: u32,
+    /// What the packet carries: `ICMP echo-request`, `TCP 179`, `UDP 8472`.
+    pub proto: String,
     /// The request's hops.
     pub hops: Vec<Hop>,
     /// The reply's hops, from the destination back to the source (empty
@@ -139,12 +141,12 @@ impl Packet {
         let proto = match self.proto {
             Proto::Icmp(_) => Proto::Icmp(0),
             Proto::Udp { sport, dport } => Proto::Udp {
-                sport: Some(dport),
-                dport: sport.unwrap_or(0),
+                sport: dport,
+                dport: sport,
             },
             Proto::Tcp { sport, dport } => Proto::Tcp {
-                sport: Some(dport),
-                dport: sport.unwrap_or(0),
+                sport: dport,
+                dport: sport,
             },
         };
         Packet {
@@ -180,8 +182,17 @@ fn proto_text(p: Proto) -> String {
         Proto::Icmp(8) => "ICMP echo-request".into(),
         Proto::Icmp(0) => "ICMP echo-reply".into(),
         Proto::Icmp(t) => format!("ICMP type {t}"),
-        Proto::Udp { dport, .. } => format!("UDP {dport}"),
-        Proto::Tcp { dport, .. } => format!("TCP {dport}"),
+        Proto::Udp { sport, dport } => format!("UDP {}", ports_text(sport, dport)),
+        Proto::Tcp { sport, dport } => format!("TCP {}", ports_text(sport, dport)),
+    }
+}
+
+/// `8472`, or `from 8472` for a reply, whose destination port is the request's unknown source port.
+fn ports_text(sport: Option<u16>, dport: Option<u16>) -> String {
+    match (sport, dport) {
+        (_, Some(d)) => d.to_string(),
+        (Some(s), None) => format!("from {s}"),
+        (None, None) => "?".into(),
     }
 }
 
@@ -513,8 +524,9 @@ impl<'a> Lab<'a> {
     }
 }
 
-/// Traces one packet of `size` bytes from `from` to `to`.
-pub fn trace(state: &LabState, from: &str, to: &str, size: u32) -> Result<Trace> {
+/// Traces one packet of `size` bytes from `from` to `to`, and its reply:
+/// an ICMP echo, or a UDP or TCP packet to a port.
+pub fn trace(state: &LabState, from: &str, to: &str, size: u32, proto: Proto) -> Result<Trace> {
     if !(28..=65535).contains(&size) {
         return Err(Error::usage(
             format!("--size {size} is not an IPv4 packet size"),
@@ -536,6 +548,7 @@ pub fn trace(state: &LabState, from: &str, to: &str, size: u32) -> Result<Trace>
         src: src_ip,
         dst: dst.ip,
         size,
+        proto: proto_text(proto),
         hops: Vec::new(),
         reply: Vec::new(),
         delivered: false,
@@ -549,7 +562,7 @@ pub fn trace(state: &LabState, from: &str, to: &str, size: u32) -> Result<Trace>
         udp_port: None,
         inner: None,
         inner_mac: None,
-        proto: Proto::Icmp(8),
+        proto,
         established: false,
     };
     let there = match follow(&lab, &src.ns, &mut pkt, &mut t.hops)? {
@@ -570,6 +583,10 @@ pub fn trace(state: &LabState, from: &str, to: &str, size: u32) -> Result<Trace>
                 "delivered to {arrived}, and the reply came back to {}",
                 lab.label(&ns, None)
             );
+            if !matches!(proto, Proto::Icmp(_)) {
+                t.verdict
+                    .push_str(" (the path both ways; whether a socket listens on that port is not checked)");
+            }
         }
         End::Arrived(ns) => {
             t.verdict = format!(
@@ -1158,7 +1175,7 @@ fn encapsulate(lab: &Lab, view: &View, mut h: Hop, dev: &str, gw: Ipv4Addr, pkt:
             // The source port is a hash of the inner flow: rules on it "may match".
             proto: Proto::Udp {
                 sport: None,
-                dport: port,
+                dport: Some(port),
             },
             established: false,
         },
@@ -1666,15 +1683,15 @@ impl fmt::Display for Trace {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "trace {} ({}) -> {} ({}): {}-byte IP packet, DF set",
-            self.from, self.src, self.to, self.dst, self.size
+            "trace {} ({}) -> {} ({}): {}-byte IP packet, {}, DF set",
+            self.from, self.src, self.to, self.dst, self.size, self.proto
         )?;
         write_hops(f, &self.hops)?;
         if !self.reply.is_empty() {
             writeln!(f)?;
             writeln!(
                 f,
-                "reply {} -> {}: the echo reply, back through the same lookups",
+                "reply {} -> {}: the answer, back through the same lookups",
                 self.dst, self.src
             )?;
             write_hops(f, &self.reply)?;
@@ -1722,4 +1739,79 @@ fn write_hops(f: &mut fmt::Formatter<'_>, hops: &[Hop]) -> fmt::Result {
         }
     }
     Ok(())
+}
+
+/// The packet `--proto` and `--port` ask for.
+pub fn proto(name: &str, port: Option<u16>) -> Result<Proto> {
+    match (name, port) {
+        ("icmp", None) => Ok(Proto::Icmp(8)),
+        ("icmp", Some(p)) => Err(Error::usage(
+            format!("--port {p} with --proto icmp: an ICMP echo has no port"),
+            "drop --port, or add --proto udp or --proto tcp",
+        )),
+        (_, None) => Err(Error::usage(
+            format!("--proto {name} needs --port"),
+            format!("give the destination port, e.g. --proto {name} --port 8472"),
+        )),
+        ("udp", Some(d)) => Ok(Proto::Udp {
+            sport: None,
+            dport: Some(d),
+        }),
+        (_, Some(d)) => Ok(Proto::Tcp {
+            sport: None,
+            dport: Some(d),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proto_and_port_must_fit_together() {
+        assert_eq!(proto("icmp", None).unwrap(), Proto::Icmp(8));
+        assert_eq!(
+            proto("tcp", Some(179)).unwrap(),
+            Proto::Tcp {
+                sport: None,
+                dport: Some(179)
+            }
+        );
+        let e = proto("udp", None).unwrap_err().to_string();
+        assert!(e.contains("--proto udp needs --port"), "{e}");
+        let e = proto("icmp", Some(3)).unwrap_err().to_string();
+        assert!(e.contains("an ICMP echo has no port"), "{e}");
+    }
+
+    #[test]
+    fn a_reply_swaps_addresses_and_ports_and_is_established() {
+        let p = Packet {
+            src: Ipv4Addr::new(10, 0, 0, 1),
+            dst: Ipv4Addr::new(10, 0, 0, 2),
+            size: 84,
+            udp_port: None,
+            inner: None,
+            inner_mac: None,
+            proto: Proto::Udp {
+                sport: None,
+                dport: Some(53),
+            },
+            established: false,
+        };
+        let r = p.reply();
+        assert_eq!((r.src, r.dst), (p.dst, p.src));
+        assert_eq!(
+            r.proto,
+            Proto::Udp {
+                sport: Some(53),
+                dport: None
+            }
+        );
+        assert!(r.established);
+        assert_eq!(proto_text(r.proto), "UDP from 53");
+        let mut echo = p.clone();
+        echo.proto = Proto::Icmp(8);
+        assert_eq!(echo.reply().proto, Proto::Icmp(0));
+    }
 }
