@@ -279,6 +279,27 @@ fn trace_agrees_with_ping_on_every_fault_and_names_the_iptables_drop() {
         (&Value::from("reply"), &Value::from("router gw")),
         "{v:#}"
     );
+    // flannel's --ip-masq: the router answers worker1's address, and conntrack
+    // turns the reply back to the pod.
+    let masq = [
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "POSTROUTING",
+        "-s",
+        "10.244.0.0/16",
+        "!",
+        "-d",
+        "10.244.0.0/16",
+        "-j",
+        "MASQUERADE",
+    ];
+    lab.exec_ok("worker1", &masq);
+    let v = check(&lab, &gw_ip, "pod -> router, MASQUERADE on worker1", 84);
+    let notes = v["reply"].to_string();
+    assert!(notes.contains("conntrack undoes the request's source NAT"), "{v:#}");
+    lab.exec_ok("worker1", &["iptables", "-t", "nat", "-F", "POSTROUTING"]);
     add[2] = "add";
     lab.exec_ok("gw", &add);
     check(&lab, &gw_ip, "pod -> router, route back via worker1", 84);
