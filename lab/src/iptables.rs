@@ -609,6 +609,30 @@ COMMIT
     }
 
     #[test]
+    fn negation_goto_and_local_addresses() {
+        let rs = Ruleset::parse(
+            "*nat\n:PREROUTING ACCEPT [0:0]\n:DOCKER - [0:0]\n-A PREROUTING -m addrtype --dst-type LOCAL -g DOCKER\n-A PREROUTING -j DROP\n-A DOCKER ! -i docker0 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.2:80\nCOMMIT\n",
+        );
+        let local = ["192.168.1.5".parse().unwrap()];
+        let tcp = Proto::Tcp {
+            sport: None,
+            dport: Some(8080),
+        };
+        let mut p = pkt("10.0.0.9", "192.168.1.5", tcp, Some("eth0"), None);
+        p.local = &local;
+        let v = rs.judge("nat", "PREROUTING", &p).unwrap();
+        assert_eq!(v.nat, Some((false, Some("172.17.0.2".parse().unwrap()))));
+        assert_eq!(v.chain, "DOCKER");
+        // From docker0 the DNAT rule does not match, and a goto does not come back: the policy decides.
+        p.iif = Some("docker0");
+        let v = rs.judge("nat", "PREROUTING", &p).unwrap();
+        assert_eq!((v.rule.as_str(), v.nat), ("policy ACCEPT", None));
+        // Not a local address: the DROP after the goto.
+        let p = pkt("10.0.0.9", "8.8.8.8", tcp, Some("eth0"), None);
+        assert!(!rs.judge("nat", "PREROUTING", &p).unwrap().passes);
+    }
+
+    #[test]
     fn certain_and_random_shares() {
         let rs = Ruleset::parse(
             "*mangle\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -o eth0 -m statistic --mode random --probability 1.00000000000 -j DROP\n-A POSTROUTING -o eth1 -m statistic --mode random --probability 0.30000000000 -j DROP\nCOMMIT\n",

@@ -587,6 +587,18 @@ pub fn trace(state: &LabState, from: &str, to: &str, size: u32, proto: Proto) ->
                 t.verdict
                     .push_str(" (the path both ways; whether a socket listens on that port is not checked)");
             }
+            let maybe = t
+                .hops
+                .iter()
+                .chain(&t.reply)
+                .flat_map(|h| &h.notes)
+                .filter(|n| n.starts_with("may match"))
+                .count();
+            if maybe > 0 {
+                t.verdict.push_str(&format!(
+                    "; but {maybe} iptables rule(s) on the way may match (see the notes): the packet may still be dropped"
+                ));
+            }
         }
         End::Arrived(ns) => {
             t.verdict = format!(
