@@ -1205,18 +1205,11 @@ fn encapsulate(lab: &Lab, view: &View, mut h: Hop, dev: &str, gw: Ipv4Addr, pkt:
     })
 }
 
-/// Sending on an Ethernet-like device: resolve the next hop's MAC, then
-/// follow the wire (a bridge port or a veth) to the namespace that gets it.
-fn link_layer(lab: &Lab, view: &View, mut h: Hop, dev: &str, gw: Ipv4Addr, pkt: &mut Packet) -> Result<Step> {
-    let stop = |h: Hop| {
-        Ok(Step {
-            hop: h,
-            next: Next::Delivered,
-        })
-    };
-    let n = neighbour(view, gw, dev);
+/// The neighbour entry for `gw` on `dev`, or the ARP it needs: true when
+/// nobody will answer (then `h` says why).
+fn neighbour_fails(lab: &Lab, h: &mut Hop, n: Option<&Value>, gw: Ipv4Addr, dev: &str) -> bool {
     let states = neigh_states;
-    match &n {
+    match n {
         // A failed entry is only the last attempt: the next packet makes the
         // kernel ask again, and an owner in the lab that answers ARP now replies.
         Some(n)
@@ -1237,7 +1230,7 @@ fn link_layer(lab: &Lab, view: &View, mut h: Hop, dev: &str, gw: Ipv4Addr, pkt: 
                 states(n).join(","),
                 arp_hint(lab, gw)
             ));
-            return stop(h);
+            return true;
         }
         Some(n) => h.entries.push(neigh_text(n, gw, dev)),
         None => {
@@ -1245,12 +1238,28 @@ fn link_layer(lab: &Lab, view: &View, mut h: Hop, dev: &str, gw: Ipv4Addr, pkt: 
                 h.drop = Some(format!(
                     "no neighbour entry for {gw} yet, and its ARP request goes unanswered: {why}"
                 ));
-                return stop(h);
+                return true;
             }
             h.notes.push(format!(
                 "no neighbour entry for {gw} yet: the kernel sends an ARP request first"
             ));
         }
+    }
+    false
+}
+
+/// Sending on an Ethernet-like device: resolve the next hop's MAC, then
+/// follow the wire (a bridge port or a veth) to the namespace that gets it.
+fn link_layer(lab: &Lab, view: &View, mut h: Hop, dev: &str, gw: Ipv4Addr, pkt: &mut Packet) -> Result<Step> {
+    let stop = |h: Hop| {
+        Ok(Step {
+            hop: h,
+            next: Next::Delivered,
+        })
+    };
+    let n = neighbour(view, gw, dev);
+    if neighbour_fails(lab, &mut h, n.as_ref(), gw, dev) {
+        return stop(h);
     }
     if let Some(o) = lab.owner(gw) {
         h.notes.push(format!("next hop {gw} is {}", o.0));
