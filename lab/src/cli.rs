@@ -173,8 +173,9 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: FaultCmd,
     },
-    /// Follow one packet hop by hop through the lab's real kernel state:
-    /// routes, neighbours, FDBs, encapsulation, MTUs; where and why it dies.
+    /// Follow one ICMP echo hop by hop through the lab's real kernel state,
+    /// and its reply back: routes, neighbours, FDBs, encapsulation, MTUs,
+    /// iptables, rp_filter; where and why it dies.
     Trace {
         /// NODE/POD or NODE.
         src: String,
@@ -183,6 +184,12 @@ pub enum Cmd {
         /// The IP packet's size in bytes, as the kernel counts it against an MTU (DF set).
         #[arg(long, default_value_t = 84)]
         size: u32,
+        /// What the packet carries: an ICMP echo, or UDP or TCP to --port.
+        #[arg(long, default_value = "icmp", value_parser = ["icmp", "udp", "tcp"])]
+        proto: String,
+        /// The destination port, for --proto udp or tcp.
+        #[arg(long)]
+        port: Option<u16>,
         /// As JSON.
         #[arg(long)]
         json: bool,
@@ -553,11 +560,19 @@ fn run(cli: Cli) -> Result<i32> {
             eprintln!("capturing in {target} of lab {lab} on {iface}{decoded}; Ctrl-C stops");
             exec_in(&ns, &cmd)
         }
-        Cmd::Trace { src, dst, size, json } => {
+        Cmd::Trace {
+            src,
+            dst,
+            size,
+            proto,
+            port,
+            json,
+        } => {
+            let proto = crate::trace::proto(&proto, port)?;
             require_root()?;
             let lab = state::choose_lab(cli.lab.as_deref())?;
             let st = state::require_up(&lab)?;
-            let t = crate::trace::trace(&st, &src, &dst, size)?;
+            let t = crate::trace::trace(&st, &src, &dst, size, proto)?;
             print(&t, json)?;
             Ok(if t.delivered { 0 } else { crate::error::EXIT_FAILED })
         }

@@ -12,6 +12,7 @@ pub mod doctor;
 pub mod error;
 pub mod fault;
 pub mod graph;
+pub mod iptables;
 pub mod lock;
 pub mod names;
 pub mod netns;

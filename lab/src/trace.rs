@@ -5,8 +5,12 @@
 //! pairs to their other end and bridges to their egress port, encapsulates
 //! where a VXLAN device sends and decapsulates where one receives, and
 //! checks the packet's size against every MTU on the way. The packet is an
-//! IPv4 packet of `--size` bytes (as the kernel counts it against an MTU)
-//! with DF set, as TCP sends.
+//! ICMP echo request of `--size` bytes (as the kernel counts it against an
+//! MTU) with DF set, as `probe ping --df` sends. At every hop it crosses
+//! the iptables chains the kernel would run for it (forwarded, delivered or
+//! sent locally) and the reverse-path filter. A packet that arrives is
+//! answered: the echo reply is traced back the same way, and only a reply
+//! that comes home makes the trace "delivered".
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -16,6 +20,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::iptables::{self, Proto, Ruleset};
 use crate::netns::{self, Netns};
 use crate::paths;
 use crate::plan::Plan;
@@ -49,6 +54,39 @@ pub struct Hop {
     pub notes: Vec<String>,
     /// Why the packet dies here, if it does.
     pub drop: Option<String>,
+    /// The iptables table, chain and rule (or `policy DROP`) that drops it, if one does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netfilter: Option<Netfilter>,
+}
+
+/// Where in iptables a packet is dropped.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct Netfilter {
+    /// `filter`, `raw`, `mangle` or `nat`.
+    pub table: String,
+    /// The chain where the decision was taken.
+    pub chain: String,
+    /// The rule as iptables-save prints it, or `policy DROP`.
+    pub rule: String,
+}
+
+/// Where the round trip ends when it does not come back.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct Dropped {
+    /// `request` or `reply`.
+    pub direction: String,
+    /// The hop's number in its direction, from 1.
+    pub hop: usize,
+    /// The hop's place (`worker1`, `switch tor1`).
+    pub at: String,
+    /// iptables table, when iptables drops it.
+    pub table: Option<String>,
+    /// iptables chain, when iptables drops it.
+    pub chain: Option<String>,
+    /// iptables rule or `policy DROP`, when iptables drops it.
+    pub rule: Option<String>,
+    /// Why, in words.
+    pub why: String,
 }
 
 /// The whole path.
@@ -64,10 +102,17 @@ pub struct Trace {
     pub dst: Ipv4Addr,
     /// IP packet size.
     pub size: u32,
-    /// The hops.
+    /// What the packet carries: `ICMP echo-request`, `TCP 179`, `UDP 8472`.
+    pub proto: String,
+    /// The request's hops.
     pub hops: Vec<Hop>,
-    /// Whether it reaches the destination.
+    /// The reply's hops, from the destination back to the source (empty
+    /// when the request does not arrive).
+    pub reply: Vec<Hop>,
+    /// Whether the request arrives and its reply comes back.
     pub delivered: bool,
+    /// The hop that drops the request or the reply, if one does.
+    pub dropped: Option<Dropped>,
     /// Where it ends and why, in one line.
     pub verdict: String,
 }
@@ -84,12 +129,41 @@ struct Packet {
     inner: Option<Box<(Packet, u32)>>,
     /// The inner frame's destination MAC, for an outer VXLAN packet.
     inner_mac: Option<String>,
+    /// The transport header iptables sees.
+    proto: Proto,
+    /// Whether conntrack has seen the other direction: the echo reply.
+    established: bool,
 }
 
 impl Packet {
+    /// The packet the destination sends back: an echo reply, or the answer to a UDP or TCP packet.
+    fn reply(&self) -> Packet {
+        let proto = match self.proto {
+            Proto::Icmp(_) => Proto::Icmp(0),
+            Proto::Udp { sport, dport } => Proto::Udp {
+                sport: dport,
+                dport: sport,
+            },
+            Proto::Tcp { sport, dport } => Proto::Tcp {
+                sport: dport,
+                dport: sport,
+            },
+        };
+        Packet {
+            src: self.dst,
+            dst: self.src,
+            size: self.size,
+            udp_port: None,
+            inner: None,
+            inner_mac: None,
+            proto,
+            established: true,
+        }
+    }
+
     fn describe(&self) -> String {
         match &self.inner {
-            None => format!("{} -> {}", self.src, self.dst),
+            None => format!("{} -> {} {}", self.src, self.dst, proto_text(self.proto)),
             Some(b) => format!(
                 "outer {} -> {} UDP {} VNI {} [inner {} -> {}]",
                 self.src,
@@ -100,6 +174,25 @@ impl Packet {
                 b.0.dst
             ),
         }
+    }
+}
+
+fn proto_text(p: Proto) -> String {
+    match p {
+        Proto::Icmp(8) => "ICMP echo-request".into(),
+        Proto::Icmp(0) => "ICMP echo-reply".into(),
+        Proto::Icmp(t) => format!("ICMP type {t}"),
+        Proto::Udp { sport, dport } => format!("UDP {}", ports_text(sport, dport)),
+        Proto::Tcp { sport, dport } => format!("TCP {}", ports_text(sport, dport)),
+    }
+}
+
+/// `8472`, or `from 8472` for a reply, whose destination port is the request's unknown source port.
+fn ports_text(sport: Option<u16>, dport: Option<u16>) -> String {
+    match (sport, dport) {
+        (_, Some(d)) => d.to_string(),
+        (Some(s), None) => format!("from {s}"),
+        (None, None) => "?".into(),
     }
 }
 
@@ -128,7 +221,9 @@ struct View {
     /// The names of the namespaces its links' peers are in, by namespace id.
     nsids: BTreeMap<i64, String>,
     /// iptables rules, read when first needed.
-    rules: std::cell::OnceCell<Vec<(String, String)>>,
+    rules: std::cell::OnceCell<Ruleset>,
+    /// `tc qdisc show`, read when first needed.
+    qdiscs: std::cell::OnceCell<String>,
 }
 
 impl View {
@@ -149,6 +244,7 @@ impl View {
             addrs: addrs.as_array().cloned().unwrap_or_default(),
             nsids,
             rules: Default::default(),
+            qdiscs: Default::default(),
         })
     }
 
@@ -186,23 +282,31 @@ impl View {
         })
     }
 
-    /// Every iptables rule here, with its table (one `iptables-save`).
-    fn iptables(&self) -> &[(String, String)] {
+    /// Every iptables table here (one `iptables-save`).
+    fn iptables(&self) -> &Ruleset {
         self.rules.get_or_init(|| {
             let Ok(out) = netns::command(&self.ns, "iptables-save").output() else {
-                return Vec::new();
+                return Ruleset::default();
             };
-            let mut table = String::new();
-            let mut v = Vec::new();
-            for l in String::from_utf8_lossy(&out.stdout).lines() {
-                if let Some(t) = l.strip_prefix('*') {
-                    table = t.to_string();
-                } else if l.starts_with("-A ") {
-                    v.push((table.clone(), l.to_string()));
-                }
-            }
-            v
+            Ruleset::parse(&String::from_utf8_lossy(&out.stdout))
         })
+    }
+
+    /// Every IPv4 address of this namespace.
+    fn addresses(&self) -> Vec<Ipv4Addr> {
+        self.addrs
+            .iter()
+            .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+            .filter_map(|a| a["local"].as_str()?.parse().ok())
+            .collect()
+    }
+
+    /// The first address of device `dev`: what MASQUERADE puts as the source.
+    fn address_of(&self, dev: &str) -> Option<Ipv4Addr> {
+        self.addrs
+            .iter()
+            .find(|l| l["ifname"] == dev)
+            .and_then(|l| l["addr_info"][0]["local"].as_str()?.parse().ok())
     }
 
     fn sysctl(&self, key: &str) -> Option<String> {
@@ -271,6 +375,12 @@ struct Lab<'a> {
     state: &'a LabState,
     plan: &'a Plan,
     owners: BTreeMap<Ipv4Addr, (String, String)>,
+    /// Address rewrites by the nat table on the request, which conntrack
+    /// undoes on the reply: (namespace, whether the source was rewritten,
+    /// address before, address after).
+    nat: std::cell::RefCell<Vec<(String, bool, Ipv4Addr, Ipv4Addr)>>,
+    /// Each namespace read once: a trace visits nodes several times, both ways.
+    views: std::cell::RefCell<BTreeMap<String, std::rc::Rc<View>>>,
 }
 
 impl<'a> Lab<'a> {
@@ -314,7 +424,23 @@ impl<'a> Lab<'a> {
                 owners.insert(u.ip, (format!("the uplink of switch {}", s.name), u.ns.clone()));
             }
         }
-        Lab { state, plan, owners }
+        Lab {
+            state,
+            plan,
+            owners,
+            nat: Default::default(),
+            views: Default::default(),
+        }
+    }
+
+    /// The namespace's links, addresses and rules, read on its first visit.
+    fn view(&self, ns: &str) -> Result<std::rc::Rc<View>> {
+        if let Some(v) = self.views.borrow().get(ns) {
+            return Ok(v.clone());
+        }
+        let v = std::rc::Rc::new(View::load(ns)?);
+        self.views.borrow_mut().insert(ns.to_string(), v.clone());
+        Ok(v)
     }
 
     fn place(&self, ns: &str) -> Place {
@@ -374,13 +500,8 @@ impl<'a> Lab<'a> {
             None => view.ns.name().to_string(),
             Some(id) => view.nsids.get(&id)?.clone(),
         };
-        let nsh = Netns::open(&ns).ok()?;
-        let links = json_in(&nsh, "ip", &["-j", "link", "show"]).ok()?;
-        let link = links
-            .as_array()?
-            .iter()
-            .find(|x| x["ifindex"].as_u64() == Some(other))?
-            .clone();
+        let far = self.view(&ns).ok()?;
+        let link = far.links.iter().find(|x| x["ifindex"].as_u64() == Some(other))?.clone();
         let name = link["ifname"].as_str()?.to_string();
         Some((ns, name, link))
     }
@@ -424,8 +545,9 @@ impl<'a> Lab<'a> {
     }
 }
 
-/// Traces one packet of `size` bytes from `from` to `to`.
-pub fn trace(state: &LabState, from: &str, to: &str, size: u32) -> Result<Trace> {
+/// Traces one packet of `size` bytes from `from` to `to`, and its reply:
+/// an ICMP echo, or a UDP or TCP packet to a port.
+pub fn trace(state: &LabState, from: &str, to: &str, size: u32, proto: Proto) -> Result<Trace> {
     if !(28..=65535).contains(&size) {
         return Err(Error::usage(
             format!("--size {size} is not an IPv4 packet size"),
@@ -447,8 +569,11 @@ pub fn trace(state: &LabState, from: &str, to: &str, size: u32) -> Result<Trace>
         src: src_ip,
         dst: dst.ip,
         size,
+        proto: proto_text(proto),
         hops: Vec::new(),
+        reply: Vec::new(),
         delivered: false,
+        dropped: None,
         verdict: String::new(),
     };
     let mut pkt = Packet {
@@ -458,31 +583,102 @@ pub fn trace(state: &LabState, from: &str, to: &str, size: u32) -> Result<Trace>
         udp_port: None,
         inner: None,
         inner_mac: None,
+        proto,
+        established: false,
     };
-    let mut at = src.ns.clone();
+    let there = match follow(&lab, &src.ns, &mut pkt, &mut t.hops)? {
+        End::Arrived(ns) => ns,
+        End::Stopped(why) => {
+            t.dropped = dropped("request", &t.hops, &why);
+            t.verdict = why;
+            return Ok(t);
+        }
+    };
+    let arrived = lab.label(&there, None);
+    // The destination answers from the address the request reached.
+    let mut back = pkt.reply();
+    match follow(&lab, &there, &mut back, &mut t.reply)? {
+        End::Arrived(ns) if ns == src.ns => {
+            t.delivered = true;
+            t.verdict = format!(
+                "delivered to {arrived}, and the reply came back to {}",
+                lab.label(&ns, None)
+            );
+            if !matches!(proto, Proto::Icmp(_)) {
+                t.verdict
+                    .push_str(" (the path both ways; whether a socket listens on that port is not checked)");
+            }
+            let maybe = t
+                .hops
+                .iter()
+                .chain(&t.reply)
+                .flat_map(|h| &h.notes)
+                .filter(|n| n.starts_with("may match"))
+                .count();
+            if maybe > 0 {
+                t.verdict.push_str(&format!(
+                    "; but {maybe} iptables rule(s) on the way may match (see the notes): the packet may still be dropped"
+                ));
+            }
+        }
+        End::Arrived(ns) => {
+            t.verdict = format!(
+                "the request reached {arrived}, but the reply to {} went to {}, not to {}",
+                back.dst,
+                lab.label(&ns, None),
+                lab.label(&src.ns, None)
+            );
+        }
+        End::Stopped(why) => {
+            t.dropped = dropped("reply", &t.reply, &why);
+            t.verdict = format!("the request reached {arrived}, but the reply does not come back: {why}");
+        }
+    }
+    Ok(t)
+}
+
+/// Where one direction ends.
+enum End {
+    /// In this namespace, which owns the destination address.
+    Arrived(String),
+    /// Dropped, or out of the lab, or a loop: the verdict in words.
+    Stopped(String),
+}
+
+/// The drop at the last of `hops`, if that hop drops the packet.
+fn dropped(direction: &str, hops: &[Hop], verdict: &str) -> Option<Dropped> {
+    let h = hops.last()?;
+    let why = h.drop.clone()?;
+    let nf = h.netfilter.as_ref();
+    Some(Dropped {
+        direction: direction.to_string(),
+        hop: hops.len(),
+        at: h.at.clone(),
+        table: nf.map(|n| n.table.clone()),
+        chain: nf.map(|n| n.chain.clone()),
+        rule: nf.map(|n| n.rule.clone()),
+        why: if why.is_empty() { verdict.to_string() } else { why },
+    })
+}
+
+/// Follows `pkt` from namespace `start`, which sends it, hop by hop.
+fn follow(lab: &Lab, start: &str, pkt: &mut Packet, hops: &mut Vec<Hop>) -> Result<End> {
+    let mut at = start.to_string();
     let mut dev_in: Option<String> = None;
     let mut via: Option<Ipv4Addr> = None;
     for _ in 0..MAX_HOPS {
-        let view = View::load(&at)?;
-        let first = t.hops.last().is_none_or(|h| h.ns != at);
-        let step = visit(&lab, &view, dev_in.as_deref(), via, first, &mut pkt)?;
+        let view = lab.view(&at)?;
+        let first = hops.last().is_none_or(|h| h.ns != at);
+        let step = visit(lab, &view, dev_in.as_deref(), via, first, pkt)?;
         let hop_at = step.hop.at.clone();
         let dropped = step.hop.drop.clone();
-        t.hops.push(step.hop);
+        hops.push(step.hop);
         if let Some(why) = dropped {
-            t.verdict = format!("dropped at {hop_at}: {why}");
-            return Ok(t);
+            return Ok(End::Stopped(format!("dropped at {hop_at}: {why}")));
         }
         match step.next {
-            Next::Delivered => {
-                t.delivered = true;
-                t.verdict = format!("delivered to {hop_at}");
-                return Ok(t);
-            }
-            Next::Leaves(why) => {
-                t.verdict = why;
-                return Ok(t);
-            }
+            Next::Delivered => return Ok(End::Arrived(at)),
+            Next::Leaves(why) => return Ok(End::Stopped(why)),
             Next::Go { ns, dev, via: v } => {
                 at = ns;
                 dev_in = dev;
@@ -490,8 +686,9 @@ pub fn trace(state: &LabState, from: &str, to: &str, size: u32) -> Result<Trace>
             }
         }
     }
-    t.verdict = format!("gave up after {MAX_HOPS} hops: a forwarding loop?");
-    Ok(t)
+    Ok(End::Stopped(format!(
+        "gave up after {MAX_HOPS} hops: a forwarding loop?"
+    )))
 }
 
 enum Next {
@@ -523,6 +720,7 @@ fn hop(lab: &Lab, view: &View, dev_in: Option<&str>, pkt: &Packet, bridge: Optio
         entries: Vec::new(),
         notes: lab.faults_on(view.ns.name()),
         drop: None,
+        netfilter: None,
     }
 }
 
@@ -539,91 +737,229 @@ fn visit(
         return switch(lab, view, dev_in.unwrap_or(""), via.unwrap_or(pkt.dst), pkt);
     }
     let mut h = hop(lab, view, dev_in, pkt, None);
-    let done = |h: Hop, next: Next| Ok(Step { hop: h, next });
     if !first {
         h.notes.clear();
     }
-    if let Some((rule, _)) = iptables_drop(view, RANDOM_LOSS, "", None).filter(|_| first) {
-        h.entries.push(rule);
-        h.notes
-            .push("a share of packets is dropped here at random (statistic match): retries get through".into());
-    }
-    if let Some(q) = netem(view).filter(|_| first) {
+    if let Some(q) = netem(view, None).filter(|_| first) {
         h.entries.push(q);
         h.notes.push("netem drops or delays a share of packets here".into());
     }
-    if let Some(i) = dev_in {
-        if !view.up(i) {
-            h.drop = Some(format!("{i} is down"));
-            return done(h, Next::Delivered);
-        }
-        if let Some(m) = view.mtu(i) {
-            if pkt.size > m {
-                h.drop = Some(format!(
-                    "{} bytes arrive on {i}, whose MTU is {m}: a veth drops what does not fit its receiving end",
-                    pkt.size
-                ));
-                return done(h, Next::Delivered);
-            }
+    let l3_in = match dev_in {
+        None => None,
+        Some(i) => match arrive(lab, view, &mut h, i, via, pkt)? {
+            Arrival::Ip(l3) => Some(l3),
+            Arrival::Done(next) => return Ok(Step { hop: h, next }),
+        },
+    };
+    if let Some(dev) = view.local(pkt.dst) {
+        return deliver(lab, view, h, l3_in.as_deref(), &dev, pkt);
+    }
+    route_out(lab, view, h, l3_in, pkt)
+}
+
+/// What happens to a packet that arrives on an interface.
+enum Arrival {
+    /// IP takes it from this interface (the bridge, for a bridge port).
+    Ip(String),
+    /// It goes no further through IP here: dropped, or bridged on.
+    Done(Next),
+}
+
+/// The packet comes in on `dev`: the link, the bridge it may belong to,
+/// PREROUTING, conntrack's undoing of NAT for a reply, and rp_filter.
+fn arrive(lab: &Lab, view: &View, h: &mut Hop, dev: &str, via: Option<Ipv4Addr>, pkt: &mut Packet) -> Result<Arrival> {
+    let stop = Ok(Arrival::Done(Next::Delivered));
+    if !view.up(dev) {
+        h.drop = Some(format!("{dev} is down"));
+        return stop;
+    }
+    if let Some(m) = view.mtu(dev) {
+        if pkt.size > m {
+            h.drop = Some(format!(
+                "{} bytes arrive on {dev}, whose MTU is {m}: a veth drops what does not fit its receiving end",
+                pkt.size
+            ));
+            return stop;
         }
     }
-    // Addressed to this namespace: delivered, or decapsulated.
-    if let Some(dev) = view.local(pkt.dst) {
-        if let Some(port) = pkt.udp_port {
-            if udp_filtered(view, &mut h, ARRIVING, port, "on arrival") {
-                return done(h, Next::Delivered);
-            }
-            let vx = view.links.iter().find(|l| {
-                l["linkinfo"]["info_kind"] == "vxlan"
-                    && l["linkinfo"]["info_data"]["port"].as_u64() == Some(port as u64)
-            });
-            let (inner, vni) = *pkt.inner.take().expect("outer packets carry one");
-            match vx {
-                Some(l) => {
-                    let name = l["ifname"].as_str().unwrap_or("").to_string();
-                    let mine = l["address"].as_str().unwrap_or("");
-                    if let Some(want) = pkt.inner_mac.as_deref().filter(|m| *m != mine) {
-                        h.drop = Some(format!(
-                            "{name} decapsulates it, but the inner frame is for MAC {want} and {name} here has MAC {mine}: the sender's neighbour and FDB entries still name an old VTEP (stale until the agent resyncs), so IP discards the frame as not its own"
-                        ));
-                        return done(h, Next::Delivered);
-                    }
-                    h.notes.push(format!(
-                        "UDP {port} to {} is decapsulated by {name} (VNI {vni}); the inner {} -> {} enters as if {name} received it",
-                        pkt.dst, inner.src, inner.dst
-                    ));
-                    *pkt = inner;
-                    return done(
-                        h,
-                        Next::Go {
-                            ns: view.ns.name().to_string(),
-                            dev: Some(name),
-                            via: None,
-                        },
-                    );
-                }
-                None => {
-                    h.drop = Some(format!(
-                        "nothing listens on UDP {port} here: no VXLAN device with that port"
-                    ));
-                    return done(h, Next::Delivered);
-                }
-            }
+    let master = view.link(dev).and_then(|l| l["master"].as_str()).map(str::to_string);
+    let l3 = match master {
+        Some(br) if via.is_some_and(|v| view.local(v).is_none()) => {
+            return bridged(lab, view, h, dev, &br, via.unwrap_or(pkt.dst), pkt).map(Arrival::Done);
         }
-        h.notes.push(format!("{} is the address of {dev} here", pkt.dst));
+        // A bridge port hands frames for the bridge's own MAC up to the
+        // bridge, which is where IP sees them arrive.
+        Some(br) => {
+            h.notes.push(format!(
+                "{dev} is a port of bridge {br}: the frame is for {br}'s MAC, so IP takes it from {br}"
+            ));
+            br
+        }
+        None => dev.to_string(),
+    };
+    if netfilter(lab, view, h, pkt, PREROUTING, Some(&l3), None, "on arrival") {
+        return stop;
+    }
+    if pkt.established {
+        unnat(lab, view, h, pkt);
+    }
+    if rp_filtered(view, h, pkt, &l3) {
+        return stop;
+    }
+    Ok(Arrival::Ip(l3))
+}
+
+/// Conntrack undoes on a reply the rewrite the nat table did on its request here.
+fn unnat(lab: &Lab, view: &View, h: &mut Hop, pkt: &mut Packet) {
+    for (ns, source, before, after) in lab.nat.borrow().iter() {
+        if ns != view.ns.name() {
+            continue;
+        }
+        if *source && pkt.dst == *after {
+            h.notes.push(format!(
+                "conntrack undoes the request's source NAT: destination {after} becomes {before} again"
+            ));
+            pkt.dst = *before;
+        } else if !*source && pkt.src == *after {
+            h.notes.push(format!(
+                "conntrack undoes the request's destination NAT: source {after} becomes {before} again"
+            ));
+            pkt.src = *before;
+        }
+    }
+}
+
+/// Reverse-path filtering: with rp_filter 1 (strict) the route back to the
+/// source must leave by the interface the packet came in on; with 2
+/// (loose) there must be a route back at all. True when it drops.
+fn rp_filtered(view: &View, h: &mut Hop, pkt: &Packet, dev: &str) -> bool {
+    let read = |k: &str| {
+        view.sysctl(&format!("net/ipv4/conf/{k}/rp_filter"))
+            .and_then(|v| v.parse::<u8>().ok())
+            .unwrap_or(0)
+    };
+    let (all, here) = (read("all"), read(dev));
+    let mode = all.max(here);
+    if mode == 0 {
+        return false;
+    }
+    let rule = format!("rp_filter = {mode} on {dev} (the larger of all = {all} and {dev} = {here})");
+    match route_get(&view.ns, &[pkt.src.to_string()]) {
+        Err(e) => {
+            h.drop = Some(format!(
+                "{rule}: there is no route back to the source {} ({e})",
+                pkt.src
+            ));
+            true
+        }
+        Ok(r) if mode == 1 && r["dev"].as_str() != Some(dev) => {
+            h.drop = Some(format!(
+                "{rule}, strict: the route back to the source {} leaves by {}, not by {dev} where the packet came in, so the kernel drops it as spoofed",
+                pkt.src,
+                r["dev"].as_str().unwrap_or("?")
+            ));
+            true
+        }
+        Ok(_) => {
+            h.notes.push(format!(
+                "{rule}: the route back to {} passes the reverse-path check",
+                pkt.src
+            ));
+            false
+        }
+    }
+}
+
+/// A frame not for the bridge's own MAC: the bridge forwards it to the port
+/// that leads to `via`; with br_netfilter on, iptables sees it on the way.
+fn bridged(lab: &Lab, view: &View, h: &mut Hop, port: &str, br: &str, via: Ipv4Addr, pkt: &mut Packet) -> Result<Next> {
+    h.notes.push(format!(
+        "{port} is a port of bridge {br} and the frame is for {via}, not for {br}: the bridge forwards it"
+    ));
+    let owner = lab.owner(via).map(|o| o.1.clone());
+    let out = bridge_ports(view, br)
+        .into_iter()
+        .find(|p| p != port && lab.peer(view, p).is_some_and(|(ns, ..)| Some(&ns) == owner.as_ref()));
+    let Some(out) = out else {
+        h.drop = Some(format!("no port of {br} leads to {via}"));
+        return Ok(Next::Delivered);
+    };
+    h.dev_out = Some(format!("{br} port {out}"));
+    h.mtu = view.mtu(&out);
+    if view.sysctl("net/bridge/bridge-nf-call-iptables").as_deref() == Some("1") {
+        h.notes.push(format!(
+            "bridge-nf-call-iptables = 1: iptables sees the bridged packet, in and out {br}"
+        ));
+        let chains = [PREROUTING, FORWARD, POSTROUTING].concat();
+        if netfilter(
+            lab,
+            view,
+            h,
+            pkt,
+            &chains,
+            Some(br),
+            Some(br),
+            "as the bridge forwards it",
+        ) {
+            return Ok(Next::Delivered);
+        }
+    }
+    Ok(match lab.peer(view, &out) {
+        Some((ns, dev, _)) => Next::Go {
+            ns,
+            dev: Some(dev),
+            via: Some(via),
+        },
+        None => Next::Leaves(format!("leaves through {out}, whose other end is outside the lab")),
+    })
+}
+
+/// Addressed to this namespace: INPUT, then delivered or decapsulated.
+fn deliver(lab: &Lab, view: &View, mut h: Hop, l3_in: Option<&str>, dev: &str, pkt: &mut Packet) -> Result<Step> {
+    let done = |h: Hop, next: Next| Ok(Step { hop: h, next });
+    if l3_in.is_some() && netfilter(lab, view, &mut h, pkt, INPUT, l3_in, None, "as it is delivered here") {
         return done(h, Next::Delivered);
     }
-    // A bridge port hands frames for the bridge's own MAC up to the bridge,
-    // which is where IP sees them arrive.
-    let l3_in: Option<String> = dev_in.map(|d| match view.link(d).and_then(|l| l["master"].as_str()) {
-        Some(master) => {
-            h.notes.push(format!(
-                "{d} is a port of bridge {master}: the frame is for {master}'s MAC, so IP takes it from {master}"
-            ));
-            master.to_string()
-        }
-        None => d.to_string(),
+    let Some(port) = pkt.udp_port else {
+        h.notes.push(format!("{} is the address of {dev} here", pkt.dst));
+        return done(h, Next::Delivered);
+    };
+    let vx = view.links.iter().find(|l| {
+        l["linkinfo"]["info_kind"] == "vxlan" && l["linkinfo"]["info_data"]["port"].as_u64() == Some(port as u64)
     });
+    let (inner, vni) = *pkt.inner.take().expect("outer packets carry one");
+    let Some(l) = vx else {
+        h.drop = Some(format!(
+            "nothing listens on UDP {port} here: no VXLAN device with that port"
+        ));
+        return done(h, Next::Delivered);
+    };
+    let name = l["ifname"].as_str().unwrap_or("").to_string();
+    let mine = l["address"].as_str().unwrap_or("");
+    if let Some(want) = pkt.inner_mac.as_deref().filter(|m| *m != mine) {
+        h.drop = Some(format!(
+            "{name} decapsulates it, but the inner frame is for MAC {want} and {name} here has MAC {mine}: the sender's neighbour and FDB entries still name an old VTEP (stale until the agent resyncs), so IP discards the frame as not its own"
+        ));
+        return done(h, Next::Delivered);
+    }
+    h.notes.push(format!(
+        "UDP {port} to {} is decapsulated by {name} (VNI {vni}); the inner {} -> {} enters as if {name} received it",
+        pkt.dst, inner.src, inner.dst
+    ));
+    *pkt = inner;
+    done(
+        h,
+        Next::Go {
+            ns: view.ns.name().to_string(),
+            dev: Some(name),
+            via: None,
+        },
+    )
+}
+
+/// Not for this namespace: forwarded (it came in on `l3_in`) or sent by it.
+fn route_out(lab: &Lab, view: &View, mut h: Hop, l3_in: Option<String>, pkt: &mut Packet) -> Result<Step> {
+    let done = |h: Hop, next: Next| Ok(Step { hop: h, next });
     let forwarding = l3_in.is_some();
     if forwarding && view.sysctl("net/ipv4/ip_forward").as_deref() == Some("0") {
         h.drop = Some(format!(
@@ -680,28 +1016,7 @@ fn visit(
         h.drop = Some("the route names no device".into());
         return done(h, Next::Delivered);
     };
-    if let Ok(e) = &entry {
-        if e["protocol"] == "bird" {
-            let prefix = e["dst"].as_str().unwrap_or("");
-            if let Some(b) = lab.bird_route(view.ns.name(), prefix) {
-                h.entries.push(format!(
-                    "bird {} via {} from session {} (origin {}, AS path [{}])",
-                    b.prefix, b.via, b.from, b.origin, b.as_path
-                ));
-            }
-            let by =
-                r["gateway"]
-                    .as_str()
-                    .and_then(|g| g.parse::<Ipv4Addr>().ok())
-                    .map_or("a BGP peer".to_string(), |g| match lab.owner(g) {
-                        Some((_, ns)) => format!("{} ({g})", lab.label(ns, None)),
-                        None => g.to_string(),
-                    });
-            h.notes.push(format!(
-                "learned over BGP: {by} announced {prefix}, and BIRD's kernel protocol wrote the route (proto bird)"
-            ));
-        }
-    }
+    bird_notes(lab, view, &mut h, &entry, &r);
     h.dev_out = Some(out.clone());
     let gw: Ipv4Addr = r["gateway"].as_str().and_then(|g| g.parse().ok()).unwrap_or(pkt.dst);
     let mtu = entry
@@ -732,15 +1047,50 @@ fn visit(
             return done(h, Next::Delivered);
         }
     }
+    let (chains, when) = match forwarding {
+        true => (FORWARD, "as it is forwarded"),
+        false => (OUTPUT, "as it is sent"),
+    };
+    if netfilter(lab, view, &mut h, pkt, chains, l3_in.as_deref(), Some(&out), when)
+        || netfilter(lab, view, &mut h, pkt, POSTROUTING, None, Some(&out), "on its way out")
+    {
+        return done(h, Next::Delivered);
+    }
+    if let Some(q) = netem(view, Some(&out)).filter(|q| q.contains("loss 100%")) {
+        h.entries.push(q);
+        h.drop = Some(format!("netem on {out} drops every packet it sends (loss 100%)"));
+        return done(h, Next::Delivered);
+    }
     if view.kind(&out) == "vxlan" {
         return encapsulate(lab, view, h, &out, gw, pkt);
     }
-    if let (Some(port), false) = (pkt.udp_port, forwarding) {
-        if udp_filtered(view, &mut h, LEAVING, port, "on its way out") {
-            return done(h, Next::Delivered);
+    link_layer(lab, view, h, &out, gw, pkt)
+}
+
+/// Where BIRD learned the route the kernel uses, for a route BIRD wrote.
+fn bird_notes(lab: &Lab, view: &View, h: &mut Hop, entry: &std::result::Result<Value, String>, r: &Value) {
+    if let Ok(e) = entry {
+        if e["protocol"] == "bird" {
+            let prefix = e["dst"].as_str().unwrap_or("");
+            if let Some(b) = lab.bird_route(view.ns.name(), prefix) {
+                h.entries.push(format!(
+                    "bird {} via {} from session {} (origin {}, AS path [{}])",
+                    b.prefix, b.via, b.from, b.origin, b.as_path
+                ));
+            }
+            let by =
+                r["gateway"]
+                    .as_str()
+                    .and_then(|g| g.parse::<Ipv4Addr>().ok())
+                    .map_or("a BGP peer".to_string(), |g| match lab.owner(g) {
+                        Some((_, ns)) => format!("{} ({g})", lab.label(ns, None)),
+                        None => g.to_string(),
+                    });
+            h.notes.push(format!(
+                "learned over BGP: {by} announced {prefix}, and BIRD's kernel protocol wrote the route (proto bird)"
+            ));
         }
     }
-    link_layer(lab, view, h, &out, gw, pkt)
 }
 
 /// The routing table entry the kernel uses for `dst`: `ip route get
@@ -855,6 +1205,12 @@ fn encapsulate(lab: &Lab, view: &View, mut h: Hop, dev: &str, gw: Ipv4Addr, pkt:
             udp_port: Some(port),
             inner: None,
             inner_mac: Some(mac.clone()),
+            // The source port is a hash of the inner flow: rules on it "may match".
+            proto: Proto::Udp {
+                sport: None,
+                dport: Some(port),
+            },
+            established: false,
         },
     );
     pkt.inner = Some(Box::new((inner, vni)));
@@ -870,6 +1226,49 @@ fn encapsulate(lab: &Lab, view: &View, mut h: Hop, dev: &str, gw: Ipv4Addr, pkt:
     })
 }
 
+/// The neighbour entry for `gw` on `dev`, or the ARP it needs: true when
+/// nobody will answer (then `h` says why).
+fn neighbour_fails(lab: &Lab, h: &mut Hop, n: Option<&Value>, gw: Ipv4Addr, dev: &str) -> bool {
+    let states = neigh_states;
+    match n {
+        // A failed entry is only the last attempt: the next packet makes the
+        // kernel ask again, and an owner in the lab that answers ARP now replies.
+        Some(n)
+            if states(n).iter().any(|s| s == "FAILED" || s == "INCOMPLETE")
+                && lab.owner(gw).is_some()
+                && arp_silent(lab, gw).is_none() =>
+        {
+            h.entries.push(neigh_text(n, gw, dev));
+            h.notes.push(format!(
+                "the last ARP for {gw} went unanswered ({}), but its owner answers ARP now: the kernel asks again for this packet",
+                states(n).join(",")
+            ));
+        }
+        Some(n) if states(n).iter().any(|s| s == "FAILED" || s == "INCOMPLETE") => {
+            h.entries.push(neigh_text(n, gw, dev));
+            h.drop = Some(format!(
+                "the neighbour entry for {gw} is {}: nobody answered ARP for it{}",
+                states(n).join(","),
+                arp_hint(lab, gw)
+            ));
+            return true;
+        }
+        Some(n) => h.entries.push(neigh_text(n, gw, dev)),
+        None => {
+            if let Some(why) = arp_silent(lab, gw) {
+                h.drop = Some(format!(
+                    "no neighbour entry for {gw} yet, and its ARP request goes unanswered: {why}"
+                ));
+                return true;
+            }
+            h.notes.push(format!(
+                "no neighbour entry for {gw} yet: the kernel sends an ARP request first"
+            ));
+        }
+    }
+    false
+}
+
 /// Sending on an Ethernet-like device: resolve the next hop's MAC, then
 /// follow the wire (a bridge port or a veth) to the namespace that gets it.
 fn link_layer(lab: &Lab, view: &View, mut h: Hop, dev: &str, gw: Ipv4Addr, pkt: &mut Packet) -> Result<Step> {
@@ -880,34 +1279,8 @@ fn link_layer(lab: &Lab, view: &View, mut h: Hop, dev: &str, gw: Ipv4Addr, pkt: 
         })
     };
     let n = neighbour(view, gw, dev);
-    let states = |n: &Value| -> Vec<String> {
-        n["state"]
-            .as_array()
-            .map(|s| s.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
-            .unwrap_or_default()
-    };
-    match &n {
-        Some(n) if states(n).iter().any(|s| s == "FAILED" || s == "INCOMPLETE") => {
-            h.entries.push(neigh_text(n, gw, dev));
-            h.drop = Some(format!(
-                "the neighbour entry for {gw} is {}: nobody answered ARP for it{}",
-                states(n).join(","),
-                arp_hint(lab, gw)
-            ));
-            return stop(h);
-        }
-        Some(n) => h.entries.push(neigh_text(n, gw, dev)),
-        None => {
-            if let Some(why) = arp_silent(lab, gw) {
-                h.drop = Some(format!(
-                    "no neighbour entry for {gw} yet, and its ARP request goes unanswered: {why}"
-                ));
-                return stop(h);
-            }
-            h.notes.push(format!(
-                "no neighbour entry for {gw} yet: the kernel sends an ARP request first"
-            ));
-        }
+    if neighbour_fails(lab, &mut h, n.as_ref(), gw, dev) {
+        return stop(h);
     }
     if let Some(o) = lab.owner(gw) {
         h.notes.push(format!("next hop {gw} is {}", o.0));
@@ -995,6 +1368,14 @@ fn link_layer(lab: &Lab, view: &View, mut h: Hop, dev: &str, gw: Ipv4Addr, pkt: 
     }
 }
 
+/// A neighbour entry's states: REACHABLE, STALE, FAILED...
+fn neigh_states(n: &Value) -> Vec<String> {
+    n["state"]
+        .as_array()
+        .map(|s| s.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+        .unwrap_or_default()
+}
+
 /// Ports of a bridge in a view.
 fn bridge_ports(view: &View, bridge: &str) -> Vec<String> {
     view.links
@@ -1039,63 +1420,118 @@ fn arp_hint(lab: &Lab, ip: Ipv4Addr) -> String {
     arp_silent(lab, ip).map_or(String::new(), |w| format!(" ({w})"))
 }
 
-/// Where iptables sees a packet arriving and leaving.
-const ARRIVING: &[(&str, &str)] = &[("raw", "PREROUTING"), ("mangle", "PREROUTING"), ("filter", "INPUT")];
-const LEAVING: &[(&str, &str)] = &[("filter", "OUTPUT"), ("mangle", "POSTROUTING")];
-/// Every chain a packet may cross in a namespace, for random-loss rules.
-const RANDOM_LOSS: &[(&str, &str)] = &[
-    ("raw", "PREROUTING"),
-    ("mangle", "PREROUTING"),
-    ("filter", "INPUT"),
-    ("filter", "FORWARD"),
+/// The chains a packet crosses, in the kernel's order: arriving, delivered
+/// here, forwarded, sent from here, and leaving.
+const PREROUTING: &[(&str, &str)] = &[("raw", "PREROUTING"), ("mangle", "PREROUTING"), ("nat", "PREROUTING")];
+const INPUT: &[(&str, &str)] = &[("mangle", "INPUT"), ("filter", "INPUT"), ("nat", "INPUT")];
+const FORWARD: &[(&str, &str)] = &[("mangle", "FORWARD"), ("filter", "FORWARD")];
+const OUTPUT: &[(&str, &str)] = &[
+    ("raw", "OUTPUT"),
+    ("mangle", "OUTPUT"),
+    ("nat", "OUTPUT"),
     ("filter", "OUTPUT"),
-    ("mangle", "POSTROUTING"),
 ];
+const POSTROUTING: &[(&str, &str)] = &[("mangle", "POSTROUTING"), ("nat", "POSTROUTING")];
 
-/// Applies the iptables rules of `chains` for UDP to `port` to the hop:
-/// true when one drops the packet (then `h.drop` says so); a random-share
-/// rule becomes a note.
-fn udp_filtered(view: &View, h: &mut Hop, chains: &[(&str, &str)], port: u16, when: &str) -> bool {
-    match iptables_drop(view, chains, "udp", Some(port)) {
-        Some((rule, false)) => {
-            h.drop = Some(format!("an iptables rule drops UDP {port} {when}: {rule}"));
-            h.entries.push(rule);
-            true
+/// Runs the packet through `list` here; true when one drops it, and then
+/// the hop names the table, chain and rule or policy. A rule cnilab cannot
+/// decide becomes a "may match" note; a nat rule rewrites the packet and is
+/// remembered for the reply.
+#[allow(clippy::too_many_arguments)]
+fn netfilter(
+    lab: &Lab,
+    view: &View,
+    h: &mut Hop,
+    pkt: &mut Packet,
+    list: &[(&str, &str)],
+    iif: Option<&str>,
+    oif: Option<&str>,
+    when: &str,
+) -> bool {
+    let rules = view.iptables();
+    let local = view.addresses();
+    for (table, chain) in list {
+        // Only a connection's first packet meets the nat table; conntrack applies its decision to the rest.
+        if *table == "nat" && pkt.established {
+            continue;
         }
-        Some((rule, true)) => {
-            h.entries.push(rule);
-            h.notes
-                .push("a share of these packets is dropped here at random (statistic match)".into());
-            false
-        }
-        None => false,
-    }
-}
-
-/// A netem qdisc here, as `tc qdisc` prints it.
-fn netem(view: &View) -> Option<String> {
-    let out = netns::command(&view.ns, "tc").args(["qdisc", "show"]).output().ok()?;
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find(|l| l.contains("netem"))
-        .map(|l| format!("qdisc {}", l.trim_start_matches("qdisc ").trim()))
-}
-
-/// An iptables rule in `chains` that drops `proto` to `port` here (any
-/// packet when `port` is None): Some(rule, whether it drops only a share,
-/// by a statistic match).
-fn iptables_drop(view: &View, chains: &[(&str, &str)], proto: &str, port: Option<u16>) -> Option<(String, bool)> {
-    view.iptables().iter().find_map(|(table, l)| {
-        let in_chain = chains
-            .iter()
-            .any(|(t, c)| t == table && l.starts_with(&format!("-A {c} ")));
-        let drops = l.contains("-j DROP") || l.contains("-j REJECT");
-        let matches = match port {
-            Some(p) => l.contains(&format!("-p {proto}")) && l.contains(&format!("--dport {p}")),
-            None => l.contains("statistic"),
+        let p = iptables::Packet {
+            src: pkt.src,
+            dst: pkt.dst,
+            proto: pkt.proto,
+            iif,
+            oif,
+            established: pkt.established,
+            local: &local,
         };
-        (in_chain && drops && matches).then(|| (format!("iptables -t {table} {l}"), l.contains("statistic")))
-    })
+        let Some(v) = rules.judge(table, chain, &p) else {
+            continue;
+        };
+        for m in &v.maybe {
+            let random = if m.contains("statistic") {
+                ", a random share"
+            } else {
+                ""
+            };
+            h.notes.push(format!(
+                "may match (cnilab cannot decide all its matches{random}): iptables -t {m}"
+            ));
+        }
+        let by_policy = v.rule.starts_with("policy ");
+        if !v.passes {
+            h.entries.push(match by_policy {
+                true => format!("iptables -t {} -P {} {}", v.table, v.chain, &v.rule[7..]),
+                false => format!("iptables -t {} {}", v.table, v.rule),
+            });
+            h.drop = Some(format!(
+                "iptables drops {} {when}: table {}, chain {}, {}",
+                proto_text(pkt.proto),
+                v.table,
+                v.chain,
+                v.rule
+            ));
+            h.netfilter = Some(Netfilter {
+                table: v.table,
+                chain: v.chain,
+                rule: v.rule,
+            });
+            return true;
+        }
+        if !by_policy {
+            h.entries.push(format!("iptables -t {} {}", v.table, v.rule));
+        }
+        if let Some((source, to)) = v.nat {
+            let new = to.or_else(|| oif.and_then(|o| view.address_of(o)));
+            let Some(new) = new else { continue };
+            let old = if source { pkt.src } else { pkt.dst };
+            let side = if source { "source" } else { "destination" };
+            h.notes
+                .push(format!("the nat table rewrites the {side}: {old} becomes {new}"));
+            lab.nat
+                .borrow_mut()
+                .push((view.ns.name().to_string(), source, old, new));
+            if source {
+                pkt.src = new;
+            } else {
+                pkt.dst = new;
+            }
+        }
+    }
+    false
+}
+
+/// A netem qdisc here (on `dev`, or on any device), as `tc qdisc` prints it.
+fn netem(view: &View, dev: Option<&str>) -> Option<String> {
+    let all = view.qdiscs.get_or_init(|| {
+        netns::command(&view.ns, "tc")
+            .args(["qdisc", "show"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default()
+    });
+    all.lines()
+        .find(|l| l.contains("netem") && dev.is_none_or(|d| l.contains(&format!(" dev {d} "))))
+        .map(|l| format!("qdisc {}", l.trim_start_matches("qdisc ").trim()))
 }
 
 /// A switch: the fabric namespace's bridge, or the leaves of an upstream
@@ -1164,25 +1600,11 @@ fn switch(lab: &Lab, view: &View, port_in: &str, via: Ipv4Addr, pkt: &mut Packet
     let vx_name = vx["ifname"].as_str().unwrap_or("").to_string();
     let vni = vx["linkinfo"]["info_data"]["id"].as_u64().unwrap_or(0);
     let local = vx["linkinfo"]["info_data"]["local"].as_str().unwrap_or("?").to_string();
-    // The leaf holding the target's port.
-    let other = netns::list()
-        .into_iter()
-        .filter(|n| matches!(lab.place(n), Place::Leaf { switch } if switch == switch_name))
-        .find(|n| {
-            let Ok(v) = View::load(n) else { return false };
-            v.links
-                .iter()
-                .filter(|l| l["linkinfo"]["info_kind"] == "veth" && l["ifname"] != "uplink")
-                .any(|l| {
-                    let name = l["ifname"].as_str().unwrap_or("");
-                    lab.peer(&v, name).is_some_and(|(ns, ..)| ns == target_ns)
-                })
-        });
-    let Some(other) = other else {
+    let Some(other) = leaf_with_port(lab, &switch_name, target_ns) else {
         h.drop = Some(format!("no upstream leaf has a port to {target_label}"));
         return stop(h);
     };
-    let other_view = View::load(&other)?;
+    let other_view = lab.view(&other)?;
     let remote = other_view
         .addrs
         .iter()
@@ -1222,6 +1644,23 @@ fn switch(lab: &Lab, view: &View, port_in: &str, via: Ipv4Addr, pkt: &mut Packet
             stop(h)
         }
     }
+}
+
+/// The upstream leaf of `switch_name` that holds the port to `target_ns`.
+fn leaf_with_port(lab: &Lab, switch_name: &str, target_ns: &str) -> Option<String> {
+    netns::list()
+        .into_iter()
+        .filter(|n| matches!(lab.place(n), Place::Leaf { switch } if switch == switch_name))
+        .find(|n| {
+            let Ok(v) = lab.view(n) else { return false };
+            v.links
+                .iter()
+                .filter(|l| l["linkinfo"]["info_kind"] == "veth" && l["ifname"] != "uplink")
+                .any(|l| {
+                    let name = l["ifname"].as_str().unwrap_or("");
+                    lab.peer(&v, name).is_some_and(|(ns, ..)| ns == target_ns)
+                })
+        })
 }
 
 fn switch_out(lab: &Lab, view: &View, mut h: Hop, out: &str, pkt: &Packet) -> Result<Step> {
@@ -1294,36 +1733,18 @@ impl fmt::Display for Trace {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "trace {} ({}) -> {} ({}): {}-byte IP packet, DF set",
-            self.from, self.src, self.to, self.dst, self.size
+            "trace {} ({}) -> {} ({}): {}-byte IP packet, {}, DF set",
+            self.from, self.src, self.to, self.dst, self.size, self.proto
         )?;
-        for (i, h) in self.hops.iter().enumerate() {
+        write_hops(f, &self.hops)?;
+        if !self.reply.is_empty() {
             writeln!(f)?;
-            let mut head = format!("{:>2}  {}", i + 1, h.at);
-            if let Some(d) = &h.dev_in {
-                if !d.is_empty() {
-                    head.push_str(&format!("  in {d}"));
-                }
-            }
-            if let Some(d) = &h.dev_out {
-                head.push_str(&format!("  out {d}"));
-                if let Some(m) = h.mtu {
-                    head.push_str(&format!(" (MTU {m})"));
-                }
-            }
-            head.push_str(&format!("  {} bytes", h.size));
-            writeln!(f, "{head}")?;
-            writeln!(f, "      packet  {}", h.packet)?;
-            for e in &h.entries {
-                let (kind, rest) = e.split_once(' ').unwrap_or((e, ""));
-                writeln!(f, "      {kind:<7} {rest}")?;
-            }
-            for n in &h.notes {
-                writeln!(f, "      note    {n}")?;
-            }
-            if let Some(d) = &h.drop {
-                writeln!(f, "      DROP    {d}")?;
-            }
+            writeln!(
+                f,
+                "reply {} -> {}: the answer, back through the same lookups",
+                self.dst, self.src
+            )?;
+            write_hops(f, &self.reply)?;
         }
         writeln!(f)?;
         writeln!(
@@ -1335,5 +1756,112 @@ impl fmt::Display for Trace {
                 self.verdict.clone()
             }
         )
+    }
+}
+
+fn write_hops(f: &mut fmt::Formatter<'_>, hops: &[Hop]) -> fmt::Result {
+    for (i, h) in hops.iter().enumerate() {
+        writeln!(f)?;
+        let mut head = format!("{:>2}  {}", i + 1, h.at);
+        if let Some(d) = &h.dev_in {
+            if !d.is_empty() {
+                head.push_str(&format!("  in {d}"));
+            }
+        }
+        if let Some(d) = &h.dev_out {
+            head.push_str(&format!("  out {d}"));
+            if let Some(m) = h.mtu {
+                head.push_str(&format!(" (MTU {m})"));
+            }
+        }
+        head.push_str(&format!("  {} bytes", h.size));
+        writeln!(f, "{head}")?;
+        writeln!(f, "      packet  {}", h.packet)?;
+        for e in &h.entries {
+            let (kind, rest) = e.split_once(' ').unwrap_or((e, ""));
+            writeln!(f, "      {kind:<7} {rest}")?;
+        }
+        for n in &h.notes {
+            writeln!(f, "      note    {n}")?;
+        }
+        if let Some(d) = &h.drop {
+            writeln!(f, "      DROP    {d}")?;
+        }
+    }
+    Ok(())
+}
+
+/// The packet `--proto` and `--port` ask for.
+pub fn proto(name: &str, port: Option<u16>) -> Result<Proto> {
+    match (name, port) {
+        ("icmp", None) => Ok(Proto::Icmp(8)),
+        ("icmp", Some(p)) => Err(Error::usage(
+            format!("--port {p} with --proto icmp: an ICMP echo has no port"),
+            "drop --port, or add --proto udp or --proto tcp",
+        )),
+        (_, None) => Err(Error::usage(
+            format!("--proto {name} needs --port"),
+            format!("give the destination port, e.g. --proto {name} --port 8472"),
+        )),
+        ("udp", Some(d)) => Ok(Proto::Udp {
+            sport: None,
+            dport: Some(d),
+        }),
+        (_, Some(d)) => Ok(Proto::Tcp {
+            sport: None,
+            dport: Some(d),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proto_and_port_must_fit_together() {
+        assert_eq!(proto("icmp", None).unwrap(), Proto::Icmp(8));
+        assert_eq!(
+            proto("tcp", Some(179)).unwrap(),
+            Proto::Tcp {
+                sport: None,
+                dport: Some(179)
+            }
+        );
+        let e = proto("udp", None).unwrap_err().to_string();
+        assert!(e.contains("--proto udp needs --port"), "{e}");
+        let e = proto("icmp", Some(3)).unwrap_err().to_string();
+        assert!(e.contains("an ICMP echo has no port"), "{e}");
+    }
+
+    #[test]
+    fn a_reply_swaps_addresses_and_ports_and_is_established() {
+        let p = Packet {
+            src: Ipv4Addr::new(10, 0, 0, 1),
+            dst: Ipv4Addr::new(10, 0, 0, 2),
+            size: 84,
+            udp_port: None,
+            inner: None,
+            inner_mac: None,
+            proto: Proto::Udp {
+                sport: None,
+                dport: Some(53),
+            },
+            established: false,
+        };
+        let r = p.reply();
+        assert_eq!((r.src, r.dst), (p.dst, p.src));
+        assert_eq!(
+            r.proto,
+            Proto::Udp {
+                sport: Some(53),
+                dport: None
+            }
+        );
+        assert!(r.established);
+        assert_eq!(proto_text(r.proto), "UDP from 53");
+        let mut echo = p.clone();
+        echo.proto = Proto::Icmp(8);
+        assert_eq!(echo.reply().proto, Proto::Icmp(0));
     }
 }
