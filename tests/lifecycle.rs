@@ -29,8 +29,9 @@ fn down_removes_namespaces_processes_and_state_and_is_idempotent() {
     let out = cnilab(&["down", &lab.name]);
     assert!(out.status.success(), "{}", show(&out));
     assert!(
-        // Three flanneld and the lab's datastore watch service.
-        show(&out).contains("removed 10 namespaces, stopped 4 processes"),
+        // 3 nodes, 6 pods, the fabric and tor1's uplink; three flanneld
+        // and the lab's datastore watch service.
+        show(&out).contains("removed 11 namespaces, stopped 4 processes"),
         "{}",
         show(&out)
     );
@@ -120,7 +121,7 @@ fn two_labs_run_side_by_side() {
     drop(a);
     assert_gone(&name);
     ping(&b);
-    assert_eq!(namespaces_with(&format!("cnilab.{}.", b.name)).len(), 10);
+    assert_eq!(namespaces_with(&format!("cnilab.{}.", b.name)).len(), 11);
 }
 
 #[test]
@@ -134,22 +135,34 @@ fn up_refuses_a_lab_that_exists() {
         show(&out)
     );
     // The running lab is untouched.
-    assert_eq!(namespaces_with(&format!("cnilab.{}.", a.name)).len(), 10);
+    assert_eq!(namespaces_with(&format!("cnilab.{}.", a.name)).len(), 11);
 }
 
-/// A pod the node's IPAM range cannot hold fails its CNI ADD: `up` exits 1
-/// with the plugin's own words and removes everything it built.
+/// A pod the node's IPAM range cannot hold: a topology asking for it is
+/// refused by validation (exit 2, before anything is built), and a pod added
+/// to the running lab fails its CNI ADD with the plugin's own words and
+/// leaves nothing of itself.
 #[test]
 fn a_failing_cni_add_reports_the_plugin_error_and_leaves_nothing() {
     // /30 leases: network, gateway, one pod address, broadcast.
-    let topo = TempFile::toml(
-        "name = \"full\"\n[network]\npod_cidr = \"10.244.0.0/28\"\n[network.flannel]\nsubnet_len = 30\n[[node]]\nname = \"n1\"\npods = 2\n",
-    );
+    let topo = |pods: u32| {
+        TempFile::toml(&format!(
+            "name = \"full\"\n[network]\npod_cidr = \"10.244.0.0/28\"\n[network.flannel]\nsubnet_len = 30\n[[node]]\nname = \"n1\"\npods = {pods}\n"
+        ))
+    };
     let lab = Lab::reserve();
-    let out = lab.up_output(&topo.path);
+    let out = lab.up_output(&topo(2).path);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(show(&out).contains("holds 1"), "{}", show(&out));
+    assert_gone(&lab.name);
+
+    let one = topo(1);
+    let out = lab.up_output(&one.path);
+    assert!(out.status.success(), "{}", show(&out));
+    let before = namespaces_with(&format!("cnilab.{}.", lab.name));
+    let out = lab.run(&["pod", "add", "n1/extra"]);
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("adding pod n1/pod-2"), "{err}");
     assert!(
         err.contains("CNI ADD failed in plugin flannel: failed to delegate add"),
         "{err}"
@@ -158,7 +171,12 @@ fn a_failing_cni_add_reports_the_plugin_error_and_leaves_nothing() {
         err.contains("no IP addresses available in range set"),
         "host-local's own words: {err}"
     );
-    assert_gone(&lab.name);
+    assert_eq!(
+        namespaces_with(&format!("cnilab.{}.", lab.name)),
+        before,
+        "the failed pod left something"
+    );
+    drop(lab);
 }
 
 /// More agents than the usual fs.inotify.max_user_instances (128): every
