@@ -236,7 +236,7 @@ pub struct PingAll {
     pub total: usize,
     /// Pairs that did not reply after every retry.
     pub failed: usize,
-    /// Pairs that answered only to a retry.
+    /// Pairs that needed more than one echo, answered in the end or not.
     pub retried: usize,
     /// Echoes sent per pair at most.
     pub attempts: usize,
@@ -244,6 +244,9 @@ pub struct PingAll {
     pub seconds: f64,
     /// The pairs that did not reply, by source then destination.
     pub failures: Vec<PairFailure>,
+    /// Why failures may not be the lab's: the host's ARP table, shared by
+    /// every namespace, was full while the probe ran.
+    pub warning: Option<String>,
 }
 
 /// Labs up to this many pods print the matrix; bigger ones a list.
@@ -273,7 +276,9 @@ pub fn pingall_with(state: &LabState, progress: &crate::progress::Progress) -> R
         })
         .collect();
     let started = Instant::now();
+    let before = pingall::arp_table();
     let out = pingall::run(&members, progress)?;
+    let warning = arp_warning(before, pingall::arp_table(), state);
     let n = members.len();
     let errors: std::collections::HashMap<usize, String> = out.errors.into_iter().collect();
     let failures: Vec<PairFailure> = (0..n * n)
@@ -297,7 +302,40 @@ pub fn pingall_with(state: &LabState, progress: &crate::progress::Progress) -> R
         attempts: pingall::ATTEMPTS,
         seconds: started.elapsed().as_secs_f64(),
         failures,
+        warning,
     })
+}
+
+/// A warning when the host's ARP table was full during the probe. All
+/// namespaces share that table and its limit (gc_thresh3, 1,024 by
+/// default); when it is full the kernel drops packets that need a new
+/// neighbour, so a big lab fails pairs that a real cluster, a kernel per
+/// node, would not.
+fn arp_warning(before: Option<(u64, u64)>, after: Option<(u64, u64)>, state: &LabState) -> Option<String> {
+    let ((_, full0), (entries, full1)) = (before?, after?);
+    if full1 <= full0 {
+        return None;
+    }
+    // What the lab itself may hold at once: each pod knows its gateway and
+    // the pods of its node, each node its pods and the other nodes.
+    let nodes = &state.plan.nodes;
+    let need: u64 = nodes
+        .iter()
+        .map(|n| {
+            let k = n.pods.len() as u64;
+            k * (k + 1) + k + nodes.len() as u64
+        })
+        .sum();
+    let suggest = (entries + need).next_power_of_two().max(4096);
+    Some(format!(
+        "the host's ARP table (shared by every namespace, limit net.ipv4.neigh.default.gc_thresh3 = {}) was full \
+         {} times during the probe, and packets needing a new neighbour were dropped, so failures may be the host's, \
+         not the lab's; raise the limit: sysctl -w net.ipv4.neigh.default.gc_thresh3={suggest} \
+         net.ipv4.neigh.default.gc_thresh2={}",
+        pingall::arp_limit().map_or("?".into(), |l| l.to_string()),
+        full1 - full0,
+        suggest / 2
+    ))
 }
 
 impl PingAll {
@@ -342,12 +380,16 @@ impl std::fmt::Display for PingAll {
                 writeln!(f)?;
             }
             if self.failures.len() > LIST_UP_TO {
-                writeln!(f, "... and {} more (--json lists them all)", self.failures.len() - LIST_UP_TO)?;
+                writeln!(
+                    f,
+                    "... and {} more (--json lists them all)",
+                    self.failures.len() - LIST_UP_TO
+                )?;
             }
         }
         write!(
             f,
-            "{}/{} pairs replied in {:.1} s ({} only to a retry; up to {} echoes a pair)",
+            "{}/{} pairs replied in {:.1} s ({} needed a retry; up to {} echoes a pair)",
             self.total - self.failed,
             self.total,
             self.seconds,
@@ -356,6 +398,9 @@ impl std::fmt::Display for PingAll {
         )?;
         if self.pods.len() <= MATRIX_UP_TO {
             write!(f, "; . reply, X no reply, - self; row pings column")?;
+        }
+        if let Some(w) = &self.warning {
+            write!(f, "\nWARNING: {w}")?;
         }
         Ok(())
     }

@@ -85,6 +85,37 @@ pub struct Outcome {
     pub errors: Vec<(usize, String)>,
 }
 
+/// The host's ARP table, which every network namespace shares: its
+/// entries now and how often it was full (`/proc/net/stat/arp_cache`).
+pub fn arp_table() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/net/stat/arp_cache").ok()?;
+    let mut lines = text.lines();
+    let head: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let col = |name: &str| head.iter().position(|h| *h == name);
+    let (entries, fulls) = (col("entries")?, col("table_fulls")?);
+    let mut out = (0, 0);
+    // One line per CPU; entries is the table's, the rest count per CPU.
+    for l in lines {
+        let v: Vec<u64> = l
+            .split_whitespace()
+            .map(|x| u64::from_str_radix(x, 16).unwrap_or(0))
+            .collect();
+        out.0 = *v.get(entries)?;
+        out.1 += v.get(fulls)?;
+    }
+    Some(out)
+}
+
+/// The ARP table's hard limit (net.ipv4.neigh.default.gc_thresh3, a
+/// setting of the host that no namespace has its own of).
+pub fn arp_limit() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/neigh/default/gc_thresh3")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Makes sure this process may hold a socket per pod and then some.
 fn raise_nofile(needed: u64) -> Result<()> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
@@ -426,7 +457,8 @@ mod tests {
     fn first_echoes_spread_over_sources_and_destinations() {
         let order: Vec<u32> = first_order(4).into_iter().collect();
         assert_eq!(order.len(), 12);
-        let (firsts, dsts): (Vec<usize>, Vec<usize>) = order[..4].iter().map(|p| (*p as usize / 4, *p as usize % 4)).unzip();
+        let (firsts, dsts): (Vec<usize>, Vec<usize>) =
+            order[..4].iter().map(|p| (*p as usize / 4, *p as usize % 4)).unzip();
         assert_eq!(firsts, vec![0, 1, 2, 3]);
         assert_eq!(dsts, vec![1, 2, 3, 0]);
         assert!(order.iter().all(|p| p / 4 != p % 4), "no pod pings itself");
