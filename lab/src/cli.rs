@@ -801,7 +801,6 @@ fn run(cli: Cli) -> Result<i32> {
                     p.ok
                 }
                 ProbeCmd::Pingall { json } => {
-                    // Progress goes to stderr on a terminal only, so --json stays clean.
                     let p = crate::probe::pingall_with(&st, &crate::progress::Progress::new(true))?;
                     print(&p, json)?;
                     p.failed == 0

@@ -231,17 +231,21 @@ fn parse_reply(pkt: &[u8], token: u32) -> Option<(Ipv4Addr, u32, u32)> {
     Some((from, word(16), word(20)))
 }
 
-/// The order of first echoes: in each round every pod sends one and
-/// receives one, so no pod or path gets a burst.
-fn first_order(n: usize) -> std::collections::VecDeque<u32> {
+/// The order of first echoes from sources `rows` (as pair indices local
+/// to those rows): in each round every source sends one and no pod gets
+/// more than one, so no pod or path gets a burst.
+fn first_order(n: usize, rows: std::ops::Range<usize>) -> std::collections::VecDeque<u32> {
     (1..n)
-        .flat_map(|k| (0..n).map(move |i| (i * n + (i + k) % n) as u32))
+        .flat_map(|k| rows.clone().map(move |i| ((i - rows.start) * n + (i + k) % n) as u32))
         .collect()
 }
 
+/// The echoes of one sender thread: the pairs whose source is in its rows.
 struct Run<'a> {
     members: &'a [Member],
-    socks: Vec<OwnedFd>,
+    socks: &'a [OwnedFd],
+    /// The first source of its rows; pair `q` is source `first + q / n`.
+    first: usize,
     token: u32,
     start: Instant,
     pairs: Vec<PairState>,
@@ -284,7 +288,7 @@ impl Run<'_> {
         let n = self.members.len();
         while self.in_window < WINDOW {
             let Some(p) = self.to_send.pop_front() else { return };
-            let (src, dst) = (p as usize / n, p as usize % n);
+            let (src, dst) = (self.first + p as usize / n, p as usize % n);
             let attempt = self.pairs[p as usize].sent + 1;
             let pkt = echo(self.token, src as u32, dst as u32, attempt);
             let to = SockaddrIn::from(std::net::SocketAddrV4::new(self.members[dst].ip, 0));
@@ -364,36 +368,46 @@ impl Run<'_> {
             // The reply must reach the pod that asked and come from the
             // address that was asked; anything else is not an answer.
             if s == src && d < n && d != s && from == self.members[d].ip {
-                self.resolve(s * n + d, true);
+                self.resolve((s - self.first) * n + d, true);
             }
         }
     }
 }
 
-/// Pings every member from every member; `progress` counts settled pairs.
-pub fn run(members: &[Member], progress: &Progress) -> Result<Outcome> {
+/// The pairs of one sender thread and its send errors (pair, error).
+type Settled = (Vec<PairState>, Vec<(usize, String)>);
+
+/// Sends and receives the echoes of sources `rows` until each pair has
+/// its verdict; returns their states and send errors (pair indices local
+/// to the rows).
+fn drive(
+    members: &[Member],
+    socks: &[OwnedFd],
+    rows: std::ops::Range<usize>,
+    token: u32,
+    progress: &Progress,
+) -> Result<Settled> {
     let n = members.len();
-    let socks = open_sockets(members)?;
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
-    for (i, s) in socks.iter().enumerate() {
-        epoll.add(s.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, i as u64))?;
+    for i in rows.clone() {
+        epoll.add(socks[i].as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, i as u64))?;
     }
-    let mut pairs = vec![PairState::default(); n * n];
-    for i in 0..n {
-        pairs[i * n + i].ok = true;
+    let mut pairs = vec![PairState::default(); rows.len() * n];
+    for i in rows.clone() {
+        pairs[(i - rows.start) * n + i].ok = true;
     }
-    progress.phase("pingall", n * n.saturating_sub(1));
     let mut run = Run {
         members,
         socks,
-        token: rand::random(),
+        first: rows.start,
+        token,
         start: Instant::now(),
         pairs,
-        to_send: first_order(n),
+        to_send: first_order(n, rows.clone()),
         window: Default::default(),
         in_window: 0,
         waiting: Default::default(),
-        open: n * n.saturating_sub(1),
+        open: rows.len() * n.saturating_sub(1),
         errors: Vec::new(),
         progress,
     };
@@ -415,17 +429,52 @@ pub fn run(members: &[Member], progress: &Progress) -> Result<Outcome> {
             run.receive(ev.data() as usize);
         }
     }
+    Ok((run.pairs, run.errors))
+}
+
+/// Pings every member from every member; `progress` counts settled pairs.
+///
+/// The sources are split between a sender thread per core: the kernel
+/// carries each echo and its reply through the lab on the CPU that sent
+/// it, so one thread would leave the other cores idle.
+pub fn run(members: &[Member], progress: &Progress) -> Result<Outcome> {
+    let n = members.len();
+    let socks = open_sockets(members)?;
+    let token: u32 = rand::random();
+    progress.phase("pingall", n * n.saturating_sub(1));
+    let threads = std::thread::available_parallelism().map_or(2, |x| x.get()).clamp(1, 8);
+    let per = n.div_ceil(threads).max(1);
+    let parts: Vec<std::ops::Range<usize>> = (0..n).step_by(per).map(|a| a..(a + per).min(n)).collect();
+    let results = std::thread::scope(|s| {
+        let handles: Vec<_> = parts
+            .iter()
+            .map(|rows| {
+                let socks = &socks;
+                s.spawn(move || drive(members, socks, rows.clone(), token, progress))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().map_err(|_| anyhow!("pingall thread panicked"))?)
+            .collect::<Result<Vec<_>>>()
+    })?;
     progress.finish();
-    let retried = run.pairs.iter().filter(|p| p.sent > 1).count();
-    let mut errors = run.errors;
-    errors.retain(|(p, _)| run.pairs[*p].failed);
+    let mut ok = Vec::with_capacity(n * n);
+    let mut retried = 0;
+    let mut errors = Vec::new();
+    for (rows, (pairs, errs)) in parts.iter().zip(results) {
+        let base = rows.start * n;
+        retried += pairs.iter().filter(|p| p.sent > 1).count();
+        errors.extend(
+            errs.into_iter()
+                .filter(|(q, _)| pairs[*q].failed)
+                .map(|(q, e)| (base + q, e)),
+        );
+        ok.extend(pairs.iter().map(|p| p.ok));
+    }
     errors.sort();
     errors.dedup_by_key(|(p, _)| *p);
-    Ok(Outcome {
-        ok: run.pairs.iter().map(|p| p.ok).collect(),
-        retried,
-        errors,
-    })
+    Ok(Outcome { ok, retried, errors })
 }
 
 #[cfg(test)]
@@ -455,12 +504,19 @@ mod tests {
 
     #[test]
     fn first_echoes_spread_over_sources_and_destinations() {
-        let order: Vec<u32> = first_order(4).into_iter().collect();
+        let order: Vec<u32> = first_order(4, 0..4).into_iter().collect();
         assert_eq!(order.len(), 12);
         let (firsts, dsts): (Vec<usize>, Vec<usize>) =
             order[..4].iter().map(|p| (*p as usize / 4, *p as usize % 4)).unzip();
         assert_eq!(firsts, vec![0, 1, 2, 3]);
         assert_eq!(dsts, vec![1, 2, 3, 0]);
         assert!(order.iter().all(|p| p / 4 != p % 4), "no pod pings itself");
+        let part: Vec<u32> = first_order(4, 2..4).into_iter().collect();
+        assert_eq!(part.len(), 6);
+        assert_eq!(
+            &part[..2],
+            &[3, 4],
+            "rows 2 and 3 first ping 3 and 0 (local pair indices)"
+        );
     }
 }

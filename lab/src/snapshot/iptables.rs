@@ -168,9 +168,8 @@ fn drop_comment(rule: &str) -> String {
     let mut out: Vec<&str> = Vec::with_capacity(w.len());
     let mut i = 0;
     while i < w.len() {
-        if w[i] == "-m" && w.get(i + 1) == Some(&"comment") {
-            i += 2;
-        } else if w[i] == "--comment" {
+        // `-m comment` and its `--comment TEXT` go, whatever their order.
+        if (w[i] == "-m" && w.get(i + 1) == Some(&"comment")) || w[i] == "--comment" {
             i += 2;
         } else {
             out.push(w[i]);
