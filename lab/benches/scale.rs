@@ -10,8 +10,11 @@
 //! answers at once again), so no run pays for the one before.
 //!
 //! Each case runs three times, baseline and cnilab in turn, and each figure
-//! is the median (peak RSS: the largest). Options after `--`: `--quick` (10
-//! and 50 nodes, one run), `--sizes 10,100`, `--runs N`, `--no-write`
+//! is the median (peak RSS: the largest). Then `probe pingall` runs as many
+//! times on flannel labs of 120, 200 and 1,000 pods (10 pods a node).
+//! Options after `--`: `--quick` (10 and 50 nodes, pingall at 120 pods, one
+//! run), `--sizes 10,100`, `--runs N`, `--pingall 120,200` (pod counts),
+//! `--pingall-only` (no lab table; implies `--no-write`), `--no-write`
 //! (print, do not rewrite BENCHMARKS.md).
 
 use std::collections::BTreeMap;

@@ -3,7 +3,8 @@
 //! from the kernel, then normalized: names and MACs a plugin chose at random
 //! are shown by what they are (`veth(worker1/web)`, `mac(worker2/flannel.1)`),
 //! nothing depends on ifindexes, timing or the lab's name, and every list
-//! is sorted.
+//! is sorted. Packet filtering shows as `iptables TABLE ...` lines in the
+//! form iptables-save prints, normalized (snapshot/iptables.rs).
 
 use futures::{StreamExt as _, TryStreamExt as _};
 use std::collections::BTreeMap;
