@@ -606,7 +606,7 @@ fn run_pingall_case(nodes: usize, pods: usize, runs: usize) -> PingRow {
             row.warnings.push(w.to_string());
         }
         eprintln!(
-            "   pingall {} pods: {} s, {} failed, {} retried",
+            "   pingall {} pods: {}, {} failed, {} retried",
             nodes * pods,
             secs(start.elapsed()),
             v["failed"],
@@ -619,9 +619,8 @@ fn run_pingall_case(nodes: usize, pods: usize, runs: usize) -> PingRow {
 
 fn ping_table(rows: &[PingRow]) -> String {
     let mut t = String::from(
-        "| lab | pairs | `probe pingall` (median) | slowest | pairs failed (all runs) | pairs that needed a retry (all runs) |
-         | --- | ---: | ---: | ---: | ---: | ---: |
-",
+        "| lab | pairs | `probe pingall` (median) | slowest | pairs failed (all runs) | pairs that needed a retry (all runs) |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for r in rows {
         t.push_str(&format!(
@@ -925,15 +924,19 @@ fn main() {
              ## Against the targets of issue 6\n\n{}\n\n\
              ## `probe pingall`\n\n{pt}\n{}\n\n\
              - Every pod pings every other pod from one process: a raw ICMP socket per pod, opened by a thread \
-             that entered the pod's namespace, up to 256 echoes in flight, each pair retried twice (after 1 s, \
-             then 2 s) before it counts as failed. Before, one `ping -c1 -W1` process per pair reported false \
-             failures from about 90 pods (366-446 of 14,280 pairs at 120 pods) and printed nothing after 300 s \
-             at 180 pods.\n\
+             that entered the pod's namespace, a sender thread per core with up to 256 echoes in flight each, \
+             each pair retried twice (after 1 s, then 2 s) before it counts as failed. Nearly all of its time is \
+             the kernel carrying echoes and replies through veths, bridges and VXLAN (at 1,000 pods about 65 s \
+             of system time over the 2 cores per run, 1.4 s in cnilab itself). Before, one `ping -c1 -W1` \
+             process per pair took 33.7 s at 120 pods on this machine, reported false failures from about 90 \
+             pods (366-446 of 14,280 pairs at 120 pods) and printed nothing after 300 s at 180 pods.\n\
              - The host's ARP table is shared by every namespace and limited by \
-             net.ipv4.neigh.default.gc_thresh3 (1,024 by default); past it the kernel drops packets needing a new \
-             neighbour, which is where the old false failures came from. A lab of 200 pods holds about 2,600 \
-             entries, 1,000 pods about 22,000: the figures here are with gc_thresh3 raised (pingall warns when \
-             the table overflowed during a run).\n\n\
+             net.ipv4.neigh.default.gc_thresh3 (1,024 by default); past it the kernel drops packets that need a \
+             new neighbour (\"neighbor table overflow\" in dmesg), which made the in-process pingall fail \
+             thousands of pairs at 120 pods, and most likely the old one its hundreds. A lab of 200 pods holds \
+             about 2,600 entries, 1,000 pods about 22,000: the figures here are with gc_thresh3 raised to 65,536 \
+             (gc_thresh2 32,768, gc_thresh1 32,768); pingall warns, with the command to raise it, when the table \
+             overflowed during a run.\n\n\
              ## What is measured\n\n\
              - `up`: wall time of `cnilab up` on a topology of N nodes on one switch (flannel: VXLAN, the \
              default /24 leases; Calico: BGP with nodes n1 and n2 as route reflectors and a gateway router), \
