@@ -244,7 +244,7 @@ pub enum ProbeCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Every pod to every pod, as a matrix; exit 0 when all reply.
+    /// Every pod to every pod (a matrix up to 32 pods, then the failing pairs); exit 0 when all reply.
     Pingall {
         /// As JSON.
         #[arg(long)]
@@ -854,7 +854,7 @@ fn run(cli: Cli) -> Result<i32> {
                     p.ok
                 }
                 ProbeCmd::Pingall { json } => {
-                    let p = crate::probe::pingall(&st)?;
+                    let p = crate::probe::pingall_with(&st, &crate::progress::Progress::new(true))?;
                     print(&p, json)?;
                     p.failed == 0
                 }

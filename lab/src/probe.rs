@@ -14,6 +14,8 @@ use crate::error::Error;
 use crate::netns::{self, Netns};
 use crate::state::LabState;
 
+mod pingall;
+
 /// A probe's source: a pod or node namespace.
 #[derive(Debug, Clone)]
 pub struct Source {
@@ -210,73 +212,136 @@ impl std::fmt::Display for Ping {
     }
 }
 
+/// A pair of pods that did not answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct PairFailure {
+    /// The pod that pinged, `node/pod`.
+    pub from: String,
+    /// The pod that did not answer.
+    pub to: String,
+    /// The source pod's address.
+    pub from_ip: Ipv4Addr,
+    /// The address pinged.
+    pub to_ip: Ipv4Addr,
+    /// Why the echo could not even be sent, when that was the case.
+    pub error: Option<String>,
+}
+
 /// Every pod to every pod.
 #[derive(Debug, Clone, Serialize)]
 pub struct PingAll {
     /// Pods, in order.
     pub pods: Vec<String>,
-    /// `replied[i][j]`: pod i got a reply from pod j (true on the diagonal).
-    pub replied: Vec<Vec<bool>>,
-    /// Pairs that did not reply.
-    pub failed: usize,
-    /// Pairs probed.
+    /// Pairs probed (each ordered pair of distinct pods).
     pub total: usize,
+    /// Pairs that did not reply after every retry.
+    pub failed: usize,
+    /// Pairs that needed more than one echo, answered in the end or not.
+    pub retried: usize,
+    /// Echoes sent per pair at most.
+    pub attempts: usize,
+    /// Wall time of the probe.
+    pub seconds: f64,
+    /// The pairs that did not reply, by source then destination.
+    pub failures: Vec<PairFailure>,
+    /// Why failures may not be the lab's: the host's ARP table, shared by
+    /// every namespace, was full while the probe ran.
+    pub warning: Option<String>,
 }
 
-/// Pings every pod from every pod, a few at a time.
+/// Labs up to this many pods print the matrix; bigger ones a list.
+const MATRIX_UP_TO: usize = 32;
+/// Failing pairs the text lists at most (`--json` has them all).
+const LIST_UP_TO: usize = 100;
+
+/// Pings every pod from every pod, without reporting progress.
 pub fn pingall(state: &LabState) -> Result<PingAll> {
-    let pods: Vec<(String, String, Ipv4Addr)> = state
+    pingall_with(state, &crate::progress::Progress::quiet())
+}
+
+/// Pings every pod from every pod with many echoes in flight, each pair
+/// retried twice before it counts as failed (see probe/pingall.rs).
+pub fn pingall_with(state: &LabState, progress: &crate::progress::Progress) -> Result<PingAll> {
+    let members: Vec<pingall::Member> = state
         .plan
         .pods()
         .filter_map(|(n, p)| {
-            let key = format!("{}/{}", n.name, p.name);
-            Some((key.clone(), p.ns.clone(), pod_ip(state, &key)?))
+            let name = format!("{}/{}", n.name, p.name);
+            let ip = pod_ip(state, &name)?;
+            Some(pingall::Member {
+                name,
+                ns: p.ns.clone(),
+                ip,
+            })
         })
         .collect();
-    let n = pods.len();
-    let pairs: Vec<(usize, usize)> = (0..n)
-        .flat_map(|i| (0..n).filter(move |j| *j != i).map(move |j| (i, j)))
+    let started = Instant::now();
+    let before = pingall::arp_table();
+    let out = pingall::run(&members, progress)?;
+    let warning = arp_warning(before, pingall::arp_table(), state);
+    let n = members.len();
+    let errors: std::collections::HashMap<usize, String> = out.errors.into_iter().collect();
+    let failures: Vec<PairFailure> = (0..n * n)
+        .filter(|p| !out.ok[*p])
+        .map(|p| {
+            let (a, b) = (&members[p / n], &members[p % n]);
+            PairFailure {
+                from: a.name.clone(),
+                to: b.name.clone(),
+                from_ip: a.ip,
+                to_ip: b.ip,
+                error: errors.get(&p).cloned(),
+            }
+        })
         .collect();
-    let mut replied = vec![vec![true; n]; n];
-    let workers = 4 * std::thread::available_parallelism().map_or(2, |x| x.get());
-    let results: Vec<(usize, usize, bool)> = std::thread::scope(|s| {
-        let chunks: Vec<&[(usize, usize)]> = pairs.chunks(pairs.len().div_ceil(workers).max(1)).collect();
-        let handles: Vec<_> = chunks
-            .into_iter()
-            .map(|chunk| {
-                let pods = &pods;
-                s.spawn(move || -> Result<Vec<(usize, usize, bool)>> {
-                    let mut out = Vec::new();
-                    for (i, j) in chunk {
-                        let ns = Netns::open(&pods[*i].1)?;
-                        let (ok, ..) = ping_once(&ns, pods[*j].2, 56, false, 1)?;
-                        out.push((*i, *j, ok));
-                    }
-                    Ok(out)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("ping thread"))
-            .collect::<Result<Vec<_>>>()
-            .map(|v| v.concat())
-    })?;
-    let mut failed = 0;
-    for (i, j, ok) in results {
-        replied[i][j] = ok;
-        failed += usize::from(!ok);
-    }
     Ok(PingAll {
-        pods: pods.into_iter().map(|p| p.0).collect(),
-        replied,
-        failed,
-        total: pairs.len(),
+        pods: members.into_iter().map(|m| m.name).collect(),
+        total: n * n.saturating_sub(1),
+        failed: failures.len(),
+        retried: out.retried,
+        attempts: pingall::ATTEMPTS,
+        seconds: started.elapsed().as_secs_f64(),
+        failures,
+        warning,
     })
 }
 
-impl std::fmt::Display for PingAll {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+/// A warning when the host's ARP table was full during the probe. All
+/// namespaces share that table and its limit (gc_thresh3, 1,024 by
+/// default); when it is full the kernel drops packets that need a new
+/// neighbour, so a big lab fails pairs that a real cluster, a kernel per
+/// node, would not.
+fn arp_warning(before: Option<(u64, u64)>, after: Option<(u64, u64)>, state: &LabState) -> Option<String> {
+    let ((_, full0), (entries, full1)) = (before?, after?);
+    if full1 <= full0 {
+        return None;
+    }
+    // What the lab itself may hold at once: each pod knows its gateway and
+    // the pods of its node, each node its pods and the other nodes.
+    let nodes = &state.plan.nodes;
+    let need: u64 = nodes
+        .iter()
+        .map(|n| {
+            let k = n.pods.len() as u64;
+            k * (k + 1) + k + nodes.len() as u64
+        })
+        .sum();
+    let suggest = (entries + need).next_power_of_two().max(4096);
+    Some(format!(
+        "the host's ARP table (shared by every namespace, limit net.ipv4.neigh.default.gc_thresh3 = {}) was full \
+         {} times during the probe, and packets needing a new neighbour were dropped, so failures may be the host's, \
+         not the lab's; raise the limit: sysctl -w net.ipv4.neigh.default.gc_thresh3={suggest} \
+         net.ipv4.neigh.default.gc_thresh2={}",
+        pingall::arp_limit().map_or("?".into(), |l| l.to_string()),
+        full1 - full0,
+        suggest / 2
+    ))
+}
+
+impl PingAll {
+    fn matrix(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let failed: std::collections::HashSet<(&str, &str)> =
+            self.failures.iter().map(|x| (x.from.as_str(), x.to.as_str())).collect();
         let w = self.pods.iter().map(|p| p.len()).max().unwrap_or(3);
         let num = self.pods.len().to_string().len().max(2);
         write!(f, "{:>num$} {:w$}", "", "")?;
@@ -286,24 +351,58 @@ impl std::fmt::Display for PingAll {
         writeln!(f)?;
         for (i, p) in self.pods.iter().enumerate() {
             write!(f, "{:>num$} {p:w$}", i + 1)?;
-            for j in 0..self.pods.len() {
+            for (j, q) in self.pods.iter().enumerate() {
                 let c = if i == j {
                     "-"
-                } else if self.replied[i][j] {
-                    "."
-                } else {
+                } else if failed.contains(&(p.as_str(), q.as_str())) {
                     "X"
+                } else {
+                    "."
                 };
                 write!(f, " {c:>num$}")?;
             }
             writeln!(f)?;
         }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for PingAll {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.pods.len() <= MATRIX_UP_TO {
+            self.matrix(f)?;
+        } else {
+            for x in self.failures.iter().take(LIST_UP_TO) {
+                write!(f, "no reply: {} ({}) -> {} ({})", x.from, x.from_ip, x.to, x.to_ip)?;
+                if let Some(e) = &x.error {
+                    write!(f, ": {e}")?;
+                }
+                writeln!(f)?;
+            }
+            if self.failures.len() > LIST_UP_TO {
+                writeln!(
+                    f,
+                    "... and {} more (--json lists them all)",
+                    self.failures.len() - LIST_UP_TO
+                )?;
+            }
+        }
         write!(
             f,
-            "{}/{} pairs replied (. reply, X no reply, - self; row pings column)",
+            "{}/{} pairs replied in {:.1} s ({} needed a retry; up to {} echoes a pair)",
             self.total - self.failed,
-            self.total
-        )
+            self.total,
+            self.seconds,
+            self.retried,
+            self.attempts
+        )?;
+        if self.pods.len() <= MATRIX_UP_TO {
+            write!(f, "; . reply, X no reply, - self; row pings column")?;
+        }
+        if let Some(w) = &self.warning {
+            write!(f, "\nWARNING: {w}")?;
+        }
+        Ok(())
     }
 }
 

@@ -3,7 +3,8 @@
 //! from the kernel, then normalized: names and MACs a plugin chose at random
 //! are shown by what they are (`veth(worker1/web)`, `mac(worker2/flannel.1)`),
 //! nothing depends on ifindexes, timing or the lab's name, and every list
-//! is sorted.
+//! is sorted. Packet filtering shows as `iptables TABLE ...` lines in the
+//! form iptables-save prints, normalized (snapshot/iptables.rs).
 
 use futures::{StreamExt as _, TryStreamExt as _};
 use std::collections::BTreeMap;
@@ -26,6 +27,8 @@ use crate::netns::{self, Netns};
 use crate::nl::{Nl, link_name};
 use crate::plan::mac_string;
 use crate::state::LabState;
+
+pub mod iptables;
 
 /// Version of the snapshot format.
 pub const FORMAT: u32 = 1;
@@ -64,6 +67,8 @@ pub struct NsSnapshot {
     pub fdb: Vec<Fdb>,
     /// Sysctls the lab set.
     pub sysctls: Vec<Sysctl>,
+    /// iptables tables that filter or rewrite anything (see snapshot/iptables.rs).
+    pub iptables: Vec<iptables::Table>,
     /// Addresses held by IPAM on this node.
     pub ipam: Vec<Ipam>,
     /// BGP sessions of the BIRD running here.
@@ -164,6 +169,7 @@ struct Raw {
     proxy: Vec<NeighbourMessage>,
     fdb: Vec<NeighbourMessage>,
     sysctls: Vec<(String, String)>,
+    iptables: Vec<iptables::Table>,
 }
 
 /// Sysctls the lab sets: forwarding on nodes and routers (see
@@ -227,11 +233,19 @@ async fn collect(
             keys.push(k);
         }
     }
-    let sysctls = handle.run(move || {
-        keys.iter()
+    let (sysctls, filters) = handle.run(move || {
+        let sysctls = keys
+            .iter()
             .map(|k| Ok((netns::sysctl_name(k), netns::read_sysctl(k)?)))
-            .collect::<Result<Vec<_>>>()
+            .collect::<Result<Vec<_>>>()?;
+        Ok((sysctls, iptables::present_here()))
     })?;
+    // Only namespaces that have tables pay for a process.
+    let iptables = if filters.nft || filters.legacy {
+        tokio::task::spawn_blocking(move || iptables::read(&handle, filters)).await??
+    } else {
+        Vec::new()
+    };
     let (bgp_sessions, bgp_routes) = match bird_socket.filter(|s| s.exists()) {
         Some(sock) => {
             tokio::task::spawn_blocking(move || -> Result<_> {
@@ -252,6 +266,7 @@ async fn collect(
         proxy,
         fdb,
         sysctls,
+        iptables,
     })
 }
 
@@ -498,6 +513,7 @@ pub async fn take(state: &LabState, only: Option<&[String]>, dynamic: bool) -> R
             neighbours,
             fdb,
             sysctls,
+            iptables: r.iptables.clone(),
             ipam,
             bgp_sessions,
             bgp_routes: r.bgp_routes.clone(),
@@ -831,6 +847,7 @@ impl Snapshot {
             for c in &ns.sysctls {
                 let _ = writeln!(s, "sysctl {} = {}", c.key, c.value);
             }
+            iptables::render(&ns.iptables, &mut s);
             for i in &ns.ipam {
                 let _ = writeln!(s, "ipam {} {} {} {}", i.network, i.ip, i.holder, i.ifname);
             }
