@@ -653,6 +653,9 @@ fn run(cli: Cli) -> Result<i32> {
             // Held until this command ends: `down` of this lab waits for it,
             // after asking it to stop.
             let (lock, mut state) = build::claim_locked(&t, &opts)?;
+            if let Some(w) = crate::doctor::neighbour_warning(&state.plan) {
+                eprintln!("warning: {w}");
+            }
             let lab = state.plan.lab.clone();
             let rt = runtime();
             let outcome = rt.block_on(async {

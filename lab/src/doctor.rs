@@ -167,6 +167,8 @@ pub struct TopologyReport {
     pub tools: Vec<String>,
     /// What of the above is missing.
     pub missing: Vec<String>,
+    /// What the host's settings may not hold (the lab still builds).
+    pub warnings: Vec<String>,
 }
 
 /// The whole report.
@@ -277,6 +279,43 @@ fn host_line() -> String {
     format!("{os}, kernel {kernel}, {cpus} CPUs")
 }
 
+/// Neighbour entries a lab needs when every pod talks to every pod: each
+/// pod knows its gateway and the pods of its node, each node its pods and
+/// every other node's VTEP or address.
+pub fn neighbour_entries(plan: &Plan) -> u64 {
+    let nodes = plan.nodes.len() as u64;
+    let pods: u64 = plan
+        .nodes
+        .iter()
+        .map(|n| {
+            let p = n.pods.len() as u64;
+            p * (p + 1) + p
+        })
+        .sum();
+    pods + nodes * nodes
+}
+
+/// A warning when the host's neighbour table cannot hold the lab: every
+/// namespace shares the table capped by the host's
+/// `net.ipv4.neigh.default.gc_thresh3`, and past it the kernel drops
+/// entries ("neighbour table overflow"), so pings fail for no reason of the
+/// lab's. cnilab only reads the host's setting; changing it is the user's call.
+pub fn neighbour_warning(plan: &Plan) -> Option<String> {
+    let limit: u64 = std::fs::read_to_string("/proc/sys/net/ipv4/neigh/default/gc_thresh3")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let need = neighbour_entries(plan);
+    (need > limit).then(|| {
+        let room = need.next_power_of_two().max(4096) * 2;
+        format!(
+            "every pod talking to every pod needs about {need} neighbour entries, but the host's table holds {limit} (net.ipv4.neigh.default.gc_thresh3, shared by all namespaces): pings may fail for that reason alone; raise it with sysctl -w net.ipv4.neigh.default.gc_thresh3={room} net.ipv4.neigh.default.gc_thresh2={}",
+            room / 2
+        )
+    })
+}
+
 /// Builds the report; `topology` is the file and its plan, when given.
 pub fn report(topology: Option<(&str, &Plan)>) -> Report {
     let root = crate::cli::has_root();
@@ -325,6 +364,7 @@ pub fn report(topology: Option<(&str, &Plan)>) -> Report {
             kernel: need_kernel,
             tools: progs,
             missing,
+            warnings: neighbour_warning(plan).into_iter().collect(),
         }
     });
     let mut install: BTreeSet<&'static str> = tools.iter().filter(|t| t.path.is_none()).map(|t| t.package).collect();
@@ -593,6 +633,9 @@ impl fmt::Display for Report {
                 .chain(std::iter::once("CNI plugins".to_string()))
                 .collect();
             writeln!(f, "{} ({}) needs: {}", topo.file, topo.network, needs.join(", "))?;
+            for w in &topo.warnings {
+                writeln!(f, "  WARNING {w}")?;
+            }
             if topo.missing.is_empty() {
                 writeln!(f, "  all of it is here")?;
             } else {
@@ -620,5 +663,28 @@ impl fmt::Display for Report {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(text: &str) -> Plan {
+        let t = crate::topology::parse(&crate::error::Source::new("t.toml", text)).expect("valid");
+        Plan::new(
+            &t,
+            &t.name,
+            &crate::paths::LabPaths::new(std::path::Path::new("/x"), &t.name),
+        )
+    }
+
+    #[test]
+    fn neighbour_entries_grow_with_pods_per_node_and_nodes() {
+        // 20 nodes of 10 pods: 20 x (10 x 11 + 10) + 20 x 20.
+        let big = plan("name = \"big\"\n[[node]]\nname = \"n{i}\"\ncount = 20\npods = 10\n");
+        assert_eq!(neighbour_entries(&big), 2800);
+        let small = plan("name = \"s\"\n[[node]]\nname = \"n{i}\"\ncount = 3\npods = 2\n");
+        assert_eq!(neighbour_entries(&small), 3 * 8 + 9);
     }
 }
