@@ -61,7 +61,12 @@ pub fn excerpt(s: &str) -> String {
 
 /// What is wrong with `name` as a name of `kind`, if anything.
 pub fn problem(kind: Kind, name: &str) -> Option<String> {
-    let max = kind.max();
+    problem_within(name, kind.max())
+}
+
+/// What is wrong with `name` as a name of at most `max` characters of
+/// `a-z`, `0-9` and `-` starting with a letter, if anything.
+pub fn problem_within(name: &str, max: usize) -> Option<String> {
     let len = name.chars().count();
     if name.is_empty() {
         return Some("is empty".into());
@@ -74,7 +79,7 @@ pub fn problem(kind: Kind, name: &str) -> Option<String> {
     }
     name.chars()
         .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
-        .map(|c| format!("contains {:?}", c))
+        .map(|c| format!("holds `{}`", c.escape_debug()))
 }
 
 /// Checks a name of `kind` that came from `from` (an argument, `--lab`,

@@ -54,19 +54,7 @@ pub async fn add(state: &mut LabState, pod: &str) -> Result<String> {
         )
         .into());
     }
-    if name.is_empty()
-        || name.len() > 15
-        || !name.starts_with(|c: char| c.is_ascii_lowercase())
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-    {
-        return Err(Error::usage(
-            format!("pod name \"{name}\" is not valid"),
-            "use 1-15 characters of a-z, 0-9 and '-', starting with a letter",
-        )
-        .into());
-    }
+    crate::names::check(crate::names::Kind::Pod, name, "pod to add")?;
     let p = n
         .pods
         .iter()

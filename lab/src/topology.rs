@@ -277,17 +277,7 @@ fn q(s: &str) -> String {
 /// Names: 1-`max` chars of `[a-z0-9-]`, starting with a letter.
 fn check_name(t: &Table, name: &Sp<String>, what: &str, max: usize) -> R<()> {
     let n = &name.v;
-    let problem = if n.is_empty() {
-        Some("is empty".to_string())
-    } else if n.len() > max {
-        Some(format!("has {} characters, more than {max}", n.chars().count()))
-    } else if !n.starts_with(|c: char| c.is_ascii_lowercase()) {
-        Some("does not start with a lowercase letter".to_string())
-    } else {
-        n.chars()
-            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
-            .map(|c| format!("holds `{c}`"))
-    };
+    let problem = crate::names::problem_within(n, max);
     match problem {
         None => Ok(()),
         Some(p) => Err(t.err(
