@@ -162,3 +162,21 @@ fn fault_add_during_down_leaves_nothing() {
         assert_gone(&lab.name);
     }
 }
+
+#[test]
+fn two_downs_during_up_both_succeed_and_leave_nothing() {
+    let topo = TempFile::toml(TOPOLOGY);
+    let path = topo.path.to_str().unwrap();
+    for _ in 0..runs().div_ceil(5) {
+        let lab = Lab::reserve();
+        let up = spawn(&["up", path, "--name", &lab.name]);
+        jitter(600);
+        let a = spawn(&["down", &lab.name]);
+        let b = spawn(&["down", &lab.name]);
+        for d in [finish(a), finish(b)] {
+            assert!(d.status.success(), "a down failed:\n{}", show(&d));
+        }
+        let up = finish(up);
+        settle(&lab.name, &up);
+    }
+}

@@ -149,6 +149,11 @@ fn is_cnilab(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
+/// Whether `pid` is a `cnilab down`.
+fn is_down(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.split(|b| *b == 0).any(|w| w == b"down"))
+}
+
 /// The lock for `down`: a command still changing the lab (an `up` still
 /// building it) is asked to stop with SIGTERM, which makes `up` remove what
 /// it built, and killed if it has not let go after a grace time.
@@ -161,7 +166,9 @@ pub fn acquire_stopping_holder(lab: &str, on_wait: impl Fn(&str)) -> Result<LabL
         if let Some(l) = try_acquire(lab)? {
             return Ok(l);
         }
-        if let Some(pid) = holder(lab).filter(|p| is_cnilab(*p) && *p != std::process::id() as i32) {
+        // Another `down` of the same lab is left to finish: it does what we would.
+        let stoppable = |p: &i32| is_cnilab(*p) && *p != std::process::id() as i32 && !is_down(*p);
+        if let Some(pid) = holder(lab).filter(stoppable) {
             if !told {
                 on_wait(&describe(pid));
                 let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
