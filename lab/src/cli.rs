@@ -12,7 +12,7 @@ use crate::netns;
 use crate::paths;
 use crate::plan::Plan;
 use crate::progress::Progress;
-use crate::state::{self, LabState};
+use crate::state;
 use crate::status;
 use crate::teardown;
 use crate::topology::Topology;
@@ -361,74 +361,6 @@ pub enum FaultCmd {
     },
 }
 
-fn need<T>(v: Option<T>, kind: &str, flag: &str, example: &str) -> Result<T> {
-    v.ok_or_else(|| {
-        Error::usage(
-            format!("fault {kind} needs --{flag}"),
-            format!("e.g. cnilab fault add {kind} {example}"),
-        )
-    })
-}
-
-/// The fault a command line describes.
-#[allow(clippy::too_many_arguments)]
-pub fn fault_spec(
-    kind: &str,
-    on: String,
-    mtu: Option<u32>,
-    percent: Option<f64>,
-    proto: Option<String>,
-    port: Option<u16>,
-    key: Option<String>,
-    value: Option<String>,
-    new_mac: bool,
-) -> Result<crate::fault::FaultSpec> {
-    use crate::fault::FaultSpec as F;
-    Ok(match kind {
-        "mtu" => F::Mtu {
-            mtu: need(mtu, kind, "mtu", "--on tor1 --mtu 1400")?,
-            on,
-        },
-        "upstream-vxlan" => F::UpstreamVxlan { on },
-        "arp-suppress" => F::ArpSuppress { on },
-        "link-down" => F::LinkDown { on },
-        "loss" => F::Loss {
-            percent: need(percent, kind, "percent", "--on worker1 --percent 20")?,
-            on,
-        },
-        "block" => F::Block {
-            proto: need(proto, kind, "proto", "--on worker1 --proto udp --port 8472")?,
-            port: need(port, kind, "port", "--on worker1 --proto udp --port 8472")?,
-            on,
-        },
-        "sysctl" => F::Sysctl {
-            key: need(key, kind, "key", "--on worker1 --key net.ipv4.ip_forward --value 0")?,
-            value: need(value, kind, "value", "--on worker1 --key net.ipv4.ip_forward --value 0")?,
-            on,
-        },
-        "agent-down" => F::AgentDown { on },
-        "agent-restart" => F::AgentRestart { on, new_mac },
-        other => {
-            let kinds = [
-                "mtu",
-                "upstream-vxlan",
-                "arp-suppress",
-                "link-down",
-                "loss",
-                "block",
-                "sysctl",
-                "agent-down",
-                "agent-restart",
-            ];
-            let fix = match crate::spanned::closest(other, &kinds) {
-                Some(k) => format!("did you mean {k}? kinds: {}", kinds.join(", ")),
-                None => format!("kinds: {}", kinds.join(", ")),
-            };
-            return Err(Error::usage(format!("unknown fault kind \"{other}\""), fix));
-        }
-    })
-}
-
 /// Runs the command line; returns the exit code.
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
@@ -447,25 +379,9 @@ pub fn main() -> i32 {
     }
 }
 
-/// Whether CAP_NET_ADMIN and CAP_SYS_ADMIN are in the effective set.
-pub fn has_root() -> bool {
-    const CAP_NET_ADMIN: u32 = 12;
-    const CAP_SYS_ADMIN: u32 = 21;
-    let eff = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .unwrap_or(0);
-    let has = |bit: u32| eff & (1u64 << bit) != 0;
-    has(CAP_NET_ADMIN) && has(CAP_SYS_ADMIN)
-}
-
 /// Fails with exit 3 and one line without CAP_NET_ADMIN and CAP_SYS_ADMIN.
 fn require_root() -> Result<()> {
-    if has_root() {
+    if crate::tools::has_root() {
         return Ok(());
     }
     Err(Error::env(
@@ -490,7 +406,7 @@ fn run(cli: Cli) -> Result<i32> {
             require_root()?;
             let lab = state::choose_lab(cli.lab.as_deref())?;
             let st = state::require(&lab)?;
-            let ns = resolve_target(&st, &target)?;
+            let ns = crate::state::resolve_target(&st, &target)?;
             let shell = ["/bin/bash", "/usr/bin/bash", "/bin/sh"]
                 .into_iter()
                 .find(|p| std::path::Path::new(p).is_file())
@@ -519,7 +435,7 @@ fn run(cli: Cli) -> Result<i32> {
             require_root()?;
             let lab = state::choose_lab(cli.lab.as_deref())?;
             let st = state::require(&lab)?;
-            let ns = resolve_target(&st, &target)?;
+            let ns = crate::state::resolve_target(&st, &target)?;
             let tcpdump = crate::tools::require("tcpdump")?;
             let switch = st.plan.switches.iter().any(|s| s.name == target);
             let iface = iface.unwrap_or_else(|| if switch { "any".into() } else { "eth0".into() });
@@ -770,7 +686,7 @@ fn run(cli: Cli) -> Result<i32> {
             require_root()?;
             let lab = state::choose_lab(cli.lab.as_deref())?;
             let st = state::require(&lab)?;
-            let ns = resolve_target(&st, &target)?;
+            let ns = crate::state::resolve_target(&st, &target)?;
             exec_in(&ns, &cmd)
         }
         Cmd::Run {
@@ -923,7 +839,7 @@ fn run(cli: Cli) -> Result<i32> {
                     new_mac,
                     json,
                 } => {
-                    let spec = fault_spec(&kind, on, mtu, percent, proto, port, key, value, new_mac)?;
+                    let spec = crate::fault::fault_spec(&kind, on, mtu, percent, proto, port, key, value, new_mac)?;
                     let f = rt.block_on(crate::fault::add(&mut st, spec, &progress))?;
                     if json {
                         outln!("{}", serde_json::to_string_pretty(&f).map_err(anyhow::Error::from)?);
@@ -974,7 +890,12 @@ fn run(cli: Cli) -> Result<i32> {
             let namespaces: Option<Vec<String>> = if targets.is_empty() {
                 None
             } else {
-                Some(targets.iter().map(|t| resolve_target(&st, t)).collect::<Result<_>>()?)
+                Some(
+                    targets
+                        .iter()
+                        .map(|t| crate::state::resolve_target(&st, t))
+                        .collect::<Result<_>>()?,
+                )
             };
             let rt = runtime();
             let snap = rt.block_on(crate::snapshot::take(&st, namespaces.as_deref(), dynamic))?;
@@ -986,36 +907,6 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
     }
-}
-
-/// The namespace of a TARGET: `NODE`, `NODE/POD`, or a switch name.
-pub fn resolve_target(st: &LabState, target: &str) -> Result<String> {
-    crate::names::check_target(target)?;
-    let plan = &st.plan;
-    if let Some((node, pod)) = target.split_once('/') {
-        if let Some(p) = plan.node(node).and_then(|n| n.pods.iter().find(|p| p.name == pod)) {
-            return Ok(p.ns.clone());
-        }
-    } else if let Some(n) = plan.node(target) {
-        return Ok(n.ns.clone());
-    } else if plan.switches.iter().any(|s| s.name == target) {
-        return Ok(plan.fabric_ns.clone());
-    } else if let Some(r) = plan.router(target) {
-        return Ok(r.ns.clone());
-    }
-    let mut known: Vec<String> = plan.nodes.iter().map(|n| n.name.clone()).collect();
-    known.extend(plan.pods().map(|(n, p)| format!("{}/{}", n.name, p.name)));
-    known.extend(plan.switches.iter().map(|s| s.name.clone()));
-    known.extend(plan.routers.iter().map(|r| r.name.clone()));
-    let shown: Vec<String> = known.iter().take(12).cloned().collect();
-    Err(Error::usage(
-        format!("lab {} has no target \"{target}\"", plan.lab),
-        format!(
-            "name a node, NODE/POD, switch or router: {}{}",
-            shown.join(", "),
-            if known.len() > shown.len() { ", ..." } else { "" }
-        ),
-    ))
 }
 
 /// Replaces this process by `cmd` inside namespace `ns`, with /sys showing

@@ -318,7 +318,7 @@ pub fn neighbour_warning(plan: &Plan) -> Option<String> {
 
 /// Builds the report; `topology` is the file and its plan, when given.
 pub fn report(topology: Option<(&str, &Plan)>) -> Report {
-    let root = crate::cli::has_root();
+    let root = crate::tools::has_root();
     let kernel = if root {
         match std::thread::spawn(probe_kernel).join() {
             Ok(Ok(v)) => v,

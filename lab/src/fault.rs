@@ -906,3 +906,73 @@ pub fn lines(state: &LabState) -> Vec<String> {
         .map(|f| format!("{} {}", f.id, f.spec.describe()))
         .collect()
 }
+fn need<T>(v: Option<T>, kind: &str, flag: &str, example: &str) -> Result<T, crate::error::Error> {
+    v.ok_or_else(|| {
+        crate::error::Error::usage(
+            format!("fault {kind} needs --{flag}"),
+            format!("e.g. cnilab fault add {kind} {example}"),
+        )
+    })
+}
+
+/// The fault a command line describes.
+#[allow(clippy::too_many_arguments)]
+pub fn fault_spec(
+    kind: &str,
+    on: String,
+    mtu: Option<u32>,
+    percent: Option<f64>,
+    proto: Option<String>,
+    port: Option<u16>,
+    key: Option<String>,
+    value: Option<String>,
+    new_mac: bool,
+) -> Result<FaultSpec, crate::error::Error> {
+    use crate::fault::FaultSpec as F;
+    Ok(match kind {
+        "mtu" => F::Mtu {
+            mtu: need(mtu, kind, "mtu", "--on tor1 --mtu 1400")?,
+            on,
+        },
+        "upstream-vxlan" => F::UpstreamVxlan { on },
+        "arp-suppress" => F::ArpSuppress { on },
+        "link-down" => F::LinkDown { on },
+        "loss" => F::Loss {
+            percent: need(percent, kind, "percent", "--on worker1 --percent 20")?,
+            on,
+        },
+        "block" => F::Block {
+            proto: need(proto, kind, "proto", "--on worker1 --proto udp --port 8472")?,
+            port: need(port, kind, "port", "--on worker1 --proto udp --port 8472")?,
+            on,
+        },
+        "sysctl" => F::Sysctl {
+            key: need(key, kind, "key", "--on worker1 --key net.ipv4.ip_forward --value 0")?,
+            value: need(value, kind, "value", "--on worker1 --key net.ipv4.ip_forward --value 0")?,
+            on,
+        },
+        "agent-down" => F::AgentDown { on },
+        "agent-restart" => F::AgentRestart { on, new_mac },
+        other => {
+            let kinds = [
+                "mtu",
+                "upstream-vxlan",
+                "arp-suppress",
+                "link-down",
+                "loss",
+                "block",
+                "sysctl",
+                "agent-down",
+                "agent-restart",
+            ];
+            let fix = match crate::spanned::closest(other, &kinds) {
+                Some(k) => format!("did you mean {k}? kinds: {}", kinds.join(", ")),
+                None => format!("kinds: {}", kinds.join(", ")),
+            };
+            return Err(crate::error::Error::usage(
+                format!("unknown fault kind \"{other}\""),
+                fix,
+            ));
+        }
+    })
+}

@@ -353,7 +353,7 @@ fn parse_step(t: &Table, index: usize, src: &Source) -> R<Step> {
         "fault" => {
             let k = t.required_string("fault", "fault = \"mtu\"")?;
             let on = req(t, "on", "on = \"tor1\"")?;
-            let spec = crate::cli::fault_spec(
+            let spec = crate::fault::fault_spec(
                 &k.v,
                 on,
                 t.int("mtu", 68, 65535, "mtu = 1400")?.map(|v| v.v as u32),
@@ -656,7 +656,7 @@ async fn attempt(state: &mut LabState, action: &Action, progress: &Progress) -> 
         }
         Action::Exec { target, command } => {
             blocking(Box::new(move |s| {
-                let ns = crate::cli::resolve_target(s, &target)?;
+                let ns = crate::state::resolve_target(s, &target)?;
                 let h = crate::netns::Netns::open(&ns)?;
                 let out = crate::netns::command(&h, &command[0])
                     .args(&command[1..])

@@ -252,3 +252,33 @@ pub fn lock_and_require_up(
         }
     }
 }
+
+/// The namespace of a TARGET: `NODE`, `NODE/POD`, or a switch name.
+pub fn resolve_target(st: &LabState, target: &str) -> Result<String, Error> {
+    crate::names::check_target(target)?;
+    let plan = &st.plan;
+    if let Some((node, pod)) = target.split_once('/') {
+        if let Some(p) = plan.node(node).and_then(|n| n.pods.iter().find(|p| p.name == pod)) {
+            return Ok(p.ns.clone());
+        }
+    } else if let Some(n) = plan.node(target) {
+        return Ok(n.ns.clone());
+    } else if plan.switches.iter().any(|s| s.name == target) {
+        return Ok(plan.fabric_ns.clone());
+    } else if let Some(r) = plan.router(target) {
+        return Ok(r.ns.clone());
+    }
+    let mut known: Vec<String> = plan.nodes.iter().map(|n| n.name.clone()).collect();
+    known.extend(plan.pods().map(|(n, p)| format!("{}/{}", n.name, p.name)));
+    known.extend(plan.switches.iter().map(|s| s.name.clone()));
+    known.extend(plan.routers.iter().map(|r| r.name.clone()));
+    let shown: Vec<String> = known.iter().take(12).cloned().collect();
+    Err(Error::usage(
+        format!("lab {} has no target \"{target}\"", plan.lab),
+        format!(
+            "name a node, NODE/POD, switch or router: {}{}",
+            shown.join(", "),
+            if known.len() > shown.len() { ", ..." } else { "" }
+        ),
+    ))
+}

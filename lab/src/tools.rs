@@ -142,3 +142,19 @@ pub fn version(path: &std::path::Path, args: &[&str]) -> Option<String> {
     );
     text.lines().map(str::trim).find(|l| !l.is_empty()).map(str::to_string)
 }
+
+/// Whether CAP_NET_ADMIN and CAP_SYS_ADMIN are in the effective set.
+pub fn has_root() -> bool {
+    const CAP_NET_ADMIN: u32 = 12;
+    const CAP_SYS_ADMIN: u32 = 21;
+    let eff = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0);
+    let has = |bit: u32| eff & (1u64 << bit) != 0;
+    has(CAP_NET_ADMIN) && has(CAP_SYS_ADMIN)
+}
