@@ -163,8 +163,8 @@ fn every_command_and_option_is_in_docs_cli_md() {
 #[test]
 fn fault_kinds_exit_codes_and_environment_are_in_docs_cli_md() {
     let doc = read("docs/cli.md");
-    let cli = read("lab/src/cli.rs");
-    let kinds = lists_after(function(&cli, "fault_spec"), "let kinds = [");
+    let faults = read("lab/src/faultspec.rs");
+    let kinds = lists_after(function(&faults, "fault_spec"), "let kinds = [");
     assert_eq!(kinds.len(), 9, "{kinds:?}");
     let gone = missing(&doc, &kinds);
     assert!(gone.is_empty(), "docs/cli.md lacks fault kinds {gone:?}");

@@ -27,8 +27,7 @@ use crate::progress::Progress;
 use crate::state::{LabState, Phase, PodState};
 use crate::topology::{FlannelBackend, Topology};
 
-/// Where the CNI reference plugins are looked for, after the lab's own.
-pub const SYSTEM_CNI_DIRS: &[&str] = &["/usr/lib/cni", "/opt/cni/bin"];
+pub use crate::tools::SYSTEM_CNI_DIRS;
 
 /// How long agents get to write their subnet file.
 const AGENT_START_DEADLINE: Duration = Duration::from_secs(30);

@@ -859,7 +859,7 @@ fn run(cli: Cli) -> Result<i32> {
                     } else if st.faults.is_empty() {
                         outln!("no faults in lab {lab}");
                     } else {
-                        for l in crate::fault::lines(&st) {
+                        for l in crate::faultspec::lines(&st.faults) {
                             outln!("{l}");
                         }
                     }

@@ -256,7 +256,7 @@ pub fn missing_programs(progs: &[String]) -> Vec<(String, &'static str)> {
 
 /// Where a CNI reference plugin is.
 pub fn cni_plugin(name: &str) -> Option<std::path::PathBuf> {
-    crate::build::SYSTEM_CNI_DIRS
+    crate::tools::SYSTEM_CNI_DIRS
         .iter()
         .map(|d| std::path::Path::new(d).join(name))
         .find(|p| p.is_file())

@@ -11,6 +11,7 @@ pub mod cni;
 pub mod doctor;
 pub mod error;
 pub mod fault;
+pub mod faultspec;
 pub mod graph;
 pub mod iptables;
 pub mod lock;

@@ -244,13 +244,19 @@ pub struct DirWatch {
     fd: AsyncFd<InotifyFd>,
 }
 
+/// The events that mean a key changed: written, renamed into place, removed.
+pub const WATCH_FLAGS: nix::sys::inotify::AddWatchFlags = nix::sys::inotify::AddWatchFlags::IN_MOVED_TO
+    .union(nix::sys::inotify::AddWatchFlags::IN_CLOSE_WRITE)
+    .union(nix::sys::inotify::AddWatchFlags::IN_DELETE)
+    .union(nix::sys::inotify::AddWatchFlags::IN_MOVED_FROM);
+
 impl DirWatch {
     /// Starts watching `dir` (created if missing). Watch first, then list:
     /// nothing written in between is missed.
     pub fn new(dir: &Path) -> Result<DirWatch> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
-        inotify.add_watch(dir, crate::watchd::WATCH_FLAGS)?;
+        inotify.add_watch(dir, WATCH_FLAGS)?;
         // SAFETY: the Inotify is owned by the AsyncFd and closed only when it drops.
         let fd = unsafe { AsyncFd::register_with_interest(InotifyFd(inotify), tokio::io::Interest::READABLE) }
             .map_err(|e| anyhow::anyhow!("cannot watch {}: {e}", dir.display()))?;

@@ -316,7 +316,7 @@ pub async fn take(state: &LabState, only: Option<&[String]>, dynamic: bool) -> R
     // Every namespace is read, even when only some are shown: names and MACs
     // are normalized across the whole lab.
     let paths = state.paths();
-    let fault_keys = crate::fault::touched_sysctls(state);
+    let fault_keys = crate::faultspec::touched_sysctls(&state.faults, &state.plan);
     // A bounded number at once: each namespace read holds a netlink socket
     // and its buffers, which for a thousand pods at once was most of the memory.
     let raws: Vec<Raw> = futures::stream::iter(wanted.iter().map(|ns| {
@@ -528,7 +528,7 @@ pub async fn take(state: &LabState, only: Option<&[String]>, dynamic: bool) -> R
             plan.pod_count(),
             crate::status::network_line(plan)
         ),
-        faults: crate::fault::lines(state),
+        faults: crate::faultspec::lines(&state.faults),
         namespaces: out,
     })
 }

@@ -51,7 +51,7 @@ pub struct LabState {
     pub agents: BTreeMap<String, u32>,
     /// Active faults, in the order they were added.
     #[serde(default)]
-    pub faults: Vec<crate::fault::Fault>,
+    pub faults: Vec<crate::faultspec::Fault>,
     /// How many faults were ever added (their IDs count up).
     #[serde(default)]
     pub fault_seq: u32,

@@ -158,3 +158,6 @@ pub fn has_root() -> bool {
     let has = |bit: u32| eff & (1u64 << bit) != 0;
     has(CAP_NET_ADMIN) && has(CAP_SYS_ADMIN)
 }
+
+/// Where the CNI reference plugins are looked for, after the lab's own.
+pub const SYSTEM_CNI_DIRS: &[&str] = &["/usr/lib/cni", "/opt/cni/bin"];

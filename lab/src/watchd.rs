@@ -26,11 +26,7 @@ use tracing::{info, warn};
 
 use crate::overlay;
 
-/// The events that mean a key changed: written, renamed into place, removed.
-pub const WATCH_FLAGS: AddWatchFlags = AddWatchFlags::IN_MOVED_TO
-    .union(AddWatchFlags::IN_CLOSE_WRITE)
-    .union(AddWatchFlags::IN_DELETE)
-    .union(AddWatchFlags::IN_MOVED_FROM);
+pub use crate::overlay::WATCH_FLAGS;
 
 /// cnilab-watchd's command line.
 #[derive(Parser, Debug)]
