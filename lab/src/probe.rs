@@ -232,6 +232,8 @@ pub struct PairFailure {
 pub struct PingAll {
     /// Pods, in order.
     pub pods: Vec<String>,
+    /// Whether every pair replied (what a scenario's `expect = { ok = true }` reads).
+    pub ok: bool,
     /// Pairs probed (each ordered pair of distinct pods).
     pub total: usize,
     /// Pairs that did not reply after every retry.
@@ -296,6 +298,7 @@ pub fn pingall_with(state: &LabState, progress: &crate::progress::Progress) -> R
         .collect();
     Ok(PingAll {
         pods: members.into_iter().map(|m| m.name).collect(),
+        ok: failures.is_empty(),
         total: n * n.saturating_sub(1),
         failed: failures.len(),
         retried: out.retried,
