@@ -402,80 +402,14 @@ const WRITER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(300)
 
 fn run(cli: Cli) -> Result<i32> {
     match cli.cmd {
-        Cmd::Shell { target } => {
-            require_root()?;
-            let lab = state::choose_lab(cli.lab.as_deref())?;
-            let st = state::require(&lab)?;
-            let ns = crate::state::resolve_target(&st, &target)?;
-            let shell = ["/bin/bash", "/usr/bin/bash", "/bin/sh"]
-                .into_iter()
-                .find(|p| std::path::Path::new(p).is_file())
-                .unwrap_or("/bin/sh");
-            // SAFETY: single-threaded here; nothing else reads the environment.
-            unsafe {
-                std::env::set_var("PS1", format!("[cnilab {lab} {target}] \\w# "));
-                std::env::set_var("CNILAB_LAB", &lab);
-                std::env::set_var("CNILAB_TARGET", &target);
-            }
-            eprintln!("entering {target} of lab {lab} (namespace {ns}); `exit` or Ctrl-D leaves");
-            let mut cmd = vec![shell.to_string()];
-            if shell.ends_with("bash") {
-                cmd.extend(["--norc".into(), "--noprofile".into()]);
-            }
-            cmd.push("-i".into());
-            exec_in(&ns, &cmd)
-        }
+        Cmd::Shell { target } => shell(cli.lab, target),
         Cmd::Capture {
             target,
             iface,
             count,
             write,
             filter,
-        } => {
-            require_root()?;
-            let lab = state::choose_lab(cli.lab.as_deref())?;
-            let st = state::require(&lab)?;
-            let ns = crate::state::resolve_target(&st, &target)?;
-            let tcpdump = crate::tools::require("tcpdump")?;
-            let switch = st.plan.switches.iter().any(|s| s.name == target);
-            let iface = iface.unwrap_or_else(|| if switch { "any".into() } else { "eth0".into() });
-            let mut cmd = vec![
-                tcpdump.display().to_string(),
-                "-n".into(),
-                "-l".into(),
-                "-i".into(),
-                iface.clone(),
-            ];
-            if switch || iface == "any" {
-                cmd.push("-e".into());
-            }
-            if let Some(c) = count {
-                cmd.extend(["-c".into(), c.to_string()]);
-            }
-            if let Some(w) = &write {
-                cmd.extend(["-w".into(), w.display().to_string()]);
-            }
-            // tcpdump decodes VXLAN by itself on 4789 only; flannel's 8472
-            // needs -T vxlan, as seed 001 does.
-            let port = match &st.plan.profile {
-                crate::profile::ProfilePlan::Flannel(f) if f.backend == crate::topology::FlannelBackend::Vxlan => {
-                    Some(f.port)
-                }
-                crate::profile::ProfilePlan::Calico(c) if c.mode == crate::topology::CalicoMode::Vxlan => Some(4789),
-                _ => None,
-            };
-            let decoded = match port {
-                Some(p) if p != 4789 => {
-                    cmd.extend(["-T".into(), "vxlan".into()]);
-                    format!(", UDP is decoded as VXLAN (port {p})")
-                }
-                Some(p) => format!(", VXLAN on UDP {p} is decoded"),
-                None => String::new(),
-            };
-            cmd.extend(filter);
-            eprintln!("capturing in {target} of lab {lab} on {iface}{decoded}; Ctrl-C stops");
-            exec_in(&ns, &cmd)
-        }
+        } => capture(cli.lab, target, iface, count, write, filter),
         Cmd::Trace {
             src,
             dst,
@@ -492,36 +426,7 @@ fn run(cli: Cli) -> Result<i32> {
             print(&t, json)?;
             Ok(if t.delivered { 0 } else { crate::error::EXIT_FAILED })
         }
-        Cmd::Graph { what, format, output } => {
-            let from_file = what
-                .as_deref()
-                .filter(|w| w.ends_with(".toml") || w.contains('/') || std::path::Path::new(w).is_file());
-            let (plan, st) = match from_file {
-                Some(file) => {
-                    let t = Topology::load(std::path::Path::new(file))?;
-                    (Plan::new(&t, &t.name, &paths::LabPaths::of(&t.name)), None)
-                }
-                None => {
-                    let lab = state::choose_lab(what.as_deref().or(cli.lab.as_deref()))?;
-                    let st = state::require(&lab)?;
-                    (st.plan.clone(), Some(st))
-                }
-            };
-            let g = crate::graph::Graph::new(&plan, st.as_ref());
-            let text = match format.as_str() {
-                "svg" => g.svg()?,
-                "mermaid" => g.mermaid(),
-                _ => g.dot(),
-            };
-            match output {
-                Some(path) => {
-                    std::fs::write(&path, text).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
-                    eprintln!("wrote {}", path.display());
-                }
-                None => out!("{text}"),
-            }
-            Ok(0)
-        }
+        Cmd::Graph { what, format, output } => graph(cli.lab, what, format, output),
         Cmd::Doctor { topology, json } => {
             let loaded = match &topology {
                 Some(path) => {
@@ -535,141 +440,9 @@ fn run(cli: Cli) -> Result<i32> {
             print(&report, json)?;
             Ok(if report.ready() { 0 } else { crate::error::EXIT_ENV })
         }
-        Cmd::Validate { topology, json } => {
-            let t = Topology::load(&topology)?;
-            let plan = Plan::new(&t, &t.name, &paths::LabPaths::of(&t.name));
-            // What up would refuse on any machine; what this one lacks is doctor's.
-            crate::build::unbuildable_here(&plan)?;
-            if json {
-                outln!("{}", serde_json::to_string_pretty(&plan).map_err(anyhow::Error::from)?);
-            } else {
-                outln!(
-                    "{}: valid: lab {}, {} nodes, {} pods, {}",
-                    topology.display(),
-                    t.name,
-                    plan.nodes.len(),
-                    plan.pod_count(),
-                    status::network_line(&plan)
-                );
-            }
-            Ok(0)
-        }
-        Cmd::Up { topology, name, json } => {
-            require_root()?;
-            if let Some(n) = &name {
-                crate::names::check(crate::names::Kind::Lab, n, "from --name")?;
-            }
-            let t = Topology::load(&topology)?;
-            let opts = UpOptions {
-                name,
-                topology_file: topology.display().to_string(),
-            };
-            let progress = Progress::new(!json);
-            let started = Instant::now();
-            // Held until this command ends: `down` of this lab waits for it,
-            // after asking it to stop.
-            let (lock, mut state) = build::claim_locked(&t, &opts)?;
-            if let Some(w) = crate::doctor::neighbour_warning(&state.plan) {
-                eprintln!("warning: {w}");
-            }
-            let lab = state.plan.lab.clone();
-            let rt = runtime();
-            let outcome = rt.block_on(async {
-                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .map_err(anyhow::Error::from)?;
-                Ok::<_, Error>(tokio::select! {
-                    r = build::build(&mut state, &progress) => Some(r),
-                    _ = tokio::signal::ctrl_c() => None,
-                    _ = term.recv() => None,
-                })
-            })?;
-            // Shutting the runtime down waits for namespace threads still at
-            // work, so the teardown below sees everything they made.
-            drop(rt);
-            progress.finish();
-            let failed = match outcome {
-                Some(Ok(())) => None,
-                Some(Err(e)) => Some(Error::from(e)),
-                None => {
-                    teardown::down(&lab)?;
-                    lock.remove();
-                    eprintln!("interrupted: lab {lab} was removed");
-                    return Ok(130);
-                }
-            };
-            if let Some(e) = failed {
-                match teardown::down(&lab) {
-                    Ok(_) => lock.remove(),
-                    Err(d) => eprintln!("error: removing the half-built lab {lab} failed: {d:#}"),
-                }
-                return Err(e);
-            }
-            drop(lock);
-            let st = status::status(&state);
-            if json {
-                outln!("{}", serde_json::to_string_pretty(&st).map_err(anyhow::Error::from)?);
-            } else {
-                out!(
-                    "{}",
-                    status::up_summary(&st, &state.plan, started.elapsed(), &progress.timings())
-                );
-            }
-            Ok(0)
-        }
-        Cmd::Down { which, all, json } => {
-            require_root()?;
-            let labs = if all {
-                state::labs()
-            } else {
-                match which.or(cli.lab) {
-                    Some(l) => {
-                        crate::names::check(crate::names::Kind::Lab, &l, "lab to remove")?;
-                        vec![l]
-                    }
-                    None => match state::labs().as_slice() {
-                        [] => Vec::new(),
-                        [one] => vec![one.clone()],
-                        many => {
-                            return Err(Error::usage(
-                                format!("{} labs are running: {}", many.len(), many.join(", ")),
-                                "name one (`cnilab down NAME`) or use --all",
-                            ));
-                        }
-                    },
-                }
-            };
-            let mut reports = Vec::new();
-            for l in &labs {
-                let started = Instant::now();
-                let lock = crate::lock::acquire_stopping_holder(l, |who| {
-                    eprintln!("lab {l} is being changed by {who}: stopping it first");
-                })?;
-                let r = teardown::down_with(l, &Progress::new(!json))?;
-                lock.remove();
-                if !json {
-                    if r.namespaces == 0 && !r.state {
-                        outln!("lab {l}: nothing to remove");
-                    } else {
-                        outln!(
-                            "lab {l} is down: removed {} namespaces, stopped {} processes, in {:.2} s",
-                            r.namespaces,
-                            r.processes,
-                            started.elapsed().as_secs_f64()
-                        );
-                    }
-                }
-                reports.push(r);
-            }
-            if json {
-                outln!(
-                    "{}",
-                    serde_json::to_string_pretty(&reports).map_err(anyhow::Error::from)?
-                );
-            } else if labs.is_empty() {
-                outln!("no lab to remove");
-            }
-            Ok(0)
-        }
+        Cmd::Validate { topology, json } => validate(topology, json),
+        Cmd::Up { topology, name, json } => up(topology, name, json),
+        Cmd::Down { which, all, json } => down(cli.lab, which, all, json),
         Cmd::Status { which, json } => {
             require_root()?;
             let lab = state::choose_lab(which.as_deref().or(cli.lab.as_deref()))?;
@@ -695,218 +468,490 @@ fn run(cli: Cli) -> Result<i32> {
             keep,
             junit,
             name,
-        } => {
-            require_root()?;
-            let loaded = scenarios
-                .iter()
-                .map(|p| crate::scenario::load(p))
-                .collect::<Result<Vec<_>>>()?;
-            let labs = crate::scenario::lab_names(&loaded, name.as_deref().or(cli.lab.as_deref()))?;
-            let opts = crate::scenario::RunOptions { update, keep };
-            let mut reports = Vec::new();
-            for (sc, lab) in loaded.into_iter().zip(labs) {
-                paths::ensure_state_in_memory();
-                let lock = crate::lock::try_acquire(&lab)?.ok_or_else(|| crate::lock::busy(&lab))?;
-                outln!("scenario {} ({})", sc.name, sc.path.display());
-                if let Some(first) = sc.description.lines().next().filter(|l| !l.is_empty()) {
-                    outln!("  {first}");
-                }
-                let rt = runtime();
-                let outcome = rt.block_on(async {
-                    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                        .map_err(anyhow::Error::from)?;
-                    let mut out = |l: &str| write_out_lossy(l);
-                    Ok::<_, Error>(tokio::select! {
-                        r = crate::scenario::run(&sc, &opts, &lab, &lock, &mut out) => Some(r),
-                        _ = tokio::signal::ctrl_c() => None,
-                        _ = term.recv() => None,
-                    })
-                })?;
-                drop(rt);
-                let Some(report) = outcome else {
-                    teardown::down(&lab)?;
-                    lock.remove();
-                    eprintln!("interrupted: lab {lab} was removed");
-                    return Ok(130);
-                };
-                if keep && report.error.is_none() {
-                    outln!("  lab {lab} kept: cnilab --lab {lab} status");
-                } else {
-                    teardown::down(&lab)?;
-                    lock.remove();
-                }
-                match (&report.error, report.passed()) {
-                    (Some(e), _) => outln!("  ERROR: {e}"),
-                    (None, true) => outln!(
-                        "  PASSED {} steps in {:.1} s",
-                        report.steps.len(),
-                        report.time.as_secs_f64()
-                    ),
-                    (None, false) => outln!("  FAILED at step {}", report.steps.last().map_or(0, |s| s.step.index)),
-                }
-                reports.push((sc, report));
-            }
-            let failed = reports.iter().filter(|(_, r)| !r.passed()).count();
-            if reports.len() > 1 {
-                outln!("{} of {} scenarios passed", reports.len() - failed, reports.len());
-            }
-            if let Some(path) = junit {
-                let xml = crate::scenario::junit(&reports)?;
-                std::fs::write(&path, xml).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
-            }
-            Ok(if failed == 0 { 0 } else { crate::error::EXIT_FAILED })
+        } => run_scenarios(cli.lab, scenarios, update, keep, junit, name),
+        Cmd::Probe { cmd } => probe(cli.lab, cmd),
+        Cmd::Pod { cmd } => pod(cli.lab, cmd),
+        Cmd::Fault { cmd } => fault(cli.lab, cmd),
+        Cmd::Snapshot { targets, json, dynamic } => snapshot(cli.lab, targets, json, dynamic),
+    }
+}
+
+/// `cnilab shell`: an interactive shell whose prompt names the lab and target.
+fn shell(lab: Option<String>, target: String) -> Result<i32> {
+    require_root()?;
+    let lab = state::choose_lab(lab.as_deref())?;
+    let st = state::require(&lab)?;
+    let ns = crate::state::resolve_target(&st, &target)?;
+    let shell = ["/bin/bash", "/usr/bin/bash", "/bin/sh"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).is_file())
+        .unwrap_or("/bin/sh");
+    // SAFETY: single-threaded here; nothing else reads the environment.
+    unsafe {
+        std::env::set_var("PS1", format!("[cnilab {lab} {target}] \\w# "));
+        std::env::set_var("CNILAB_LAB", &lab);
+        std::env::set_var("CNILAB_TARGET", &target);
+    }
+    eprintln!("entering {target} of lab {lab} (namespace {ns}); `exit` or Ctrl-D leaves");
+    let mut cmd = vec![shell.to_string()];
+    if shell.ends_with("bash") {
+        cmd.extend(["--norc".into(), "--noprofile".into()]);
+    }
+    cmd.push("-i".into());
+    exec_in(&ns, &cmd)
+}
+
+/// `cnilab graph`: a topology file or a running lab, drawn.
+fn graph(lab: Option<String>, what: Option<String>, format: String, output: Option<PathBuf>) -> Result<i32> {
+    let from_file = what
+        .as_deref()
+        .filter(|w| w.ends_with(".toml") || w.contains('/') || std::path::Path::new(w).is_file());
+    let (plan, st) = match from_file {
+        Some(file) => {
+            let t = Topology::load(std::path::Path::new(file))?;
+            (Plan::new(&t, &t.name, &paths::LabPaths::of(&t.name)), None)
         }
-        Cmd::Probe { cmd } => {
-            require_root()?;
-            let lab = state::choose_lab(cli.lab.as_deref())?;
-            let st = state::require_up(&lab)?;
-            let ok = match cmd {
-                ProbeCmd::Ping {
-                    src,
-                    dst,
-                    size,
-                    df,
-                    json,
-                } => {
-                    let p = crate::probe::ping(&st, &src, &dst, size, df)?;
-                    print(&p, json)?;
-                    p.ok
-                }
-                ProbeCmd::Pingall { json } => {
-                    let p = crate::probe::pingall_with(&st, &crate::progress::Progress::new(true))?;
-                    print(&p, json)?;
-                    p.failed == 0
-                }
-                ProbeCmd::Pmtu { src, dst, json } => {
-                    let p = crate::probe::pmtu(&st, &src, &dst)?;
-                    print(&p, json)?;
-                    !p.blackhole
-                }
-                ProbeCmd::Tcp {
-                    src,
-                    dst,
-                    bytes,
-                    timeout,
-                    json,
-                } => {
-                    let p = crate::probe::tcp(&st, &src, &dst, bytes, std::time::Duration::from_secs(timeout))?;
-                    print(&p, json)?;
-                    !p.stalled
-                }
-                ProbeCmd::Bgp { target, json } => {
-                    let p = crate::probe::bgp(&st, target.as_deref())?;
-                    print(&p, json)?;
-                    p.down == 0
-                }
-            };
-            Ok(if ok { 0 } else { crate::error::EXIT_FAILED })
+        None => {
+            let lab = state::choose_lab(what.as_deref().or(lab.as_deref()))?;
+            let st = state::require(&lab)?;
+            (st.plan.clone(), Some(st))
         }
-        Cmd::Pod { cmd } => {
-            require_root()?;
-            let lab = state::choose_lab(cli.lab.as_deref())?;
-            let (_lock, mut st) = state::lock_and_require_up(&lab, WRITER_PATIENCE)?;
-            let rt = runtime();
-            match cmd {
-                PodCmd::Add { pod } => {
-                    let ip = rt.block_on(crate::pods::add(&mut st, &pod))?;
-                    outln!("pod {pod} added: {ip}");
-                }
-                PodCmd::Rm { pod } => {
-                    rt.block_on(crate::pods::remove(&mut st, &pod))?;
-                    outln!("pod {pod} removed");
-                }
-            }
-            Ok(0)
+    };
+    let g = crate::graph::Graph::new(&plan, st.as_ref());
+    let text = match format.as_str() {
+        "svg" => g.svg()?,
+        "mermaid" => g.mermaid(),
+        _ => g.dot(),
+    };
+    match output {
+        Some(path) => {
+            std::fs::write(&path, text).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+            eprintln!("wrote {}", path.display());
         }
-        Cmd::Fault { cmd } => {
-            require_root()?;
-            let lab = state::choose_lab(cli.lab.as_deref())?;
-            // Read under the lock: a fault added meanwhile by another
-            // command is in the state we change, not lost.
-            let (_lock, mut st) = state::lock_and_require_up(&lab, WRITER_PATIENCE)?;
-            let progress = Progress::quiet();
-            let rt = runtime();
-            match cmd {
-                FaultCmd::Add {
-                    kind,
-                    on,
-                    mtu,
-                    percent,
-                    proto,
-                    port,
-                    key,
-                    value,
-                    new_mac,
-                    json,
-                } => {
-                    let spec = crate::fault::fault_spec(&kind, on, mtu, percent, proto, port, key, value, new_mac)?;
-                    let f = rt.block_on(crate::fault::add(&mut st, spec, &progress))?;
-                    if json {
-                        outln!("{}", serde_json::to_string_pretty(&f).map_err(anyhow::Error::from)?);
-                    } else {
-                        outln!("{}", f.id);
-                        if let Some(n) = &f.note {
-                            eprintln!("note: {n}");
-                        }
-                    }
-                }
-                FaultCmd::Ls { json } => {
-                    if json {
-                        outln!(
-                            "{}",
-                            serde_json::to_string_pretty(&st.faults).map_err(anyhow::Error::from)?
-                        );
-                    } else if st.faults.is_empty() {
-                        outln!("no faults in lab {lab}");
-                    } else {
-                        for l in crate::faultspec::lines(&st.faults) {
-                            outln!("{l}");
-                        }
-                    }
-                }
-                FaultCmd::Rm { id, all } => {
-                    let ids: Vec<String> = match (id, all) {
-                        (Some(i), _) => vec![i],
-                        (None, true) => st.faults.iter().rev().map(|f| f.id.clone()).collect(),
-                        (None, false) => {
-                            return Err(Error::usage(
-                                "fault rm needs a fault id or --all",
-                                "see `cnilab fault ls`",
-                            ));
-                        }
-                    };
-                    for i in ids {
-                        let f = rt.block_on(crate::fault::remove(&mut st, &i, &progress))?;
-                        outln!("removed {} {}", f.id, f.spec.describe());
-                    }
-                }
-            }
-            Ok(0)
+        None => out!("{text}"),
+    }
+    Ok(0)
+}
+
+/// `cnilab validate`: the checks `up` makes on the input, and the plan.
+fn validate(topology: PathBuf, json: bool) -> Result<i32> {
+    let t = Topology::load(&topology)?;
+    let plan = Plan::new(&t, &t.name, &paths::LabPaths::of(&t.name));
+    // What up would refuse on any machine; what this one lacks is doctor's.
+    crate::build::unbuildable_here(&plan)?;
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&plan).map_err(anyhow::Error::from)?);
+    } else {
+        outln!(
+            "{}: valid: lab {}, {} nodes, {} pods, {}",
+            topology.display(),
+            t.name,
+            plan.nodes.len(),
+            plan.pod_count(),
+            status::network_line(&plan)
+        );
+    }
+    Ok(0)
+}
+
+/// `cnilab pod ...`, under the lab's lock.
+fn pod(lab: Option<String>, cmd: PodCmd) -> Result<i32> {
+    require_root()?;
+    let lab = state::choose_lab(lab.as_deref())?;
+    let (_lock, mut st) = state::lock_and_require_up(&lab, WRITER_PATIENCE)?;
+    let rt = runtime();
+    match cmd {
+        PodCmd::Add { pod } => {
+            let ip = rt.block_on(crate::pods::add(&mut st, &pod))?;
+            outln!("pod {pod} added: {ip}");
         }
-        Cmd::Snapshot { targets, json, dynamic } => {
-            require_root()?;
-            let lab = state::choose_lab(cli.lab.as_deref())?;
-            let st = state::require_up(&lab)?;
-            let namespaces: Option<Vec<String>> = if targets.is_empty() {
-                None
-            } else {
-                Some(
-                    targets
-                        .iter()
-                        .map(|t| crate::state::resolve_target(&st, t))
-                        .collect::<Result<_>>()?,
-                )
-            };
-            let rt = runtime();
-            let snap = rt.block_on(crate::snapshot::take(&st, namespaces.as_deref(), dynamic))?;
-            if json {
-                outln!("{}", serde_json::to_string_pretty(&snap).map_err(anyhow::Error::from)?);
-            } else {
-                out!("{}", snap.render());
-            }
-            Ok(0)
+        PodCmd::Rm { pod } => {
+            rt.block_on(crate::pods::remove(&mut st, &pod))?;
+            outln!("pod {pod} removed");
         }
     }
+    Ok(0)
+}
+
+/// `cnilab snapshot`: the normalized state of a lab that is up.
+fn snapshot(lab: Option<String>, targets: Vec<String>, json: bool, dynamic: bool) -> Result<i32> {
+    require_root()?;
+    let lab = state::choose_lab(lab.as_deref())?;
+    let st = state::require_up(&lab)?;
+    let namespaces: Option<Vec<String>> = if targets.is_empty() {
+        None
+    } else {
+        Some(
+            targets
+                .iter()
+                .map(|t| crate::state::resolve_target(&st, t))
+                .collect::<Result<_>>()?,
+        )
+    };
+    let rt = runtime();
+    let snap = rt.block_on(crate::snapshot::take(&st, namespaces.as_deref(), dynamic))?;
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&snap).map_err(anyhow::Error::from)?);
+    } else {
+        out!("{}", snap.render());
+    }
+    Ok(0)
+}
+
+/// `cnilab capture`: tcpdump in a target, VXLAN decoded.
+fn capture(
+    lab: Option<String>,
+    target: String,
+    iface: Option<String>,
+    count: Option<u32>,
+    write: Option<PathBuf>,
+    filter: Vec<String>,
+) -> Result<i32> {
+    require_root()?;
+    let lab = state::choose_lab(lab.as_deref())?;
+    let st = state::require(&lab)?;
+    let ns = crate::state::resolve_target(&st, &target)?;
+    let tcpdump = crate::tools::require("tcpdump")?;
+    let switch = st.plan.switches.iter().any(|s| s.name == target);
+    let iface = iface.unwrap_or_else(|| if switch { "any".into() } else { "eth0".into() });
+    let mut cmd = vec![
+        tcpdump.display().to_string(),
+        "-n".into(),
+        "-l".into(),
+        "-i".into(),
+        iface.clone(),
+    ];
+    if switch || iface == "any" {
+        cmd.push("-e".into());
+    }
+    if let Some(c) = count {
+        cmd.extend(["-c".into(), c.to_string()]);
+    }
+    if let Some(w) = &write {
+        cmd.extend(["-w".into(), w.display().to_string()]);
+    }
+    // tcpdump decodes VXLAN by itself on 4789 only; flannel's 8472
+    // needs -T vxlan, as seed 001 does.
+    let port = match &st.plan.profile {
+        crate::profile::ProfilePlan::Flannel(f) if f.backend == crate::topology::FlannelBackend::Vxlan => Some(f.port),
+        crate::profile::ProfilePlan::Calico(c) if c.mode == crate::topology::CalicoMode::Vxlan => Some(4789),
+        _ => None,
+    };
+    let decoded = match port {
+        Some(p) if p != 4789 => {
+            cmd.extend(["-T".into(), "vxlan".into()]);
+            format!(", UDP is decoded as VXLAN (port {p})")
+        }
+        Some(p) => format!(", VXLAN on UDP {p} is decoded"),
+        None => String::new(),
+    };
+    cmd.extend(filter);
+    eprintln!("capturing in {target} of lab {lab} on {iface}{decoded}; Ctrl-C stops");
+    exec_in(&ns, &cmd)
+}
+
+/// `cnilab up`: claims, builds and reports a lab; removes it again on failure or interruption.
+fn up(topology: PathBuf, name: Option<String>, json: bool) -> Result<i32> {
+    require_root()?;
+    if let Some(n) = &name {
+        crate::names::check(crate::names::Kind::Lab, n, "from --name")?;
+    }
+    let t = Topology::load(&topology)?;
+    let opts = UpOptions {
+        name,
+        topology_file: topology.display().to_string(),
+    };
+    let progress = Progress::new(!json);
+    let started = Instant::now();
+    // Held until this command ends: `down` of this lab waits for it,
+    // after asking it to stop.
+    let (lock, mut state) = build::claim_locked(&t, &opts)?;
+    if let Some(w) = crate::doctor::neighbour_warning(&state.plan) {
+        eprintln!("warning: {w}");
+    }
+    let lab = state.plan.lab.clone();
+    let rt = runtime();
+    let outcome = rt.block_on(async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(anyhow::Error::from)?;
+        Ok::<_, Error>(tokio::select! {
+            r = build::build(&mut state, &progress) => Some(r),
+            _ = tokio::signal::ctrl_c() => None,
+            _ = term.recv() => None,
+        })
+    })?;
+    // Shutting the runtime down waits for namespace threads still at
+    // work, so the teardown below sees everything they made.
+    drop(rt);
+    progress.finish();
+    let failed = match outcome {
+        Some(Ok(())) => None,
+        Some(Err(e)) => Some(Error::from(e)),
+        None => {
+            teardown::down(&lab)?;
+            lock.remove();
+            eprintln!("interrupted: lab {lab} was removed");
+            return Ok(130);
+        }
+    };
+    if let Some(e) = failed {
+        match teardown::down(&lab) {
+            Ok(_) => lock.remove(),
+            Err(d) => eprintln!("error: removing the half-built lab {lab} failed: {d:#}"),
+        }
+        return Err(e);
+    }
+    drop(lock);
+    let st = status::status(&state);
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&st).map_err(anyhow::Error::from)?);
+    } else {
+        out!(
+            "{}",
+            status::up_summary(&st, &state.plan, started.elapsed(), &progress.timings())
+        );
+    }
+    Ok(0)
+}
+
+/// `cnilab down`: stops whatever still changes each lab, then removes it.
+fn down(lab: Option<String>, which: Option<String>, all: bool, json: bool) -> Result<i32> {
+    require_root()?;
+    let labs = if all {
+        state::labs()
+    } else {
+        match which.or(lab) {
+            Some(l) => {
+                crate::names::check(crate::names::Kind::Lab, &l, "lab to remove")?;
+                vec![l]
+            }
+            None => match state::labs().as_slice() {
+                [] => Vec::new(),
+                [one] => vec![one.clone()],
+                many => {
+                    return Err(Error::usage(
+                        format!("{} labs are running: {}", many.len(), many.join(", ")),
+                        "name one (`cnilab down NAME`) or use --all",
+                    ));
+                }
+            },
+        }
+    };
+    let mut reports = Vec::new();
+    for l in &labs {
+        let started = Instant::now();
+        let lock = crate::lock::acquire_stopping_holder(l, |who| {
+            eprintln!("lab {l} is being changed by {who}: stopping it first");
+        })?;
+        let r = teardown::down_with(l, &Progress::new(!json))?;
+        lock.remove();
+        if !json {
+            if r.namespaces == 0 && !r.state {
+                outln!("lab {l}: nothing to remove");
+            } else {
+                outln!(
+                    "lab {l} is down: removed {} namespaces, stopped {} processes, in {:.2} s",
+                    r.namespaces,
+                    r.processes,
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        }
+        reports.push(r);
+    }
+    if json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&reports).map_err(anyhow::Error::from)?
+        );
+    } else if labs.is_empty() {
+        outln!("no lab to remove");
+    }
+    Ok(0)
+}
+
+/// `cnilab run`: each scenario in a lab of its own, held under its lock.
+fn run_scenarios(
+    lab: Option<String>,
+    scenarios: Vec<PathBuf>,
+    update: bool,
+    keep: bool,
+    junit: Option<PathBuf>,
+    name: Option<String>,
+) -> Result<i32> {
+    require_root()?;
+    let loaded = scenarios
+        .iter()
+        .map(|p| crate::scenario::load(p))
+        .collect::<Result<Vec<_>>>()?;
+    let labs = crate::scenario::lab_names(&loaded, name.as_deref().or(lab.as_deref()))?;
+    let opts = crate::scenario::RunOptions { update, keep };
+    let mut reports = Vec::new();
+    for (sc, lab) in loaded.into_iter().zip(labs) {
+        paths::ensure_state_in_memory();
+        let lock = crate::lock::try_acquire(&lab)?.ok_or_else(|| crate::lock::busy(&lab))?;
+        outln!("scenario {} ({})", sc.name, sc.path.display());
+        if let Some(first) = sc.description.lines().next().filter(|l| !l.is_empty()) {
+            outln!("  {first}");
+        }
+        let rt = runtime();
+        let outcome = rt.block_on(async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .map_err(anyhow::Error::from)?;
+            let mut out = |l: &str| write_out_lossy(l);
+            Ok::<_, Error>(tokio::select! {
+                r = crate::scenario::run(&sc, &opts, &lab, &lock, &mut out) => Some(r),
+                _ = tokio::signal::ctrl_c() => None,
+                _ = term.recv() => None,
+            })
+        })?;
+        drop(rt);
+        let Some(report) = outcome else {
+            teardown::down(&lab)?;
+            lock.remove();
+            eprintln!("interrupted: lab {lab} was removed");
+            return Ok(130);
+        };
+        if keep && report.error.is_none() {
+            outln!("  lab {lab} kept: cnilab --lab {lab} status");
+        } else {
+            teardown::down(&lab)?;
+            lock.remove();
+        }
+        match (&report.error, report.passed()) {
+            (Some(e), _) => outln!("  ERROR: {e}"),
+            (None, true) => outln!(
+                "  PASSED {} steps in {:.1} s",
+                report.steps.len(),
+                report.time.as_secs_f64()
+            ),
+            (None, false) => outln!("  FAILED at step {}", report.steps.last().map_or(0, |s| s.step.index)),
+        }
+        reports.push((sc, report));
+    }
+    let failed = reports.iter().filter(|(_, r)| !r.passed()).count();
+    if reports.len() > 1 {
+        outln!("{} of {} scenarios passed", reports.len() - failed, reports.len());
+    }
+    if let Some(path) = junit {
+        let xml = crate::scenario::junit(&reports)?;
+        std::fs::write(&path, xml).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(if failed == 0 { 0 } else { crate::error::EXIT_FAILED })
+}
+
+/// `cnilab probe ...`.
+fn probe(lab: Option<String>, cmd: ProbeCmd) -> Result<i32> {
+    require_root()?;
+    let lab = state::choose_lab(lab.as_deref())?;
+    let st = state::require_up(&lab)?;
+    let ok = match cmd {
+        ProbeCmd::Ping {
+            src,
+            dst,
+            size,
+            df,
+            json,
+        } => {
+            let p = crate::probe::ping(&st, &src, &dst, size, df)?;
+            print(&p, json)?;
+            p.ok
+        }
+        ProbeCmd::Pingall { json } => {
+            let p = crate::probe::pingall_with(&st, &crate::progress::Progress::new(true))?;
+            print(&p, json)?;
+            p.failed == 0
+        }
+        ProbeCmd::Pmtu { src, dst, json } => {
+            let p = crate::probe::pmtu(&st, &src, &dst)?;
+            print(&p, json)?;
+            !p.blackhole
+        }
+        ProbeCmd::Tcp {
+            src,
+            dst,
+            bytes,
+            timeout,
+            json,
+        } => {
+            let p = crate::probe::tcp(&st, &src, &dst, bytes, std::time::Duration::from_secs(timeout))?;
+            print(&p, json)?;
+            !p.stalled
+        }
+        ProbeCmd::Bgp { target, json } => {
+            let p = crate::probe::bgp(&st, target.as_deref())?;
+            print(&p, json)?;
+            p.down == 0
+        }
+    };
+    Ok(if ok { 0 } else { crate::error::EXIT_FAILED })
+}
+
+/// `cnilab fault ...`, under the lab's lock.
+fn fault(lab: Option<String>, cmd: FaultCmd) -> Result<i32> {
+    require_root()?;
+    let lab = state::choose_lab(lab.as_deref())?;
+    // Read under the lock: a fault added meanwhile by another
+    // command is in the state we change, not lost.
+    let (_lock, mut st) = state::lock_and_require_up(&lab, WRITER_PATIENCE)?;
+    let progress = Progress::quiet();
+    let rt = runtime();
+    match cmd {
+        FaultCmd::Add {
+            kind,
+            on,
+            mtu,
+            percent,
+            proto,
+            port,
+            key,
+            value,
+            new_mac,
+            json,
+        } => {
+            let spec = crate::fault::fault_spec(&kind, on, mtu, percent, proto, port, key, value, new_mac)?;
+            let f = rt.block_on(crate::fault::add(&mut st, spec, &progress))?;
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&f).map_err(anyhow::Error::from)?);
+            } else {
+                outln!("{}", f.id);
+                if let Some(n) = &f.note {
+                    eprintln!("note: {n}");
+                }
+            }
+        }
+        FaultCmd::Ls { json } => {
+            if json {
+                outln!(
+                    "{}",
+                    serde_json::to_string_pretty(&st.faults).map_err(anyhow::Error::from)?
+                );
+            } else if st.faults.is_empty() {
+                outln!("no faults in lab {lab}");
+            } else {
+                for l in crate::faultspec::lines(&st.faults) {
+                    outln!("{l}");
+                }
+            }
+        }
+        FaultCmd::Rm { id, all } => {
+            let ids: Vec<String> = match (id, all) {
+                (Some(i), _) => vec![i],
+                (None, true) => st.faults.iter().rev().map(|f| f.id.clone()).collect(),
+                (None, false) => {
+                    return Err(Error::usage(
+                        "fault rm needs a fault id or --all",
+                        "see `cnilab fault ls`",
+                    ));
+                }
+            };
+            for i in ids {
+                let f = rt.block_on(crate::fault::remove(&mut st, &i, &progress))?;
+                outln!("removed {} {}", f.id, f.spec.describe());
+            }
+        }
+    }
+    Ok(0)
 }
 
 /// Replaces this process by `cmd` inside namespace `ns`, with /sys showing
