@@ -1,6 +1,0 @@
-//! The `flannel` CNI plugin as a standalone binary (cnilab also answers to
-//! this name itself).
-
-fn main() {
-    cnilab::profile::flannel::plugin::main()
-}
