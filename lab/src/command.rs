@@ -180,7 +180,11 @@ pub async fn fault_rm(
             Err(e) => failures.push(format!("{e:#}")),
         }
     }
-    let headline = format!("{} of {} faults were not completely reverted", failures.len(), ids.len());
+    let headline = format!(
+        "{} of {} faults were not completely reverted",
+        failures.len(),
+        ids.len()
+    );
     match crate::teardown::all_failures(&headline, &failures) {
         Some(e) => Err(e),
         None => Ok(ids),

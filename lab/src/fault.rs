@@ -217,7 +217,11 @@ pub async fn add(state: &mut LabState, spec: FaultSpec, progress: &Progress) -> 
                 "fault {} failed half-way, and reverting it failed too: {}; \
                  it is recorded as {id}: `cnilab fault rm {id}` tries again",
                 spec.describe(),
-                failures.iter().map(|(_, why)| why.as_str()).collect::<Vec<_>>().join("; ")
+                failures
+                    .iter()
+                    .map(|(_, why)| why.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ")
             )));
         }
     };
@@ -276,7 +280,11 @@ async fn mtu_add(ctx: &Ctx<'_>, on: &str, mtu: u32, undo: &mut Vec<Undo>) -> Res
         return Err(wrong_target(plan, "mtu", on, "a switch"));
     };
     if !(68..=65535).contains(&mtu) {
-        return Err(Error::usage(format!("--mtu {mtu} is not a valid MTU"), "use a value from 68 to 65535").into());
+        return Err(Error::usage(
+            format!("--mtu {mtu} is not a valid MTU"),
+            "use a value from 68 to 65535",
+        )
+        .into());
     }
     let f = ctx.fabric()?;
     let (bridge, ports) = switch_ports(&f.nl, &sw.name).await?;
@@ -597,12 +605,13 @@ async fn revert_step(state: &mut LabState, step: &Undo, progress: &Progress) -> 
             let mac = nl::parse_mac(mac).context("bad recorded MAC")?;
             let bridge = index_of(&h.nl, switch).await?;
             // Deleting what is already gone is no failure.
-            let _ = h
-                .nl
-                .change(RouteNetlinkMessage::DelNeighbour(nl::neighbour(bridge, *ip, mac)))
-                .await;
+            let _ =
+                h.nl.change(RouteNetlinkMessage::DelNeighbour(nl::neighbour(bridge, *ip, mac)))
+                    .await;
             if let Some(port) = h.nl.index(port).await? {
-                let _ = h.nl.change(RouteNetlinkMessage::DelNeighbour(static_fdb(port, mac))).await;
+                let _ =
+                    h.nl.change(RouteNetlinkMessage::DelNeighbour(static_fdb(port, mac)))
+                        .await;
             }
             Ok(())
         }

@@ -135,7 +135,11 @@ pub enum Undo {
     AgentStopped { owner: String },
     /// The agent of `owner` was restarted with VTEP MAC `new_mac` on `dev`:
     /// it goes back to its planned MAC and peers forget `new_mac`.
-    AgentMac { owner: String, dev: String, new_mac: String },
+    AgentMac {
+        owner: String,
+        dev: String,
+        new_mac: String,
+    },
 }
 
 impl Undo {

@@ -90,7 +90,11 @@ mod tests {
 
     #[test]
     fn pauses_double_up_to_the_max() {
-        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_millis(2), Duration::from_millis(5));
+        let mut b = Backoff::new(
+            Duration::from_secs(1),
+            Duration::from_millis(2),
+            Duration::from_millis(5),
+        );
         let p: Vec<u128> = (0..4).map(|_| b.next_pause().as_millis()).collect();
         assert_eq!(p, [2, 4, 5, 5]);
     }
@@ -98,7 +102,11 @@ mod tests {
     #[test]
     fn until_returns_the_first_success_or_none_at_the_deadline() {
         let mut n = 0;
-        let b = Backoff::new(Duration::from_secs(5), Duration::from_millis(1), Duration::from_millis(1));
+        let b = Backoff::new(
+            Duration::from_secs(5),
+            Duration::from_millis(1),
+            Duration::from_millis(1),
+        );
         assert_eq!(
             until(b, || {
                 n += 1;
@@ -106,7 +114,11 @@ mod tests {
             }),
             Some(3)
         );
-        let b = Backoff::new(Duration::from_millis(20), Duration::from_millis(1), Duration::from_millis(5));
+        let b = Backoff::new(
+            Duration::from_millis(20),
+            Duration::from_millis(1),
+            Duration::from_millis(5),
+        );
         let started = Instant::now();
         assert_eq!(until(b, || None::<()>), None);
         assert!(started.elapsed() >= Duration::from_millis(20));

@@ -87,7 +87,11 @@ pub fn stop_processes(pids: &[i32]) {
     for pid in pids.iter().filter(|p| alive(**p)) {
         let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
     }
-    let killed = Backoff::new(Duration::from_secs(2), Duration::from_millis(5), Duration::from_millis(5));
+    let killed = Backoff::new(
+        Duration::from_secs(2),
+        Duration::from_millis(5),
+        Duration::from_millis(5),
+    );
     let _ = retry::until(killed, all_gone);
 }
 
