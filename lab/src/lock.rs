@@ -16,9 +16,9 @@ use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::retry::Backoff;
 use crate::error::{Error, Result};
 use crate::paths;
+use crate::retry::Backoff;
 
 /// How long `down` lets a command it interrupts clean up before killing it.
 const STOP_GRACE: Duration = Duration::from_secs(60);
