@@ -1,6 +1,12 @@
 //! Faults (cli.md, "Faults"): what breaks real clusters, injected into a
 //! running lab, recorded in its state with what is needed to revert it, and
 //! fully reverted by `rm`: the snapshot after `rm` equals the one before `add`.
+//!
+//! Each kind has one function that applies it (`mtu_add`, `loss_add`, ...)
+//! and records every kernel change as an [`Undo`] step the moment it is
+//! made; `revert_step` knows how to take back each kind of step. A new
+//! fault kind is a [`FaultSpec`] variant, its apply function, and an `Undo`
+//! variant only if it makes a kind of change no other fault makes.
 
 use anyhow::{Context, Result, anyhow, bail};
 use netlink_packet_route::AddressFamily;
@@ -244,30 +250,13 @@ async fn apply(
     let ctx = Ctx { plan: &plan };
     match spec {
         FaultSpec::Mtu { on, mtu } => mtu_add(&ctx, on, *mtu, undo).await?,
-        FaultSpec::UpstreamVxlan { on } => {
-            let Some(Target::Switch(sw)) = resolve(&plan, on) else {
-                return Err(wrong_target(&plan, "upstream-vxlan", on, "a switch"));
-            };
-            upstream_vxlan_add(&ctx, &sw.name, undo).await?
-        }
-        FaultSpec::ArpSuppress { on } => match resolve(&plan, on) {
-            Some(Target::Node(n)) => arp_suppress_node(&ctx, n, undo).await?,
-            Some(Target::Switch(sw)) => arp_suppress_switch(&ctx, &sw.name, undo).await?,
-            _ => return Err(wrong_target(&plan, "arp-suppress", on, "a node or switch")),
-        },
+        FaultSpec::UpstreamVxlan { on } => upstream_vxlan_add(&ctx, on, undo).await?,
+        FaultSpec::ArpSuppress { on } => arp_suppress_add(&ctx, on, undo).await?,
         FaultSpec::LinkDown { on } => link_down_add(&ctx, on, undo).await?,
         FaultSpec::Loss { on, percent } => return loss_add(&ctx, id, on, *percent, undo),
         FaultSpec::Block { on, proto, port } => block_add(&ctx, id, on, proto, *port, undo)?,
         FaultSpec::Sysctl { on, key, value } => sysctl_add(&ctx, on, key, value, undo)?,
-        FaultSpec::AgentDown { on } => {
-            agent_owner_ns(&plan, on, "agent-down")?;
-            let pid = *state
-                .agents
-                .get(on.as_str())
-                .with_context(|| format!("{on} has no agent"))?;
-            stop_process(pid);
-            undo.push(Undo::AgentStopped { owner: on.clone() });
-        }
+        FaultSpec::AgentDown { on } => agent_down_add(state, on, undo)?,
         FaultSpec::AgentRestart { on, new_mac } => agent_restart_add(state, on, *new_mac, undo, progress).await?,
     }
     Ok(None)
@@ -300,6 +289,15 @@ async fn mtu_add(ctx: &Ctx<'_>, on: &str, mtu: u32, undo: &mut Vec<Undo>) -> Res
         });
     }
     Ok(())
+}
+
+/// `arp-suppress`: on a node or a switch.
+async fn arp_suppress_add(ctx: &Ctx<'_>, on: &str, undo: &mut Vec<Undo>) -> Result<()> {
+    match resolve(ctx.plan, on) {
+        Some(Target::Node(n)) => arp_suppress_node(ctx, n, undo).await,
+        Some(Target::Switch(sw)) => arp_suppress_switch(ctx, &sw.name, undo).await,
+        _ => Err(wrong_target(ctx.plan, "arp-suppress", on, "a node or switch")),
+    }
 }
 
 /// `arp-suppress` on a node: it answers no ARP.
@@ -420,6 +418,15 @@ fn sysctl_add(ctx: &Ctx<'_>, on: &str, key: &str, value: &str, undo: &mut Vec<Un
     })?;
     h.ns.run(|| netns::write_sysctl(&path, value))?;
     undo.push(Undo::Sysctl { ns, path, old });
+    Ok(())
+}
+
+/// `agent-down`: the agent of a node or router is stopped.
+fn agent_down_add(state: &LabState, on: &str, undo: &mut Vec<Undo>) -> Result<()> {
+    agent_owner_ns(&state.plan, on, "agent-down")?;
+    let pid = *state.agents.get(on).with_context(|| format!("{on} has no agent"))?;
+    stop_process(pid);
+    undo.push(Undo::AgentStopped { owner: on.to_string() });
     Ok(())
 }
 
@@ -783,7 +790,11 @@ fn static_fdb(port: u32, mac: [u8; 6]) -> NeighbourMessage {
 /// each other over a core bridge whose links carry 1500 bytes. A frame that
 /// fits the switch's 1500 no longer fits once wrapped in 50 bytes of VXLAN
 /// with DF set: it is dropped, with no ICMP for the node that sent it.
-async fn upstream_vxlan_add(ctx: &Ctx<'_>, switch: &str, undo: &mut Vec<Undo>) -> Result<()> {
+async fn upstream_vxlan_add(ctx: &Ctx<'_>, on: &str, undo: &mut Vec<Undo>) -> Result<()> {
+    let Some(Target::Switch(sw)) = resolve(ctx.plan, on) else {
+        return Err(wrong_target(ctx.plan, "upstream-vxlan", on, "a switch"));
+    };
+    let switch = sw.name.as_str();
     let f = ctx.fabric()?;
     let (_, ports) = switch_ports(&f.nl, switch).await?;
     if ports.is_empty() {

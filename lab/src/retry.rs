@@ -123,4 +123,24 @@ mod tests {
         assert_eq!(until(b, || None::<()>), None);
         assert!(started.elapsed() >= Duration::from_millis(20));
     }
+
+    #[test]
+    fn until_async_ends_at_the_first_error() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut n = 0;
+        let b = Backoff::new(
+            Duration::from_secs(5),
+            Duration::from_millis(1),
+            Duration::from_millis(1),
+        );
+        let r: Result<Option<()>, String> = rt.block_on(until_async(b, || {
+            n += 1;
+            let now = n;
+            async move { if now == 2 { Err("broken".to_string()) } else { Ok(None) } }
+        }));
+        assert_eq!((r, n), (Err("broken".to_string()), 2));
+    }
 }
