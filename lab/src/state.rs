@@ -260,7 +260,7 @@ pub fn lock_and_require_up(
 
 /// The namespace of a TARGET: `NODE`, `NODE/POD`, or a switch name. The
 /// one resolver of the command line and scenarios: what a name means is
-/// [`crate::faultspec::resolve`]'s, the namespace and the error are here.
+/// `faultspec::resolve`'s, the namespace and the error are here.
 pub fn resolve_target(st: &LabState, target: &str) -> Result<String, Error> {
     use crate::faultspec::{Target, resolve};
     crate::names::check_target(target)?;
