@@ -397,6 +397,20 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
+/// Runs `work` to its end, or until Ctrl-C or SIGTERM (then `None`: the
+/// caller removes what it built).
+fn interruptible<T>(rt: &tokio::runtime::Runtime, work: impl std::future::Future<Output = T>) -> Result<Option<T>> {
+    rt.block_on(async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(anyhow::Error::from)?;
+        Ok(tokio::select! {
+            r = work => Some(r),
+            _ = tokio::signal::ctrl_c() => None,
+            _ = term.recv() => None,
+        })
+    })
+}
+
 /// How long a command that changes a lab waits for another one to finish.
 const WRITER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(300);
 
@@ -661,15 +675,7 @@ fn up(topology: PathBuf, name: Option<String>, json: bool) -> Result<i32> {
     }
     let lab = state.plan.lab.clone();
     let rt = runtime();
-    let outcome = rt.block_on(async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(anyhow::Error::from)?;
-        Ok::<_, Error>(tokio::select! {
-            r = build::build(&mut state, &progress) => Some(r),
-            _ = tokio::signal::ctrl_c() => None,
-            _ = term.recv() => None,
-        })
-    })?;
+    let outcome = interruptible(&rt, build::build(&mut state, &progress))?;
     // Shutting the runtime down waits for namespace threads still at
     // work, so the teardown below sees everything they made.
     drop(rt);
@@ -805,16 +811,8 @@ fn run_scenarios(
             outln!("  {first}");
         }
         let rt = runtime();
-        let outcome = rt.block_on(async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .map_err(anyhow::Error::from)?;
-            let mut out = |l: &str| write_out_lossy(l);
-            Ok::<_, Error>(tokio::select! {
-                r = crate::scenario::run(&sc, &opts, &lab, &lock, &mut out) => Some(r),
-                _ = tokio::signal::ctrl_c() => None,
-                _ = term.recv() => None,
-            })
-        })?;
+        let mut out = |l: &str| write_out_lossy(l);
+        let outcome = interruptible(&rt, crate::scenario::run(&sc, &opts, &lab, &lock, &mut out))?;
         drop(rt);
         let Some(report) = outcome else {
             teardown::down(&lab)?;
