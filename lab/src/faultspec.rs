@@ -307,3 +307,38 @@ pub fn fault_spec(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn undo_steps_are_saved_tagged_and_name_their_namespaces() {
+        let steps = vec![
+            Undo::Mtu {
+                ns: "cnilab.a._fabric".into(),
+                link: "tor1-w1".into(),
+                mtu: 1500,
+            },
+            Undo::PortMoved {
+                ns: "cnilab.a._fabric".into(),
+                port: "tor1-w1".into(),
+                mtu: 1500,
+                leaf: "cnilab.a._upstream-tor1-0".into(),
+                switch: "tor1".into(),
+            },
+            Undo::AgentStopped { owner: "w1".into() },
+        ];
+        let text = serde_json::to_string(&steps).unwrap();
+        assert!(text.starts_with(r#"[{"step":"mtu","ns":"cnilab.a._fabric""#), "{text}");
+        assert!(text.contains(r#"{"step":"port-moved""#), "{text}");
+        let back: Vec<Undo> = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, steps);
+        assert_eq!(steps[1].namespaces(), ["cnilab.a._fabric", "cnilab.a._upstream-tor1-0"]);
+        assert!(steps[2].namespaces().is_empty());
+        assert_eq!(
+            steps[0].to_string(),
+            "set the MTU of tor1-w1 in cnilab.a._fabric back to 1500"
+        );
+    }
+}
