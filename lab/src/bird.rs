@@ -69,15 +69,7 @@ pub fn router_config(router_id: Ipv4Addr, asn: u32, peers: &[RouterPeer], hold_t
     );
     let mut sessions = Vec::new();
     for p in peers {
-        let _ = writeln!(
-            c,
-            "\nprotocol bgp {} {{\n  local {} as {asn};\n  neighbor {} as {};\n  ipv4 {{\n    import all;\n    export filter {{ if source = RTS_BGP then accept; reject; }};\n  }};",
-            p.name, p.local, p.neighbor, p.asn
-        );
-        if let Some(h) = hold_time {
-            let _ = writeln!(c, "  hold time {h};");
-        }
-        c.push_str("  connect delay time 1;\n  connect retry time 3;\n}\n");
+        c.push_str(&router_session(p, asn, hold_time));
         sessions.push(SessionPlan {
             name: p.name.clone(),
             neighbor: p.neighbor,
@@ -85,6 +77,18 @@ pub fn router_config(router_id: Ipv4Addr, asn: u32, peers: &[RouterPeer], hold_t
         });
     }
     BirdPlan { config: c, sessions }
+}
+
+/// A router's BGP session with one peer: routes learned by BGP are passed on.
+fn router_session(p: &RouterPeer, asn: u32, hold_time: Option<u32>) -> String {
+    let hold = hold_time.map(|h| format!("  hold time {h};\n")).unwrap_or_default();
+    // One literal per block, its braces balanced: bird.conf reads as written.
+    format!(
+        "\nprotocol bgp {} {{\n  local {} as {asn};\n  neighbor {} as {};\n  ipv4 {{\n    import all;\n    \
+         export filter {{ if source = RTS_BGP then accept; reject; }};\n  }};\n{hold}  \
+         connect delay time 1;\n  connect retry time 3;\n}}\n",
+        p.name, p.local, p.neighbor, p.asn
+    )
 }
 
 /// Sends one command on BIRD's control socket and returns the reply's text
@@ -265,6 +269,30 @@ fn parse_routes(lines: &[String]) -> Vec<BgpRoute> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_router_session_block_reads_as_bird_wants_it() {
+        let p = RouterPeer {
+            name: "R1".into(),
+            local: Ipv4Addr::new(10, 0, 0, 1),
+            neighbor: Ipv4Addr::new(10, 0, 0, 2),
+            asn: 65001,
+        };
+        let head = "\nprotocol bgp R1 {\n  local 10.0.0.1 as 65000;\n  neighbor 10.0.0.2 as 65001;\n  ipv4 {\n    \
+                    import all;\n    export filter { if source = RTS_BGP then accept; reject; };\n  };\n";
+        let tail = "  connect delay time 1;\n  connect retry time 3;\n}\n";
+        assert_eq!(router_session(&p, 65000, None), format!("{head}{tail}"));
+        assert_eq!(
+            router_session(&p, 65000, Some(9)),
+            format!("{head}  hold time 9;\n{tail}")
+        );
+        let plan = router_config(Ipv4Addr::new(10, 0, 0, 1), 65000, &[p], None);
+        assert!(
+            plan.config.ends_with(&format!("metric 0;\n}}\n{head}{tail}")),
+            "{}",
+            plan.config
+        );
+    }
 
     fn lines(s: &str) -> Vec<String> {
         s.lines().map(str::to_string).collect()

@@ -397,6 +397,20 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
+/// Runs `work` to its end, or until Ctrl-C or SIGTERM (then `None`: the
+/// caller removes what it built).
+fn interruptible<T>(rt: &tokio::runtime::Runtime, work: impl std::future::Future<Output = T>) -> Result<Option<T>> {
+    rt.block_on(async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(anyhow::Error::from)?;
+        Ok(tokio::select! {
+            r = work => Some(r),
+            _ = tokio::signal::ctrl_c() => None,
+            _ = term.recv() => None,
+        })
+    })
+}
+
 /// How long a command that changes a lab waits for another one to finish.
 const WRITER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(300);
 
@@ -562,11 +576,11 @@ fn pod(lab: Option<String>, cmd: PodCmd) -> Result<i32> {
     let rt = runtime();
     match cmd {
         PodCmd::Add { pod } => {
-            let ip = rt.block_on(crate::pods::add(&mut st, &pod))?;
+            let ip = rt.block_on(crate::command::pod_add(&mut st, &pod))?;
             outln!("pod {pod} added: {ip}");
         }
         PodCmd::Rm { pod } => {
-            rt.block_on(crate::pods::remove(&mut st, &pod))?;
+            rt.block_on(crate::command::pod_rm(&mut st, &pod))?;
             outln!("pod {pod} removed");
         }
     }
@@ -578,18 +592,8 @@ fn snapshot(lab: Option<String>, targets: Vec<String>, json: bool, dynamic: bool
     require_root()?;
     let lab = state::choose_lab(lab.as_deref())?;
     let st = state::require_up(&lab)?;
-    let namespaces: Option<Vec<String>> = if targets.is_empty() {
-        None
-    } else {
-        Some(
-            targets
-                .iter()
-                .map(|t| crate::state::resolve_target(&st, t))
-                .collect::<Result<_>>()?,
-        )
-    };
     let rt = runtime();
-    let snap = rt.block_on(crate::snapshot::take(&st, namespaces.as_deref(), dynamic))?;
+    let snap = rt.block_on(crate::command::snapshot(&st, &targets, dynamic))?;
     if json {
         outln!("{}", serde_json::to_string_pretty(&snap).map_err(anyhow::Error::from)?);
     } else {
@@ -671,15 +675,7 @@ fn up(topology: PathBuf, name: Option<String>, json: bool) -> Result<i32> {
     }
     let lab = state.plan.lab.clone();
     let rt = runtime();
-    let outcome = rt.block_on(async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(anyhow::Error::from)?;
-        Ok::<_, Error>(tokio::select! {
-            r = build::build(&mut state, &progress) => Some(r),
-            _ = tokio::signal::ctrl_c() => None,
-            _ = term.recv() => None,
-        })
-    })?;
+    let outcome = interruptible(&rt, build::build(&mut state, &progress))?;
     // Shutting the runtime down waits for namespace threads still at
     // work, so the teardown below sees everything they made.
     drop(rt);
@@ -738,26 +734,13 @@ fn down(lab: Option<String>, which: Option<String>, all: bool, json: bool) -> Re
         }
     };
     let mut reports = Vec::new();
+    let mut failures = Vec::new();
     for l in &labs {
-        let started = Instant::now();
-        let lock = crate::lock::acquire_stopping_holder(l, |who| {
-            eprintln!("lab {l} is being changed by {who}: stopping it first");
-        })?;
-        let r = teardown::down_with(l, &Progress::new(!json))?;
-        lock.remove();
-        if !json {
-            if r.namespaces == 0 && !r.state {
-                outln!("lab {l}: nothing to remove");
-            } else {
-                outln!(
-                    "lab {l} is down: removed {} namespaces, stopped {} processes, in {:.2} s",
-                    r.namespaces,
-                    r.processes,
-                    started.elapsed().as_secs_f64()
-                );
-            }
+        // One lab that cannot be removed does not keep the others.
+        match down_one(l, json) {
+            Ok(r) => reports.push(r),
+            Err(e) => failures.push(e),
         }
-        reports.push(r);
     }
     if json {
         outln!(
@@ -767,7 +750,40 @@ fn down(lab: Option<String>, which: Option<String>, all: bool, json: bool) -> Re
     } else if labs.is_empty() {
         outln!("no lab to remove");
     }
+    if failures.len() == 1 {
+        return Err(failures.remove(0));
+    }
+    let lines: Vec<String> = failures.iter().map(|e| e.to_string()).collect();
+    if let Some(e) = teardown::all_failures(
+        &format!("{} of {} labs were not completely removed", failures.len(), labs.len()),
+        &lines,
+    ) {
+        return Err(e.into());
+    }
     Ok(0)
+}
+
+/// Removes one lab under its lock, stopping a command still changing it.
+fn down_one(l: &str, json: bool) -> Result<teardown::DownReport> {
+    let started = Instant::now();
+    let lock = crate::lock::acquire_stopping_holder(l, |who| {
+        eprintln!("lab {l} is being changed by {who}: stopping it first");
+    })?;
+    let r = teardown::down_with(l, &Progress::new(!json))?;
+    lock.remove();
+    if !json {
+        if r.namespaces == 0 && !r.state {
+            outln!("lab {l}: nothing to remove");
+        } else {
+            outln!(
+                "lab {l} is down: removed {} namespaces, stopped {} processes, in {:.2} s",
+                r.namespaces,
+                r.processes,
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    Ok(r)
 }
 
 /// `cnilab run`: each scenario in a lab of its own, held under its lock.
@@ -795,16 +811,8 @@ fn run_scenarios(
             outln!("  {first}");
         }
         let rt = runtime();
-        let outcome = rt.block_on(async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .map_err(anyhow::Error::from)?;
-            let mut out = |l: &str| write_out_lossy(l);
-            Ok::<_, Error>(tokio::select! {
-                r = crate::scenario::run(&sc, &opts, &lab, &lock, &mut out) => Some(r),
-                _ = tokio::signal::ctrl_c() => None,
-                _ = term.recv() => None,
-            })
-        })?;
+        let mut out = |l: &str| write_out_lossy(l);
+        let outcome = interruptible(&rt, crate::scenario::run(&sc, &opts, &lab, &lock, &mut out))?;
         drop(rt);
         let Some(report) = outcome else {
             teardown::down(&lab)?;
@@ -842,49 +850,48 @@ fn run_scenarios(
 
 /// `cnilab probe ...`.
 fn probe(lab: Option<String>, cmd: ProbeCmd) -> Result<i32> {
+    use crate::command::Probe;
     require_root()?;
     let lab = state::choose_lab(lab.as_deref())?;
     let st = state::require_up(&lab)?;
-    let ok = match cmd {
+    let (p, json) = match cmd {
         ProbeCmd::Ping {
             src,
             dst,
             size,
             df,
             json,
-        } => {
-            let p = crate::probe::ping(&st, &src, &dst, size, df)?;
-            print(&p, json)?;
-            p.ok
-        }
-        ProbeCmd::Pingall { json } => {
-            let p = crate::probe::pingall_with(&st, &crate::progress::Progress::new(true))?;
-            print(&p, json)?;
-            p.failed == 0
-        }
-        ProbeCmd::Pmtu { src, dst, json } => {
-            let p = crate::probe::pmtu(&st, &src, &dst)?;
-            print(&p, json)?;
-            !p.blackhole
-        }
+        } => (
+            Probe::Ping {
+                from: src,
+                to: dst,
+                size,
+                df,
+            },
+            json,
+        ),
+        ProbeCmd::Pingall { json } => (Probe::Pingall, json),
+        ProbeCmd::Pmtu { src, dst, json } => (Probe::Pmtu { from: src, to: dst }, json),
         ProbeCmd::Tcp {
             src,
             dst,
             bytes,
             timeout,
             json,
-        } => {
-            let p = crate::probe::tcp(&st, &src, &dst, bytes, std::time::Duration::from_secs(timeout))?;
-            print(&p, json)?;
-            !p.stalled
-        }
-        ProbeCmd::Bgp { target, json } => {
-            let p = crate::probe::bgp(&st, target.as_deref())?;
-            print(&p, json)?;
-            p.down == 0
-        }
+        } => (
+            Probe::Tcp {
+                from: src,
+                to: dst,
+                bytes,
+                timeout: std::time::Duration::from_secs(timeout),
+            },
+            json,
+        ),
+        ProbeCmd::Bgp { target, json } => (Probe::Bgp { on: target }, json),
     };
-    Ok(if ok { 0 } else { crate::error::EXIT_FAILED })
+    let r = crate::command::probe(&st, &p, &Progress::new(true))?;
+    print(&r, json)?;
+    Ok(if r.ok() { 0 } else { crate::error::EXIT_FAILED })
 }
 
 /// `cnilab fault ...`, under the lab's lock.
@@ -910,7 +917,7 @@ fn fault(lab: Option<String>, cmd: FaultCmd) -> Result<i32> {
             json,
         } => {
             let spec = crate::fault::fault_spec(&kind, on, mtu, percent, proto, port, key, value, new_mac)?;
-            let f = rt.block_on(crate::fault::add(&mut st, spec, &progress))?;
+            let f = rt.block_on(crate::command::fault_add(&mut st, spec, &progress))?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&f).map_err(anyhow::Error::from)?);
             } else {
@@ -935,9 +942,9 @@ fn fault(lab: Option<String>, cmd: FaultCmd) -> Result<i32> {
             }
         }
         FaultCmd::Rm { id, all } => {
-            let ids: Vec<String> = match (id, all) {
-                (Some(i), _) => vec![i],
-                (None, true) => st.faults.iter().rev().map(|f| f.id.clone()).collect(),
+            let which = match (id, all) {
+                (Some(i), _) => crate::command::FaultSel::Id(i),
+                (None, true) => crate::command::FaultSel::All,
                 (None, false) => {
                     return Err(Error::usage(
                         "fault rm needs a fault id or --all",
@@ -945,10 +952,8 @@ fn fault(lab: Option<String>, cmd: FaultCmd) -> Result<i32> {
                     ));
                 }
             };
-            for i in ids {
-                let f = rt.block_on(crate::fault::remove(&mut st, &i, &progress))?;
-                outln!("removed {} {}", f.id, f.spec.describe());
-            }
+            let mut removed = |f: &crate::fault::Fault| outln!("removed {} {}", f.id, f.spec.describe());
+            rt.block_on(crate::command::fault_rm(&mut st, &which, &progress, &mut removed))?;
         }
     }
     Ok(0)

@@ -4,7 +4,6 @@
 //! read these without depending on the code that injects faults (`fault`).
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::plan::Plan;
 
@@ -84,12 +83,102 @@ pub struct Fault {
     pub id: String,
     /// What it does.
     pub spec: FaultSpec,
-    /// What was there before, for `rm`.
+    /// What `rm` reverts: one step per kernel change `add` made, in the
+    /// order they were made (`rm` reverts them newest first).
     #[serde(default)]
-    pub undo: Value,
+    pub undo: Vec<Undo>,
     /// A note for the user (a fallback that was used).
     #[serde(default)]
     pub note: Option<String>,
+}
+
+/// One kernel change a fault made, with what reverts it. Steps are recorded
+/// as the changes are made, so a fault that failed half-way knows exactly
+/// what it changed. Namespaces are named in full; [`Undo::namespaces`] lets
+/// the state check they are the lab's own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "step", rename_all = "kebab-case")]
+pub enum Undo {
+    /// The MTU of `link` in `ns` was changed from `mtu`.
+    Mtu { ns: String, link: String, mtu: u32 },
+    /// `link` in `ns` was set down.
+    LinkDown { ns: String, link: String },
+    /// The sysctl at /proc/sys/`path` in `ns` held `old`.
+    Sysctl { ns: String, path: String, old: String },
+    /// A netem root qdisc was added on `dev` in `ns`.
+    Netem { ns: String, dev: String },
+    /// An iptables rule (`-t TABLE CHAIN ...`, without the `-A`) was appended in `ns`.
+    Iptables { ns: String, rule: Vec<String> },
+    /// Namespace `name` was created.
+    Namespace { name: String },
+    /// Switch port `port` (with MTU `mtu`) was moved from the fabric `ns`
+    /// into namespace `leaf`, away from switch `switch`.
+    PortMoved {
+        ns: String,
+        port: String,
+        mtu: u32,
+        leaf: String,
+        switch: String,
+    },
+    /// Proxy ARP was turned on for switch port `port` in `ns`.
+    ProxyArp { ns: String, port: String },
+    /// A neighbour entry `ip` -> `mac` was put on the bridge of `switch`, and
+    /// a static FDB entry for `mac` on its port `port`.
+    ArpEntry {
+        ns: String,
+        switch: String,
+        ip: std::net::Ipv4Addr,
+        mac: String,
+        port: String,
+    },
+    /// The agent of `owner` was stopped.
+    AgentStopped { owner: String },
+    /// The agent of `owner` was restarted with VTEP MAC `new_mac` on `dev`:
+    /// it goes back to its planned MAC and peers forget `new_mac`.
+    AgentMac {
+        owner: String,
+        dev: String,
+        new_mac: String,
+    },
+}
+
+impl Undo {
+    /// The namespaces the step acts in.
+    pub fn namespaces(&self) -> Vec<&str> {
+        match self {
+            Undo::Mtu { ns, .. }
+            | Undo::LinkDown { ns, .. }
+            | Undo::Sysctl { ns, .. }
+            | Undo::Netem { ns, .. }
+            | Undo::Iptables { ns, .. }
+            | Undo::ProxyArp { ns, .. }
+            | Undo::ArpEntry { ns, .. } => vec![ns],
+            Undo::Namespace { name } => vec![name],
+            Undo::PortMoved { ns, leaf, .. } => vec![ns, leaf],
+            Undo::AgentStopped { .. } | Undo::AgentMac { .. } => Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Display for Undo {
+    /// What reverting the step does, for error messages.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Undo::Mtu { ns, link, mtu } => write!(f, "set the MTU of {link} in {ns} back to {mtu}"),
+            Undo::LinkDown { ns, link } => write!(f, "set {link} in {ns} up again"),
+            Undo::Sysctl { ns, path, old } => write!(f, "set {path} in {ns} back to {old}"),
+            Undo::Netem { ns, dev } => write!(f, "delete the netem qdisc of {dev} in {ns}"),
+            Undo::Iptables { ns, rule } => write!(f, "delete the iptables rule `{}` in {ns}", rule.join(" ")),
+            Undo::Namespace { name } => write!(f, "delete namespace {name}"),
+            Undo::PortMoved { port, leaf, switch, .. } => {
+                write!(f, "move {port} back from {leaf} to switch {switch}")
+            }
+            Undo::ProxyArp { ns, port } => write!(f, "turn proxy ARP off on {port} in {ns}"),
+            Undo::ArpEntry { switch, ip, mac, .. } => write!(f, "delete the entry {ip} {mac} of switch {switch}"),
+            Undo::AgentStopped { owner } => write!(f, "start the agent of {owner} again"),
+            Undo::AgentMac { owner, .. } => write!(f, "restart the agent of {owner} with its planned MAC"),
+        }
+    }
 }
 
 /// What a target names in a lab.
@@ -217,4 +306,39 @@ pub fn fault_spec(
             ));
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn undo_steps_are_saved_tagged_and_name_their_namespaces() {
+        let steps = vec![
+            Undo::Mtu {
+                ns: "cnilab.a._fabric".into(),
+                link: "tor1-w1".into(),
+                mtu: 1500,
+            },
+            Undo::PortMoved {
+                ns: "cnilab.a._fabric".into(),
+                port: "tor1-w1".into(),
+                mtu: 1500,
+                leaf: "cnilab.a._upstream-tor1-0".into(),
+                switch: "tor1".into(),
+            },
+            Undo::AgentStopped { owner: "w1".into() },
+        ];
+        let text = serde_json::to_string(&steps).unwrap();
+        assert!(text.starts_with(r#"[{"step":"mtu","ns":"cnilab.a._fabric""#), "{text}");
+        assert!(text.contains(r#"{"step":"port-moved""#), "{text}");
+        let back: Vec<Undo> = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, steps);
+        assert_eq!(steps[1].namespaces(), ["cnilab.a._fabric", "cnilab.a._upstream-tor1-0"]);
+        assert!(steps[2].namespaces().is_empty());
+        assert_eq!(
+            steps[0].to_string(),
+            "set the MTU of tor1-w1 in cnilab.a._fabric back to 1500"
+        );
+    }
 }

@@ -18,6 +18,7 @@ use nix::unistd::Pid;
 
 use crate::error::{Error, Result};
 use crate::paths;
+use crate::retry::Backoff;
 
 /// How long `down` lets a command it interrupts clean up before killing it.
 const STOP_GRACE: Duration = Duration::from_secs(60);
@@ -117,17 +118,15 @@ fn short_exe(w: &str) -> String {
 
 /// Waits up to `patience` for the lock, then fails naming its holder.
 pub fn acquire(lab: &str, patience: Duration) -> Result<LabLock> {
-    let deadline = Instant::now() + patience;
-    let mut pause = Duration::from_millis(2);
+    let mut backoff = Backoff::new(patience, Duration::from_millis(2), Duration::from_millis(100));
     loop {
         if let Some(l) = try_acquire(lab)? {
             return Ok(l);
         }
-        if Instant::now() >= deadline {
+        if backoff.expired() {
             return Err(busy(lab));
         }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(100));
+        backoff.sleep();
     }
 }
 
@@ -160,8 +159,9 @@ fn is_down(pid: i32) -> bool {
 pub fn acquire_stopping_holder(lab: &str, on_wait: impl Fn(&str)) -> Result<LabLock> {
     let mut told = false;
     let mut killed = false;
-    let deadline = Instant::now() + STOP_GRACE;
-    let mut pause = Duration::from_millis(2);
+    // SIGTERM at once, SIGKILL after one grace time, giving up after two.
+    let mut backoff = Backoff::new(STOP_GRACE * 2, Duration::from_millis(2), Duration::from_millis(50));
+    let kill_at = Instant::now() + STOP_GRACE;
     loop {
         if let Some(l) = try_acquire(lab)? {
             return Ok(l);
@@ -173,14 +173,13 @@ pub fn acquire_stopping_holder(lab: &str, on_wait: impl Fn(&str)) -> Result<LabL
                 on_wait(&describe(pid));
                 let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
                 told = true;
-            } else if Instant::now() >= deadline && !killed {
+            } else if Instant::now() >= kill_at && !killed {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
                 killed = true;
             }
-        } else if Instant::now() >= deadline + STOP_GRACE {
+        } else if backoff.expired() {
             return Err(busy(lab));
         }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(50));
+        backoff.sleep();
     }
 }

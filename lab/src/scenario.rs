@@ -6,14 +6,16 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result};
 use serde_json::{Value, json};
 use toml::de::DeValue;
 
 use crate::build::UpOptions;
+use crate::command::{FaultSel, Probe};
 use crate::error::{Error, InputError, Source};
 use crate::fault::FaultSpec;
 use crate::progress::Progress;
+use crate::retry::Backoff;
 use crate::spanned::{Sp, Table, parse_document};
 use crate::state::LabState;
 use crate::topology::Topology;
@@ -58,23 +60,8 @@ pub struct Step {
 /// What a step does.
 #[derive(Debug, Clone)]
 pub enum Action {
-    /// One ICMP echo.
-    Ping {
-        from: String,
-        to: String,
-        size: Option<u32>,
-        df: bool,
-    },
-    /// Every pod to every pod.
-    Pingall,
-    /// Path MTU.
-    Pmtu { from: String, to: String },
-    /// Bulk TCP.
-    Tcp { from: String, to: String, bytes: u64 },
-    /// BGP sessions.
-    Bgp { on: Option<String> },
-    /// `ip route get`.
-    Route { from: String, to: String },
+    /// A probe, as `cnilab probe` runs it.
+    Probe(Probe),
     /// Inject a fault.
     Fault(FaultSpec),
     /// Revert the newest fault of a kind, a fault by id, or all.
@@ -118,19 +105,7 @@ impl Action {
     /// One line for reports.
     pub fn describe(&self) -> String {
         match self {
-            Action::Ping { from, to, size, df } => format!(
-                "probe ping {from} -> {to}{}{}",
-                size.map(|s| format!(" {s} bytes")).unwrap_or_default(),
-                if *df { " DF" } else { "" }
-            ),
-            Action::Pingall => "probe pingall".into(),
-            Action::Pmtu { from, to } => format!("probe pmtu {from} -> {to}"),
-            Action::Tcp { from, to, bytes } => format!("probe tcp {from} -> {to} ({bytes} bytes)"),
-            Action::Bgp { on } => format!(
-                "probe bgp{}",
-                on.as_ref().map(|o| format!(" on {o}")).unwrap_or_default()
-            ),
-            Action::Route { from, to } => format!("probe route {from} -> {to}"),
+            Action::Probe(p) => p.describe(),
             Action::Fault(f) => format!("fault {}", f.describe()),
             Action::FaultRm(w) => format!("fault rm {w}"),
             Action::Snapshot { name } => format!("snapshot {name}"),
@@ -200,12 +175,12 @@ fn de_to_json(v: &DeValue<'_>) -> Value {
 /// Keys an expectation table may hold, by step kind.
 fn expect_keys(action: &Action) -> &'static [&'static str] {
     match action {
-        Action::Ping { .. } => &["ok", "error_contains"],
-        Action::Pingall => &["ok", "failed"],
-        Action::Pmtu { .. } => &["path_mtu", "interface_mtu", "blackhole", "icmp_mtu"],
-        Action::Tcp { .. } => &["stalled"],
-        Action::Bgp { .. } => &["established", "down"],
-        Action::Route { .. } => &["dev", "via", "kind"],
+        Action::Probe(Probe::Ping { .. }) => &["ok", "error_contains"],
+        Action::Probe(Probe::Pingall) => &["ok", "failed"],
+        Action::Probe(Probe::Pmtu { .. }) => &["path_mtu", "interface_mtu", "blackhole", "icmp_mtu"],
+        Action::Probe(Probe::Tcp { .. }) => &["stalled"],
+        Action::Probe(Probe::Bgp { .. }) => &["established", "down"],
+        Action::Probe(Probe::Route { .. }) => &["dev", "via", "kind"],
         Action::Exec { .. } => &["ok", "status", "contains", "not_contains"],
         Action::PodAdd(_) | Action::PodRm(_) => &["ok", "error_contains"],
         _ => &[],
@@ -226,7 +201,7 @@ fn parse_expect(t: &Table, action: &Action) -> R<Option<Expect>> {
         DeValue::String(s) => match s.as_ref() {
             "ok" => Ok(Some(Expect::Ok)),
             "fail" => Ok(Some(Expect::Fail)),
-            "stall" if matches!(action, Action::Tcp { .. }) => {
+            "stall" if matches!(action, Action::Probe(Probe::Tcp { .. })) => {
                 Ok(Some(Expect::Fields([("stalled".to_string(), json!(true))].into())))
             }
             other => Err(t.err(
@@ -284,155 +259,33 @@ fn parse_step(t: &Table, index: usize, src: &Source) -> R<Step> {
             "give each [[step]] exactly one of: probe, fault, fault_rm, snapshot, exec, pod",
         ));
     }
-    let mut common = vec!["expect", "timeout", "note"];
+    let probes = ["ping", "pingall", "pmtu", "tcp", "bgp", "route"];
     let action = match present[0] {
-        "probe" => {
-            let p = t.required_string("probe", "probe = \"ping\"")?;
-            let from = || req(t, "from", "from = \"worker1/pod-1\"");
-            let to = || req(t, "to", "to = \"worker2/pod-1\"");
-            let (a, keys): (Action, &[&str]) = match p.v.as_str() {
-                "ping" => (
-                    Action::Ping {
-                        from: from()?,
-                        to: to()?,
-                        size: t.int("size", 0, 65507, "size = 1422")?.map(|s| s.v as u32),
-                        df: match t.raw("df") {
-                            None => false,
-                            Some(v) => v
-                                .get_ref()
-                                .as_bool()
-                                .ok_or_else(|| t.err(v.span(), "`df` must be true or false", "write df = true"))?,
-                        },
-                    },
-                    &["from", "to", "size", "df"],
-                ),
-                "pingall" => (Action::Pingall, &[]),
-                "pmtu" => (
-                    Action::Pmtu {
-                        from: from()?,
-                        to: to()?,
-                    },
-                    &["from", "to"],
-                ),
-                "tcp" => (
-                    Action::Tcp {
-                        from: from()?,
-                        to: to()?,
-                        bytes: t
-                            .int("bytes", 1, 1 << 34, "bytes = 4194304")?
-                            .map_or(4 << 20, |b| b.v as u64),
-                    },
-                    &["from", "to", "bytes"],
-                ),
-                "bgp" => (
-                    Action::Bgp {
-                        on: t.string("on", "on = \"worker1\"")?.map(|s| s.v),
-                    },
-                    &["on"],
-                ),
-                "route" => (
-                    Action::Route {
-                        from: from()?,
-                        to: to()?,
-                    },
-                    &["from", "to"],
-                ),
-                other => {
-                    let probes = ["ping", "pingall", "pmtu", "tcp", "bgp", "route"];
-                    let fix = match crate::spanned::closest(other, &probes) {
-                        Some(n) => format!("did you mean \"{n}\"? probes: {}", probes.join(", ")),
-                        None => format!("probes: {}", probes.join(", ")),
-                    };
-                    return Err(t.err(p.span, format!("unknown probe \"{other}\""), fix));
-                }
-            };
-            common.push("probe");
-            common.extend_from_slice(keys);
-            a
-        }
-        "fault" => {
-            let k = t.required_string("fault", "fault = \"mtu\"")?;
-            let on = req(t, "on", "on = \"tor1\"")?;
-            let spec = crate::fault::fault_spec(
-                &k.v,
-                on,
-                t.int("mtu", 68, 65535, "mtu = 1400")?.map(|v| v.v as u32),
-                match t.raw("percent") {
-                    None => None,
-                    Some(v) => Some(
-                        de_to_json(v.get_ref())
-                            .as_f64()
-                            .ok_or_else(|| t.err(v.span(), "`percent` must be a number", "write percent = 20"))?,
-                    ),
-                },
-                t.string("proto", "proto = \"udp\"")?.map(|s| s.v),
-                t.int("port", 1, 65535, "port = 8472")?.map(|v| v.v as u16),
-                t.string("key", "key = \"net.ipv4.ip_forward\"")?.map(|s| s.v),
-                t.string("value", "value = \"0\"")?.map(|s| s.v),
-                t.raw("new_mac").and_then(|v| v.get_ref().as_bool()).unwrap_or(false),
-            )
-            .map_err(|e| match e {
-                Error::Usage { message, fix } => t.err(k.span.clone(), message, fix),
-                other => t.err(k.span.clone(), other.to_string(), "see the fault kinds in cli.md"),
-            })?;
-            common.extend_from_slice(&[
-                "fault", "on", "mtu", "percent", "proto", "port", "key", "value", "new_mac",
-            ]);
-            Action::Fault(spec)
-        }
-        "fault_rm" => {
-            common.push("fault_rm");
-            Action::FaultRm(t.required_string("fault_rm", "fault_rm = \"mtu\"")?.v)
-        }
-        "snapshot" => {
-            common.push("snapshot");
-            let n = t.required_string("snapshot", "snapshot = \"after-fault\"")?;
-            if n.v.is_empty() || !n.v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                return Err(t.err(
-                    n.span,
-                    format!("snapshot name \"{}\" is not usable in a file name", n.v),
-                    "use letters, digits, '-' and '_'",
-                ));
-            }
-            Action::Snapshot { name: n.v }
-        }
-        "exec" => {
-            common.extend_from_slice(&["exec", "command"]);
-            let target = t.required_string("exec", "exec = \"worker1\"")?.v;
-            let command = t.strings("command", "command = [\"ip\", \"route\"]")?.ok_or_else(|| {
-                t.err(
-                    t.span().start..t.span().start,
-                    "an exec step needs `command`",
-                    "add command = [\"ip\", \"route\"]",
-                )
-            })?;
-            if command.v.is_empty() {
-                return Err(t.err(command.span, "`command` is empty", "name the program and its arguments"));
-            }
-            Action::Exec {
-                target,
-                command: command.v.into_iter().map(|s| s.v).collect(),
-            }
-        }
-        "pod" => {
-            common.extend_from_slice(&["pod", "on"]);
-            let what = t.required_string("pod", "pod = \"add\"")?;
-            let on = req(t, "on", "on = \"worker1/pod-5\"")?;
-            match what.v.as_str() {
-                "add" => Action::PodAdd(on),
-                "rm" => Action::PodRm(on),
-                other => {
-                    return Err(t.err(
-                        what.span,
-                        format!("unknown pod action \"{other}\""),
-                        "use pod = \"add\" or pod = \"rm\"",
-                    ));
-                }
-            }
-        }
+        "probe" => Action::Probe(parse_probe(t, &probes)?),
+        "fault" => Action::Fault(parse_fault(t)?),
+        "fault_rm" => Action::FaultRm(t.required_string("fault_rm", "fault_rm = \"mtu\"")?.v),
+        "snapshot" => parse_snapshot(t)?,
+        "exec" => parse_exec(t)?,
+        "pod" => parse_pod(t)?,
         _ => unreachable!("one kind present"),
     };
-    t.allow(&common)?;
+    // Every step takes these; each kind its own keys besides.
+    let mut keys = vec!["expect", "timeout", "note"];
+    keys.extend_from_slice(match &action {
+        Action::Probe(Probe::Ping { .. }) => &["probe", "from", "to", "size", "df"],
+        Action::Probe(Probe::Pingall) => &["probe"],
+        Action::Probe(Probe::Pmtu { .. } | Probe::Route { .. }) => &["probe", "from", "to"],
+        Action::Probe(Probe::Tcp { .. }) => &["probe", "from", "to", "bytes"],
+        Action::Probe(Probe::Bgp { .. }) => &["probe", "on"],
+        Action::Fault(_) => &[
+            "fault", "on", "mtu", "percent", "proto", "port", "key", "value", "new_mac",
+        ],
+        Action::FaultRm(_) => &["fault_rm"],
+        Action::Snapshot { .. } => &["snapshot"],
+        Action::Exec { .. } => &["exec", "command"],
+        Action::PodAdd(_) | Action::PodRm(_) => &["pod", "on"],
+    });
+    t.allow(&keys)?;
     let expect = parse_expect(t, &action)?;
     let timeout = parse_duration(t, "timeout")?.unwrap_or(DEFAULT_TIMEOUT);
     Ok(Step {
@@ -442,6 +295,127 @@ fn parse_step(t: &Table, index: usize, src: &Source) -> R<Step> {
         expect,
         timeout,
     })
+}
+
+/// A `probe` step's probe; `probes` are the names there are.
+fn parse_probe(t: &Table, probes: &[&str]) -> R<Probe> {
+    let p = t.required_string("probe", "probe = \"ping\"")?;
+    let from = || req(t, "from", "from = \"worker1/pod-1\"");
+    let to = || req(t, "to", "to = \"worker2/pod-1\"");
+    Ok(match p.v.as_str() {
+        "ping" => Probe::Ping {
+            from: from()?,
+            to: to()?,
+            size: t.int("size", 0, 65507, "size = 1422")?.map(|s| s.v as u32),
+            df: match t.raw("df") {
+                None => false,
+                Some(v) => v
+                    .get_ref()
+                    .as_bool()
+                    .ok_or_else(|| t.err(v.span(), "`df` must be true or false", "write df = true"))?,
+            },
+        },
+        "pingall" => Probe::Pingall,
+        "pmtu" => Probe::Pmtu {
+            from: from()?,
+            to: to()?,
+        },
+        "tcp" => Probe::Tcp {
+            from: from()?,
+            to: to()?,
+            bytes: t
+                .int("bytes", 1, 1 << 34, "bytes = 4194304")?
+                .map_or(4 << 20, |b| b.v as u64),
+            timeout: Duration::from_secs(10),
+        },
+        "bgp" => Probe::Bgp {
+            on: t.string("on", "on = \"worker1\"")?.map(|s| s.v),
+        },
+        "route" => Probe::Route {
+            from: from()?,
+            to: to()?,
+        },
+        other => {
+            let fix = match crate::spanned::closest(other, probes) {
+                Some(n) => format!("did you mean \"{n}\"? probes: {}", probes.join(", ")),
+                None => format!("probes: {}", probes.join(", ")),
+            };
+            return Err(t.err(p.span, format!("unknown probe \"{other}\""), fix));
+        }
+    })
+}
+
+/// A `fault` step's fault, with the options `cnilab fault add` takes.
+fn parse_fault(t: &Table) -> R<FaultSpec> {
+    let k = t.required_string("fault", "fault = \"mtu\"")?;
+    let on = req(t, "on", "on = \"tor1\"")?;
+    let percent = match t.raw("percent") {
+        None => None,
+        Some(v) => Some(
+            de_to_json(v.get_ref())
+                .as_f64()
+                .ok_or_else(|| t.err(v.span(), "`percent` must be a number", "write percent = 20"))?,
+        ),
+    };
+    crate::fault::fault_spec(
+        &k.v,
+        on,
+        t.int("mtu", 68, 65535, "mtu = 1400")?.map(|v| v.v as u32),
+        percent,
+        t.string("proto", "proto = \"udp\"")?.map(|s| s.v),
+        t.int("port", 1, 65535, "port = 8472")?.map(|v| v.v as u16),
+        t.string("key", "key = \"net.ipv4.ip_forward\"")?.map(|s| s.v),
+        t.string("value", "value = \"0\"")?.map(|s| s.v),
+        t.raw("new_mac").and_then(|v| v.get_ref().as_bool()).unwrap_or(false),
+    )
+    .map_err(|e| match e {
+        Error::Usage { message, fix } => t.err(k.span.clone(), message, fix),
+        other => t.err(k.span.clone(), other.to_string(), "see the fault kinds in cli.md"),
+    })
+}
+
+fn parse_snapshot(t: &Table) -> R<Action> {
+    let n = t.required_string("snapshot", "snapshot = \"after-fault\"")?;
+    if n.v.is_empty() || !n.v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(t.err(
+            n.span,
+            format!("snapshot name \"{}\" is not usable in a file name", n.v),
+            "use letters, digits, '-' and '_'",
+        ));
+    }
+    Ok(Action::Snapshot { name: n.v })
+}
+
+fn parse_exec(t: &Table) -> R<Action> {
+    let target = t.required_string("exec", "exec = \"worker1\"")?.v;
+    let command = t.strings("command", "command = [\"ip\", \"route\"]")?.ok_or_else(|| {
+        t.err(
+            t.span().start..t.span().start,
+            "an exec step needs `command`",
+            "add command = [\"ip\", \"route\"]",
+        )
+    })?;
+    if command.v.is_empty() {
+        return Err(t.err(command.span, "`command` is empty", "name the program and its arguments"));
+    }
+    Ok(Action::Exec {
+        target,
+        command: command.v.into_iter().map(|s| s.v).collect(),
+    })
+}
+
+fn parse_pod(t: &Table) -> R<Action> {
+    let what = t.required_string("pod", "pod = \"add\"")?;
+    let on = req(t, "on", "on = \"worker1/pod-5\"")?;
+    match what.v.as_str() {
+        "add" => Ok(Action::PodAdd(on)),
+        "rm" => Ok(Action::PodRm(on)),
+        other => Err(t.err(
+            what.span,
+            format!("unknown pod action \"{other}\""),
+            "use pod = \"add\" or pod = \"rm\"",
+        )),
+    }
 }
 
 /// Reads and checks a scenario file (and its topology's existence).
@@ -596,126 +570,51 @@ pub fn diff(old: &str, new: &str) -> String {
 /// JSON (for expectations) and as text (for the report).
 type Outcome = (bool, Value, String);
 
-/// A probe run on a blocking thread.
-type BlockingProbe = Box<dyn FnOnce(&LabState) -> Result<Outcome> + Send>;
-
-/// Runs one action once.
+/// Runs one action once, through the verbs the command line uses.
 async fn attempt(state: &mut LabState, action: &Action, progress: &Progress) -> Result<Outcome> {
-    fn pack<T: serde::Serialize + std::fmt::Display>(ok: bool, v: &T) -> Result<Outcome> {
-        Ok((ok, serde_json::to_value(v)?, v.to_string()))
-    }
+    use crate::command;
     let st = state.clone();
-    let blocking = |f: BlockingProbe| {
-        let st = st.clone();
-        tokio::task::spawn_blocking(move || f(&st))
-    };
     match action.clone() {
-        Action::Ping { from, to, size, df } => {
-            blocking(Box::new(move |s| {
-                let p = crate::probe::ping(s, &from, &to, size, df)?;
-                pack(p.ok, &p)
-            }))
-            .await?
-        }
-        Action::Pingall => {
-            blocking(Box::new(|s| {
-                let p = crate::probe::pingall(s)?;
-                pack(p.failed == 0, &p)
-            }))
-            .await?
-        }
-        Action::Pmtu { from, to } => {
-            blocking(Box::new(move |s| {
-                let p = crate::probe::pmtu(s, &from, &to)?;
-                pack(!p.blackhole, &p)
-            }))
-            .await?
-        }
-        Action::Tcp { from, to, bytes } => {
-            blocking(Box::new(move |s| {
-                let p = crate::probe::tcp(s, &from, &to, bytes, Duration::from_secs(10))?;
-                pack(!p.stalled, &p)
-            }))
-            .await?
-        }
-        Action::Bgp { on } => {
-            blocking(Box::new(move |s| {
-                let p = crate::probe::bgp(s, on.as_deref())?;
-                let mut v = serde_json::to_value(&p)?;
-                v["established"] = json!(p.sessions.len() - p.down);
-                Ok((p.down == 0, v, p.to_string()))
-            }))
-            .await?
-        }
-        Action::Route { from, to } => {
-            blocking(Box::new(move |s| {
-                let p = crate::probe::route(s, &from, &to)?;
-                pack(p.dev.is_some(), &p)
-            }))
-            .await?
+        Action::Probe(p) => {
+            let r = tokio::task::spawn_blocking(move || command::probe(&st, &p, &Progress::quiet())).await??;
+            Ok((r.ok(), r.fields()?, r.to_string()))
         }
         Action::Exec { target, command } => {
-            blocking(Box::new(move |s| {
-                let ns = crate::state::resolve_target(s, &target)?;
-                let h = crate::netns::Netns::open(&ns)?;
-                let out = crate::netns::command(&h, &command[0])
-                    .args(&command[1..])
-                    .output()
-                    .with_context(|| format!("cannot run {}", command[0]))?;
-                let text = format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                let code = out.status.code().unwrap_or(-1);
-                Ok((
-                    out.status.success(),
-                    json!({ "ok": out.status.success(), "status": code, "output": text }),
-                    text.trim_end().to_string(),
-                ))
-            }))
-            .await?
+            let x = tokio::task::spawn_blocking(move || command::exec(&st, &target, &command)).await??;
+            Ok((x.ok, serde_json::to_value(&x)?, x.output.trim_end().to_string()))
         }
         Action::Fault(spec) => {
-            let f = crate::fault::add(state, spec, progress).await?;
+            let f = command::fault_add(state, spec, progress).await?;
             Ok((true, json!({ "id": f.id }), format!("added {}", f.id)))
         }
         Action::FaultRm(which) => {
-            let ids: Vec<String> = if which == "all" {
-                state.faults.iter().rev().map(|f| f.id.clone()).collect()
-            } else if let Some(f) = state
-                .faults
-                .iter()
-                .rev()
-                .find(|f| f.id == which || f.spec.kind() == which)
-            {
-                vec![f.id.clone()]
+            let sel = if which == "all" {
+                FaultSel::All
             } else {
-                return Err(anyhow!("no active fault matches \"{which}\""));
+                FaultSel::Newest(which)
             };
-            for id in &ids {
-                crate::fault::remove(state, id, progress).await?;
-            }
+            let ids = command::fault_rm(state, &sel, progress, &mut |_| {}).await?;
             Ok((true, json!({ "removed": ids }), format!("removed {}", ids.join(", "))))
         }
-        Action::PodAdd(p) => match crate::pods::add(state, &p).await {
-            Ok(ip) => Ok((true, json!({ "ok": true, "ip": ip }), format!("added {p}: {ip}"))),
-            Err(e) => Ok((
-                false,
-                json!({ "ok": false, "error": format!("{e:#}") }),
-                format!("{e:#}"),
-            )),
-        },
-        Action::PodRm(p) => match crate::pods::remove(state, &p).await {
-            Ok(()) => Ok((true, json!({ "ok": true }), format!("removed {p}"))),
-            Err(e) => Ok((
-                false,
-                json!({ "ok": false, "error": format!("{e:#}") }),
-                format!("{e:#}"),
-            )),
-        },
+        Action::PodAdd(p) => Ok(match command::pod_add(state, &p).await {
+            Ok(ip) => (true, json!({ "ok": true, "ip": ip }), format!("added {p}: {ip}")),
+            Err(e) => failed_outcome(&e),
+        }),
+        Action::PodRm(p) => Ok(match command::pod_rm(state, &p).await {
+            Ok(()) => (true, json!({ "ok": true }), format!("removed {p}")),
+            Err(e) => failed_outcome(&e),
+        }),
         Action::Snapshot { .. } => unreachable!("handled by the runner"),
     }
+}
+
+/// The outcome of a pod step whose CNI call failed: checked, not an error.
+fn failed_outcome(e: &anyhow::Error) -> Outcome {
+    (
+        false,
+        json!({ "ok": false, "error": format!("{e:#}") }),
+        format!("{e:#}"),
+    )
 }
 
 /// Whether a result meets an expectation; when not, why.
@@ -762,77 +661,81 @@ async fn run_step(
     progress: &Progress,
 ) -> StepReport {
     let started = Instant::now();
-    let deadline = started + step.timeout;
-    let mut pause = Duration::from_millis(20);
-    if let Action::Snapshot { name } = &step.action {
-        let file = snapshot_file(sc, name);
-        loop {
-            let snap = match crate::snapshot::take(state, None, false).await {
-                Ok(s) => s.render(),
-                Err(e) => {
-                    return report(
-                        step,
-                        false,
-                        String::new(),
-                        Some(format!("snapshot failed: {e:#}")),
-                        started,
-                    );
-                }
-            };
-            if opts.update {
-                let rel = sc.path.display().to_string();
-                let r = write_snap(&file, &rel, name, &snap);
-                return match r {
-                    Ok(()) => report(step, true, format!("wrote {}", file.display()), None, started),
-                    Err(e) => report(step, false, String::new(), Some(format!("{e:#}")), started),
-                };
-            }
-            let Some(golden) = read_snap(&file) else {
-                return report(
-                    step,
-                    false,
-                    String::new(),
-                    Some(format!(
-                        "{} does not exist; write it with `cnilab run --update {}`",
-                        file.display(),
-                        sc.path.display()
-                    )),
-                    started,
-                );
-            };
-            if golden.trim_end() == snap.trim_end() {
-                return report(step, true, format!("equals {}", file.display()), None, started);
-            }
-            if Instant::now() >= deadline {
-                return report(
-                    step,
-                    false,
-                    String::new(),
-                    Some(format!(
-                        "differs from {} (accept with --update):\n{}",
-                        file.display(),
-                        diff(&golden, &snap)
-                    )),
-                    started,
-                );
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(500));
-        }
+    let backoff = Backoff::new(step.timeout, Duration::from_millis(20), Duration::from_millis(500));
+    let (ok, seen, failure) = match &step.action {
+        Action::Snapshot { name } => snapshot_step(sc, name, state, opts, backoff).await,
+        _ => action_step(step, state, progress, backoff).await,
+    };
+    StepReport {
+        step: step.clone(),
+        ok,
+        seen,
+        failure,
+        time: started.elapsed(),
     }
+}
+
+/// How a step went: passed, what was seen, why it failed.
+type Verdict = (bool, String, Option<String>);
+
+/// A snapshot step: compared with its golden file until they are equal or
+/// the step's time is up; with --update, written.
+async fn snapshot_step(
+    sc: &Scenario,
+    name: &str,
+    state: &LabState,
+    opts: &RunOptions,
+    mut backoff: Backoff,
+) -> Verdict {
+    let file = snapshot_file(sc, name);
     loop {
-        let outcome = attempt(state, &step.action, progress).await;
-        let (ok, value, text) = match outcome {
+        let snap = match crate::command::snapshot(state, &[], false).await {
+            Ok(s) => s.render(),
+            Err(e) => return (false, String::new(), Some(format!("snapshot failed: {e:#}"))),
+        };
+        if opts.update {
+            let rel = sc.path.display().to_string();
+            return match write_snap(&file, &rel, name, &snap) {
+                Ok(()) => (true, format!("wrote {}", file.display()), None),
+                Err(e) => (false, String::new(), Some(format!("{e:#}"))),
+            };
+        }
+        let Some(golden) = read_snap(&file) else {
+            let why = format!(
+                "{} does not exist; write it with `cnilab run --update {}`",
+                file.display(),
+                sc.path.display()
+            );
+            return (false, String::new(), Some(why));
+        };
+        if golden.trim_end() == snap.trim_end() {
+            return (true, format!("equals {}", file.display()), None);
+        }
+        if backoff.expired() {
+            let why = format!(
+                "differs from {} (accept with --update):\n{}",
+                file.display(),
+                diff(&golden, &snap)
+            );
+            return (false, String::new(), Some(why));
+        }
+        backoff.sleep_async().await;
+    }
+}
+
+/// Any other step: its action, retried until its expectation holds or its
+/// time is up; an action without expectation runs once.
+async fn action_step(step: &Step, state: &mut LabState, progress: &Progress, mut backoff: Backoff) -> Verdict {
+    loop {
+        let (ok, value, text) = match attempt(state, &step.action, progress).await {
             Ok(x) => x,
-            Err(e) => {
-                let e = format!("{e:#}");
-                // An action without expectation fails at once; a probe that
-                // errors is retried like one that fails.
-                if step.expect.is_none() || Instant::now() >= deadline {
-                    return report(step, false, String::new(), Some(e), started);
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(500));
+            // An action without expectation fails at once; a probe that
+            // errors is retried like one that fails.
+            Err(e) if step.expect.is_none() || backoff.expired() => {
+                return (false, String::new(), Some(format!("{e:#}")));
+            }
+            Err(_) => {
+                backoff.sleep_async().await;
                 continue;
             }
         };
@@ -842,30 +745,17 @@ async fn run_step(
             Some(e) => check(e, ok, &value),
         };
         match verdict {
-            Ok(()) => return report(step, true, text, None, started),
-            Err(why) if Instant::now() >= deadline || step.expect.is_none() => {
+            Ok(()) => return (true, text, None),
+            Err(why) if backoff.expired() || step.expect.is_none() => {
                 let waited = if step.expect.is_some() {
                     format!(" (retried for {} s)", step.timeout.as_secs())
                 } else {
                     String::new()
                 };
-                return report(step, false, text, Some(format!("{why}{waited}")), started);
+                return (false, text, Some(format!("{why}{waited}")));
             }
-            Err(_) => {
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(500));
-            }
+            Err(_) => backoff.sleep_async().await,
         }
-    }
-}
-
-fn report(step: &Step, ok: bool, seen: String, failure: Option<String>, started: Instant) -> StepReport {
-    StepReport {
-        step: step.clone(),
-        ok,
-        seen,
-        failure,
-        time: started.elapsed(),
     }
 }
 
@@ -888,17 +778,16 @@ pub async fn run(
 ) -> ScenarioReport {
     let started = Instant::now();
     let progress = Progress::quiet();
-    let mut steps = Vec::new();
+    // Before any step: the lab could not be made.
+    let not_up = |error: String| ScenarioReport {
+        name: sc.name.clone(),
+        steps: Vec::new(),
+        error: Some(error),
+        time: started.elapsed(),
+    };
     let topology = match Topology::load(&sc.topology) {
         Ok(t) => t,
-        Err(e) => {
-            return ScenarioReport {
-                name: sc.name.clone(),
-                steps,
-                error: Some(e.to_string()),
-                time: started.elapsed(),
-            };
-        }
+        Err(e) => return not_up(e.to_string()),
     };
     let up = UpOptions {
         name: Some(lab.to_string()),
@@ -906,23 +795,12 @@ pub async fn run(
     };
     let mut state = match crate::build::claim(&topology, &up, lock) {
         Ok(s) => s,
-        Err(e) => {
-            return ScenarioReport {
-                name: sc.name.clone(),
-                steps,
-                error: Some(e.to_string()),
-                time: started.elapsed(),
-            };
-        }
+        Err(e) => return not_up(e.to_string()),
     };
     if let Err(e) = crate::build::build(&mut state, &progress).await {
-        return ScenarioReport {
-            name: sc.name.clone(),
-            steps,
-            error: Some(format!("the lab did not come up: {e:#}")),
-            time: started.elapsed(),
-        };
+        return not_up(format!("the lab did not come up: {e:#}"));
     }
+    let mut steps = Vec::new();
     out(&format!("  lab {lab} up in {:.2} s", started.elapsed().as_secs_f64()));
     for step in &sc.steps {
         let r = run_step(sc, step, &mut state, opts, &progress).await;

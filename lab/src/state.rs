@@ -135,6 +135,11 @@ impl LabState {
                 anyhow::ensure!(owned(&u.ns), "the uplink of switch {:?} is not the lab's", s.name);
             }
         }
+        for f in &self.faults {
+            for ns in f.undo.iter().flat_map(|u| u.namespaces()) {
+                anyhow::ensure!(owned(ns), "fault {:?} names a namespace that is not the lab's", f.id);
+            }
+        }
         Ok(())
     }
 
@@ -253,20 +258,19 @@ pub fn lock_and_require_up(
     }
 }
 
-/// The namespace of a TARGET: `NODE`, `NODE/POD`, or a switch name.
+/// The namespace of a TARGET: `NODE`, `NODE/POD`, or a switch name. The
+/// one resolver of the command line and scenarios: what a name means is
+/// `faultspec::resolve`'s, the namespace and the error are here.
 pub fn resolve_target(st: &LabState, target: &str) -> Result<String, Error> {
+    use crate::faultspec::{Target, resolve};
     crate::names::check_target(target)?;
     let plan = &st.plan;
-    if let Some((node, pod)) = target.split_once('/') {
-        if let Some(p) = plan.node(node).and_then(|n| n.pods.iter().find(|p| p.name == pod)) {
-            return Ok(p.ns.clone());
-        }
-    } else if let Some(n) = plan.node(target) {
-        return Ok(n.ns.clone());
-    } else if plan.switches.iter().any(|s| s.name == target) {
-        return Ok(plan.fabric_ns.clone());
-    } else if let Some(r) = plan.router(target) {
-        return Ok(r.ns.clone());
+    match resolve(plan, target) {
+        Some(Target::Pod(p)) => return Ok(p.ns.clone()),
+        Some(Target::Node(n)) => return Ok(n.ns.clone()),
+        Some(Target::Switch(_)) => return Ok(plan.fabric_ns.clone()),
+        Some(Target::Router(r)) => return Ok(r.ns.clone()),
+        None => {}
     }
     let mut known: Vec<String> = plan.nodes.iter().map(|n| n.name.clone()).collect();
     known.extend(plan.pods().map(|(n, p)| format!("{}/{}", n.name, p.name)));

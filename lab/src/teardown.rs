@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use nix::sys::signal::{Signal, kill};
@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::netns;
 use crate::paths::{self, LabPaths};
+use crate::retry::{self, Backoff};
 
 /// How long processes get to exit on SIGTERM before SIGKILL.
 const TERM_GRACE: Duration = Duration::from_secs(3);
@@ -78,26 +79,20 @@ pub fn stop_processes(pids: &[i32]) {
     for pid in pids {
         let _ = kill(Pid::from_raw(*pid), Signal::SIGTERM);
     }
-    let deadline = Instant::now() + TERM_GRACE;
-    let mut wait = Duration::from_millis(1);
-    loop {
-        let left: Vec<i32> = pids.iter().copied().filter(|p| alive(*p)).collect();
-        if left.is_empty() {
-            return;
-        }
-        if Instant::now() >= deadline {
-            for pid in &left {
-                let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
-            }
-            let until = Instant::now() + Duration::from_secs(2);
-            while left.iter().any(|p| alive(*p)) && Instant::now() < until {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            return;
-        }
-        std::thread::sleep(wait);
-        wait = (wait * 2).min(Duration::from_millis(50));
+    let all_gone = || pids.iter().all(|p| !alive(*p)).then_some(());
+    let grace = Backoff::new(TERM_GRACE, Duration::from_millis(1), Duration::from_millis(50));
+    if retry::until(grace, all_gone).is_some() {
+        return;
     }
+    for pid in pids.iter().filter(|p| alive(**p)) {
+        let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+    }
+    let killed = Backoff::new(
+        Duration::from_secs(2),
+        Duration::from_millis(5),
+        Duration::from_millis(5),
+    );
+    let _ = retry::until(killed, all_gone);
 }
 
 /// Removes everything of lab `lab`. Idempotent.
@@ -107,7 +102,9 @@ pub fn down(lab: &str) -> Result<DownReport> {
 
 /// [`down`], reporting its phases. The name is checked before anything is
 /// looked at: namespaces are matched by the exact prefix `cnilab.<lab>.`, and
-/// only the lab's own folder under the run folder is removed.
+/// only the lab's own folder under the run folder is removed. A namespace or
+/// folder that cannot be removed does not stop the rest: everything else
+/// is removed, and the error lists every failure.
 pub fn down_with(lab: &str, progress: &crate::progress::Progress) -> Result<DownReport> {
     crate::names::check(crate::names::Kind::Lab, lab, "lab to remove")?;
     let prefix = paths::lab_ns_prefix(lab);
@@ -116,18 +113,42 @@ pub fn down_with(lab: &str, progress: &crate::progress::Progress) -> Result<Down
     progress.phase("stop", pids.len());
     stop_processes(&pids);
     progress.phase("remove", names.len());
+    let mut failures = Vec::new();
+    let mut removed = 0;
     for n in &names {
-        netns::delete(n)?;
+        match netns::delete(n) {
+            Ok(()) => removed += 1,
+            Err(e) => failures.push(format!("namespace {n}: {e:#}")),
+        }
         progress.step();
     }
     progress.finish();
-    let state = remove_state_folder(lab)?;
+    let state = remove_state_folder(lab).unwrap_or_else(|e| {
+        failures.push(format!("{e:#}"));
+        false
+    });
+    if let Some(e) = all_failures(&format!("lab {lab} is not completely removed"), &failures) {
+        return Err(e);
+    }
     Ok(DownReport {
         lab: lab.to_string(),
-        namespaces: names.len(),
+        namespaces: removed,
         processes: pids.len(),
         state,
     })
+}
+
+/// One error listing every failure under `headline`, or none.
+pub fn all_failures(headline: &str, failures: &[String]) -> Option<anyhow::Error> {
+    match failures {
+        [] => None,
+        [one] => Some(anyhow::anyhow!("{headline}: {one}")),
+        many => Some(anyhow::anyhow!(
+            "{headline}: {} failures:\n  - {}",
+            many.len(),
+            many.join("\n  - ")
+        )),
+    }
 }
 
 /// Removes `<run dir>/<lab>` when it is the lab's own: a real folder (not a
