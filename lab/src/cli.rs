@@ -630,13 +630,9 @@ fn capture(
     if let Some(w) = &write {
         cmd.extend(["-w".into(), w.display().to_string()]);
     }
-    // tcpdump decodes VXLAN by itself on 4789 only; flannel's 8472
-    // needs -T vxlan, as seed 001 does.
-    let port = match &st.plan.profile {
-        crate::profile::ProfilePlan::Flannel(f) if f.backend == crate::topology::FlannelBackend::Vxlan => Some(f.port),
-        crate::profile::ProfilePlan::Calico(c) if c.mode == crate::topology::CalicoMode::Vxlan => Some(4789),
-        _ => None,
-    };
+    // tcpdump decodes VXLAN by itself on 4789 only; another port (8472,
+    // say) needs -T vxlan, as seed 001 does.
+    let port = st.plan.profile.vxlan_port();
     let decoded = match port {
         Some(p) if p != 4789 => {
             cmd.extend(["-T".into(), "vxlan".into()]);

@@ -14,7 +14,6 @@ use serde::Serialize;
 
 use crate::nl::{self, Nl};
 use crate::plan::Plan;
-use crate::profile::ProfilePlan;
 use crate::tools;
 
 /// A kernel feature cnilab (or its users' labs) may use.
@@ -219,18 +218,10 @@ impl Report {
 pub fn needs(plan: &Plan) -> (Vec<&'static str>, Vec<String>) {
     let mut kernel = vec!["veth", "bridge"];
     let mut progs: Vec<String> = tools::CNI_PLUGINS.iter().map(|p| format!("cni:{p}")).collect();
-    match &plan.profile {
-        ProfilePlan::Flannel(f) if f.backend == crate::topology::FlannelBackend::Vxlan => kernel.push("vxlan"),
-        ProfilePlan::Calico(c) => match c.mode {
-            crate::topology::CalicoMode::Vxlan => kernel.push("vxlan"),
-            crate::topology::CalicoMode::Ipip => kernel.push("ipip"),
-            crate::topology::CalicoMode::Bgp => {}
-        },
-        _ => {}
-    }
-    let mut bird = matches!(&plan.profile, ProfilePlan::Calico(c) if c.mode == crate::topology::CalicoMode::Bgp);
-    bird |= plan.routers.iter().any(|r| r.bird.is_some());
-    if bird {
+    kernel.extend(plan.profile.kernel_features());
+    progs.extend(plan.profile.programs_needed());
+    let bird = plan.routers.iter().any(|r| r.bird.is_some());
+    if bird && !progs.iter().any(|p| p == "bird") {
         progs.push("bird".into());
     }
     (kernel, progs)

@@ -13,7 +13,7 @@ use rtnetlink::LinkUnspec;
 use serde_json::{Value, json};
 use std::net::Ipv4Addr;
 
-use crate::build::{Built, Handle, create_ns, start_agent, wait_ready};
+use crate::build::{Handle, create_ns, start_agent, wait_ready};
 use crate::error::Error;
 pub use crate::faultspec::{Fault, FaultSpec, fault_spec, lines, touched_sysctls};
 use crate::faultspec::{Target, resolve, sysctl_path};
@@ -388,7 +388,7 @@ async fn restart_agent(
         progress,
     )
     .await?;
-    Built::open(&plan, &paths, progress)?.converge().await
+    crate::build::converge_running(&plan, &paths, progress).await
 }
 
 /// Removes one fault, restoring what it changed.

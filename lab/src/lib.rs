@@ -25,6 +25,7 @@ pub mod pods;
 pub mod probe;
 pub mod profile;
 pub mod progress;
+pub mod runtime;
 pub mod scenario;
 pub mod snapshot;
 pub mod spanned;
