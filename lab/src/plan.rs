@@ -163,7 +163,8 @@ pub fn rng(seed: u64, stream: Stream) -> ChaCha8Rng {
     r
 }
 
-/// A random locally administered unicast MAC, as flannel makes for its VTEP.
+/// A random locally administered unicast MAC, as an overlay agent makes for
+/// its VTEP.
 pub fn random_mac(r: &mut impl Rng) -> [u8; 6] {
     let mut mac = [0u8; 6];
     r.fill_bytes(&mut mac);
