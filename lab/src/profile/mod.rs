@@ -14,8 +14,13 @@
 //! implements [`Profile`], then one line in each of the registry's
 //! matches below: the [`ProfilePlan`] variant with its arm in
 //! [`ProfilePlan::get`], the planning arm in [`plan`], and its multi-call
-//! programs in [`programs`]. Its options are read in topology.rs (the
-//! option keys are checked against docs/topology.md there).
+//! programs in [`programs`].
+//!
+//! Still outside the folder, because tests pin them: a profile's options
+//! are parsed and validated in topology.rs (`topology::parse` is the entry
+//! point the tests call, and tests/docs.rs reads the option keys from
+//! topology.rs), and `plan::Plan::new` plans the profile through [`plan`]
+//! (tests match `Plan.profile` against `ProfilePlan::Flannel`).
 
 pub mod calico;
 pub mod flannel;
