@@ -23,7 +23,7 @@ use crate::progress::Progress;
 use crate::state::{LabState, Phase, PodState};
 use crate::topology::Topology;
 
-pub use crate::runtime::{Built, Handle, link_binaries, spawn_agent, start_agent, tail, wait_ready};
+pub use crate::runtime::{Built, Handle, link_binaries, spawn_agent, start_agent, wait_ready};
 pub use crate::tools::SYSTEM_CNI_DIRS;
 
 /// Options of `up`.
