@@ -37,7 +37,7 @@ pub struct Args {
     pub socket: PathBuf,
 }
 
-/// The entry point: `cnilab-watchd` as argv[0].
+/// The entry point: `cnilab-watchd` as `argv[0]`.
 pub fn main() -> ! {
     overlay::agent_main(run(Args::parse()))
 }

@@ -77,7 +77,7 @@ pub fn plan(topology: &Topology, nodes: &[NodePlan], routers: &mut [RouterPlan],
     }
 }
 
-/// A program cnilab is, by the name it runs under (argv[0]): the profiles'
+/// A program cnilab is, by the name it runs under (`argv[0]`): the profiles'
 /// CNI plugins and agents.
 pub type Program = (&'static str, fn() -> !);
 
