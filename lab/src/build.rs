@@ -18,12 +18,14 @@ use crate::error::Error;
 use crate::netns::{self, Netns};
 use crate::nl::{self, Nl};
 use crate::paths::{self, LabPaths};
-use crate::plan::{NodePlan, Plan};
+use crate::plan::NodePlan;
+use crate::profile::Plan;
 use crate::progress::Progress;
 use crate::state::{LabState, Phase, PodState};
 use crate::topology::Topology;
 
-pub use crate::runtime::{Built, Handle, link_binaries, spawn_agent, start_agent, wait_ready};
+pub use crate::profile::Built;
+pub use crate::runtime::{Handle, link_binaries, spawn_agent, start_agent, wait_ready};
 pub use crate::tools::SYSTEM_CNI_DIRS;
 
 /// Options of `up`.
@@ -39,7 +41,7 @@ pub struct UpOptions {
 pub fn preflight(topology: &Topology) -> Result<(), Error> {
     // Backends cnilab does not build are refused while the topology is
     // read (topology::check_built), as `validate` refuses them.
-    let plan = Plan::new(topology, &topology.name, &LabPaths::of(&topology.name));
+    let plan = crate::profile::plan_lab(topology, &topology.name, &LabPaths::of(&topology.name));
     let (_, programs) = crate::doctor::needs(&plan);
     let missing = crate::doctor::missing_programs(&programs);
     if !missing.is_empty() {
@@ -82,7 +84,7 @@ pub fn claim(topology: &Topology, opts: &UpOptions, _held: &crate::lock::LabLock
         ));
     }
     netns::ensure_run_dir()?;
-    let plan = Plan::new(topology, &lab, &paths);
+    let plan = crate::profile::plan_lab(topology, &lab, &paths);
     let state = LabState::new(plan, opts.topology_file.clone());
     std::fs::create_dir_all(&paths.root).with_context(|| format!("cannot create {}", paths.root.display()))?;
     std::fs::write(paths.marker(), &lab).with_context(|| format!("cannot write {}", paths.marker().display()))?;

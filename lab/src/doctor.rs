@@ -13,7 +13,7 @@ use netlink_packet_route::link::{InfoData, InfoKind, InfoVlan, InfoVrf, LinkAttr
 use serde::Serialize;
 
 use crate::nl::{self, Nl};
-use crate::plan::Plan;
+use crate::profile::Plan;
 use crate::tools;
 
 /// A kernel feature cnilab (or its users' labs) may use.
@@ -678,8 +678,8 @@ mod tests {
     use super::*;
 
     fn plan(text: &str) -> Plan {
-        let t = crate::topology::parse(&crate::error::Source::new("t.toml", text)).expect("valid");
-        Plan::new(
+        let t = crate::profile::parse_topology(&crate::error::Source::new("t.toml", text)).expect("valid");
+        crate::profile::plan_lab(
             &t,
             &t.name,
             &crate::paths::LabPaths::new(std::path::Path::new("/x"), &t.name),

@@ -20,7 +20,8 @@ use crate::faultspec::{Target, resolve, sysctl_path};
 use crate::netns::{self, Netns};
 use crate::nl::{self, Nl, link_name};
 use crate::paths;
-use crate::plan::{Plan, Stream, mac_string, random_mac, rng};
+use crate::plan::{Stream, mac_string, random_mac, rng};
+use crate::profile::Plan;
 use crate::progress::Progress;
 use crate::state::LabState;
 

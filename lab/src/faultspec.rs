@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::plan::Plan;
+use crate::profile::Plan;
 
 /// What a fault does, with its options.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
 use crate::error::Error;
-use crate::plan::Plan;
+use crate::profile::Plan;
 use crate::state::LabState;
 
 /// Above this many nodes, a full mesh of tunnels is drawn as one hub.
@@ -719,8 +719,8 @@ mod tests {
     use crate::paths::LabPaths;
 
     fn plan(text: &str) -> Plan {
-        let t = crate::topology::parse(&crate::error::Source::new("t.toml", text)).expect("valid");
-        Plan::new(&t, &t.name, &LabPaths::of(&t.name))
+        let t = crate::profile::parse_topology(&crate::error::Source::new("t.toml", text)).expect("valid");
+        crate::profile::plan_lab(&t, &t.name, &LabPaths::of(&t.name))
     }
 
     #[test]

@@ -33,10 +33,11 @@ pub struct Handle {
     pub nl: Nl,
 }
 
-/// What the core build made, for a profile to build on.
-pub struct Built<'a> {
+/// What the core build made, for a profile to build on; `P` is the plan's
+/// profile part.
+pub struct Built<'a, P> {
     /// The plan.
-    pub plan: &'a Plan,
+    pub plan: &'a Plan<P>,
     /// The lab's folders.
     pub paths: &'a LabPaths,
     /// Progress reporting.
@@ -47,9 +48,9 @@ pub struct Built<'a> {
     pub routers: BTreeMap<String, Handle>,
 }
 
-impl<'a> Built<'a> {
+impl<'a, P> Built<'a, P> {
     /// Handles on a running lab's nodes and routers (needs a tokio runtime).
-    pub fn open(plan: &'a Plan, paths: &'a LabPaths, progress: &'a Progress) -> Result<Self> {
+    pub fn open(plan: &'a Plan<P>, paths: &'a LabPaths, progress: &'a Progress) -> Result<Self> {
         let open = |ns: &str| -> Result<Handle> {
             let ns = Netns::open(ns)?;
             let nl = Nl::connect_in(&ns)?;
@@ -176,7 +177,7 @@ pub fn start_agent(spec: &AgentSpec, ns: &Netns) -> Result<u32> {
 
 /// Starts the given agents of the lab and waits until each is ready.
 /// Returns each agent's (owner, PID), for the lab's state.
-pub async fn start_agents(b: &Built<'_>, specs: Vec<AgentSpec>) -> Result<Vec<(String, u32)>> {
+pub async fn start_agents<P: Sync>(b: &Built<'_, P>, specs: Vec<AgentSpec>) -> Result<Vec<(String, u32)>> {
     let mut ready = Vec::new();
     let mut pids = Vec::new();
     for spec in specs {

@@ -16,7 +16,6 @@ use crate::fault::FaultSpec;
 use crate::progress::Progress;
 use crate::spanned::{Sp, Table, parse_document};
 use crate::state::LabState;
-use crate::topology::Topology;
 
 /// Default time an expectation gets to hold.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -889,7 +888,7 @@ pub async fn run(
     let started = Instant::now();
     let progress = Progress::quiet();
     let mut steps = Vec::new();
-    let topology = match Topology::load(&sc.topology) {
+    let topology = match crate::profile::load_topology(&sc.topology) {
         Ok(t) => t,
         Err(e) => {
             return ScenarioReport {

@@ -10,7 +10,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::netns;
-use crate::plan::Plan;
+use crate::profile::Plan;
 use crate::state::{LabState, Phase};
 
 /// A lab's status, for people (`Display`) and programs (JSON). Every

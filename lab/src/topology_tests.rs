@@ -1,6 +1,18 @@
 //! Every rejection topology.md lists, each at its line and column.
 
 use super::*;
+use crate::profile::flannel::options::{FlannelBackend, FlannelOptions};
+
+/// The topology parser with every profile's options, as cnilab runs it.
+fn parse(src: &Source) -> R<Topology> {
+    crate::profile::parse_topology(src)
+}
+
+/// The flannel options of a topology.
+fn flannel(t: &Topology) -> FlannelOptions {
+    assert_eq!(t.network.profile.name(), "flannel");
+    t.network.profile.get().expect("flannel options")
+}
 
 const GOOD: &str = r#"name = "demo"
 seed = 7
@@ -80,9 +92,7 @@ fn good_topology_gets_defaults_and_addresses() {
         ]
     );
     assert_eq!(t.nodes[1].pods, ["pod-1", "pod-2"]);
-    let Profile::Flannel(f) = &t.network.profile else {
-        panic!()
-    };
+    let f = flannel(&t);
     assert_eq!(
         (f.backend, f.vni, f.port, f.subnet_len),
         (FlannelBackend::Vxlan, 1, 8472, 24)
@@ -103,15 +113,11 @@ fn smallest_topology_takes_every_default() {
 fn subnet_len_default_follows_flannel() {
     let t =
         ok(&replace("pod_cidr = \"10.244.0.0/16\"", "pod_cidr = \"10.244.0.0/23\"").replace("count = 3", "count = 2"));
-    let Profile::Flannel(f) = &t.network.profile else {
-        panic!()
-    };
+    let f = flannel(&t);
     assert_eq!(f.subnet_len, 25);
     let t =
         ok(&replace("pod_cidr = \"10.244.0.0/16\"", "pod_cidr = \"10.244.0.0/22\"").replace("count = 3", "count = 2"));
-    let Profile::Flannel(f) = &t.network.profile else {
-        panic!()
-    };
+    let f = flannel(&t);
     assert_eq!(f.subnet_len, 24);
 }
 
@@ -497,11 +503,9 @@ fn rejects_flannel_pools_too_small_for_a_subnet() {
     // A /29 gives one /30 lease (the first is never leased) with one pod.
     let one = "name = \"f\"\n[network]\npod_cidr = \"10.244.0.0/29\"\n[[node]]\nname = \"n\"\npods = 1\n";
     let t = ok(one);
-    let Profile::Flannel(f) = &t.network.profile else {
-        panic!()
-    };
+    let f = flannel(&t);
     assert_eq!(f.subnet_len, 30);
-    crate::plan::Plan::new(&t, "f", &crate::paths::LabPaths::of("f"));
+    crate::profile::plan_lab(&t, "f", &crate::paths::LabPaths::of("f"));
 }
 
 #[test]

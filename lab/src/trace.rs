@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::iptables::{self, Proto, Ruleset};
 use crate::netns::{self, Netns};
 use crate::paths;
-use crate::plan::Plan;
+use crate::profile::Plan;
 use crate::state::LabState;
 
 /// VXLAN over IPv4 adds an inner Ethernet header (14), VXLAN (8), UDP (8), IP (20).

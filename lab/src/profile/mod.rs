@@ -10,17 +10,19 @@
 //! them into `&dyn Profile`, and everything outside the profile's folder
 //! goes through the trait (a `ProfilePlan` derefs to it).
 //!
-//! Adding a profile: a new folder `profile/<name>/` whose plan type
-//! implements [`Profile`], then one line in each of the registry's
-//! matches below: the [`ProfilePlan`] variant with its arm in
-//! [`ProfilePlan::get`], the planning arm in [`plan`], and its multi-call
-//! programs in [`programs`].
+//! A profile also owns its options (`profile/<name>/options.rs`): it reads
+//! `[network.<name>]` for the topology's parser through
+//! [`topology::ProfileSyntax`], and reads its options back when it plans.
+//! The model layer below (topology, plan) and the runtime know no profile:
+//! [`parse_topology`] and [`load_topology`] give the parser the profiles'
+//! syntaxes, [`plan_lab`] plans a lab with its profile, and [`Plan`] and
+//! [`Built`] name the model's and runtime's types with [`ProfilePlan`].
 //!
-//! Still outside the folder, because tests pin them: a profile's options
-//! are parsed and validated in topology.rs (`topology::parse` is the entry
-//! point the tests call, and tests/docs.rs reads the option keys from
-//! topology.rs), and `plan::Plan::new` plans the profile through [`plan`]
-//! (tests match `Plan.profile` against `ProfilePlan::Flannel`).
+//! Adding a profile: a new folder `profile/<name>/` with its options'
+//! `Syntax` and a plan type that implements [`Profile`], then one line in
+//! each of the registry's lists below: [`SYNTAXES`], the [`ProfilePlan`]
+//! variant with its arms in [`ProfilePlan::get`] and [`plan`], and its
+//! multi-call programs in [`programs`].
 
 pub mod calico;
 pub mod flannel;
@@ -33,10 +35,11 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::bird::BirdPlan;
+use crate::error::{Error, InputError, Source};
 use crate::paths::LabPaths;
-use crate::plan::{NodePlan, Plan, RouterPlan};
-use crate::runtime::Built;
-use crate::topology::{self, Topology};
+use crate::plan::{NodePlan, RouterPlan};
+use crate::runtime;
+use crate::topology::{self, ProfileSyntax, Topology};
 
 pub use crate::runtime::AgentSpec;
 
@@ -69,11 +72,55 @@ impl std::ops::Deref for ProfilePlan {
     }
 }
 
+/// How the topology's parser reads each profile's options, the default
+/// (`cni` left out) first.
+pub const SYNTAXES: &[&dyn ProfileSyntax] = &[&flannel::options::Syntax, &calico::options::Syntax];
+
+/// A lab's plan with its profile's decisions.
+pub type Plan = crate::plan::Plan<ProfilePlan>;
+
+/// What the core build made, for a profile to build on.
+pub type Built<'a> = runtime::Built<'a, ProfilePlan>;
+
+/// Parses and validates a topology from its source text
+/// ([`topology::parse`] with every profile's options).
+pub fn parse_topology(src: &Source) -> Result<Topology, InputError> {
+    topology::parse(src, SYNTAXES)
+}
+
+/// Reads and validates a topology file ([`Topology::load`] with every
+/// profile's options).
+pub fn load_topology(path: &std::path::Path) -> Result<Topology, Error> {
+    Topology::load(path, SYNTAXES)
+}
+
+/// Plans a lab named `lab` from `topology`, its state kept under `paths`.
+pub fn plan_lab(topology: &Topology, lab: &str, paths: &LabPaths) -> Plan {
+    Plan::new(topology, lab, |nodes, routers| plan(topology, nodes, routers, paths))
+}
+
 /// Plans the profile's part of a lab; a profile may give routers BGP peers.
-pub fn plan(topology: &Topology, nodes: &[NodePlan], routers: &mut [RouterPlan], paths: &LabPaths) -> ProfilePlan {
-    match &topology.network.profile {
-        topology::Profile::Flannel(opts) => ProfilePlan::Flannel(flannel::plan(topology, opts, nodes, paths)),
-        topology::Profile::Calico(opts) => ProfilePlan::Calico(calico::plan(topology, opts, nodes, routers, paths)),
+fn plan(topology: &Topology, nodes: &[NodePlan], routers: &mut [RouterPlan], paths: &LabPaths) -> ProfilePlan {
+    let options = &topology.network.profile;
+    match options.name() {
+        "flannel" => ProfilePlan::Flannel(flannel::plan(topology, &validated(options), nodes, paths)),
+        "calico" => ProfilePlan::Calico(calico::plan(topology, &validated(options), nodes, routers, paths)),
+        other => panic!("no profile \"{other}\" is registered"),
+    }
+}
+
+/// The options a profile's syntax read, as its own type.
+fn validated<T: serde::de::DeserializeOwned>(options: &topology::ProfileOptions) -> T {
+    options
+        .get()
+        .unwrap_or_else(|| panic!("the options of cni = \"{}\" were not validated", options.name()))
+}
+
+/// A profile's options as the topology keeps them.
+pub fn to_options(options: &impl Serialize) -> serde_json::Map<String, serde_json::Value> {
+    match serde_json::to_value(options) {
+        Ok(serde_json::Value::Object(m)) => m,
+        other => panic!("a profile's options serialize as a table, not {other:?}"),
     }
 }
 

@@ -7,12 +7,13 @@ use std::net::Ipv4Addr;
 use anyhow::{Context, Result, bail};
 use ipnet::Ipv4Net;
 
+use super::options::{CalicoMode, CalicoOptions};
 use super::{CONFLIST_NAME, CalicoPlan, ipam};
 use crate::bird::{self, BirdPlan};
 use crate::plan::write_file;
+use crate::profile::Built;
 use crate::profile::{PodAdd, Profile as _, ProfilePlan, SavePlan};
-use crate::runtime::{Built, link_binaries, main_routes, start_agents};
-use crate::topology::CalicoMode;
+use crate::runtime::{link_binaries, main_routes, start_agents};
 
 /// The BIRDs of a lab: (who, control socket, plan), nodes then routers.
 pub fn birds(b: &Built<'_>, c: &CalicoPlan) -> Vec<(String, std::path::PathBuf, BirdPlan)> {
@@ -138,7 +139,7 @@ pub async fn claim_if_full(c: &CalicoPlan, pod: PodAdd<'_>, save: SavePlan<'_>) 
     }
     let block = ipam::claim_next(c, i, plan.topology.seed)
         .map_err(|why| anyhow::anyhow!("node {node} needs another IPAM block: {why}"))?;
-    let crate::topology::Profile::Calico(opts) = &plan.topology.network.profile else {
+    let Some(opts) = &plan.topology.network.profile.get::<CalicoOptions>() else {
         bail!("a Calico plan of a topology that is not Calico");
     };
     let mut c2 = c.clone();

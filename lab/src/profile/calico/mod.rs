@@ -7,6 +7,7 @@
 pub mod build;
 pub mod felix;
 pub mod ipam;
+pub mod options;
 pub mod plugin;
 
 use std::fmt::Write as _;
@@ -22,9 +23,9 @@ use futures::future::BoxFuture;
 use crate::bird::{BirdPlan, RouterPeer, SessionPlan, ip_id, router_config};
 use crate::paths::LabPaths;
 use crate::plan::{NodePlan, RouterPlan, Stream, mac_string, random_mac, rng};
-use crate::profile::{AgentSpec, PodAdd, Profile, SavePlan};
-use crate::runtime::Built;
-use crate::topology::{CalicoMesh, CalicoMode, CalicoOptions, Topology};
+use crate::profile::{AgentSpec, Built, PodAdd, Profile, SavePlan};
+use crate::topology::Topology;
+use options::{CalicoMesh, CalicoMode, CalicoOptions};
 
 /// The stock Calico CNI configuration (calico.yaml's `cni_network_config`).
 pub const CONFLIST: &str = include_str!("../../../../plugins/calico/10-calico.conflist");
@@ -148,7 +149,7 @@ impl Profile for CalicoPlan {
     }
 
     fn settings(&self, topology: &Topology) -> Vec<(String, String)> {
-        let crate::topology::Profile::Calico(c) = &topology.network.profile else {
+        let Some(c) = topology.network.profile.get::<CalicoOptions>() else {
             return Vec::new();
         };
         let mut v = vec![
@@ -622,12 +623,12 @@ pub fn conflist(node: &str, blocks: &[Ipv4Net], mtu: u32, max_pods: Option<u32>,
 mod tests {
     use super::*;
     use crate::error::Source;
-    use crate::plan::Plan;
+    use crate::profile::Plan;
     use std::path::Path;
 
     fn plan_of(text: &str) -> (Plan, CalicoPlan) {
-        let t = crate::topology::parse(&Source::new("t.toml", text)).unwrap();
-        let p = Plan::new(&t, "c", &LabPaths::new(Path::new("/run/cnilab"), "c"));
+        let t = crate::profile::parse_topology(&Source::new("t.toml", text)).unwrap();
+        let p = crate::profile::plan_lab(&t, "c", &LabPaths::new(Path::new("/run/cnilab"), "c"));
         let crate::profile::ProfilePlan::Calico(c) = p.profile.clone() else {
             panic!()
         };

@@ -7,11 +7,12 @@ use std::net::Ipv4Addr;
 use anyhow::Result;
 use ipnet::Ipv4Net;
 
+use super::options::FlannelBackend;
 use super::{CONFLIST_NAME, FlannelPlan};
-use crate::plan::{Plan, write_file};
+use crate::plan::write_file;
 use crate::profile::Profile as _;
-use crate::runtime::{Built, link_binaries, main_routes, start_agents};
-use crate::topology::FlannelBackend;
+use crate::profile::{Built, Plan};
+use crate::runtime::{link_binaries, main_routes, start_agents};
 
 /// Writes flannel's network configuration and the nodes' conflists, starts
 /// a flanneld in each node and waits for their subnet files. Returns each

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod build;
+pub mod options;
 pub mod plugin;
 
 use std::net::Ipv4Addr;
@@ -17,10 +18,10 @@ use anyhow::Result;
 use futures::future::BoxFuture;
 
 use crate::paths::LabPaths;
-use crate::plan::{NodePlan, Plan, Stream, mac_string, random_mac, rng};
-use crate::profile::{AgentSpec, Profile};
-use crate::runtime::Built;
-use crate::topology::{FlannelBackend, FlannelOptions, Topology};
+use crate::plan::{NodePlan, Stream, mac_string, random_mac, rng};
+use crate::profile::{AgentSpec, Built, Plan, Profile};
+use crate::topology::Topology;
+use options::{FlannelBackend, FlannelOptions};
 
 /// The stock kube-flannel CNI configuration, as shipped in kube-flannel.yml.
 pub const CONFLIST: &str = include_str!("../../../../plugins/flannel/10-flannel.conflist");
@@ -303,7 +304,6 @@ pub fn plan(topology: &Topology, opts: &FlannelOptions, nodes: &[NodePlan], path
 mod tests {
     use super::*;
     use crate::error::Source;
-    use crate::plan::Plan;
     use std::path::Path;
 
     #[test]
@@ -331,9 +331,9 @@ mod tests {
     #[test]
     fn node_plan_follows_flannel() {
         let text = "name = \"d\"\n[[switch]]\nname = \"s\"\nsubnet = \"172.20.0.0/24\"\nmtu = 9000\n[[node]]\nname = \"n{i}\"\ncount = 2\npods = 1\n";
-        let t = crate::topology::parse(&Source::new("t.toml", text)).unwrap();
+        let t = crate::profile::parse_topology(&Source::new("t.toml", text)).unwrap();
         let paths = LabPaths::new(Path::new("/run/cnilab"), "d");
-        let plan = Plan::new(&t, "d", &paths);
+        let plan = crate::profile::plan_lab(&t, "d", &paths);
         let crate::profile::ProfilePlan::Flannel(f) = &plan.profile else {
             panic!()
         };
