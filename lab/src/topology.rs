@@ -42,7 +42,7 @@ pub struct Topology {
 /// `[network]`: one CNI profile for the whole lab.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Network {
-    /// The pod CIDR (kubeadm --pod-network-cidr), or Calico's IP pool.
+    /// The pod CIDR (kubeadm --pod-network-cidr), or the profile's IP pool.
     pub pod_cidr: Ipv4Net,
     /// A forced pod MTU instead of the profile's computation.
     pub mtu: Option<u32>,
@@ -130,8 +130,9 @@ pub struct Node {
     pub ip: Ipv4Addr,
     /// Its pods, by name.
     pub pods: Vec<String>,
-    /// How many addresses its IPAM range holds (calico), like a cloud
-    /// node's pod limit; none: the whole block.
+    /// How many addresses its IPAM range holds, where the profile's
+    /// conflist limits it, like a cloud node's pod limit; none: the whole
+    /// block.
     #[serde(default)]
     pub max_pods: Option<u32>,
 }

@@ -19,10 +19,9 @@
 //! [`Built`] name the model's and runtime's types with [`ProfilePlan`].
 //!
 //! Adding a profile: a new folder `profile/<name>/` with its options'
-//! `Syntax` and a plan type that implements [`Profile`], then one line in
-//! each of the registry's lists below: [`SYNTAXES`], the [`ProfilePlan`]
-//! variant with its arms in [`ProfilePlan::get`] and [`plan`], and its
-//! multi-call programs in [`programs`].
+//! `Syntax`, a plan type that implements [`Profile`] and its [`Registered`]
+//! entry, then one line in [`PROFILES`] and the [`ProfilePlan`] variant
+//! with its arm in [`ProfilePlan::get`].
 
 pub mod calico;
 pub mod flannel;
@@ -72,9 +71,25 @@ impl std::ops::Deref for ProfilePlan {
     }
 }
 
-/// How the topology's parser reads each profile's options, the default
-/// (`cni` left out) first.
-pub const SYNTAXES: &[&dyn ProfileSyntax] = &[&flannel::options::Syntax, &calico::options::Syntax];
+/// The registry of profiles, the default (`cni` left out) first.
+pub const PROFILES: &[Registered] = &[flannel::REGISTERED, calico::REGISTERED];
+
+/// A profile in the registry: how the topology's parser reads its options,
+/// how it plans a lab, and the programs it runs as.
+pub struct Registered {
+    /// How its options are read.
+    pub syntax: &'static dyn ProfileSyntax,
+    /// Plans its part of a lab from the validated topology and the nodes;
+    /// it may give routers BGP peers.
+    pub plan: fn(&Topology, &[NodePlan], &mut [RouterPlan], &LabPaths) -> ProfilePlan,
+    /// Its multi-call programs (CNI plugins and agents).
+    pub programs: &'static [Program],
+}
+
+/// How the topology's parser reads each profile's options.
+fn syntaxes() -> Vec<&'static dyn ProfileSyntax> {
+    PROFILES.iter().map(|p| p.syntax).collect()
+}
 
 /// A lab's plan with its profile's decisions.
 pub type Plan = crate::plan::Plan<ProfilePlan>;
@@ -85,13 +100,13 @@ pub type Built<'a> = runtime::Built<'a, ProfilePlan>;
 /// Parses and validates a topology from its source text
 /// ([`topology::parse`] with every profile's options).
 pub fn parse_topology(src: &Source) -> Result<Topology, InputError> {
-    topology::parse(src, SYNTAXES)
+    topology::parse(src, &syntaxes())
 }
 
 /// Reads and validates a topology file ([`Topology::load`] with every
 /// profile's options).
 pub fn load_topology(path: &std::path::Path) -> Result<Topology, Error> {
-    Topology::load(path, SYNTAXES)
+    Topology::load(path, &syntaxes())
 }
 
 /// Plans a lab named `lab` from `topology`, its state kept under `paths`.
@@ -99,18 +114,19 @@ pub fn plan_lab(topology: &Topology, lab: &str, paths: &LabPaths) -> Plan {
     Plan::new(topology, lab, |nodes, routers| plan(topology, nodes, routers, paths))
 }
 
-/// Plans the profile's part of a lab; a profile may give routers BGP peers.
+/// Plans the profile's part of a lab.
 fn plan(topology: &Topology, nodes: &[NodePlan], routers: &mut [RouterPlan], paths: &LabPaths) -> ProfilePlan {
-    let options = &topology.network.profile;
-    match options.name() {
-        "flannel" => ProfilePlan::Flannel(flannel::plan(topology, &validated(options), nodes, paths)),
-        "calico" => ProfilePlan::Calico(calico::plan(topology, &validated(options), nodes, routers, paths)),
-        other => panic!("no profile \"{other}\" is registered"),
-    }
+    let name = topology.network.profile.name();
+    let profile = PROFILES
+        .iter()
+        .find(|p| p.syntax.name() == name)
+        .unwrap_or_else(|| panic!("no profile \"{name}\" is registered"));
+    (profile.plan)(topology, nodes, routers, paths)
 }
 
-/// The options a profile's syntax read, as its own type.
-fn validated<T: serde::de::DeserializeOwned>(options: &topology::ProfileOptions) -> T {
+/// The options the profile's syntax read from `topology`, as its own type.
+pub fn options_of<T: serde::de::DeserializeOwned>(topology: &Topology) -> T {
+    let options = &topology.network.profile;
     options
         .get()
         .unwrap_or_else(|| panic!("the options of cni = \"{}\" were not validated", options.name()))
@@ -130,7 +146,7 @@ pub type Program = (&'static str, fn() -> !);
 
 /// Every profile's multi-call programs.
 pub fn programs() -> Vec<Program> {
-    [flannel::PROGRAMS, calico::PROGRAMS].concat()
+    PROFILES.iter().flat_map(|p| p.programs.iter().copied()).collect()
 }
 
 /// Sysctls a profile's CNI plugin sets on a host-side link named `ifname`

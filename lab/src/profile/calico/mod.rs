@@ -119,6 +119,21 @@ impl CalicoNode {
 /// The multi-call programs of Calico: its CNI plugin and the felix stand-in.
 pub const PROGRAMS: &[crate::profile::Program] = &[("calico", plugin::main), ("calico-felix", felix::main)];
 
+/// Calico in the registry of profiles.
+pub const REGISTERED: crate::profile::Registered = crate::profile::Registered {
+    syntax: &options::Syntax,
+    plan: |topology, nodes, routers, paths| {
+        crate::profile::ProfilePlan::Calico(plan(
+            topology,
+            &crate::profile::options_of(topology),
+            nodes,
+            routers,
+            paths,
+        ))
+    },
+    programs: PROGRAMS,
+};
+
 /// The sysctls Calico's plugin sets on a host-side `cali` veth (keys only).
 pub fn host_link_sysctls(ifname: &str) -> Vec<String> {
     if !ifname.starts_with("cali") {

@@ -85,6 +85,15 @@ impl FlannelPlan {
 /// The multi-call programs of flannel: its CNI plugin and its agent.
 pub const PROGRAMS: &[crate::profile::Program] = &[("flannel", plugin::main), ("flanneld", agent::main)];
 
+/// flannel in the registry of profiles.
+pub const REGISTERED: crate::profile::Registered = crate::profile::Registered {
+    syntax: &options::Syntax,
+    plan: |topology, nodes, _routers, paths| {
+        crate::profile::ProfilePlan::Flannel(plan(topology, &crate::profile::options_of(topology), nodes, paths))
+    },
+    programs: PROGRAMS,
+};
+
 impl Profile for FlannelPlan {
     fn name(&self) -> &'static str {
         "flannel"
