@@ -59,8 +59,11 @@ pub struct ProfileOptions {
     pub cni: String,
     /// Its options, with every default filled in.
     #[serde(flatten)]
-    pub options: serde_json::Map<String, serde_json::Value>,
+    pub options: Options,
 }
+
+/// A profile's options as the topology keeps them: a JSON object.
+pub type Options = serde_json::Map<String, serde_json::Value>;
 
 impl ProfileOptions {
     /// The profile's name as written in `cni = "..."`.
@@ -90,12 +93,7 @@ pub trait ProfileSyntax: Sync {
     /// Reads `[network.<name>]` (`None` when it is not written), with every
     /// default, and checks it against the pool and the other parts. Records
     /// each mistake in `errs`; `None` when there was one.
-    fn parse(
-        &self,
-        t: Option<&Table>,
-        scope: &Scope,
-        errs: &Errors,
-    ) -> Option<serde_json::Map<String, serde_json::Value>>;
+    fn parse(&self, t: Option<&Table>, scope: &Scope, errs: &Errors) -> Option<Options>;
 }
 
 /// What a profile's options are read against.

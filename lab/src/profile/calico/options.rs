@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::InputError;
 use crate::spanned::{Errors, Sp, Table};
-use crate::topology::{NodeIn, Parts, ProfileSyntax, RouterIn, Scope, q};
+use crate::topology::{NodeIn, Options, Parts, ProfileSyntax, RouterIn, Scope, q};
 
 type R<T> = Result<T, InputError>;
 
@@ -25,13 +25,8 @@ impl ProfileSyntax for Syntax {
         "192.168.0.0/16"
     }
 
-    fn parse(
-        &self,
-        t: Option<&Table>,
-        scope: &Scope,
-        errs: &Errors,
-    ) -> Option<serde_json::Map<String, serde_json::Value>> {
-        calico_options(t, scope.pod_cidr, scope.parts, scope.at, errs).map(|o| crate::profile::to_options(&o))
+    fn parse(&self, t: Option<&Table>, scope: &Scope, errs: &Errors) -> Option<Options> {
+        calico_options(t, scope, errs).map(|o| crate::profile::to_options(&o))
     }
 }
 
@@ -86,13 +81,8 @@ pub fn pods_per_block(len: u8) -> u64 {
 
 /// `[network.calico]`, with its defaults, checked against the pool, the
 /// nodes and the routers.
-fn calico_options(
-    t: Option<&Table>,
-    cidr: &Sp<Ipv4Net>,
-    parts: &Parts,
-    root: &Table,
-    errs: &Errors,
-) -> Option<CalicoOptions> {
+fn calico_options(t: Option<&Table>, scope: &Scope, errs: &Errors) -> Option<CalicoOptions> {
+    let (cidr, parts, root) = (scope.pod_cidr, scope.parts, scope.at);
     let before = errs.count();
     let mut opts = CalicoOptions {
         mode: CalicoMode::Bgp,

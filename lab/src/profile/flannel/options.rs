@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::InputError;
 use crate::spanned::{Errors, Sp, Table};
-use crate::topology::{Parts, ProfileSyntax, Scope, q};
+use crate::topology::{Options, Parts, ProfileSyntax, Scope, q};
 
 type R<T> = Result<T, InputError>;
 
@@ -35,13 +35,8 @@ impl ProfileSyntax for Syntax {
         }
     }
 
-    fn parse(
-        &self,
-        t: Option<&Table>,
-        scope: &Scope,
-        errs: &Errors,
-    ) -> Option<serde_json::Map<String, serde_json::Value>> {
-        flannel_options(t, scope.pod_cidr, scope.parts, scope.at, errs).map(|o| crate::profile::to_options(&o))
+    fn parse(&self, t: Option<&Table>, scope: &Scope, errs: &Errors) -> Option<Options> {
+        flannel_options(t, scope, errs).map(|o| crate::profile::to_options(&o))
     }
 }
 
@@ -101,13 +96,8 @@ pub fn pods_per_subnet(len: u8) -> u64 {
 }
 
 /// `[network.flannel]`, with its defaults, checked against the pool and the nodes.
-fn flannel_options(
-    t: Option<&Table>,
-    pod_cidr: &Sp<Ipv4Net>,
-    parts: &Parts,
-    at: &Table,
-    errs: &Errors,
-) -> Option<FlannelOptions> {
+fn flannel_options(t: Option<&Table>, scope: &Scope, errs: &Errors) -> Option<FlannelOptions> {
+    let (pod_cidr, parts, at) = (scope.pod_cidr, scope.parts, scope.at);
     let before = errs.count();
     let cidr = pod_cidr.v;
     // A node subnet is at most a /30 (network, gateway, one pod, broadcast).
