@@ -62,8 +62,49 @@ pub struct ProfileOptions {
     pub options: Options,
 }
 
-/// A profile's options as the topology keeps them: a JSON object.
-pub type Options = serde_json::Map<String, serde_json::Value>;
+/// A profile's options as the topology keeps them: JSON values by key, in
+/// the order the profile's options type declares them (saved, and shown by
+/// `validate --json`, in that order).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Options(pub Vec<(String, serde_json::Value)>);
+
+impl Options {
+    /// The options of a profile's options type, in its field order.
+    pub fn of(options: &impl Serialize) -> serde_json::Result<Options> {
+        serde_json::from_str(&serde_json::to_string(options)?)
+    }
+}
+
+impl Serialize for Options {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Options {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct InOrder;
+        impl<'de> serde::de::Visitor<'de> for InOrder {
+            type Value = Options;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a table of options")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Options, A::Error> {
+                let mut v = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    v.push(entry);
+                }
+                Ok(Options(v))
+            }
+        }
+        d.deserialize_map(InOrder)
+    }
+}
 
 impl ProfileOptions {
     /// The profile's name as written in `cni = "..."`.
@@ -73,7 +114,8 @@ impl ProfileOptions {
 
     /// The options as the profile's own type, when they are that profile's.
     pub fn get<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
-        serde_json::from_value(serde_json::Value::Object(self.options.clone())).ok()
+        let object = self.options.0.iter().cloned().collect();
+        serde_json::from_value(serde_json::Value::Object(object)).ok()
     }
 }
 

@@ -663,3 +663,17 @@ fn profile_keys_are_checked_without_a_pod_cidr() {
     let places: Vec<(usize, usize)> = e.all().map(|e| (e.line, e.col)).collect();
     assert_eq!(places, [(4, 12), (7, 1)], "{e}");
 }
+
+#[test]
+fn profile_options_keep_their_order_through_the_saved_json() {
+    let t = ok(&CALICO.replace("block_size = 26", "block_size = 26\nmesh = \"full\""));
+    let json = serde_json::to_string(&t.network).unwrap();
+    assert!(
+        json.contains(r#""profile":{"cni":"calico","mode":"bgp","block_size":26,"asn":64512,"mesh":"full""#),
+        "{json}"
+    );
+    let back: Network = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.profile.options, t.network.profile.options);
+    let c: crate::profile::calico::options::CalicoOptions = back.profile.get().expect("calico options");
+    assert_eq!((c.block_size, c.asn), (26, 64512));
+}

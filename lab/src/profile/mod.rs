@@ -133,11 +133,8 @@ pub fn options_of<T: serde::de::DeserializeOwned>(topology: &Topology) -> T {
 }
 
 /// A profile's options as the topology keeps them.
-pub fn to_options(options: &impl Serialize) -> serde_json::Map<String, serde_json::Value> {
-    match serde_json::to_value(options) {
-        Ok(serde_json::Value::Object(m)) => m,
-        other => panic!("a profile's options serialize as a table, not {other:?}"),
-    }
+pub fn to_options(options: &impl Serialize) -> topology::Options {
+    topology::Options::of(options).unwrap_or_else(|e| panic!("a profile's options serialize as a table: {e}"))
 }
 
 /// A program cnilab is, by the name it runs under (`argv[0]`): the profiles'
