@@ -1,5 +1,7 @@
 //! The topology file (shared/design/topology.md): parsing, defaults and every
-//! rejection the contract lists, each with file:line:column and a fix.
+//! rejection the contract lists, each with file:line:column and a fix. The
+//! part of `[network]` that belongs to a CNI profile is read by that profile
+//! through [`ProfileSyntax`]; the profile layer passes them all to [`parse`].
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -804,24 +806,7 @@ fn parse_network(
     };
     let default = *profiles.first().expect("at least one profile");
     let Some(net) = errs.ok(root.table("network", "[network]"))? else {
-        let cidr = Sp::new(default.default_pod_cidr().parse().expect("valid default"), 0..0);
-        if parts_ok {
-            errs.ok(check_pod_cidr_overlap(root, &cidr, switches));
-        }
-        let scope = Scope {
-            pod_cidr: &cidr,
-            parts: &ctx,
-            at: root,
-        };
-        let options = default.parse(None, &scope, errs)?;
-        return Some(Network {
-            pod_cidr: cidr.v,
-            mtu: None,
-            profile: ProfileOptions {
-                cni: default.name().to_string(),
-                options,
-            },
-        });
+        return default_network(root, switches, &ctx, default, errs);
     };
     let before = errs.count();
     let names: Vec<&str> = profiles.iter().map(|p| p.name()).collect();
@@ -877,6 +862,35 @@ fn parse_network(
         mtu: mtu?.map(|m| m.v as u32),
         profile: ProfileOptions {
             cni: key.to_string(),
+            options,
+        },
+    })
+}
+
+/// Without `[network]`: the default profile with all its defaults, its pod
+/// CIDR checked against the switches.
+fn default_network(
+    root: &Table,
+    switches: &[SwitchIn],
+    parts: &Parts,
+    profile: &dyn ProfileSyntax,
+    errs: &Errors,
+) -> Option<Network> {
+    let cidr = Sp::new(profile.default_pod_cidr().parse().expect("valid default"), 0..0);
+    if parts.ok {
+        errs.ok(check_pod_cidr_overlap(root, &cidr, switches));
+    }
+    let scope = Scope {
+        pod_cidr: &cidr,
+        parts,
+        at: root,
+    };
+    let options = profile.parse(None, &scope, errs)?;
+    Some(Network {
+        pod_cidr: cidr.v,
+        mtu: None,
+        profile: ProfileOptions {
+            cni: profile.name().to_string(),
             options,
         },
     })
