@@ -37,6 +37,24 @@ fn lists_after(src: &str, opener: &str) -> Vec<String> {
     out
 }
 
+/// Every `.rs` file under `dir`, recursively, in name order.
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            out.extend(rust_files(&p));
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+    out
+}
+
 /// The text of the function `name` in `src`, up to the next top-level item.
 fn function<'a>(src: &'a str, name: &str) -> &'a str {
     let start = src
@@ -65,9 +83,15 @@ fn missing(doc: &str, words: &[String]) -> Vec<String> {
 
 #[test]
 fn every_topology_key_is_in_docs_topology_md() {
-    let src = read("lab/src/topology.rs");
-    let keys = lists_after(&src, ".allow(&[");
-    assert!(keys.len() >= 25, "found too few keys in topology.rs: {keys:?}");
+    // The generic keys in topology.rs, each profile's in its folder.
+    let mut keys = lists_after(&read("lab/src/topology.rs"), ".allow(&[");
+    for file in rust_files(&repo().join("lab/src/profile")) {
+        keys.extend(lists_after(&std::fs::read_to_string(&file).unwrap(), ".allow(&["));
+    }
+    assert!(
+        keys.len() >= 25,
+        "found too few keys in topology.rs and profile/: {keys:?}"
+    );
     for k in ["hold_time", "restart_time", "max_pods", "subnet_len"] {
         assert!(keys.contains(&k.to_string()), "the scan misses {k}: {keys:?}");
     }
@@ -75,7 +99,7 @@ fn every_topology_key_is_in_docs_topology_md() {
     let gone = missing(&doc, &keys);
     assert!(
         gone.is_empty(),
-        "docs/topology.md does not document these keys that lab/src/topology.rs accepts: {gone:?}"
+        "docs/topology.md does not document these keys that lab/src/topology.rs or lab/src/profile/ accepts: {gone:?}"
     );
 }
 

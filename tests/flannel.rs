@@ -354,10 +354,8 @@ fn cni_del_releases_the_pod() {
     let st = cnilab::state::LabState::load(&lab.name).unwrap().unwrap();
     let node = st.plan.node("worker1").unwrap().clone();
     let pod = node.pods[0].clone();
-    let cnilab::profile::ProfilePlan::Flannel(f) = &st.plan.profile else {
-        panic!("flannel")
-    };
-    let conflist = f.node("worker1").unwrap().conflist.clone();
+    assert_eq!(st.plan.profile.name(), "flannel");
+    let conflist = st.plan.profile.conflist("worker1").expect("worker1's conflist").clone();
     let ip = lab.pods().into_iter().find(|(p, _)| p == "worker1/pod-1").unwrap().1;
     let state_dir = st.paths().cni_state_dir("worker1");
     let cache = state_dir.join(format!("results/cbr0-{}-eth0", pod.container_id));

@@ -12,7 +12,6 @@ use std::time::Instant;
 
 use cnilab::error::Source;
 use cnilab::paths::LabPaths;
-use cnilab::plan::Plan;
 use rand::seq::IndexedRandom;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -277,9 +276,9 @@ fn guarded(tally: &mut Tally, kind: &str, text: &str, f: impl FnOnce() -> Result
 
 /// validate's path: parse, then the plan and its JSON, as `validate --json`.
 fn check_topology(text: &str) -> Result<bool, String> {
-    match cnilab::topology::parse(&Source::new("fuzz.toml", text)) {
+    match cnilab::profile::parse_topology(&Source::new("fuzz.toml", text)) {
         Ok(t) => {
-            let plan = Plan::new(&t, &t.name, &LabPaths::of(&t.name));
+            let plan = cnilab::profile::plan_lab(&t, &t.name, &LabPaths::of(&t.name));
             let _ = cnilab::status::network_line(&plan);
             serde_json::to_string(&plan).map_err(|e| e.to_string())?;
             Ok(true)
@@ -388,7 +387,7 @@ fn mutated_topologies_and_scenarios_never_panic() {
 fn inputs_that_once_panicked_are_refused() {
     for cidr in ["10.244.0.0/31", "10.244.0.0/32", "10.244.0.0/30"] {
         let text = format!("name = \"x\"\n[network]\npod_cidr = \"{cidr}\"\n[[node]]\nname = \"n\"\n");
-        let e = cnilab::topology::parse(&Source::new("t.toml", &text)).expect_err("refused");
+        let e = cnilab::profile::parse_topology(&Source::new("t.toml", &text)).expect_err("refused");
         assert_eq!((e.line, e.col), (3, 12), "{e}");
         assert!(e.message.contains("too small for flannel"), "{e}");
     }
@@ -463,8 +462,8 @@ fn cidr_sweep_accepts_only_usable_ranges() {
             ));
             for text in texts {
                 let r = catch_unwind(|| {
-                    cnilab::topology::parse(&Source::new("t.toml", &text)).map(|t| {
-                        Plan::new(&t, &t.name, &LabPaths::of(&t.name));
+                    cnilab::profile::parse_topology(&Source::new("t.toml", &text)).map(|t| {
+                        cnilab::profile::plan_lab(&t, &t.name, &LabPaths::of(&t.name));
                     })
                 });
                 match r {

@@ -7,12 +7,9 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::os::unix::process::CommandExt as _;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use futures::{StreamExt, TryStreamExt};
 use netlink_packet_route::RouteNetlinkMessage;
 
@@ -21,18 +18,15 @@ use crate::error::Error;
 use crate::netns::{self, Netns};
 use crate::nl::{self, Nl};
 use crate::paths::{self, LabPaths};
-use crate::plan::{NodePlan, Plan};
-use crate::profile::ProfilePlan;
+use crate::plan::NodePlan;
+use crate::profile::Plan;
 use crate::progress::Progress;
 use crate::state::{LabState, Phase, PodState};
-use crate::topology::{FlannelBackend, Topology};
+use crate::topology::Topology;
 
+pub use crate::profile::Built;
+pub use crate::runtime::{Handle, link_binaries, spawn_agent, start_agent, wait_ready};
 pub use crate::tools::SYSTEM_CNI_DIRS;
-
-/// How long agents get to write their subnet file.
-const AGENT_START_DEADLINE: Duration = Duration::from_secs(30);
-/// How long the control plane gets to program every expected route.
-const CONVERGE_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Options of `up`.
 #[derive(Debug, Clone)]
@@ -45,9 +39,9 @@ pub struct UpOptions {
 
 /// Checks that the machine has what the topology needs, before anything is made.
 pub fn preflight(topology: &Topology) -> Result<(), Error> {
-    // Backends cnilab does not build (flannel udp) are refused while the
-    // topology is read (topology::check_built), as `validate` refuses them.
-    let plan = Plan::new(topology, &topology.name, &LabPaths::of(&topology.name));
+    // Backends cnilab does not build are refused while the topology is
+    // read (topology::check_built), as `validate` refuses them.
+    let plan = crate::profile::plan_lab(topology, &topology.name, &LabPaths::of(&topology.name));
     let (_, programs) = crate::doctor::needs(&plan);
     let missing = crate::doctor::missing_programs(&programs);
     if !missing.is_empty() {
@@ -90,7 +84,7 @@ pub fn claim(topology: &Topology, opts: &UpOptions, _held: &crate::lock::LabLock
         ));
     }
     netns::ensure_run_dir()?;
-    let plan = Plan::new(topology, &lab, &paths);
+    let plan = crate::profile::plan_lab(topology, &lab, &paths);
     let state = LabState::new(plan, opts.topology_file.clone());
     std::fs::create_dir_all(&paths.root).with_context(|| format!("cannot create {}", paths.root.display()))?;
     std::fs::write(paths.marker(), &lab).with_context(|| format!("cannot write {}", paths.marker().display()))?;
@@ -194,62 +188,6 @@ fn parallelism() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
-/// A namespace of the lab with its netlink socket.
-pub struct Handle {
-    /// The namespace.
-    pub ns: Netns,
-    /// A socket in it.
-    pub nl: Nl,
-}
-
-/// What the core build made, for a profile to build on.
-pub struct Built<'a> {
-    /// The plan.
-    pub plan: &'a Plan,
-    /// The lab's folders.
-    pub paths: &'a LabPaths,
-    /// Progress reporting.
-    pub progress: &'a Progress,
-    /// Node namespaces by node name.
-    pub nodes: BTreeMap<String, Handle>,
-    /// Router namespaces by router name.
-    pub routers: BTreeMap<String, Handle>,
-}
-
-impl<'a> Built<'a> {
-    /// Handles on a running lab's nodes and routers (needs a tokio runtime).
-    pub fn open(plan: &'a Plan, paths: &'a LabPaths, progress: &'a Progress) -> Result<Self> {
-        let open = |ns: &str| -> Result<Handle> {
-            let ns = Netns::open(ns)?;
-            let nl = Nl::connect_in(&ns)?;
-            Ok(Handle { ns, nl })
-        };
-        Ok(Built {
-            plan,
-            paths,
-            progress,
-            nodes: plan
-                .nodes
-                .iter()
-                .map(|n| Ok((n.name.clone(), open(&n.ns)?)))
-                .collect::<Result<_>>()?,
-            routers: plan
-                .routers
-                .iter()
-                .map(|r| Ok((r.name.clone(), open(&r.ns)?)))
-                .collect::<Result<_>>()?,
-        })
-    }
-
-    /// Waits until the profile's control plane has converged.
-    pub async fn converge(&self) -> Result<()> {
-        match &self.plan.profile {
-            ProfilePlan::Flannel(f) => crate::profile::flannel::build::converge(self, f).await,
-            ProfilePlan::Calico(c) => crate::profile::calico::build::converge(self, c).await,
-        }
-    }
-}
-
 async fn build_all(state: &mut LabState, paths: &LabPaths, progress: &Progress) -> Result<()> {
     let plan = state.plan.clone();
 
@@ -334,15 +272,13 @@ async fn build_all(state: &mut LabState, paths: &LabPaths, progress: &Progress) 
         routers,
     };
     progress.phase("agents", plan.nodes.len());
-    match &plan.profile {
-        ProfilePlan::Flannel(f) => crate::profile::flannel::build::start(&built, state, f).await?,
-        ProfilePlan::Calico(c) => crate::profile::calico::build::start(&built, state, c).await?,
-    }
+    let profile = plan.profile.get();
+    state.agents.extend(profile.start(&built).await?);
     state.save()?;
     add_pods(state, &built).await?;
     state.save()?;
     progress.phase("converge", plan.nodes.len());
-    built.converge().await?;
+    profile.converge(&built).await?;
     progress.finish();
     Ok(())
 }
@@ -380,11 +316,8 @@ async fn add_uplinks(plan: &Plan, fnl: &Nl, bridges: &BTreeMap<String, u32>, pro
 /// Tries the devices the lab needs beyond veth and bridge in the fabric, so
 /// a missing kernel module is reported before anything else starts.
 async fn probe_kernel(plan: &Plan, fnl: &Nl) -> Result<()> {
-    let vxlan = match &plan.profile {
-        ProfilePlan::Flannel(f) => f.backend == FlannelBackend::Vxlan,
-        ProfilePlan::Calico(c) => c.mode == crate::topology::CalicoMode::Vxlan,
-    };
-    if vxlan {
+    let features = plan.profile.kernel_features();
+    if features.contains(&"vxlan") {
         let msg = nl::vxlan(
             "cnilab-probe",
             1,
@@ -396,7 +329,7 @@ async fn probe_kernel(plan: &Plan, fnl: &Nl) -> Result<()> {
         );
         try_device(fnl, msg, "vxlan", "checking VXLAN support").await?;
     }
-    if matches!(&plan.profile, ProfilePlan::Calico(c) if c.mode == crate::topology::CalicoMode::Ipip) {
+    if features.contains(&"ipip") {
         try_device(
             fnl,
             nl::ipip("cnilab-probe"),
@@ -412,13 +345,17 @@ async fn probe_kernel(plan: &Plan, fnl: &Nl) -> Result<()> {
 /// What no machine cnilab supports can build, though the topology is valid
 /// (exit 3): `validate` and `up` both ask this.
 pub fn unbuildable_here(plan: &Plan) -> Result<(), Error> {
-    if matches!(&plan.profile, ProfilePlan::Calico(c) if c.mode == crate::topology::CalicoMode::Ipip) {
-        return Err(Error::env(
-            "Calico's ipip mode needs BIRD 1's krt_tunnel, which BIRD 2 lacks; cnilab does not build it yet",
-            "use mode = \"bgp\" or \"vxlan\"",
-        ));
+    match plan.profile.unbuildable() {
+        Some((message, fix)) => Err(Error::env(message, fix)),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// Waits until a running lab's control plane has converged (after a fault
+/// that restarted its agents, say).
+pub async fn converge_running(plan: &Plan, paths: &LabPaths, progress: &Progress) -> Result<()> {
+    let built = Built::open(plan, paths, progress)?;
+    plan.profile.converge(&built).await
 }
 
 /// Creates and deletes a device of a kind, reporting a missing module.
@@ -464,53 +401,6 @@ async fn configure_node(n: &NodePlan, nl: &Nl) -> Result<()> {
     Ok(())
 }
 
-/// Makes `bin/<name>` links to this very executable: cnilab answers as
-/// `flannel`, `flanneld`, `calico` or `calico-felix` by the name it runs under.
-pub fn link_binaries(paths: &LabPaths, names: &[&str]) -> Result<()> {
-    let me = std::env::current_exe().context("cannot find the cnilab executable")?;
-    let bin = paths.bin_dir();
-    std::fs::create_dir_all(&bin)?;
-    for n in names {
-        let link = bin.join(n);
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(&me, &link).with_context(|| format!("cannot link {}", link.display()))?;
-    }
-    Ok(())
-}
-
-/// Starts a daemon inside a node's namespace, detached from the terminal,
-/// its output in `log`.
-pub fn spawn_agent(program: &Path, args: &[String], ns: &Netns, log: &Path) -> Result<u32> {
-    if let Some(dir) = log.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
-    let err = out.try_clone()?;
-    let mut cmd = std::process::Command::new(program);
-    // Its own process group: a Ctrl-C at the terminal is for cnilab, not
-    // for the lab's daemons. Without a pre_exec hook the spawn is a
-    // posix_spawn, not a fork of this process.
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .process_group(0);
-    let child = netns::with_netns(ns.raw_fd(), || cmd.spawn())
-        .context("cannot enter the namespace")?
-        .with_context(|| format!("cannot start {}", program.display()))?;
-    Ok(child.id())
-}
-
-/// Starts an agent in its namespace: writes its configuration, removes a
-/// ready file left by an earlier run, spawns it. Returns its PID.
-pub fn start_agent(spec: &crate::profile::AgentSpec, ns: &Netns) -> Result<u32> {
-    if let Some((path, text)) = &spec.config {
-        crate::plan::write_file(path, text)?;
-    }
-    let _ = std::fs::remove_file(&spec.ready);
-    spawn_agent(&spec.program, &spec.args, ns, &spec.log)
-}
-
 /// Starts the lab's datastore watch service (one inotify instance for all
 /// agents) in the fabric namespace and waits for its socket.
 async fn start_watch_service(paths: &LabPaths, fabric: &Netns, progress: &Progress) -> Result<()> {
@@ -521,28 +411,6 @@ async fn start_watch_service(paths: &LabPaths, fabric: &Netns, progress: &Progre
     let args = vec!["--socket".to_string(), socket.display().to_string()];
     let pid = spawn_agent(&paths.bin_dir().join("cnilab-watchd"), &args, fabric, &log)?;
     wait_ready(&[("fabric".to_string(), socket, pid, log, "cnilab-watchd")], progress).await
-}
-
-/// Starts every agent of the lab and waits until each is ready.
-pub async fn start_agents(b: &Built<'_>, state: &mut LabState) -> Result<()> {
-    let mut ready = Vec::new();
-    for spec in b.plan.profile.agents(b.plan, b.paths) {
-        let ns = match b.nodes.get(&spec.owner) {
-            Some(h) => &h.ns,
-            None => &b.routers.get(&spec.owner).context("agent of an unknown namespace")?.ns,
-        };
-        let pid = start_agent(&spec, ns)?;
-        state.agents.insert(spec.owner.clone(), pid);
-        ready.push((spec.owner.clone(), spec.ready.clone(), pid, spec.log.clone(), spec.name));
-    }
-    wait_ready(&ready, b.progress).await
-}
-
-/// The last lines of a file, for error messages.
-pub fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// The CNI runtime of a node.
@@ -601,69 +469,4 @@ async fn add_pods(state: &mut LabState, b: &Built<'_>) -> Result<()> {
         .await?;
     state.pods.extend(per_node.into_iter().flatten());
     Ok(())
-}
-
-/// Waits until each agent has written its ready file, failing early with
-/// its log when one exits. Items: (node, ready file, pid, log, agent name).
-pub async fn wait_ready(items: &[(String, PathBuf, u32, PathBuf, &str)], progress: &Progress) -> Result<()> {
-    let deadline = Instant::now() + AGENT_START_DEADLINE;
-    let mut waiting: Vec<&(String, PathBuf, u32, PathBuf, &str)> = items.iter().collect();
-    let mut pause = Duration::from_millis(1);
-    loop {
-        waiting.retain(|(_, file, ..)| {
-            let ready = file.exists();
-            if ready {
-                progress.step();
-            }
-            !ready
-        });
-        if waiting.is_empty() {
-            return Ok(());
-        }
-        for (node, _, pid, log, agent) in &waiting {
-            if !crate::teardown::alive(*pid as i32) {
-                bail!(
-                    "{agent} on {node} exited before it was ready; its log ({}):\n{}",
-                    log.display(),
-                    tail(log, 15)
-                );
-            }
-        }
-        if Instant::now() > deadline {
-            let who: Vec<String> = waiting.iter().map(|(n, _, _, _, a)| format!("{a} on {n}")).collect();
-            bail!(
-                "not ready within {}s: {}",
-                AGENT_START_DEADLINE.as_secs(),
-                who.join(", ")
-            );
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(50));
-    }
-}
-
-/// Polls `check` with a growing pause until it reports nothing missing or
-/// the deadline passes; then fails with what is still missing.
-pub async fn converge<F, Fut>(what: &str, mut check: F) -> Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Vec<String>>>,
-{
-    let deadline = Instant::now() + CONVERGE_DEADLINE;
-    let mut pause = Duration::from_millis(2);
-    loop {
-        let missing = check().await?;
-        if missing.is_empty() {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "{what} did not converge within {}s; still missing:\n  {}",
-                CONVERGE_DEADLINE.as_secs(),
-                missing.join("\n  ")
-            );
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(100));
-    }
 }

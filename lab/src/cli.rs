@@ -10,12 +10,10 @@ use crate::build::{self, UpOptions};
 use crate::error::{EXIT_INPUT, Error, Result};
 use crate::netns;
 use crate::paths;
-use crate::plan::Plan;
 use crate::progress::Progress;
 use crate::state;
 use crate::status;
 use crate::teardown;
-use crate::topology::Topology;
 
 /// Writes to stdout. A reader that went away (`cnilab up --json | head -1`)
 /// ends the command quietly instead of panicking; the lab is already in the
@@ -444,8 +442,8 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Doctor { topology, json } => {
             let loaded = match &topology {
                 Some(path) => {
-                    let t = Topology::load(path)?;
-                    let plan = Plan::new(&t, &t.name, &paths::LabPaths::of(&t.name));
+                    let t = crate::profile::load_topology(path)?;
+                    let plan = crate::profile::plan_lab(&t, &t.name, &paths::LabPaths::of(&t.name));
                     Some((path.display().to_string(), plan))
                 }
                 None => None,
@@ -522,8 +520,11 @@ fn graph(lab: Option<String>, what: Option<String>, format: String, output: Opti
         .filter(|w| w.ends_with(".toml") || w.contains('/') || std::path::Path::new(w).is_file());
     let (plan, st) = match from_file {
         Some(file) => {
-            let t = Topology::load(std::path::Path::new(file))?;
-            (Plan::new(&t, &t.name, &paths::LabPaths::of(&t.name)), None)
+            let t = crate::profile::load_topology(std::path::Path::new(file))?;
+            (
+                crate::profile::plan_lab(&t, &t.name, &paths::LabPaths::of(&t.name)),
+                None,
+            )
         }
         None => {
             let lab = state::choose_lab(what.as_deref().or(lab.as_deref()))?;
@@ -549,8 +550,8 @@ fn graph(lab: Option<String>, what: Option<String>, format: String, output: Opti
 
 /// `cnilab validate`: the checks `up` makes on the input, and the plan.
 fn validate(topology: PathBuf, json: bool) -> Result<i32> {
-    let t = Topology::load(&topology)?;
-    let plan = Plan::new(&t, &t.name, &paths::LabPaths::of(&t.name));
+    let t = crate::profile::load_topology(&topology)?;
+    let plan = crate::profile::plan_lab(&t, &t.name, &paths::LabPaths::of(&t.name));
     // What up would refuse on any machine; what this one lacks is doctor's.
     crate::build::unbuildable_here(&plan)?;
     if json {
@@ -634,13 +635,9 @@ fn capture(
     if let Some(w) = &write {
         cmd.extend(["-w".into(), w.display().to_string()]);
     }
-    // tcpdump decodes VXLAN by itself on 4789 only; flannel's 8472
-    // needs -T vxlan, as seed 001 does.
-    let port = match &st.plan.profile {
-        crate::profile::ProfilePlan::Flannel(f) if f.backend == crate::topology::FlannelBackend::Vxlan => Some(f.port),
-        crate::profile::ProfilePlan::Calico(c) if c.mode == crate::topology::CalicoMode::Vxlan => Some(4789),
-        _ => None,
-    };
+    // tcpdump decodes VXLAN by itself on 4789 only; another port (8472,
+    // say) needs -T vxlan, as seed 001 does.
+    let port = st.plan.profile.vxlan_port();
     let decoded = match port {
         Some(p) if p != 4789 => {
             cmd.extend(["-T".into(), "vxlan".into()]);
@@ -660,7 +657,7 @@ fn up(topology: PathBuf, name: Option<String>, json: bool) -> Result<i32> {
     if let Some(n) = &name {
         crate::names::check(crate::names::Kind::Lab, n, "from --name")?;
     }
-    let t = Topology::load(&topology)?;
+    let t = crate::profile::load_topology(&topology)?;
     let opts = UpOptions {
         name,
         topology_file: topology.display().to_string(),

@@ -13,8 +13,7 @@ use netlink_packet_route::link::{InfoData, InfoKind, InfoVlan, InfoVrf, LinkAttr
 use serde::Serialize;
 
 use crate::nl::{self, Nl};
-use crate::plan::Plan;
-use crate::profile::ProfilePlan;
+use crate::profile::Plan;
 use crate::tools;
 
 /// A kernel feature cnilab (or its users' labs) may use.
@@ -219,18 +218,10 @@ impl Report {
 pub fn needs(plan: &Plan) -> (Vec<&'static str>, Vec<String>) {
     let mut kernel = vec!["veth", "bridge"];
     let mut progs: Vec<String> = tools::CNI_PLUGINS.iter().map(|p| format!("cni:{p}")).collect();
-    match &plan.profile {
-        ProfilePlan::Flannel(f) if f.backend == crate::topology::FlannelBackend::Vxlan => kernel.push("vxlan"),
-        ProfilePlan::Calico(c) => match c.mode {
-            crate::topology::CalicoMode::Vxlan => kernel.push("vxlan"),
-            crate::topology::CalicoMode::Ipip => kernel.push("ipip"),
-            crate::topology::CalicoMode::Bgp => {}
-        },
-        _ => {}
-    }
-    let mut bird = matches!(&plan.profile, ProfilePlan::Calico(c) if c.mode == crate::topology::CalicoMode::Bgp);
-    bird |= plan.routers.iter().any(|r| r.bird.is_some());
-    if bird {
+    kernel.extend(plan.profile.kernel_features());
+    progs.extend(plan.profile.programs_needed());
+    let bird = plan.routers.iter().any(|r| r.bird.is_some());
+    if bird && !progs.iter().any(|p| p == "bird") {
         progs.push("bird".into());
     }
     (kernel, progs)
@@ -415,8 +406,31 @@ fn probe_link(name: &str, kind: InfoKind, data: Option<InfoData>, parent: Option
 fn probe_kernel() -> anyhow::Result<Vec<FeatureReport>> {
     use anyhow::Context;
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET)")?;
+    let mut found = probe_links()?;
+    found.push(("tun", probe_tun()));
+    // Qdiscs and iptables through their own tools, run from this thread so
+    // that they start in its namespace.
+    found.extend(probe_qdiscs());
+    found.push(("iptables", probe_iptables()));
+    Ok(FEATURES
+        .iter()
+        .map(|f| FeatureReport {
+            name: f.name,
+            module: f.module,
+            used_for: f.used_for,
+            check: found
+                .iter()
+                .find(|(n, _)| *n == f.name)
+                .map_or(Check::Unchecked("not probed".into()), |(_, c)| c.clone()),
+        })
+        .collect())
+}
+
+/// Creates one link of each kind in the current (fresh) namespace; the
+/// veth and bridge stay, as parents and qdisc targets of the later probes.
+fn probe_links() -> anyhow::Result<Vec<(&'static str, Check)>> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let mut found: Vec<(&'static str, Check)> = rt.block_on(async {
+    rt.block_on(async {
         let nl = Nl::connect()?;
         let verdict = |r: Result<(), nl::NlError>, f: &Feature| match r {
             Ok(()) => Check::Ok,
@@ -482,11 +496,12 @@ fn probe_kernel() -> anyhow::Result<Vec<FeatureReport>> {
         let r = nl.add(probe_link("df0", InfoKind::Ifb, None, None)).await;
         out.push(("ifb", verdict(r, &feature("ifb"))));
         Ok::<_, anyhow::Error>(out)
-    })?;
-    drop(rt);
-    found.push(("tun", probe_tun()));
-    // Qdiscs and iptables through their own tools, run from this thread so
-    // that they start in its namespace.
+    })
+}
+
+/// Adds each qdisc the faults use, with tc.
+fn probe_qdiscs() -> Vec<(&'static str, Check)> {
+    let mut found = Vec::new();
     let tc = tools::find("tc");
     for (name, dev, args) in [
         ("netem", "lo", &["netem", "delay", "1ms"][..]),
@@ -518,27 +533,19 @@ fn probe_kernel() -> anyhow::Result<Vec<FeatureReport>> {
         };
         found.push((name, check));
     }
-    let iptables = match tools::find("iptables") {
+    found
+}
+
+/// Lists a chain with iptables.
+fn probe_iptables() -> Check {
+    match tools::find("iptables") {
         None => Check::Unchecked("iptables is not installed (apt-get install iptables)".into()),
         Some(p) => match std::process::Command::new(p).args(["-w", "-n", "-L", "INPUT"]).output() {
             Ok(o) if o.status.success() => Check::Ok,
             Ok(o) => Check::Missing(String::from_utf8_lossy(&o.stderr).trim().to_string()),
             Err(e) => Check::Unchecked(format!("cannot run iptables: {e}")),
         },
-    };
-    found.push(("iptables", iptables));
-    Ok(FEATURES
-        .iter()
-        .map(|f| FeatureReport {
-            name: f.name,
-            module: f.module,
-            used_for: f.used_for,
-            check: found
-                .iter()
-                .find(|(n, _)| *n == f.name)
-                .map_or(Check::Unchecked("not probed".into()), |(_, c)| c.clone()),
-        })
-        .collect())
+    }
 }
 
 /// Creates a TUN device through /dev/net/tun, as TUN users do.
@@ -671,8 +678,8 @@ mod tests {
     use super::*;
 
     fn plan(text: &str) -> Plan {
-        let t = crate::topology::parse(&crate::error::Source::new("t.toml", text)).expect("valid");
-        Plan::new(
+        let t = crate::profile::parse_topology(&crate::error::Source::new("t.toml", text)).expect("valid");
+        crate::profile::plan_lab(
             &t,
             &t.name,
             &crate::paths::LabPaths::new(std::path::Path::new("/x"), &t.name),

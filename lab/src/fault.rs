@@ -20,14 +20,15 @@ use netlink_packet_route::neighbour::{
 use rtnetlink::LinkUnspec;
 use std::net::Ipv4Addr;
 
-use crate::build::{Built, Handle, create_ns, start_agent, wait_ready};
+use crate::build::{Handle, create_ns, start_agent, wait_ready};
 use crate::error::Error;
 pub use crate::faultspec::{Fault, FaultSpec, Undo, fault_spec, lines, touched_sysctls};
 use crate::faultspec::{Target, resolve, sysctl_path};
 use crate::netns::{self, Netns};
 use crate::nl::{self, Nl, link_name};
 use crate::paths;
-use crate::plan::{Plan, Stream, mac_string, random_mac, rng};
+use crate::plan::{Stream, mac_string, random_mac, rng};
+use crate::profile::Plan;
 use crate::progress::Progress;
 use crate::state::LabState;
 
@@ -510,7 +511,7 @@ async fn restart_agent(
         progress,
     )
     .await?;
-    Built::open(&plan, &paths, progress)?.converge().await
+    crate::build::converge_running(&plan, &paths, progress).await
 }
 
 /// Removes one fault, reverting its steps newest first. A step that fails

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::plan::Plan;
+use crate::profile::Plan;
 
 /// What a fault does, with its options.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -8,10 +8,8 @@ use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
 use crate::error::Error;
-use crate::plan::Plan;
-use crate::profile::ProfilePlan;
+use crate::profile::Plan;
 use crate::state::LabState;
-use crate::topology::{CalicoMode, FlannelBackend};
 
 /// Above this many nodes, a full mesh of tunnels is drawn as one hub.
 const MESH_EDGES_UP_TO: usize = 12;
@@ -456,40 +454,8 @@ fn group(plan: &Plan, n: &crate::plan::NodePlan, state: Option<&LabState>, links
         format!("node {}", n.name),
         format!("eth0 {}/{} MTU {}", n.ip, n.prefix_len, n.mtu),
     ];
-    let mut pod_lines: Option<(String, u32)> = None;
-    match &plan.profile {
-        ProfilePlan::Flannel(f) => {
-            if let Some(fnode) = f.node(&n.name) {
-                if let (Some(dev), Some(mtu)) = (&f.device, fnode.device_mtu) {
-                    lines.push(format!("{dev} {}/32 MTU {mtu}", fnode.subnet.network()));
-                }
-                let gw = fnode.subnet.hosts().next().unwrap_or(fnode.subnet.network());
-                lines.push(format!("cni0 {gw}/{}", fnode.subnet.prefix_len()));
-                pod_lines = Some((format!("from {}", fnode.subnet), fnode.pod_mtu));
-            }
-        }
-        ProfilePlan::Calico(c) => {
-            if let Some(cnode) = c.node(&n.name) {
-                if let Some(t) = &cnode.vxlan {
-                    lines.push(format!("vxlan.calico {}/32 MTU {}", t.address, t.mtu));
-                }
-                let blocks: Vec<String> = cnode.blocks().map(|b| b.to_string()).collect();
-                lines.push(format!(
-                    "{} {}",
-                    if blocks.len() == 1 { "block" } else { "blocks" },
-                    blocks.join(", ")
-                ));
-                if cnode.bird.is_some() {
-                    lines.push(format!(
-                        "BIRD, AS {}{}",
-                        c.asn,
-                        if cnode.reflector { ", route reflector" } else { "" }
-                    ));
-                }
-                pod_lines = Some((format!("from {}", blocks.join(", ")), cnode.pod_mtu));
-            }
-        }
-    }
+    let (extra, pod_lines) = plan.profile.graph_lines(&n.name);
+    lines.extend(extra);
     links.push(Link {
         a: sw_id(&n.switch),
         b: node_id(&n.name),
@@ -536,14 +502,9 @@ fn group(plan: &Plan, n: &crate::plan::NodePlan, state: Option<&LabState>, links
 /// The VXLAN tunnels between nodes: one link a pair, or through a hub for
 /// large meshes.
 fn tunnels(plan: &Plan, hubs: &mut Vec<Item>, links: &mut Vec<Link>) {
-    let tunnel = match &plan.profile {
-        ProfilePlan::Flannel(f) if f.backend == FlannelBackend::Vxlan => {
-            Some(format!("VXLAN VNI {} UDP {}", f.vni, f.port))
-        }
-        ProfilePlan::Calico(c) if c.mode == CalicoMode::Vxlan => Some("VXLAN VNI 4096 UDP 4789".to_string()),
-        _ => None,
+    let Some(label) = plan.profile.tunnel_label() else {
+        return;
     };
-    let Some(label) = tunnel else { return };
     let names: Vec<&str> = plan.nodes.iter().map(|n| n.name.as_str()).collect();
     let link = |a: String, b: String, label: String| Link {
         a,
@@ -685,12 +646,8 @@ fn bgp_links(plan: &Plan, live: Option<&BgpStates>) -> Vec<Link> {
         }
     }
     let mut birds: Vec<(String, u32, &crate::bird::BirdPlan)> = Vec::new();
-    if let ProfilePlan::Calico(c) = &plan.profile {
-        for n in &c.nodes {
-            if let Some(b) = &n.bird {
-                birds.push((node_id(&n.node), c.asn, b));
-            }
-        }
+    for (node, asn, b) in plan.profile.node_birds() {
+        birds.push((node_id(node), asn, b));
     }
     for r in &plan.routers {
         if let (Some(b), Some(asn)) = (&r.bird, r.asn) {
@@ -762,8 +719,8 @@ mod tests {
     use crate::paths::LabPaths;
 
     fn plan(text: &str) -> Plan {
-        let t = crate::topology::parse(&crate::error::Source::new("t.toml", text)).expect("valid");
-        Plan::new(&t, &t.name, &LabPaths::of(&t.name))
+        let t = crate::profile::parse_topology(&crate::error::Source::new("t.toml", text)).expect("valid");
+        crate::profile::plan_lab(&t, &t.name, &LabPaths::of(&t.name))
     }
 
     #[test]

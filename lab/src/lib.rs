@@ -27,6 +27,7 @@ pub mod probe;
 pub mod profile;
 pub mod progress;
 pub mod retry;
+pub mod runtime;
 pub mod scenario;
 pub mod snapshot;
 pub mod spanned;

@@ -208,7 +208,7 @@ pub fn read_sysctl(key: &str) -> Result<String> {
 }
 
 /// The dotted name sysctl(8) shows for a /proc/sys path: dots inside an
-/// interface name become slashes (`net.ipv4.conf.flannel/1.rp_filter`).
+/// interface name become slashes (`net.ipv4.conf.eth0/100.rp_filter`).
 pub fn sysctl_name(key: &str) -> String {
     key.split('/')
         .map(|p| p.replace('.', "/"))

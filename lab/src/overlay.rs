@@ -1,4 +1,4 @@
-//! What flannel's VXLAN backend and Calico's VXLAN mode both do on a node:
+//! What an upstream VXLAN overlay agent does on a node, whichever profile's:
 //! a VXLAN device, and for each remote VTEP a permanent neighbour, a
 //! `self permanent` FDB entry and an `onlink` route, added in that order and
 //! removed together. Also the folder watch the agents use as their datastore.
@@ -40,7 +40,7 @@ pub struct Vtep {
     pub nl: Nl,
     /// The device's index.
     pub dev: u32,
-    /// Protocol of the routes (flannel: boot; Calico's felix: 80).
+    /// Protocol of the routes (each agent marks its routes its own way).
     pub proto: RouteProtocol,
 }
 
@@ -51,9 +51,9 @@ impl Vtep {
         RouteNetlinkMessage::NewRoute(r)
     }
 
-    /// Neighbour, FDB entry, then route, as flannel's handleSubnetEvents: the
-    /// route goes last, since with it in place the kernel would ARP for the
-    /// gateway if the neighbour were not there yet. A failed step undoes the
+    /// Neighbour, FDB entry, then route, as the upstream handleSubnetEvents:
+    /// the route goes last, since with it in place the kernel would ARP for
+    /// the gateway if the neighbour were not there yet. A failed step undoes the
     /// earlier ones.
     pub async fn add_peer(&self, p: &Peer) {
         info!(
@@ -80,7 +80,7 @@ impl Vtep {
         }
     }
 
-    /// Removes all three, trying each whatever fails, as flannel does.
+    /// Removes all three, trying each whatever fails, as the upstream agent does.
     pub async fn remove_peer(&self, p: &Peer) {
         info!(
             "removing subnet: {} PublicIP: {} VtepMAC: {}",
@@ -146,7 +146,7 @@ fn incompatibility(l: &LinkMessage, s: &VxlanSpec) -> Option<String> {
     None
 }
 
-/// flannel's ensureLink: creates the device, or reuses a compatible one
+/// The upstream ensureLink: creates the device, or reuses a compatible one
 /// (keeping its MAC), or deletes an incompatible one and recreates it.
 pub async fn ensure_vxlan(nl: &Nl, s: &VxlanSpec) -> Result<LinkMessage> {
     let msg = || nl::vxlan(&s.name, s.vni, s.port, s.local, s.dev, s.mtu, s.mac);
@@ -193,7 +193,7 @@ pub async fn first_address(nl: &Nl, index: u32) -> Result<Option<Ipv4Addr>> {
         }))
 }
 
-/// flannel's EnsureV4AddressOnLink: exactly one address, the wanted one.
+/// The upstream EnsureV4AddressOnLink: exactly one address, the wanted one.
 pub async fn ensure_single_address(nl: &Nl, index: u32, ip: Ipv4Addr, len: u8) -> Result<()> {
     let mut present = false;
     for a in nl.addresses().await?.into_iter().filter(|a| a.header.index == index) {

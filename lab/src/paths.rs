@@ -202,7 +202,7 @@ impl LabPaths {
         self.node_dir(node).join("cni/lib")
     }
 
-    /// A node's control-plane folder (`/run/flannel` on a real node).
+    /// A node's control-plane folder (its agent's run folder on a real node).
     pub fn agent_dir(&self, node: &str) -> PathBuf {
         self.node_dir(node).join("agent")
     }

@@ -11,13 +11,13 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::paths::{self, LabPaths};
-use crate::profile::{self, ProfilePlan};
+use crate::paths;
 use crate::topology::Topology;
 
-/// Everything the build needs, derived from the topology alone.
+/// Everything the build needs, derived from the topology alone; `P` is the
+/// CNI profile's part (the profile layer names the type).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Plan {
+pub struct Plan<P> {
     /// The lab's name (the topology's, unless `up --name` chose another).
     pub lab: String,
     /// What the user wrote, with defaults.
@@ -31,7 +31,7 @@ pub struct Plan {
     /// The routers.
     pub routers: Vec<RouterPlan>,
     /// The CNI profile's own decisions.
-    pub profile: ProfilePlan,
+    pub profile: P,
 }
 
 /// A switch: a Linux bridge in the fabric namespace.
@@ -163,7 +163,8 @@ pub fn rng(seed: u64, stream: Stream) -> ChaCha8Rng {
     r
 }
 
-/// A random locally administered unicast MAC, as flannel makes for its VTEP.
+/// A random locally administered unicast MAC, as an overlay agent makes for
+/// its VTEP.
 pub fn random_mac(r: &mut impl Rng) -> [u8; 6] {
     let mut mac = [0u8; 6];
     r.fill_bytes(&mut mac);
@@ -176,9 +177,10 @@ pub fn mac_string(mac: &[u8]) -> String {
     mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
-impl Plan {
-    /// Plans a lab named `lab` from `topology`, its state kept under `paths`.
-    pub fn new(topology: &Topology, lab: &str, paths: &LabPaths) -> Plan {
+impl<P> Plan<P> {
+    /// Plans a lab named `lab` from `topology`; `profile` plans the CNI
+    /// profile's part from the nodes, and may give routers BGP peers.
+    pub fn new(topology: &Topology, lab: &str, profile: impl FnOnce(&[NodePlan], &mut [RouterPlan]) -> P) -> Self {
         let mut ids = rng(topology.seed, Stream::ContainerIds);
         let switches: Vec<SwitchPlan> = topology
             .switches
@@ -260,7 +262,7 @@ impl Plan {
                 }
             })
             .collect();
-        let profile = profile::plan(topology, &nodes, &mut routers, paths);
+        let profile = profile(&nodes, &mut routers);
         Plan {
             lab: lab.to_string(),
             topology: topology.clone(),
@@ -338,9 +340,11 @@ pub fn write_file(path: &Path, text: &str) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use crate::error::Source;
+    use crate::paths::LabPaths;
+    use crate::profile::plan_lab;
 
     fn topo(text: &str) -> Topology {
-        crate::topology::parse(&Source::new("t.toml", text)).unwrap()
+        crate::profile::parse_topology(&Source::new("t.toml", text)).unwrap()
     }
 
     #[test]
@@ -356,17 +360,17 @@ mod tests {
     fn plan_is_deterministic_and_seeded() {
         let text = "name = \"d\"\nseed = 3\n[[node]]\nname = \"n{i}\"\ncount = 3\npods = 2\n";
         let p = LabPaths::new(Path::new("/run/x"), "d");
-        let a = serde_json::to_string(&Plan::new(&topo(text), "d", &p)).unwrap();
-        let b = serde_json::to_string(&Plan::new(&topo(text), "d", &p)).unwrap();
+        let a = serde_json::to_string(&plan_lab(&topo(text), "d", &p)).unwrap();
+        let b = serde_json::to_string(&plan_lab(&topo(text), "d", &p)).unwrap();
         assert_eq!(a, b);
-        let c = serde_json::to_string(&Plan::new(&topo(&text.replace("seed = 3", "seed = 4")), "d", &p)).unwrap();
+        let c = serde_json::to_string(&plan_lab(&topo(&text.replace("seed = 3", "seed = 4")), "d", &p)).unwrap();
         assert_ne!(a, c);
     }
 
     #[test]
     fn nodes_get_namespaces_pods_and_gateways() {
         let text = "name = \"d\"\n[[switch]]\nname = \"s\"\nsubnet = \"10.0.0.0/24\"\n[[router]]\nname = \"r\"\nswitches = [\"s\"]\n[[node]]\nname = \"a\"\npods = [\"web\"]\n";
-        let plan = Plan::new(&topo(text), "lab1", &LabPaths::new(Path::new("/run/x"), "lab1"));
+        let plan = plan_lab(&topo(text), "lab1", &LabPaths::new(Path::new("/run/x"), "lab1"));
         let n = &plan.nodes[0];
         assert_eq!(n.ns, "cnilab.lab1.a");
         assert_eq!(n.ip.to_string(), "10.0.0.10");
@@ -388,7 +392,7 @@ mod tests {
     #[test]
     fn switches_without_a_router_get_an_uplink_holding_the_gateway() {
         let text = "name = \"d\"\n[[switch]]\nname = \"s\"\nsubnet = \"10.0.0.0/24\"\n[[switch]]\nname = \"t\"\nsubnet = \"10.0.1.0/24\"\n[[router]]\nname = \"r\"\nswitches = [\"t\"]\n[[node]]\nname = \"a\"\nswitch = \"s\"\n[[node]]\nname = \"b\"\nswitch = \"t\"\n";
-        let plan = Plan::new(&topo(text), "lab1", &LabPaths::new(Path::new("/run/x"), "lab1"));
+        let plan = plan_lab(&topo(text), "lab1", &LabPaths::new(Path::new("/run/x"), "lab1"));
         let u = plan.switches[0].uplink.as_ref().expect("s has no router");
         assert_eq!((u.ip.to_string(), u.prefix_len), ("10.0.0.1".into(), 24));
         assert_eq!(

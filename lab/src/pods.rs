@@ -68,7 +68,22 @@ pub async fn add(state: &mut LabState, pod: &str) -> Result<String> {
         });
     let node_ns = Netns::open(&n.ns)?;
     let runtime = runtime_for(&paths, node, &node_ns);
-    crate::profile::calico::build::claim_if_full(state, node).await?;
+    let in_use = state
+        .pods
+        .iter()
+        .filter(|(k, p)| k.split_once('/').is_some_and(|(nd, _)| nd == node) && p.ip.is_some())
+        .count() as u64;
+    let pod_add = crate::profile::PodAdd {
+        plan: &plan,
+        paths: &paths,
+        node,
+        in_use,
+    };
+    let mut save = |profile| {
+        state.plan.profile = profile;
+        state.save()
+    };
+    plan.profile.before_pod_add(pod_add, &mut save).await?;
     let conflist = state
         .plan
         .profile

@@ -18,7 +18,6 @@ use crate::progress::Progress;
 use crate::retry::Backoff;
 use crate::spanned::{Sp, Table, parse_document};
 use crate::state::LabState;
-use crate::topology::Topology;
 
 /// Default time an expectation gets to hold.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -785,7 +784,7 @@ pub async fn run(
         error: Some(error),
         time: started.elapsed(),
     };
-    let topology = match Topology::load(&sc.topology) {
+    let topology = match crate::profile::load_topology(&sc.topology) {
         Ok(t) => t,
         Err(e) => return not_up(e.to_string()),
     };

@@ -173,19 +173,15 @@ struct Raw {
 }
 
 /// Sysctls the lab sets: forwarding on nodes and routers (see
-/// build::NODE_SYSCTLS), and what Calico's plugin sets on each `cali` veth.
+/// build::NODE_SYSCTLS), and what a profile's plugin sets on host veths.
 fn touched_sysctls(role: &str, links: &[LinkMessage]) -> Vec<String> {
     let mut keys = Vec::new();
     if role == "node" || role == "router" {
         keys.push("net/ipv4/ip_forward".to_string());
     }
     for l in links {
-        if let Some(name) = link_name(l).filter(|n| n.starts_with("cali")) {
-            keys.extend(
-                crate::profile::calico::plugin::host_veth_sysctls(name)
-                    .into_iter()
-                    .map(|(k, _)| k),
-            );
+        if let Some(name) = link_name(l) {
+            keys.extend(crate::profile::host_link_sysctls(name));
         }
     }
     keys

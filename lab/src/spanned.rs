@@ -286,7 +286,7 @@ impl<'a, 'i> Table<'a, 'i> {
         }
     }
 
-    /// An optional sub-table (`[network]` or `[network.flannel]`).
+    /// An optional sub-table (`[network]` or a profile's `[network.<cni>]`).
     pub fn table(&self, key: &str, ctx: &str) -> R<Option<Table<'a, 'i>>> {
         match self.get(key) {
             None => Ok(None),

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 use crate::netns;
 use crate::paths::{self, LabPaths};
-use crate::plan::Plan;
+use crate::profile::Plan;
 
 /// Version of the state file's layout.
 pub const STATE_VERSION: u32 = 1;

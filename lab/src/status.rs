@@ -10,10 +10,8 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::netns;
-use crate::plan::Plan;
-use crate::profile::ProfilePlan;
+use crate::profile::Plan;
 use crate::state::{LabState, Phase};
-use crate::topology::Profile;
 
 /// A lab's status, for people (`Display`) and programs (JSON). Every
 /// element is an object with named fields, so that programs read fields by
@@ -194,25 +192,7 @@ pub fn settings(plan: &Plan) -> BTreeMap<String, String> {
             .mtu
             .map_or("(profile's computation)".into(), |m| m.to_string()),
     );
-    match &t.network.profile {
-        Profile::Flannel(f) => {
-            s.insert("network.flannel.backend".into(), f.backend.as_str().into());
-            s.insert("network.flannel.vni".into(), f.vni.to_string());
-            s.insert("network.flannel.port".into(), f.port.to_string());
-            s.insert("network.flannel.subnet_len".into(), f.subnet_len.to_string());
-        }
-        Profile::Calico(c) => {
-            s.insert("network.calico.mode".into(), format!("{:?}", c.mode).to_lowercase());
-            s.insert("network.calico.block_size".into(), c.block_size.to_string());
-            s.insert("network.calico.asn".into(), c.asn.to_string());
-            s.insert("network.calico.mesh".into(), format!("{:?}", c.mesh).to_lowercase());
-            if !c.reflectors.is_empty() {
-                s.insert("network.calico.reflectors".into(), c.reflectors.join(", "));
-            }
-            s.insert("network.calico.hold_time".into(), c.hold_time.to_string());
-            s.insert("network.calico.restart_time".into(), c.restart_time.to_string());
-        }
-    }
+    s.extend(plan.profile.settings(t));
     s
 }
 
@@ -238,13 +218,9 @@ pub fn status(state: &LabState) -> Status {
             switch: n.switch.clone(),
             ip: format!("{}/{}", n.ip, n.prefix_len),
             mtu: n.mtu,
-            pod_subnet: match &plan.profile {
-                // A Calico node holds every block it claimed.
-                ProfilePlan::Calico(c) => c
-                    .node(&n.name)
-                    .map(|cn| cn.blocks().map(|b| b.to_string()).collect::<Vec<_>>().join(", ")),
-                _ => plan.profile.pod_subnet(&n.name).map(|s| s.to_string()),
-            },
+            pod_subnet: Some(plan.profile.pod_subnets(&n.name))
+                .filter(|s| !s.is_empty())
+                .map(|s| s.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(", ")),
             overlay: plan
                 .profile
                 .overlay(&n.name)
@@ -311,10 +287,10 @@ fn pods(state: &LabState) -> Vec<PodStatus> {
             PodStatus {
                 namespace: p.ns.clone(),
                 ip: st.and_then(|s| s.ip.clone()),
-                gateway: match &plan.profile {
-                    // Calico's result carries no gateway; every pod routes via 169.254.1.1.
-                    ProfilePlan::Calico(_) => Some(crate::profile::calico::POD_GATEWAY.to_string()),
-                    _ => st.and_then(|s| s.gateway.map(|g| g.to_string())),
+                // A profile with a fixed pod gateway gives it; else the CNI result's.
+                gateway: match plan.profile.pod_gateway() {
+                    Some(g) => Some(g.to_string()),
+                    None => st.and_then(|s| s.gateway.map(|g| g.to_string())),
                 },
                 mtu: plan.profile.pod_mtu(&n.name).unwrap_or(n.mtu),
                 name: key,
@@ -327,8 +303,7 @@ fn pods(state: &LabState) -> Vec<PodStatus> {
 /// socket query as `probe bgp`; a lab without BIRD has none.
 fn bgp_sessions(state: &LabState) -> Vec<BgpSessionStatus> {
     let plan = &state.plan;
-    let has_bird = plan.routers.iter().any(|r| r.bird.is_some())
-        || matches!(&plan.profile, ProfilePlan::Calico(c) if c.nodes.iter().any(|n| n.bird.is_some()));
+    let has_bird = plan.routers.iter().any(|r| r.bird.is_some()) || !plan.profile.node_birds().is_empty();
     if !has_bird {
         return Vec::new();
     }
@@ -394,26 +369,7 @@ pub(crate) fn table(header: &[&str]) -> Table {
 
 /// A one-line description of the network, e.g. `flannel vxlan (VNI 1, port 8472)`.
 pub fn network_line(plan: &Plan) -> String {
-    use crate::topology::{CalicoMesh, CalicoMode};
-    match &plan.profile {
-        ProfilePlan::Flannel(f) => match f.backend {
-            crate::topology::FlannelBackend::Vxlan => format!("flannel vxlan (VNI {}, port {})", f.vni, f.port),
-            b => format!("flannel {}", b.as_str()),
-        },
-        ProfilePlan::Calico(c) => match c.mode {
-            CalicoMode::Vxlan => "calico vxlan (VNI 4096, port 4789)".to_string(),
-            mode => format!(
-                "calico {} (AS {}, {})",
-                format!("{mode:?}").to_lowercase(),
-                c.asn,
-                match c.mesh {
-                    CalicoMesh::Full => "full mesh",
-                    CalicoMesh::Reflectors => "route reflectors",
-                    CalicoMesh::Tor => "peering with top-of-rack routers",
-                }
-            ),
-        },
-    }
+    plan.profile.describe()
 }
 
 /// The node and pod tables.

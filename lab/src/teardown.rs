@@ -61,17 +61,7 @@ pub fn processes_in(inodes: &BTreeSet<u64>) -> Vec<i32> {
         .collect()
 }
 
-/// Whether a process runs (a zombie does not count).
-pub fn alive(pid: i32) -> bool {
-    // A zombie has let go of its namespaces already.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
-}
+pub use crate::runtime::alive;
 
 /// Stops processes: SIGTERM, then SIGKILL for those still there after the
 /// grace time. Polls their exit with a short backoff, no fixed sleep.

@@ -1,5 +1,7 @@
 //! The topology file (shared/design/topology.md): parsing, defaults and every
-//! rejection the contract lists, each with file:line:column and a fix.
+//! rejection the contract lists, each with file:line:column and a fix. The
+//! part of `[network]` that belongs to a CNI profile is read by that profile
+//! through [`ProfileSyntax`]; the profile layer passes them all to [`parse`].
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -42,111 +44,110 @@ pub struct Topology {
 /// `[network]`: one CNI profile for the whole lab.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Network {
-    /// The pod CIDR (kubeadm --pod-network-cidr), or Calico's IP pool.
+    /// The pod CIDR (kubeadm --pod-network-cidr), or the profile's IP pool.
     pub pod_cidr: Ipv4Net,
     /// A forced pod MTU instead of the profile's computation.
     pub mtu: Option<u32>,
     /// The profile and its options.
-    pub profile: Profile,
+    pub profile: ProfileOptions,
 }
 
-/// A CNI profile with its options.
+/// The CNI profile `cni` names, with its options as its [`ProfileSyntax`]
+/// read them (saved as `{"cni": "<name>", <options>...}`); the profile
+/// reads them back into its own type when it plans.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "cni", rename_all = "lowercase")]
-pub enum Profile {
-    /// flannel, mirroring its net-conf.json.
-    Flannel(FlannelOptions),
-    /// Calico.
-    Calico(CalicoOptions),
-}
-
-impl Profile {
+pub struct ProfileOptions {
     /// The profile's name as written in `cni = "..."`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Profile::Flannel(_) => "flannel",
-            Profile::Calico(_) => "calico",
-        }
+    pub cni: String,
+    /// Its options, with every default filled in.
+    #[serde(flatten)]
+    pub options: Options,
+}
+
+/// A profile's options as the topology keeps them: JSON values by key, in
+/// the order the profile's options type declares them (saved, and shown by
+/// `validate --json`, in that order).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Options(pub Vec<(String, serde_json::Value)>);
+
+impl Options {
+    /// The options of a profile's options type, in its field order.
+    pub fn of(options: &impl Serialize) -> serde_json::Result<Options> {
+        serde_json::from_str(&serde_json::to_string(options)?)
     }
 }
 
-/// flannel backends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FlannelBackend {
-    /// VXLAN overlay, `flannel.<vni>`.
-    Vxlan,
-    /// Plain routes via node addresses.
-    HostGw,
-    /// The old userspace UDP backend (Rudder).
-    Udp,
-}
-
-impl FlannelBackend {
-    /// The name flannel uses in its `Backend.Type`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FlannelBackend::Vxlan => "vxlan",
-            FlannelBackend::HostGw => "host-gw",
-            FlannelBackend::Udp => "udp",
+impl Serialize for Options {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            m.serialize_entry(k, v)?;
         }
+        m.end()
     }
 }
 
-/// `[network.flannel]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct FlannelOptions {
-    /// vxlan (default), host-gw or udp.
-    pub backend: FlannelBackend,
-    /// VXLAN network identifier (default 1).
-    pub vni: u32,
-    /// UDP port (8472 for vxlan, 8285 for udp).
-    pub port: u16,
-    /// Prefix length of each node's lease.
-    pub subnet_len: u8,
+impl<'de> Deserialize<'de> for Options {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct InOrder;
+        impl<'de> serde::de::Visitor<'de> for InOrder {
+            type Value = Options;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a table of options")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Options, A::Error> {
+                let mut v = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    v.push(entry);
+                }
+                Ok(Options(v))
+            }
+        }
+        d.deserialize_map(InOrder)
+    }
 }
 
-/// Calico data planes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CalicoMode {
-    /// Plain BGP routes, no encapsulation.
-    Bgp,
-    /// `vxlan.calico`.
-    Vxlan,
-    /// `tunl0`.
-    Ipip,
+impl ProfileOptions {
+    /// The profile's name as written in `cni = "..."`.
+    pub fn name(&self) -> &str {
+        &self.cni
+    }
+
+    /// The options as the profile's own type, when they are that profile's.
+    pub fn get<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
+        let object = self.options.0.iter().cloned().collect();
+        serde_json::from_value(serde_json::Value::Object(object)).ok()
+    }
 }
 
-/// Calico BGP peering layouts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CalicoMesh {
-    /// Every node peers with every other.
-    Full,
-    /// Nodes peer with route reflectors only.
-    Reflectors,
-    /// Nodes peer with the router on their switch.
-    Tor,
+/// How one CNI profile's part of `[network]` is read: the profile layer
+/// gives the parser one of these per profile, the first being the default
+/// when `cni` is left out.
+pub trait ProfileSyntax: Sync {
+    /// Its name, as in `cni = "..."` and `[network.<name>]`.
+    fn name(&self) -> &'static str;
+
+    /// The pod CIDR when `pod_cidr` is left out.
+    fn default_pod_cidr(&self) -> &'static str;
+
+    /// Checks the nodes against the profile, before its section is read.
+    fn check_nodes(&self, _net: &Table, _parts: &Parts, _errs: &Errors) {}
+
+    /// Reads `[network.<name>]` (`None` when it is not written), with every
+    /// default, and checks it against the pool and the other parts. Records
+    /// each mistake in `errs`; `None` when there was one.
+    fn parse(&self, t: Option<&Table>, scope: &Scope, errs: &Errors) -> Option<Options>;
 }
 
-/// `[network.calico]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CalicoOptions {
-    /// bgp (default), vxlan or ipip.
-    pub mode: CalicoMode,
-    /// Prefix length of IPAM blocks (default 26).
-    pub block_size: u8,
-    /// The cluster's AS (default 64512).
-    pub asn: u32,
-    /// Peering layout.
-    pub mesh: CalicoMesh,
-    /// Route reflector nodes, with `mesh = "reflectors"`.
-    pub reflectors: Vec<String>,
-    /// BGP hold time in seconds (BIRD's default 240).
-    pub hold_time: u32,
-    /// Graceful restart time in seconds (Calico's template: 120).
-    pub restart_time: u32,
+/// What a profile's options are read against.
+pub struct Scope<'s> {
+    /// The pod CIDR (a default, at `[network]`, when none was written).
+    pub pod_cidr: &'s Sp<Ipv4Net>,
+    /// The nodes and routers.
+    pub parts: &'s Parts<'s>,
+    /// The table errors about the pool and the nodes are reported through.
+    pub at: &'s Table<'s, 's>,
 }
 
 /// `[[switch]]`: an L2 segment, a Linux bridge in the fabric namespace.
@@ -171,8 +172,9 @@ pub struct Node {
     pub ip: Ipv4Addr,
     /// Its pods, by name.
     pub pods: Vec<String>,
-    /// How many addresses its IPAM range holds (calico), like a cloud
-    /// node's pod limit; none: the whole block.
+    /// How many addresses its IPAM range holds, where the profile's
+    /// conflist limits it, like a cloud node's pod limit; none: the whole
+    /// block.
     #[serde(default)]
     pub max_pods: Option<u32>,
 }
@@ -189,8 +191,9 @@ pub struct Router {
 }
 
 impl Topology {
-    /// Reads and validates a topology file.
-    pub fn load(path: &Path) -> Result<Topology, Error> {
+    /// Reads and validates a topology file, its network read by one of
+    /// `profiles`.
+    pub fn load(path: &Path, profiles: &[&dyn ProfileSyntax]) -> Result<Topology, Error> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             Error::usage(
                 format!("cannot read topology {}: {e}", path.display()),
@@ -198,7 +201,7 @@ impl Topology {
             )
         })?;
         let src = Source::new(path.display().to_string(), text);
-        Ok(parse(&src)?)
+        Ok(parse(&src, profiles)?)
     }
 
     /// The switch a node is on.
@@ -214,12 +217,13 @@ impl Topology {
 
 /// Parses and validates a topology from its source text. Every independent
 /// mistake is reported, in file order; checks that depend on a value with a
-/// mistake are skipped rather than reported as a second mistake.
-pub fn parse(src: &Source) -> R<Topology> {
+/// mistake are skipped rather than reported as a second mistake. The
+/// network is read by one of `profiles` (the first when `cni` is left out).
+pub fn parse(src: &Source, profiles: &[&dyn ProfileSyntax]) -> R<Topology> {
     let (doc, span) = parse_document(src, &src.text)?;
     let root = Table::root(src, &doc, span);
     let errs = Errors::default();
-    let topology = read(&root, &errs);
+    let topology = read(&root, profiles, &errs);
     errs.finish(topology)
 }
 
@@ -228,7 +232,7 @@ pub const MAX_NODES: usize = 4096;
 /// Most pods a topology may have, all nodes together.
 pub const MAX_PODS: usize = 65536;
 
-fn read(root: &Table, errs: &Errors) -> Option<Topology> {
+fn read(root: &Table, profiles: &[&dyn ProfileSyntax], errs: &Errors) -> Option<Topology> {
     errs.ok(root.allow(&["name", "seed", "network", "switch", "node", "router"]));
     let name = errs.ok(root.required_string("name", "name = \"demo\""));
     let name = name.filter(|n| errs.ok(check_name(root, n, "lab name", 12)).is_some());
@@ -250,7 +254,7 @@ fn read(root: &Table, errs: &Errors) -> Option<Topology> {
         ));
     }
     let parts_ok = errs.count() == before;
-    let network = parse_network(root, &switches, &routers, &nodes, parts_ok, errs);
+    let network = parse_network(root, &switches, &routers, &nodes, parts_ok, profiles, errs);
     if !parts_ok {
         return None;
     }
@@ -270,7 +274,7 @@ fn read(root: &Table, errs: &Errors) -> Option<Topology> {
 }
 
 /// What is quoted of a value the user wrote: at most 60 characters.
-fn q(s: &str) -> String {
+pub fn q(s: &str) -> String {
     excerpt(s, 60)
 }
 
@@ -457,9 +461,12 @@ fn check_switch_subnet(t: &Table, subnet: &Sp<Ipv4Net>, out: &[SwitchIn]) -> R<(
     Ok(())
 }
 
-struct RouterIn {
-    router: Router,
-    name_span: Range<usize>,
+/// A router as read, with where its name is written.
+pub struct RouterIn {
+    /// The router.
+    pub router: Router,
+    /// Where its name is written.
+    pub name_span: Range<usize>,
 }
 
 fn parse_routers(root: &Table, switches: &[SwitchIn], switches_ok: bool, errs: &Errors) -> Vec<RouterIn> {
@@ -579,13 +586,18 @@ fn unknown_switch(t: &Table, s: &Sp<String>, switches: &[SwitchIn]) -> InputErro
     t.err(s.span.clone(), format!("there is no switch \"{}\"", q(&s.v)), fix)
 }
 
-struct NodeIn {
-    node: Node,
-    max_pods_span: Option<Range<usize>>,
-    name_span: Range<usize>,
+/// A node as read (its address not yet assigned), with where its parts
+/// are written.
+pub struct NodeIn {
+    /// The node.
+    pub node: Node,
+    /// Where `max_pods` is written.
+    pub max_pods_span: Option<Range<usize>>,
+    /// Where its name is written.
+    pub name_span: Range<usize>,
     ip_span: Option<Range<usize>>,
     /// Where its pods are written (the node's table when they are not).
-    pods_span: Range<usize>,
+    pub pods_span: Range<usize>,
     explicit_ip: Option<Ipv4Addr>,
 }
 
@@ -782,6 +794,7 @@ fn parse_network(
     routers: &[RouterIn],
     nodes: &[NodeIn],
     parts_ok: bool,
+    profiles: &[&dyn ProfileSyntax],
     errs: &Errors,
 ) -> Option<Network> {
     // Checks against the nodes and switches run only when those parsed.
@@ -791,34 +804,26 @@ fn parse_network(
         ok: parts_ok,
         pool: true,
     };
+    let default = *profiles.first().expect("at least one profile");
     let Some(net) = errs.ok(root.table("network", "[network]"))? else {
-        let cidr = Sp::new("10.244.0.0/16".parse().expect("valid default"), 0..0);
-        if parts_ok {
-            errs.ok(check_pod_cidr_overlap(root, &cidr, switches));
-        }
-        let opts = flannel_options(None, &cidr, &ctx, root, errs)?;
-        return Some(Network {
-            pod_cidr: cidr.v,
-            mtu: None,
-            profile: Profile::Flannel(opts),
-        });
+        return default_network(root, switches, &ctx, default, errs);
     };
     let before = errs.count();
-    errs.ok(net.allow(&["cni", "pod_cidr", "mtu", "flannel", "calico"]));
+    let names: Vec<&str> = profiles.iter().map(|p| p.name()).collect();
+    let keys = [&["cni", "pod_cidr", "mtu"][..], &names].concat();
+    errs.ok(net.allow(&keys));
     let cni = errs
-        .ok(net.string("cni", "cni = \"flannel\""))?
-        .unwrap_or_else(|| Sp::new("flannel".into(), net.span()));
-    let profiles = ["flannel", "calico"];
-    if !profiles.contains(&cni.v.as_str()) {
-        let fix = match crate::spanned::closest(&cni.v, &profiles) {
-            Some(near) => format!("did you mean \"{near}\"? profiles: flannel, calico"),
-            None => "use one of the profiles under plugins/: flannel, calico".to_string(),
+        .ok(net.string("cni", &format!("cni = \"{}\"", default.name())))?
+        .unwrap_or_else(|| Sp::new(default.name().into(), net.span()));
+    let Some(profile) = profiles.iter().find(|p| p.name() == cni.v) else {
+        let fix = match crate::spanned::closest(&cni.v, &names) {
+            Some(near) => format!("did you mean \"{near}\"? profiles: {}", names.join(", ")),
+            None => format!("use one of the profiles under plugins/: {}", names.join(", ")),
         };
         errs.push(net.err(cni.span, format!("unknown CNI profile \"{}\"", q(&cni.v)), fix));
         return None;
-    }
-    let calico = cni.v == "calico";
-    let default_cidr = if calico { "192.168.0.0/16" } else { "10.244.0.0/16" };
+    };
+    let default_cidr = profile.default_pod_cidr();
     let pod_cidr = errs
         .ok(parse_cidr(&net, "pod_cidr", "pod_cidr = \"10.244.0.0/16\""))
         .map(|c| c.unwrap_or_else(|| Sp::new(default_cidr.parse().expect("valid default"), net.span())))
@@ -828,7 +833,7 @@ fn parse_network(
     }
     let mtu = errs.ok(net.int("mtu", MTU_MIN, MTU_MAX, "mtu = 1400"));
     // A profile's section belongs to that profile only.
-    for other in profiles.iter().filter(|p| **p != cni.v) {
+    for other in names.iter().filter(|p| **p != cni.v) {
         if let Some(span) = net.key_span(other) {
             errs.push(net.err(
                 span,
@@ -837,44 +842,71 @@ fn parse_network(
             ));
         }
     }
-    if !calico {
-        if let Some(span) = nodes.iter().find_map(|n| n.max_pods_span.clone()) {
-            errs.push(net.err(
-                span,
-                "max_pods limits a node's IPAM range, which only the calico profile's conflist sets; flannel's plugin always hands out the whole lease",
-                "use cni = \"calico\", or a longer subnet_len to give each node fewer addresses",
-            ));
-        }
-    }
-    let key = if calico { "calico" } else { "flannel" };
+    profile.check_nodes(&net, &ctx, errs);
+    let key = profile.name();
     let t = errs.ok(net.table(key, &format!("[network.{key}]")))?;
     // Without a pod CIDR the profile's own keys are still checked.
     ctx.pool = pod_cidr.is_some();
     let cidr = pod_cidr.unwrap_or_else(|| Sp::new(default_cidr.parse().expect("valid default"), net.span()));
-    let profile = if calico {
-        Profile::Calico(calico_options(t.as_ref(), &cidr, &ctx, root, errs)?)
-    } else {
-        Profile::Flannel(flannel_options(t.as_ref(), &cidr, &ctx, &net, errs)?)
+    let scope = Scope {
+        pod_cidr: &cidr,
+        parts: &ctx,
+        at: &net,
     };
+    let options = profile.parse(t.as_ref(), &scope, errs)?;
     if errs.count() > before {
         return None;
     }
     Some(Network {
         pod_cidr: cidr.v,
         mtu: mtu?.map(|m| m.v as u32),
-        profile,
+        profile: ProfileOptions {
+            cni: key.to_string(),
+            options,
+        },
+    })
+}
+
+/// Without `[network]`: the default profile with all its defaults, its pod
+/// CIDR checked against the switches.
+fn default_network(
+    root: &Table,
+    switches: &[SwitchIn],
+    parts: &Parts,
+    profile: &dyn ProfileSyntax,
+    errs: &Errors,
+) -> Option<Network> {
+    let cidr = Sp::new(profile.default_pod_cidr().parse().expect("valid default"), 0..0);
+    if parts.ok {
+        errs.ok(check_pod_cidr_overlap(root, &cidr, switches));
+    }
+    let scope = Scope {
+        pod_cidr: &cidr,
+        parts,
+        at: root,
+    };
+    let options = profile.parse(None, &scope, errs)?;
+    Some(Network {
+        pod_cidr: cidr.v,
+        mtu: None,
+        profile: ProfileOptions {
+            cni: profile.name().to_string(),
+            options,
+        },
     })
 }
 
 /// The parts of the topology a network is checked against, and whether
 /// they all parsed (otherwise the checks against them are skipped).
-struct Parts<'p> {
-    routers: &'p [RouterIn],
-    nodes: &'p [NodeIn],
+pub struct Parts<'p> {
+    /// The routers.
+    pub routers: &'p [RouterIn],
+    /// The nodes, `count` expanded.
+    pub nodes: &'p [NodeIn],
     /// The nodes, routers and switches parsed.
-    ok: bool,
+    pub ok: bool,
     /// The pod CIDR parsed (else a default stands in, unchecked).
-    pool: bool,
+    pub pool: bool,
 }
 
 fn check_pod_cidr_overlap(t: &Table, cidr: &Sp<Ipv4Net>, switches: &[SwitchIn]) -> R<()> {
@@ -901,412 +933,6 @@ fn check_pod_cidr_overlap(t: &Table, cidr: &Sp<Ipv4Net>, switches: &[SwitchIn]) 
                 what,
                 "pods and the underlay need separate address ranges: change pod_cidr or the switch subnet",
             ));
-        }
-    }
-    Ok(())
-}
-
-/// The backends and modes that validate but that cnilab does not build
-/// yet: one check for `validate` and `up` alike.
-fn check_built(t: &Table, key: &str, value: &Sp<String>) -> R<()> {
-    if key == "backend" && value.v == "udp" {
-        return Err(t.err(
-            value.span.clone(),
-            "the flannel udp backend is not built by cnilab yet",
-            "use backend = \"vxlan\" or \"host-gw\"",
-        ));
-    }
-    Ok(())
-}
-
-/// Pods a flannel node subnet of prefix `len` holds: host-local hands out
-/// every address but the network, the gateway (.1) and the broadcast.
-pub fn flannel_pods_per_subnet(len: u8) -> u64 {
-    (1u64 << (32 - u32::from(len.min(32)))).saturating_sub(3)
-}
-
-/// Pods a Calico block of prefix `len` holds: host-local hands out .1 up to
-/// the address before the broadcast.
-pub fn calico_pods_per_block(len: u8) -> u64 {
-    (1u64 << (32 - u32::from(len.min(32)))).saturating_sub(2)
-}
-
-fn flannel_options(
-    t: Option<&Table>,
-    pod_cidr: &Sp<Ipv4Net>,
-    parts: &Parts,
-    at: &Table,
-    errs: &Errors,
-) -> Option<FlannelOptions> {
-    let before = errs.count();
-    let cidr = pod_cidr.v;
-    // A node subnet is at most a /30 (network, gateway, one pod, broadcast).
-    let default_len = if cidr.prefix_len() <= 22 {
-        24
-    } else {
-        (cidr.prefix_len() + 2).min(30)
-    };
-    let mut opts = FlannelOptions {
-        backend: FlannelBackend::Vxlan,
-        vni: 1,
-        port: 8472,
-        subnet_len: default_len,
-    };
-    let mut len_span = None;
-    if let Some(t) = t {
-        errs.ok(t.allow(&["backend", "vni", "port", "subnet_len"]));
-        if let Some(Some(b)) = errs.ok(t.string("backend", "backend = \"vxlan\"")) {
-            match b.v.as_str() {
-                "vxlan" => opts.backend = FlannelBackend::Vxlan,
-                "host-gw" => opts.backend = FlannelBackend::HostGw,
-                "udp" => opts.backend = FlannelBackend::Udp,
-                _ => errs.push(t.err(
-                    b.span.clone(),
-                    format!("unknown flannel backend \"{}\"", q(&b.v)),
-                    "use backend = \"vxlan\" or \"host-gw\" (\"udp\" is not built yet)",
-                )),
-            }
-            errs.ok(check_built(t, "backend", &b));
-        }
-        if opts.backend == FlannelBackend::Udp {
-            opts.port = 8285;
-        }
-        if let Some(Some(v)) = errs.ok(t.int("vni", 1, (1 << 24) - 1, "vni = 1")) {
-            opts.vni = v.v as u32;
-        }
-        if let Some(Some(p)) = errs.ok(t.int("port", 1, 65535, "port = 8472")) {
-            opts.port = p.v as u16;
-        }
-        match errs.ok(t.int("subnet_len", 1, 30, "subnet_len = 24")) {
-            Some(Some(l)) => {
-                opts.subnet_len = l.v as u8;
-                len_span = Some(l.span);
-            }
-            Some(None) => {}
-            None => return None,
-        }
-    }
-    let span = len_span.unwrap_or_else(|| pod_cidr.span.clone());
-    errs.ok(check_flannel_room(at, pod_cidr, &opts, span, parts));
-    (errs.count() == before).then_some(opts)
-}
-
-/// The pool splits into node subnets, one per node (flannel never leases
-/// the first), each holding its node's pods.
-fn check_flannel_room(
-    at: &Table,
-    pod_cidr: &Sp<Ipv4Net>,
-    opts: &FlannelOptions,
-    span: Range<usize>,
-    parts: &Parts,
-) -> R<()> {
-    let cidr = pod_cidr.v;
-    if !parts.pool {
-        return Ok(());
-    }
-    if cidr.prefix_len() >= 30 {
-        return Err(at.err(
-            pod_cidr.span.clone(),
-            format!(
-                "pod CIDR {cidr} is too small for flannel: every node needs a subnet of at least /30, and flannel never leases the first"
-            ),
-            "use a pod_cidr of /29 or larger, e.g. \"10.244.0.0/16\"",
-        ));
-    }
-    if opts.subnet_len <= cidr.prefix_len() {
-        return Err(at.err(
-            span,
-            format!(
-                "subnet_len {} does not split the pod CIDR {cidr} into node subnets",
-                opts.subnet_len
-            ),
-            format!(
-                "use a subnet_len from {} to 30, e.g. {}",
-                cidr.prefix_len() + 1,
-                (cidr.prefix_len() + 2).clamp(24, 30)
-            ),
-        ));
-    }
-    if !parts.ok {
-        return Ok(());
-    }
-    let nodes = parts.nodes.len();
-    let room = (1u64 << (opts.subnet_len - cidr.prefix_len())) - 1;
-    if (nodes as u64) > room {
-        return Err(at.err(
-            span,
-            format!(
-                "pod CIDR {cidr} with subnet_len {} leaves {room} node subnets (flannel skips the first), but there are {nodes} nodes",
-                opts.subnet_len
-            ),
-            "use a larger pod_cidr or a longer subnet_len",
-        ));
-    }
-    let holds = flannel_pods_per_subnet(opts.subnet_len);
-    if let Some(n) = parts.nodes.iter().find(|n| n.node.pods.len() as u64 > holds) {
-        let pods = n.node.pods.len() as u64;
-        // The longest subnet_len that still holds them all.
-        let fits = (2..=30u8)
-            .rev()
-            .find(|l| flannel_pods_per_subnet(*l) >= pods)
-            .unwrap_or(2);
-        return Err(at.err(
-            n.pods_span.clone(),
-            format!(
-                "node \"{}\" has {pods} pods, but its flannel subnet (/{}) holds {holds} (host-local skips the network, the gateway .1 and the broadcast address)",
-                n.node.name, opts.subnet_len
-            ),
-            if fits > cidr.prefix_len() {
-                format!("give it at most {holds} pods, or use subnet_len = {fits} or shorter")
-            } else {
-                format!("give it at most {holds} pods, or use a larger pod_cidr and a shorter subnet_len")
-            },
-        ));
-    }
-    Ok(())
-}
-
-fn calico_options(
-    t: Option<&Table>,
-    cidr: &Sp<Ipv4Net>,
-    parts: &Parts,
-    root: &Table,
-    errs: &Errors,
-) -> Option<CalicoOptions> {
-    let before = errs.count();
-    let mut opts = CalicoOptions {
-        mode: CalicoMode::Bgp,
-        block_size: 26,
-        asn: 64512,
-        mesh: CalicoMesh::Full,
-        reflectors: Vec::new(),
-        hold_time: 240,
-        restart_time: 120,
-    };
-    let mut size_span = cidr.span.clone();
-    if let Some(t) = t {
-        errs.ok(t.allow(&[
-            "mode",
-            "block_size",
-            "asn",
-            "mesh",
-            "reflectors",
-            "hold_time",
-            "restart_time",
-        ]));
-        if let Some(Some(h)) = errs.ok(t.int("hold_time", 3, 65535, "hold_time = 240")) {
-            opts.hold_time = h.v as u32;
-        }
-        if let Some(Some(r)) = errs.ok(t.int("restart_time", 1, 65535, "restart_time = 120")) {
-            opts.restart_time = r.v as u32;
-        }
-        if let Some(Some(m)) = errs.ok(t.string("mode", "mode = \"bgp\"")) {
-            match m.v.as_str() {
-                "bgp" => opts.mode = CalicoMode::Bgp,
-                "vxlan" => opts.mode = CalicoMode::Vxlan,
-                "ipip" => opts.mode = CalicoMode::Ipip,
-                _ => errs.push(t.err(
-                    m.span,
-                    format!("unknown Calico mode \"{}\"", q(&m.v)),
-                    "use mode = \"bgp\", \"vxlan\" or \"ipip\"",
-                )),
-            }
-        }
-        match errs.ok(t.int("block_size", 20, 32, "block_size = 26")) {
-            Some(Some(b)) => {
-                opts.block_size = b.v as u8;
-                size_span = b.span;
-            }
-            Some(None) => {}
-            None => return None,
-        }
-        if let Some(Some(a)) = errs.ok(t.int("asn", 1, u32::MAX as i64, "asn = 64512")) {
-            opts.asn = a.v as u32;
-        }
-        calico_mesh(t, &mut opts, parts, errs);
-    }
-    errs.ok(check_calico_room(root, cidr, &opts, size_span, parts));
-    (errs.count() == before).then_some(opts)
-}
-
-/// `mesh` and `reflectors`, checked against the nodes and routers.
-fn calico_mesh(t: &Table, opts: &mut CalicoOptions, parts: &Parts, errs: &Errors) {
-    let mesh = errs.ok(t.string("mesh", "mesh = \"full\"")).flatten();
-    if let Some(m) = &mesh {
-        match m.v.as_str() {
-            "full" => opts.mesh = CalicoMesh::Full,
-            "reflectors" => opts.mesh = CalicoMesh::Reflectors,
-            "tor" => opts.mesh = CalicoMesh::Tor,
-            _ => {
-                errs.push(t.err(
-                    m.span.clone(),
-                    format!("unknown mesh \"{}\"", q(&m.v)),
-                    "use mesh = \"full\", \"reflectors\" or \"tor\"",
-                ));
-                return;
-            }
-        }
-        if opts.mesh == CalicoMesh::Tor && parts.ok {
-            errs.ok(check_tor_routers(t, m, parts.nodes, parts.routers));
-        }
-    }
-    let Some(refl) = errs.ok(t.strings("reflectors", "reflectors = [\"master\"]")) else {
-        return;
-    };
-    match (&refl, opts.mesh) {
-        (Some(r), CalicoMesh::Reflectors) => {
-            if r.v.is_empty() {
-                errs.push(t.err(
-                    r.span.clone(),
-                    "no route reflectors listed",
-                    "name at least one node, e.g. reflectors = [\"master\"]",
-                ));
-            }
-            for name in &r.v {
-                let nodes = parts.nodes;
-                if parts.ok && !nodes.iter().any(|n| n.node.name == name.v) {
-                    let names: Vec<&str> = nodes.iter().map(|n| n.node.name.as_str()).collect();
-                    let fix = match crate::spanned::closest(&name.v, &names) {
-                        Some(near) => format!("did you mean \"{near}\"?"),
-                        None => format!("name one of the nodes: {}", names.join(", ")),
-                    };
-                    errs.push(t.err(
-                        name.span.clone(),
-                        format!("reflector \"{}\" is not a node", q(&name.v)),
-                        fix,
-                    ));
-                } else if opts.reflectors.contains(&name.v) {
-                    errs.push(t.err(
-                        name.span.clone(),
-                        format!("reflector \"{}\" is listed twice", name.v),
-                        "list each reflector once",
-                    ));
-                } else {
-                    opts.reflectors.push(name.v.clone());
-                }
-            }
-        }
-        (Some(r), _) => errs.push(t.err(
-            r.span.clone(),
-            "`reflectors` only applies with mesh = \"reflectors\"",
-            "add mesh = \"reflectors\", or remove `reflectors`",
-        )),
-        (None, CalicoMesh::Reflectors) => {
-            let span = mesh.map(|m| m.span).unwrap_or_else(|| t.span());
-            errs.push(t.err(
-                span,
-                "mesh = \"reflectors\" names no reflectors",
-                "add reflectors = [\"<node>\", ...]",
-            ));
-        }
-        (None, _) => {}
-    }
-}
-
-/// Blocks hold pods, the pool holds a block for every node and enough
-/// blocks for all their pods: a node whose block is full takes another from
-/// the pool, as Calico's IPAM does.
-fn check_calico_room(
-    root: &Table,
-    cidr: &Sp<Ipv4Net>,
-    opts: &CalicoOptions,
-    size_span: Range<usize>,
-    parts: &Parts,
-) -> R<()> {
-    if opts.block_size > 30 {
-        return Err(root.err(
-            size_span,
-            format!(
-                "block_size /{} holds no pod: host-local needs a network address, a pod address and a broadcast address",
-                opts.block_size
-            ),
-            "use a block_size from 20 to 30, e.g. 26 (Calico's default)",
-        ));
-    }
-    if !parts.pool {
-        return Ok(());
-    }
-    if opts.block_size < cidr.v.prefix_len() {
-        return Err(root.err(
-            size_span,
-            format!("block_size /{} is larger than the pool {}", opts.block_size, cidr.v),
-            format!("use a block_size of /{} or longer", cidr.v.prefix_len()),
-        ));
-    }
-    if !parts.ok {
-        return Ok(());
-    }
-    let room = (1u64 << (32 - opts.block_size)).saturating_sub(1);
-    if let Some(n) = parts
-        .nodes
-        .iter()
-        .find(|n| n.node.max_pods.is_some_and(|m| u64::from(m) > room))
-    {
-        return Err(root.err(
-            n.max_pods_span.clone().unwrap_or(0..0),
-            format!(
-                "max_pods {} is more than a /{} block holds ({room})",
-                n.node.max_pods.unwrap_or(0),
-                opts.block_size
-            ),
-            "lower max_pods, or use a shorter block_size",
-        ));
-    }
-    let blocks = 1u64 << (opts.block_size - cidr.v.prefix_len());
-    let nodes = parts.nodes.len() as u64;
-    if nodes > blocks {
-        return Err(root.err(
-            size_span,
-            format!(
-                "pool {} with block_size /{} leaves {blocks} blocks, but there are {nodes} nodes",
-                cidr.v, opts.block_size,
-            ),
-            "use a larger pod_cidr or a longer block_size",
-        ));
-    }
-    let per_block = calico_pods_per_block(opts.block_size);
-    let want = |n: &NodeIn| (n.node.pods.len() as u64).max(n.node.max_pods.map_or(0, u64::from));
-    let needed: u64 = parts.nodes.iter().map(|n| want(n).div_ceil(per_block).max(1)).sum();
-    if needed > blocks {
-        let pods: u64 = parts.nodes.iter().map(want).sum();
-        return Err(root.err(
-            cidr.span.clone(),
-            format!(
-                "pool {} holds {blocks} blocks of /{} ({per_block} pods each), but the nodes' {pods} pods need {needed}",
-                cidr.v, opts.block_size
-            ),
-            "use a larger pod_cidr, or give the nodes fewer pods",
-        ));
-    }
-    Ok(())
-}
-
-/// With `mesh = "tor"` every node peers with the BGP router on its switch,
-/// so each switch with nodes needs a router that has an AS.
-fn check_tor_routers(t: &Table, mesh: &Sp<String>, nodes: &[NodeIn], routers: &[RouterIn]) -> R<()> {
-    for n in nodes {
-        match routers.iter().find(|r| r.router.switches.contains(&n.node.switch)) {
-            None => {
-                return Err(t.err(
-                    mesh.span.clone(),
-                    format!(
-                        "mesh = \"tor\" needs a router on switch \"{}\" (node \"{}\" is on it), and there is none",
-                        n.node.switch, n.node.name
-                    ),
-                    format!("add a [[router]] with switches = [\"{}\"] and an asn", n.node.switch),
-                ));
-            }
-            Some(r) if r.router.asn.is_none() => {
-                return Err(t.err(
-                    r.name_span.clone(),
-                    format!(
-                        "router \"{}\" has no asn, but mesh = \"tor\" peers with it over BGP",
-                        r.router.name
-                    ),
-                    "give it an AS, e.g. asn = 65000",
-                ));
-            }
-            Some(_) => {}
         }
     }
     Ok(())

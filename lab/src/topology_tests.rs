@@ -1,6 +1,18 @@
 //! Every rejection topology.md lists, each at its line and column.
 
 use super::*;
+use crate::profile::flannel::options::{FlannelBackend, FlannelOptions};
+
+/// The topology parser with every profile's options, as cnilab runs it.
+fn parse(src: &Source) -> R<Topology> {
+    crate::profile::parse_topology(src)
+}
+
+/// The flannel options of a topology.
+fn flannel(t: &Topology) -> FlannelOptions {
+    assert_eq!(t.network.profile.name(), "flannel");
+    t.network.profile.get().expect("flannel options")
+}
 
 const GOOD: &str = r#"name = "demo"
 seed = 7
@@ -47,6 +59,14 @@ fn rejects(text: &str, line: usize, col: usize, needle: &str) -> InputError {
     e
 }
 
+/// Each case: GOOD with `from` replaced by `to` is rejected at line:col
+/// with a message containing the needle.
+fn rejects_edits(cases: &[(&str, &str, usize, usize, &str)]) {
+    for (from, to, line, col, needle) in cases {
+        rejects(&replace(from, to), *line, *col, needle);
+    }
+}
+
 fn replace(from: &str, to: &str) -> String {
     assert!(GOOD.contains(from), "{from:?} not in GOOD");
     GOOD.replacen(from, to, 1)
@@ -72,9 +92,7 @@ fn good_topology_gets_defaults_and_addresses() {
         ]
     );
     assert_eq!(t.nodes[1].pods, ["pod-1", "pod-2"]);
-    let Profile::Flannel(f) = &t.network.profile else {
-        panic!()
-    };
+    let f = flannel(&t);
     assert_eq!(
         (f.backend, f.vni, f.port, f.subnet_len),
         (FlannelBackend::Vxlan, 1, 8472, 24)
@@ -95,15 +113,11 @@ fn smallest_topology_takes_every_default() {
 fn subnet_len_default_follows_flannel() {
     let t =
         ok(&replace("pod_cidr = \"10.244.0.0/16\"", "pod_cidr = \"10.244.0.0/23\"").replace("count = 3", "count = 2"));
-    let Profile::Flannel(f) = &t.network.profile else {
-        panic!()
-    };
+    let f = flannel(&t);
     assert_eq!(f.subnet_len, 25);
     let t =
         ok(&replace("pod_cidr = \"10.244.0.0/16\"", "pod_cidr = \"10.244.0.0/22\"").replace("count = 3", "count = 2"));
-    let Profile::Flannel(f) = &t.network.profile else {
-        panic!()
-    };
+    let f = flannel(&t);
     assert_eq!(f.subnet_len, 24);
 }
 
@@ -123,30 +137,30 @@ fn rejects_unknown_keys_everywhere() {
         "unknown key `mtux` in [[switch]]",
     );
     assert!(e.fix.contains("did you mean `mtu`"), "{}", e.fix);
-    rejects(
-        &replace("seed = 7", "colour = 7"),
-        2,
-        1,
-        "unknown key `colour` in the top level",
-    );
-    rejects(
-        &replace("backend = \"vxlan\"", "backedn = \"vxlan\""),
-        9,
-        1,
-        "unknown key `backedn` in [network.flannel]",
-    );
-    rejects(
-        &replace("cni = \"flannel\"", "cni = \"flannel\"\nfoo = 1"),
-        6,
-        1,
-        "unknown key `foo` in [network]",
-    );
-    rejects(
-        &replace("count = 3", "count = 3\nzone = \"a\""),
-        24,
-        1,
-        "unknown key `zone` in [[node]]",
-    );
+    rejects_edits(&[
+        ("seed = 7", "colour = 7", 2, 1, "unknown key `colour` in the top level"),
+        (
+            "backend = \"vxlan\"",
+            "backedn = \"vxlan\"",
+            9,
+            1,
+            "unknown key `backedn` in [network.flannel]",
+        ),
+        (
+            "cni = \"flannel\"",
+            "cni = \"flannel\"\nfoo = 1",
+            6,
+            1,
+            "unknown key `foo` in [network]",
+        ),
+        (
+            "count = 3",
+            "count = 3\nzone = \"a\"",
+            24,
+            1,
+            "unknown key `zone` in [[node]]",
+        ),
+    ]);
     rejects(
         &format!("{GOOD}\n[[router]]\nname = \"r\"\nswitches = [\"tor1\"]\nasm = 1\n"),
         29,
@@ -162,46 +176,45 @@ fn rejects_bad_toml() {
 
 #[test]
 fn rejects_malformed_cidrs_and_addresses() {
-    rejects(
-        &replace("pod_cidr = \"10.244.0.0/16\"", "pod_cidr = \"10.244.0/16\""),
-        6,
-        12,
-        "not an IPv4 CIDR",
-    );
-    rejects(
-        &replace("pod_cidr = \"10.244.0.0/16\"", "pod_cidr = \"10.244.1.0/16\""),
-        6,
-        12,
-        "host bits set",
-    );
-    rejects(
-        &replace("subnet = \"172.20.0.0/24\"", "subnet = \"172.20.0.0/33\""),
-        13,
-        10,
-        "not an IPv4 CIDR",
-    );
-    rejects(
-        &replace("ip = \"172.20.0.10\"", "ip = \"172.20.0.300\""),
-        18,
-        6,
-        "not an IPv4 address",
-    );
+    let cidr = "pod_cidr = \"10.244.0.0/16\"";
+    rejects_edits(&[
+        (cidr, "pod_cidr = \"10.244.0/16\"", 6, 12, "not an IPv4 CIDR"),
+        (cidr, "pod_cidr = \"10.244.1.0/16\"", 6, 12, "host bits set"),
+        (
+            "subnet = \"172.20.0.0/24\"",
+            "subnet = \"172.20.0.0/33\"",
+            13,
+            10,
+            "not an IPv4 CIDR",
+        ),
+        (
+            "ip = \"172.20.0.10\"",
+            "ip = \"172.20.0.300\"",
+            18,
+            6,
+            "not an IPv4 address",
+        ),
+    ]);
 }
 
 #[test]
 fn rejects_pod_cidr_overlapping_the_underlay() {
-    rejects(
-        &replace("pod_cidr = \"10.244.0.0/16\"", "pod_cidr = \"172.20.0.0/16\""),
-        6,
-        12,
-        "overlaps switch \"tor1\"",
-    );
-    rejects(
-        &replace("subnet = \"172.20.0.0/24\"", "subnet = \"10.244.3.0/24\""),
-        6,
-        12,
-        "overlaps switch \"tor1\"",
-    );
+    rejects_edits(&[
+        (
+            "pod_cidr = \"10.244.0.0/16\"",
+            "pod_cidr = \"172.20.0.0/16\"",
+            6,
+            12,
+            "overlaps switch \"tor1\"",
+        ),
+        (
+            "subnet = \"172.20.0.0/24\"",
+            "subnet = \"10.244.3.0/24\"",
+            6,
+            12,
+            "overlaps switch \"tor1\"",
+        ),
+    ]);
     // Switches overlapping each other.
     let two = replace(
         "[[node]]",
@@ -232,24 +245,12 @@ fn rejects_pod_cidr_too_small_for_the_nodes() {
 
 #[test]
 fn rejects_addresses_outside_or_taken() {
-    rejects(
-        &replace("ip = \"172.20.0.10\"", "ip = \"172.21.0.10\""),
-        18,
-        6,
-        "outside switch \"tor1\"",
-    );
-    rejects(
-        &replace("ip = \"172.20.0.10\"", "ip = \"172.20.0.0\""),
-        18,
-        6,
-        "network address",
-    );
-    rejects(
-        &replace("ip = \"172.20.0.10\"", "ip = \"172.20.0.255\""),
-        18,
-        6,
-        "broadcast address",
-    );
+    let ip = "ip = \"172.20.0.10\"";
+    rejects_edits(&[
+        (ip, "ip = \"172.21.0.10\"", 18, 6, "outside switch \"tor1\""),
+        (ip, "ip = \"172.20.0.0\"", 18, 6, "network address"),
+        (ip, "ip = \"172.20.0.255\"", 18, 6, "broadcast address"),
+    ]);
     let twice = replace(
         "[[node]]\nname = \"worker{i}\"",
         "[[node]]\nname = \"extra\"\nip = \"172.20.0.10\"\n\n[[node]]\nname = \"worker{i}\"",
@@ -294,43 +295,45 @@ fn rejects_switch_subnet_too_small() {
 
 #[test]
 fn rejects_duplicate_and_invalid_names() {
-    rejects(
-        &replace("name = \"demo\"", "name = \"Demo\""),
-        1,
-        8,
-        "lab name \"Demo\" does not start with a lowercase letter",
-    );
-    rejects(
-        &replace("name = \"demo\"", "name = \"a-very-long-lab\""),
-        1,
-        8,
-        "more than 12",
-    );
-    rejects(&replace("name = \"master\"", "name = \"mas_ter\""), 17, 8, "holds `_`");
-    rejects(
-        &replace("name = \"master\"", "name = \"worker2\""),
-        22,
-        8,
-        "two nodes named \"worker2\"",
-    );
-    rejects(
-        &replace("pods = [\"web\", \"db\"]", "pods = [\"web\", \"web\"]"),
-        19,
-        16,
-        "appears twice",
-    );
-    rejects(
-        &replace("pods = [\"web\", \"db\"]", "pods = [\"Web\"]"),
-        19,
-        9,
-        "pod name \"Web\"",
-    );
-    rejects(
-        &replace("name = \"worker{i}\"", "name = \"worker-numbers-{i}\""),
-        22,
-        8,
-        "node name \"worker-numbers-1\" has 16",
-    );
+    rejects_edits(&[
+        (
+            "name = \"demo\"",
+            "name = \"Demo\"",
+            1,
+            8,
+            "lab name \"Demo\" does not start with a lowercase letter",
+        ),
+        ("name = \"demo\"", "name = \"a-very-long-lab\"", 1, 8, "more than 12"),
+        ("name = \"master\"", "name = \"mas_ter\"", 17, 8, "holds `_`"),
+        (
+            "name = \"master\"",
+            "name = \"worker2\"",
+            22,
+            8,
+            "two nodes named \"worker2\"",
+        ),
+        (
+            "pods = [\"web\", \"db\"]",
+            "pods = [\"web\", \"web\"]",
+            19,
+            16,
+            "appears twice",
+        ),
+        (
+            "pods = [\"web\", \"db\"]",
+            "pods = [\"Web\"]",
+            19,
+            9,
+            "pod name \"Web\"",
+        ),
+        (
+            "name = \"worker{i}\"",
+            "name = \"worker-numbers-{i}\"",
+            22,
+            8,
+            "node name \"worker-numbers-1\" has 16",
+        ),
+    ]);
     let two = replace(
         "[[node]]",
         "[[switch]]\nname = \"tor1\"\nsubnet = \"172.21.0.0/24\"\n\n[[node]]",
@@ -346,19 +349,23 @@ fn rejects_duplicate_and_invalid_names() {
 
 #[test]
 fn rejects_count_without_placeholder() {
-    rejects(
-        &replace("name = \"worker{i}\"", "name = \"worker\""),
-        23,
-        9,
-        "has `count` but its name has no \"{i}\"",
-    );
-    rejects(&replace("count = 3\n", ""), 22, 8, "has \"{i}\" but no `count`");
-    rejects(
-        &replace("count = 3", "count = 3\nip = \"172.20.0.20\""),
-        24,
-        6,
-        "both `ip` and `count = 3`",
-    );
+    rejects_edits(&[
+        (
+            "name = \"worker{i}\"",
+            "name = \"worker\"",
+            23,
+            9,
+            "has `count` but its name has no \"{i}\"",
+        ),
+        ("count = 3\n", "", 22, 8, "has \"{i}\" but no `count`"),
+        (
+            "count = 3",
+            "count = 3\nip = \"172.20.0.20\"",
+            24,
+            6,
+            "both `ip` and `count = 3`",
+        ),
+    ]);
 }
 
 #[test]
@@ -399,20 +406,24 @@ fn rejects_tor_mesh_without_a_bgp_router() {
 
 #[test]
 fn rejects_mtu_out_of_range() {
-    rejects(&replace("mtu = 1500", "mtu = 9300"), 14, 7, "out of range");
-    rejects(&replace("mtu = 1500", "mtu = 500"), 14, 7, "out of range");
-    rejects(
-        &replace("cni = \"flannel\"", "cni = \"flannel\"\nmtu = 100"),
-        6,
-        7,
-        "out of range",
-    );
-    rejects(
-        &replace("mtu = 1500", "mtu = \"1500\""),
-        14,
-        7,
-        "must be an integer, not a string",
-    );
+    rejects_edits(&[
+        ("mtu = 1500", "mtu = 9300", 14, 7, "out of range"),
+        ("mtu = 1500", "mtu = 500", 14, 7, "out of range"),
+        (
+            "cni = \"flannel\"",
+            "cni = \"flannel\"\nmtu = 100",
+            6,
+            7,
+            "out of range",
+        ),
+        (
+            "mtu = 1500",
+            "mtu = \"1500\"",
+            14,
+            7,
+            "must be an integer, not a string",
+        ),
+    ]);
 }
 
 #[test]
@@ -492,11 +503,9 @@ fn rejects_flannel_pools_too_small_for_a_subnet() {
     // A /29 gives one /30 lease (the first is never leased) with one pod.
     let one = "name = \"f\"\n[network]\npod_cidr = \"10.244.0.0/29\"\n[[node]]\nname = \"n\"\npods = 1\n";
     let t = ok(one);
-    let Profile::Flannel(f) = &t.network.profile else {
-        panic!()
-    };
+    let f = flannel(&t);
     assert_eq!(f.subnet_len, 30);
-    crate::plan::Plan::new(&t, "f", &crate::paths::LabPaths::of("f"));
+    crate::profile::plan_lab(&t, "f", &crate::paths::LabPaths::of("f"));
 }
 
 #[test]
@@ -653,4 +662,18 @@ fn profile_keys_are_checked_without_a_pod_cidr() {
     let e = parse(&Source::new("t.toml", &text)).expect_err("two mistakes");
     let places: Vec<(usize, usize)> = e.all().map(|e| (e.line, e.col)).collect();
     assert_eq!(places, [(4, 12), (7, 1)], "{e}");
+}
+
+#[test]
+fn profile_options_keep_their_order_through_the_saved_json() {
+    let t = ok(&CALICO.replace("block_size = 26", "block_size = 26\nmesh = \"full\""));
+    let json = serde_json::to_string(&t.network).unwrap();
+    assert!(
+        json.contains(r#""profile":{"cni":"calico","mode":"bgp","block_size":26,"asn":64512,"mesh":"full""#),
+        "{json}"
+    );
+    let back: Network = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.profile.options, t.network.profile.options);
+    let c: crate::profile::calico::options::CalicoOptions = back.profile.get().expect("calico options");
+    assert_eq!((c.block_size, c.asn), (26, 64512));
 }

@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::iptables::{self, Proto, Ruleset};
 use crate::netns::{self, Netns};
 use crate::paths;
-use crate::plan::Plan;
+use crate::profile::Plan;
 use crate::state::LabState;
 
 /// VXLAN over IPv4 adds an inner Ethernet header (14), VXLAN (8), UDP (8), IP (20).
@@ -402,17 +402,8 @@ impl<'a> Lab<'a> {
                 }
             }
         }
-        if let crate::profile::ProfilePlan::Flannel(f) = &plan.profile {
-            for fnode in &f.nodes {
-                if let Some(n) = plan.node(&fnode.node) {
-                    if let Some(dev) = &f.device {
-                        owners.insert(fnode.subnet.network(), (format!("{dev} of {}", n.name), n.ns.clone()));
-                    }
-                    if let Some(gw) = fnode.subnet.hosts().next() {
-                        owners.insert(gw, (format!("cni0 of {}", n.name), n.ns.clone()));
-                    }
-                }
-            }
+        for (ip, what, ns) in plan.profile.address_owners(plan) {
+            owners.insert(ip, (what, ns));
         }
         for r in &plan.routers {
             for p in &r.ports {

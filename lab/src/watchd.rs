@@ -1,5 +1,5 @@
 //! `cnilab-watchd`: the lab's datastore watch service. The agents watch the
-//! datastore folder (one file per key) as flanneld and felix watch etcd. Each
+//! datastore folder (one file per key) as real node agents watch etcd. Each
 //! inotify instance counts against fs.inotify.max_user_instances (128 on
 //! most distributions), so 200 agents with one each would fail; this
 //! service holds the lab's one inotify instance and streams each change to
@@ -37,7 +37,7 @@ pub struct Args {
     pub socket: PathBuf,
 }
 
-/// The entry point: `cnilab-watchd` as argv[0].
+/// The entry point: `cnilab-watchd` as `argv[0]`.
 pub fn main() -> ! {
     overlay::agent_main(run(Args::parse()))
 }

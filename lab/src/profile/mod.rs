@@ -1,19 +1,49 @@
-//! CNI profiles. Each profile is one place: its plan (leases or blocks, MTU
-//! rule, configuration files), its node agent and its CNI plugin. Adding a
-//! profile touches only the dispatch here.
+//! CNI profiles, each behind [`Profile`], in the spirit of netavark's
+//! `NetworkDriver`.
+//!
+//! A profile is one folder, `profile/<name>/`: its plan (leases or blocks,
+//! MTU rule, conflist, agents), its build and readiness (what "converged"
+//! means), and what observation needs from it (overlay devices, capture
+//! port, address owners, graph lines and edges, doctor requirements). Its
+//! saved decisions are one variant of [`ProfilePlan`], which is what the
+//! lab's state keeps; [`ProfilePlan::get`] is the one `match` that turns
+//! them into `&dyn Profile`, and everything outside the profile's folder
+//! goes through the trait (a `ProfilePlan` derefs to it).
+//!
+//! A profile also owns its options (`profile/<name>/options.rs`): it reads
+//! `[network.<name>]` for the topology's parser through
+//! [`topology::ProfileSyntax`], and reads its options back when it plans.
+//! The model layer below (topology, plan) and the runtime know no profile:
+//! [`parse_topology`] and [`load_topology`] give the parser the profiles'
+//! syntaxes, [`plan_lab`] plans a lab with its profile, and [`Plan`] and
+//! [`Built`] name the model's and runtime's types with [`ProfilePlan`].
+//!
+//! Adding a profile: a new folder `profile/<name>/` with its options'
+//! `Syntax`, a plan type that implements [`Profile`] and its [`Registered`]
+//! entry, then one line in [`PROFILES`] and the [`ProfilePlan`] variant
+//! with its arm in [`ProfilePlan::get`].
 
 pub mod calico;
 pub mod flannel;
 
-use std::path::PathBuf;
+use std::net::Ipv4Addr;
 
+use anyhow::Result;
+use futures::future::BoxFuture;
+use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+use crate::bird::BirdPlan;
+use crate::error::{Error, InputError, Source};
 use crate::paths::LabPaths;
-use crate::plan::{NodePlan, Plan, RouterPlan};
-use crate::topology::{Profile, Topology};
+use crate::plan::{NodePlan, RouterPlan};
+use crate::runtime;
+use crate::topology::{self, ProfileSyntax, Topology};
 
-/// A profile's decisions for a lab.
+pub use crate::runtime::AgentSpec;
+
+/// A profile's decisions for a lab, as the lab's state saves them
+/// (`{"cni": "<name>", ...}`): the registry of profiles.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "cni", rename_all = "lowercase")]
 pub enum ProfilePlan {
@@ -23,152 +53,223 @@ pub enum ProfilePlan {
     Calico(calico::CalicoPlan),
 }
 
-/// A control-plane daemon of the lab: what runs where, and the file that
-/// appears when it is ready.
-#[derive(Debug, Clone)]
-pub struct AgentSpec {
-    /// The node or router it serves (the key in the lab's state).
-    pub owner: String,
-    /// The namespace it runs in.
-    pub ns: String,
-    /// Its program's name: flanneld, calico-felix or bird.
-    pub name: &'static str,
-    /// The executable.
-    pub program: PathBuf,
-    /// Its arguments.
-    pub args: Vec<String>,
-    /// Where its output goes.
-    pub log: PathBuf,
-    /// The file it writes (or the socket it opens) once ready.
-    pub ready: PathBuf,
-    /// A configuration file to write before it starts.
-    pub config: Option<(PathBuf, String)>,
+impl ProfilePlan {
+    /// The profile behind the saved plan: the one dispatch on its kind.
+    pub fn get(&self) -> &(dyn Profile + 'static) {
+        match self {
+            ProfilePlan::Flannel(p) => p,
+            ProfilePlan::Calico(p) => p,
+        }
+    }
 }
 
-impl ProfilePlan {
+impl std::ops::Deref for ProfilePlan {
+    type Target = dyn Profile;
+
+    fn deref(&self) -> &(dyn Profile + 'static) {
+        self.get()
+    }
+}
+
+/// The registry of profiles, the default (`cni` left out) first.
+pub const PROFILES: &[Registered] = &[flannel::REGISTERED, calico::REGISTERED];
+
+/// A profile in the registry: how the topology's parser reads its options,
+/// how it plans a lab, and the programs it runs as.
+pub struct Registered {
+    /// How its options are read.
+    pub syntax: &'static dyn ProfileSyntax,
+    /// Plans its part of a lab from the validated topology and the nodes;
+    /// it may give routers BGP peers.
+    pub plan: fn(&Topology, &[NodePlan], &mut [RouterPlan], &LabPaths) -> ProfilePlan,
+    /// Its multi-call programs (CNI plugins and agents).
+    pub programs: &'static [Program],
+}
+
+/// How the topology's parser reads each profile's options.
+fn syntaxes() -> Vec<&'static dyn ProfileSyntax> {
+    PROFILES.iter().map(|p| p.syntax).collect()
+}
+
+/// A lab's plan with its profile's decisions.
+pub type Plan = crate::plan::Plan<ProfilePlan>;
+
+/// What the core build made, for a profile to build on.
+pub type Built<'a> = runtime::Built<'a, ProfilePlan>;
+
+/// Parses and validates a topology from its source text
+/// ([`topology::parse`] with every profile's options).
+pub fn parse_topology(src: &Source) -> Result<Topology, InputError> {
+    topology::parse(src, &syntaxes())
+}
+
+/// Reads and validates a topology file ([`Topology::load`] with every
+/// profile's options).
+pub fn load_topology(path: &std::path::Path) -> Result<Topology, Error> {
+    Topology::load(path, &syntaxes())
+}
+
+/// Plans a lab named `lab` from `topology`, its state kept under `paths`.
+pub fn plan_lab(topology: &Topology, lab: &str, paths: &LabPaths) -> Plan {
+    Plan::new(topology, lab, |nodes, routers| plan(topology, nodes, routers, paths))
+}
+
+/// Plans the profile's part of a lab.
+fn plan(topology: &Topology, nodes: &[NodePlan], routers: &mut [RouterPlan], paths: &LabPaths) -> ProfilePlan {
+    let name = topology.network.profile.name();
+    let profile = PROFILES
+        .iter()
+        .find(|p| p.syntax.name() == name)
+        .unwrap_or_else(|| panic!("no profile \"{name}\" is registered"));
+    (profile.plan)(topology, nodes, routers, paths)
+}
+
+/// The options the profile's syntax read from `topology`, as its own type.
+pub fn options_of<T: serde::de::DeserializeOwned>(topology: &Topology) -> T {
+    let options = &topology.network.profile;
+    options
+        .get()
+        .unwrap_or_else(|| panic!("the options of cni = \"{}\" were not validated", options.name()))
+}
+
+/// A profile's options as the topology keeps them.
+pub fn to_options(options: &impl Serialize) -> topology::Options {
+    topology::Options::of(options).unwrap_or_else(|e| panic!("a profile's options serialize as a table: {e}"))
+}
+
+/// A program cnilab is, by the name it runs under (`argv[0]`): the profiles'
+/// CNI plugins and agents.
+pub type Program = (&'static str, fn() -> !);
+
+/// Every profile's multi-call programs.
+pub fn programs() -> Vec<Program> {
+    PROFILES.iter().flat_map(|p| p.programs.iter().copied()).collect()
+}
+
+/// Sysctls a profile's CNI plugin sets on a host-side link named `ifname`
+/// (keys as under /proc/sys), whichever profile made it.
+pub fn host_link_sysctls(ifname: &str) -> Vec<String> {
+    calico::host_link_sysctls(ifname)
+}
+
+/// What a pod add needs a profile to know about the lab.
+pub struct PodAdd<'a> {
+    /// The lab's plan.
+    pub plan: &'a Plan,
+    /// The lab's folders.
+    pub paths: &'a LabPaths,
+    /// The node the pod goes on.
+    pub node: &'a str,
+    /// How many pods of the node hold an address now.
+    pub in_use: u64,
+}
+
+/// Saves a profile's changed plan in the lab's state.
+pub type SavePlan<'a> = &'a mut (dyn FnMut(ProfilePlan) -> Result<()> + Send);
+
+/// A CNI profile: its plan for a lab and everything the rest of cnilab asks
+/// of it. Node arguments are node names.
+pub trait Profile: Send + Sync {
+    /// Its name, as in `cni = "..."`.
+    fn name(&self) -> &'static str;
+
+    /// A one-line description, e.g. `flannel vxlan (VNI 1, port 8472)`.
+    fn describe(&self) -> String;
+
+    /// Its settings as `status` lists them (`network.<name>.<key>`), from
+    /// the topology's options.
+    fn settings(&self, topology: &Topology) -> Vec<(String, String)>;
+
+    /// A node's agents (started in node order, before routers' BIRDs).
+    fn node_agents(&self, node: &NodePlan, paths: &LabPaths) -> Vec<AgentSpec>;
+
     /// Every agent of the lab: nodes' in node order, then routers'.
-    pub fn agents(&self, plan: &Plan, paths: &LabPaths) -> Vec<AgentSpec> {
-        let bird = |owner: &str, ns: &str, dir: PathBuf, config: &str| AgentSpec {
-            owner: owner.to_string(),
-            ns: ns.to_string(),
-            name: "bird",
-            program: crate::bird::binary().unwrap_or_else(|| PathBuf::from("/usr/sbin/bird")),
-            args: vec![
-                "-f".into(),
-                "-c".into(),
-                dir.join("bird.conf").display().to_string(),
-                "-s".into(),
-                dir.join("bird.ctl").display().to_string(),
-            ],
-            log: dir.join("agent.log"),
-            ready: dir.join("bird.ctl"),
-            config: Some((dir.join("bird.conf"), config.to_string())),
-        };
-        let mut v = Vec::new();
-        for n in &plan.nodes {
-            match self {
-                ProfilePlan::Flannel(f) => {
-                    let Some(fnode) = f.node(&n.name) else { continue };
-                    v.push(AgentSpec {
-                        owner: n.name.clone(),
-                        ns: n.ns.clone(),
-                        name: "flanneld",
-                        program: paths.bin_dir().join("flanneld"),
-                        args: fnode.agent_args.clone(),
-                        log: paths.agent_log(&n.name),
-                        ready: paths.agent_dir(&n.name).join("subnet.env"),
-                        config: None,
-                    });
-                }
-                ProfilePlan::Calico(c) => {
-                    let Some(cn) = c.node(&n.name) else { continue };
-                    if let Some(b) = &cn.bird {
-                        v.push(bird(&n.name, &n.ns, paths.agent_dir(&n.name), &b.config));
-                    }
-                    if let Some(t) = &cn.vxlan {
-                        v.push(AgentSpec {
-                            owner: n.name.clone(),
-                            ns: n.ns.clone(),
-                            name: "calico-felix",
-                            program: paths.bin_dir().join("calico-felix"),
-                            args: [
-                                format!("--datastore-dir={}", paths.etcd_dir().display()),
-                                format!("--node={}", n.name),
-                                "--iface=eth0".to_string(),
-                            ]
-                            .into_iter()
-                            .chain(cn.blocks().map(|b| format!("--block={b}")))
-                            .chain([
-                                format!("--tunnel-addr={}", t.address),
-                                format!("--vtep-mac={}", t.mac),
-                                format!("--watch-socket={}", paths.watch_socket().display()),
-                            ])
-                            .collect(),
-                            log: paths.agent_log(&n.name),
-                            ready: paths.etcd_dir().join("calico/vxlan").join(&n.name),
-                            config: None,
-                        });
-                    }
-                }
-            }
-        }
+    fn agents(&self, plan: &Plan, paths: &LabPaths) -> Vec<AgentSpec> {
+        let mut v: Vec<AgentSpec> = plan.nodes.iter().flat_map(|n| self.node_agents(n, paths)).collect();
         for r in &plan.routers {
             if let Some(b) = &r.bird {
-                v.push(bird(&r.name, &r.ns, paths.router_dir(&r.name), &b.config));
+                v.push(crate::runtime::bird_agent(
+                    &r.name,
+                    &r.ns,
+                    paths.router_dir(&r.name),
+                    &b.config,
+                ));
             }
         }
         v
     }
 
+    /// The name of the node agent's program.
+    fn agent_name(&self) -> &'static str;
+
     /// A node's CNI configuration list.
-    pub fn conflist(&self, node: &str) -> Option<&serde_json::Value> {
-        match self {
-            ProfilePlan::Flannel(f) => f.node(node).map(|n| &n.conflist),
-            ProfilePlan::Calico(c) => c.node(node).map(|n| &n.conflist),
-        }
-    }
+    fn conflist(&self, node: &str) -> Option<&serde_json::Value>;
 
     /// The MTU a node's pods get.
-    pub fn pod_mtu(&self, node: &str) -> Option<u32> {
-        match self {
-            ProfilePlan::Flannel(f) => f.node(node).map(|n| n.pod_mtu),
-            ProfilePlan::Calico(c) => c.node(node).map(|n| n.pod_mtu),
-        }
+    fn pod_mtu(&self, node: &str) -> Option<u32>;
+
+    /// A node's (first) pod subnet.
+    fn pod_subnet(&self, node: &str) -> Option<Ipv4Net>;
+
+    /// Every pod subnet a node holds.
+    fn pod_subnets(&self, node: &str) -> Vec<Ipv4Net> {
+        self.pod_subnet(node).into_iter().collect()
     }
 
-    /// A node's pod subnet (flannel lease or Calico block).
-    pub fn pod_subnet(&self, node: &str) -> Option<ipnet::Ipv4Net> {
-        match self {
-            ProfilePlan::Flannel(f) => f.node(node).map(|n| n.subnet),
-            ProfilePlan::Calico(c) => c.node(node).map(|n| n.block),
-        }
-    }
-
-    /// The name of the node agent's program.
-    pub fn agent_name(&self) -> &'static str {
-        match self {
-            ProfilePlan::Flannel(_) => "flanneld",
-            ProfilePlan::Calico(c) if c.mode == crate::topology::CalicoMode::Vxlan => "calico-felix",
-            ProfilePlan::Calico(_) => "bird",
-        }
+    /// The gateway every pod routes through, when the profile fixes one
+    /// (otherwise the CNI result's).
+    fn pod_gateway(&self) -> Option<Ipv4Addr> {
+        None
     }
 
     /// A node's overlay device and its MTU.
-    pub fn overlay(&self, node: &str) -> Option<(String, u32)> {
-        match self {
-            ProfilePlan::Flannel(f) => f.device.clone().zip(f.node(node).and_then(|n| n.device_mtu)),
-            ProfilePlan::Calico(c) => c
-                .node(node)
-                .and_then(|n| n.vxlan.as_ref())
-                .map(|t| (calico::VXLAN_DEVICE.to_string(), t.mtu)),
-        }
-    }
-}
+    fn overlay(&self, node: &str) -> Option<(String, u32)>;
 
-/// Plans the profile's part of a lab; a profile may give routers BGP peers.
-pub fn plan(topology: &Topology, nodes: &[NodePlan], routers: &mut [RouterPlan], paths: &LabPaths) -> ProfilePlan {
-    match &topology.network.profile {
-        Profile::Flannel(opts) => ProfilePlan::Flannel(flannel::plan(topology, opts, nodes, paths)),
-        Profile::Calico(opts) => ProfilePlan::Calico(calico::plan(topology, opts, nodes, routers, paths)),
+    /// The UDP port of its VXLAN overlay, for `capture` to decode.
+    fn vxlan_port(&self) -> Option<u16>;
+
+    /// The label of the overlay tunnels between nodes in `graph`.
+    fn tunnel_label(&self) -> Option<String>;
+
+    /// The lines of a node's box in `graph` after eth0, and what its pods'
+    /// boxes show before they have addresses: (text, pod MTU).
+    fn graph_lines(&self, node: &str) -> (Vec<String>, Option<(String, u32)>);
+
+    /// The BIRDs in nodes: (node, its AS, its plan).
+    fn node_birds(&self) -> Vec<(&str, u32, &BirdPlan)> {
+        Vec::new()
+    }
+
+    /// Addresses the profile gives nodes' devices, for `trace` to name:
+    /// (address, what holds it, its namespace).
+    fn address_owners(&self, _plan: &Plan) -> Vec<(Ipv4Addr, String, String)> {
+        Vec::new()
+    }
+
+    /// Kernel features its data plane needs (doctor and `up` check them).
+    fn kernel_features(&self) -> Vec<&'static str>;
+
+    /// Programs its nodes run beyond the CNI plugins (doctor checks them).
+    fn programs_needed(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Why no machine can build it, though the topology is valid:
+    /// (message, fix).
+    fn unbuildable(&self) -> Option<(String, String)> {
+        None
+    }
+
+    /// Writes its configuration and starts its agents in a built lab,
+    /// waiting until each is ready. Returns each agent's (owner, PID).
+    fn start<'a>(&'a self, b: &'a Built<'_>) -> BoxFuture<'a, Result<Vec<(String, u32)>>>;
+
+    /// Waits until its control plane has converged.
+    fn converge<'a>(&'a self, b: &'a Built<'_>) -> BoxFuture<'a, Result<()>>;
+
+    /// Before a pod is added: the profile may change its plan (Calico
+    /// claims another block for a full node), saved through `save`.
+    fn before_pod_add<'a>(&'a self, _pod: PodAdd<'a>, _save: SavePlan<'a>) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async { Ok(()) })
     }
 }

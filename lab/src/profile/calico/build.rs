@@ -7,14 +7,13 @@ use std::net::Ipv4Addr;
 use anyhow::{Context, Result, bail};
 use ipnet::Ipv4Net;
 
+use super::options::{CalicoMode, CalicoOptions};
 use super::{CONFLIST_NAME, CalicoPlan, ipam};
 use crate::bird::{self, BirdPlan};
-use crate::build::{Built, link_binaries, start_agents};
 use crate::plan::write_file;
-use crate::profile::ProfilePlan;
-use crate::profile::flannel::build::main_routes;
-use crate::state::LabState;
-use crate::topology::CalicoMode;
+use crate::profile::Built;
+use crate::profile::{PodAdd, Profile as _, ProfilePlan, SavePlan};
+use crate::runtime::{link_binaries, main_routes, start_agents};
 
 /// The BIRDs of a lab: (who, control socket, plan), nodes then routers.
 pub fn birds(b: &Built<'_>, c: &CalicoPlan) -> Vec<(String, std::path::PathBuf, BirdPlan)> {
@@ -33,8 +32,9 @@ pub fn birds(b: &Built<'_>, c: &CalicoPlan) -> Vec<(String, std::path::PathBuf, 
     v
 }
 
-/// Writes the nodes' conflists and starts the control plane.
-pub async fn start(b: &Built<'_>, state: &mut LabState, c: &CalicoPlan) -> Result<()> {
+/// Writes the nodes' conflists and starts the control plane. Returns each
+/// agent's (owner, PID).
+pub async fn start(b: &Built<'_>, c: &CalicoPlan) -> Result<Vec<(String, u32)>> {
     let paths = b.paths;
     link_binaries(paths, &["calico", "calico-felix"])?;
     for n in &c.nodes {
@@ -43,7 +43,7 @@ pub async fn start(b: &Built<'_>, state: &mut LabState, c: &CalicoPlan) -> Resul
             &serde_json::to_string_pretty(&n.conflist)?,
         )?;
     }
-    start_agents(b, state).await
+    start_agents(b, c.agents(b.plan, paths)).await
 }
 
 /// Sessions not yet Established, as "who: session (state)".
@@ -77,7 +77,7 @@ pub async fn pending_sessions(list: &[(String, std::path::PathBuf, BirdPlan)]) -
 /// or its tunnel address (VXLAN).
 pub async fn converge(b: &Built<'_>, c: &CalicoPlan) -> Result<()> {
     let birds = birds(b, c);
-    crate::build::converge("Calico", || async {
+    crate::runtime::converge("Calico", || async {
         let mut missing = pending_sessions(&birds).await?;
         for n in &c.nodes {
             let have = main_routes(&b.nodes[&n.node].nl).await?;
@@ -116,25 +116,22 @@ fn missing_routes(c: &CalicoPlan, node: &str, have: &[(Ipv4Net, Option<Ipv4Addr>
     missing
 }
 
-/// Before a pod is added to `node`: when every address of the node's blocks
-/// is in use, claims another block as Calico's IPAM does (autoAssign), up
-/// to the per-host limit and within `max_pods`. The lab's state, the node's
-/// conflist and its BIRD (reconfigured) or felix record (followed by every
-/// felix) learn the block, and this waits until every node routes it.
-/// Nothing happens while the node has room, or for flannel.
-pub async fn claim_if_full(state: &mut LabState, node: &str) -> Result<()> {
-    let plan = state.plan.clone();
-    let ProfilePlan::Calico(c) = &plan.profile else {
-        return Ok(());
-    };
+/// Before a pod is added to its node: when every address of the node's
+/// blocks is in use, claims another block as Calico's IPAM does
+/// (autoAssign), up to the per-host limit and within `max_pods`. The lab's
+/// state (through `save`), the node's conflist and its BIRD (reconfigured)
+/// or felix record (followed by every felix) learn the block, and this
+/// waits until every node routes it. Nothing happens while the node has room.
+pub async fn claim_if_full(c: &CalicoPlan, pod: PodAdd<'_>, save: SavePlan<'_>) -> Result<()> {
+    let PodAdd {
+        plan,
+        paths,
+        node,
+        in_use,
+    } = pod;
     let (Some(i), Some(n)) = (c.nodes.iter().position(|x| x.node == node), plan.node(node)) else {
         return Ok(());
     };
-    let in_use = state
-        .pods
-        .iter()
-        .filter(|(k, p)| k.split_once('/').is_some_and(|(nd, _)| nd == node) && p.ip.is_some())
-        .count() as u64;
     if in_use < ipam::capacity(c, i, n.max_pods) || n.max_pods.is_some_and(|m| in_use >= u64::from(m)) {
         // Room left, or the node's limit reached: host-local decides, and
         // says "no IP addresses available" when full.
@@ -142,15 +139,14 @@ pub async fn claim_if_full(state: &mut LabState, node: &str) -> Result<()> {
     }
     let block = ipam::claim_next(c, i, plan.topology.seed)
         .map_err(|why| anyhow::anyhow!("node {node} needs another IPAM block: {why}"))?;
-    let paths = state.paths();
-    let crate::topology::Profile::Calico(opts) = &plan.topology.network.profile else {
+    let Some(opts) = &plan.topology.network.profile.get::<CalicoOptions>() else {
         bail!("a Calico plan of a topology that is not Calico");
     };
     let mut c2 = c.clone();
     let cn = &mut c2.nodes[i];
     cn.more_blocks.push(block);
     let blocks: Vec<Ipv4Net> = cn.blocks().collect();
-    cn.conflist = super::conflist(node, &blocks, cn.pod_mtu, n.max_pods, &paths);
+    cn.conflist = super::conflist(node, &blocks, cn.pod_mtu, n.max_pods, paths);
     cn.bird = super::node_bird(opts, c.pool, &plan.nodes, &plan.routers, n, &blocks);
     write_file(
         &paths.cni_conf_dir(node).join(CONFLIST_NAME),
@@ -167,12 +163,11 @@ pub async fn claim_if_full(state: &mut LabState, node: &str) -> Result<()> {
     if cn.vxlan.is_some() {
         super::felix::publish_block(&paths.etcd_dir(), node, block)?;
     }
-    state.plan.profile = ProfilePlan::Calico(c2.clone());
-    state.save()?;
+    save(ProfilePlan::Calico(c2.clone()))?;
     let progress = crate::progress::Progress::quiet();
-    let built = Built::open(&plan, &paths, &progress)?;
+    let built = Built::open(plan, paths, &progress)?;
     let birds = birds(&built, &c2);
-    crate::build::converge(&format!("the new block {block} of {node}"), || async {
+    crate::runtime::converge(&format!("the new block {block} of {node}"), || async {
         let mut missing = pending_sessions(&birds).await?;
         for n in &c2.nodes {
             let have = main_routes(&built.nodes[&n.node].nl).await?;

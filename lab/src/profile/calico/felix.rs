@@ -109,7 +109,7 @@ async fn blackhole(nl: &Nl, block: Ipv4Net) -> Result<()> {
         .with_context(|| format!("blackhole for the node's block {block}"))
 }
 
-/// The entry point: `calico-felix` as argv[0].
+/// The entry point: `calico-felix` as `argv[0]`.
 pub fn main() -> ! {
     overlay::agent_main(run(Args::parse()))
 }

@@ -7,6 +7,7 @@
 pub mod build;
 pub mod felix;
 pub mod ipam;
+pub mod options;
 pub mod plugin;
 
 use std::fmt::Write as _;
@@ -16,10 +17,15 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use anyhow::Result;
+use futures::future::BoxFuture;
+
 use crate::bird::{BirdPlan, RouterPeer, SessionPlan, ip_id, router_config};
 use crate::paths::LabPaths;
 use crate::plan::{NodePlan, RouterPlan, Stream, mac_string, random_mac, rng};
-use crate::topology::{CalicoMesh, CalicoMode, CalicoOptions, Topology};
+use crate::profile::{AgentSpec, Built, PodAdd, Profile, SavePlan};
+use crate::topology::Topology;
+use options::{CalicoMesh, CalicoMode, CalicoOptions};
 
 /// The stock Calico CNI configuration (calico.yaml's `cni_network_config`).
 pub const CONFLIST: &str = include_str!("../../../../plugins/calico/10-calico.conflist");
@@ -107,6 +113,224 @@ impl CalicoNode {
     /// Every block affine to the node, the first first.
     pub fn blocks(&self) -> impl Iterator<Item = Ipv4Net> + '_ {
         std::iter::once(self.block).chain(self.more_blocks.iter().copied())
+    }
+}
+
+/// The multi-call programs of Calico: its CNI plugin and the felix stand-in.
+pub const PROGRAMS: &[crate::profile::Program] = &[("calico", plugin::main), ("calico-felix", felix::main)];
+
+/// Calico in the registry of profiles.
+pub const REGISTERED: crate::profile::Registered = crate::profile::Registered {
+    syntax: &options::Syntax,
+    plan: |topology, nodes, routers, paths| {
+        crate::profile::ProfilePlan::Calico(plan(
+            topology,
+            &crate::profile::options_of(topology),
+            nodes,
+            routers,
+            paths,
+        ))
+    },
+    programs: PROGRAMS,
+};
+
+/// The sysctls Calico's plugin sets on a host-side `cali` veth (keys only).
+pub fn host_link_sysctls(ifname: &str) -> Vec<String> {
+    if !ifname.starts_with("cali") {
+        return Vec::new();
+    }
+    plugin::host_veth_sysctls(ifname).into_iter().map(|(k, _)| k).collect()
+}
+
+impl Profile for CalicoPlan {
+    fn name(&self) -> &'static str {
+        "calico"
+    }
+
+    fn describe(&self) -> String {
+        match self.mode {
+            CalicoMode::Vxlan => format!("calico vxlan (VNI {VXLAN_VNI}, port {VXLAN_PORT})"),
+            mode => format!(
+                "calico {} (AS {}, {})",
+                format!("{mode:?}").to_lowercase(),
+                self.asn,
+                match self.mesh {
+                    CalicoMesh::Full => "full mesh",
+                    CalicoMesh::Reflectors => "route reflectors",
+                    CalicoMesh::Tor => "peering with top-of-rack routers",
+                }
+            ),
+        }
+    }
+
+    fn settings(&self, topology: &Topology) -> Vec<(String, String)> {
+        let Some(c) = topology.network.profile.get::<CalicoOptions>() else {
+            return Vec::new();
+        };
+        let mut v = vec![
+            ("mode", format!("{:?}", c.mode).to_lowercase()),
+            ("block_size", c.block_size.to_string()),
+            ("asn", c.asn.to_string()),
+            ("mesh", format!("{:?}", c.mesh).to_lowercase()),
+        ];
+        if !c.reflectors.is_empty() {
+            v.push(("reflectors", c.reflectors.join(", ")));
+        }
+        v.push(("hold_time", c.hold_time.to_string()));
+        v.push(("restart_time", c.restart_time.to_string()));
+        v.into_iter().map(|(k, v)| (format!("network.calico.{k}"), v)).collect()
+    }
+
+    fn node_agents(&self, n: &NodePlan, paths: &LabPaths) -> Vec<AgentSpec> {
+        let Some(cn) = self.node(&n.name) else {
+            return Vec::new();
+        };
+        let mut v = Vec::new();
+        if let Some(b) = &cn.bird {
+            v.push(crate::runtime::bird_agent(
+                &n.name,
+                &n.ns,
+                paths.agent_dir(&n.name),
+                &b.config,
+            ));
+        }
+        if let Some(t) = &cn.vxlan {
+            v.push(AgentSpec {
+                owner: n.name.clone(),
+                ns: n.ns.clone(),
+                name: "calico-felix",
+                program: paths.bin_dir().join("calico-felix"),
+                args: [
+                    format!("--datastore-dir={}", paths.etcd_dir().display()),
+                    format!("--node={}", n.name),
+                    "--iface=eth0".to_string(),
+                ]
+                .into_iter()
+                .chain(cn.blocks().map(|b| format!("--block={b}")))
+                .chain([
+                    format!("--tunnel-addr={}", t.address),
+                    format!("--vtep-mac={}", t.mac),
+                    format!("--watch-socket={}", paths.watch_socket().display()),
+                ])
+                .collect(),
+                log: paths.agent_log(&n.name),
+                ready: paths.etcd_dir().join("calico/vxlan").join(&n.name),
+                config: None,
+            });
+        }
+        v
+    }
+
+    fn agent_name(&self) -> &'static str {
+        if self.mode == CalicoMode::Vxlan {
+            "calico-felix"
+        } else {
+            "bird"
+        }
+    }
+
+    fn conflist(&self, node: &str) -> Option<&Value> {
+        self.node(node).map(|n| &n.conflist)
+    }
+
+    fn pod_mtu(&self, node: &str) -> Option<u32> {
+        self.node(node).map(|n| n.pod_mtu)
+    }
+
+    fn pod_subnet(&self, node: &str) -> Option<Ipv4Net> {
+        self.node(node).map(|n| n.block)
+    }
+
+    fn pod_subnets(&self, node: &str) -> Vec<Ipv4Net> {
+        // A Calico node holds every block it claimed.
+        self.node(node).map(|n| n.blocks().collect()).unwrap_or_default()
+    }
+
+    fn pod_gateway(&self) -> Option<Ipv4Addr> {
+        // Calico's result carries no gateway; every pod routes via 169.254.1.1.
+        Some(POD_GATEWAY)
+    }
+
+    fn overlay(&self, node: &str) -> Option<(String, u32)> {
+        self.node(node)
+            .and_then(|n| n.vxlan.as_ref())
+            .map(|t| (VXLAN_DEVICE.to_string(), t.mtu))
+    }
+
+    fn vxlan_port(&self) -> Option<u16> {
+        (self.mode == CalicoMode::Vxlan).then_some(VXLAN_PORT)
+    }
+
+    fn tunnel_label(&self) -> Option<String> {
+        (self.mode == CalicoMode::Vxlan).then(|| format!("VXLAN VNI {VXLAN_VNI} UDP {VXLAN_PORT}"))
+    }
+
+    fn graph_lines(&self, node: &str) -> (Vec<String>, Option<(String, u32)>) {
+        let Some(cnode) = self.node(node) else {
+            return (Vec::new(), None);
+        };
+        let mut lines = Vec::new();
+        if let Some(t) = &cnode.vxlan {
+            lines.push(format!("{VXLAN_DEVICE} {}/32 MTU {}", t.address, t.mtu));
+        }
+        let blocks: Vec<String> = cnode.blocks().map(|b| b.to_string()).collect();
+        lines.push(format!(
+            "{} {}",
+            if blocks.len() == 1 { "block" } else { "blocks" },
+            blocks.join(", ")
+        ));
+        if cnode.bird.is_some() {
+            lines.push(format!(
+                "BIRD, AS {}{}",
+                self.asn,
+                if cnode.reflector { ", route reflector" } else { "" }
+            ));
+        }
+        (lines, Some((format!("from {}", blocks.join(", ")), cnode.pod_mtu)))
+    }
+
+    fn node_birds(&self) -> Vec<(&str, u32, &BirdPlan)> {
+        self.nodes
+            .iter()
+            .filter_map(|n| Some((n.node.as_str(), self.asn, n.bird.as_ref()?)))
+            .collect()
+    }
+
+    fn kernel_features(&self) -> Vec<&'static str> {
+        match self.mode {
+            CalicoMode::Vxlan => vec!["vxlan"],
+            CalicoMode::Ipip => vec!["ipip"],
+            CalicoMode::Bgp => Vec::new(),
+        }
+    }
+
+    fn programs_needed(&self) -> Vec<String> {
+        match self.mode {
+            CalicoMode::Bgp => vec!["bird".to_string()],
+            _ => Vec::new(),
+        }
+    }
+
+    fn unbuildable(&self) -> Option<(String, String)> {
+        (self.mode == CalicoMode::Ipip).then(|| {
+            (
+                "Calico's ipip mode needs BIRD 1's krt_tunnel, which BIRD 2 lacks; cnilab does not build it yet"
+                    .to_string(),
+                "use mode = \"bgp\" or \"vxlan\"".to_string(),
+            )
+        })
+    }
+
+    fn start<'a>(&'a self, b: &'a Built<'_>) -> BoxFuture<'a, Result<Vec<(String, u32)>>> {
+        Box::pin(build::start(b, self))
+    }
+
+    fn converge<'a>(&'a self, b: &'a Built<'_>) -> BoxFuture<'a, Result<()>> {
+        Box::pin(build::converge(b, self))
+    }
+
+    fn before_pod_add<'a>(&'a self, pod: PodAdd<'a>, save: SavePlan<'a>) -> BoxFuture<'a, Result<()>> {
+        Box::pin(build::claim_if_full(self, pod, save))
     }
 }
 
@@ -414,12 +638,12 @@ pub fn conflist(node: &str, blocks: &[Ipv4Net], mtu: u32, max_pods: Option<u32>,
 mod tests {
     use super::*;
     use crate::error::Source;
-    use crate::plan::Plan;
+    use crate::profile::Plan;
     use std::path::Path;
 
     fn plan_of(text: &str) -> (Plan, CalicoPlan) {
-        let t = crate::topology::parse(&Source::new("t.toml", text)).unwrap();
-        let p = Plan::new(&t, "c", &LabPaths::new(Path::new("/run/cnilab"), "c"));
+        let t = crate::profile::parse_topology(&Source::new("t.toml", text)).unwrap();
+        let p = crate::profile::plan_lab(&t, "c", &LabPaths::new(Path::new("/run/cnilab"), "c"));
         let crate::profile::ProfilePlan::Calico(c) = p.profile.clone() else {
             panic!()
         };

@@ -1,5 +1,5 @@
 //! The `calico` CNI plugin, wiring a pod as Calico's does: a veth whose host
-//! end is `cali` + the first 11 hex digits of sha1("<namespace>.<pod>"),
+//! end is `cali` + the first 11 hex digits of `sha1("<namespace>.<pod>")`,
 //! MAC ee:ee:ee:ee:ee:ee and no address, with proxy ARP so the host answers
 //! for 169.254.1.1; the pod's eth0 holds a /32 and routes through
 //! 169.254.1.1; the host routes the pod's /32 to the veth. Addresses come
@@ -51,7 +51,7 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
-/// The plugin's entry point: `calico` as argv[0], or the `calico` binary.
+/// The plugin's entry point: `calico` as `argv[0]`, or the `calico` binary.
 pub fn main() -> ! {
     let mut stdin = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut stdin);

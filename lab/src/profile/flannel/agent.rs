@@ -58,7 +58,7 @@ pub struct Args {
     pub watch_socket: Option<PathBuf>,
 }
 
-/// The entry point: `flanneld` as argv[0], or the `flanneld` binary.
+/// The entry point: `flanneld` as `argv[0]`, or the `flanneld` binary.
 pub fn main() -> ! {
     overlay::agent_main(run(Args::parse()))
 }

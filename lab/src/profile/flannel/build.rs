@@ -6,17 +6,18 @@ use std::net::Ipv4Addr;
 
 use anyhow::Result;
 use ipnet::Ipv4Net;
-use netlink_packet_route::route::{RouteAddress, RouteAttribute};
 
+use super::options::FlannelBackend;
 use super::{CONFLIST_NAME, FlannelPlan};
-use crate::build::{Built, link_binaries, start_agents};
-use crate::plan::{Plan, write_file};
-use crate::state::LabState;
-use crate::topology::FlannelBackend;
+use crate::plan::write_file;
+use crate::profile::Profile as _;
+use crate::profile::{Built, Plan};
+use crate::runtime::{link_binaries, main_routes, start_agents};
 
 /// Writes flannel's network configuration and the nodes' conflists, starts
-/// a flanneld in each node and waits for their subnet files.
-pub async fn start(b: &Built<'_>, state: &mut LabState, f: &FlannelPlan) -> Result<()> {
+/// a flanneld in each node and waits for their subnet files. Returns each
+/// agent's (node, PID).
+pub async fn start(b: &Built<'_>, f: &FlannelPlan) -> Result<Vec<(String, u32)>> {
     let paths = b.paths;
     link_binaries(paths, &["flannel", "flanneld"])?;
     let prefix = paths.etcd_dir().join("coreos.com/network");
@@ -28,7 +29,7 @@ pub async fn start(b: &Built<'_>, state: &mut LabState, f: &FlannelPlan) -> Resu
             &serde_json::to_string_pretty(&fnode.conflist)?,
         )?;
     }
-    start_agents(b, state).await
+    start_agents(b, f.agents(b.plan, paths)).await
 }
 
 /// What flannel programs on each node for every other node's lease:
@@ -58,7 +59,7 @@ pub fn expected_routes(plan: &Plan, f: &FlannelPlan) -> BTreeMap<String, Vec<(Ip
 /// Waits until every node has a route to every other node's lease.
 pub async fn converge(b: &Built<'_>, f: &FlannelPlan) -> Result<()> {
     let want = expected_routes(b.plan, f);
-    crate::build::converge("flannel", || async {
+    crate::runtime::converge("flannel", || async {
         let checks = futures::future::try_join_all(want.iter().map(|(node, routes)| async move {
             let have = main_routes(&b.nodes[node].nl).await?;
             let missing: Vec<String> = routes
@@ -74,29 +75,4 @@ pub async fn converge(b: &Built<'_>, f: &FlannelPlan) -> Result<()> {
     .await?;
     b.progress.finish();
     Ok(())
-}
-
-/// The main table's routes as (destination, gateway).
-pub async fn main_routes(nl: &crate::nl::Nl) -> Result<Vec<(Ipv4Net, Option<Ipv4Addr>)>> {
-    Ok(nl
-        .routes()
-        .await?
-        .iter()
-        .filter(|r| r.header.table == 254)
-        .filter_map(|r| {
-            let dst = r
-                .attributes
-                .iter()
-                .find_map(|a| match a {
-                    RouteAttribute::Destination(RouteAddress::Inet(d)) => Some(*d),
-                    _ => None,
-                })
-                .unwrap_or(Ipv4Addr::UNSPECIFIED);
-            let gw = r.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(*g),
-                _ => None,
-            });
-            Some((Ipv4Net::new(dst, r.header.destination_prefix_length).ok()?, gw))
-        })
-        .collect())
 }

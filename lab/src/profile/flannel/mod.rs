@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod build;
+pub mod options;
 pub mod plugin;
 
 use std::net::Ipv4Addr;
@@ -13,9 +14,14 @@ use rand::RngExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use anyhow::Result;
+use futures::future::BoxFuture;
+
 use crate::paths::LabPaths;
 use crate::plan::{NodePlan, Stream, mac_string, random_mac, rng};
-use crate::topology::{FlannelBackend, FlannelOptions, Topology};
+use crate::profile::{AgentSpec, Built, Plan, Profile};
+use crate::topology::Topology;
+use options::{FlannelBackend, FlannelOptions};
 
 /// The stock kube-flannel CNI configuration, as shipped in kube-flannel.yml.
 pub const CONFLIST: &str = include_str!("../../../../plugins/flannel/10-flannel.conflist");
@@ -73,6 +79,130 @@ impl FlannelPlan {
     /// The flannel part of a node.
     pub fn node(&self, name: &str) -> Option<&FlannelNode> {
         self.nodes.iter().find(|n| n.node == name)
+    }
+}
+
+/// The multi-call programs of flannel: its CNI plugin and its agent.
+pub const PROGRAMS: &[crate::profile::Program] = &[("flannel", plugin::main), ("flanneld", agent::main)];
+
+/// flannel in the registry of profiles.
+pub const REGISTERED: crate::profile::Registered = crate::profile::Registered {
+    syntax: &options::Syntax,
+    plan: |topology, nodes, _routers, paths| {
+        crate::profile::ProfilePlan::Flannel(plan(topology, &crate::profile::options_of(topology), nodes, paths))
+    },
+    programs: PROGRAMS,
+};
+
+impl Profile for FlannelPlan {
+    fn name(&self) -> &'static str {
+        "flannel"
+    }
+
+    fn describe(&self) -> String {
+        match self.backend {
+            FlannelBackend::Vxlan => format!("flannel vxlan (VNI {}, port {})", self.vni, self.port),
+            b => format!("flannel {}", b.as_str()),
+        }
+    }
+
+    fn settings(&self, _topology: &Topology) -> Vec<(String, String)> {
+        [
+            ("backend", self.backend.as_str().to_string()),
+            ("vni", self.vni.to_string()),
+            ("port", self.port.to_string()),
+            ("subnet_len", self.subnet_len.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (format!("network.flannel.{k}"), v))
+        .collect()
+    }
+
+    fn node_agents(&self, n: &NodePlan, paths: &LabPaths) -> Vec<AgentSpec> {
+        let Some(fnode) = self.node(&n.name) else {
+            return Vec::new();
+        };
+        vec![AgentSpec {
+            owner: n.name.clone(),
+            ns: n.ns.clone(),
+            name: "flanneld",
+            program: paths.bin_dir().join("flanneld"),
+            args: fnode.agent_args.clone(),
+            log: paths.agent_log(&n.name),
+            ready: paths.agent_dir(&n.name).join("subnet.env"),
+            config: None,
+        }]
+    }
+
+    fn agent_name(&self) -> &'static str {
+        "flanneld"
+    }
+
+    fn conflist(&self, node: &str) -> Option<&Value> {
+        self.node(node).map(|n| &n.conflist)
+    }
+
+    fn pod_mtu(&self, node: &str) -> Option<u32> {
+        self.node(node).map(|n| n.pod_mtu)
+    }
+
+    fn pod_subnet(&self, node: &str) -> Option<Ipv4Net> {
+        self.node(node).map(|n| n.subnet)
+    }
+
+    fn overlay(&self, node: &str) -> Option<(String, u32)> {
+        self.device.clone().zip(self.node(node).and_then(|n| n.device_mtu))
+    }
+
+    fn vxlan_port(&self) -> Option<u16> {
+        (self.backend == FlannelBackend::Vxlan).then_some(self.port)
+    }
+
+    fn tunnel_label(&self) -> Option<String> {
+        (self.backend == FlannelBackend::Vxlan).then(|| format!("VXLAN VNI {} UDP {}", self.vni, self.port))
+    }
+
+    fn graph_lines(&self, node: &str) -> (Vec<String>, Option<(String, u32)>) {
+        let Some(fnode) = self.node(node) else {
+            return (Vec::new(), None);
+        };
+        let mut lines = Vec::new();
+        if let (Some(dev), Some(mtu)) = (&self.device, fnode.device_mtu) {
+            lines.push(format!("{dev} {}/32 MTU {mtu}", fnode.subnet.network()));
+        }
+        let gw = fnode.subnet.hosts().next().unwrap_or(fnode.subnet.network());
+        lines.push(format!("cni0 {gw}/{}", fnode.subnet.prefix_len()));
+        (lines, Some((format!("from {}", fnode.subnet), fnode.pod_mtu)))
+    }
+
+    fn address_owners(&self, plan: &Plan) -> Vec<(Ipv4Addr, String, String)> {
+        let mut v = Vec::new();
+        for fnode in &self.nodes {
+            if let Some(n) = plan.node(&fnode.node) {
+                if let Some(dev) = &self.device {
+                    v.push((fnode.subnet.network(), format!("{dev} of {}", n.name), n.ns.clone()));
+                }
+                if let Some(gw) = fnode.subnet.hosts().next() {
+                    v.push((gw, format!("cni0 of {}", n.name), n.ns.clone()));
+                }
+            }
+        }
+        v
+    }
+
+    fn kernel_features(&self) -> Vec<&'static str> {
+        match self.backend {
+            FlannelBackend::Vxlan => vec!["vxlan"],
+            _ => Vec::new(),
+        }
+    }
+
+    fn start<'a>(&'a self, b: &'a Built<'_>) -> BoxFuture<'a, Result<Vec<(String, u32)>>> {
+        Box::pin(build::start(b, self))
+    }
+
+    fn converge<'a>(&'a self, b: &'a Built<'_>) -> BoxFuture<'a, Result<()>> {
+        Box::pin(build::converge(b, self))
     }
 }
 
@@ -183,7 +313,6 @@ pub fn plan(topology: &Topology, opts: &FlannelOptions, nodes: &[NodePlan], path
 mod tests {
     use super::*;
     use crate::error::Source;
-    use crate::plan::Plan;
     use std::path::Path;
 
     #[test]
@@ -211,9 +340,9 @@ mod tests {
     #[test]
     fn node_plan_follows_flannel() {
         let text = "name = \"d\"\n[[switch]]\nname = \"s\"\nsubnet = \"172.20.0.0/24\"\nmtu = 9000\n[[node]]\nname = \"n{i}\"\ncount = 2\npods = 1\n";
-        let t = crate::topology::parse(&Source::new("t.toml", text)).unwrap();
+        let t = crate::profile::parse_topology(&Source::new("t.toml", text)).unwrap();
         let paths = LabPaths::new(Path::new("/run/cnilab"), "d");
-        let plan = Plan::new(&t, "d", &paths);
+        let plan = crate::profile::plan_lab(&t, "d", &paths);
         let crate::profile::ProfilePlan::Flannel(f) = &plan.profile else {
             panic!()
         };

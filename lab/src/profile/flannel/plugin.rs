@@ -33,7 +33,7 @@ fn err(code: i64, msg: impl Into<String>) -> CniError {
     CniError { code, msg: msg.into() }
 }
 
-/// The plugin's entry point: `flannel` as argv[0], or the `flannel` binary.
+/// The plugin's entry point: `flannel` as `argv[0]`, or the `flannel` binary.
 pub fn main() -> ! {
     let mut stdin = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut stdin);
