@@ -10,32 +10,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 /// The bird binary, if installed (see [`crate::tools::find`]).
 pub fn binary() -> Option<PathBuf> {
     crate::tools::find("bird")
 }
 
-/// One BGP session a BIRD is configured with.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionPlan {
-    /// The protocol's name (`Mesh_172_20_0_11`, `Node_...`).
-    pub name: String,
-    /// The peer's address.
-    pub neighbor: Ipv4Addr,
-    /// The peer's AS.
-    pub asn: u32,
-}
-
-/// A BIRD instance of a node or router: its configuration and sessions.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BirdPlan {
-    /// bird.conf.
-    pub config: String,
-    /// The BGP sessions in it.
-    pub sessions: Vec<SessionPlan>,
-}
+pub use crate::plan::{BirdPlan, SessionPlan};
 
 /// `172_20_0_11`: Calico's protocol-name form of an address.
 pub fn ip_id(ip: Ipv4Addr) -> String {

@@ -351,7 +351,7 @@ pub fn report(topology: Option<(&str, &Plan)>) -> Report {
         missing.extend(missing_programs(&progs).into_iter().map(|(p, _)| p));
         TopologyReport {
             file: file.to_string(),
-            network: crate::status::network_line(plan),
+            network: plan.profile.describe(),
             kernel: need_kernel,
             tools: progs,
             missing,
@@ -582,7 +582,7 @@ impl fmt::Display for Report {
             }
         )?;
         writeln!(f)?;
-        let mut t = crate::status::table(&["KERNEL", "STATE", "USED FOR", "DETAIL"]);
+        let mut t = crate::progress::table(&["KERNEL", "STATE", "USED FOR", "DETAIL"]);
         for k in &self.kernel {
             let (state, detail) = match &k.check {
                 Check::Ok => ("ok", String::new()),
@@ -591,9 +591,9 @@ impl fmt::Display for Report {
             };
             t.add_row(vec![k.name.to_string(), state.into(), k.used_for.into(), detail]);
         }
-        writeln!(f, "{}", crate::status::text(&t))?;
+        writeln!(f, "{}", crate::progress::text(&t))?;
         writeln!(f)?;
-        let mut t = crate::status::table(&["TOOL", "PACKAGE", "VERSION", "PATH", "USED FOR"]);
+        let mut t = crate::progress::table(&["TOOL", "PACKAGE", "VERSION", "PATH", "USED FOR"]);
         for tool in &self.tools {
             t.add_row(vec![
                 tool.name.to_string(),
@@ -629,7 +629,7 @@ impl fmt::Display for Report {
             },
             tools::CNI_PLUGINS.join(", "),
         ]);
-        writeln!(f, "{}", crate::status::text(&t))?;
+        writeln!(f, "{}", crate::progress::text(&t))?;
         if let Some(topo) = &self.topology {
             writeln!(f)?;
             let needs: Vec<String> = topo

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::profile::Plan;
+use crate::plan::Plan;
 
 /// What a fault does, with its options.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -189,7 +189,7 @@ pub(crate) enum Target<'a> {
     Router(&'a crate::plan::RouterPlan),
 }
 
-pub(crate) fn resolve<'a>(plan: &'a Plan, target: &str) -> Option<Target<'a>> {
+pub(crate) fn resolve<'a, P>(plan: &'a Plan<P>, target: &str) -> Option<Target<'a>> {
     if let Some((n, p)) = target.split_once('/') {
         let node = plan.node(n)?;
         return node.pods.iter().find(|x| x.name == p).map(Target::Pod);
@@ -210,7 +210,7 @@ pub(crate) fn sysctl_path(key: &str) -> String {
 
 /// The sysctls active faults touched, by namespace (as /proc/sys paths),
 /// for snapshots to show.
-pub fn touched_sysctls(faults: &[Fault], plan: &Plan) -> std::collections::BTreeMap<String, Vec<String>> {
+pub fn touched_sysctls<P>(faults: &[Fault], plan: &Plan<P>) -> std::collections::BTreeMap<String, Vec<String>> {
     let mut m: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
     for f in faults {
         let (on, key) = match &f.spec {

@@ -111,7 +111,7 @@ pub struct RouterPlan {
     /// Its AS, when it speaks BGP.
     pub asn: Option<u32>,
     /// Its BIRD, when it has BGP peers.
-    pub bird: Option<crate::bird::BirdPlan>,
+    pub bird: Option<BirdPlan>,
 }
 
 /// A router's interface on one switch.
@@ -335,6 +335,27 @@ pub fn write_file(path: &Path, text: &str) -> std::io::Result<()> {
     }
     std::fs::write(path, text)
 }
+
+/// One BGP session a BIRD is configured with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionPlan {
+    /// The protocol's name (`Mesh_172_20_0_11`, `Node_...`).
+    pub name: String,
+    /// The peer's address.
+    pub neighbor: Ipv4Addr,
+    /// The peer's AS.
+    pub asn: u32,
+}
+
+/// A BIRD instance of a node or router: its configuration and sessions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BirdPlan {
+    /// bird.conf.
+    pub config: String,
+    /// The BGP sessions in it.
+    pub sessions: Vec<SessionPlan>,
+}
+
 
 #[cfg(test)]
 mod tests {

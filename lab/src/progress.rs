@@ -86,3 +86,17 @@ impl Progress {
         inner.timings.clone()
     }
 }
+
+/// A table's text with no trailing blanks.
+pub fn text(t: &comfy_table::Table) -> String {
+    t.to_string().lines().map(str::trim_end).collect::<Vec<_>>().join("\n")
+}
+
+/// A borderless table with a header, as status and doctor print them.
+pub fn table(header: &[&str]) -> comfy_table::Table {
+    let mut t = comfy_table::Table::new();
+    t.load_style(comfy_table::presets::NOTHING);
+    t.set_header(header.iter().map(|h| h.to_string()).collect::<Vec<_>>());
+    t
+}
+

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use comfy_table::{Table, presets};
+use crate::progress::{table, text};
 use schemars::JsonSchema;
 use serde::Serialize;
 
@@ -356,17 +356,6 @@ fn faults(state: &LabState) -> Vec<FaultStatus> {
 }
 
 /// A table as text, without the padding comfy-table leaves at line ends.
-pub(crate) fn text(t: &Table) -> String {
-    t.to_string().lines().map(str::trim_end).collect::<Vec<_>>().join("\n")
-}
-
-pub(crate) fn table(header: &[&str]) -> Table {
-    let mut t = Table::new();
-    t.load_style(presets::NOTHING);
-    t.set_header(header.iter().map(|h| h.to_string()).collect::<Vec<_>>());
-    t
-}
-
 /// A one-line description of the network, e.g. `flannel vxlan (VNI 1, port 8472)`.
 pub fn network_line(plan: &Plan) -> String {
     plan.profile.describe()
