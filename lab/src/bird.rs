@@ -128,7 +128,7 @@ pub fn query(socket: &Path, command: &str) -> Result<Vec<String>> {
 }
 
 /// A BGP session as BIRD reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Session {
     /// Protocol name.
     pub name: String,
@@ -180,7 +180,7 @@ fn parse_sessions(lines: &[String]) -> Vec<Session> {
 }
 
 /// A route in BIRD's table that BGP brought.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct BgpRoute {
     /// Prefix.
     pub prefix: String,

@@ -8,6 +8,7 @@ pub mod bird;
 pub mod build;
 pub mod cli;
 pub mod cni;
+pub mod collect;
 pub mod doctor;
 pub mod error;
 pub mod fault;
