@@ -18,7 +18,10 @@ use std::net::Ipv4Addr;
 
 use serde::Serialize;
 
-use crate::collect::{Dump, Neigh, NsDump, RTN_BLACKHOLE, RTN_PROHIBIT, RTN_UNREACHABLE, Route, Target, Want};
+use crate::collect::{
+    Dump, Neigh, NsDump, RTN_BLACKHOLE, RTN_PROHIBIT, RTN_UNREACHABLE, Route, Target, Want, dst_text, protocol_name,
+    type_name,
+};
 use crate::error::{Error, Result};
 use crate::iptables::{self, Proto, Ruleset};
 use crate::netns;
@@ -286,62 +289,6 @@ impl View {
     /// A route's device name.
     fn dev_of(&self, r: &Route) -> Option<&str> {
         r.oif.and_then(|i| self.d.name_of(i))
-    }
-}
-
-/// A route's destination as `ip route` prints it.
-fn dst_text(r: &Route) -> String {
-    match (r.dst, r.dst_len) {
-        (_, 0) => "default".into(),
-        (Some(d), 32) => d.to_string(),
-        (d, l) => format!("{}/{l}", d.unwrap_or(Ipv4Addr::UNSPECIFIED)),
-    }
-}
-
-/// iproute2's name of a route type.
-fn type_name(t: u8) -> String {
-    let names = [
-        "none",
-        "unicast",
-        "local",
-        "broadcast",
-        "anycast",
-        "multicast",
-        "blackhole",
-        "unreachable",
-        "prohibit",
-        "throw",
-        "nat",
-        "xresolve",
-    ];
-    names.get(t as usize).map_or(t.to_string(), |n| n.to_string())
-}
-
-/// iproute2's name of a route protocol.
-fn protocol_name(p: u8) -> String {
-    match p {
-        0 => "unspec".into(),
-        1 => "redirect".into(),
-        2 => "kernel".into(),
-        3 => "boot".into(),
-        4 => "static".into(),
-        8 => "gated".into(),
-        9 => "ra".into(),
-        10 => "mrt".into(),
-        11 => "zebra".into(),
-        12 => "bird".into(),
-        13 => "dnrouted".into(),
-        14 => "xorp".into(),
-        15 => "ntk".into(),
-        16 => "dhcp".into(),
-        18 => "keepalived".into(),
-        42 => "babel".into(),
-        186 => "bgp".into(),
-        187 => "isis".into(),
-        188 => "ospf".into(),
-        189 => "rip".into(),
-        192 => "eigrp".into(),
-        n => n.to_string(),
     }
 }
 
