@@ -34,11 +34,7 @@ fn golden(file: &str, got: &str) {
 /// One trace: `from to [--size N] [--proto P --port N]`, as the CLI takes them.
 fn trace(rec: &Recorded, args: &[&str]) -> String {
     let (from, to) = (args[0], args[1]);
-    let opt = |name: &str| {
-        args.windows(2)
-            .find(|w| w[0] == name)
-            .map(|w| w[1].to_string())
-    };
+    let opt = |name: &str| args.windows(2).find(|w| w[0] == name).map(|w| w[1].to_string());
     let size = opt("--size").map_or(84, |s| s.parse().unwrap());
     let port = opt("--port").map(|p| p.parse().unwrap());
     let proto = cnilab::trace::proto(&opt("--proto").unwrap_or("icmp".into()), port).unwrap();

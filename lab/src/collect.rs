@@ -390,7 +390,11 @@ async fn read_texts(handle: &Netns, t: &Target, want: Want, d: &mut NsDump) -> R
 /// The names of the namespaces the links' peers are in, by namespace id:
 /// what `ip netns list-id` shows, asked of the kernel for every named namespace.
 async fn nsids(nl: &Nl, links: &[Link]) -> BTreeMap<i32, String> {
-    let mut wanted: Vec<i32> = links.iter().filter_map(|l| l.peer_netnsid).filter(|i| *i >= 0).collect();
+    let mut wanted: Vec<i32> = links
+        .iter()
+        .filter_map(|l| l.peer_netnsid)
+        .filter(|i| *i >= 0)
+        .collect();
     wanted.sort();
     wanted.dedup();
     let mut out = BTreeMap::new();
@@ -398,7 +402,9 @@ async fn nsids(nl: &Nl, links: &[Link]) -> BTreeMap<i32, String> {
         return out;
     }
     for name in netns::list() {
-        let Ok(f) = std::fs::File::open(netns::path_of(&name)) else { continue };
+        let Ok(f) = std::fs::File::open(netns::path_of(&name)) else {
+            continue;
+        };
         let mut msg = NsidMessage::default();
         msg.attributes.push(NsidAttribute::Fd(f.as_raw_fd() as u32));
         let Ok(answer) = nl.send(RouteNetlinkMessage::GetNsId(msg), NLM_F_REQUEST).await else {
@@ -794,7 +800,10 @@ impl NsDump {
 
     /// The device holding `ip` as one of its addresses.
     pub fn local(&self, ip: Ipv4Addr) -> Option<&str> {
-        self.addrs.iter().find(|a| a.ip == ip).and_then(|a| self.name_of(a.index))
+        self.addrs
+            .iter()
+            .find(|a| a.ip == ip)
+            .and_then(|a| self.name_of(a.index))
     }
 
     /// The routing table entry the kernel uses for `dst`: the longest
@@ -809,7 +818,11 @@ impl NsDump {
                 .iter()
                 .filter(|r| r.table == table && !r.dead)
                 .filter(|r| {
-                    let mask = if r.dst_len == 0 { 0 } else { u32::MAX << (32 - r.dst_len.min(32)) };
+                    let mask = if r.dst_len == 0 {
+                        0
+                    } else {
+                        u32::MAX << (32 - r.dst_len.min(32))
+                    };
                     (d ^ r.dst.map_or(0, u32::from)) & mask == 0
                 })
                 .min_by_key(|r| (std::cmp::Reverse(r.dst_len), r.metric.unwrap_or(0)));
@@ -843,7 +856,13 @@ impl NsDump {
         if r.kind == RTN_LOCAL {
             return Ok(Lookup {
                 route: r,
-                dev: Some(self.links.iter().find(|l| l.kind == "loopback").map_or("lo", |l| &l.name).to_string()),
+                dev: Some(
+                    self.links
+                        .iter()
+                        .find(|l| l.kind == "loopback")
+                        .map_or("lo", |l| &l.name)
+                        .to_string(),
+                ),
                 gateway: None,
                 prefsrc: Some(r.prefsrc.unwrap_or(dst)),
             });
@@ -861,9 +880,18 @@ impl NsDump {
     /// gateway's subnet first; else any non-link address of the namespace.
     fn select_src(&self, r: &Route) -> Option<Ipv4Addr> {
         let usable = |a: &&Addr| a.scope <= r.scope;
-        let on_dev: Vec<&Addr> = self.addrs.iter().filter(|a| Some(a.index) == r.oif).filter(usable).collect();
+        let on_dev: Vec<&Addr> = self
+            .addrs
+            .iter()
+            .filter(|a| Some(a.index) == r.oif)
+            .filter(usable)
+            .collect();
         let in_subnet = |a: &&&Addr| {
-            let mask = if a.prefix_len == 0 { 0 } else { u32::MAX << (32 - a.prefix_len.min(32)) };
+            let mask = if a.prefix_len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - a.prefix_len.min(32))
+            };
             r.gateway.is_none_or(|g| (u32::from(g) ^ u32::from(a.ip)) & mask == 0)
         };
         if let Some(a) = on_dev.iter().find(in_subnet).or(on_dev.first()) {

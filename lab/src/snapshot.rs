@@ -247,7 +247,13 @@ fn labels(lab_prefix: &str, ns: &str) -> (String, String, String, String) {
 /// normalized across the whole lab.
 pub async fn take(state: &LabState, only: Option<&[String]>, dynamic: bool) -> Result<Snapshot> {
     let record = std::env::var_os(RECORD_ENV);
-    let dump = crate::collect::collect(targets(state), Want { trace: record.is_some() }).await?;
+    let dump = crate::collect::collect(
+        targets(state),
+        Want {
+            trace: record.is_some(),
+        },
+    )
+    .await?;
     if let Some(path) = record {
         let rec = Recorded {
             format: FORMAT,

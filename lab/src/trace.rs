@@ -1054,12 +1054,10 @@ fn bird_notes(lab: &Lab, view: &View, h: &mut Hop, e: &Route, gateway: Option<Ip
                     b.prefix, b.via, b.from, b.origin, b.as_path
                 ));
             }
-            let by =
-                gateway
-                    .map_or("a BGP peer".to_string(), |g| match lab.owner(g) {
-                        Some((_, ns)) => format!("{} ({g})", lab.label(ns, None)),
-                        None => g.to_string(),
-                    });
+            let by = gateway.map_or("a BGP peer".to_string(), |g| match lab.owner(g) {
+                Some((_, ns)) => format!("{} ({g})", lab.label(ns, None)),
+                None => g.to_string(),
+            });
             h.notes.push(format!(
                 "learned over BGP: {by} announced {prefix}, and BIRD's kernel protocol wrote the route (proto bird)"
             ));
@@ -1070,7 +1068,10 @@ fn bird_notes(lab: &Lab, view: &View, h: &mut Hop, e: &Route, gateway: Option<Ip
 /// The neighbour entry for `gw` on `dev` (what `ip neigh show GW dev DEV` lists first).
 fn neighbour<'v>(view: &'v View, gw: Ipv4Addr, dev: &str) -> Option<&'v Neigh> {
     let index = view.link(dev)?.index;
-    view.d.neighbours.iter().find(|n| n.dst == Some(gw) && n.ifindex == index)
+    view.d
+        .neighbours
+        .iter()
+        .find(|n| n.dst == Some(gw) && n.ifindex == index)
 }
 
 fn neigh_text(n: &Neigh, gw: Ipv4Addr, dev: &str) -> String {
@@ -1477,9 +1478,7 @@ fn netfilter(
             let side = if source { "source" } else { "destination" };
             h.notes
                 .push(format!("the nat table rewrites the {side}: {old} becomes {new}"));
-            lab.nat
-                .borrow_mut()
-                .push((view.name().to_string(), source, old, new));
+            lab.nat.borrow_mut().push((view.name().to_string(), source, old, new));
             if source {
                 pkt.src = new;
             } else {
