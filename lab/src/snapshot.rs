@@ -1,7 +1,8 @@
 //! Snapshots (shared/design/snapshots.md): a lab's network state as text in
 //! the spirit of iproute2, made to be read and diffed. Everything is read
-//! from the kernel, then normalized: names and MACs a plugin chose at random
-//! are shown by what they are (`veth(worker1/web)`, `mac(worker2/flannel.1)`),
+//! from the kernel once (collect.rs), then normalized by a pure function of
+//! that dump ([`from_dump`]), which a recorded dump replays without root.
+//! Names and MACs a plugin chose at random are shown by what they are (`veth(worker1/web)`, `mac(worker2/flannel.1)`),
 //! nothing depends on ifindexes, timing or the lab's name, and every list
 //! is sorted. Packet filtering shows as `iptables TABLE ...` lines in the
 //! form iptables-save prints, normalized (snapshot/iptables.rs).

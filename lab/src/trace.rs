@@ -1,7 +1,12 @@
 //! `cnilab trace`: the path of one packet, hop by hop, from the lab's real
-//! kernel state. In each namespace the packet visits, trace asks the kernel
-//! what it would do (`ip route get`, with `fibmatch` for the table entry),
-//! reads the neighbour and FDB entries the next hop needs, follows veth
+//! kernel state. Each namespace the packet visits is read once through
+//! collect.rs (netlink, typed); everything after is a pure function of
+//! those dumps and the lab's state, so a recorded dump replays a trace
+//! without root (tests/replay.rs). In each namespace trace finds what the
+//! kernel would do (the longest-prefix match of the local, main and default
+//! tables, as `ip route get fibmatch` names the entry, with the kernel's
+//! errors for blackhole, unreachable and prohibit routes and for a martian
+//! source), reads the neighbour and FDB entries the next hop needs, follows veth
 //! pairs to their other end and bridges to their egress port, encapsulates
 //! where a VXLAN device sends and decapsulates where one receives, and
 //! checks the packet's size against every MTU on the way. The packet is an
