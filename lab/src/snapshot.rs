@@ -2,9 +2,9 @@
 //! the spirit of iproute2, made to be read and diffed. Everything is read
 //! from the kernel once (collect.rs), then normalized by a pure function of
 //! that dump ([`from_dump`]), which a recorded dump replays without root.
-//! Names and MACs a plugin chose at random are shown by what they are (`veth(worker1/web)`, `mac(worker2/flannel.1)`),
-//! nothing depends on ifindexes, timing or the lab's name, and every list
-//! is sorted. Packet filtering shows as `iptables TABLE ...` lines in the
+//! Names and MACs a plugin chose at random are shown by what they are
+//! (`veth(worker1/web)`, `mac(worker2/flannel.1)`), nothing depends on
+//! ifindexes, timing or the lab's name, and every list is sorted. Packet filtering shows as `iptables TABLE ...` lines in the
 //! form iptables-save prints, normalized (snapshot/iptables.rs).
 
 use std::collections::BTreeMap;
