@@ -908,3 +908,124 @@ impl NsDump {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn route(table: u32, kind: u8, dst: &str, gw: Option<&str>, oif: u32) -> Route {
+        let (d, l) = dst.split_once('/').unwrap_or((dst, "32"));
+        Route {
+            table,
+            kind,
+            dst: Some(ip(d)).filter(|_| l != "0"),
+            dst_len: l.parse().unwrap(),
+            gateway: gw.map(ip),
+            oif: Some(oif),
+            protocol: 3,
+            scope: if gw.is_some() { 0 } else { 253 },
+            ..Default::default()
+        }
+    }
+
+    fn link(index: u32, name: &str) -> Link {
+        Link {
+            index,
+            name: name.into(),
+            kind: if index == 1 { "loopback" } else { "veth" }.into(),
+            ..Default::default()
+        }
+    }
+
+    /// A node: lo, eth0 172.20.0.11/24, cni0 10.244.1.1/24, a blackhole
+    /// block and a default route.
+    fn node() -> NsDump {
+        let addr = |index, a: &str, prefix_len, scope| Addr {
+            index,
+            ip: ip(a),
+            prefix_len,
+            scope,
+        };
+        let mut local = route(255, RTN_LOCAL, "172.20.0.11", None, 2);
+        local.prefsrc = Some(ip("172.20.0.11"));
+        NsDump {
+            links: vec![link(1, "lo"), link(2, "eth0"), link(3, "cni0")],
+            addrs: vec![
+                addr(1, "127.0.0.1", 8, 254),
+                addr(2, "172.20.0.11", 24, 0),
+                addr(3, "10.244.1.1", 24, 0),
+            ],
+            routes: vec![
+                route(254, RTN_UNICAST, "0.0.0.0/0", Some("172.20.0.1"), 2),
+                route(254, RTN_UNICAST, "172.20.0.0/24", None, 2),
+                route(254, RTN_UNICAST, "10.244.1.0/24", None, 3),
+                route(254, RTN_BLACKHOLE, "10.244.2.0/26", None, 0),
+                route(254, RTN_UNICAST, "10.244.0.0/16", Some("172.20.0.12"), 2),
+                local,
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_longest_prefix_wins_and_the_local_table_comes_first() {
+        let d = node();
+        assert_eq!(d.fib(ip("10.244.1.7")).unwrap().dst_len, 24);
+        assert_eq!(d.fib(ip("10.244.3.7")).unwrap().dst_len, 16);
+        assert_eq!(d.fib(ip("8.8.8.8")).unwrap().dst_len, 0);
+        assert_eq!(d.fib(ip("172.20.0.11")).unwrap().table, 255);
+        let r = d.route_get(ip("172.20.0.11"), None, None).unwrap();
+        assert_eq!((r.dev.as_deref(), r.prefsrc), (Some("lo"), Some(ip("172.20.0.11"))));
+    }
+
+    #[test]
+    fn a_lower_metric_wins_and_a_throw_goes_on_to_the_next_table() {
+        let mut d = node();
+        let mut worse = route(254, RTN_UNICAST, "10.244.1.0/24", None, 2);
+        worse.metric = Some(100);
+        d.routes.insert(0, worse);
+        assert_eq!(d.fib(ip("10.244.1.7")).unwrap().oif, Some(3));
+        d.routes = vec![
+            route(254, RTN_THROW, "0.0.0.0/0", None, 0),
+            route(253, RTN_UNICAST, "0.0.0.0/0", Some("172.20.0.1"), 2),
+        ];
+        assert_eq!(d.fib(ip("8.8.8.8")).unwrap().table, 253);
+    }
+
+    #[test]
+    fn route_get_gives_the_kernels_errors() {
+        let mut d = node();
+        assert_eq!(
+            d.route_get(ip("10.244.2.5"), None, None).unwrap_err(),
+            "Invalid argument"
+        );
+        let from_outside = d.route_get(ip("10.244.1.7"), Some(ip("172.20.0.11")), Some("eth0"));
+        assert_eq!(
+            from_outside.unwrap_err(),
+            "Invalid argument",
+            "a source of its own is martian"
+        );
+        d.routes.retain(|r| r.dst_len != 0);
+        assert_eq!(
+            d.route_get(ip("8.8.8.8"), None, None).unwrap_err(),
+            "Network is unreachable"
+        );
+    }
+
+    #[test]
+    fn the_source_is_an_address_of_the_device_on_the_gateways_subnet() {
+        let mut d = node();
+        let r = d.route_get(ip("10.244.3.7"), None, None).unwrap();
+        assert_eq!((r.dev.as_deref(), r.gateway), (Some("eth0"), Some(ip("172.20.0.12"))));
+        assert_eq!(r.prefsrc, Some(ip("172.20.0.11")));
+        // A device without an address (a cali veth): any global address.
+        d.links.push(link(4, "cali1"));
+        d.routes.push(route(254, RTN_UNICAST, "10.244.1.9", None, 4));
+        let r = d.route_get(ip("10.244.1.9"), None, None).unwrap();
+        assert_eq!(r.prefsrc, Some(ip("172.20.0.11")));
+    }
+}
