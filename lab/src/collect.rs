@@ -174,7 +174,8 @@ pub struct Route {
 }
 
 /// An ARP (or proxy ARP) entry.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Neigh {
     /// Interface index.
     pub ifindex: u32,
@@ -187,7 +188,8 @@ pub struct Neigh {
 }
 
 /// An FDB entry.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Fdb {
     /// Interface index (a bridge port, a VXLAN device, a bridge).
     pub ifindex: u32,
@@ -214,6 +216,28 @@ pub struct IpamFile {
     pub container: String,
     /// Interface in the file.
     pub ifname: String,
+}
+
+impl Dump {
+    /// The dump as JSON for a recording: fields that are absent, false or
+    /// empty lists are left out (reading gives them back as their defaults),
+    /// which makes a recording much shorter.
+    pub fn to_json(&self) -> serde_json::Value {
+        fn prune(v: &mut serde_json::Value) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    m.values_mut().for_each(prune);
+                    m.retain(|_, x| !matches!(x, serde_json::Value::Null | serde_json::Value::Bool(false)));
+                    m.retain(|_, x| x.as_array().is_none_or(|a| !a.is_empty()));
+                }
+                serde_json::Value::Array(a) => a.iter_mut().for_each(prune),
+                _ => {}
+            }
+        }
+        let mut v = serde_json::to_value(self).expect("a dump serializes");
+        prune(&mut v);
+        v
+    }
 }
 
 /// Sysctl keys a caller wants for a namespace, given its links.

@@ -256,14 +256,9 @@ pub async fn take(state: &LabState, only: Option<&[String]>, dynamic: bool) -> R
     )
     .await?;
     if let Some(path) = record {
-        let rec = Recorded {
-            format: FORMAT,
-            state: state.clone(),
-            dump,
-        };
+        let rec = serde_json::json!({ "format": FORMAT, "state": state, "dump": dump.to_json() });
         let text = serde_json::to_string_pretty(&rec)?;
         std::fs::write(&path, text + "\n").with_context(|| format!("cannot write {}", path.to_string_lossy()))?;
-        return Ok(from_dump(state, &rec.dump, only, dynamic));
     }
     Ok(from_dump(state, &dump, only, dynamic))
 }
