@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The bird binary, if installed (see [`crate::tools::find`]).
 pub fn binary() -> Option<PathBuf> {
@@ -114,7 +114,7 @@ pub fn query(socket: &Path, command: &str) -> Result<Vec<String>> {
 }
 
 /// A BGP session as BIRD reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Session {
     /// Protocol name.
     pub name: String,
@@ -166,7 +166,7 @@ fn parse_sessions(lines: &[String]) -> Vec<Session> {
 }
 
 /// A route in BIRD's table that BGP brought.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct BgpRoute {
     /// Prefix.
     pub prefix: String,

@@ -8,6 +8,7 @@ pub mod bird;
 pub mod build;
 pub mod cli;
 pub mod cni;
+pub mod collect;
 pub mod command;
 pub mod doctor;
 pub mod error;

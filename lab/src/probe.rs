@@ -426,13 +426,14 @@ pub struct Pmtu {
     pub blackhole: bool,
 }
 
+/// MTU of the interface the route to `ip` leaves by.
 fn route_mtu(src: &Netns, ip: Ipv4Addr) -> Result<u32> {
-    let out = netns::run_in(src, "ip", &["-j", "route", "get", &ip.to_string()])?;
-    let v: serde_json::Value = serde_json::from_str(&out)?;
-    let dev = v[0]["dev"].as_str().context("no route to the destination")?.to_string();
-    let link = netns::run_in(src, "ip", &["-j", "link", "show", "dev", &dev])?;
-    let l: serde_json::Value = serde_json::from_str(&link)?;
-    l[0]["mtu"].as_u64().map(|m| m as u32).context("interface without MTU")
+    let d = crate::collect::collect_blocking(crate::collect::Target::new(src.name()), Default::default())?;
+    let r = d
+        .route_get(ip, None, None)
+        .map_err(|e| anyhow!("no route to the destination: {e}"))?;
+    let dev = r.dev.context("no route to the destination")?;
+    d.link(&dev).and_then(|l| l.mtu).context("interface without MTU")
 }
 
 /// Finds the largest packet (IP length) that crosses with DF set.
@@ -441,7 +442,7 @@ pub fn pmtu(state: &LabState, from: &str, to: &str) -> Result<Pmtu> {
     let dst = dest(state, to)?;
     let ns = Netns::open(&src.ns)?;
     // Start from what the interface allows, not from what an earlier probe taught the kernel.
-    let _ = netns::run_in(&ns, "ip", &["route", "flush", "cache"]);
+    let _ = ns.run(|| netns::write_sysctl("net/ipv4/route/flush", "-1"));
     let iface = route_mtu(&ns, dst.ip)?;
     let fits = |len: u32| -> Result<(bool, Option<String>)> {
         let (ok, _, err) = ping_once(&ns, dst.ip, len - 28, true, 1)?;
@@ -687,34 +688,27 @@ pub struct RouteGet {
 pub fn route(state: &LabState, from: &str, to: &str) -> Result<RouteGet> {
     let src = source(state, from)?;
     let dst = dest(state, to)?;
-    let ns = Netns::open(&src.ns)?;
-    let out = netns::command(&ns, "ip")
-        .args(["-j", "route", "get", &dst.ip.to_string()])
-        .output()?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-    let r = &v[0];
-    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    let d = crate::collect::collect_blocking(crate::collect::Target::new(&src.ns), Default::default())?;
+    let r = d.route_get(dst.ip, None, None);
+    let (dev, via) = match &r {
+        Ok(l) => (l.dev.clone(), l.gateway.map(|g| g.to_string())),
+        Err(_) => (None, None),
+    };
     Ok(RouteGet {
         from: src.name,
         to: dst.name,
         ip: dst.ip,
-        dev: r["dev"].as_str().map(str::to_string),
-        via: r["gateway"].as_str().map(str::to_string),
+        dev,
+        via,
         // `ip route get` answers a blackhole with EINVAL, unreachable and
         // prohibit routes with their errors.
-        kind: r["type"].as_str().map(str::to_string).unwrap_or_else(|| {
-            if err.contains("Invalid argument") {
-                "blackhole".into()
-            } else if err.contains("unreachable") {
-                "unreachable".into()
-            } else if err.contains("Permission denied") {
-                "prohibit".into()
-            } else if r.is_null() {
-                format!("none ({err})")
-            } else {
-                "unicast".into()
-            }
-        }),
+        kind: match r {
+            Ok(l) => crate::collect::type_name(l.route.kind),
+            Err(e) if e.contains("Invalid argument") => "blackhole".into(),
+            Err(e) if e.contains("unreachable") => "unreachable".into(),
+            Err(e) if e.contains("Permission denied") => "prohibit".into(),
+            Err(e) => format!("none (RTNETLINK answers: {e})"),
+        },
     })
 }
 

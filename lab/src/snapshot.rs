@@ -1,31 +1,23 @@
 //! Snapshots (shared/design/snapshots.md): a lab's network state as text in
 //! the spirit of iproute2, made to be read and diffed. Everything is read
-//! from the kernel, then normalized: names and MACs a plugin chose at random
-//! are shown by what they are (`veth(worker1/web)`, `mac(worker2/flannel.1)`),
-//! nothing depends on ifindexes, timing or the lab's name, and every list
-//! is sorted. Packet filtering shows as `iptables TABLE ...` lines in the
+//! from the kernel once (collect.rs), then normalized by a pure function of
+//! that dump ([`from_dump`]), which a recorded dump replays without root.
+//! Names and MACs a plugin chose at random are shown by what they are
+//! (`veth(worker1/web)`, `mac(worker2/flannel.1)`), nothing depends on
+//! ifindexes, timing or the lab's name, and every list is sorted. Packet filtering shows as `iptables TABLE ...` lines in the
 //! form iptables-save prints, normalized (snapshot/iptables.rs).
 
-use futures::{StreamExt as _, TryStreamExt as _};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result};
-use netlink_packet_route::AddressFamily;
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkLayerType, LinkMessage};
-use netlink_packet_route::neighbour::{
-    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
-};
-use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope, RouteType,
-};
-use serde::Serialize;
+use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState};
+use netlink_packet_route::route::{RouteProtocol, RouteScope, RouteType};
+use serde::{Deserialize, Serialize};
 
-use crate::netns::{self, Netns};
-use crate::nl::{Nl, link_name};
-use crate::plan::mac_string;
+use crate::collect::{Dump, NsDump, Target, Want};
+use crate::netns;
 use crate::state::LabState;
 
 pub mod iptables;
@@ -154,128 +146,72 @@ pub struct Ipam {
     pub ifname: String,
 }
 
-/// Raw kernel state of one namespace.
-/// How many namespaces a snapshot reads at once.
-const SNAPSHOT_READERS: usize = 16;
-
-struct Raw {
-    name: String,
-    bgp_sessions: Vec<crate::bird::Session>,
-    bgp_routes: Vec<crate::bird::BgpRoute>,
-    links: Vec<LinkMessage>,
-    addrs: Vec<AddressMessage>,
-    routes: Vec<RouteMessage>,
-    neigh: Vec<NeighbourMessage>,
-    proxy: Vec<NeighbourMessage>,
-    fdb: Vec<NeighbourMessage>,
-    sysctls: Vec<(String, String)>,
-    iptables: Vec<iptables::Table>,
+/// A recorded lab: its state and the kernel's, as JSON (tests/dumps/):
+/// enough to render its snapshot and trace its packets without root.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Recorded {
+    /// Format version of the recording.
+    pub format: u32,
+    /// The lab's state when it was recorded.
+    pub state: LabState,
+    /// Every namespace of the lab, with what traces need.
+    pub dump: Dump,
 }
 
+impl Recorded {
+    /// Reads a recording.
+    pub fn load(path: &std::path::Path) -> Result<Recorded> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{} is no cnilab recording", path.display()))
+    }
+}
+
+/// Set to a file name, a snapshot also records the lab there (see [`Recorded`]).
+pub const RECORD_ENV: &str = "CNILAB_RECORD_DUMP";
+
 /// Sysctls the lab sets: forwarding on nodes and routers (see
-/// build::NODE_SYSCTLS), and what a profile's plugin sets on host veths.
-fn touched_sysctls(role: &str, links: &[LinkMessage]) -> Vec<String> {
+/// build::NODE_SYSCTLS), and what a profile's plugin sets on host veths;
+/// then those the lab's faults touched here.
+fn touched_sysctls(role: &str, links: &[crate::collect::Link], fault_keys: &[String]) -> Vec<String> {
     let mut keys = Vec::new();
     if role == "node" || role == "router" {
         keys.push("net/ipv4/ip_forward".to_string());
     }
     for l in links {
-        if let Some(name) = link_name(l) {
-            keys.extend(crate::profile::host_link_sysctls(name));
+        keys.extend(crate::profile::host_link_sysctls(&l.name));
+    }
+    for k in fault_keys {
+        if !keys.contains(k) {
+            keys.push(k.clone());
         }
     }
     keys
 }
 
-async fn collect(
-    ns: &str,
-    role: &str,
-    bird_socket: Option<std::path::PathBuf>,
-    fault_keys: Vec<String>,
-    dynamic: bool,
-) -> Result<Raw> {
-    let handle = Netns::open(ns)?;
-    let nl = Nl::connect_in(&handle)?;
-    let (links, addrs, routes, neigh, proxy, fdb) = futures::try_join!(
-        nl.links(),
-        nl.addresses(),
-        nl.routes(),
-        nl.neighbours(AddressFamily::Inet, false),
-        nl.neighbours(AddressFamily::Inet, true),
-        nl.neighbours(AddressFamily::Bridge, false),
-    )
-    .with_context(|| format!("reading namespace {ns}"))?;
-    let _ = dynamic;
-    // Only what a snapshot shows is kept: a link's per-protocol settings and
-    // statistics are most of its message, and a big lab has thousands.
-    let mut links = links;
-    for l in &mut links {
-        l.attributes.retain(|a| {
-            matches!(
-                a,
-                LinkAttribute::IfName(_)
-                    | LinkAttribute::Mtu(_)
-                    | LinkAttribute::Address(_)
-                    | LinkAttribute::Controller(_)
-                    | LinkAttribute::Link(_)
-                    | LinkAttribute::LinkInfo(_)
-            )
-        });
-        l.attributes.shrink_to_fit();
-    }
-    let mut keys = touched_sysctls(role, &links);
-    for k in fault_keys {
-        if !keys.contains(&k) {
-            keys.push(k);
-        }
-    }
-    let (sysctls, filters) = handle.run(move || {
-        let sysctls = keys
-            .iter()
-            .map(|k| Ok((netns::sysctl_name(k), netns::read_sysctl(k)?)))
-            .collect::<Result<Vec<_>>>()?;
-        Ok((sysctls, iptables::present_here()))
-    })?;
-    // Only namespaces that have tables pay for a process.
-    let iptables = if filters.nft || filters.legacy {
-        tokio::task::spawn_blocking(move || iptables::read(&handle, filters)).await??
-    } else {
-        Vec::new()
-    };
-    let (bgp_sessions, bgp_routes) = match bird_socket.filter(|s| s.exists()) {
-        Some(sock) => {
-            tokio::task::spawn_blocking(move || -> Result<_> {
-                Ok((crate::bird::sessions(&sock)?, crate::bird::bgp_routes(&sock)?))
-            })
-            .await??
-        }
-        None => (Vec::new(), Vec::new()),
-    };
-    Ok(Raw {
-        name: ns.to_string(),
-        bgp_sessions,
-        bgp_routes,
-        links,
-        addrs,
-        routes,
-        neigh,
-        proxy,
-        fdb,
-        sysctls,
-        iptables,
-    })
-}
-
-fn kind_name(l: &LinkMessage) -> String {
-    match crate::nl::link_kind(l) {
-        Some(InfoKind::Veth) => "veth".into(),
-        Some(InfoKind::Bridge) => "bridge".into(),
-        Some(InfoKind::Vxlan) => "vxlan".into(),
-        Some(InfoKind::Tun) => "tun".into(),
-        Some(k) => format!("{k:?}").to_lowercase(),
-        None if l.header.link_layer_type == LinkLayerType::Loopback => "loopback".into(),
-        None => "device".into(),
-    }
+/// What to read in each namespace of the lab, also those a fault made.
+fn targets(state: &LabState) -> Vec<Target> {
+    let prefix = crate::paths::lab_ns_prefix(&state.plan.lab);
+    let paths = state.paths();
+    let fault_keys = crate::faultspec::touched_sysctls(&state.faults, &state.plan);
+    netns::list()
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .map(|ns| {
+            let (short, role, _, owner) = labels(&prefix, &ns);
+            let keys = fault_keys.get(&ns).cloned().unwrap_or_default();
+            let r = role.clone();
+            Target {
+                bird_socket: match role.as_str() {
+                    "node" => Some(paths.agent_dir(&owner).join("bird.ctl")),
+                    "router" => Some(paths.router_dir(&owner).join("bird.ctl")),
+                    _ => None,
+                },
+                ipam_dir: (role == "node").then(|| paths.cni_state_dir(&short).join("networks")),
+                sysctls: std::sync::Arc::new(move |links| touched_sysctls(&r, links, &keys)),
+                ns,
+            }
+        })
+        .collect()
 }
 
 /// Labels of a namespace: (short name, role, title, owner prefix for MACs).
@@ -303,220 +239,107 @@ fn labels(lab_prefix: &str, ns: &str) -> (String, String, String, String) {
     }
 }
 
-/// Takes a snapshot of `namespaces` (default: the whole lab).
+/// Takes a snapshot of `namespaces` (default: the whole lab). Every
+/// namespace is read, even when only some are shown: names and MACs are
+/// normalized across the whole lab.
 pub async fn take(state: &LabState, only: Option<&[String]>, dynamic: bool) -> Result<Snapshot> {
-    let plan = &state.plan;
-    let prefix = crate::paths::lab_ns_prefix(&plan.lab);
-    // Every namespace of the lab, also those a fault made.
-    let wanted: Vec<String> = netns::list().into_iter().filter(|n| n.starts_with(&prefix)).collect();
-    // Every namespace is read, even when only some are shown: names and MACs
-    // are normalized across the whole lab.
-    let paths = state.paths();
-    let fault_keys = crate::faultspec::touched_sysctls(&state.faults, &state.plan);
-    // A bounded number at once: each namespace read holds a netlink socket
-    // and its buffers, which for a thousand pods at once was most of the memory.
-    let raws: Vec<Raw> = futures::stream::iter(wanted.iter().map(|ns| {
-        let (_, role, _, owner) = labels(&prefix, ns);
-        let keys = fault_keys.get(ns).cloned().unwrap_or_default();
-        let socket = match role.as_str() {
-            "node" => Some(paths.agent_dir(&owner).join("bird.ctl")),
-            "router" => Some(paths.router_dir(&owner).join("bird.ctl")),
-            _ => None,
-        };
-        async move { collect(ns, &role, socket, keys, dynamic).await }
-    }))
-    .buffered(SNAPSHOT_READERS)
-    .try_collect()
+    let record = std::env::var_os(RECORD_ENV);
+    let dump = crate::collect::collect(
+        targets(state),
+        Want {
+            trace: record.is_some(),
+        },
+    )
     .await?;
+    if let Some(path) = record {
+        let rec = serde_json::json!({ "format": FORMAT, "state": state, "dump": dump.to_json() });
+        let text = serde_json::to_string_pretty(&rec)?;
+        std::fs::write(&path, text + "\n").with_context(|| format!("cannot write {}", path.to_string_lossy()))?;
+    }
+    Ok(from_dump(state, &dump, only, dynamic))
+}
 
-    // veth(node/pod): a pod's eth0 names its peer's ifindex in the node.
-    let mut veth_names: BTreeMap<(String, u32), String> = BTreeMap::new();
-    for r in &raws {
-        let (short, role, _, owner) = labels(&prefix, &r.name);
-        if role != "pod" {
-            continue;
-        }
-        let node = short.split_once('.').map(|(n, _)| n.to_string()).unwrap_or_default();
-        for l in &r.links {
-            if let Some(peer) = l.attributes.iter().find_map(|a| match a {
-                LinkAttribute::Link(i) => Some(*i),
-                _ => None,
-            }) {
-                if crate::nl::link_kind(l) == Some(&InfoKind::Veth) {
-                    veth_names.insert((node.clone(), peer), format!("veth({owner})"));
+/// The names a snapshot gives what plugins chose at random.
+struct Names<'d> {
+    /// veth(node/pod) by (node, ifindex): a pod's eth0 names its peer's ifindex in the node.
+    veths: BTreeMap<(String, u32), String>,
+    /// mac(owner): who in the lab has a MAC; bridges win, as they answer for it.
+    macs: BTreeMap<&'d str, (u8, String)>,
+}
+
+impl<'d> Names<'d> {
+    fn new(prefix: &str, dump: &'d Dump) -> Names<'d> {
+        let mut n = Names {
+            veths: BTreeMap::new(),
+            macs: BTreeMap::new(),
+        };
+        for (ns, d) in &dump.namespaces {
+            let (short, role, _, owner) = labels(prefix, ns);
+            if role != "pod" {
+                continue;
+            }
+            let node = short.split_once('.').map(|(n, _)| n.to_string()).unwrap_or_default();
+            for l in d.links.iter().filter(|l| l.kind == "veth") {
+                if let Some(peer) = l.peer {
+                    n.veths.insert((node.clone(), peer), format!("veth({owner})"));
                 }
             }
         }
-    }
-    // Only the bridge plugin's random veth names are replaced; Calico's
-    // cali names are derived from the pod and shown as they are.
-    let name_of = |short: &str, l: &LinkMessage| -> String {
-        let name = link_name(l).unwrap_or("?");
-        match veth_names.get(&(short.to_string(), l.header.index)) {
-            Some(n) if name.starts_with("veth") => n.clone(),
-            _ => name.to_string(),
+        for (ns, d) in &dump.namespaces {
+            let (short, _, _, owner) = labels(prefix, ns);
+            for l in &d.links {
+                let Some(mac) = l.mac.as_deref().filter(|m| *m != "00:00:00:00:00:00") else {
+                    continue;
+                };
+                let rank = if l.kind == "bridge" { 0 } else { 1 };
+                let label = format!("{owner}/{}", n.link_name(&short, l));
+                let e = n.macs.entry(mac).or_insert((rank, label.clone()));
+                if (rank, &label) < (e.0, &e.1) {
+                    *e = (rank, label);
+                }
+            }
         }
-    };
+        n
+    }
 
-    // mac(owner): who in the lab has a MAC; bridges win, as they answer for it.
-    let mut macs: BTreeMap<[u8; 6], (u8, String)> = BTreeMap::new();
-    for r in &raws {
-        let (short, _, _, owner) = labels(&prefix, &r.name);
-        for l in &r.links {
-            let Some(mac) = crate::nl::link_mac(l) else { continue };
-            if mac == [0; 6] {
-                continue;
-            }
-            let rank = if crate::nl::link_kind(l) == Some(&InfoKind::Bridge) {
-                0
-            } else {
-                1
-            };
-            let label = format!("{owner}/{}", name_of(&short, l));
-            let e = macs.entry(mac).or_insert((rank, label.clone()));
-            if (rank, &label) < (e.0, &e.1) {
-                *e = (rank, label);
-            }
+    /// Only the bridge plugin's random veth names are replaced; Calico's
+    /// cali names are derived from the pod and shown as they are.
+    fn link_name(&self, short: &str, l: &crate::collect::Link) -> String {
+        match self.veths.get(&(short.to_string(), l.index)) {
+            Some(n) if l.name.starts_with("veth") => n.clone(),
+            _ => l.name.clone(),
         }
     }
-    let show_mac = |m: &[u8]| -> String {
-        match <[u8; 6]>::try_from(m).ok().and_then(|k| macs.get(&k)) {
+
+    fn mac(&self, m: &str) -> String {
+        match self.macs.get(m) {
             Some((_, owner)) => format!("mac({owner})"),
-            None => mac_string(m),
+            None => m.to_string(),
         }
-    };
+    }
+}
 
+/// The snapshot of a lab whose kernel state is `dump`: a pure function.
+pub fn from_dump(state: &LabState, dump: &Dump, only: Option<&[String]>, dynamic: bool) -> Snapshot {
+    let plan = &state.plan;
+    let prefix = crate::paths::lab_ns_prefix(&plan.lab);
+    let names = Names::new(&prefix, dump);
     let container_pods: BTreeMap<&str, String> = plan
         .pods()
         .map(|(n, p)| (p.container_id.as_str(), format!("{}/{}", n.name, p.name)))
         .collect();
-
-    let mut out = Vec::new();
-    for r in &raws {
-        let (short, role, title, _) = labels(&prefix, &r.name);
-        if let Some(only) = only {
-            if !only.contains(&r.name) {
-                continue;
-            }
-        }
-        let names: BTreeMap<u32, String> = r.links.iter().map(|l| (l.header.index, name_of(&short, l))).collect();
-        let dev = |i: u32| names.get(&i).cloned().unwrap_or_else(|| format!("if{i}"));
-
-        let mut links: Vec<Link> = r
-            .links
-            .iter()
-            .map(|l| {
-                let kind = kind_name(l);
-                let mut details = Vec::new();
-                if let Some(v) = crate::nl::vxlan_info(l) {
-                    details = vxlan_details(v, &dev);
-                }
-                let flags = l.header.flags;
-                Link {
-                    name: dev(l.header.index),
-                    details,
-                    mtu: l
-                        .attributes
-                        .iter()
-                        .find_map(|a| match a {
-                            LinkAttribute::Mtu(m) => Some(*m),
-                            _ => None,
-                        })
-                        .unwrap_or(0),
-                    up: flags.contains(LinkFlags::Up),
-                    no_carrier: flags.contains(LinkFlags::Up) && !flags.contains(LinkFlags::LowerUp),
-                    master: l.attributes.iter().find_map(|a| match a {
-                        LinkAttribute::Controller(m) => Some(dev(*m)),
-                        _ => None,
-                    }),
-                    address: if kind == "vxlan" {
-                        crate::nl::link_mac(l).map(|m| mac_string(&m))
-                    } else {
-                        None
-                    },
-                    kind,
-                }
-            })
-            .collect();
-        links.sort_by(|a, b| a.name.cmp(&b.name));
-
-        let mut addresses: Vec<Address> = r
-            .addrs
-            .iter()
-            .filter_map(|a| {
-                let ip = a.attributes.iter().find_map(|x| match x {
-                    AddressAttribute::Local(IpAddr::V4(v)) => Some(*v),
-                    _ => None,
-                })?;
-                Some(Address {
-                    dev: dev(a.header.index),
-                    address: format!("{ip}/{}", a.header.prefix_len),
-                })
-            })
-            .collect();
-        addresses.sort_by(|a, b| (&a.dev, &a.address).cmp(&(&b.dev, &b.address)));
-
-        let mut routes: Vec<Route> = r.routes.iter().filter_map(|rt| route(rt, &dev)).collect();
-        routes.sort_by(|a, b| (a.key, &a.text).cmp(&(b.key, &b.text)));
-
-        let mut neighbours: Vec<Neighbour> = r
-            .neigh
-            .iter()
-            .filter(|n| dynamic || n.header.state == NeighbourState::Permanent)
-            .filter_map(|n| neighbour(n, &dev, &show_mac, false))
-            .chain(r.proxy.iter().filter_map(|n| neighbour(n, &dev, &show_mac, true)))
-            .collect();
-        neighbours.sort_by(|a, b| a.text.cmp(&b.text));
-        neighbours.dedup_by(|a, b| a.text == b.text);
-
-        let mut fdb: Vec<Fdb> = r
-            .fdb
-            .iter()
-            .filter_map(|f| fdb_entry(f, &dev, &show_mac, dynamic))
-            .collect();
-        fdb.sort_by(|a, b| a.text.cmp(&b.text));
-        fdb.dedup_by(|a, b| a.text == b.text);
-
-        let sysctls = r
-            .sysctls
-            .iter()
-            .map(|(k, v)| Sysctl {
-                key: k.clone(),
-                value: v.clone(),
-            })
-            .collect();
-        let ipam = if role == "node" {
-            read_ipam(state, &short, &container_pods)
-        } else {
-            Vec::new()
-        };
-        let mut bgp_sessions = r.bgp_sessions.clone();
-        bgp_sessions.sort_by(|a, b| a.name.cmp(&b.name));
-        // A session that is not up cycles through Active, Connect, OpenSent
-        // with BIRD's timers; only whether it is Established is stable.
-        for b in &mut bgp_sessions {
-            if b.state != "Established" {
-                b.state = "down".into();
-            }
-        }
-        out.push(NsSnapshot {
-            name: short,
-            role,
-            title,
-            links,
-            addresses,
-            routes,
-            neighbours,
-            fdb,
-            sysctls,
-            iptables: r.iptables.clone(),
-            ipam,
-            bgp_sessions,
-            bgp_routes: r.bgp_routes.clone(),
-        });
-    }
+    let fault_keys = crate::faultspec::touched_sysctls(&state.faults, plan);
+    let mut out: Vec<NsSnapshot> = dump
+        .namespaces
+        .iter()
+        .filter(|(ns, _)| only.is_none_or(|o| o.contains(ns)))
+        .map(|(ns, d)| {
+            let keys = fault_keys.get(ns).cloned().unwrap_or_default();
+            ns_snapshot(&prefix, ns, d, &names, &keys, &container_pods, dynamic)
+        })
+        .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(Snapshot {
+    Snapshot {
         format: FORMAT,
         lab: format!(
             "{} nodes, {} pods, {}",
@@ -526,38 +349,137 @@ pub async fn take(state: &LabState, only: Option<&[String]>, dynamic: bool) -> R
         ),
         faults: crate::faultspec::lines(&state.faults),
         namespaces: out,
-    })
+    }
 }
 
-fn vxlan_details(v: &[InfoVxlan], dev: &dyn Fn(u32) -> String) -> Vec<String> {
-    let mut id = None;
-    let mut rest = Vec::new();
-    let mut learning = true;
-    for i in v {
-        match i {
-            InfoVxlan::Id(x) => id = Some(format!("id {x}")),
-            InfoVxlan::Local(a) => rest.push((1, format!("local {a}"))),
-            InfoVxlan::Group(g) if !g.is_unspecified() => rest.push((2, format!("group {g}"))),
-            InfoVxlan::Link(d) if *d != 0 => rest.push((3, format!("dev {}", dev(*d)))),
-            InfoVxlan::Port(p) => rest.push((4, format!("dstport {p}"))),
-            InfoVxlan::Learning(l) => learning = *l,
-            InfoVxlan::Proxy(true) => rest.push((6, "proxy".into())),
-            InfoVxlan::L2Miss(true) => rest.push((7, "l2miss".into())),
-            InfoVxlan::L3Miss(true) => rest.push((8, "l3miss".into())),
-            InfoVxlan::Df(netlink_packet_route::link::VxlanDf::Set) => rest.push((9, "df set".into())),
-            _ => {}
+/// One namespace, normalized.
+fn ns_snapshot(
+    prefix: &str,
+    ns: &str,
+    d: &NsDump,
+    names: &Names,
+    fault_keys: &[String],
+    pods: &BTreeMap<&str, String>,
+    dynamic: bool,
+) -> NsSnapshot {
+    let (short, role, title, _) = labels(prefix, ns);
+    let by_index: BTreeMap<u32, String> = d.links.iter().map(|l| (l.index, names.link_name(&short, l))).collect();
+    let dev = |i: u32| by_index.get(&i).cloned().unwrap_or_else(|| format!("if{i}"));
+    let mac = |m: &str| names.mac(m);
+
+    let mut links: Vec<Link> = d.links.iter().map(|l| link(l, &dev)).collect();
+    links.sort_by(|a, b| a.name.cmp(&b.name));
+
+    let mut addresses: Vec<Address> = d
+        .addrs
+        .iter()
+        .map(|a| Address {
+            dev: dev(a.index),
+            address: format!("{}/{}", a.ip, a.prefix_len),
+        })
+        .collect();
+    addresses.sort_by(|a, b| (&a.dev, &a.address).cmp(&(&b.dev, &b.address)));
+
+    let mut routes: Vec<Route> = d.routes.iter().map(|rt| route(rt, &dev)).collect();
+    routes.sort_by(|a, b| (a.key, &a.text).cmp(&(b.key, &b.text)));
+
+    let mut neighbours: Vec<Neighbour> = d
+        .neighbours
+        .iter()
+        .filter(|n| dynamic || n.state == NUD_PERMANENT)
+        .filter_map(|n| neighbour(n, &dev, &mac, false))
+        .chain(d.proxies.iter().filter_map(|n| neighbour(n, &dev, &mac, true)))
+        .collect();
+    neighbours.sort_by(|a, b| a.text.cmp(&b.text));
+    neighbours.dedup_by(|a, b| a.text == b.text);
+
+    let mut fdb: Vec<Fdb> = d.fdb.iter().filter_map(|f| fdb_entry(f, &dev, &mac, dynamic)).collect();
+    fdb.sort_by(|a, b| a.text.cmp(&b.text));
+    fdb.dedup_by(|a, b| a.text == b.text);
+
+    let sysctls = touched_sysctls(&role, &d.links, fault_keys)
+        .into_iter()
+        .filter_map(|k| {
+            let value = d.sysctls.get(&k)?.clone();
+            Some(Sysctl {
+                key: netns::sysctl_name(&k),
+                value,
+            })
+        })
+        .collect();
+    let ipam = if role == "node" { ipam(d, pods) } else { Vec::new() };
+    let mut bgp_sessions = d.bgp_sessions.clone();
+    bgp_sessions.sort_by(|a, b| a.name.cmp(&b.name));
+    // A session that is not up cycles through Active, Connect, OpenSent
+    // with BIRD's timers; only whether it is Established is stable.
+    for b in &mut bgp_sessions {
+        if b.state != "Established" {
+            b.state = "down".into();
         }
     }
-    rest.push((
-        5,
-        if learning {
-            "learning".into()
+    NsSnapshot {
+        name: short,
+        role,
+        title,
+        links,
+        addresses,
+        routes,
+        neighbours,
+        fdb,
+        sysctls,
+        iptables: if d.iptables.is_empty() {
+            Vec::new()
         } else {
-            "nolearning".into()
+            iptables::normalize(&d.iptables)
         },
-    ));
-    rest.sort();
-    id.into_iter().chain(rest.into_iter().map(|(_, s)| s)).collect()
+        ipam,
+        bgp_sessions,
+        bgp_routes: d.bgp_routes.clone(),
+    }
+}
+
+const NUD_PERMANENT: u16 = 0x80;
+const NUD_NOARP: u16 = 0x40;
+
+fn link(l: &crate::collect::Link, dev: &dyn Fn(u32) -> String) -> Link {
+    Link {
+        name: dev(l.index),
+        kind: l.kind.clone(),
+        details: l.vxlan.as_ref().map(|v| vxlan_details(v, dev)).unwrap_or_default(),
+        mtu: l.mtu.unwrap_or(0),
+        up: l.up,
+        no_carrier: l.up && !l.lower_up,
+        master: l.master.map(dev),
+        address: if l.kind == "vxlan" { l.mac.clone() } else { None },
+    }
+}
+
+fn vxlan_details(v: &crate::collect::Vxlan, dev: &dyn Fn(u32) -> String) -> Vec<String> {
+    let mut rest = Vec::new();
+    if let Some(a) = v.local {
+        rest.push(format!("local {a}"));
+    }
+    if let Some(g) = v.group {
+        rest.push(format!("group {g}"));
+    }
+    if let Some(d) = v.dev {
+        rest.push(format!("dev {}", dev(d)));
+    }
+    if let Some(p) = v.port {
+        rest.push(format!("dstport {p}"));
+    }
+    rest.push(if v.learning { "learning" } else { "nolearning" }.into());
+    for (on, what) in [
+        (v.proxy, "proxy"),
+        (v.l2miss, "l2miss"),
+        (v.l3miss, "l3miss"),
+        (v.df_set, "df set"),
+    ] {
+        if on {
+            rest.push(what.into());
+        }
+    }
+    v.id.map(|x| format!("id {x}")).into_iter().chain(rest).collect()
 }
 
 fn table_name(t: u32) -> String {
@@ -569,17 +491,9 @@ fn table_name(t: u32) -> String {
     }
 }
 
-fn route(r: &RouteMessage, dev: &dyn Fn(u32) -> String) -> Option<Route> {
-    let table = r
-        .attributes
-        .iter()
-        .find_map(|a| match a {
-            RouteAttribute::Table(t) => Some(*t),
-            _ => None,
-        })
-        .unwrap_or(r.header.table as u32);
+fn route(r: &crate::collect::Route, dev: &dyn Fn(u32) -> String) -> Route {
     let mut s = String::new();
-    match r.header.kind {
+    match RouteType::from(r.kind) {
         RouteType::Unicast => {}
         RouteType::Local => s.push_str("local "),
         RouteType::Broadcast => s.push_str("broadcast "),
@@ -593,13 +507,8 @@ fn route(r: &RouteMessage, dev: &dyn Fn(u32) -> String) -> Option<Route> {
             let _ = write!(s, "{other:?} ");
         }
     }
-    let dst = r.attributes.iter().find_map(|a| match a {
-        RouteAttribute::Destination(RouteAddress::Inet(d)) => Some(*d),
-        _ => None,
-    });
-    let plen = r.header.destination_prefix_length;
-    let dst_ip = dst.unwrap_or(Ipv4Addr::UNSPECIFIED);
-    match (dst, plen) {
+    let plen = r.dst_len;
+    match (r.dst, plen) {
         (_, 0) => s.push_str("default"),
         (Some(d), 32) => {
             let _ = write!(s, "{d}");
@@ -611,72 +520,59 @@ fn route(r: &RouteMessage, dev: &dyn Fn(u32) -> String) -> Option<Route> {
             let _ = write!(s, "0.0.0.0/{l}");
         }
     }
-    for a in &r.attributes {
-        if let RouteAttribute::Gateway(RouteAddress::Inet(g)) = a {
-            let _ = write!(s, " via {g}");
-        }
+    if let Some(g) = r.gateway {
+        let _ = write!(s, " via {g}");
     }
-    for a in &r.attributes {
-        if let RouteAttribute::Oif(i) = a {
-            let _ = write!(s, " dev {}", dev(*i));
-        }
+    if let Some(i) = r.oif {
+        let _ = write!(s, " dev {}", dev(i));
     }
-    match r.header.protocol {
+    match RouteProtocol::from(r.protocol) {
         RouteProtocol::Boot | RouteProtocol::Unspec => {}
         RouteProtocol::Kernel => s.push_str(" proto kernel"),
         RouteProtocol::Static => s.push_str(" proto static"),
         RouteProtocol::Bird => s.push_str(" proto bird"),
         RouteProtocol::Dhcp => s.push_str(" proto dhcp"),
         RouteProtocol::Bgp => s.push_str(" proto bgp"),
-        other => {
-            let _ = write!(s, " proto {}", u8::from(other));
+        _ => {
+            let _ = write!(s, " proto {}", r.protocol);
         }
     }
-    match r.header.scope {
+    match RouteScope::from(r.scope) {
         RouteScope::Universe => {}
         RouteScope::Link => s.push_str(" scope link"),
         RouteScope::Host => s.push_str(" scope host"),
         RouteScope::Site => s.push_str(" scope site"),
         RouteScope::NoWhere => s.push_str(" scope nowhere"),
-        other => {
-            let _ = write!(s, " scope {}", u8::from(other));
+        _ => {
+            let _ = write!(s, " scope {}", r.scope);
         }
     }
-    for a in &r.attributes {
-        match a {
-            RouteAttribute::PrefSource(RouteAddress::Inet(p)) => {
-                let _ = write!(s, " src {p}");
-            }
-            RouteAttribute::Priority(m) => {
-                let _ = write!(s, " metric {m}");
-            }
-            _ => {}
+    // The kernel sends the metric before the preferred source.
+    if let Some(m) = r.metric {
+        let _ = write!(s, " metric {m}");
+    }
+    if let Some(p) = r.prefsrc {
+        let _ = write!(s, " src {p}");
+    }
+    for (on, what) in [(r.onlink, " onlink"), (r.linkdown, " linkdown"), (r.dead, " dead")] {
+        if on {
+            s.push_str(what);
         }
     }
-    let flags = r.header.flags;
-    if flags.contains(RouteFlags::Onlink) {
-        s.push_str(" onlink");
-    }
-    if flags.contains(RouteFlags::Linkdown) {
-        s.push_str(" linkdown");
-    }
-    if flags.contains(RouteFlags::Dead) {
-        s.push_str(" dead");
-    }
-    let order = match table {
+    let order = match r.table {
         254 => 0,
         255 => 2,
         _ => 1,
     };
-    Some(Route {
-        table: table_name(table),
+    Route {
+        table: table_name(r.table),
         text: s,
-        key: (order, u32::from(dst_ip), plen),
-    })
+        key: (order, u32::from(r.dst.unwrap_or(Ipv4Addr::UNSPECIFIED)), plen),
+    }
 }
 
-fn state_name(s: NeighbourState) -> String {
-    match s {
+fn state_name(s: u16) -> String {
+    match NeighbourState::from(s) {
         NeighbourState::Permanent => "PERMANENT".into(),
         NeighbourState::Noarp => "NOARP".into(),
         NeighbourState::Reachable => "REACHABLE".into(),
@@ -690,28 +586,22 @@ fn state_name(s: NeighbourState) -> String {
 }
 
 fn neighbour(
-    n: &NeighbourMessage,
+    n: &crate::collect::Neigh,
     dev: &dyn Fn(u32) -> String,
-    mac: &dyn Fn(&[u8]) -> String,
+    mac: &dyn Fn(&str) -> String,
     proxy: bool,
 ) -> Option<Neighbour> {
-    let dst = n.attributes.iter().find_map(|a| match a {
-        NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => Some(*d),
-        _ => None,
-    })?;
+    let dst = n.dst?;
     if proxy {
         return Some(Neighbour {
-            text: format!("proxy {dst} dev {}", dev(n.header.ifindex)),
+            text: format!("proxy {dst} dev {}", dev(n.ifindex)),
         });
     }
-    let mut s = format!("{dst} dev {}", dev(n.header.ifindex));
-    if let Some(ll) = n.attributes.iter().find_map(|a| match a {
-        NeighbourAttribute::LinkLayerAddress(m) => Some(m),
-        _ => None,
-    }) {
+    let mut s = format!("{dst} dev {}", dev(n.ifindex));
+    if let Some(ll) = &n.lladdr {
         let _ = write!(s, " lladdr {}", mac(ll));
     }
-    let _ = write!(s, " {}", state_name(n.header.state));
+    let _ = write!(s, " {}", state_name(n.state));
     Some(Neighbour { text: s })
 }
 
@@ -727,71 +617,50 @@ pub fn neigh_dst(n: &NeighbourMessage) -> Option<Ipv4Addr> {
 }
 
 fn fdb_entry(
-    n: &NeighbourMessage,
+    n: &crate::collect::Fdb,
     dev: &dyn Fn(u32) -> String,
-    mac: &dyn Fn(&[u8]) -> String,
+    mac: &dyn Fn(&str) -> String,
     dynamic: bool,
 ) -> Option<Fdb> {
-    let dst = neigh_dst(n);
     // Entries a control plane programmed point at a remote and stay; the
     // rest (learned, ageing) only with --dynamic.
-    let programmed = dst.is_some() && matches!(n.header.state, NeighbourState::Permanent | NeighbourState::Noarp);
+    let programmed = n.dst.is_some() && matches!(n.state, NUD_PERMANENT | NUD_NOARP);
     if !programmed && !dynamic {
         return None;
     }
-    let ll = n.attributes.iter().find_map(|a| match a {
-        NeighbourAttribute::LinkLayerAddress(m) => Some(m),
-        _ => None,
-    })?;
-    let mut s = format!("{} dev {}", mac(ll), dev(n.header.ifindex));
-    if let Some(m) = n.attributes.iter().find_map(|a| match a {
-        NeighbourAttribute::Controller(m) => Some(*m),
-        _ => None,
-    }) {
+    let mut s = format!("{} dev {}", mac(n.mac.as_deref()?), dev(n.ifindex));
+    if let Some(m) = n.master {
         let _ = write!(s, " master {}", dev(m));
     }
-    if let Some(d) = dst {
+    if let Some(d) = n.dst {
         let _ = write!(s, " dst {d}");
     }
-    if n.header.flags.contains(NeighbourFlags::Own) {
+    if n.own {
         s.push_str(" self");
     }
-    match n.header.state {
-        NeighbourState::Permanent => s.push_str(" permanent"),
-        NeighbourState::Noarp => s.push_str(" static"),
+    match n.state {
+        NUD_PERMANENT => s.push_str(" permanent"),
+        NUD_NOARP => s.push_str(" static"),
         _ => {}
     }
     Some(Fdb { text: s })
 }
 
-/// host-local's reservations on a node: one file per address holding the
-/// container ID and interface.
-fn read_ipam(state: &LabState, node: &str, pods: &BTreeMap<&str, String>) -> Vec<Ipam> {
-    let base = state.paths().cni_state_dir(node).join("networks");
-    let mut out = Vec::new();
-    let Ok(nets) = std::fs::read_dir(&base) else {
-        return out;
-    };
-    for net in nets.flatten() {
-        let network = net.file_name().to_string_lossy().to_string();
-        let Ok(files) = std::fs::read_dir(net.path()) else {
-            continue;
-        };
-        for f in files.flatten() {
-            let name = f.file_name().to_string_lossy().to_string();
-            let Ok(ip) = name.parse::<Ipv4Addr>() else { continue };
-            let text = std::fs::read_to_string(f.path()).unwrap_or_default();
-            let mut lines = text.lines().map(str::trim);
-            let id = lines.next().unwrap_or("");
-            let ifname = lines.next().unwrap_or("").to_string();
-            out.push(Ipam {
-                network: network.clone(),
-                ip: ip.to_string(),
-                holder: pods.get(id).cloned().unwrap_or_else(|| format!("container {id}")),
-                ifname,
-            });
-        }
-    }
+/// host-local's reservations on a node, with their holders named.
+fn ipam(d: &NsDump, pods: &BTreeMap<&str, String>) -> Vec<Ipam> {
+    let mut out: Vec<Ipam> = d
+        .ipam
+        .iter()
+        .map(|f| Ipam {
+            network: f.network.clone(),
+            ip: f.ip.to_string(),
+            holder: pods
+                .get(f.container.as_str())
+                .cloned()
+                .unwrap_or_else(|| format!("container {}", f.container)),
+            ifname: f.ifname.clone(),
+        })
+        .collect();
     out.sort_by_key(|i| (i.network.clone(), i.ip.parse::<Ipv4Addr>().map(u32::from).unwrap_or(0)));
     out
 }

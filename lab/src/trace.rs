@@ -1,7 +1,12 @@
 //! `cnilab trace`: the path of one packet, hop by hop, from the lab's real
-//! kernel state. In each namespace the packet visits, trace asks the kernel
-//! what it would do (`ip route get`, with `fibmatch` for the table entry),
-//! reads the neighbour and FDB entries the next hop needs, follows veth
+//! kernel state. Each namespace the packet visits is read once through
+//! collect.rs (netlink, typed); everything after is a pure function of
+//! those dumps and the lab's state, so a recorded dump replays a trace
+//! without root (tests/replay.rs). In each namespace trace finds what the
+//! kernel would do (the longest-prefix match of the local, main and default
+//! tables, as `ip route get fibmatch` names the entry, with the kernel's
+//! errors for blackhole, unreachable and prohibit routes and for a martian
+//! source), reads the neighbour and FDB entries the next hop needs, follows veth
 //! pairs to their other end and bridges to their egress port, encapsulates
 //! where a VXLAN device sends and decapsulates where one receives, and
 //! checks the packet's size against every MTU on the way. The packet is an
@@ -17,15 +22,20 @@ use std::fmt;
 use std::net::Ipv4Addr;
 
 use serde::Serialize;
-use serde_json::Value;
 
+use crate::collect::{
+    Dump, Neigh, NsDump, RTN_BLACKHOLE, RTN_PROHIBIT, RTN_UNREACHABLE, Route, Target, Want, dst_text, protocol_name,
+    type_name,
+};
 use crate::error::{Error, Result};
 use crate::iptables::{self, Proto, Ruleset};
-use crate::netns::{self, Netns};
+use crate::netns;
 use crate::paths;
 use crate::profile::Plan;
 use crate::state::LabState;
 
+/// rtm_protocol of the routes BIRD writes.
+const RTPROT_BIRD: u8 = 12;
 /// VXLAN over IPv4 adds an inner Ethernet header (14), VXLAN (8), UDP (8), IP (20).
 pub const VXLAN_OVERHEAD: u32 = 50;
 /// The most namespaces a trace visits before it calls the path a loop.
@@ -213,158 +223,109 @@ enum Place {
     },
 }
 
-/// A namespace's links and addresses, read once per visit.
+/// A namespace's collected state, read once per trace.
 struct View {
-    ns: Netns,
-    links: Vec<Value>,
-    addrs: Vec<Value>,
-    /// The names of the namespaces its links' peers are in, by namespace id.
-    nsids: BTreeMap<i64, String>,
-    /// iptables rules, read when first needed.
+    name: String,
+    d: NsDump,
+    /// iptables rules, parsed when first needed.
     rules: std::cell::OnceCell<Ruleset>,
-    /// `tc qdisc show`, read when first needed.
-    qdiscs: std::cell::OnceCell<String>,
 }
 
 impl View {
-    fn load(name: &str) -> Result<View> {
-        let ns = Netns::open(name)?;
-        let links = json_in(&ns, "ip", &["-j", "-d", "link", "show"])?;
-        let addrs = json_in(&ns, "ip", &["-j", "-4", "addr", "show"])?;
-        let ids = json_in(&ns, "ip", &["-j", "netns", "list-id"])?;
-        let nsids = ids
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|x| Some((x["nsid"].as_i64()?, x["name"].as_str()?.to_string())))
-            .collect();
-        Ok(View {
-            ns,
-            links: links.as_array().cloned().unwrap_or_default(),
-            addrs: addrs.as_array().cloned().unwrap_or_default(),
-            nsids,
+    fn new(name: &str, d: NsDump) -> View {
+        View {
+            name: name.to_string(),
+            d,
             rules: Default::default(),
-            qdiscs: Default::default(),
-        })
+        }
     }
 
-    fn link(&self, name: &str) -> Option<&Value> {
-        self.links.iter().find(|l| l["ifname"] == name)
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn link(&self, name: &str) -> Option<&crate::collect::Link> {
+        self.d.link(name)
     }
 
     fn kind(&self, name: &str) -> &str {
-        self.link(name)
-            .and_then(|l| l["linkinfo"]["info_kind"].as_str())
-            .unwrap_or("")
+        self.link(name).map_or("", |l| l.kind.as_str())
     }
 
     fn mtu(&self, name: &str) -> Option<u32> {
-        self.link(name).and_then(|l| l["mtu"].as_u64()).map(|m| m as u32)
+        self.link(name).and_then(|l| l.mtu)
     }
 
     fn up(&self, name: &str) -> bool {
-        self.link(name).is_some_and(|l| {
-            l["flags"]
-                .as_array()
-                .is_some_and(|f| f.iter().any(|x| x == "UP") && f.iter().any(|x| x == "LOWER_UP"))
-        })
+        self.link(name).is_some_and(|l| l.up && l.lower_up)
+    }
+
+    /// The bridge `dev` is a port of.
+    fn master(&self, dev: &str) -> Option<String> {
+        let m = self.link(dev)?.master?;
+        self.d.name_of(m).map(str::to_string)
     }
 
     /// The device holding `ip` as one of its addresses.
     fn local(&self, ip: Ipv4Addr) -> Option<String> {
-        let s = ip.to_string();
-        self.addrs.iter().find_map(|l| {
-            l["addr_info"]
-                .as_array()?
-                .iter()
-                .any(|a| a["local"] == s.as_str())
-                .then(|| l["ifname"].as_str().unwrap_or("").to_string())
-        })
+        self.d.local(ip).map(str::to_string)
     }
 
-    /// Every iptables table here (one `iptables-save`).
+    /// Every iptables table here.
     fn iptables(&self) -> &Ruleset {
-        self.rules.get_or_init(|| {
-            let Ok(out) = netns::command(&self.ns, "iptables-save").output() else {
-                return Ruleset::default();
-            };
-            Ruleset::parse(&String::from_utf8_lossy(&out.stdout))
-        })
+        self.rules.get_or_init(|| Ruleset::parse(&self.d.iptables))
     }
 
     /// Every IPv4 address of this namespace.
     fn addresses(&self) -> Vec<Ipv4Addr> {
-        self.addrs
-            .iter()
-            .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
-            .filter_map(|a| a["local"].as_str()?.parse().ok())
-            .collect()
+        self.d.addrs.iter().map(|a| a.ip).collect()
     }
 
     /// The first address of device `dev`: what MASQUERADE puts as the source.
     fn address_of(&self, dev: &str) -> Option<Ipv4Addr> {
-        self.addrs
-            .iter()
-            .find(|l| l["ifname"] == dev)
-            .and_then(|l| l["addr_info"][0]["local"].as_str()?.parse().ok())
+        let l = self.link(dev)?;
+        self.d.addrs.iter().find(|a| a.index == l.index).map(|a| a.ip)
     }
 
     fn sysctl(&self, key: &str) -> Option<String> {
-        self.ns.run(|| netns::read_sysctl(key)).ok()
+        self.d.sysctl(key).map(str::to_string)
     }
-}
 
-fn json_in(ns: &Netns, program: &str, args: &[&str]) -> Result<Value> {
-    let text = netns::run_in(ns, program, args)?;
-    if text.trim().is_empty() {
-        return Ok(Value::Array(Vec::new()));
+    /// A route's device name.
+    fn dev_of(&self, r: &Route) -> Option<&str> {
+        r.oif.and_then(|i| self.d.name_of(i))
     }
-    serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{program} {} printed no JSON: {e}", args.join(" ")).into())
-}
-
-/// Runs `ip -j route get ...`: Ok(the answer) or Err(what ip said).
-fn route_get(ns: &Netns, args: &[String]) -> std::result::Result<Value, String> {
-    let mut full = vec!["-j".to_string(), "route".into(), "get".into()];
-    full.extend(args.iter().cloned());
-    let out = netns::command(ns, "ip")
-        .args(&full)
-        .output()
-        .map_err(|e| format!("cannot run ip: {e}"))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        return Err(err.trim_start_matches("RTNETLINK answers: ").to_string());
-    }
-    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("ip printed no JSON: {e}"))?;
-    Ok(v.get(0).cloned().unwrap_or(Value::Null))
 }
 
 /// A route as `ip route` prints it.
-fn route_text(r: &Value) -> String {
+fn route_text(view: &View, r: &Route) -> String {
     let mut s = String::new();
-    if let Some(t) = r["type"].as_str().filter(|t| *t != "unicast") {
-        s.push_str(t);
+    if r.kind != crate::collect::RTN_UNICAST {
+        s.push_str(&type_name(r.kind));
         s.push(' ');
     }
-    s.push_str(r["dst"].as_str().unwrap_or("?"));
-    if let Some(g) = r["gateway"].as_str() {
+    s.push_str(&dst_text(r));
+    if let Some(g) = r.gateway {
         s.push_str(&format!(" via {g}"));
     }
-    if let Some(d) = r["dev"].as_str() {
+    if let Some(d) = view.dev_of(r) {
         s.push_str(&format!(" dev {d}"));
     }
-    if let Some(p) = r["protocol"].as_str() {
-        s.push_str(&format!(" proto {p}"));
+    if r.protocol != 3 {
+        s.push_str(&format!(" proto {}", protocol_name(r.protocol)));
     }
-    if let Some(sc) = r["scope"].as_str() {
-        s.push_str(&format!(" scope {sc}"));
+    match r.scope {
+        0 => {}
+        200 => s.push_str(" scope site"),
+        253 => s.push_str(" scope link"),
+        254 => s.push_str(" scope host"),
+        255 => s.push_str(" scope nowhere"),
+        n => s.push_str(&format!(" scope {n}")),
     }
-    if let Some(m) = r["metrics"]
-        .as_array()
-        .and_then(|m| m.iter().find_map(|x| x["mtu"].as_u64()))
-    {
+    if let Some(m) = r.mtu {
         s.push_str(&format!(" mtu {m}"));
     }
-    if r["flags"].as_array().is_some_and(|f| f.iter().any(|x| x == "onlink")) {
+    if r.onlink {
         s.push_str(" onlink");
     }
     s
@@ -381,10 +342,12 @@ struct Lab<'a> {
     nat: std::cell::RefCell<Vec<(String, bool, Ipv4Addr, Ipv4Addr)>>,
     /// Each namespace read once: a trace visits nodes several times, both ways.
     views: std::cell::RefCell<BTreeMap<String, std::rc::Rc<View>>>,
+    /// A recorded dump to read instead of the kernel.
+    recorded: Option<&'a Dump>,
 }
 
 impl<'a> Lab<'a> {
-    fn new(state: &'a LabState) -> Lab<'a> {
+    fn new(state: &'a LabState, recorded: Option<&'a Dump>) -> Lab<'a> {
         let plan = &state.plan;
         let mut owners = BTreeMap::new();
         for n in &plan.nodes {
@@ -421,6 +384,7 @@ impl<'a> Lab<'a> {
             owners,
             nat: Default::default(),
             views: Default::default(),
+            recorded,
         }
     }
 
@@ -429,9 +393,30 @@ impl<'a> Lab<'a> {
         if let Some(v) = self.views.borrow().get(ns) {
             return Ok(v.clone());
         }
-        let v = std::rc::Rc::new(View::load(ns)?);
+        let d = match self.recorded {
+            Some(dump) => dump.namespaces.get(ns).cloned().ok_or_else(|| {
+                Error::usage(
+                    format!("namespace {ns} is not in the recorded dump"),
+                    "record the dump again from the whole lab",
+                )
+            })?,
+            None => {
+                let mut t = Target::new(ns);
+                t.bird_socket = self.bird_socket(ns);
+                crate::collect::collect_blocking(t, Want { trace: true })?
+            }
+        };
+        let v = std::rc::Rc::new(View::new(ns, d));
         self.views.borrow_mut().insert(ns.to_string(), v.clone());
         Ok(v)
+    }
+
+    /// The names of the lab's namespaces.
+    fn namespaces(&self) -> Vec<String> {
+        match self.recorded {
+            Some(d) => d.namespaces.keys().cloned().collect(),
+            None => netns::list(),
+        }
     }
 
     fn place(&self, ns: &str) -> Place {
@@ -484,21 +469,23 @@ impl<'a> Lab<'a> {
 
     /// The other end of veth `dev` in `view`: its namespace and name, by
     /// the peer's namespace id and interface index, as the kernel records them.
-    fn peer(&self, view: &View, dev: &str) -> Option<(String, String, Value)> {
+    /// Also returns the far end's MAC.
+    fn peer(&self, view: &View, dev: &str) -> Option<(String, String, Option<String>)> {
         let l = view.link(dev)?;
-        let other = l["link_index"].as_u64()?;
-        let ns = match l["link_netnsid"].as_i64() {
-            None => view.ns.name().to_string(),
-            Some(id) => view.nsids.get(&id)?.clone(),
+        let other = l.peer?;
+        // A peer in the same namespace has no namespace id, and ip names it
+        // rather than giving its index: it is not followed.
+        let ns = match l.peer_netnsid? {
+            id if id < 0 => view.name().to_string(),
+            id => view.d.nsids.get(&id)?.clone(),
         };
         let far = self.view(&ns).ok()?;
-        let link = far.links.iter().find(|x| x["ifindex"].as_u64() == Some(other))?.clone();
-        let name = link["ifname"].as_str()?.to_string();
-        Some((ns, name, link))
+        let link = far.d.link_at(other)?;
+        Some((ns, link.name.clone(), link.mac.clone()))
     }
 
-    /// BIRD's own entry for `prefix` in the BIRD of the node or router in `ns`.
-    fn bird_route(&self, ns: &str, prefix: &str) -> Option<crate::bird::BgpRoute> {
+    /// The control socket of the BIRD of the node or router in `ns`.
+    fn bird_socket(&self, ns: &str) -> Option<std::path::PathBuf> {
         let owner = match self.place(ns) {
             Place::Node(n) | Place::Router(n) => n,
             _ => return None,
@@ -510,10 +497,13 @@ impl<'a> Lab<'a> {
             .agents(self.plan, &paths)
             .into_iter()
             .find(|a| a.owner == owner && a.name == "bird")?;
-        crate::bird::bgp_routes(&spec.ready)
-            .ok()?
-            .into_iter()
-            .find(|r| r.prefix == prefix)
+        Some(spec.ready)
+    }
+
+    /// BIRD's own entry for `prefix` in the BIRD of the node or router in `ns`.
+    fn bird_route(&self, ns: &str, prefix: &str) -> Option<crate::bird::BgpRoute> {
+        let view = self.view(ns).ok()?;
+        view.d.bgp_routes.iter().find(|r| r.prefix == prefix).cloned()
     }
 
     fn owner(&self, ip: Ipv4Addr) -> Option<&(String, String)> {
@@ -539,6 +529,16 @@ impl<'a> Lab<'a> {
 /// Traces one packet of `size` bytes from `from` to `to`, and its reply:
 /// an ICMP echo, or a UDP or TCP packet to a port.
 pub fn trace(state: &LabState, from: &str, to: &str, size: u32, proto: Proto) -> Result<Trace> {
+    run(state, None, from, to, size, proto)
+}
+
+/// Traces a packet through a recorded dump of the lab instead of the
+/// kernel: a pure function of the state and the dump.
+pub fn trace_dump(state: &LabState, dump: &Dump, from: &str, to: &str, size: u32, proto: Proto) -> Result<Trace> {
+    run(state, Some(dump), from, to, size, proto)
+}
+
+fn run(state: &LabState, dump: Option<&Dump>, from: &str, to: &str, size: u32, proto: Proto) -> Result<Trace> {
     if !(28..=65535).contains(&size) {
         return Err(Error::usage(
             format!("--size {size} is not an IPv4 packet size"),
@@ -547,11 +547,13 @@ pub fn trace(state: &LabState, from: &str, to: &str, size: u32, proto: Proto) ->
     }
     let src = crate::probe::source(state, from)?;
     let dst = crate::probe::dest(state, to)?;
-    let lab = Lab::new(state);
-    let start = View::load(&src.ns)?;
-    let src_ip = route_get(&start.ns, &[dst.ip.to_string()])
+    let lab = Lab::new(state, dump);
+    let start = lab.view(&src.ns)?;
+    let src_ip = start
+        .d
+        .route_get(dst.ip, None, None)
         .ok()
-        .and_then(|r| r["prefsrc"].as_str().and_then(|s| s.parse().ok()))
+        .and_then(|r| r.prefsrc)
         .unwrap_or(Ipv4Addr::UNSPECIFIED);
     drop(start);
     let mut t = Trace {
@@ -701,15 +703,15 @@ struct Step {
 
 fn hop(lab: &Lab, view: &View, dev_in: Option<&str>, pkt: &Packet, bridge: Option<&str>) -> Hop {
     Hop {
-        at: lab.label(view.ns.name(), bridge),
-        ns: view.ns.name().to_string(),
+        at: lab.label(view.name(), bridge),
+        ns: view.name().to_string(),
         dev_in: dev_in.map(str::to_string),
         dev_out: None,
         mtu: None,
         size: pkt.size,
         packet: pkt.describe(),
         entries: Vec::new(),
-        notes: lab.faults_on(view.ns.name()),
+        notes: lab.faults_on(view.name()),
         drop: None,
         netfilter: None,
     }
@@ -724,7 +726,7 @@ fn visit(
     first: bool,
     pkt: &mut Packet,
 ) -> Result<Step> {
-    if matches!(lab.place(view.ns.name()), Place::Fabric | Place::Leaf { .. }) {
+    if matches!(lab.place(view.name()), Place::Fabric | Place::Leaf { .. }) {
         return switch(lab, view, dev_in.unwrap_or(""), via.unwrap_or(pkt.dst), pkt);
     }
     let mut h = hop(lab, view, dev_in, pkt, None);
@@ -773,7 +775,7 @@ fn arrive(lab: &Lab, view: &View, h: &mut Hop, dev: &str, via: Option<Ipv4Addr>,
             return stop;
         }
     }
-    let master = view.link(dev).and_then(|l| l["master"].as_str()).map(str::to_string);
+    let master = view.master(dev);
     let l3 = match master {
         Some(br) if via.is_some_and(|v| view.local(v).is_none()) => {
             return bridged(lab, view, h, dev, &br, via.unwrap_or(pkt.dst), pkt).map(Arrival::Done);
@@ -803,7 +805,7 @@ fn arrive(lab: &Lab, view: &View, h: &mut Hop, dev: &str, via: Option<Ipv4Addr>,
 /// Conntrack undoes on a reply the rewrite the nat table did on its request here.
 fn unnat(lab: &Lab, view: &View, h: &mut Hop, pkt: &mut Packet) {
     for (ns, source, before, after) in lab.nat.borrow().iter() {
-        if ns != view.ns.name() {
+        if ns != view.name() {
             continue;
         }
         if *source && pkt.dst == *after {
@@ -835,7 +837,7 @@ fn rp_filtered(view: &View, h: &mut Hop, pkt: &Packet, dev: &str) -> bool {
         return false;
     }
     let rule = format!("rp_filter = {mode} on {dev} (the larger of all = {all} and {dev} = {here})");
-    match route_get(&view.ns, &[pkt.src.to_string()]) {
+    match view.d.route_get(pkt.src, None, None) {
         Err(e) => {
             h.drop = Some(format!(
                 "{rule}: there is no route back to the source {} ({e})",
@@ -843,11 +845,11 @@ fn rp_filtered(view: &View, h: &mut Hop, pkt: &Packet, dev: &str) -> bool {
             ));
             true
         }
-        Ok(r) if mode == 1 && r["dev"].as_str() != Some(dev) => {
+        Ok(r) if mode == 1 && r.dev.as_deref() != Some(dev) => {
             h.drop = Some(format!(
                 "{rule}, strict: the route back to the source {} leaves by {}, not by {dev} where the packet came in, so the kernel drops it as spoofed",
                 pkt.src,
-                r["dev"].as_str().unwrap_or("?")
+                r.dev.as_deref().unwrap_or("?")
             ));
             true
         }
@@ -915,9 +917,11 @@ fn deliver(lab: &Lab, view: &View, mut h: Hop, l3_in: Option<&str>, dev: &str, p
         h.notes.push(format!("{} is the address of {dev} here", pkt.dst));
         return done(h, Next::Delivered);
     };
-    let vx = view.links.iter().find(|l| {
-        l["linkinfo"]["info_kind"] == "vxlan" && l["linkinfo"]["info_data"]["port"].as_u64() == Some(port as u64)
-    });
+    let vx = view
+        .d
+        .links
+        .iter()
+        .find(|l| l.kind == "vxlan" && l.vxlan.as_ref().and_then(|v| v.port) == Some(port));
     let (inner, vni) = *pkt.inner.take().expect("outer packets carry one");
     let Some(l) = vx else {
         h.drop = Some(format!(
@@ -925,8 +929,8 @@ fn deliver(lab: &Lab, view: &View, mut h: Hop, l3_in: Option<&str>, dev: &str, p
         ));
         return done(h, Next::Delivered);
     };
-    let name = l["ifname"].as_str().unwrap_or("").to_string();
-    let mine = l["address"].as_str().unwrap_or("");
+    let name = l.name.clone();
+    let mine = l.mac.as_deref().unwrap_or("");
     if let Some(want) = pkt.inner_mac.as_deref().filter(|m| *m != mine) {
         h.drop = Some(format!(
             "{name} decapsulates it, but the inner frame is for MAC {want} and {name} here has MAC {mine}: the sender's neighbour and FDB entries still name an old VTEP (stale until the agent resyncs), so IP discards the frame as not its own"
@@ -941,7 +945,7 @@ fn deliver(lab: &Lab, view: &View, mut h: Hop, l3_in: Option<&str>, dev: &str, p
     done(
         h,
         Next::Go {
-            ns: view.ns.name().to_string(),
+            ns: view.name().to_string(),
             dev: Some(name),
             via: None,
         },
@@ -960,63 +964,40 @@ fn route_out(lab: &Lab, view: &View, mut h: Hop, l3_in: Option<String>, pkt: &mu
         return done(h, Next::Delivered);
     }
     // The table entry, then the kernel's full decision.
-    let entry = fib_entry(view, pkt.dst);
-    match &entry {
-        Ok(r) => {
-            h.entries.push(format!("route {}", route_text(r)));
-            if let Some(t) = r["type"]
-                .as_str()
-                .filter(|t| ["blackhole", "unreachable", "prohibit"].contains(t))
-            {
-                let why = match (t, r["protocol"].as_str()) {
-                    ("blackhole", Some("bird")) => format!(
-                        "the {t} route for {} matches: BIRD installs it for this node's own block, and no pod here has {}",
-                        r["dst"].as_str().unwrap_or("?"),
-                        pkt.dst
-                    ),
-                    _ => format!("the {t} route {} matches", route_text(r)),
-                };
-                h.drop = Some(why);
-                return done(h, Next::Delivered);
-            }
-        }
-        Err(e) => {
-            h.drop = Some(format!("no route to {} ({e})", pkt.dst));
-            return done(h, Next::Delivered);
-        }
+    let Some(entry) = view.d.fib(pkt.dst) else {
+        h.drop = Some(format!("no route to {} (Network is unreachable)", pkt.dst));
+        return done(h, Next::Delivered);
+    };
+    h.entries.push(format!("route {}", route_text(view, entry)));
+    if [RTN_BLACKHOLE, RTN_UNREACHABLE, RTN_PROHIBIT].contains(&entry.kind) {
+        let t = type_name(entry.kind);
+        let why = match (entry.kind, entry.protocol) {
+            (RTN_BLACKHOLE, RTPROT_BIRD) => format!(
+                "the {t} route for {} matches: BIRD installs it for this node's own block, and no pod here has {}",
+                dst_text(entry),
+                pkt.dst
+            ),
+            _ => format!("the {t} route {} matches", route_text(view, entry)),
+        };
+        h.drop = Some(why);
+        return done(h, Next::Delivered);
     }
-    let mut args = vec![pkt.dst.to_string()];
-    if forwarding {
-        args.extend([
-            "from".into(),
-            pkt.src.to_string(),
-            "iif".into(),
-            l3_in.clone().unwrap_or_default(),
-        ]);
-    } else if pkt.src != Ipv4Addr::UNSPECIFIED && view.local(pkt.src).is_some() {
-        args.extend(["from".into(), pkt.src.to_string()]);
-    }
-    let r = match route_get(&view.ns, &args) {
+    let from = forwarding.then_some(pkt.src);
+    let r = match view.d.route_get(pkt.dst, from, l3_in.as_deref()) {
         Ok(r) => r,
         Err(e) => {
             h.drop = Some(format!("the kernel refuses to route it: {e}"));
             return done(h, Next::Delivered);
         }
     };
-    let Some(out) = r["dev"].as_str().map(str::to_string) else {
+    let Some(out) = r.dev.clone() else {
         h.drop = Some("the route names no device".into());
         return done(h, Next::Delivered);
     };
-    bird_notes(lab, view, &mut h, &entry, &r);
+    bird_notes(lab, view, &mut h, entry, r.gateway);
     h.dev_out = Some(out.clone());
-    let gw: Ipv4Addr = r["gateway"].as_str().and_then(|g| g.parse().ok()).unwrap_or(pkt.dst);
-    let mtu = entry
-        .as_ref()
-        .ok()
-        .and_then(|e| e["metrics"].as_array())
-        .and_then(|m| m.iter().find_map(|x| x["mtu"].as_u64()))
-        .map(|m| m as u32)
-        .or_else(|| view.mtu(&out));
+    let gw: Ipv4Addr = r.gateway.unwrap_or(pkt.dst);
+    let mtu = entry.mtu.or_else(|| view.mtu(&out));
     h.mtu = mtu;
     if !view.up(&out) {
         h.drop = Some(format!("{out} is down"));
@@ -1059,24 +1040,20 @@ fn route_out(lab: &Lab, view: &View, mut h: Hop, l3_in: Option<String>, pkt: &mu
 }
 
 /// Where BIRD learned the route the kernel uses, for a route BIRD wrote.
-fn bird_notes(lab: &Lab, view: &View, h: &mut Hop, entry: &std::result::Result<Value, String>, r: &Value) {
-    if let Ok(e) = entry {
-        if e["protocol"] == "bird" {
-            let prefix = e["dst"].as_str().unwrap_or("");
-            if let Some(b) = lab.bird_route(view.ns.name(), prefix) {
+fn bird_notes(lab: &Lab, view: &View, h: &mut Hop, e: &Route, gateway: Option<Ipv4Addr>) {
+    {
+        if e.protocol == RTPROT_BIRD {
+            let prefix = &dst_text(e);
+            if let Some(b) = lab.bird_route(view.name(), prefix) {
                 h.entries.push(format!(
                     "bird {} via {} from session {} (origin {}, AS path [{}])",
                     b.prefix, b.via, b.from, b.origin, b.as_path
                 ));
             }
-            let by =
-                r["gateway"]
-                    .as_str()
-                    .and_then(|g| g.parse::<Ipv4Addr>().ok())
-                    .map_or("a BGP peer".to_string(), |g| match lab.owner(g) {
-                        Some((_, ns)) => format!("{} ({g})", lab.label(ns, None)),
-                        None => g.to_string(),
-                    });
+            let by = gateway.map_or("a BGP peer".to_string(), |g| match lab.owner(g) {
+                Some((_, ns)) => format!("{} ({g})", lab.label(ns, None)),
+                None => g.to_string(),
+            });
             h.notes.push(format!(
                 "learned over BGP: {by} announced {prefix}, and BIRD's kernel protocol wrote the route (proto bird)"
             ));
@@ -1084,44 +1061,18 @@ fn bird_notes(lab: &Lab, view: &View, h: &mut Hop, entry: &std::result::Result<V
     }
 }
 
-/// The routing table entry the kernel uses for `dst`: `ip route get
-/// fibmatch`, or, where that refuses (a blackhole), the longest prefix of
-/// `ip route show match`.
-fn fib_entry(view: &View, dst: Ipv4Addr) -> std::result::Result<Value, String> {
-    let err = match route_get(&view.ns, &["fibmatch".into(), dst.to_string()]) {
-        Ok(r) => return Ok(r),
-        Err(e) => e,
-    };
-    let all =
-        json_in(&view.ns, "ip", &["-j", "route", "show", "match", &dst.to_string()]).map_err(|e| e.to_string())?;
-    let len = |r: &Value| -> u32 {
-        match r["dst"].as_str() {
-            Some("default") | None => 0,
-            Some(d) => d.split_once('/').map_or(32, |(_, l)| l.parse().unwrap_or(0)),
-        }
-    };
-    all.as_array()
-        .into_iter()
-        .flatten()
-        .max_by_key(|r| len(r))
-        .cloned()
-        .ok_or(err)
+/// The neighbour entry for `gw` on `dev` (what `ip neigh show GW dev DEV` lists first).
+fn neighbour<'v>(view: &'v View, gw: Ipv4Addr, dev: &str) -> Option<&'v Neigh> {
+    let index = view.link(dev)?.index;
+    view.d
+        .neighbours
+        .iter()
+        .find(|n| n.dst == Some(gw) && n.ifindex == index)
 }
 
-/// The neighbour entry for `gw` on `dev`, as `ip neigh` prints it.
-fn neighbour(view: &View, gw: Ipv4Addr, dev: &str) -> Option<Value> {
-    json_in(&view.ns, "ip", &["-j", "neigh", "show", &gw.to_string(), "dev", dev])
-        .ok()?
-        .get(0)
-        .cloned()
-}
-
-fn neigh_text(n: &Value, gw: Ipv4Addr, dev: &str) -> String {
-    let state = n["state"]
-        .as_array()
-        .map(|s| s.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(","))
-        .unwrap_or_default();
-    match n["lladdr"].as_str() {
+fn neigh_text(n: &Neigh, gw: Ipv4Addr, dev: &str) -> String {
+    let state = neigh_states(n).join(",");
+    match &n.lladdr {
         Some(mac) => format!("neigh {gw} dev {dev} lladdr {mac} {state}"),
         None => format!("neigh {gw} dev {dev} {state}"),
     }
@@ -1130,11 +1081,11 @@ fn neigh_text(n: &Value, gw: Ipv4Addr, dev: &str) -> String {
 /// Sending through a VXLAN device: the neighbour gives the remote VTEP's
 /// MAC, the FDB the remote VTEP's address; the packet gets its outer header.
 fn encapsulate(lab: &Lab, view: &View, mut h: Hop, dev: &str, gw: Ipv4Addr, pkt: &mut Packet) -> Result<Step> {
-    let info = &view.link(dev).expect("route device exists")["linkinfo"]["info_data"];
-    let vni = info["id"].as_u64().unwrap_or(0) as u32;
-    let port = info["port"].as_u64().unwrap_or(4789) as u16;
-    let local: Option<Ipv4Addr> = info["local"].as_str().and_then(|s| s.parse().ok());
-    let Some(n) = neighbour(view, gw, dev).filter(|n| n["lladdr"].is_string()) else {
+    let info = view.link(dev).and_then(|l| l.vxlan.clone()).unwrap_or_default();
+    let vni = info.id.unwrap_or(0);
+    let port = info.port.unwrap_or(4789);
+    let local: Option<Ipv4Addr> = info.local;
+    let Some(n) = neighbour(view, gw, dev).filter(|n| n.lladdr.is_some()) else {
         h.drop = Some(format!(
             "no neighbour entry for {gw} on {dev}: the agent writes one per remote node (flannel: per lease) and {dev} does not ARP; is the agent running?"
         ));
@@ -1143,23 +1094,19 @@ fn encapsulate(lab: &Lab, view: &View, mut h: Hop, dev: &str, gw: Ipv4Addr, pkt:
             next: Next::Delivered,
         });
     };
-    h.entries.push(neigh_text(&n, gw, dev));
-    if n["state"]
-        .as_array()
-        .is_some_and(|s| s.iter().any(|x| x == "PERMANENT"))
-    {
+    h.entries.push(neigh_text(n, gw, dev));
+    if n.state & NUD_PERMANENT != 0 {
         h.notes.push(format!(
             "{dev} does no ARP: the agent wrote this neighbour and the FDB entry below for the remote node"
         ));
     }
-    let mac = n["lladdr"].as_str().unwrap_or("").to_string();
-    let fdb = json_in(&view.ns, "bridge", &["-j", "fdb", "show", "dev", dev])?;
-    let entry = fdb
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|e| e["mac"] == mac.as_str() && e["dst"].is_string())
-        .cloned();
+    let mac = n.lladdr.clone().unwrap_or_default();
+    let index = view.link(dev).map(|l| l.index);
+    let entry = view
+        .d
+        .fdb
+        .iter()
+        .find(|e| Some(e.ifindex) == index && e.mac.as_deref() == Some(mac.as_str()) && e.dst.is_some());
     let Some(e) = entry else {
         h.drop = Some(format!(
             "no FDB entry for {mac} on {dev}: the kernel does not know which node has that VTEP (learning is off)"
@@ -1169,12 +1116,9 @@ fn encapsulate(lab: &Lab, view: &View, mut h: Hop, dev: &str, gw: Ipv4Addr, pkt:
             next: Next::Delivered,
         });
     };
-    let remote: Ipv4Addr = e["dst"]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(Ipv4Addr::UNSPECIFIED);
+    let remote: Ipv4Addr = e.dst.unwrap_or(Ipv4Addr::UNSPECIFIED);
     h.entries.push(
-        format!("fdb {mac} dev {dev} dst {remote} {}", e["state"].as_str().unwrap_or(""))
+        format!("fdb {mac} dev {dev} dst {remote} {}", fdb_state(e.state))
             .trim_end()
             .to_string(),
     );
@@ -1210,7 +1154,7 @@ fn encapsulate(lab: &Lab, view: &View, mut h: Hop, dev: &str, gw: Ipv4Addr, pkt:
     Ok(Step {
         hop: h,
         next: Next::Go {
-            ns: view.ns.name().to_string(),
+            ns: view.name().to_string(),
             dev: None,
             via: None,
         },
@@ -1219,7 +1163,7 @@ fn encapsulate(lab: &Lab, view: &View, mut h: Hop, dev: &str, gw: Ipv4Addr, pkt:
 
 /// The neighbour entry for `gw` on `dev`, or the ARP it needs: true when
 /// nobody will answer (then `h` says why).
-fn neighbour_fails(lab: &Lab, h: &mut Hop, n: Option<&Value>, gw: Ipv4Addr, dev: &str) -> bool {
+fn neighbour_fails(lab: &Lab, h: &mut Hop, n: Option<&Neigh>, gw: Ipv4Addr, dev: &str) -> bool {
     let states = neigh_states;
     match n {
         // A failed entry is only the last attempt: the next packet makes the
@@ -1270,20 +1214,17 @@ fn link_layer(lab: &Lab, view: &View, mut h: Hop, dev: &str, gw: Ipv4Addr, pkt: 
         })
     };
     let n = neighbour(view, gw, dev);
-    if neighbour_fails(lab, &mut h, n.as_ref(), gw, dev) {
+    if neighbour_fails(lab, &mut h, n, gw, dev) {
         return stop(h);
     }
     if let Some(o) = lab.owner(gw) {
         h.notes.push(format!("next hop {gw} is {}", o.0));
     } else if view.kind(dev) == "veth" {
         // Nobody has the address: only proxy ARP on the far end answers.
-        if let Some((ns, peer, link)) = lab.peer(view, dev) {
-            let far = Netns::open(&ns).ok();
-            let proxy = far.and_then(|f| {
-                f.run(|| netns::read_sysctl(&format!("net/ipv4/conf/{peer}/proxy_arp")))
-                    .ok()
-            });
-            let mac = link["address"].as_str().unwrap_or("?");
+        if let Some((ns, peer, mac)) = lab.peer(view, dev) {
+            let far = lab.view(&ns).ok();
+            let proxy = far.and_then(|f| f.sysctl(&format!("net/ipv4/conf/{peer}/proxy_arp")));
+            let mac = mac.as_deref().unwrap_or("?");
             if proxy.as_deref() == Some("1") {
                 h.notes.push(format!(
                     "{gw} is nobody's address: {peer} on {} has proxy_arp = 1 and answers ARP for it with its own MAC {mac} (Calico's gateway trick)",
@@ -1302,7 +1243,7 @@ fn link_layer(lab: &Lab, view: &View, mut h: Hop, dev: &str, gw: Ipv4Addr, pkt: 
     // The wire: a bridge sends out of the port that has the MAC; a veth to its peer.
     let mut out = dev.to_string();
     if view.kind(dev) == "bridge" {
-        let mac = n.as_ref().and_then(|n| n["lladdr"].as_str()).map(str::to_string);
+        let mac = n.and_then(|n| n.lladdr.clone());
         let port = mac.as_deref().and_then(|m| fdb_port(view, dev, m));
         match (port, lab.owner(gw)) {
             (Some(p), _) => {
@@ -1359,46 +1300,81 @@ fn link_layer(lab: &Lab, view: &View, mut h: Hop, dev: &str, gw: Ipv4Addr, pkt: 
     }
 }
 
-/// A neighbour entry's states: REACHABLE, STALE, FAILED...
-fn neigh_states(n: &Value) -> Vec<String> {
-    n["state"]
-        .as_array()
-        .map(|s| s.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
-        .unwrap_or_default()
+const NUD_PERMANENT: u16 = 0x80;
+
+/// A neighbour entry's states, as `ip neigh` names them: REACHABLE, STALE, FAILED...
+fn neigh_states(n: &Neigh) -> Vec<String> {
+    let names = [
+        "INCOMPLETE",
+        "REACHABLE",
+        "STALE",
+        "DELAY",
+        "PROBE",
+        "FAILED",
+        "NOARP",
+        "PERMANENT",
+    ];
+    if n.state == 0 {
+        return vec!["NONE".into()];
+    }
+    names
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| n.state & (1 << i) != 0)
+        .map(|(_, s)| s.to_string())
+        .collect()
+}
+
+/// An FDB entry's state as `bridge fdb` prints it.
+fn fdb_state(state: u16) -> String {
+    match state {
+        s if s & NUD_PERMANENT != 0 => "permanent".into(),
+        s if s & 0x40 != 0 => "static".into(),
+        s if s & 0x04 != 0 => "stale".into(),
+        s if s & 0x02 != 0 => String::new(),
+        s => format!("{s:#x}"),
+    }
 }
 
 /// Ports of a bridge in a view.
 fn bridge_ports(view: &View, bridge: &str) -> Vec<String> {
-    view.links
+    let Some(b) = view.link(bridge) else { return Vec::new() };
+    view.d
+        .links
         .iter()
-        .filter(|l| l["master"] == bridge)
-        .filter_map(|l| l["ifname"].as_str().map(str::to_string))
+        .filter(|l| l.master == Some(b.index))
+        .map(|l| l.name.clone())
         .collect()
+}
+
+/// The FDB entries of `bridge`'s ports (not the bridge's own).
+fn bridge_fdb<'v>(view: &'v View, bridge: &str) -> impl Iterator<Item = (&'v crate::collect::Fdb, &'v str)> {
+    let b = view.link(bridge).map(|l| l.index);
+    view.d
+        .fdb
+        .iter()
+        .filter(move |e| b.is_some() && e.master == b && Some(e.ifindex) != b)
+        .filter_map(|e| Some((e, view.d.name_of(e.ifindex)?)))
 }
 
 /// The bridge port an FDB entry puts `mac` on.
 fn fdb_port(view: &View, bridge: &str, mac: &str) -> Option<String> {
-    let fdb = json_in(&view.ns, "bridge", &["-j", "fdb", "show", "br", bridge]).ok()?;
-    fdb.as_array()?
-        .iter()
-        .find(|e| e["mac"] == mac && e["master"] == bridge && e["ifname"] != bridge)
-        .and_then(|e| e["ifname"].as_str().map(str::to_string))
+    bridge_fdb(view, bridge)
+        .find(|(e, _)| e.mac.as_deref() == Some(mac))
+        .map(|(_, port)| port.to_string())
 }
 
 /// A MAC the bridge learned behind `port` (not the port's own).
 fn bridge_fdb_for_port(view: &View, bridge: &str, port: &str) -> Option<String> {
-    let fdb = json_in(&view.ns, "bridge", &["-j", "fdb", "show", "br", bridge]).ok()?;
-    fdb.as_array()?
-        .iter()
-        .find(|e| e["ifname"] == port && e["master"] == bridge && e["state"] != "permanent")
-        .and_then(|e| e["mac"].as_str().map(str::to_string))
+    bridge_fdb(view, bridge)
+        .find(|(e, p)| *p == port && e.state & NUD_PERMANENT == 0)
+        .and_then(|(e, _)| e.mac.clone())
 }
 
 /// Why the owner of `ip` would not answer ARP for it, if it would not.
 fn arp_silent(lab: &Lab, ip: Ipv4Addr) -> Option<String> {
     let (_, ns) = lab.owner(ip)?;
-    let h = Netns::open(ns).ok()?;
-    let v = h.run(|| netns::read_sysctl("net/ipv4/conf/all/arp_ignore")).ok()?;
+    let v = lab.view(ns).ok()?.sysctl("net/ipv4/conf/all/arp_ignore")?;
     (v == "8").then(|| {
         format!(
             "net.ipv4.conf.all.arp_ignore = 8 in {} (it answers no ARP)",
@@ -1498,9 +1474,7 @@ fn netfilter(
             let side = if source { "source" } else { "destination" };
             h.notes
                 .push(format!("the nat table rewrites the {side}: {old} becomes {new}"));
-            lab.nat
-                .borrow_mut()
-                .push((view.ns.name().to_string(), source, old, new));
+            lab.nat.borrow_mut().push((view.name().to_string(), source, old, new));
             if source {
                 pkt.src = new;
             } else {
@@ -1513,13 +1487,7 @@ fn netfilter(
 
 /// A netem qdisc here (on `dev`, or on any device), as `tc qdisc` prints it.
 fn netem(view: &View, dev: Option<&str>) -> Option<String> {
-    let all = view.qdiscs.get_or_init(|| {
-        netns::command(&view.ns, "tc")
-            .args(["qdisc", "show"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-            .unwrap_or_default()
-    });
+    let all = view.d.qdiscs.as_deref().unwrap_or("");
     all.lines()
         .find(|l| l.contains("netem") && dev.is_none_or(|d| l.contains(&format!(" dev {d} "))))
         .map(|l| format!("qdisc {}", l.trim_start_matches("qdisc ").trim()))
@@ -1528,12 +1496,8 @@ fn netem(view: &View, dev: Option<&str>) -> Option<String> {
 /// A switch: the fabric namespace's bridge, or the leaves of an upstream
 /// VXLAN fault that now carry its ports.
 fn switch(lab: &Lab, view: &View, port_in: &str, via: Ipv4Addr, pkt: &mut Packet) -> Result<Step> {
-    let bridge = view
-        .link(port_in)
-        .and_then(|l| l["master"].as_str())
-        .unwrap_or("")
-        .to_string();
-    let switch_name = match lab.place(view.ns.name()) {
+    let bridge = view.master(port_in).unwrap_or_default();
+    let switch_name = match lab.place(view.name()) {
         Place::Leaf { switch } => switch,
         _ => bridge.clone(),
     };
@@ -1576,33 +1540,32 @@ fn switch(lab: &Lab, view: &View, port_in: &str, via: Ipv4Addr, pkt: &mut Packet
         return switch_out(lab, view, h, &out, pkt);
     }
     // An upstream leaf: the frame crosses the upstream VXLAN to another leaf.
-    let Place::Leaf { .. } = lab.place(view.ns.name()) else {
+    let Place::Leaf { .. } = lab.place(view.name()) else {
         h.drop = Some(format!("no port of {bridge} leads to {target_label}"));
         return stop(h);
     };
+    let br_index = view.link(&bridge).map(|l| l.index);
     let vx = view
+        .d
         .links
         .iter()
-        .find(|l| l["master"] == bridge.as_str() && l["linkinfo"]["info_kind"] == "vxlan");
+        .find(|l| br_index.is_some() && l.master == br_index && l.kind == "vxlan");
     let Some(vx) = vx else {
         h.drop = Some(format!("no port of {bridge} leads to {target_label}"));
         return stop(h);
     };
-    let vx_name = vx["ifname"].as_str().unwrap_or("").to_string();
-    let vni = vx["linkinfo"]["info_data"]["id"].as_u64().unwrap_or(0);
-    let local = vx["linkinfo"]["info_data"]["local"].as_str().unwrap_or("?").to_string();
+    let vx_name = vx.name.clone();
+    let info = vx.vxlan.clone().unwrap_or_default();
+    let vni = info.id.unwrap_or(0);
+    let local = info.local.map_or("?".to_string(), |l| l.to_string());
     let Some(other) = leaf_with_port(lab, &switch_name, target_ns) else {
         h.drop = Some(format!("no upstream leaf has a port to {target_label}"));
         return stop(h);
     };
     let other_view = lab.view(&other)?;
     let remote = other_view
-        .addrs
-        .iter()
-        .find(|l| l["ifname"] == "uplink")
-        .and_then(|l| l["addr_info"][0]["local"].as_str())
-        .unwrap_or("?")
-        .to_string();
+        .address_of("uplink")
+        .map_or("?".to_string(), |a| a.to_string());
     let uplink_mtu = view.mtu("uplink").unwrap_or(1500);
     let outer = pkt.size + VXLAN_OVERHEAD;
     h.dev_out = Some(vx_name.clone());
@@ -1639,24 +1602,22 @@ fn switch(lab: &Lab, view: &View, port_in: &str, via: Ipv4Addr, pkt: &mut Packet
 
 /// The upstream leaf of `switch_name` that holds the port to `target_ns`.
 fn leaf_with_port(lab: &Lab, switch_name: &str, target_ns: &str) -> Option<String> {
-    netns::list()
+    lab.namespaces()
         .into_iter()
         .filter(|n| matches!(lab.place(n), Place::Leaf { switch } if switch == switch_name))
         .find(|n| {
             let Ok(v) = lab.view(n) else { return false };
-            v.links
+            v.d.links
                 .iter()
-                .filter(|l| l["linkinfo"]["info_kind"] == "veth" && l["ifname"] != "uplink")
-                .any(|l| {
-                    let name = l["ifname"].as_str().unwrap_or("");
-                    lab.peer(&v, name).is_some_and(|(ns, ..)| ns == target_ns)
-                })
+                .filter(|l| l.kind == "veth" && l.name != "uplink")
+                .any(|l| lab.peer(&v, &l.name).is_some_and(|(ns, ..)| ns == target_ns))
         })
 }
 
 fn switch_out(lab: &Lab, view: &View, mut h: Hop, out: &str, pkt: &Packet) -> Result<Step> {
     h.dev_out = Some(out.to_string());
-    let bridge = view.link(out).and_then(|l| l["master"].as_str()).unwrap_or("");
+    let bridge = view.master(out).unwrap_or_default();
+    let bridge = bridge.as_str();
     match bridge_fdb_for_port(view, bridge, out) {
         Some(mac) => h.entries.push(format!("fdb {mac} dev {out} master {bridge} (learned)")),
         None => h.notes.push(format!(

@@ -19,16 +19,9 @@
 //! chains that accept are left out, so a namespace nobody filters shows
 //! nothing, and removing the last rule gives back the snapshot from before.
 //!
-//! Spawning `iptables-save` in every namespace would cost more than the
-//! rest of a snapshot (a process per pod), so each namespace is first asked
-//! cheaply, from a thread already inside it, whether it has any IPv4
-//! tables: nf_tables by a netlink dump of its tables, the legacy x_tables
-//! by `/proc/thread-self/net/ip_tables_names`.
+//! The text comes from the collected dump (collect.rs reads it only in
+//! namespaces that have tables); this is the pure normalization.
 
-use std::os::fd::AsRawFd;
-
-use anyhow::{Context, Result};
-use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType};
 use serde::Serialize;
 
 /// One table's normalized content.
@@ -40,100 +33,6 @@ pub struct Table {
     pub chains: Vec<(String, String)>,
     /// Rules as `-A CHAIN ...`, grouped by chain, in order within each.
     pub rules: Vec<String>,
-}
-
-/// Which kinds of IPv4 tables a namespace has.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Present {
-    /// nf_tables tables of family ip (what iptables-nft makes).
-    pub nft: bool,
-    /// x_tables tables (what iptables-legacy makes).
-    pub legacy: bool,
-}
-
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
-const NFT_MSG_NEWTABLE: u16 = 0;
-const NFT_MSG_GETTABLE: u16 = 1;
-const NFPROTO_IPV4: u8 = 2;
-
-/// Whether the calling thread's namespace has IPv4 tables; to be called
-/// on a thread inside that namespace.
-pub fn present_here() -> Present {
-    let legacy = std::fs::read_to_string("/proc/thread-self/net/ip_tables_names")
-        .map(|s| !s.trim().is_empty())
-        .unwrap_or(false);
-    // A kernel without nf_tables refuses the dump: then there are none.
-    let nft = nft_ip_tables().unwrap_or(0) > 0;
-    Present { nft, legacy }
-}
-
-/// Counts the nf_tables tables of family ip by a netlink dump.
-fn nft_ip_tables() -> Result<usize> {
-    let fd = socket::socket(
-        AddressFamily::Netlink,
-        SockType::Raw,
-        SockFlag::SOCK_CLOEXEC,
-        SockProtocol::NetlinkNetFilter,
-    )?;
-    // nlmsghdr then nfgenmsg (family, version, resource id).
-    let mut req = Vec::with_capacity(20);
-    req.extend_from_slice(&20u32.to_ne_bytes());
-    req.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE).to_ne_bytes());
-    req.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
-    req.extend_from_slice(&1u32.to_ne_bytes());
-    req.extend_from_slice(&0u32.to_ne_bytes());
-    req.extend_from_slice(&[libc::AF_UNSPEC as u8, 0, 0, 0]);
-    socket::send(fd.as_raw_fd(), &req, MsgFlags::empty())?;
-    let mut buf = vec![0u8; 1 << 16];
-    let mut count = 0;
-    loop {
-        let n = socket::recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
-        let mut at = 0;
-        while at + 16 <= n {
-            let len = u32::from_ne_bytes(buf[at..at + 4].try_into()?) as usize;
-            let kind = u16::from_ne_bytes(buf[at + 4..at + 6].try_into()?);
-            if len < 16 || at + len > n {
-                anyhow::bail!("malformed netlink answer");
-            }
-            match kind {
-                k if k == libc::NLMSG_DONE as u16 => return Ok(count),
-                k if k == libc::NLMSG_ERROR as u16 => {
-                    let errno = i32::from_ne_bytes(buf[at + 16..at + 20].try_into()?);
-                    anyhow::ensure!(errno == 0, "nf_tables dump refused ({errno})");
-                    return Ok(count);
-                }
-                k if k == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE && buf.get(at + 16) == Some(&NFPROTO_IPV4) => {
-                    count += 1;
-                }
-                _ => {}
-            }
-            at += (len + 3) & !3;
-        }
-    }
-}
-
-/// Runs the save programs a namespace needs and normalizes what they print.
-pub fn read(ns: &crate::netns::Netns, present: Present) -> Result<Vec<Table>> {
-    let mut text = String::new();
-    for (on, program) in [
-        (present.nft, "iptables-nft-save"),
-        (present.legacy, "iptables-legacy-save"),
-    ] {
-        if !on {
-            continue;
-        }
-        let out = crate::netns::command(ns, program)
-            .output()
-            .with_context(|| format!("cannot run {program} for the snapshot (apt-get install iptables)"))?;
-        anyhow::ensure!(
-            out.status.success(),
-            "{program} failed in {}: {}",
-            ns.name(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        text.push_str(&String::from_utf8_lossy(&out.stdout));
-    }
-    Ok(normalize(&text))
 }
 
 /// Splits a rule into its words, keeping quoted words whole (as written).
