@@ -19,7 +19,7 @@ pub fn binary() -> Option<PathBuf> {
 
 pub use crate::plan::{BirdPlan, SessionPlan};
 
-/// `172_20_0_11`: Calico's protocol-name form of an address.
+/// `172_20_0_11`: the protocol-name form of an address in BIRD configs.
 pub fn ip_id(ip: Ipv4Addr) -> String {
     ip.to_string().replace('.', "_")
 }

@@ -281,7 +281,7 @@ pub fn veth_pair(name: &str, master: Option<u32>, peer: &str, peer_ns: RawFd, mt
     RouteNetlinkMessage::NewLink(msg)
 }
 
-/// A VXLAN device as flannel makes it: no learning, no group, no l2miss or
+/// A VXLAN device as the overlay agents make it: no learning, no group, no l2miss or
 /// l3miss, local address and underlay device given.
 pub fn vxlan(
     name: &str,
@@ -337,13 +337,13 @@ pub fn route(dst: Ipv4Net, gateway: Option<Ipv4Addr>, dev: Option<u32>, onlink: 
     }
     let mut msg = b.build();
     msg.header.kind = RouteType::Unicast;
-    // vishvananda/netlink (flannel, the CNI plugins) sends RTPROT_BOOT, which
+    // vishvananda/netlink (the Go agents, the CNI plugins) sends RTPROT_BOOT, which
     // `ip route` does not print; the builder's default would be "static".
     msg.header.protocol = RouteProtocol::Boot;
     msg
 }
 
-/// A permanent ARP entry (flannel's `AddARP`).
+/// A permanent ARP entry (a VXLAN agent's `AddARP`).
 pub fn neighbour(index: u32, ip: Ipv4Addr, mac: [u8; 6]) -> NeighbourMessage {
     let mut m = NeighbourMessage::default();
     m.header.family = AddressFamily::Inet;
@@ -358,7 +358,7 @@ pub fn neighbour(index: u32, ip: Ipv4Addr, mac: [u8; 6]) -> NeighbourMessage {
 }
 
 /// A permanent FDB entry on a VXLAN device pointing at a remote VTEP
-/// (flannel's `AddFDB`: `<mac> dst <ip> self permanent`).
+/// (a VXLAN agent's `AddFDB`: `<mac> dst <ip> self permanent`).
 pub fn fdb(index: u32, mac: [u8; 6], dst: Ipv4Addr) -> NeighbourMessage {
     let mut m = NeighbourMessage::default();
     m.header.family = AddressFamily::Bridge;

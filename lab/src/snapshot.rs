@@ -3,7 +3,7 @@
 //! from the kernel once (collect.rs), then normalized by a pure function of
 //! that dump ([`from_dump`]), which a recorded dump replays without root.
 //! Names and MACs a plugin chose at random are shown by what they are
-//! (`veth(worker1/web)`, `mac(worker2/flannel.1)`), nothing depends on
+//! (`veth(worker1/web)`, `mac(worker2/<overlay device>)`), nothing depends on
 //! ifindexes, timing or the lab's name, and every list is sorted. Packet filtering shows as `iptables TABLE ...` lines in the
 //! form iptables-save prints, normalized (snapshot/iptables.rs).
 
@@ -302,8 +302,8 @@ impl<'d> Names<'d> {
         n
     }
 
-    /// Only the bridge plugin's random veth names are replaced; Calico's
-    /// cali names are derived from the pod and shown as they are.
+    /// Only the bridge plugin's random veth names are replaced; names a
+    /// plugin derives from the pod are shown as they are.
     fn link_name(&self, short: &str, l: &crate::collect::Link) -> String {
         match self.veths.get(&(short.to_string(), l.index)) {
             Some(n) if l.name.starts_with("veth") => n.clone(),
