@@ -84,7 +84,7 @@ fn missing(doc: &str, words: &[String]) -> Vec<String> {
 #[test]
 fn every_topology_key_is_in_docs_topology_md() {
     // The generic keys in topology.rs, each profile's in its folder.
-    let mut keys = lists_after(&read("lab/src/topology.rs"), ".allow(&[");
+    let mut keys = lists_after(&read("lab/src/model/topology.rs"), ".allow(&[");
     for file in rust_files(&repo().join("lab/src/profile")) {
         keys.extend(lists_after(&std::fs::read_to_string(&file).unwrap(), ".allow(&["));
     }
@@ -99,13 +99,13 @@ fn every_topology_key_is_in_docs_topology_md() {
     let gone = missing(&doc, &keys);
     assert!(
         gone.is_empty(),
-        "docs/topology.md does not document these keys that lab/src/topology.rs or lab/src/profile/ accepts: {gone:?}"
+        "docs/topology.md does not document these keys that lab/src/model/topology.rs or lab/src/profile/ accepts: {gone:?}"
     );
 }
 
 #[test]
 fn every_scenario_key_step_kind_and_probe_is_in_docs_scenarios_md() {
-    let src = read("lab/src/scenario.rs");
+    let src = read("lab/src/front/scenario.rs");
     let mut words = lists_after(&src, ".allow(&[");
     // Step keys are collected per kind in parse_step (`common`, each probe's
     // keys, the fault options), expectation fields in expect_keys.
@@ -127,7 +127,7 @@ fn every_scenario_key_step_kind_and_probe_is_in_docs_scenarios_md() {
     let gone = missing(&doc, &words);
     assert!(
         gone.is_empty(),
-        "docs/scenarios.md does not document these keys, kinds or fields that lab/src/scenario.rs accepts: {gone:?}"
+        "docs/scenarios.md does not document these keys, kinds or fields that lab/src/front/scenario.rs accepts: {gone:?}"
     );
 }
 
@@ -138,7 +138,7 @@ fn every_command_and_option_is_in_docs_cli_md() {
     let doc = read("docs/cli.md");
     let mut problems = Vec::new();
     let mut count = 0;
-    let mut stack = vec![(String::new(), cnilab::cli::Cli::command())];
+    let mut stack = vec![(String::new(), cnilab::front::cli::Cli::command())];
     while let Some((path, cmd)) = stack.pop() {
         for g in cmd.get_arguments().filter(|a| a.is_global_set()) {
             if let Some(l) = g.get_long() {
@@ -187,7 +187,7 @@ fn every_command_and_option_is_in_docs_cli_md() {
 #[test]
 fn fault_kinds_exit_codes_and_environment_are_in_docs_cli_md() {
     let doc = read("docs/cli.md");
-    let faults = read("lab/src/faultspec.rs");
+    let faults = read("lab/src/model/faultspec.rs");
     let kinds = lists_after(function(&faults, "fault_spec"), "let kinds = [");
     assert_eq!(kinds.len(), 9, "{kinds:?}");
     let gone = missing(&doc, &kinds);
@@ -197,8 +197,8 @@ fn fault_kinds_exit_codes_and_environment_are_in_docs_cli_md() {
     }
     // Every CNILAB_* variable the source reads or sets.
     let mut vars = Vec::new();
-    for e in std::fs::read_dir(repo().join("lab/src")).unwrap().flatten() {
-        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+    for path in rust_files(&repo().join("lab/src")) {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
         for (at, _) in text.match_indices("\"CNILAB_") {
             let name: String = text[at + 1..]
                 .chars()

@@ -349,9 +349,9 @@ fn status_shows_defaults_nodes_and_pods() {
 /// result and flannel's saved delegate configuration are gone.
 #[test]
 fn cni_del_releases_the_pod() {
-    use cnilab::cni::Attachment;
+    use cnilab::kernel::cni::Attachment;
     let lab = Lab::up(&topology("flannel-vxlan.toml"));
-    let st = cnilab::state::LabState::load(&lab.name).unwrap().unwrap();
+    let st = cnilab::ops::state::LabState::load(&lab.name).unwrap().unwrap();
     let node = st.plan.node("worker1").unwrap().clone();
     let pod = node.pods[0].clone();
     assert_eq!(st.plan.profile.name(), "flannel");
@@ -368,9 +368,9 @@ fn cni_del_releases_the_pod() {
     assert_eq!(cached["kind"], "cniCacheV1");
     assert_eq!(cached["result"]["ips"][0]["address"], format!("{ip}/24"));
 
-    let ns = cnilab::netns::Netns::open(&node.ns).unwrap();
-    let runtime = cnilab::build::runtime_for(&st.paths(), "worker1", &ns);
-    let att = Attachment::pod(&pod.container_id, cnilab::netns::path_of(&pod.ns), "eth0", &pod.name);
+    let ns = cnilab::kernel::netns::Netns::open(&node.ns).unwrap();
+    let runtime = cnilab::ops::build::runtime_for(&st.paths(), "worker1", &ns);
+    let att = Attachment::pod(&pod.container_id, cnilab::kernel::netns::path_of(&pod.ns), "eth0", &pod.name);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(runtime.del(&conflist, &att)).expect("CNI DEL succeeds");
     for p in [&cache, &reservation, &scratch] {

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use cnilab::error::Source;
-use cnilab::paths::LabPaths;
+use cnilab::model::error::Source;
+use cnilab::model::paths::LabPaths;
 use rand::seq::IndexedRandom;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -279,7 +279,7 @@ fn check_topology(text: &str) -> Result<bool, String> {
     match cnilab::profile::parse_topology(&Source::new("fuzz.toml", text)) {
         Ok(t) => {
             let plan = cnilab::profile::plan_lab(&t, &t.name, &LabPaths::of(&t.name));
-            let _ = cnilab::status::network_line(&plan);
+            let _ = cnilab::observe::status::network_line(&plan);
             serde_json::to_string(&plan).map_err(|e| e.to_string())?;
             Ok(true)
         }
@@ -295,7 +295,7 @@ fn check_topology(text: &str) -> Result<bool, String> {
 
 fn check_scenario(path: &Path, text: &str) -> Result<bool, String> {
     std::fs::write(path, text).map_err(|e| e.to_string())?;
-    match cnilab::scenario::load(path) {
+    match cnilab::front::scenario::load(path) {
         Ok(_) => Ok(true),
         Err(e) => {
             let shown = e.to_string();
@@ -362,7 +362,7 @@ fn mutated_topologies_and_scenarios_never_panic() {
     eprintln!(
         "fuzz: slowest case {:.0} ms:\n{}",
         slowest.0.as_secs_f64() * 1000.0,
-        cnilab::error::excerpt(&slowest.1, 2000)
+        cnilab::model::error::excerpt(&slowest.1, 2000)
     );
     let failures: Vec<&(String, String)> = topo.panics.iter().chain(&scen.panics).collect();
     if let Some((why, text)) = failures.first() {
@@ -370,7 +370,7 @@ fn mutated_topologies_and_scenarios_never_panic() {
         panic!(
             "{} of {cases} cases failed, e.g. {why}\nfirst failing input:\n{}\nfailures:\n{}",
             failures.len(),
-            cnilab::error::excerpt(text, 4000),
+            cnilab::model::error::excerpt(text, 4000),
             more.join("\n")
         );
     }
@@ -400,7 +400,7 @@ fn inputs_that_once_panicked_are_refused() {
             "name = \"s\"\ntopology = \"../topologies/flannel-vxlan.toml\"\n[[step]]\nprobe = \"pingall\"\ntimeout = \"{timeout}\"\n"
         );
         std::fs::write(&path, text).expect("write");
-        let e = cnilab::scenario::load(&path).expect_err("refused");
+        let e = cnilab::front::scenario::load(&path).expect_err("refused");
         assert_eq!(e.exit_code(), 2, "{e}");
         assert!(e.to_string().contains(":5:11: "), "{e}");
     }

@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use cnilab::snapshot::Recorded;
+use cnilab::observe::snapshot::Recorded;
 
 fn dumps() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/dumps")
@@ -37,8 +37,8 @@ fn trace(rec: &Recorded, args: &[&str]) -> String {
     let opt = |name: &str| args.windows(2).find(|w| w[0] == name).map(|w| w[1].to_string());
     let size = opt("--size").map_or(84, |s| s.parse().unwrap());
     let port = opt("--port").map(|p| p.parse().unwrap());
-    let proto = cnilab::trace::proto(&opt("--proto").unwrap_or("icmp".into()), port).unwrap();
-    let t = cnilab::trace::trace_dump(&rec.state, &rec.dump, from, to, size, proto).unwrap();
+    let proto = cnilab::observe::trace::proto(&opt("--proto").unwrap_or("icmp".into()), port).unwrap();
+    let t = cnilab::observe::trace::trace_dump(&rec.state, &rec.dump, from, to, size, proto).unwrap();
     let mut out = format!("$ cnilab trace {}\n{t}", args.join(" "));
     let dropped = serde_json::to_string(&t.dropped).unwrap();
     let _ = writeln!(out, "dropped: {dropped}\n");
@@ -48,7 +48,7 @@ fn trace(rec: &Recorded, args: &[&str]) -> String {
 /// Replays the dump `name`: its snapshot, and each trace of `traces`.
 fn replay(name: &str, traces: &[&[&str]]) {
     let rec = Recorded::load(&dumps().join(format!("{name}.json"))).unwrap();
-    let snap = cnilab::snapshot::from_dump(&rec.state, &rec.dump, None, false);
+    let snap = cnilab::observe::snapshot::from_dump(&rec.state, &rec.dump, None, false);
     golden(&format!("{name}.snap"), &snap.render());
     let text: String = traces.iter().map(|args| trace(&rec, args)).collect();
     golden(&format!("{name}.trace"), &text);

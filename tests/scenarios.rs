@@ -126,7 +126,7 @@ fn ctrl_c_during_run_leaves_nothing() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let lab = cnilab::scenario::lab_name("slow", child.id());
+    let lab = cnilab::front::scenario::lab_name("slow", child.id());
     let prefix = format!("cnilab.{lab}.");
     retry("the scenario's lab comes up", Duration::from_secs(30), || {
         if namespaces_with(&prefix).len() >= 10 {

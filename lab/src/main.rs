@@ -12,7 +12,7 @@ fn main() {
         program();
     }
     match name.as_str() {
-        "cnilab-watchd" => cnilab::watchd::main(),
-        _ => std::process::exit(cnilab::cli::main()),
+        "cnilab-watchd" => cnilab::kernel::watchd::main(),
+        _ => std::process::exit(cnilab::front::cli::main()),
     }
 }

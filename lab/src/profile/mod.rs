@@ -33,14 +33,14 @@ use futures::future::BoxFuture;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::bird::BirdPlan;
-use crate::error::{Error, InputError, Source};
-use crate::paths::LabPaths;
-use crate::plan::{NodePlan, RouterPlan};
-use crate::runtime;
-use crate::topology::{self, ProfileSyntax, Topology};
+use crate::kernel::bird::BirdPlan;
+use crate::model::error::{Error, InputError, Source};
+use crate::model::paths::LabPaths;
+use crate::model::plan::{NodePlan, RouterPlan};
+use crate::kernel::runtime;
+use crate::model::topology::{self, ProfileSyntax, Topology};
 
-pub use crate::runtime::AgentSpec;
+pub use crate::kernel::runtime::AgentSpec;
 
 /// A profile's decisions for a lab, as the lab's state saves them
 /// (`{"cni": "<name>", ...}`): the registry of profiles.
@@ -92,7 +92,7 @@ fn syntaxes() -> Vec<&'static dyn ProfileSyntax> {
 }
 
 /// A lab's plan with its profile's decisions.
-pub type Plan = crate::plan::Plan<ProfilePlan>;
+pub type Plan = crate::model::plan::Plan<ProfilePlan>;
 
 /// What the core build made, for a profile to build on.
 pub type Built<'a> = runtime::Built<'a, ProfilePlan>;
@@ -188,7 +188,7 @@ pub trait Profile: Send + Sync {
         let mut v: Vec<AgentSpec> = plan.nodes.iter().flat_map(|n| self.node_agents(n, paths)).collect();
         for r in &plan.routers {
             if let Some(b) = &r.bird {
-                v.push(crate::runtime::bird_agent(
+                v.push(crate::kernel::runtime::bird_agent(
                     &r.name,
                     &r.ns,
                     paths.router_dir(&r.name),

@@ -9,11 +9,11 @@ use ipnet::Ipv4Net;
 
 use super::options::{CalicoMode, CalicoOptions};
 use super::{CONFLIST_NAME, CalicoPlan, ipam};
-use crate::bird::{self, BirdPlan};
-use crate::plan::write_file;
+use crate::kernel::bird::{self, BirdPlan};
+use crate::model::plan::write_file;
 use crate::profile::Built;
 use crate::profile::{PodAdd, Profile as _, ProfilePlan, SavePlan};
-use crate::runtime::{link_binaries, main_routes, start_agents};
+use crate::kernel::runtime::{link_binaries, main_routes, start_agents};
 
 /// The BIRDs of a lab: (who, control socket, plan), nodes then routers.
 pub fn birds(b: &Built<'_>, c: &CalicoPlan) -> Vec<(String, std::path::PathBuf, BirdPlan)> {
@@ -77,7 +77,7 @@ pub async fn pending_sessions(list: &[(String, std::path::PathBuf, BirdPlan)]) -
 /// or its tunnel address (VXLAN).
 pub async fn converge(b: &Built<'_>, c: &CalicoPlan) -> Result<()> {
     let birds = birds(b, c);
-    crate::runtime::converge("Calico", || async {
+    crate::kernel::runtime::converge("Calico", || async {
         let mut missing = pending_sessions(&birds).await?;
         for n in &c.nodes {
             let have = main_routes(&b.nodes[&n.node].nl).await?;
@@ -164,10 +164,10 @@ pub async fn claim_if_full(c: &CalicoPlan, pod: PodAdd<'_>, save: SavePlan<'_>) 
         super::felix::publish_block(&paths.etcd_dir(), node, block)?;
     }
     save(ProfilePlan::Calico(c2.clone()))?;
-    let progress = crate::progress::Progress::quiet();
+    let progress = crate::kernel::progress::Progress::quiet();
     let built = Built::open(plan, paths, &progress)?;
     let birds = birds(&built, &c2);
-    crate::runtime::converge(&format!("the new block {block} of {node}"), || async {
+    crate::kernel::runtime::converge(&format!("the new block {block} of {node}"), || async {
         let mut missing = pending_sessions(&birds).await?;
         for n in &c2.nodes {
             let have = main_routes(&built.nodes[&n.node].nl).await?;

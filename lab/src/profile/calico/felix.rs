@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use super::{FELIX_PROTO, VXLAN_DEVICE, VXLAN_OVERHEAD, VXLAN_PORT, VXLAN_VNI};
-use crate::nl::{self, Nl};
-use crate::overlay::{self, Peer, Vtep, VxlanSpec, Watch};
+use crate::kernel::nl::{self, Nl};
+use crate::kernel::overlay::{self, Peer, Vtep, VxlanSpec, Watch};
 
 /// calico-felix's command line.
 #[derive(Parser, Debug)]
@@ -158,7 +158,7 @@ async fn run(args: Args) -> Result<()> {
         ip,
         blocks: args.blocks.clone(),
         vxlan_tunnel_addr: args.tunnel_addr,
-        vxlan_tunnel_mac_addr: crate::plan::mac_string(&overlay::link_mac(&link).unwrap_or(mac)),
+        vxlan_tunnel_mac_addr: crate::model::plan::mac_string(&overlay::link_mac(&link).unwrap_or(mac)),
     };
     overlay::write_atomic(&watch.dir().join(&args.node), &serde_json::to_string(&me)?)?;
     let vtep = Vtep {

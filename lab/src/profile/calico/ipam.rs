@@ -15,7 +15,7 @@ use ipnet::Ipv4Net;
 use rand::RngExt;
 
 use super::CalicoPlan;
-use crate::plan::{Stream, rng};
+use crate::model::plan::{Stream, rng};
 
 /// The per-host block limit Calico applies when neither the request nor
 /// IPAMConfig sets one (libcalico-go ipam.go, autoAssign: `maxNumBlocks = 20`).

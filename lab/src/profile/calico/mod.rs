@@ -20,11 +20,11 @@ use serde_json::{Value, json};
 use anyhow::Result;
 use futures::future::BoxFuture;
 
-use crate::bird::{BirdPlan, RouterPeer, SessionPlan, ip_id, router_config};
-use crate::paths::LabPaths;
-use crate::plan::{NodePlan, RouterPlan, Stream, mac_string, random_mac, rng};
+use crate::kernel::bird::{BirdPlan, RouterPeer, SessionPlan, ip_id, router_config};
+use crate::model::paths::LabPaths;
+use crate::model::plan::{NodePlan, RouterPlan, Stream, mac_string, random_mac, rng};
 use crate::profile::{AgentSpec, Built, PodAdd, Profile, SavePlan};
-use crate::topology::Topology;
+use crate::model::topology::Topology;
 use options::{CalicoMesh, CalicoMode, CalicoOptions};
 
 /// The stock Calico CNI configuration (calico.yaml's `cni_network_config`).
@@ -187,7 +187,7 @@ impl Profile for CalicoPlan {
         };
         let mut v = Vec::new();
         if let Some(b) = &cn.bird {
-            v.push(crate::runtime::bird_agent(
+            v.push(crate::kernel::runtime::bird_agent(
                 &n.name,
                 &n.ns,
                 paths.agent_dir(&n.name),
@@ -637,7 +637,7 @@ pub fn conflist(node: &str, blocks: &[Ipv4Net], mtu: u32, max_pods: Option<u32>,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Source;
+    use crate::model::error::Source;
     use crate::profile::Plan;
     use std::path::Path;
 

@@ -7,9 +7,9 @@ use std::ops::Range;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::error::InputError;
-use crate::spanned::{Errors, Sp, Table};
-use crate::topology::{NodeIn, Options, Parts, ProfileSyntax, RouterIn, Scope, q};
+use crate::model::error::InputError;
+use crate::model::spanned::{Errors, Sp, Table};
+use crate::model::topology::{NodeIn, Options, Parts, ProfileSyntax, RouterIn, Scope, q};
 
 type R<T> = Result<T, InputError>;
 
@@ -176,7 +176,7 @@ fn calico_mesh(t: &Table, opts: &mut CalicoOptions, parts: &Parts, errs: &Errors
                 let nodes = parts.nodes;
                 if parts.ok && !nodes.iter().any(|n| n.node.name == name.v) {
                     let names: Vec<&str> = nodes.iter().map(|n| n.node.name.as_str()).collect();
-                    let fix = match crate::spanned::closest(&name.v, &names) {
+                    let fix = match crate::model::spanned::closest(&name.v, &names) {
                         Some(near) => format!("did you mean \"{near}\"?"),
                         None => format!("name one of the nodes: {}", names.join(", ")),
                     };

@@ -17,9 +17,9 @@ use netlink_packet_route::route::RouteScope;
 use serde_json::{Value, json};
 
 use super::{HOST_VETH_MAC, POD_GATEWAY};
-use crate::netns::{self, Netns};
-use crate::nl::{self, Nl};
-use crate::plan::mac_string;
+use crate::kernel::netns::{self, Netns};
+use crate::kernel::nl::{self, Nl};
+use crate::model::plan::mac_string;
 
 /// Calico's host-side veth name for a workload.
 pub fn host_veth_name(namespace: &str, pod: &str) -> String {
@@ -116,7 +116,7 @@ fn ipam(command: &str, conf: &Value, stdin: &[u8]) -> Result<Value, Failure> {
         code: 7,
         msg: "network configuration has no ipam type".into(),
     })?;
-    let out = crate::cni::invoke(command, plugin, stdin).map_err(|(code, msg)| Failure { code, msg })?;
+    let out = crate::kernel::cni::invoke(command, plugin, stdin).map_err(|(code, msg)| Failure { code, msg })?;
     Ok(serde_json::from_str(&out).unwrap_or(Value::Null))
 }
 
@@ -207,7 +207,7 @@ async fn wire(
         Nl::connect()
     })?;
     let eth = pod_nl.link(&ifname_owned).await?.context("pod interface missing")?;
-    let mac = crate::overlay::link_mac(&eth).unwrap_or([0; 6]);
+    let mac = crate::kernel::overlay::link_mac(&eth).unwrap_or([0; 6]);
     let idx = eth.header.index;
     pod_nl.change(nl::set_up(1)).await.context("pod lo up")?;
     pod_nl.change(nl::set_up(idx)).await.context("pod eth0 up")?;

@@ -18,9 +18,9 @@ use netlink_packet_route::route::RouteProtocol;
 use serde_json::{Value, json};
 use tracing::{error, info, warn};
 
-use crate::nl::{self, Nl};
-use crate::overlay::{self, Peer, Vtep, VxlanSpec, Watch};
-use crate::plan::{mac_string, random_mac};
+use crate::kernel::nl::{self, Nl};
+use crate::kernel::overlay::{self, Peer, Vtep, VxlanSpec, Watch};
+use crate::model::plan::{mac_string, random_mac};
 
 /// flanneld's command line (the flags of the real one where they exist).
 #[derive(Parser, Debug)]

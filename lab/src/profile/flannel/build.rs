@@ -9,10 +9,10 @@ use ipnet::Ipv4Net;
 
 use super::options::FlannelBackend;
 use super::{CONFLIST_NAME, FlannelPlan};
-use crate::plan::write_file;
+use crate::model::plan::write_file;
 use crate::profile::Profile as _;
 use crate::profile::{Built, Plan};
-use crate::runtime::{link_binaries, main_routes, start_agents};
+use crate::kernel::runtime::{link_binaries, main_routes, start_agents};
 
 /// Writes flannel's network configuration and the nodes' conflists, starts
 /// a flanneld in each node and waits for their subnet files. Returns each
@@ -59,7 +59,7 @@ pub fn expected_routes(plan: &Plan, f: &FlannelPlan) -> BTreeMap<String, Vec<(Ip
 /// Waits until every node has a route to every other node's lease.
 pub async fn converge(b: &Built<'_>, f: &FlannelPlan) -> Result<()> {
     let want = expected_routes(b.plan, f);
-    crate::runtime::converge("flannel", || async {
+    crate::kernel::runtime::converge("flannel", || async {
         let checks = futures::future::try_join_all(want.iter().map(|(node, routes)| async move {
             let have = main_routes(&b.nodes[node].nl).await?;
             let missing: Vec<String> = routes

@@ -17,10 +17,10 @@ use serde_json::{Value, json};
 use anyhow::Result;
 use futures::future::BoxFuture;
 
-use crate::paths::LabPaths;
-use crate::plan::{NodePlan, Stream, mac_string, random_mac, rng};
+use crate::model::paths::LabPaths;
+use crate::model::plan::{NodePlan, Stream, mac_string, random_mac, rng};
 use crate::profile::{AgentSpec, Built, Plan, Profile};
-use crate::topology::Topology;
+use crate::model::topology::Topology;
 use options::{FlannelBackend, FlannelOptions};
 
 /// The stock kube-flannel CNI configuration, as shipped in kube-flannel.yml.
@@ -312,7 +312,7 @@ pub fn plan(topology: &Topology, opts: &FlannelOptions, nodes: &[NodePlan], path
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Source;
+    use crate::model::error::Source;
     use std::path::Path;
 
     #[test]

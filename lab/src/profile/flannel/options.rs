@@ -7,9 +7,9 @@ use std::ops::Range;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::error::InputError;
-use crate::spanned::{Errors, Sp, Table};
-use crate::topology::{Options, Parts, ProfileSyntax, Scope, q};
+use crate::model::error::InputError;
+use crate::model::spanned::{Errors, Sp, Table};
+use crate::model::topology::{Options, Parts, ProfileSyntax, Scope, q};
 
 type R<T> = Result<T, InputError>;
 

@@ -281,7 +281,7 @@ fn save_scratch(dir: &Path, container_id: &str, conf: &[u8]) -> Result<(), CniEr
 /// Runs the delegate plugin as libcni's invoke.Delegate* does; its result
 /// is passed through.
 fn delegate(command: &str, plugin: &str, conf: &[u8]) -> Result<String, CniError> {
-    crate::cni::invoke(command, plugin, conf).map_err(|(code, msg)| err(code, msg))
+    crate::kernel::cni::invoke(command, plugin, conf).map_err(|(code, msg)| err(code, msg))
 }
 
 /// The gateway host-local gives a subnet: its first address.

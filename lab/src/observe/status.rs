@@ -1,0 +1,483 @@
+//! What `up` prints when it is done and what `status` shows: the lab's
+//! settings with every default, its nodes and pods with their addresses and
+//! MTUs, and the control plane's state, as tables or as JSON.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::kernel::progress::{table, text};
+use schemars::JsonSchema;
+use serde::Serialize;
+
+use crate::kernel::netns;
+use crate::profile::Plan;
+use crate::ops::state::{LabState, Phase};
+
+/// A lab's status, for people (`Display`) and programs (JSON). Every
+/// element is an object with named fields, so that programs read fields by
+/// name and new fields do not break them (docs/schemas/status.json).
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Status {
+    /// Lab name.
+    pub lab: String,
+    /// building or up.
+    pub phase: Phase,
+    /// The topology file.
+    pub topology_file: String,
+    /// The settings in force, defaults included.
+    pub settings: BTreeMap<String, String>,
+    /// Switches.
+    pub switches: Vec<SwitchStatus>,
+    /// Routers.
+    pub routers: Vec<RouterStatus>,
+    /// Nodes.
+    pub nodes: Vec<NodeStatus>,
+    /// Pods.
+    pub pods: Vec<PodStatus>,
+    /// Every control-plane agent (flanneld, calico-felix, BIRD) of nodes and routers.
+    pub agents: Vec<AgentStatus>,
+    /// Every BGP session of every BIRD, as BIRD reports it now; empty without BGP.
+    pub bgp_sessions: Vec<BgpSessionStatus>,
+    /// Active faults, oldest first.
+    pub faults: Vec<FaultStatus>,
+}
+
+/// One switch.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct SwitchStatus {
+    /// Name.
+    pub name: String,
+    /// Subnet.
+    pub subnet: String,
+    /// MTU.
+    pub mtu: u32,
+}
+
+/// A router: a namespace forwarding between the switches it joins.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RouterStatus {
+    /// Name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// One port per switch it joins.
+    pub ports: Vec<RouterPortStatus>,
+    /// Its AS when it speaks BGP.
+    pub asn: Option<u32>,
+    /// Its BIRD, when it has BGP peers.
+    pub agent: Option<AgentStatus>,
+    /// Whether its namespace exists.
+    pub present: bool,
+}
+
+/// A router's port on a switch.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RouterPortStatus {
+    /// The switch.
+    pub switch: String,
+    /// The interface in the router's namespace.
+    pub ifname: String,
+    /// Its address with prefix (the switch subnet's first host).
+    pub ip: String,
+    /// Its MTU.
+    pub mtu: u32,
+}
+
+/// A node's overlay device.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct OverlayStatus {
+    /// The device, e.g. `flannel.1` or `vxlan.calico`.
+    pub device: String,
+    /// Its MTU.
+    pub mtu: u32,
+}
+
+/// One node.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct NodeStatus {
+    /// Name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Switch.
+    pub switch: String,
+    /// eth0 address.
+    pub ip: String,
+    /// eth0 MTU.
+    pub mtu: u32,
+    /// The node's pod subnet (flannel lease) or Calico blocks, comma-separated.
+    pub pod_subnet: Option<String>,
+    /// The overlay device and its MTU, when the profile makes one.
+    pub overlay: Option<OverlayStatus>,
+    /// The control-plane agent and whether it runs.
+    pub agent: Option<AgentStatus>,
+    /// Whether its namespace exists.
+    pub present: bool,
+}
+
+/// A node's or router's control-plane agent.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct AgentStatus {
+    /// The node or router it serves.
+    pub owner: String,
+    /// Program name: flanneld, calico-felix or bird.
+    pub name: String,
+    /// Process ID.
+    pub pid: u32,
+    /// Whether it is running.
+    pub running: bool,
+}
+
+/// One BGP session of a node's or router's BIRD.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct BgpSessionStatus {
+    /// The node or router whose BIRD holds the session.
+    pub on: String,
+    /// BIRD's protocol name (`Mesh_172_20_0_11`, ...); `-` when BIRD does not answer.
+    pub name: String,
+    /// The peer's address; empty when BIRD does not answer.
+    pub neighbor: String,
+    /// The node or router that has the peer's address, if one of the lab's.
+    pub peer: Option<String>,
+    /// BGP state as BIRD names it (Established, Active, Connect, ...), or
+    /// `down`, or `BIRD not running`.
+    pub state: String,
+    /// Whether the state is Established.
+    pub established: bool,
+}
+
+/// An active fault.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct FaultStatus {
+    /// `f1`, `f2`, ... (what `fault rm` takes).
+    pub id: String,
+    /// The kind, as `fault add` takes it: mtu, upstream-vxlan, ...
+    pub kind: String,
+    /// The node, pod, switch or router it hits.
+    pub on: String,
+    /// The kind's options (`mtu`, `percent`, `proto`, `port`, `key`, `value`, `new_mac`).
+    pub options: BTreeMap<String, serde_json::Value>,
+    /// One line, as `fault ls` prints it.
+    pub description: String,
+    /// A note for the user, such as a fallback that was used.
+    pub note: Option<String>,
+}
+
+/// One pod.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct PodStatus {
+    /// `node/pod`.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Address from the CNI result.
+    pub ip: Option<String>,
+    /// Gateway from the CNI result.
+    pub gateway: Option<String>,
+    /// MTU the profile gives it.
+    pub mtu: u32,
+}
+
+/// The settings in force, with every default, as `key = value`.
+pub fn settings(plan: &Plan) -> BTreeMap<String, String> {
+    let t = &plan.topology;
+    let mut s = BTreeMap::new();
+    s.insert("name".into(), t.name.clone());
+    s.insert("seed".into(), t.seed.to_string());
+    s.insert("network.cni".into(), t.network.profile.name().into());
+    s.insert("network.pod_cidr".into(), t.network.pod_cidr.to_string());
+    s.insert(
+        "network.mtu".into(),
+        t.network
+            .mtu
+            .map_or("(profile's computation)".into(), |m| m.to_string()),
+    );
+    s.extend(plan.profile.settings(t));
+    s
+}
+
+/// The status of a lab from its state and what is alive now.
+pub fn status(state: &LabState) -> Status {
+    let plan = &state.plan;
+    let present = netns::list();
+    let agent = |owner: &str, name: &str| {
+        state.agents.get(owner).map(|pid| AgentStatus {
+            owner: owner.to_string(),
+            name: name.to_string(),
+            pid: *pid,
+            running: crate::ops::teardown::alive(*pid as i32),
+        })
+    };
+    let agent_name = plan.profile.agent_name();
+    let nodes: Vec<NodeStatus> = plan
+        .nodes
+        .iter()
+        .map(|n| NodeStatus {
+            name: n.name.clone(),
+            namespace: n.ns.clone(),
+            switch: n.switch.clone(),
+            ip: format!("{}/{}", n.ip, n.prefix_len),
+            mtu: n.mtu,
+            pod_subnet: Some(plan.profile.pod_subnets(&n.name))
+                .filter(|s| !s.is_empty())
+                .map(|s| s.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(", ")),
+            overlay: plan
+                .profile
+                .overlay(&n.name)
+                .map(|(device, mtu)| OverlayStatus { device, mtu }),
+            agent: agent(&n.name, agent_name),
+            present: present.contains(&n.ns),
+        })
+        .collect();
+    let routers: Vec<RouterStatus> = plan
+        .routers
+        .iter()
+        .map(|r| RouterStatus {
+            name: r.name.clone(),
+            namespace: r.ns.clone(),
+            ports: r
+                .ports
+                .iter()
+                .map(|p| RouterPortStatus {
+                    switch: p.switch.clone(),
+                    ifname: p.ifname.clone(),
+                    ip: format!("{}/{}", p.ip, p.prefix_len),
+                    mtu: p.mtu,
+                })
+                .collect(),
+            asn: r.asn,
+            agent: r.bird.as_ref().and_then(|_| agent(&r.name, "bird")),
+            present: present.contains(&r.ns),
+        })
+        .collect();
+    let agents = nodes
+        .iter()
+        .filter_map(|n| n.agent.clone())
+        .chain(routers.iter().filter_map(|r| r.agent.clone()))
+        .collect();
+    Status {
+        lab: plan.lab.clone(),
+        phase: state.phase,
+        topology_file: state.topology_file.clone(),
+        settings: settings(plan),
+        switches: plan
+            .switches
+            .iter()
+            .map(|s| SwitchStatus {
+                name: s.name.clone(),
+                subnet: s.subnet.to_string(),
+                mtu: s.mtu,
+            })
+            .collect(),
+        routers,
+        nodes,
+        pods: pods(state),
+        agents,
+        bgp_sessions: bgp_sessions(state),
+        faults: faults(state),
+    }
+}
+
+fn pods(state: &LabState) -> Vec<PodStatus> {
+    let plan = &state.plan;
+    plan.pods()
+        .map(|(n, p)| {
+            let key = format!("{}/{}", n.name, p.name);
+            let st = state.pods.get(&key);
+            PodStatus {
+                namespace: p.ns.clone(),
+                ip: st.and_then(|s| s.ip.clone()),
+                // A profile with a fixed pod gateway gives it; else the CNI result's.
+                gateway: match plan.profile.pod_gateway() {
+                    Some(g) => Some(g.to_string()),
+                    None => st.and_then(|s| s.gateway.map(|g| g.to_string())),
+                },
+                mtu: plan.profile.pod_mtu(&n.name).unwrap_or(n.mtu),
+                name: key,
+            }
+        })
+        .collect()
+}
+
+/// The BGP sessions as BIRD reports them now, through the same control
+/// socket query as `probe bgp`; a lab without BIRD has none.
+fn bgp_sessions(state: &LabState) -> Vec<BgpSessionStatus> {
+    let plan = &state.plan;
+    let has_bird = plan.routers.iter().any(|r| r.bird.is_some()) || !plan.profile.node_birds().is_empty();
+    if !has_bird {
+        return Vec::new();
+    }
+    let mut owner_of: BTreeMap<String, String> = BTreeMap::new();
+    for n in &plan.nodes {
+        owner_of.insert(n.ip.to_string(), n.name.clone());
+    }
+    for r in &plan.routers {
+        for p in &r.ports {
+            owner_of.insert(p.ip.to_string(), r.name.clone());
+        }
+    }
+    let Ok(bgp) = crate::observe::probe::bgp(state, None) else {
+        return Vec::new();
+    };
+    bgp.sessions
+        .into_iter()
+        .map(|(on, name, neighbor, state)| BgpSessionStatus {
+            on,
+            name,
+            peer: owner_of.get(&neighbor).cloned(),
+            neighbor,
+            established: state == "Established",
+            state,
+        })
+        .collect()
+}
+
+fn faults(state: &LabState) -> Vec<FaultStatus> {
+    state
+        .faults
+        .iter()
+        .map(|f| {
+            let mut options = match serde_json::to_value(&f.spec) {
+                Ok(serde_json::Value::Object(m)) => m.into_iter().collect(),
+                _ => BTreeMap::new(),
+            };
+            options.remove("kind");
+            options.remove("on");
+            FaultStatus {
+                id: f.id.clone(),
+                kind: f.spec.kind().to_string(),
+                on: f.spec.on().to_string(),
+                options,
+                description: f.spec.describe(),
+                note: f.note.clone(),
+            }
+        })
+        .collect()
+}
+
+/// A table as text, without the padding comfy-table leaves at line ends.
+/// A one-line description of the network, e.g. `flannel vxlan (VNI 1, port 8472)`.
+pub fn network_line(plan: &Plan) -> String {
+    plan.profile.describe()
+}
+
+/// The node and pod tables.
+pub fn tables(s: &Status) -> String {
+    let overlay = s
+        .nodes
+        .iter()
+        .find_map(|n| n.overlay.as_ref().map(|o| o.device.clone()));
+    let mut header = vec!["NODE", "IP", "SWITCH", "POD SUBNET", "eth0 MTU"];
+    let overlay_header = overlay.as_ref().map(|o| format!("{o} MTU"));
+    if let Some(h) = &overlay_header {
+        header.push(h);
+    }
+    header.push("AGENT");
+    let mut nodes = table(&header);
+    for n in &s.nodes {
+        let mut row = vec![
+            n.name.clone(),
+            n.ip.clone(),
+            n.switch.clone(),
+            n.pod_subnet.clone().unwrap_or_else(|| "-".into()),
+            n.mtu.to_string(),
+        ];
+        if overlay.is_some() {
+            row.push(n.overlay.as_ref().map_or("-".into(), |o| o.mtu.to_string()));
+        }
+        row.push(match &n.agent {
+            Some(a) if a.running => format!("{} running (pid {})", a.name, a.pid),
+            Some(a) => format!("{} NOT RUNNING (was pid {})", a.name, a.pid),
+            None => "-".into(),
+        });
+        if !n.present {
+            row[0] = format!("{} (namespace missing)", n.name);
+        }
+        nodes.add_row(row);
+    }
+    let mut out = text(&nodes);
+    if !s.pods.is_empty() {
+        let mut pods = table(&["POD", "IP", "GATEWAY", "MTU"]);
+        for p in &s.pods {
+            pods.add_row(vec![
+                p.name.clone(),
+                p.ip.clone().unwrap_or_else(|| "(none)".into()),
+                p.gateway.clone().unwrap_or_else(|| "-".into()),
+                p.mtu.to_string(),
+            ]);
+        }
+        out.push_str("\n\n");
+        out.push_str(&text(&pods));
+    }
+    out
+}
+
+/// `status` as text.
+pub fn render(s: &Status, plan: &Plan) -> String {
+    let mut out = format!(
+        "lab {} ({}) from {}: {}\n\n",
+        s.lab,
+        match s.phase {
+            Phase::Up => "up",
+            Phase::Building => "building, or its up was interrupted",
+        },
+        s.topology_file,
+        network_line(plan)
+    );
+    let mut set = table(&["SETTING", "VALUE"]);
+    for (k, v) in &s.settings {
+        set.add_row(vec![k.clone(), v.clone()]);
+    }
+    for sw in &s.switches {
+        set.add_row(vec![
+            format!("switch.{}", sw.name),
+            format!("{} mtu {}", sw.subnet, sw.mtu),
+        ]);
+    }
+    out.push_str(&text(&set));
+    out.push_str("\n\n");
+    out.push_str(&tables(s));
+    out.push_str("\n\nfaults: ");
+    out.push_str(&if s.faults.is_empty() {
+        "none".to_string()
+    } else {
+        s.faults
+            .iter()
+            .map(|f| format!("{} {}", f.id, f.description))
+            .collect::<Vec<_>>()
+            .join(", ")
+    });
+    out.push('\n');
+    out
+}
+
+/// The summary `up` prints.
+pub fn up_summary(s: &Status, plan: &Plan, total: Duration, phases: &[(String, Duration)]) -> String {
+    let mut out = format!(
+        "lab {} is up: {} nodes, {} pods, {}, in {:.2} s\n",
+        s.lab,
+        s.nodes.len(),
+        s.pods.len(),
+        network_line(plan),
+        total.as_secs_f64()
+    );
+    let ph: Vec<String> = phases
+        .iter()
+        .map(|(n, d)| format!("{n} {:.0} ms", d.as_secs_f64() * 1000.0))
+        .collect();
+    out.push_str(&format!("phases: {}\n\n", ph.join(", ")));
+    out.push_str(&tables(s));
+    out.push('\n');
+    if let (Some(a), Some(b)) = (s.pods.first(), s.pods.last()) {
+        if let Some(ip) = b.ip.as_ref().and_then(|i| i.split('/').next()) {
+            out.push_str(&format!("\nlook around:  cnilab exec {} -- ping -c1 {ip}\n", a.name));
+        }
+    } else {
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "              cnilab status; cnilab snapshot; cnilab down {}\n",
+        s.lab
+    ));
+    out
+}

@@ -1,0 +1,1819 @@
+//! `cnilab trace`: the path of one packet, hop by hop, from the lab's real
+//! kernel state. Each namespace the packet visits is read once through
+//! collect.rs (netlink, typed); everything after is a pure function of
+//! those dumps and the lab's state, so a recorded dump replays a trace
+//! without root (tests/replay.rs). In each namespace trace finds what the
+//! kernel would do (the longest-prefix match of the local, main and default
+//! tables, as `ip route get fibmatch` names the entry, with the kernel's
+//! errors for blackhole, unreachable and prohibit routes and for a martian
+//! source), reads the neighbour and FDB entries the next hop needs, follows veth
+//! pairs to their other end and bridges to their egress port, encapsulates
+//! where a VXLAN device sends and decapsulates where one receives, and
+//! checks the packet's size against every MTU on the way. The packet is an
+//! ICMP echo request of `--size` bytes (as the kernel counts it against an
+//! MTU) with DF set, as `probe ping --df` sends. At every hop it crosses
+//! the iptables chains the kernel would run for it (forwarded, delivered or
+//! sent locally) and the reverse-path filter. A packet that arrives is
+//! answered: the echo reply is traced back the same way, and only a reply
+//! that comes home makes the trace "delivered".
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use serde::Serialize;
+
+use crate::observe::collect::{
+    Dump, Neigh, NsDump, RTN_BLACKHOLE, RTN_PROHIBIT, RTN_UNREACHABLE, Route, Target, Want, dst_text, protocol_name,
+    type_name,
+};
+use crate::model::error::{Error, Result};
+use crate::observe::iptables::{self, Proto, Ruleset};
+use crate::kernel::netns;
+use crate::model::paths;
+use crate::profile::Plan;
+use crate::ops::state::LabState;
+
+/// rtm_protocol of the routes BIRD writes.
+const RTPROT_BIRD: u8 = 12;
+/// VXLAN over IPv4 adds an inner Ethernet header (14), VXLAN (8), UDP (8), IP (20).
+pub const VXLAN_OVERHEAD: u32 = 50;
+/// The most namespaces a trace visits before it calls the path a loop.
+const MAX_HOPS: usize = 40;
+
+/// One namespace the packet crosses.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct Hop {
+    /// Where: `worker1/pod-1`, `worker1`, `switch tor1`, `router spine`.
+    pub at: String,
+    /// Its namespace.
+    pub ns: String,
+    /// The interface it arrives on (none where it starts).
+    pub dev_in: Option<String>,
+    /// The interface it leaves by.
+    pub dev_out: Option<String>,
+    /// The MTU it must fit where it leaves.
+    pub mtu: Option<u32>,
+    /// The IP packet's size here (the outer packet's when encapsulated).
+    pub size: u32,
+    /// The addresses of the packet here (`src -> dst`, outer when encapsulated).
+    pub packet: String,
+    /// The table entries used, as iproute2 prints them: `route ...`, `neigh ...`, `fdb ...`.
+    pub entries: Vec<String>,
+    /// What happened, in words: encapsulation, proxy ARP, forwarding.
+    pub notes: Vec<String>,
+    /// Why the packet dies here, if it does.
+    pub drop: Option<String>,
+    /// The iptables table, chain and rule (or `policy DROP`) that drops it, if one does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netfilter: Option<Netfilter>,
+}
+
+/// Where in iptables a packet is dropped.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct Netfilter {
+    /// `filter`, `raw`, `mangle` or `nat`.
+    pub table: String,
+    /// The chain where the decision was taken.
+    pub chain: String,
+    /// The rule as iptables-save prints it, or `policy DROP`.
+    pub rule: String,
+}
+
+/// Where the round trip ends when it does not come back.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct Dropped {
+    /// `request` or `reply`.
+    pub direction: String,
+    /// The hop's number in its direction, from 1.
+    pub hop: usize,
+    /// The hop's place (`worker1`, `switch tor1`).
+    pub at: String,
+    /// iptables table, when iptables drops it.
+    pub table: Option<String>,
+    /// iptables chain, when iptables drops it.
+    pub chain: Option<String>,
+    /// iptables rule or `policy DROP`, when iptables drops it.
+    pub rule: Option<String>,
+    /// Why, in words.
+    pub why: String,
+}
+
+/// The whole path.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct Trace {
+    /// Source as written.
+    pub from: String,
+    /// Destination as written.
+    pub to: String,
+    /// Source address.
+    pub src: Ipv4Addr,
+    /// Destination address.
+    pub dst: Ipv4Addr,
+    /// IP packet size.
+    pub size: u32,
+    /// What the packet carries: `ICMP echo-request`, `TCP 179`, `UDP 8472`.
+    pub proto: String,
+    /// The request's hops.
+    pub hops: Vec<Hop>,
+    /// The reply's hops, from the destination back to the source (empty
+    /// when the request does not arrive).
+    pub reply: Vec<Hop>,
+    /// Whether the request arrives and its reply comes back.
+    pub delivered: bool,
+    /// The hop that drops the request or the reply, if one does.
+    pub dropped: Option<Dropped>,
+    /// Where it ends and why, in one line.
+    pub verdict: String,
+}
+
+/// A packet in flight: inner addresses, and the outer header when encapsulated.
+#[derive(Debug, Clone)]
+struct Packet {
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    size: u32,
+    /// UDP destination port, for an outer VXLAN packet.
+    udp_port: Option<u16>,
+    /// The packet inside, with the VNI.
+    inner: Option<Box<(Packet, u32)>>,
+    /// The inner frame's destination MAC, for an outer VXLAN packet.
+    inner_mac: Option<String>,
+    /// The transport header iptables sees.
+    proto: Proto,
+    /// Whether conntrack has seen the other direction: the echo reply.
+    established: bool,
+}
+
+impl Packet {
+    /// The packet the destination sends back: an echo reply, or the answer to a UDP or TCP packet.
+    fn reply(&self) -> Packet {
+        let proto = match self.proto {
+            Proto::Icmp(_) => Proto::Icmp(0),
+            Proto::Udp { sport, dport } => Proto::Udp {
+                sport: dport,
+                dport: sport,
+            },
+            Proto::Tcp { sport, dport } => Proto::Tcp {
+                sport: dport,
+                dport: sport,
+            },
+        };
+        Packet {
+            src: self.dst,
+            dst: self.src,
+            size: self.size,
+            udp_port: None,
+            inner: None,
+            inner_mac: None,
+            proto,
+            established: true,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match &self.inner {
+            None => format!("{} -> {} {}", self.src, self.dst, proto_text(self.proto)),
+            Some(b) => format!(
+                "outer {} -> {} UDP {} VNI {} [inner {} -> {}]",
+                self.src,
+                self.dst,
+                self.udp_port.unwrap_or(0),
+                b.1,
+                b.0.src,
+                b.0.dst
+            ),
+        }
+    }
+}
+
+fn proto_text(p: Proto) -> String {
+    match p {
+        Proto::Icmp(8) => "ICMP echo-request".into(),
+        Proto::Icmp(0) => "ICMP echo-reply".into(),
+        Proto::Icmp(t) => format!("ICMP type {t}"),
+        Proto::Udp { sport, dport } => format!("UDP {}", ports_text(sport, dport)),
+        Proto::Tcp { sport, dport } => format!("TCP {}", ports_text(sport, dport)),
+    }
+}
+
+/// `8472`, or `from 8472` for a reply, whose destination port is the request's unknown source port.
+fn ports_text(sport: Option<u16>, dport: Option<u16>) -> String {
+    match (sport, dport) {
+        (_, Some(d)) => d.to_string(),
+        (Some(s), None) => format!("from {s}"),
+        (None, None) => "?".into(),
+    }
+}
+
+/// What cnilab knows a namespace to be.
+#[derive(Debug, Clone)]
+enum Place {
+    Pod {
+        node: String,
+        pod: String,
+    },
+    Node(String),
+    Router(String),
+    /// The uplink of a switch without a router, holding its .1.
+    Uplink(String),
+    Fabric,
+    Leaf {
+        switch: String,
+    },
+}
+
+/// A namespace's collected state, read once per trace.
+struct View {
+    name: String,
+    d: NsDump,
+    /// iptables rules, parsed when first needed.
+    rules: std::cell::OnceCell<Ruleset>,
+}
+
+impl View {
+    fn new(name: &str, d: NsDump) -> View {
+        View {
+            name: name.to_string(),
+            d,
+            rules: Default::default(),
+        }
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn link(&self, name: &str) -> Option<&crate::observe::collect::Link> {
+        self.d.link(name)
+    }
+
+    fn kind(&self, name: &str) -> &str {
+        self.link(name).map_or("", |l| l.kind.as_str())
+    }
+
+    fn mtu(&self, name: &str) -> Option<u32> {
+        self.link(name).and_then(|l| l.mtu)
+    }
+
+    fn up(&self, name: &str) -> bool {
+        self.link(name).is_some_and(|l| l.up && l.lower_up)
+    }
+
+    /// The bridge `dev` is a port of.
+    fn master(&self, dev: &str) -> Option<String> {
+        let m = self.link(dev)?.master?;
+        self.d.name_of(m).map(str::to_string)
+    }
+
+    /// The device holding `ip` as one of its addresses.
+    fn local(&self, ip: Ipv4Addr) -> Option<String> {
+        self.d.local(ip).map(str::to_string)
+    }
+
+    /// Every iptables table here.
+    fn iptables(&self) -> &Ruleset {
+        self.rules.get_or_init(|| Ruleset::parse(&self.d.iptables))
+    }
+
+    /// Every IPv4 address of this namespace.
+    fn addresses(&self) -> Vec<Ipv4Addr> {
+        self.d.addrs.iter().map(|a| a.ip).collect()
+    }
+
+    /// The first address of device `dev`: what MASQUERADE puts as the source.
+    fn address_of(&self, dev: &str) -> Option<Ipv4Addr> {
+        let l = self.link(dev)?;
+        self.d.addrs.iter().find(|a| a.index == l.index).map(|a| a.ip)
+    }
+
+    fn sysctl(&self, key: &str) -> Option<String> {
+        self.d.sysctl(key).map(str::to_string)
+    }
+
+    /// A route's device name.
+    fn dev_of(&self, r: &Route) -> Option<&str> {
+        r.oif.and_then(|i| self.d.name_of(i))
+    }
+}
+
+/// A route as `ip route` prints it.
+fn route_text(view: &View, r: &Route) -> String {
+    let mut s = String::new();
+    if r.kind != crate::observe::collect::RTN_UNICAST {
+        s.push_str(&type_name(r.kind));
+        s.push(' ');
+    }
+    s.push_str(&dst_text(r));
+    if let Some(g) = r.gateway {
+        s.push_str(&format!(" via {g}"));
+    }
+    if let Some(d) = view.dev_of(r) {
+        s.push_str(&format!(" dev {d}"));
+    }
+    if r.protocol != 3 {
+        s.push_str(&format!(" proto {}", protocol_name(r.protocol)));
+    }
+    match r.scope {
+        0 => {}
+        200 => s.push_str(" scope site"),
+        253 => s.push_str(" scope link"),
+        254 => s.push_str(" scope host"),
+        255 => s.push_str(" scope nowhere"),
+        n => s.push_str(&format!(" scope {n}")),
+    }
+    if let Some(m) = r.mtu {
+        s.push_str(&format!(" mtu {m}"));
+    }
+    if r.onlink {
+        s.push_str(" onlink");
+    }
+    s
+}
+
+/// The lab's names for addresses and namespaces.
+struct Lab<'a> {
+    state: &'a LabState,
+    plan: &'a Plan,
+    owners: BTreeMap<Ipv4Addr, (String, String)>,
+    /// Address rewrites by the nat table on the request, which conntrack
+    /// undoes on the reply: (namespace, whether the source was rewritten,
+    /// address before, address after).
+    nat: std::cell::RefCell<Vec<(String, bool, Ipv4Addr, Ipv4Addr)>>,
+    /// Each namespace read once: a trace visits nodes several times, both ways.
+    views: std::cell::RefCell<BTreeMap<String, std::rc::Rc<View>>>,
+    /// A recorded dump to read instead of the kernel.
+    recorded: Option<&'a Dump>,
+}
+
+impl<'a> Lab<'a> {
+    fn new(state: &'a LabState, recorded: Option<&'a Dump>) -> Lab<'a> {
+        let plan = &state.plan;
+        let mut owners = BTreeMap::new();
+        for n in &plan.nodes {
+            owners.insert(n.ip, (format!("eth0 of {}", n.name), n.ns.clone()));
+            for p in &n.pods {
+                let key = format!("{}/{}", n.name, p.name);
+                if let Some(ip) = state
+                    .pods
+                    .get(&key)
+                    .and_then(|s| s.ip.as_deref())
+                    .and_then(|ip| ip.split('/').next())
+                    .and_then(|ip| ip.parse().ok())
+                {
+                    owners.insert(ip, (format!("pod {key}"), p.ns.clone()));
+                }
+            }
+        }
+        for (ip, what, ns) in plan.profile.address_owners(plan) {
+            owners.insert(ip, (what, ns));
+        }
+        for r in &plan.routers {
+            for p in &r.ports {
+                owners.insert(p.ip, (format!("{} of router {}", p.ifname, r.name), r.ns.clone()));
+            }
+        }
+        for s in &plan.switches {
+            if let Some(u) = &s.uplink {
+                owners.insert(u.ip, (format!("the uplink of switch {}", s.name), u.ns.clone()));
+            }
+        }
+        Lab {
+            state,
+            plan,
+            owners,
+            nat: Default::default(),
+            views: Default::default(),
+            recorded,
+        }
+    }
+
+    /// The namespace's links, addresses and rules, read on its first visit.
+    fn view(&self, ns: &str) -> Result<std::rc::Rc<View>> {
+        if let Some(v) = self.views.borrow().get(ns) {
+            return Ok(v.clone());
+        }
+        let d = match self.recorded {
+            Some(dump) => dump.namespaces.get(ns).cloned().ok_or_else(|| {
+                Error::usage(
+                    format!("namespace {ns} is not in the recorded dump"),
+                    "record the dump again from the whole lab",
+                )
+            })?,
+            None => {
+                let mut t = Target::new(ns);
+                t.bird_socket = self.bird_socket(ns);
+                crate::observe::collect::collect_blocking(t, Want { trace: true })?
+            }
+        };
+        let v = std::rc::Rc::new(View::new(ns, d));
+        self.views.borrow_mut().insert(ns.to_string(), v.clone());
+        Ok(v)
+    }
+
+    /// The names of the lab's namespaces.
+    fn namespaces(&self) -> Vec<String> {
+        match self.recorded {
+            Some(d) => d.namespaces.keys().cloned().collect(),
+            None => netns::list(),
+        }
+    }
+
+    fn place(&self, ns: &str) -> Place {
+        for n in &self.plan.nodes {
+            if n.ns == ns {
+                return Place::Node(n.name.clone());
+            }
+            if let Some(p) = n.pods.iter().find(|p| p.ns == ns) {
+                return Place::Pod {
+                    node: n.name.clone(),
+                    pod: p.name.clone(),
+                };
+            }
+        }
+        if let Some(r) = self.plan.routers.iter().find(|r| r.ns == ns) {
+            return Place::Router(r.name.clone());
+        }
+        if let Some(s) = self
+            .plan
+            .switches
+            .iter()
+            .find(|s| s.uplink.as_ref().is_some_and(|u| u.ns == ns))
+        {
+            return Place::Uplink(s.name.clone());
+        }
+        for sw in &self.plan.switches {
+            let leaf = paths::infra_ns(&self.plan.lab, &format!("upstream-{}-", sw.name));
+            if ns
+                .strip_prefix(&leaf)
+                .is_some_and(|i| i.chars().all(|c| c.is_ascii_digit()))
+            {
+                return Place::Leaf {
+                    switch: sw.name.clone(),
+                };
+            }
+        }
+        Place::Fabric
+    }
+
+    fn label(&self, ns: &str, bridge: Option<&str>) -> String {
+        match self.place(ns) {
+            Place::Pod { node, pod } => format!("{node}/{pod}"),
+            Place::Node(n) => n,
+            Place::Router(r) => format!("router {r}"),
+            Place::Uplink(s) => format!("uplink of switch {s}"),
+            Place::Fabric => format!("switch {}", bridge.unwrap_or("?")),
+            Place::Leaf { switch } => format!("switch {switch} (upstream leaf)"),
+        }
+    }
+
+    /// The other end of veth `dev` in `view`: its namespace and name, by
+    /// the peer's namespace id and interface index, as the kernel records them.
+    /// Also returns the far end's MAC.
+    fn peer(&self, view: &View, dev: &str) -> Option<(String, String, Option<String>)> {
+        let l = view.link(dev)?;
+        let other = l.peer?;
+        // A peer in the same namespace has no namespace id, and ip names it
+        // rather than giving its index: it is not followed.
+        let ns = match l.peer_netnsid? {
+            id if id < 0 => view.name().to_string(),
+            id => view.d.nsids.get(&id)?.clone(),
+        };
+        let far = self.view(&ns).ok()?;
+        let link = far.d.link_at(other)?;
+        Some((ns, link.name.clone(), link.mac.clone()))
+    }
+
+    /// The control socket of the BIRD of the node or router in `ns`.
+    fn bird_socket(&self, ns: &str) -> Option<std::path::PathBuf> {
+        let owner = match self.place(ns) {
+            Place::Node(n) | Place::Router(n) => n,
+            _ => return None,
+        };
+        let paths = self.state.paths();
+        let spec = self
+            .plan
+            .profile
+            .agents(self.plan, &paths)
+            .into_iter()
+            .find(|a| a.owner == owner && a.name == "bird")?;
+        Some(spec.ready)
+    }
+
+    /// BIRD's own entry for `prefix` in the BIRD of the node or router in `ns`.
+    fn bird_route(&self, ns: &str, prefix: &str) -> Option<crate::kernel::bird::BgpRoute> {
+        let view = self.view(ns).ok()?;
+        view.d.bgp_routes.iter().find(|r| r.prefix == prefix).cloned()
+    }
+
+    fn owner(&self, ip: Ipv4Addr) -> Option<&(String, String)> {
+        self.owners.get(&ip)
+    }
+
+    fn faults_on(&self, ns: &str) -> Vec<String> {
+        let target = match self.place(ns) {
+            Place::Pod { node, pod } => format!("{node}/{pod}"),
+            Place::Node(n) => n,
+            Place::Router(r) => r,
+            _ => return Vec::new(),
+        };
+        self.state
+            .faults
+            .iter()
+            .filter(|f| f.spec.on() == target)
+            .map(|f| format!("active fault {}: {}", f.id, f.spec.describe()))
+            .collect()
+    }
+}
+
+/// Traces one packet of `size` bytes from `from` to `to`, and its reply:
+/// an ICMP echo, or a UDP or TCP packet to a port.
+pub fn trace(state: &LabState, from: &str, to: &str, size: u32, proto: Proto) -> Result<Trace> {
+    run(state, None, from, to, size, proto)
+}
+
+/// Traces a packet through a recorded dump of the lab instead of the
+/// kernel: a pure function of the state and the dump.
+pub fn trace_dump(state: &LabState, dump: &Dump, from: &str, to: &str, size: u32, proto: Proto) -> Result<Trace> {
+    run(state, Some(dump), from, to, size, proto)
+}
+
+fn run(state: &LabState, dump: Option<&Dump>, from: &str, to: &str, size: u32, proto: Proto) -> Result<Trace> {
+    if !(28..=65535).contains(&size) {
+        return Err(Error::usage(
+            format!("--size {size} is not an IPv4 packet size"),
+            "give the IP packet's size in bytes, 28 to 65535 (a default ping is 84)",
+        ));
+    }
+    let src = crate::observe::probe::source(state, from)?;
+    let dst = crate::observe::probe::dest(state, to)?;
+    let lab = Lab::new(state, dump);
+    let start = lab.view(&src.ns)?;
+    let src_ip = start
+        .d
+        .route_get(dst.ip, None, None)
+        .ok()
+        .and_then(|r| r.prefsrc)
+        .unwrap_or(Ipv4Addr::UNSPECIFIED);
+    drop(start);
+    let mut t = Trace {
+        from: from.to_string(),
+        to: to.to_string(),
+        src: src_ip,
+        dst: dst.ip,
+        size,
+        proto: proto_text(proto),
+        hops: Vec::new(),
+        reply: Vec::new(),
+        delivered: false,
+        dropped: None,
+        verdict: String::new(),
+    };
+    let mut pkt = Packet {
+        src: src_ip,
+        dst: dst.ip,
+        size,
+        udp_port: None,
+        inner: None,
+        inner_mac: None,
+        proto,
+        established: false,
+    };
+    let there = match follow(&lab, &src.ns, &mut pkt, &mut t.hops)? {
+        End::Arrived(ns) => ns,
+        End::Stopped(why) => {
+            t.dropped = dropped("request", &t.hops, &why);
+            t.verdict = why;
+            return Ok(t);
+        }
+    };
+    let arrived = lab.label(&there, None);
+    // The destination answers from the address the request reached.
+    let mut back = pkt.reply();
+    match follow(&lab, &there, &mut back, &mut t.reply)? {
+        End::Arrived(ns) if ns == src.ns => {
+            t.delivered = true;
+            t.verdict = format!(
+                "delivered to {arrived}, and the reply came back to {}",
+                lab.label(&ns, None)
+            );
+            if !matches!(proto, Proto::Icmp(_)) {
+                t.verdict
+                    .push_str(" (the path both ways; whether a socket listens on that port is not checked)");
+            }
+            let maybe = t
+                .hops
+                .iter()
+                .chain(&t.reply)
+                .flat_map(|h| &h.notes)
+                .filter(|n| n.starts_with("may match"))
+                .count();
+            if maybe > 0 {
+                t.verdict.push_str(&format!(
+                    "; but {maybe} iptables rule(s) on the way may match (see the notes): the packet may still be dropped"
+                ));
+            }
+        }
+        End::Arrived(ns) => {
+            t.verdict = format!(
+                "the request reached {arrived}, but the reply to {} went to {}, not to {}",
+                back.dst,
+                lab.label(&ns, None),
+                lab.label(&src.ns, None)
+            );
+        }
+        End::Stopped(why) => {
+            t.dropped = dropped("reply", &t.reply, &why);
+            t.verdict = format!("the request reached {arrived}, but the reply does not come back: {why}");
+        }
+    }
+    Ok(t)
+}
+
+/// Where one direction ends.
+enum End {
+    /// In this namespace, which owns the destination address.
+    Arrived(String),
+    /// Dropped, or out of the lab, or a loop: the verdict in words.
+    Stopped(String),
+}
+
+/// The drop at the last of `hops`, if that hop drops the packet.
+fn dropped(direction: &str, hops: &[Hop], verdict: &str) -> Option<Dropped> {
+    let h = hops.last()?;
+    let why = h.drop.clone()?;
+    let nf = h.netfilter.as_ref();
+    Some(Dropped {
+        direction: direction.to_string(),
+        hop: hops.len(),
+        at: h.at.clone(),
+        table: nf.map(|n| n.table.clone()),
+        chain: nf.map(|n| n.chain.clone()),
+        rule: nf.map(|n| n.rule.clone()),
+        why: if why.is_empty() { verdict.to_string() } else { why },
+    })
+}
+
+/// Follows `pkt` from namespace `start`, which sends it, hop by hop.
+fn follow(lab: &Lab, start: &str, pkt: &mut Packet, hops: &mut Vec<Hop>) -> Result<End> {
+    let mut at = start.to_string();
+    let mut dev_in: Option<String> = None;
+    let mut via: Option<Ipv4Addr> = None;
+    for _ in 0..MAX_HOPS {
+        let view = lab.view(&at)?;
+        let first = hops.last().is_none_or(|h| h.ns != at);
+        let step = visit(lab, &view, dev_in.as_deref(), via, first, pkt)?;
+        let hop_at = step.hop.at.clone();
+        let dropped = step.hop.drop.clone();
+        hops.push(step.hop);
+        if let Some(why) = dropped {
+            return Ok(End::Stopped(format!("dropped at {hop_at}: {why}")));
+        }
+        match step.next {
+            Next::Delivered => return Ok(End::Arrived(at)),
+            Next::Leaves(why) => return Ok(End::Stopped(why)),
+            Next::Go { ns, dev, via: v } => {
+                at = ns;
+                dev_in = dev;
+                via = v;
+            }
+        }
+    }
+    Ok(End::Stopped(format!(
+        "gave up after {MAX_HOPS} hops: a forwarding loop?"
+    )))
+}
+
+enum Next {
+    Delivered,
+    Leaves(String),
+    /// On to namespace `ns`, arriving on `dev` (none: sent by `ns` itself),
+    /// in a frame for the owner of `via` (the next hop's address).
+    Go {
+        ns: String,
+        dev: Option<String>,
+        via: Option<Ipv4Addr>,
+    },
+}
+
+struct Step {
+    hop: Hop,
+    next: Next,
+}
+
+fn hop(lab: &Lab, view: &View, dev_in: Option<&str>, pkt: &Packet, bridge: Option<&str>) -> Hop {
+    Hop {
+        at: lab.label(view.name(), bridge),
+        ns: view.name().to_string(),
+        dev_in: dev_in.map(str::to_string),
+        dev_out: None,
+        mtu: None,
+        size: pkt.size,
+        packet: pkt.describe(),
+        entries: Vec::new(),
+        notes: lab.faults_on(view.name()),
+        drop: None,
+        netfilter: None,
+    }
+}
+
+/// One namespace: what the kernel does with the packet there.
+fn visit(
+    lab: &Lab,
+    view: &View,
+    dev_in: Option<&str>,
+    via: Option<Ipv4Addr>,
+    first: bool,
+    pkt: &mut Packet,
+) -> Result<Step> {
+    if matches!(lab.place(view.name()), Place::Fabric | Place::Leaf { .. }) {
+        return switch(lab, view, dev_in.unwrap_or(""), via.unwrap_or(pkt.dst), pkt);
+    }
+    let mut h = hop(lab, view, dev_in, pkt, None);
+    if !first {
+        h.notes.clear();
+    }
+    if let Some(q) = netem(view, None).filter(|_| first) {
+        h.entries.push(q);
+        h.notes.push("netem drops or delays a share of packets here".into());
+    }
+    let l3_in = match dev_in {
+        None => None,
+        Some(i) => match arrive(lab, view, &mut h, i, via, pkt)? {
+            Arrival::Ip(l3) => Some(l3),
+            Arrival::Done(next) => return Ok(Step { hop: h, next }),
+        },
+    };
+    if let Some(dev) = view.local(pkt.dst) {
+        return deliver(lab, view, h, l3_in.as_deref(), &dev, pkt);
+    }
+    route_out(lab, view, h, l3_in, pkt)
+}
+
+/// What happens to a packet that arrives on an interface.
+enum Arrival {
+    /// IP takes it from this interface (the bridge, for a bridge port).
+    Ip(String),
+    /// It goes no further through IP here: dropped, or bridged on.
+    Done(Next),
+}
+
+/// The packet comes in on `dev`: the link, the bridge it may belong to,
+/// PREROUTING, conntrack's undoing of NAT for a reply, and rp_filter.
+fn arrive(lab: &Lab, view: &View, h: &mut Hop, dev: &str, via: Option<Ipv4Addr>, pkt: &mut Packet) -> Result<Arrival> {
+    let stop = Ok(Arrival::Done(Next::Delivered));
+    if !view.up(dev) {
+        h.drop = Some(format!("{dev} is down"));
+        return stop;
+    }
+    if let Some(m) = view.mtu(dev) {
+        if pkt.size > m {
+            h.drop = Some(format!(
+                "{} bytes arrive on {dev}, whose MTU is {m}: a veth drops what does not fit its receiving end",
+                pkt.size
+            ));
+            return stop;
+        }
+    }
+    let master = view.master(dev);
+    let l3 = match master {
+        Some(br) if via.is_some_and(|v| view.local(v).is_none()) => {
+            return bridged(lab, view, h, dev, &br, via.unwrap_or(pkt.dst), pkt).map(Arrival::Done);
+        }
+        // A bridge port hands frames for the bridge's own MAC up to the
+        // bridge, which is where IP sees them arrive.
+        Some(br) => {
+            h.notes.push(format!(
+                "{dev} is a port of bridge {br}: the frame is for {br}'s MAC, so IP takes it from {br}"
+            ));
+            br
+        }
+        None => dev.to_string(),
+    };
+    if netfilter(lab, view, h, pkt, PREROUTING, Some(&l3), None, "on arrival") {
+        return stop;
+    }
+    if pkt.established {
+        unnat(lab, view, h, pkt);
+    }
+    if rp_filtered(view, h, pkt, &l3) {
+        return stop;
+    }
+    Ok(Arrival::Ip(l3))
+}
+
+/// Conntrack undoes on a reply the rewrite the nat table did on its request here.
+fn unnat(lab: &Lab, view: &View, h: &mut Hop, pkt: &mut Packet) {
+    for (ns, source, before, after) in lab.nat.borrow().iter() {
+        if ns != view.name() {
+            continue;
+        }
+        if *source && pkt.dst == *after {
+            h.notes.push(format!(
+                "conntrack undoes the request's source NAT: destination {after} becomes {before} again"
+            ));
+            pkt.dst = *before;
+        } else if !*source && pkt.src == *after {
+            h.notes.push(format!(
+                "conntrack undoes the request's destination NAT: source {after} becomes {before} again"
+            ));
+            pkt.src = *before;
+        }
+    }
+}
+
+/// Reverse-path filtering: with rp_filter 1 (strict) the route back to the
+/// source must leave by the interface the packet came in on; with 2
+/// (loose) there must be a route back at all. True when it drops.
+fn rp_filtered(view: &View, h: &mut Hop, pkt: &Packet, dev: &str) -> bool {
+    let read = |k: &str| {
+        view.sysctl(&format!("net/ipv4/conf/{k}/rp_filter"))
+            .and_then(|v| v.parse::<u8>().ok())
+            .unwrap_or(0)
+    };
+    let (all, here) = (read("all"), read(dev));
+    let mode = all.max(here);
+    if mode == 0 {
+        return false;
+    }
+    let rule = format!("rp_filter = {mode} on {dev} (the larger of all = {all} and {dev} = {here})");
+    match view.d.route_get(pkt.src, None, None) {
+        Err(e) => {
+            h.drop = Some(format!(
+                "{rule}: there is no route back to the source {} ({e})",
+                pkt.src
+            ));
+            true
+        }
+        Ok(r) if mode == 1 && r.dev.as_deref() != Some(dev) => {
+            h.drop = Some(format!(
+                "{rule}, strict: the route back to the source {} leaves by {}, not by {dev} where the packet came in, so the kernel drops it as spoofed",
+                pkt.src,
+                r.dev.as_deref().unwrap_or("?")
+            ));
+            true
+        }
+        Ok(_) => {
+            h.notes.push(format!(
+                "{rule}: the route back to {} passes the reverse-path check",
+                pkt.src
+            ));
+            false
+        }
+    }
+}
+
+/// A frame not for the bridge's own MAC: the bridge forwards it to the port
+/// that leads to `via`; with br_netfilter on, iptables sees it on the way.
+fn bridged(lab: &Lab, view: &View, h: &mut Hop, port: &str, br: &str, via: Ipv4Addr, pkt: &mut Packet) -> Result<Next> {
+    h.notes.push(format!(
+        "{port} is a port of bridge {br} and the frame is for {via}, not for {br}: the bridge forwards it"
+    ));
+    let owner = lab.owner(via).map(|o| o.1.clone());
+    let out = bridge_ports(view, br)
+        .into_iter()
+        .find(|p| p != port && lab.peer(view, p).is_some_and(|(ns, ..)| Some(&ns) == owner.as_ref()));
+    let Some(out) = out else {
+        h.drop = Some(format!("no port of {br} leads to {via}"));
+        return Ok(Next::Delivered);
+    };
+    h.dev_out = Some(format!("{br} port {out}"));
+    h.mtu = view.mtu(&out);
+    if view.sysctl("net/bridge/bridge-nf-call-iptables").as_deref() == Some("1") {
+        h.notes.push(format!(
+            "bridge-nf-call-iptables = 1: iptables sees the bridged packet, in and out {br}"
+        ));
+        let chains = [PREROUTING, FORWARD, POSTROUTING].concat();
+        if netfilter(
+            lab,
+            view,
+            h,
+            pkt,
+            &chains,
+            Some(br),
+            Some(br),
+            "as the bridge forwards it",
+        ) {
+            return Ok(Next::Delivered);
+        }
+    }
+    Ok(match lab.peer(view, &out) {
+        Some((ns, dev, _)) => Next::Go {
+            ns,
+            dev: Some(dev),
+            via: Some(via),
+        },
+        None => Next::Leaves(format!("leaves through {out}, whose other end is outside the lab")),
+    })
+}
+
+/// Addressed to this namespace: INPUT, then delivered or decapsulated.
+fn deliver(lab: &Lab, view: &View, mut h: Hop, l3_in: Option<&str>, dev: &str, pkt: &mut Packet) -> Result<Step> {
+    let done = |h: Hop, next: Next| Ok(Step { hop: h, next });
+    if l3_in.is_some() && netfilter(lab, view, &mut h, pkt, INPUT, l3_in, None, "as it is delivered here") {
+        return done(h, Next::Delivered);
+    }
+    let Some(port) = pkt.udp_port else {
+        h.notes.push(format!("{} is the address of {dev} here", pkt.dst));
+        return done(h, Next::Delivered);
+    };
+    let vx = view
+        .d
+        .links
+        .iter()
+        .find(|l| l.kind == "vxlan" && l.vxlan.as_ref().and_then(|v| v.port) == Some(port));
+    let (inner, vni) = *pkt.inner.take().expect("outer packets carry one");
+    let Some(l) = vx else {
+        h.drop = Some(format!(
+            "nothing listens on UDP {port} here: no VXLAN device with that port"
+        ));
+        return done(h, Next::Delivered);
+    };
+    let name = l.name.clone();
+    let mine = l.mac.as_deref().unwrap_or("");
+    if let Some(want) = pkt.inner_mac.as_deref().filter(|m| *m != mine) {
+        h.drop = Some(format!(
+            "{name} decapsulates it, but the inner frame is for MAC {want} and {name} here has MAC {mine}: the sender's neighbour and FDB entries still name an old VTEP (stale until the agent resyncs), so IP discards the frame as not its own"
+        ));
+        return done(h, Next::Delivered);
+    }
+    h.notes.push(format!(
+        "UDP {port} to {} is decapsulated by {name} (VNI {vni}); the inner {} -> {} enters as if {name} received it",
+        pkt.dst, inner.src, inner.dst
+    ));
+    *pkt = inner;
+    done(
+        h,
+        Next::Go {
+            ns: view.name().to_string(),
+            dev: Some(name),
+            via: None,
+        },
+    )
+}
+
+/// Not for this namespace: forwarded (it came in on `l3_in`) or sent by it.
+fn route_out(lab: &Lab, view: &View, mut h: Hop, l3_in: Option<String>, pkt: &mut Packet) -> Result<Step> {
+    let done = |h: Hop, next: Next| Ok(Step { hop: h, next });
+    let forwarding = l3_in.is_some();
+    if forwarding && view.sysctl("net/ipv4/ip_forward").as_deref() == Some("0") {
+        h.drop = Some(format!(
+            "net.ipv4.ip_forward = 0 here: the kernel does not forward packets that arrive on {}",
+            l3_in.as_deref().unwrap_or("")
+        ));
+        return done(h, Next::Delivered);
+    }
+    // The table entry, then the kernel's full decision.
+    let Some(entry) = view.d.fib(pkt.dst) else {
+        h.drop = Some(format!("no route to {} (Network is unreachable)", pkt.dst));
+        return done(h, Next::Delivered);
+    };
+    h.entries.push(format!("route {}", route_text(view, entry)));
+    if [RTN_BLACKHOLE, RTN_UNREACHABLE, RTN_PROHIBIT].contains(&entry.kind) {
+        let t = type_name(entry.kind);
+        let why = match (entry.kind, entry.protocol) {
+            (RTN_BLACKHOLE, RTPROT_BIRD) => format!(
+                "the {t} route for {} matches: BIRD installs it for this node's own block, and no pod here has {}",
+                dst_text(entry),
+                pkt.dst
+            ),
+            _ => format!("the {t} route {} matches", route_text(view, entry)),
+        };
+        h.drop = Some(why);
+        return done(h, Next::Delivered);
+    }
+    let from = forwarding.then_some(pkt.src);
+    let r = match view.d.route_get(pkt.dst, from, l3_in.as_deref()) {
+        Ok(r) => r,
+        Err(e) => {
+            h.drop = Some(format!("the kernel refuses to route it: {e}"));
+            return done(h, Next::Delivered);
+        }
+    };
+    let Some(out) = r.dev.clone() else {
+        h.drop = Some("the route names no device".into());
+        return done(h, Next::Delivered);
+    };
+    bird_notes(lab, view, &mut h, entry, r.gateway);
+    h.dev_out = Some(out.clone());
+    let gw: Ipv4Addr = r.gateway.unwrap_or(pkt.dst);
+    let mtu = entry.mtu.or_else(|| view.mtu(&out));
+    h.mtu = mtu;
+    if !view.up(&out) {
+        h.drop = Some(format!("{out} is down"));
+        return done(h, Next::Delivered);
+    }
+    if let Some(m) = mtu {
+        if pkt.size > m {
+            h.drop = Some(if forwarding {
+                format!(
+                    "{} bytes do not fit {out}'s MTU {m} and DF is set: the kernel drops it and sends ICMP \"fragmentation needed, mtu {m}\" to {}",
+                    pkt.size, pkt.src
+                )
+            } else {
+                format!(
+                    "{} bytes do not fit {out}'s MTU {m}: the sender's own kernel refuses a DF packet that size (EMSGSIZE, ping says \"message too long, mtu={m}\")",
+                    pkt.size
+                )
+            });
+            return done(h, Next::Delivered);
+        }
+    }
+    let (chains, when) = match forwarding {
+        true => (FORWARD, "as it is forwarded"),
+        false => (OUTPUT, "as it is sent"),
+    };
+    if netfilter(lab, view, &mut h, pkt, chains, l3_in.as_deref(), Some(&out), when)
+        || netfilter(lab, view, &mut h, pkt, POSTROUTING, None, Some(&out), "on its way out")
+    {
+        return done(h, Next::Delivered);
+    }
+    if let Some(q) = netem(view, Some(&out)).filter(|q| q.contains("loss 100%")) {
+        h.entries.push(q);
+        h.drop = Some(format!("netem on {out} drops every packet it sends (loss 100%)"));
+        return done(h, Next::Delivered);
+    }
+    if view.kind(&out) == "vxlan" {
+        return encapsulate(lab, view, h, &out, gw, pkt);
+    }
+    link_layer(lab, view, h, &out, gw, pkt)
+}
+
+/// Where BIRD learned the route the kernel uses, for a route BIRD wrote.
+fn bird_notes(lab: &Lab, view: &View, h: &mut Hop, e: &Route, gateway: Option<Ipv4Addr>) {
+    {
+        if e.protocol == RTPROT_BIRD {
+            let prefix = &dst_text(e);
+            if let Some(b) = lab.bird_route(view.name(), prefix) {
+                h.entries.push(format!(
+                    "bird {} via {} from session {} (origin {}, AS path [{}])",
+                    b.prefix, b.via, b.from, b.origin, b.as_path
+                ));
+            }
+            let by = gateway.map_or("a BGP peer".to_string(), |g| match lab.owner(g) {
+                Some((_, ns)) => format!("{} ({g})", lab.label(ns, None)),
+                None => g.to_string(),
+            });
+            h.notes.push(format!(
+                "learned over BGP: {by} announced {prefix}, and BIRD's kernel protocol wrote the route (proto bird)"
+            ));
+        }
+    }
+}
+
+/// The neighbour entry for `gw` on `dev` (what `ip neigh show GW dev DEV` lists first).
+fn neighbour<'v>(view: &'v View, gw: Ipv4Addr, dev: &str) -> Option<&'v Neigh> {
+    let index = view.link(dev)?.index;
+    view.d
+        .neighbours
+        .iter()
+        .find(|n| n.dst == Some(gw) && n.ifindex == index)
+}
+
+fn neigh_text(n: &Neigh, gw: Ipv4Addr, dev: &str) -> String {
+    let state = neigh_states(n).join(",");
+    match &n.lladdr {
+        Some(mac) => format!("neigh {gw} dev {dev} lladdr {mac} {state}"),
+        None => format!("neigh {gw} dev {dev} {state}"),
+    }
+}
+
+/// Sending through a VXLAN device: the neighbour gives the remote VTEP's
+/// MAC, the FDB the remote VTEP's address; the packet gets its outer header.
+fn encapsulate(lab: &Lab, view: &View, mut h: Hop, dev: &str, gw: Ipv4Addr, pkt: &mut Packet) -> Result<Step> {
+    let info = view.link(dev).and_then(|l| l.vxlan.clone()).unwrap_or_default();
+    let vni = info.id.unwrap_or(0);
+    let port = info.port.unwrap_or(4789);
+    let local: Option<Ipv4Addr> = info.local;
+    let Some(n) = neighbour(view, gw, dev).filter(|n| n.lladdr.is_some()) else {
+        h.drop = Some(format!(
+            "no neighbour entry for {gw} on {dev}: the agent writes one per remote node (flannel: per lease) and {dev} does not ARP; is the agent running?"
+        ));
+        return Ok(Step {
+            hop: h,
+            next: Next::Delivered,
+        });
+    };
+    h.entries.push(neigh_text(n, gw, dev));
+    if n.state & NUD_PERMANENT != 0 {
+        h.notes.push(format!(
+            "{dev} does no ARP: the agent wrote this neighbour and the FDB entry below for the remote node"
+        ));
+    }
+    let mac = n.lladdr.clone().unwrap_or_default();
+    let index = view.link(dev).map(|l| l.index);
+    let entry = view
+        .d
+        .fdb
+        .iter()
+        .find(|e| Some(e.ifindex) == index && e.mac.as_deref() == Some(mac.as_str()) && e.dst.is_some());
+    let Some(e) = entry else {
+        h.drop = Some(format!(
+            "no FDB entry for {mac} on {dev}: the kernel does not know which node has that VTEP (learning is off)"
+        ));
+        return Ok(Step {
+            hop: h,
+            next: Next::Delivered,
+        });
+    };
+    let remote: Ipv4Addr = e.dst.unwrap_or(Ipv4Addr::UNSPECIFIED);
+    h.entries.push(
+        format!("fdb {mac} dev {dev} dst {remote} {}", fdb_state(e.state))
+            .trim_end()
+            .to_string(),
+    );
+    let outer = pkt.size + VXLAN_OVERHEAD;
+    h.notes.push(format!(
+        "encapsulated by {dev}: outer {} -> {remote} UDP dport {port} VNI {vni}; {} + {VXLAN_OVERHEAD} = {outer} bytes on the underlay",
+        local.map_or("?".to_string(), |l| l.to_string()),
+        pkt.size
+    ));
+    if let Some(o) = lab.owner(remote) {
+        h.notes.push(format!("{remote} is {}", o.0));
+    }
+    let inner = std::mem::replace(
+        pkt,
+        Packet {
+            src: local.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            dst: remote,
+            size: outer,
+            udp_port: Some(port),
+            inner: None,
+            inner_mac: Some(mac.clone()),
+            // The source port is a hash of the inner flow: rules on it "may match".
+            proto: Proto::Udp {
+                sport: None,
+                dport: Some(port),
+            },
+            established: false,
+        },
+    );
+    pkt.inner = Some(Box::new((inner, vni)));
+    // The outer packet is sent by this namespace's own stack: one more
+    // route lookup here, shown as its own hop.
+    Ok(Step {
+        hop: h,
+        next: Next::Go {
+            ns: view.name().to_string(),
+            dev: None,
+            via: None,
+        },
+    })
+}
+
+/// The neighbour entry for `gw` on `dev`, or the ARP it needs: true when
+/// nobody will answer (then `h` says why).
+fn neighbour_fails(lab: &Lab, h: &mut Hop, n: Option<&Neigh>, gw: Ipv4Addr, dev: &str) -> bool {
+    let states = neigh_states;
+    match n {
+        // A failed entry is only the last attempt: the next packet makes the
+        // kernel ask again, and an owner in the lab that answers ARP now replies.
+        Some(n)
+            if states(n).iter().any(|s| s == "FAILED" || s == "INCOMPLETE")
+                && lab.owner(gw).is_some()
+                && arp_silent(lab, gw).is_none() =>
+        {
+            h.entries.push(neigh_text(n, gw, dev));
+            h.notes.push(format!(
+                "the last ARP for {gw} went unanswered ({}), but its owner answers ARP now: the kernel asks again for this packet",
+                states(n).join(",")
+            ));
+        }
+        Some(n) if states(n).iter().any(|s| s == "FAILED" || s == "INCOMPLETE") => {
+            h.entries.push(neigh_text(n, gw, dev));
+            h.drop = Some(format!(
+                "the neighbour entry for {gw} is {}: nobody answered ARP for it{}",
+                states(n).join(","),
+                arp_hint(lab, gw)
+            ));
+            return true;
+        }
+        Some(n) => h.entries.push(neigh_text(n, gw, dev)),
+        None => {
+            if let Some(why) = arp_silent(lab, gw) {
+                h.drop = Some(format!(
+                    "no neighbour entry for {gw} yet, and its ARP request goes unanswered: {why}"
+                ));
+                return true;
+            }
+            h.notes.push(format!(
+                "no neighbour entry for {gw} yet: the kernel sends an ARP request first"
+            ));
+        }
+    }
+    false
+}
+
+/// Sending on an Ethernet-like device: resolve the next hop's MAC, then
+/// follow the wire (a bridge port or a veth) to the namespace that gets it.
+fn link_layer(lab: &Lab, view: &View, mut h: Hop, dev: &str, gw: Ipv4Addr, pkt: &mut Packet) -> Result<Step> {
+    let stop = |h: Hop| {
+        Ok(Step {
+            hop: h,
+            next: Next::Delivered,
+        })
+    };
+    let n = neighbour(view, gw, dev);
+    if neighbour_fails(lab, &mut h, n, gw, dev) {
+        return stop(h);
+    }
+    if let Some(o) = lab.owner(gw) {
+        h.notes.push(format!("next hop {gw} is {}", o.0));
+    } else if view.kind(dev) == "veth" {
+        // Nobody has the address: only proxy ARP on the far end answers.
+        if let Some((ns, peer, mac)) = lab.peer(view, dev) {
+            let far = lab.view(&ns).ok();
+            let proxy = far.and_then(|f| f.sysctl(&format!("net/ipv4/conf/{peer}/proxy_arp")));
+            let mac = mac.as_deref().unwrap_or("?");
+            if proxy.as_deref() == Some("1") {
+                h.notes.push(format!(
+                    "{gw} is nobody's address: {peer} on {} has proxy_arp = 1 and answers ARP for it with its own MAC {mac} (Calico's gateway trick)",
+                    lab.label(&ns, None)
+                ));
+            } else if n.is_none() {
+                h.drop = Some(format!(
+                    "{gw} is nobody's address and {peer} on {} has proxy_arp = {}: no one answers ARP for it",
+                    lab.label(&ns, None),
+                    proxy.unwrap_or_else(|| "?".into())
+                ));
+                return stop(h);
+            }
+        }
+    }
+    // The wire: a bridge sends out of the port that has the MAC; a veth to its peer.
+    let mut out = dev.to_string();
+    if view.kind(dev) == "bridge" {
+        let mac = n.and_then(|n| n.lladdr.clone());
+        let port = mac.as_deref().and_then(|m| fdb_port(view, dev, m));
+        match (port, lab.owner(gw)) {
+            (Some(p), _) => {
+                h.entries
+                    .push(format!("fdb {} dev {p} master {dev}", mac.as_deref().unwrap_or("")));
+                out = p;
+            }
+            (None, Some((_, owner_ns))) => {
+                // Not learned yet: the bridge floods; follow the port leading to the owner.
+                let port = bridge_ports(view, dev)
+                    .into_iter()
+                    .find(|p| lab.peer(view, p).is_some_and(|(ns, ..)| &ns == owner_ns));
+                let Some(p) = port else {
+                    h.drop = Some(format!("no port of {dev} leads to {gw}"));
+                    return stop(h);
+                };
+                h.notes.push(format!(
+                    "{dev} has not learned that MAC yet: it floods, and {p} leads to {gw}"
+                ));
+                out = p;
+            }
+            (None, None) => {
+                return Ok(Step {
+                    hop: h,
+                    next: Next::Leaves(format!("leaves through {dev} toward {gw}, outside the lab")),
+                });
+            }
+        }
+        if let Some(m) = view.mtu(&out) {
+            if pkt.size > m {
+                h.drop = Some(format!("{} bytes do not fit bridge port {out}'s MTU {m}", pkt.size));
+                return stop(h);
+            }
+        }
+    }
+    match lab.peer(view, &out) {
+        Some((ns, peer, _)) => {
+            if out != dev {
+                h.dev_out = Some(format!("{dev} port {out}"));
+            }
+            Ok(Step {
+                hop: h,
+                next: Next::Go {
+                    ns,
+                    dev: Some(peer),
+                    via: Some(gw),
+                },
+            })
+        }
+        None => Ok(Step {
+            hop: h,
+            next: Next::Leaves(format!("leaves through {out}, whose other end is outside the lab")),
+        }),
+    }
+}
+
+const NUD_PERMANENT: u16 = 0x80;
+
+/// A neighbour entry's states, as `ip neigh` names them: REACHABLE, STALE, FAILED...
+fn neigh_states(n: &Neigh) -> Vec<String> {
+    let names = [
+        "INCOMPLETE",
+        "REACHABLE",
+        "STALE",
+        "DELAY",
+        "PROBE",
+        "FAILED",
+        "NOARP",
+        "PERMANENT",
+    ];
+    if n.state == 0 {
+        return vec!["NONE".into()];
+    }
+    names
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| n.state & (1 << i) != 0)
+        .map(|(_, s)| s.to_string())
+        .collect()
+}
+
+/// An FDB entry's state as `bridge fdb` prints it.
+fn fdb_state(state: u16) -> String {
+    match state {
+        s if s & NUD_PERMANENT != 0 => "permanent".into(),
+        s if s & 0x40 != 0 => "static".into(),
+        s if s & 0x04 != 0 => "stale".into(),
+        s if s & 0x02 != 0 => String::new(),
+        s => format!("{s:#x}"),
+    }
+}
+
+/// Ports of a bridge in a view.
+fn bridge_ports(view: &View, bridge: &str) -> Vec<String> {
+    let Some(b) = view.link(bridge) else { return Vec::new() };
+    view.d
+        .links
+        .iter()
+        .filter(|l| l.master == Some(b.index))
+        .map(|l| l.name.clone())
+        .collect()
+}
+
+/// The FDB entries of `bridge`'s ports (not the bridge's own).
+fn bridge_fdb<'v>(view: &'v View, bridge: &str) -> impl Iterator<Item = (&'v crate::observe::collect::Fdb, &'v str)> {
+    let b = view.link(bridge).map(|l| l.index);
+    view.d
+        .fdb
+        .iter()
+        .filter(move |e| b.is_some() && e.master == b && Some(e.ifindex) != b)
+        .filter_map(|e| Some((e, view.d.name_of(e.ifindex)?)))
+}
+
+/// The bridge port an FDB entry puts `mac` on.
+fn fdb_port(view: &View, bridge: &str, mac: &str) -> Option<String> {
+    bridge_fdb(view, bridge)
+        .find(|(e, _)| e.mac.as_deref() == Some(mac))
+        .map(|(_, port)| port.to_string())
+}
+
+/// A MAC the bridge learned behind `port` (not the port's own).
+fn bridge_fdb_for_port(view: &View, bridge: &str, port: &str) -> Option<String> {
+    bridge_fdb(view, bridge)
+        .find(|(e, p)| *p == port && e.state & NUD_PERMANENT == 0)
+        .and_then(|(e, _)| e.mac.clone())
+}
+
+/// Why the owner of `ip` would not answer ARP for it, if it would not.
+fn arp_silent(lab: &Lab, ip: Ipv4Addr) -> Option<String> {
+    let (_, ns) = lab.owner(ip)?;
+    let v = lab.view(ns).ok()?.sysctl("net/ipv4/conf/all/arp_ignore")?;
+    (v == "8").then(|| {
+        format!(
+            "net.ipv4.conf.all.arp_ignore = 8 in {} (it answers no ARP)",
+            lab.label(ns, None)
+        )
+    })
+}
+
+fn arp_hint(lab: &Lab, ip: Ipv4Addr) -> String {
+    arp_silent(lab, ip).map_or(String::new(), |w| format!(" ({w})"))
+}
+
+/// The chains a packet crosses, in the kernel's order: arriving, delivered
+/// here, forwarded, sent from here, and leaving.
+const PREROUTING: &[(&str, &str)] = &[("raw", "PREROUTING"), ("mangle", "PREROUTING"), ("nat", "PREROUTING")];
+const INPUT: &[(&str, &str)] = &[("mangle", "INPUT"), ("filter", "INPUT"), ("nat", "INPUT")];
+const FORWARD: &[(&str, &str)] = &[("mangle", "FORWARD"), ("filter", "FORWARD")];
+const OUTPUT: &[(&str, &str)] = &[
+    ("raw", "OUTPUT"),
+    ("mangle", "OUTPUT"),
+    ("nat", "OUTPUT"),
+    ("filter", "OUTPUT"),
+];
+const POSTROUTING: &[(&str, &str)] = &[("mangle", "POSTROUTING"), ("nat", "POSTROUTING")];
+
+/// Runs the packet through `list` here; true when one drops it, and then
+/// the hop names the table, chain and rule or policy. A rule cnilab cannot
+/// decide becomes a "may match" note; a nat rule rewrites the packet and is
+/// remembered for the reply.
+#[allow(clippy::too_many_arguments)]
+fn netfilter(
+    lab: &Lab,
+    view: &View,
+    h: &mut Hop,
+    pkt: &mut Packet,
+    list: &[(&str, &str)],
+    iif: Option<&str>,
+    oif: Option<&str>,
+    when: &str,
+) -> bool {
+    let rules = view.iptables();
+    let local = view.addresses();
+    for (table, chain) in list {
+        // Only a connection's first packet meets the nat table; conntrack applies its decision to the rest.
+        if *table == "nat" && pkt.established {
+            continue;
+        }
+        let p = iptables::Packet {
+            src: pkt.src,
+            dst: pkt.dst,
+            proto: pkt.proto,
+            iif,
+            oif,
+            established: pkt.established,
+            local: &local,
+        };
+        let Some(v) = rules.judge(table, chain, &p) else {
+            continue;
+        };
+        for m in &v.maybe {
+            let random = if m.contains("statistic") {
+                ", a random share"
+            } else {
+                ""
+            };
+            h.notes.push(format!(
+                "may match (cnilab cannot decide all its matches{random}): iptables -t {m}"
+            ));
+        }
+        let by_policy = v.rule.starts_with("policy ");
+        if !v.passes {
+            h.entries.push(match by_policy {
+                true => format!("iptables -t {} -P {} {}", v.table, v.chain, &v.rule[7..]),
+                false => format!("iptables -t {} {}", v.table, v.rule),
+            });
+            h.drop = Some(format!(
+                "iptables drops {} {when}: table {}, chain {}, {}",
+                proto_text(pkt.proto),
+                v.table,
+                v.chain,
+                v.rule
+            ));
+            h.netfilter = Some(Netfilter {
+                table: v.table,
+                chain: v.chain,
+                rule: v.rule,
+            });
+            return true;
+        }
+        if !by_policy {
+            h.entries.push(format!("iptables -t {} {}", v.table, v.rule));
+        }
+        if let Some((source, to)) = v.nat {
+            let new = to.or_else(|| oif.and_then(|o| view.address_of(o)));
+            let Some(new) = new else { continue };
+            let old = if source { pkt.src } else { pkt.dst };
+            let side = if source { "source" } else { "destination" };
+            h.notes
+                .push(format!("the nat table rewrites the {side}: {old} becomes {new}"));
+            lab.nat.borrow_mut().push((view.name().to_string(), source, old, new));
+            if source {
+                pkt.src = new;
+            } else {
+                pkt.dst = new;
+            }
+        }
+    }
+    false
+}
+
+/// A netem qdisc here (on `dev`, or on any device), as `tc qdisc` prints it.
+fn netem(view: &View, dev: Option<&str>) -> Option<String> {
+    let all = view.d.qdiscs.as_deref().unwrap_or("");
+    all.lines()
+        .find(|l| l.contains("netem") && dev.is_none_or(|d| l.contains(&format!(" dev {d} "))))
+        .map(|l| format!("qdisc {}", l.trim_start_matches("qdisc ").trim()))
+}
+
+/// A switch: the fabric namespace's bridge, or the leaves of an upstream
+/// VXLAN fault that now carry its ports.
+fn switch(lab: &Lab, view: &View, port_in: &str, via: Ipv4Addr, pkt: &mut Packet) -> Result<Step> {
+    let bridge = view.master(port_in).unwrap_or_default();
+    let switch_name = match lab.place(view.name()) {
+        Place::Leaf { switch } => switch,
+        _ => bridge.clone(),
+    };
+    let mut h = hop(lab, view, Some(port_in), pkt, Some(&switch_name));
+    h.at = format!("switch {switch_name}");
+    h.notes.extend(
+        lab.state
+            .faults
+            .iter()
+            .filter(|f| f.spec.on() == switch_name)
+            .map(|f| format!("active fault {}: {}", f.id, f.spec.describe())),
+    );
+    let stop = |h: Hop| {
+        Ok(Step {
+            hop: h,
+            next: Next::Delivered,
+        })
+    };
+    if let Some(m) = view.mtu(port_in) {
+        if pkt.size > m {
+            h.drop = Some(format!("{} bytes arrive on port {port_in}, whose MTU is {m}", pkt.size));
+            return stop(h);
+        }
+    }
+    // The frame is for the MAC of the next hop the sender chose.
+    let target = l2_target(lab, via);
+    let Some((target_label, target_ns)) = target else {
+        return Ok(Step {
+            hop: h,
+            next: Next::Leaves(format!(
+                "leaves switch {switch_name}: nothing in the lab owns {}",
+                pkt.dst
+            )),
+        });
+    };
+    let local_port = bridge_ports(view, &bridge)
+        .into_iter()
+        .find(|p| lab.peer(view, p).is_some_and(|(ns, ..)| ns == target_ns));
+    if let Some(out) = local_port {
+        return switch_out(lab, view, h, &out, pkt);
+    }
+    // An upstream leaf: the frame crosses the upstream VXLAN to another leaf.
+    let Place::Leaf { .. } = lab.place(view.name()) else {
+        h.drop = Some(format!("no port of {bridge} leads to {target_label}"));
+        return stop(h);
+    };
+    let br_index = view.link(&bridge).map(|l| l.index);
+    let vx = view
+        .d
+        .links
+        .iter()
+        .find(|l| br_index.is_some() && l.master == br_index && l.kind == "vxlan");
+    let Some(vx) = vx else {
+        h.drop = Some(format!("no port of {bridge} leads to {target_label}"));
+        return stop(h);
+    };
+    let vx_name = vx.name.clone();
+    let info = vx.vxlan.clone().unwrap_or_default();
+    let vni = info.id.unwrap_or(0);
+    let local = info.local.map_or("?".to_string(), |l| l.to_string());
+    let Some(other) = leaf_with_port(lab, &switch_name, target_ns) else {
+        h.drop = Some(format!("no upstream leaf has a port to {target_label}"));
+        return stop(h);
+    };
+    let other_view = lab.view(&other)?;
+    let remote = other_view
+        .address_of("uplink")
+        .map_or("?".to_string(), |a| a.to_string());
+    let uplink_mtu = view.mtu("uplink").unwrap_or(1500);
+    let outer = pkt.size + VXLAN_OVERHEAD;
+    h.dev_out = Some(vx_name.clone());
+    h.mtu = Some(uplink_mtu.saturating_sub(VXLAN_OVERHEAD));
+    h.entries.push(format!(
+        "vxlan {vx_name} id {vni} local {local} remote {remote} dev uplink (MTU {uplink_mtu})"
+    ));
+    h.notes.push(format!(
+        "the switch's ports now sit on leaves joined by an upstream VXLAN: the frame for {target_label} crosses it"
+    ));
+    if outer > uplink_mtu {
+        h.drop = Some(format!(
+            "the upstream VXLAN hop adds {VXLAN_OVERHEAD} bytes: {} + {VXLAN_OVERHEAD} = {outer} > the uplink's MTU {uplink_mtu}, with DF set on the outer header, so the switch can carry at most {} bytes; it drops the frame silently (a switch sends no ICMP)",
+            pkt.size,
+            uplink_mtu - VXLAN_OVERHEAD
+        ));
+        return stop(h);
+    }
+    h.notes.push(format!(
+        "{} + {VXLAN_OVERHEAD} = {outer} bytes fit the uplink's MTU {uplink_mtu}",
+        pkt.size
+    ));
+    let out = bridge_ports(&other_view, "br")
+        .into_iter()
+        .find(|p| lab.peer(&other_view, p).is_some_and(|(ns, ..)| ns == target_ns));
+    match out {
+        Some(out) => switch_out(lab, &other_view, h, &out, pkt),
+        None => {
+            h.drop = Some(format!("the far leaf has no port to {target_label}"));
+            stop(h)
+        }
+    }
+}
+
+/// The upstream leaf of `switch_name` that holds the port to `target_ns`.
+fn leaf_with_port(lab: &Lab, switch_name: &str, target_ns: &str) -> Option<String> {
+    lab.namespaces()
+        .into_iter()
+        .filter(|n| matches!(lab.place(n), Place::Leaf { switch } if switch == switch_name))
+        .find(|n| {
+            let Ok(v) = lab.view(n) else { return false };
+            v.d.links
+                .iter()
+                .filter(|l| l.kind == "veth" && l.name != "uplink")
+                .any(|l| lab.peer(&v, &l.name).is_some_and(|(ns, ..)| ns == target_ns))
+        })
+}
+
+fn switch_out(lab: &Lab, view: &View, mut h: Hop, out: &str, pkt: &Packet) -> Result<Step> {
+    h.dev_out = Some(out.to_string());
+    let bridge = view.master(out).unwrap_or_default();
+    let bridge = bridge.as_str();
+    match bridge_fdb_for_port(view, bridge, out) {
+        Some(mac) => h.entries.push(format!("fdb {mac} dev {out} master {bridge} (learned)")),
+        None => h.notes.push(format!(
+            "{bridge} has not learned the MAC behind {out} yet: it floods, and {out} leads on"
+        )),
+    }
+    let m = view.mtu(out);
+    h.mtu = h.mtu.or(m);
+    if let Some(m) = m {
+        if pkt.size > m {
+            h.drop = Some(format!(
+                "{} bytes do not fit port {out}'s MTU {m}: a switch drops oversize frames silently",
+                pkt.size
+            ));
+            return Ok(Step {
+                hop: h,
+                next: Next::Delivered,
+            });
+        }
+    }
+    if !view.up(out) {
+        h.drop = Some(format!("port {out} is down"));
+        return Ok(Step {
+            hop: h,
+            next: Next::Delivered,
+        });
+    }
+    match lab.peer(view, out) {
+        Some((ns, dev, _)) => Ok(Step {
+            hop: h,
+            next: Next::Go {
+                ns,
+                dev: Some(dev),
+                via: None,
+            },
+        }),
+        None => Ok(Step {
+            hop: h,
+            next: Next::Leaves(format!("leaves through port {out}")),
+        }),
+    }
+}
+
+/// The node or router whose interface has address `ip` on a switch.
+fn l2_target<'l>(lab: &'l Lab, ip: Ipv4Addr) -> Option<(String, &'l str)> {
+    if let Some(n) = lab.plan.nodes.iter().find(|n| n.ip == ip) {
+        return Some((format!("node {}", n.name), n.ns.as_str()));
+    }
+    if let Some((s, u)) = lab
+        .plan
+        .switches
+        .iter()
+        .find_map(|s| s.uplink.as_ref().filter(|u| u.ip == ip).map(|u| (s, u)))
+    {
+        return Some((format!("the uplink of switch {}", s.name), u.ns.as_str()));
+    }
+    lab.plan
+        .routers
+        .iter()
+        .find(|r| r.ports.iter().any(|p| p.ip == ip))
+        .map(|r| (format!("router {}", r.name), r.ns.as_str()))
+}
+
+impl fmt::Display for Trace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "trace {} ({}) -> {} ({}): {}-byte IP packet, {}, DF set",
+            self.from, self.src, self.to, self.dst, self.size, self.proto
+        )?;
+        write_hops(f, &self.hops)?;
+        if !self.reply.is_empty() {
+            writeln!(f)?;
+            writeln!(
+                f,
+                "reply {} -> {}: the answer, back through the same lookups",
+                self.dst, self.src
+            )?;
+            write_hops(f, &self.reply)?;
+        }
+        writeln!(f)?;
+        writeln!(
+            f,
+            "{}",
+            if self.delivered {
+                format!("OK: {}", self.verdict)
+            } else {
+                self.verdict.clone()
+            }
+        )
+    }
+}
+
+fn write_hops(f: &mut fmt::Formatter<'_>, hops: &[Hop]) -> fmt::Result {
+    for (i, h) in hops.iter().enumerate() {
+        writeln!(f)?;
+        let mut head = format!("{:>2}  {}", i + 1, h.at);
+        if let Some(d) = &h.dev_in {
+            if !d.is_empty() {
+                head.push_str(&format!("  in {d}"));
+            }
+        }
+        if let Some(d) = &h.dev_out {
+            head.push_str(&format!("  out {d}"));
+            if let Some(m) = h.mtu {
+                head.push_str(&format!(" (MTU {m})"));
+            }
+        }
+        head.push_str(&format!("  {} bytes", h.size));
+        writeln!(f, "{head}")?;
+        writeln!(f, "      packet  {}", h.packet)?;
+        for e in &h.entries {
+            let (kind, rest) = e.split_once(' ').unwrap_or((e, ""));
+            writeln!(f, "      {kind:<7} {rest}")?;
+        }
+        for n in &h.notes {
+            writeln!(f, "      note    {n}")?;
+        }
+        if let Some(d) = &h.drop {
+            writeln!(f, "      DROP    {d}")?;
+        }
+    }
+    Ok(())
+}
+
+/// The packet `--proto` and `--port` ask for.
+pub fn proto(name: &str, port: Option<u16>) -> Result<Proto> {
+    match (name, port) {
+        ("icmp", None) => Ok(Proto::Icmp(8)),
+        ("icmp", Some(p)) => Err(Error::usage(
+            format!("--port {p} with --proto icmp: an ICMP echo has no port"),
+            "drop --port, or add --proto udp or --proto tcp",
+        )),
+        (_, None) => Err(Error::usage(
+            format!("--proto {name} needs --port"),
+            format!("give the destination port, e.g. --proto {name} --port 8472"),
+        )),
+        ("udp", Some(d)) => Ok(Proto::Udp {
+            sport: None,
+            dport: Some(d),
+        }),
+        (_, Some(d)) => Ok(Proto::Tcp {
+            sport: None,
+            dport: Some(d),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proto_and_port_must_fit_together() {
+        assert_eq!(proto("icmp", None).unwrap(), Proto::Icmp(8));
+        assert_eq!(
+            proto("tcp", Some(179)).unwrap(),
+            Proto::Tcp {
+                sport: None,
+                dport: Some(179)
+            }
+        );
+        let e = proto("udp", None).unwrap_err().to_string();
+        assert!(e.contains("--proto udp needs --port"), "{e}");
+        let e = proto("icmp", Some(3)).unwrap_err().to_string();
+        assert!(e.contains("an ICMP echo has no port"), "{e}");
+    }
+
+    #[test]
+    fn a_reply_swaps_addresses_and_ports_and_is_established() {
+        let p = Packet {
+            src: Ipv4Addr::new(10, 0, 0, 1),
+            dst: Ipv4Addr::new(10, 0, 0, 2),
+            size: 84,
+            udp_port: None,
+            inner: None,
+            inner_mac: None,
+            proto: Proto::Udp {
+                sport: None,
+                dport: Some(53),
+            },
+            established: false,
+        };
+        let r = p.reply();
+        assert_eq!((r.src, r.dst), (p.dst, p.src));
+        assert_eq!(
+            r.proto,
+            Proto::Udp {
+                sport: Some(53),
+                dport: None
+            }
+        );
+        assert!(r.established);
+        assert_eq!(proto_text(r.proto), "UDP from 53");
+        let mut echo = p.clone();
+        echo.proto = Proto::Icmp(8);
+        assert_eq!(echo.reply().proto, Proto::Icmp(0));
+    }
+}
