@@ -5,10 +5,11 @@
 //! MTU rule, conflist, agents), its build and readiness (what "converged"
 //! means), and what observation needs from it (overlay devices, capture
 //! port, address owners, graph lines and edges, doctor requirements). Its
-//! saved decisions are one variant of [`ProfilePlan`], which is what the
-//! lab's state keeps; [`ProfilePlan::get`] is the one `match` that turns
-//! them into `&dyn Profile`, and everything outside the profile's folder
-//! goes through the trait (a `ProfilePlan` derefs to it).
+//! saved decisions, a [`ProfilePlan`], are what the lab's state keeps
+//! (`{"cni": "<name>", ...}`): reading one finds the profile by its `cni`
+//! in [`PROFILES`] (the one dispatch on a profile's name) and gives
+//! `&dyn Profile`; everything outside the profile's folder goes through the
+//! trait (a `ProfilePlan` derefs to it).
 //!
 //! A profile also owns its options (`profile/<name>/options.rs`): it reads
 //! `[network.<name>]` for the topology's parser through
@@ -19,9 +20,9 @@
 //! [`Built`] name the model's and runtime's types with [`ProfilePlan`].
 //!
 //! Adding a profile: a new folder `profile/<name>/` with its options'
-//! `Syntax`, a plan type that implements [`Profile`] and its [`Registered`]
-//! entry, then one line in [`PROFILES`] and the [`ProfilePlan`] variant
-//! with its arm in [`ProfilePlan::get`].
+//! `Syntax`, a plan type (`Clone + Serialize + Deserialize`) that
+//! implements [`Profile`], and its [`Registered`] entry (syntax, planner,
+//! programs, loader); then its `pub mod` and one entry in [`PROFILES`].
 
 pub mod calico;
 pub mod flannel;
@@ -43,23 +44,26 @@ use crate::model::topology::{self, ProfileSyntax, Topology};
 pub use crate::kernel::runtime::AgentSpec;
 
 /// A profile's decisions for a lab, as the lab's state saves them
-/// (`{"cni": "<name>", ...}`): the registry of profiles.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "cni", rename_all = "lowercase")]
-pub enum ProfilePlan {
-    /// flannel.
-    Flannel(flannel::FlannelPlan),
-    /// Calico.
-    Calico(calico::CalicoPlan),
-}
+/// (`{"cni": "<name>", ...}`): the profile behind `&dyn Profile`. Saving
+/// asks the profile ([`Saved::save`]); reading finds the profile by its
+/// `cni` in [`PROFILES`] and lets it read the rest, so no code outside a
+/// profile's folder names its type.
+pub struct ProfilePlan(Box<dyn Profile>);
 
 impl ProfilePlan {
-    /// The profile behind the saved plan: the one dispatch on its kind.
-    pub fn get(&self) -> &(dyn Profile + 'static) {
-        match self {
-            ProfilePlan::Flannel(p) => p,
-            ProfilePlan::Calico(p) => p,
-        }
+    /// A profile's plan.
+    pub fn new(profile: impl Profile + 'static) -> ProfilePlan {
+        ProfilePlan(Box::new(profile))
+    }
+
+    /// The profile behind the saved plan.
+    pub fn get(&self) -> &dyn Profile {
+        self.0.as_ref()
+    }
+
+    /// The profile's own plan type, for the profile's own code.
+    pub fn downcast<T: 'static>(&self) -> Option<&T> {
+        self.0.as_any().downcast_ref()
     }
 }
 
@@ -67,8 +71,80 @@ impl std::ops::Deref for ProfilePlan {
     type Target = dyn Profile;
 
     fn deref(&self) -> &(dyn Profile + 'static) {
-        self.get()
+        self.0.as_ref()
     }
+}
+
+impl Clone for ProfilePlan {
+    fn clone(&self) -> ProfilePlan {
+        ProfilePlan(self.0.clone_box())
+    }
+}
+
+impl std::fmt::Debug for ProfilePlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ProfilePlan").field(&self.0.name()).finish()
+    }
+}
+
+impl Serialize for ProfilePlan {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut v = self.0.save().map_err(serde::ser::Error::custom)?;
+        let serde_json::Value::Object(fields) = &mut v else {
+            return Err(serde::ser::Error::custom("a profile's plan saves as a table"));
+        };
+        fields.insert("cni".into(), self.0.name().into());
+        v.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for ProfilePlan {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ProfilePlan, D::Error> {
+        use serde::de::Error as _;
+        let mut v = serde_json::Value::deserialize(d)?;
+        let cni = v
+            .as_object_mut()
+            .and_then(|m| m.remove("cni"))
+            .and_then(|c| c.as_str().map(str::to_string))
+            .ok_or_else(|| D::Error::missing_field("cni"))?;
+        let entry = PROFILES
+            .iter()
+            .find(|p| p.syntax.name() == cni)
+            .ok_or_else(|| D::Error::custom(format!("no profile \"{cni}\" is registered")))?;
+        (entry.load)(v).map_err(D::Error::custom)
+    }
+}
+
+/// What every profile plan can do as a saved value; implemented for every
+/// [`Profile`] that is `Clone + Serialize`.
+pub trait Saved {
+    /// Its fields as JSON, without the `cni` tag.
+    fn save(&self) -> serde_json::Result<serde_json::Value>;
+    /// A boxed copy.
+    fn clone_box(&self) -> Box<dyn Profile>;
+    /// For [`ProfilePlan::downcast`].
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+impl<T: Profile + Clone + Serialize + 'static> Saved for T {
+    fn save(&self) -> serde_json::Result<serde_json::Value> {
+        serde_json::to_value(self)
+    }
+
+    fn clone_box(&self) -> Box<dyn Profile> {
+        Box::new(self.clone())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// Reads a profile's saved plan as its type `T`: a [`Registered::load`].
+pub fn load_as<T: Profile + serde::de::DeserializeOwned + 'static>(
+    v: serde_json::Value,
+) -> serde_json::Result<ProfilePlan> {
+    serde_json::from_value::<T>(v).map(ProfilePlan::new)
 }
 
 /// The registry of profiles, the default (`cni` left out) first.
@@ -84,6 +160,11 @@ pub struct Registered {
     pub plan: fn(&Topology, &[NodePlan], &mut [RouterPlan], &LabPaths) -> ProfilePlan,
     /// Its multi-call programs (CNI plugins and agents).
     pub programs: &'static [Program],
+    /// Reads its saved plan (the lab's state, without the `cni` tag).
+    pub load: fn(serde_json::Value) -> serde_json::Result<ProfilePlan>,
+    /// The sysctls its CNI plugin sets on a host-side link named so (keys
+    /// as under /proc/sys; none when the name is not its plugin's).
+    pub host_link_sysctls: fn(&str) -> Vec<String>,
 }
 
 /// How the topology's parser reads each profile's options.
@@ -149,7 +230,7 @@ pub fn programs() -> Vec<Program> {
 /// Sysctls a profile's CNI plugin sets on a host-side link named `ifname`
 /// (keys as under /proc/sys), whichever profile made it.
 pub fn host_link_sysctls(ifname: &str) -> Vec<String> {
-    calico::host_link_sysctls(ifname)
+    PROFILES.iter().flat_map(|p| (p.host_link_sysctls)(ifname)).collect()
 }
 
 /// What a pod add needs a profile to know about the lab.
@@ -169,7 +250,7 @@ pub type SavePlan<'a> = &'a mut (dyn FnMut(ProfilePlan) -> Result<()> + Send);
 
 /// A CNI profile: its plan for a lab and everything the rest of cnilab asks
 /// of it. Node arguments are node names.
-pub trait Profile: Send + Sync {
+pub trait Profile: Saved + Send + Sync {
     /// Its name, as in `cni = "..."`.
     fn name(&self) -> &'static str;
 

@@ -163,7 +163,7 @@ pub async fn claim_if_full(c: &CalicoPlan, pod: PodAdd<'_>, save: SavePlan<'_>) 
     if cn.vxlan.is_some() {
         super::felix::publish_block(&paths.etcd_dir(), node, block)?;
     }
-    save(ProfilePlan::Calico(c2.clone()))?;
+    save(ProfilePlan::new(c2.clone()))?;
     let progress = crate::kernel::progress::Progress::quiet();
     let built = Built::open(plan, paths, &progress)?;
     let birds = birds(&built, &c2);

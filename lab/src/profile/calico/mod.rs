@@ -123,7 +123,7 @@ pub const PROGRAMS: &[crate::profile::Program] = &[("calico", plugin::main), ("c
 pub const REGISTERED: crate::profile::Registered = crate::profile::Registered {
     syntax: &options::Syntax,
     plan: |topology, nodes, routers, paths| {
-        crate::profile::ProfilePlan::Calico(plan(
+        crate::profile::ProfilePlan::new(plan(
             topology,
             &crate::profile::options_of(topology),
             nodes,
@@ -132,6 +132,8 @@ pub const REGISTERED: crate::profile::Registered = crate::profile::Registered {
         ))
     },
     programs: PROGRAMS,
+    load: crate::profile::load_as::<CalicoPlan>,
+    host_link_sysctls,
 };
 
 /// The sysctls Calico's plugin sets on a host-side `cali` veth (keys only).
@@ -644,9 +646,7 @@ mod tests {
     fn plan_of(text: &str) -> (Plan, CalicoPlan) {
         let t = crate::profile::parse_topology(&Source::new("t.toml", text)).unwrap();
         let p = crate::profile::plan_lab(&t, "c", &LabPaths::new(Path::new("/run/cnilab"), "c"));
-        let crate::profile::ProfilePlan::Calico(c) = p.profile.clone() else {
-            panic!()
-        };
+        let c: CalicoPlan = p.profile.downcast::<CalicoPlan>().unwrap().clone();
         (p, c)
     }
 

@@ -89,9 +89,11 @@ pub const PROGRAMS: &[crate::profile::Program] = &[("flannel", plugin::main), ("
 pub const REGISTERED: crate::profile::Registered = crate::profile::Registered {
     syntax: &options::Syntax,
     plan: |topology, nodes, _routers, paths| {
-        crate::profile::ProfilePlan::Flannel(plan(topology, &crate::profile::options_of(topology), nodes, paths))
+        crate::profile::ProfilePlan::new(plan(topology, &crate::profile::options_of(topology), nodes, paths))
     },
     programs: PROGRAMS,
+    load: crate::profile::load_as::<FlannelPlan>,
+    host_link_sysctls: |_| Vec::new(),
 };
 
 impl Profile for FlannelPlan {
@@ -343,9 +345,7 @@ mod tests {
         let t = crate::profile::parse_topology(&Source::new("t.toml", text)).unwrap();
         let paths = LabPaths::new(Path::new("/run/cnilab"), "d");
         let plan = crate::profile::plan_lab(&t, "d", &paths);
-        let crate::profile::ProfilePlan::Flannel(f) = &plan.profile else {
-            panic!()
-        };
+        let f: &FlannelPlan = plan.profile.downcast().unwrap();
         assert_eq!(f.device.as_deref(), Some("flannel.1"));
         assert_eq!(f.nodes[0].device_mtu, Some(8950));
         assert_eq!(f.nodes[0].pod_mtu, 8950);
