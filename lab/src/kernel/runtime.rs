@@ -8,7 +8,9 @@ use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::kernel::retry::Backoff;
 
 use anyhow::{Context, Result, bail};
 use ipnet::Ipv4Net;
@@ -203,9 +205,8 @@ pub fn tail(path: &Path, lines: usize) -> String {
 /// Waits until each agent has written its ready file, failing early with
 /// its log when one exits. Items: (node, ready file, pid, log, agent name).
 pub async fn wait_ready(items: &[(String, PathBuf, u32, PathBuf, &str)], progress: &Progress) -> Result<()> {
-    let deadline = Instant::now() + AGENT_START_DEADLINE;
+    let mut backoff = Backoff::new(AGENT_START_DEADLINE, Duration::from_millis(1), Duration::from_millis(50));
     let mut waiting: Vec<&(String, PathBuf, u32, PathBuf, &str)> = items.iter().collect();
-    let mut pause = Duration::from_millis(1);
     loop {
         waiting.retain(|(_, file, ..)| {
             let ready = file.exists();
@@ -226,7 +227,7 @@ pub async fn wait_ready(items: &[(String, PathBuf, u32, PathBuf, &str)], progres
                 );
             }
         }
-        if Instant::now() > deadline {
+        if backoff.expired() {
             let who: Vec<String> = waiting.iter().map(|(n, _, _, _, a)| format!("{a} on {n}")).collect();
             bail!(
                 "not ready within {}s: {}",
@@ -234,8 +235,7 @@ pub async fn wait_ready(items: &[(String, PathBuf, u32, PathBuf, &str)], progres
                 who.join(", ")
             );
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(50));
+        backoff.sleep_async().await;
     }
 }
 
@@ -246,22 +246,20 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Vec<String>>>,
 {
-    let deadline = Instant::now() + CONVERGE_DEADLINE;
-    let mut pause = Duration::from_millis(2);
+    let mut backoff = Backoff::new(CONVERGE_DEADLINE, Duration::from_millis(2), Duration::from_millis(100));
     loop {
         let missing = check().await?;
         if missing.is_empty() {
             return Ok(());
         }
-        if Instant::now() > deadline {
+        if backoff.expired() {
             bail!(
                 "{what} did not converge within {}s; still missing:\n  {}",
                 CONVERGE_DEADLINE.as_secs(),
                 missing.join("\n  ")
             );
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(100));
+        backoff.sleep_async().await;
     }
 }
 

@@ -6,6 +6,9 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
+use crate::kernel::retry::{self, Backoff};
+use crate::model::faultspec::{self, Target};
+
 use anyhow::{Context, Result, anyhow};
 use nix::sched::{CloneFlags, setns};
 use serde::Serialize;
@@ -43,12 +46,10 @@ fn pod_ip(state: &LabState, key: &str) -> Option<Ipv4Addr> {
 /// Resolves a SRC: `NODE/POD` or a node.
 pub fn source(state: &LabState, s: &str) -> Result<Source> {
     let plan = &state.plan;
-    let ns = if let Some((n, p)) = s.split_once('/') {
-        plan.node(n)
-            .and_then(|node| node.pods.iter().find(|x| x.name == p))
-            .map(|p| p.ns.clone())
-    } else {
-        plan.node(s).map(|n| n.ns.clone())
+    let ns = match faultspec::resolve(plan, s) {
+        Some(Target::Node(n)) => Some(n.ns.clone()),
+        Some(Target::Pod(p)) => Some(p.ns.clone()),
+        _ => None,
     };
     ns.map(|ns| Source {
         name: s.to_string(),
@@ -78,9 +79,9 @@ pub fn dest(state: &LabState, d: &str) -> Result<Dest> {
             ns,
         });
     }
-    if let Some((n, p)) = d.split_once('/') {
-        if let (Some(node), Some(ip)) = (plan.node(n), pod_ip(state, d)) {
-            if let Some(pod) = node.pods.iter().find(|x| x.name == p) {
+    match faultspec::resolve(plan, d) {
+        Some(Target::Pod(pod)) => {
+            if let Some(ip) = pod_ip(state, d) {
                 return Ok(Dest {
                     name: d.to_string(),
                     ip,
@@ -88,12 +89,14 @@ pub fn dest(state: &LabState, d: &str) -> Result<Dest> {
                 });
             }
         }
-    } else if let Some(n) = plan.node(d) {
-        return Ok(Dest {
-            name: d.to_string(),
-            ip: n.ip,
-            ns: Some(n.ns.clone()),
-        });
+        Some(Target::Node(n)) => {
+            return Ok(Dest {
+                name: d.to_string(),
+                ip: n.ip,
+                ns: Some(n.ns.clone()),
+            });
+        }
+        _ => {}
     }
     Err(Error::usage(
         format!("lab {} has no pod or node \"{d}\" to probe", plan.lab),
@@ -576,15 +579,16 @@ pub fn tcp(state: &LabState, from: &str, to: &str, bytes: u64, deadline: Duratio
             let listener = TcpListener::bind((ip, 0))?;
             let _ = tx.send(Ok(listener.local_addr()?.port()));
             listener.set_nonblocking(true)?;
-            let until = Instant::now() + deadline + Duration::from_secs(1);
-            let mut conn = loop {
-                match listener.accept() {
-                    Ok((c, _)) => break c,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < until => {
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    Err(e) => return Err(e.into()),
-                }
+            let wait = Backoff::new(deadline + Duration::from_secs(1), Duration::from_millis(5), Duration::from_millis(5));
+            let until = wait.deadline();
+            let accepted = retry::until(wait, || match listener.accept() {
+                Ok((c, _)) => Some(Ok(c)),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+                Err(e) => Some(Err(e)),
+            });
+            let mut conn = match accepted {
+                Some(c) => c?,
+                None => return Err(std::io::Error::from(std::io::ErrorKind::WouldBlock).into()),
             };
             conn.set_nonblocking(false)?;
             conn.set_read_timeout(Some(Duration::from_millis(500)))?;
@@ -630,10 +634,10 @@ pub fn tcp(state: &LabState, from: &str, to: &str, bytes: u64, deadline: Duratio
         Ok(None)
     })?;
     // The receiver drains what is in flight, then sees the end or its deadline.
-    let until = Instant::now() + STALL_AFTER;
-    while sent.is_none() && received.load(std::sync::atomic::Ordering::Relaxed) < bytes && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let drained = Backoff::new(STALL_AFTER, Duration::from_millis(10), Duration::from_millis(10));
+    retry::until(drained, || {
+        (sent.is_some() || received.load(std::sync::atomic::Ordering::Relaxed) >= bytes).then_some(())
+    });
     let got = received.load(std::sync::atomic::Ordering::Relaxed);
     // The receiver ends by itself at its deadline; nothing waits for it.
     drop(server);
