@@ -370,7 +370,12 @@ fn cni_del_releases_the_pod() {
 
     let ns = cnilab::kernel::netns::Netns::open(&node.ns).unwrap();
     let runtime = cnilab::ops::build::runtime_for(&st.paths(), "worker1", &ns);
-    let att = Attachment::pod(&pod.container_id, cnilab::kernel::netns::path_of(&pod.ns), "eth0", &pod.name);
+    let att = Attachment::pod(
+        &pod.container_id,
+        cnilab::kernel::netns::path_of(&pod.ns),
+        "eth0",
+        &pod.name,
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(runtime.del(&conflist, &att)).expect("CNI DEL succeeds");
     for p in [&cache, &reservation, &scratch] {

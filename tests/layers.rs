@@ -23,7 +23,9 @@ fn modules(root: &Path) -> BTreeMap<String, String> {
                 walk(&p, root, out);
                 continue;
             }
-            let Some(stem) = p.file_stem().and_then(|s| s.to_str()) else { continue };
+            let Some(stem) = p.file_stem().and_then(|s| s.to_str()) else {
+                continue;
+            };
             if p.extension().is_none_or(|x| x != "rs") || stem.ends_with("_tests") {
                 continue;
             }
@@ -214,20 +216,29 @@ fn imports_go_down_the_layers_only() {
             }
         }
     }
-    assert!(upward.is_empty(), "imports that go up the layers:\n{}", upward.join("\n"));
+    assert!(
+        upward.is_empty(),
+        "imports that go up the layers:\n{}",
+        upward.join("\n")
+    );
 }
 
 #[test]
 fn no_import_circles() {
     let mods = modules(&src());
     let found = circles(&edges(&mods));
-    assert!(found.is_empty(), "modules that import each other in a circle: {found:?}");
+    assert!(
+        found.is_empty(),
+        "modules that import each other in a circle: {found:?}"
+    );
 }
 
 #[test]
 fn the_checker_sees_what_it_must() {
     // The parser: groups, nesting, renames.
-    let p = crate_paths("use crate::{model::plan::{Plan, NodePlan}, kernel::nl as n};\nlet x = crate::ops::state::load(1);");
+    let p = crate_paths(
+        "use crate::{model::plan::{Plan, NodePlan}, kernel::nl as n};\nlet x = crate::ops::state::load(1);",
+    );
     assert_eq!(
         p,
         [

@@ -17,8 +17,14 @@ const UPDATE: &str = "CNILAB_UPDATE_SCHEMAS";
 fn generated() -> Vec<(&'static str, String)> {
     let text = |s: schemars::Schema| serde_json::to_string_pretty(&s).expect("schema is JSON") + "\n";
     vec![
-        ("status.json", text(schemars::schema_for!(cnilab::observe::status::Status))),
-        ("snapshot.json", text(schemars::schema_for!(cnilab::observe::snapshot::Snapshot))),
+        (
+            "status.json",
+            text(schemars::schema_for!(cnilab::observe::status::Status)),
+        ),
+        (
+            "snapshot.json",
+            text(schemars::schema_for!(cnilab::observe::snapshot::Snapshot)),
+        ),
         ("trace.json", text(schemars::schema_for!(cnilab::observe::trace::Trace))),
     ]
 }

@@ -4,9 +4,9 @@
 //! The flow is one direction: topology (what the user wrote) -> plan (every
 //! decision, pure) -> build (the kernel work) -> snapshot (normalized text).
 
-pub mod model;
-pub mod kernel;
-pub mod profile;
-pub mod ops;
-pub mod observe;
 pub mod front;
+pub mod kernel;
+pub mod model;
+pub mod observe;
+pub mod ops;
+pub mod profile;

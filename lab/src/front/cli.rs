@@ -6,13 +6,13 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 
-use crate::ops::build::{self, UpOptions};
-use crate::model::error::{EXIT_INPUT, Error, Result};
 use crate::kernel::netns;
-use crate::model::paths;
 use crate::kernel::progress::Progress;
-use crate::ops::state;
+use crate::model::error::{EXIT_INPUT, Error, Result};
+use crate::model::paths;
 use crate::observe::status;
+use crate::ops::build::{self, UpOptions};
+use crate::ops::state;
 use crate::ops::teardown;
 
 /// Writes to stdout. A reader that went away (`cnilab up --json | head -1`)
@@ -436,7 +436,11 @@ fn run(cli: Cli) -> Result<i32> {
             let st = state::require_up(&lab)?;
             let t = crate::observe::trace::trace(&st, &src, &dst, size, proto)?;
             print(&t, json)?;
-            Ok(if t.delivered { 0 } else { crate::model::error::EXIT_FAILED })
+            Ok(if t.delivered {
+                0
+            } else {
+                crate::model::error::EXIT_FAILED
+            })
         }
         Cmd::Graph { what, format, output } => graph(cli.lab, what, format, output),
         Cmd::Doctor { topology, json } => {
@@ -450,7 +454,11 @@ fn run(cli: Cli) -> Result<i32> {
             };
             let report = crate::ops::doctor::report(loaded.as_ref().map(|(f, p)| (f.as_str(), p)));
             print(&report, json)?;
-            Ok(if report.ready() { 0 } else { crate::model::error::EXIT_ENV })
+            Ok(if report.ready() {
+                0
+            } else {
+                crate::model::error::EXIT_ENV
+            })
         }
         Cmd::Validate { topology, json } => validate(topology, json),
         Cmd::Up { topology, name, json } => up(topology, name, json),
@@ -842,7 +850,11 @@ fn run_scenarios(
         let xml = crate::front::scenario::junit(&reports)?;
         std::fs::write(&path, xml).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
     }
-    Ok(if failed == 0 { 0 } else { crate::model::error::EXIT_FAILED })
+    Ok(if failed == 0 {
+        0
+    } else {
+        crate::model::error::EXIT_FAILED
+    })
 }
 
 /// `cnilab probe ...`.
@@ -950,7 +962,12 @@ fn fault(lab: Option<String>, cmd: FaultCmd) -> Result<i32> {
                 }
             };
             let mut removed = |f: &crate::ops::fault::Fault| outln!("removed {} {}", f.id, f.spec.describe());
-            rt.block_on(crate::front::command::fault_rm(&mut st, &which, &progress, &mut removed))?;
+            rt.block_on(crate::front::command::fault_rm(
+                &mut st,
+                &which,
+                &progress,
+                &mut removed,
+            ))?;
         }
     }
     Ok(0)

@@ -9,10 +9,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 use serde_json::{Value, json};
 
-use crate::model::error::Error;
-use crate::ops::fault::{Fault, FaultSpec};
-use crate::observe::probe;
 use crate::kernel::progress::Progress;
+use crate::model::error::Error;
+use crate::observe::probe;
+use crate::ops::fault::{Fault, FaultSpec};
 use crate::ops::state::LabState;
 
 /// A probe and its options.

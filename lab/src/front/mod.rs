@@ -1,5 +1,5 @@
 //! The front ends: the command layer, the CLI and scenarios.
 
-pub mod command;
 pub mod cli;
+pub mod command;
 pub mod scenario;

@@ -10,13 +10,13 @@ use anyhow::{Context, Result};
 use serde_json::{Value, json};
 use toml::de::DeValue;
 
-use crate::ops::build::UpOptions;
 use crate::front::command::{FaultSel, Probe};
-use crate::model::error::{Error, InputError, Source};
-use crate::ops::fault::FaultSpec;
 use crate::kernel::progress::Progress;
 use crate::kernel::retry::Backoff;
+use crate::model::error::{Error, InputError, Source};
 use crate::model::spanned::{Sp, Table, parse_document};
+use crate::ops::build::UpOptions;
+use crate::ops::fault::FaultSpec;
 use crate::ops::state::LabState;
 
 /// Default time an expectation gets to hold.

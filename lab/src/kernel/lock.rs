@@ -16,9 +16,9 @@ use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use crate::kernel::retry::Backoff;
 use crate::model::error::{Error, Result};
 use crate::model::paths;
-use crate::kernel::retry::Backoff;
 
 /// How long `down` lets a command it interrupts clean up before killing it.
 const STOP_GRACE: Duration = Duration::from_secs(60);

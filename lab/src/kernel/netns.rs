@@ -26,7 +26,11 @@ pub fn path_of(name: &str) -> PathBuf {
 /// reaches outside /run/netns.
 fn check_owned(name: &str) -> Result<()> {
     let ok = name.starts_with(crate::model::paths::NS_PREFIX) && !name.contains('/') && name.len() < 256;
-    anyhow::ensure!(ok, "{:?} is not a cnilab namespace name", crate::model::names::excerpt(name));
+    anyhow::ensure!(
+        ok,
+        "{:?} is not a cnilab namespace name",
+        crate::model::names::excerpt(name)
+    );
     Ok(())
 }
 

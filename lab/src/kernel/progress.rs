@@ -99,4 +99,3 @@ pub fn table(header: &[&str]) -> comfy_table::Table {
     t.set_header(header.iter().map(|h| h.to_string()).collect::<Vec<_>>());
     t
 }
-

@@ -18,9 +18,9 @@ use netlink_packet_route::route::{RouteAddress, RouteAttribute};
 
 use crate::kernel::netns::{self, Netns};
 use crate::kernel::nl::Nl;
+use crate::kernel::progress::Progress;
 use crate::model::paths::LabPaths;
 use crate::model::plan::{Plan, write_file};
-use crate::kernel::progress::Progress;
 
 /// How long agents get to write their subnet file.
 const AGENT_START_DEADLINE: Duration = Duration::from_secs(30);
@@ -205,7 +205,11 @@ pub fn tail(path: &Path, lines: usize) -> String {
 /// Waits until each agent has written its ready file, failing early with
 /// its log when one exits. Items: (node, ready file, pid, log, agent name).
 pub async fn wait_ready(items: &[(String, PathBuf, u32, PathBuf, &str)], progress: &Progress) -> Result<()> {
-    let mut backoff = Backoff::new(AGENT_START_DEADLINE, Duration::from_millis(1), Duration::from_millis(50));
+    let mut backoff = Backoff::new(
+        AGENT_START_DEADLINE,
+        Duration::from_millis(1),
+        Duration::from_millis(50),
+    );
     let mut waiting: Vec<&(String, PathBuf, u32, PathBuf, &str)> = items.iter().collect();
     loop {
         waiting.retain(|(_, file, ..)| {

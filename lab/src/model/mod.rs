@@ -1,9 +1,9 @@
 //! What the user wrote and every decision made from it, pure: topology, plan, names, paths, fault specs, errors.
 
 pub mod error;
+pub mod faultspec;
 pub mod names;
+pub mod paths;
+pub mod plan;
 pub mod spanned;
 pub mod topology;
-pub mod paths;
-pub mod faultspec;
-pub mod plan;

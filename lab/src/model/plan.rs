@@ -356,7 +356,6 @@ pub struct BirdPlan {
     pub sessions: Vec<SessionPlan>,
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

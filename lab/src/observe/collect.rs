@@ -399,7 +399,10 @@ async fn read_texts(handle: &Netns, t: &Target, want: Want, d: &mut NsDump) -> R
     }
     if let Some(sock) = t.bird_socket.clone().filter(|s| s.exists()) {
         let read = tokio::task::spawn_blocking(move || -> Result<_> {
-            Ok((crate::kernel::bird::sessions(&sock)?, crate::kernel::bird::bgp_routes(&sock)?))
+            Ok((
+                crate::kernel::bird::sessions(&sock)?,
+                crate::kernel::bird::bgp_routes(&sock)?,
+            ))
         })
         .await?;
         match read {

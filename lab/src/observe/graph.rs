@@ -8,8 +8,8 @@ use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
 use crate::model::error::Error;
-use crate::profile::Plan;
 use crate::ops::state::LabState;
+use crate::profile::Plan;
 
 /// Above this many nodes, a full mesh of tunnels is drawn as one hub.
 const MESH_EDGES_UP_TO: usize = 12;

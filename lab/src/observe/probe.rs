@@ -13,8 +13,8 @@ use anyhow::{Context, Result, anyhow};
 use nix::sched::{CloneFlags, setns};
 use serde::Serialize;
 
-use crate::model::error::Error;
 use crate::kernel::netns::{self, Netns};
+use crate::model::error::Error;
 use crate::ops::state::LabState;
 
 mod pingall;
@@ -431,7 +431,10 @@ pub struct Pmtu {
 
 /// MTU of the interface the route to `ip` leaves by.
 fn route_mtu(src: &Netns, ip: Ipv4Addr) -> Result<u32> {
-    let d = crate::observe::collect::collect_blocking(crate::observe::collect::Target::new(src.name()), Default::default())?;
+    let d = crate::observe::collect::collect_blocking(
+        crate::observe::collect::Target::new(src.name()),
+        Default::default(),
+    )?;
     let r = d
         .route_get(ip, None, None)
         .map_err(|e| anyhow!("no route to the destination: {e}"))?;
@@ -579,7 +582,11 @@ pub fn tcp(state: &LabState, from: &str, to: &str, bytes: u64, deadline: Duratio
             let listener = TcpListener::bind((ip, 0))?;
             let _ = tx.send(Ok(listener.local_addr()?.port()));
             listener.set_nonblocking(true)?;
-            let wait = Backoff::new(deadline + Duration::from_secs(1), Duration::from_millis(5), Duration::from_millis(5));
+            let wait = Backoff::new(
+                deadline + Duration::from_secs(1),
+                Duration::from_millis(5),
+                Duration::from_millis(5),
+            );
             let until = wait.deadline();
             let accepted = retry::until(wait, || match listener.accept() {
                 Ok((c, _)) => Some(Ok(c)),
@@ -692,7 +699,8 @@ pub struct RouteGet {
 pub fn route(state: &LabState, from: &str, to: &str) -> Result<RouteGet> {
     let src = source(state, from)?;
     let dst = dest(state, to)?;
-    let d = crate::observe::collect::collect_blocking(crate::observe::collect::Target::new(&src.ns), Default::default())?;
+    let d =
+        crate::observe::collect::collect_blocking(crate::observe::collect::Target::new(&src.ns), Default::default())?;
     let r = d.route_get(dst.ip, None, None);
     let (dev, via) = match &r {
         Ok(l) => (l.dev.clone(), l.gateway.map(|g| g.to_string())),

@@ -16,8 +16,8 @@ use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, Neig
 use netlink_packet_route::route::{RouteProtocol, RouteScope, RouteType};
 use serde::{Deserialize, Serialize};
 
-use crate::observe::collect::{Dump, NsDump, Target, Want};
 use crate::kernel::netns;
+use crate::observe::collect::{Dump, NsDump, Target, Want};
 use crate::ops::state::LabState;
 
 pub mod iptables;

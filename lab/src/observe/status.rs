@@ -10,8 +10,8 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::kernel::netns;
-use crate::profile::Plan;
 use crate::ops::state::{LabState, Phase};
+use crate::profile::Plan;
 
 /// A lab's status, for people (`Display`) and programs (JSON). Every
 /// element is an object with named fields, so that programs read fields by

@@ -23,16 +23,16 @@ use std::net::Ipv4Addr;
 
 use serde::Serialize;
 
+use crate::kernel::netns;
+use crate::model::error::{Error, Result};
+use crate::model::paths;
 use crate::observe::collect::{
     Dump, Neigh, NsDump, RTN_BLACKHOLE, RTN_PROHIBIT, RTN_UNREACHABLE, Route, Target, Want, dst_text, protocol_name,
     type_name,
 };
-use crate::model::error::{Error, Result};
 use crate::observe::iptables::{self, Proto, Ruleset};
-use crate::kernel::netns;
-use crate::model::paths;
-use crate::profile::Plan;
 use crate::ops::state::LabState;
+use crate::profile::Plan;
 
 /// rtm_protocol of the routes BIRD writes.
 const RTPROT_BIRD: u8 = 12;

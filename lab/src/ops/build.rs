@@ -14,19 +14,19 @@ use futures::{StreamExt, TryStreamExt};
 use netlink_packet_route::RouteNetlinkMessage;
 
 use crate::kernel::cni::{self, Attachment, Runtime};
-use crate::model::error::Error;
 use crate::kernel::netns::{self, Netns};
 use crate::kernel::nl::{self, Nl};
+use crate::kernel::progress::Progress;
+use crate::model::error::Error;
 use crate::model::paths::{self, LabPaths};
 use crate::model::plan::NodePlan;
-use crate::profile::Plan;
-use crate::kernel::progress::Progress;
-use crate::ops::state::{LabState, Phase, PodState};
 use crate::model::topology::Topology;
+use crate::ops::state::{LabState, Phase, PodState};
+use crate::profile::Plan;
 
-pub use crate::profile::Built;
 pub use crate::kernel::runtime::{Handle, link_binaries, spawn_agent, start_agent, wait_ready};
 pub use crate::kernel::tools::SYSTEM_CNI_DIRS;
+pub use crate::profile::Built;
 
 /// Options of `up`.
 #[derive(Debug, Clone)]

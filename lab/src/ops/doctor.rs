@@ -13,8 +13,8 @@ use netlink_packet_route::link::{InfoData, InfoKind, InfoVlan, InfoVrf, LinkAttr
 use serde::Serialize;
 
 use crate::kernel::nl::{self, Nl};
-use crate::profile::Plan;
 use crate::kernel::tools;
+use crate::profile::Plan;
 
 /// A kernel feature cnilab (or its users' labs) may use.
 #[derive(Debug, Clone, Copy)]

@@ -20,17 +20,17 @@ use netlink_packet_route::neighbour::{
 use rtnetlink::LinkUnspec;
 use std::net::Ipv4Addr;
 
-use crate::ops::build::{Handle, create_ns, start_agent, wait_ready};
+use crate::kernel::netns::{self, Netns};
+use crate::kernel::nl::{self, Nl, link_name};
+use crate::kernel::progress::Progress;
 use crate::model::error::Error;
 pub use crate::model::faultspec::{Fault, FaultSpec, Undo, fault_spec, lines, touched_sysctls};
 use crate::model::faultspec::{Target, resolve, sysctl_path};
-use crate::kernel::netns::{self, Netns};
-use crate::kernel::nl::{self, Nl, link_name};
 use crate::model::paths;
 use crate::model::plan::{Stream, mac_string, random_mac, rng};
-use crate::profile::Plan;
-use crate::kernel::progress::Progress;
+use crate::ops::build::{Handle, create_ns, start_agent, wait_ready};
 use crate::ops::state::LabState;
+use crate::profile::Plan;
 
 fn wrong_target(plan: &Plan, kind: &str, target: &str, wants: &str) -> anyhow::Error {
     let names: Vec<String> = match wants {

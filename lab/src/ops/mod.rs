@@ -1,8 +1,8 @@
 //! Lab operations: build (up), teardown (down), faults, pods, the saved state, doctor.
 
 pub mod build;
-pub mod teardown;
+pub mod doctor;
 pub mod fault;
 pub mod pods;
 pub mod state;
-pub mod doctor;
+pub mod teardown;

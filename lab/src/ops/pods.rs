@@ -6,12 +6,12 @@ use anyhow::{Context, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::ops::build::runtime_for;
 use crate::kernel::cni::{self, Attachment};
-use crate::model::error::Error;
 use crate::kernel::netns::{self, Netns};
 use crate::kernel::nl::{self, Nl};
+use crate::model::error::Error;
 use crate::model::plan::PodPlan;
+use crate::ops::build::runtime_for;
 use crate::ops::state::{LabState, PodState};
 
 fn split(pod: &str) -> Result<(&str, &str)> {

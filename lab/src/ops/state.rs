@@ -7,8 +7,8 @@ use std::net::Ipv4Addr;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::model::error::Error;
 use crate::kernel::netns;
+use crate::model::error::Error;
 use crate::model::paths::{self, LabPaths};
 use crate::profile::Plan;
 
@@ -104,7 +104,11 @@ impl LabState {
     fn check_owned_by(&self, lab: &str) -> Result<()> {
         use crate::model::names::{Kind, is_valid};
         let plan = &self.plan;
-        anyhow::ensure!(plan.lab == lab, "it names lab {:?}", crate::model::names::excerpt(&plan.lab));
+        anyhow::ensure!(
+            plan.lab == lab,
+            "it names lab {:?}",
+            crate::model::names::excerpt(&plan.lab)
+        );
         let prefix = paths::lab_ns_prefix(lab);
         let owned = |ns: &str| ns.starts_with(&prefix) && !ns.contains('/') && ns.len() < 256;
         anyhow::ensure!(owned(&plan.fabric_ns), "its fabric namespace is not the lab's");
@@ -190,7 +194,11 @@ pub fn labs() -> Vec<String> {
 /// `CNILAB_LAB`), else the only one running.
 pub fn choose_lab(named: Option<&str>) -> Result<String, Error> {
     if let Some(n) = named {
-        crate::model::names::check(crate::model::names::Kind::Lab, n, "from an argument, --lab or CNILAB_LAB")?;
+        crate::model::names::check(
+            crate::model::names::Kind::Lab,
+            n,
+            "from an argument, --lab or CNILAB_LAB",
+        )?;
         return Ok(n.to_string());
     }
     let all = labs();

@@ -14,8 +14,8 @@ use nix::unistd::Pid;
 use serde::Serialize;
 
 use crate::kernel::netns;
-use crate::model::paths::{self, LabPaths};
 use crate::kernel::retry::{self, Backoff};
+use crate::model::paths::{self, LabPaths};
 
 /// How long processes get to exit on SIGTERM before SIGKILL.
 const TERM_GRACE: Duration = Duration::from_secs(3);

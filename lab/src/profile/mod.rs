@@ -35,10 +35,10 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::kernel::bird::BirdPlan;
+use crate::kernel::runtime;
 use crate::model::error::{Error, InputError, Source};
 use crate::model::paths::LabPaths;
 use crate::model::plan::{NodePlan, RouterPlan};
-use crate::kernel::runtime;
 use crate::model::topology::{self, ProfileSyntax, Topology};
 
 pub use crate::kernel::runtime::AgentSpec;

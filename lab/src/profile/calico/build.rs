@@ -10,10 +10,10 @@ use ipnet::Ipv4Net;
 use super::options::{CalicoMode, CalicoOptions};
 use super::{CONFLIST_NAME, CalicoPlan, ipam};
 use crate::kernel::bird::{self, BirdPlan};
+use crate::kernel::runtime::{link_binaries, main_routes, start_agents};
 use crate::model::plan::write_file;
 use crate::profile::Built;
 use crate::profile::{PodAdd, Profile as _, ProfilePlan, SavePlan};
-use crate::kernel::runtime::{link_binaries, main_routes, start_agents};
 
 /// The BIRDs of a lab: (who, control socket, plan), nodes then routers.
 pub fn birds(b: &Built<'_>, c: &CalicoPlan) -> Vec<(String, std::path::PathBuf, BirdPlan)> {

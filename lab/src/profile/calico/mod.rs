@@ -23,8 +23,8 @@ use futures::future::BoxFuture;
 use crate::kernel::bird::{BirdPlan, RouterPeer, SessionPlan, ip_id, router_config};
 use crate::model::paths::LabPaths;
 use crate::model::plan::{NodePlan, RouterPlan, Stream, mac_string, random_mac, rng};
-use crate::profile::{AgentSpec, Built, PodAdd, Profile, SavePlan};
 use crate::model::topology::Topology;
+use crate::profile::{AgentSpec, Built, PodAdd, Profile, SavePlan};
 use options::{CalicoMesh, CalicoMode, CalicoOptions};
 
 /// The stock Calico CNI configuration (calico.yaml's `cni_network_config`).

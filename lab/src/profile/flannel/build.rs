@@ -9,10 +9,10 @@ use ipnet::Ipv4Net;
 
 use super::options::FlannelBackend;
 use super::{CONFLIST_NAME, FlannelPlan};
+use crate::kernel::runtime::{link_binaries, main_routes, start_agents};
 use crate::model::plan::write_file;
 use crate::profile::Profile as _;
 use crate::profile::{Built, Plan};
-use crate::kernel::runtime::{link_binaries, main_routes, start_agents};
 
 /// Writes flannel's network configuration and the nodes' conflists, starts
 /// a flanneld in each node and waits for their subnet files. Returns each

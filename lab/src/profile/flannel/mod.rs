@@ -19,8 +19,8 @@ use futures::future::BoxFuture;
 
 use crate::model::paths::LabPaths;
 use crate::model::plan::{NodePlan, Stream, mac_string, random_mac, rng};
-use crate::profile::{AgentSpec, Built, Plan, Profile};
 use crate::model::topology::Topology;
+use crate::profile::{AgentSpec, Built, Plan, Profile};
 use options::{FlannelBackend, FlannelOptions};
 
 /// The stock kube-flannel CNI configuration, as shipped in kube-flannel.yml.
