@@ -340,6 +340,8 @@ fn baseline_pods(plan: &Value) -> Duration {
     let root = PathBuf::from("/run/cnilab").join(BASE_LAB);
     let bin = root.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
+    // As `up` does: `down` removes only a folder that names its lab.
+    std::fs::write(cnilab::model::paths::LabPaths::of(BASE_LAB).marker(), BASE_LAB).unwrap();
     for name in ["flannel", "calico"] {
         let _ = std::os::unix::fs::symlink(cnilab_bin(), bin.join(name));
     }
