@@ -6,6 +6,7 @@ pub mod agent;
 pub mod build;
 pub mod options;
 pub mod plugin;
+pub mod udp;
 
 use std::net::Ipv4Addr;
 
@@ -161,7 +162,11 @@ impl Profile for FlannelPlan {
     }
 
     fn tunnel_label(&self) -> Option<String> {
-        (self.backend == FlannelBackend::Vxlan).then(|| format!("VXLAN VNI {} UDP {}", self.vni, self.port))
+        match self.backend {
+            FlannelBackend::Vxlan => Some(format!("VXLAN VNI {} UDP {}", self.vni, self.port)),
+            FlannelBackend::Udp => Some(format!("IP in UDP {} (flanneld)", self.port)),
+            FlannelBackend::HostGw => None,
+        }
     }
 
     fn graph_lines(&self, node: &str) -> (Vec<String>, Option<(String, u32)>) {
@@ -195,7 +200,8 @@ impl Profile for FlannelPlan {
     fn kernel_features(&self) -> Vec<&'static str> {
         match self.backend {
             FlannelBackend::Vxlan => vec!["vxlan"],
-            _ => Vec::new(),
+            FlannelBackend::Udp => vec!["tun"],
+            FlannelBackend::HostGw => Vec::new(),
         }
     }
 
