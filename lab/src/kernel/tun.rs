@@ -31,10 +31,7 @@ pub fn open(name: &str) -> Result<File> {
     // SAFETY: TUNSETIFF reads and writes a struct ifreq, which `req` is large enough to hold.
     let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, req.as_mut_ptr()) };
     if rc != 0 {
-        bail!(
-            "cannot create TUN device {name}: {}",
-            std::io::Error::last_os_error()
-        );
+        bail!("cannot create TUN device {name}: {}", std::io::Error::last_os_error());
     }
     Ok(file)
 }

@@ -128,7 +128,10 @@ fn read_lease(dir: &Path, key: &str) -> Option<Lease> {
 /// What the agent programs for the leases of others.
 enum Backend {
     Vxlan(Vtep),
-    HostGw { nl: Nl, ext: u32 },
+    HostGw {
+        nl: Nl,
+        ext: u32,
+    },
     /// The UDP forwarder's table: no kernel object per lease.
     Udp(super::udp::Routes),
 }
@@ -330,7 +333,10 @@ async fn udp_backend(
         .with_context(|| format!("failed to start listening on UDP socket {public_ip}:{}", config.port))?;
     let routes = super::udp::Routes::default();
     super::udp::start(tun, sock, config.port, routes.clone())?;
-    info!("{name} ready: MTU {mtu}, forwarding over UDP {public_ip}:{}", config.port);
+    info!(
+        "{name} ready: MTU {mtu}, forwarding over UDP {public_ip}:{}",
+        config.port
+    );
     Ok(routes)
 }
 

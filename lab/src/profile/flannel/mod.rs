@@ -105,7 +105,8 @@ impl Profile for FlannelPlan {
     fn describe(&self) -> String {
         match self.backend {
             FlannelBackend::Vxlan => format!("flannel vxlan (VNI {}, port {})", self.vni, self.port),
-            b => format!("flannel {}", b.as_str()),
+            FlannelBackend::Udp => format!("flannel udp (port {})", self.port),
+            FlannelBackend::HostGw => "flannel host-gw".to_string(),
         }
     }
 
@@ -164,7 +165,7 @@ impl Profile for FlannelPlan {
     fn tunnel_label(&self) -> Option<String> {
         match self.backend {
             FlannelBackend::Vxlan => Some(format!("VXLAN VNI {} UDP {}", self.vni, self.port)),
-            FlannelBackend::Udp => Some(format!("IP in UDP {} (flanneld)", self.port)),
+            FlannelBackend::Udp => Some(format!("IP in UDP {}, flanneld", self.port)),
             FlannelBackend::HostGw => None,
         }
     }

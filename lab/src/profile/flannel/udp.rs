@@ -155,7 +155,10 @@ mod tests {
         let mut r = BTreeMap::new();
         r.insert("10.244.2.0/24".parse().unwrap(), Ipv4Addr::new(10, 0, 0, 12));
         r.insert("10.244.3.0/24".parse().unwrap(), Ipv4Addr::new(10, 0, 0, 13));
-        assert_eq!(next_hop(&r, Ipv4Addr::new(10, 244, 3, 7)), Some(Ipv4Addr::new(10, 0, 0, 13)));
+        assert_eq!(
+            next_hop(&r, Ipv4Addr::new(10, 244, 3, 7)),
+            Some(Ipv4Addr::new(10, 0, 0, 13))
+        );
         assert_eq!(next_hop(&r, Ipv4Addr::new(10, 244, 9, 7)), None);
         assert_eq!(destination(&header(64)), Some(Ipv4Addr::new(10, 244, 2, 2)));
         assert_eq!(destination(&[0x60; 40]), None);
