@@ -577,11 +577,8 @@ fn the_flannel_udp_backend_validates_on_port_8285() {
     let o = flannel(&t);
     assert_eq!(o.backend, FlannelBackend::Udp);
     assert_eq!(o.port, 8285);
-    let t = parse(&Source::new(
-        "t.toml",
-        &text.replace("backend = \"udp\"", "backend = \"udp\"\nport = 9000"),
-    ))
-    .unwrap();
+    let other = text.replace("backend = \"udp\"", "backend = \"udp\"\nport = 9000");
+    let t = parse(&Source::new("t.toml", &other)).unwrap();
     assert_eq!(flannel(&t).port, 9000);
 }
 
