@@ -162,6 +162,10 @@ impl Profile for FlannelPlan {
         (self.backend == FlannelBackend::Vxlan).then_some(self.port)
     }
 
+    fn ip_in_udp_port(&self) -> Option<u16> {
+        (self.backend == FlannelBackend::Udp).then_some(self.port)
+    }
+
     fn tunnel_label(&self) -> Option<String> {
         match self.backend {
             FlannelBackend::Vxlan => Some(format!("VXLAN VNI {} UDP {}", self.vni, self.port)),
