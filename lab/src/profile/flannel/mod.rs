@@ -376,4 +376,24 @@ mod tests {
         );
         assert_eq!(conf["plugins"][1]["type"], "portmap");
     }
+
+    #[test]
+    fn udp_plan_follows_flannel() {
+        let text = "name = \"d\"\n[network.flannel]\nbackend = \"udp\"\n[[switch]]\nname = \"s\"\nsubnet = \"172.20.0.0/24\"\n[[node]]\nname = \"n{i}\"\ncount = 2\npods = 1\n";
+        let t = crate::profile::parse_topology(&Source::new("t.toml", text)).unwrap();
+        let paths = LabPaths::new(Path::new("/run/cnilab"), "d");
+        let plan = crate::profile::plan_lab(&t, "d", &paths);
+        let f: &FlannelPlan = plan.profile.downcast().unwrap();
+        assert_eq!(f.device.as_deref(), Some("flannel0"));
+        assert_eq!(f.port, 8285);
+        assert_eq!((f.nodes[0].device_mtu, f.nodes[0].pod_mtu), (Some(1472), 1472));
+        assert_eq!(
+            f.net_config,
+            json!({"Network": "10.244.0.0/16", "SubnetLen": 24, "Backend": {"Type": "udp"}})
+        );
+        assert_eq!(f.vxlan_port(), None);
+        assert_eq!(f.ip_in_udp_port(), Some(8285));
+        assert_eq!(f.kernel_features(), ["tun"]);
+        assert_eq!(f.overlay("n1"), Some(("flannel0".to_string(), 1472)));
+    }
 }
