@@ -654,7 +654,7 @@ fn capture(
         Some(p) => format!(", VXLAN on UDP {p} is decoded"),
         None => match st.plan.profile.ip_in_udp_port() {
             Some(p) => format!(
-                "; UDP {p} carries the pods' IP packets bare, which tcpdump shows as UDP only (-- -x prints them)"
+                "; UDP {p} between nodes carries the pods' IP packets bare, which tcpdump shows as UDP only (-- -x prints them)"
             ),
             None => String::new(),
         },

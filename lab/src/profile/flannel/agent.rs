@@ -332,7 +332,7 @@ async fn udp_backend(
     let sock = std::net::UdpSocket::bind((public_ip, config.port))
         .with_context(|| format!("failed to start listening on UDP socket {public_ip}:{}", config.port))?;
     let routes = super::udp::Routes::default();
-    super::udp::start(tun, sock, config.port, routes.clone())?;
+    super::udp::start(tun, subnet.network(), sock, config.port, routes.clone())?;
     info!(
         "{name} ready: MTU {mtu}, forwarding over UDP {public_ip}:{}",
         config.port

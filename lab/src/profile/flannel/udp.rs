@@ -3,7 +3,11 @@
 //! goes, bare, as the payload of one UDP datagram from this node's
 //! address to the node holding the lease of its destination (same port);
 //! a datagram received is written into `flannel0`. Each side decrements
-//! the TTL as a router would. A packet for no known lease is dropped.
+//! the TTL as a router would. A packet for no known lease is dropped, and
+//! answered, as flanneld answers it, with ICMP net unreachable from the
+//! lease's `.0` unless it is ICMP itself or a later fragment. That source
+//! is flannel0's own address, so the node's kernel drops the answer as a
+//! martian (unless `accept_local` is set), on real flanneld as here.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -53,22 +57,65 @@ pub fn decrement_ttl(pkt: &mut [u8]) -> bool {
     true
 }
 
+/// Adds up 16-bit words, ones' complement, as the Internet checksum does.
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// flanneld's send_net_unreachable: for a packet to no known lease, ICMP
+/// destination unreachable (net, code 0) from `tun_addr` back to its
+/// source, TTL 8, carrying its IP header and first 8 bytes. None, as
+/// flanneld sends none, for an ICMP packet (RFC 792: no ICMP about ICMP),
+/// a fragment after the first, or a malformed header.
+pub fn net_unreachable(offender: &[u8], tun_addr: Ipv4Addr) -> Option<Vec<u8>> {
+    let ihl = usize::from(*offender.first()? & 0x0f) * 4;
+    // flanneld refuses headers of 60 bytes (20 + MAX_IPOPTLEN) or more.
+    if !(20..60).contains(&ihl) || offender.len() < ihl + 8 || offender[9] == 1 {
+        return None;
+    }
+    if u16::from_be_bytes([offender[6], offender[7]]) & 0x1fff != 0 {
+        return None;
+    }
+    let len = 20 + 8 + ihl + 8;
+    let mut p = vec![0u8; len];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+    p[8] = 8;
+    p[9] = 1;
+    p[12..16].copy_from_slice(&tun_addr.octets());
+    p[16..20].copy_from_slice(&offender[12..16]);
+    let c = checksum(&p[..20]);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    p[20] = 3;
+    p[28..].copy_from_slice(&offender[..ihl + 8]);
+    let c = checksum(&p[20..]);
+    p[22..24].copy_from_slice(&c.to_be_bytes());
+    Some(p)
+}
+
 /// Starts the two directions on threads of their own (blocking reads on
 /// the TUN file and the socket); they run until the process ends, which
 /// also removes `flannel0`.
-pub fn start(tun: File, sock: UdpSocket, port: u16, routes: Routes) -> Result<()> {
+pub fn start(tun: File, tun_addr: Ipv4Addr, sock: UdpSocket, port: u16, routes: Routes) -> Result<()> {
     let tun_out = tun.try_clone().context("cannot duplicate the TUN file")?;
     let sock_in = sock.try_clone().context("cannot duplicate the UDP socket")?;
     std::thread::Builder::new()
         .name("tun-to-udp".into())
-        .spawn(move || tun_to_udp(tun, sock, port, routes))?;
+        .spawn(move || tun_to_udp(tun, tun_addr, sock, port, routes))?;
     std::thread::Builder::new()
         .name("udp-to-tun".into())
         .spawn(move || udp_to_tun(sock_in, tun_out))?;
     Ok(())
 }
 
-fn tun_to_udp(mut tun: File, sock: UdpSocket, port: u16, routes: Routes) {
+fn tun_to_udp(mut tun: File, tun_addr: Ipv4Addr, sock: UdpSocket, port: u16, routes: Routes) {
     let mut buf = vec![0u8; 65536];
     loop {
         let n = match tun.read(&mut buf) {
@@ -85,7 +132,11 @@ fn tun_to_udp(mut tun: File, sock: UdpSocket, port: u16, routes: Routes) {
         };
         let hop = next_hop(&routes.read().expect("routes lock"), dst);
         let Some(node) = hop else {
-            warn!("no lease holds {dst}: packet dropped");
+            if let Some(icmp) = net_unreachable(pkt, tun_addr) {
+                if let Err(e) = tun.write(&icmp) {
+                    warn!("writing ICMP net unreachable into flannel0: {e}");
+                }
+            }
             continue;
         };
         if !decrement_ttl(pkt) {
@@ -122,14 +173,6 @@ fn udp_to_tun(sock: UdpSocket, mut tun: File) {
 mod tests {
     use super::*;
 
-    fn checksum(h: &[u8]) -> u16 {
-        let mut s: u32 = h.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
-        while s >> 16 != 0 {
-            s = (s & 0xffff) + (s >> 16);
-        }
-        !(s as u16)
-    }
-
     fn header(ttl: u8) -> Vec<u8> {
         let mut h = vec![
             0x45, 0, 0, 84, 0x12, 0x34, 0x40, 0, ttl, 1, 0, 0, 10, 244, 1, 2, 10, 244, 2, 2,
@@ -148,6 +191,29 @@ mod tests {
             assert_eq!(checksum(&h), 0, "ttl {ttl}");
         }
         assert!(!decrement_ttl(&mut header(1)));
+    }
+
+    #[test]
+    fn a_packet_for_no_lease_gets_net_unreachable_unless_it_is_icmp() {
+        let mut tcp = header(64);
+        tcp[9] = 6;
+        tcp[10..12].copy_from_slice(&[0, 0]);
+        let c = checksum(&tcp);
+        tcp[10..12].copy_from_slice(&c.to_be_bytes());
+        tcp.extend([0x9c, 0x40, 0, 80, 1, 2, 3, 4, 9, 9]);
+        let tun = Ipv4Addr::new(10, 244, 1, 0);
+        let p = net_unreachable(&tcp, tun).expect("an answer");
+        assert_eq!(p.len(), 20 + 8 + 20 + 8);
+        assert_eq!((p[8], p[9], p[20], p[21]), (8, 1, 3, 0));
+        assert_eq!(&p[12..16], &tun.octets());
+        assert_eq!(&p[16..20], &tcp[12..16]);
+        assert_eq!(&p[28..], &tcp[..28]);
+        assert_eq!(checksum(&p[..20]), 0);
+        assert_eq!(checksum(&p[20..]), 0);
+        assert_eq!(net_unreachable(&header(64), tun), None, "none for ICMP");
+        tcp[6] = 0x20;
+        tcp[7] = 0x10;
+        assert_eq!(net_unreachable(&tcp, tun), None, "none for a later fragment");
     }
 
     #[test]
