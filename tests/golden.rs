@@ -37,6 +37,11 @@ fn flannel_vxlan() {
 }
 
 #[test]
+fn flannel_udp() {
+    stable_and_golden("flannel-udp");
+}
+
+#[test]
 fn calico_bgp() {
     stable_and_golden("calico-bgp");
 }

@@ -652,7 +652,12 @@ fn capture(
             format!(", UDP is decoded as VXLAN (port {p})")
         }
         Some(p) => format!(", VXLAN on UDP {p} is decoded"),
-        None => String::new(),
+        None => match st.plan.profile.ip_in_udp_port() {
+            Some(p) => format!(
+                "; UDP {p} between nodes carries the pods' IP packets bare, which tcpdump shows as UDP only (-- -x prints them)"
+            ),
+            None => String::new(),
+        },
     };
     cmd.extend(filter);
     eprintln!("capturing in {target} of lab {lab} on {iface}{decoded}; Ctrl-C stops");

@@ -10,4 +10,5 @@ pub mod progress;
 pub mod retry;
 pub mod runtime;
 pub mod tools;
+pub mod tun;
 pub mod watchd;

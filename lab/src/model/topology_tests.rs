@@ -571,14 +571,15 @@ fn calico_pool_must_hold_every_pod_but_not_one_block() {
 }
 
 #[test]
-fn refuses_the_flannel_udp_backend_as_not_built() {
-    let e = rejects(
-        &replace("backend = \"vxlan\"", "backend = \"udp\""),
-        9,
-        11,
-        "udp backend is not built by cnilab yet",
-    );
-    assert!(e.fix.contains("\"vxlan\""), "{}", e.fix);
+fn the_flannel_udp_backend_validates_on_port_8285() {
+    let text = replace("backend = \"vxlan\"", "backend = \"udp\"");
+    let t = parse(&Source::new("t.toml", &text)).expect("udp is built");
+    let o = flannel(&t);
+    assert_eq!(o.backend, FlannelBackend::Udp);
+    assert_eq!(o.port, 8285);
+    let other = text.replace("backend = \"udp\"", "backend = \"udp\"\nport = 9000");
+    let t = parse(&Source::new("t.toml", &other)).unwrap();
+    assert_eq!(flannel(&t).port, 9000);
 }
 
 #[test]

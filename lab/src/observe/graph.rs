@@ -226,8 +226,13 @@ impl Graph {
         let rows = self.groups.len() > self.columns(true);
         let bgp_edges = self.bgp_edges(rows);
         let mut legend = vec![self.title.clone()];
-        if !rows && self.links.iter().any(|l| l.layer == Layer::Tunnel) {
-            legend.push("dashed blue: VXLAN tunnels".into());
+        if let Some(t) = self.links.iter().find(|l| l.layer == Layer::Tunnel).filter(|_| !rows) {
+            // Not every overlay is VXLAN (flannel udp forwards in userspace).
+            legend.push(if t.label.starts_with("VXLAN") {
+                "dashed blue: VXLAN tunnels".into()
+            } else {
+                format!("dashed blue: tunnels ({})", t.label)
+            });
         }
         let kinds: BTreeSet<&str> = self
             .links

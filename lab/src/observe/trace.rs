@@ -1036,7 +1036,27 @@ fn route_out(lab: &Lab, view: &View, mut h: Hop, l3_in: Option<String>, pkt: &mu
     if view.kind(&out) == "vxlan" {
         return encapsulate(lab, view, h, &out, gw, pkt);
     }
+    if view.kind(&out) == "tun" {
+        return done(h, into_tun(lab, view, &out, pkt));
+    }
     link_layer(lab, view, h, &out, gw, pkt)
+}
+
+/// Sent into a TUN device: no neighbour, no wire; the kernel hands the
+/// packet to the process that holds the device, whose forwarding no
+/// kernel table shows, so the trace ends here and says so.
+fn into_tun(lab: &Lab, view: &View, dev: &str, pkt: &Packet) -> Next {
+    let how = lab
+        .plan
+        .profile
+        .tunnel_label()
+        .map_or(String::new(), |l| format!(" (here: {l})"));
+    Next::Leaves(format!(
+        "the trace stops at {dev} on {}: it is a TUN device, so the kernel hands {} -> {} to the userspace program that holds it{how}, and where that program sends it is in no kernel table trace reads; `cnilab capture` on the nodes' eth0 shows the wire, `cnilab probe ping` whether it arrives",
+        lab.label(view.name(), None),
+        pkt.src,
+        pkt.dst
+    ))
 }
 
 /// Where BIRD learned the route the kernel uses, for a route BIRD wrote.

@@ -338,6 +338,16 @@ async fn probe_kernel(plan: &Plan, fnl: &Nl) -> Result<()> {
         )
         .await?;
     }
+    if features.contains(&"tun") {
+        // The agent creates its TUN device in its node; here, only that it can.
+        if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun") {
+            return Err(Error::env(
+                format!("checking TUN support: cannot open /dev/net/tun ({e})"),
+                "load the module: modprobe tun",
+            )
+            .into());
+        }
+    }
     unbuildable_here(plan)?;
     Ok(())
 }

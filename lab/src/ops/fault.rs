@@ -442,7 +442,9 @@ async fn agent_restart_add(
     let plan = state.plan.clone();
     let ns = agent_owner_ns(&plan, on, "agent-restart")?.to_string();
     let mac = if new_mac {
-        let Some(dev) = plan.profile.overlay(on).map(|o| o.0) else {
+        // A VTEP MAC needs a VXLAN device (flannel udp's flannel0 has no MAC).
+        let vtep = plan.profile.vxlan_port().and_then(|_| plan.profile.overlay(on));
+        let Some(dev) = vtep.map(|o| o.0) else {
             return Err(Error::usage(
                 format!(
                     "--new-mac needs a VXLAN agent, and {on} runs {}",

@@ -309,6 +309,13 @@ pub trait Profile: Saved + Send + Sync {
     /// The UDP port of its VXLAN overlay, for `capture` to decode.
     fn vxlan_port(&self) -> Option<u16>;
 
+    /// The UDP port of an overlay that carries bare IP packets as UDP
+    /// payload (flannel's udp backend), which tcpdump cannot decode, for
+    /// `capture` to say so.
+    fn ip_in_udp_port(&self) -> Option<u16> {
+        None
+    }
+
     /// The label of the overlay tunnels between nodes in `graph`.
     fn tunnel_label(&self) -> Option<String>;
 

@@ -3,7 +3,8 @@
 //! `flannel.<VNI>` with its `<subnet>.0/32` address, the subnet file, its
 //! lease under flannel's etcd layout, and per remote lease the neighbour,
 //! the FDB entry and the onlink route, in that order (or, for host-gw, the
-//! route via the peer). The etcd it reads and writes is a folder with one
+//! route via the peer; for udp, `flannel0` and its userspace forwarder,
+//! `udp.rs`). The etcd it reads and writes is a folder with one
 //! file per key; it watches that folder with inotify as flanneld watches etcd.
 
 use std::collections::BTreeMap;
@@ -127,7 +128,12 @@ fn read_lease(dir: &Path, key: &str) -> Option<Lease> {
 /// What the agent programs for the leases of others.
 enum Backend {
     Vxlan(Vtep),
-    HostGw { nl: Nl, ext: u32 },
+    HostGw {
+        nl: Nl,
+        ext: u32,
+    },
+    /// The UDP forwarder's table: no kernel object per lease.
+    Udp(super::udp::Routes),
 }
 
 impl Backend {
@@ -135,6 +141,7 @@ impl Backend {
         match self {
             Backend::Vxlan(_) => "vxlan",
             Backend::HostGw { .. } => "host-gw",
+            Backend::Udp(_) => "udp",
         }
     }
 
@@ -151,6 +158,10 @@ impl Backend {
                     Err(e) => error!("Error adding route to {} via {}: {e}", l.subnet, l.public_ip),
                 }
             }
+            Backend::Udp(routes) => {
+                info!("adding subnet: {} PublicIP: {}", l.subnet, l.public_ip);
+                routes.write().expect("routes lock").insert(l.subnet, l.public_ip);
+            }
         }
     }
 
@@ -166,6 +177,10 @@ impl Backend {
                 if let Err(e) = nl.change(RouteNetlinkMessage::DelRoute(msg)).await {
                     error!("Error deleting route to {} via {}: {e}", l.subnet, l.public_ip);
                 }
+            }
+            Backend::Udp(routes) => {
+                info!("removing subnet: {} PublicIP: {}", l.subnet, l.public_ip);
+                routes.write().expect("routes lock").remove(&l.subnet);
             }
         }
     }
@@ -246,7 +261,12 @@ async fn run(args: Args) -> Result<()> {
             None,
             ext_mtu,
         ),
-        other => bail!("backend {other} is not implemented by cnilab's flanneld (vxlan and host-gw are)"),
+        "udp" => {
+            let mtu = ext_mtu - super::UDP_OVERHEAD;
+            let routes = udp_backend(&nl, &config, &args.subnet, public_ip, mtu).await?;
+            (Backend::Udp(routes), None, mtu)
+        }
+        other => bail!("backend {other} is not implemented by cnilab's flanneld (vxlan, host-gw and udp are)"),
     };
 
     let mut watch = Watch::new(&etcd.join("subnets"), args.watch_socket.as_deref()).await?;
@@ -281,6 +301,43 @@ async fn run(args: Args) -> Result<()> {
     .await?;
     info!("exiting; the device, routes and lease stay, as with flanneld");
     Ok(())
+}
+
+/// flanneld's UDP backend: `flannel0` (a TUN device this process holds)
+/// with `<lease>.0/32`, the MTU, up, one route for the whole network through
+/// it, and the forwarder between it and UDP `port` on the public address.
+async fn udp_backend(
+    nl: &Nl,
+    config: &NetConfig,
+    subnet: &Ipv4Net,
+    public_ip: Ipv4Addr,
+    mtu: u32,
+) -> Result<super::udp::Routes> {
+    use netlink_packet_route::route::RouteScope;
+    let name = "flannel0";
+    let tun = crate::kernel::tun::open(name)?;
+    let index = nl.index(name).await?.context("created TUN device not found")?;
+    overlay::ensure_single_address(nl, index, subnet.network(), 32).await?;
+    nl.change(RouteNetlinkMessage::SetLink(
+        rtnetlink::LinkUnspec::new_with_index(index).mtu(mtu).up().build(),
+    ))
+    .await
+    .with_context(|| format!("failed to set MTU {mtu} and up for {name}"))?;
+    // Explicit, scope universe, as flanneld adds it.
+    let mut route = nl::route(config.network, None, Some(index), false);
+    route.header.scope = RouteScope::Universe;
+    nl.replace(RouteNetlinkMessage::NewRoute(route))
+        .await
+        .with_context(|| format!("failed to add route ({} -> {name})", config.network))?;
+    let sock = std::net::UdpSocket::bind((public_ip, config.port))
+        .with_context(|| format!("failed to start listening on UDP socket {public_ip}:{}", config.port))?;
+    let routes = super::udp::Routes::default();
+    super::udp::start(tun, subnet.network(), sock, config.port, routes.clone())?;
+    info!(
+        "{name} ready: MTU {mtu}, forwarding over UDP {public_ip}:{}",
+        config.port
+    );
+    Ok(routes)
 }
 
 /// Brings the programmed state in line with the named lease files: new or

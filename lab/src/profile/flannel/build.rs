@@ -33,11 +33,15 @@ pub async fn start(b: &Built<'_>, f: &FlannelPlan) -> Result<Vec<(String, u32)>>
 }
 
 /// What flannel programs on each node for every other node's lease:
-/// (destination, gateway).
-pub fn expected_routes(plan: &Plan, f: &FlannelPlan) -> BTreeMap<String, Vec<(Ipv4Net, Ipv4Addr)>> {
+/// (destination, gateway). The UDP backend has one route, the whole
+/// network through `flannel0`, and keeps the leases in its forwarder.
+pub fn expected_routes(plan: &Plan, f: &FlannelPlan) -> BTreeMap<String, Vec<(Ipv4Net, Option<Ipv4Addr>)>> {
     plan.nodes
         .iter()
         .map(|n| {
+            if f.backend == FlannelBackend::Udp {
+                return (n.name.clone(), vec![(f.network, None)]);
+            }
             let routes = f
                 .nodes
                 .iter()
@@ -48,7 +52,7 @@ pub fn expected_routes(plan: &Plan, f: &FlannelPlan) -> BTreeMap<String, Vec<(Ip
                         FlannelBackend::HostGw => other.ip,
                         _ => fo.subnet.network(),
                     };
-                    (fo.subnet, via)
+                    (fo.subnet, Some(via))
                 })
                 .collect();
             (n.name.clone(), routes)
@@ -64,8 +68,11 @@ pub async fn converge(b: &Built<'_>, f: &FlannelPlan) -> Result<()> {
             let have = main_routes(&b.nodes[node].nl).await?;
             let missing: Vec<String> = routes
                 .iter()
-                .filter(|(d, g)| !have.contains(&(*d, Some(*g))))
-                .map(|(d, g)| format!("{node}: no route to {d} via {g}"))
+                .filter(|(d, g)| !have.contains(&(*d, *g)))
+                .map(|(d, g)| match g {
+                    Some(g) => format!("{node}: no route to {d} via {g}"),
+                    None => format!("{node}: no route to {d}"),
+                })
                 .collect();
             Ok::<_, anyhow::Error>(missing)
         }))

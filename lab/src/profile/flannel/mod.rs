@@ -6,6 +6,7 @@ pub mod agent;
 pub mod build;
 pub mod options;
 pub mod plugin;
+pub mod udp;
 
 use std::net::Ipv4Addr;
 
@@ -104,7 +105,8 @@ impl Profile for FlannelPlan {
     fn describe(&self) -> String {
         match self.backend {
             FlannelBackend::Vxlan => format!("flannel vxlan (VNI {}, port {})", self.vni, self.port),
-            b => format!("flannel {}", b.as_str()),
+            FlannelBackend::Udp => format!("flannel udp (port {})", self.port),
+            FlannelBackend::HostGw => "flannel host-gw".to_string(),
         }
     }
 
@@ -160,8 +162,16 @@ impl Profile for FlannelPlan {
         (self.backend == FlannelBackend::Vxlan).then_some(self.port)
     }
 
+    fn ip_in_udp_port(&self) -> Option<u16> {
+        (self.backend == FlannelBackend::Udp).then_some(self.port)
+    }
+
     fn tunnel_label(&self) -> Option<String> {
-        (self.backend == FlannelBackend::Vxlan).then(|| format!("VXLAN VNI {} UDP {}", self.vni, self.port))
+        match self.backend {
+            FlannelBackend::Vxlan => Some(format!("VXLAN VNI {} UDP {}", self.vni, self.port)),
+            FlannelBackend::Udp => Some(format!("IP in UDP {}, flanneld", self.port)),
+            FlannelBackend::HostGw => None,
+        }
     }
 
     fn graph_lines(&self, node: &str) -> (Vec<String>, Option<(String, u32)>) {
@@ -195,7 +205,8 @@ impl Profile for FlannelPlan {
     fn kernel_features(&self) -> Vec<&'static str> {
         match self.backend {
             FlannelBackend::Vxlan => vec!["vxlan"],
-            _ => Vec::new(),
+            FlannelBackend::Udp => vec!["tun"],
+            FlannelBackend::HostGw => Vec::new(),
         }
     }
 
@@ -364,5 +375,25 @@ mod tests {
             json!({"hairpinMode": true, "isDefaultGateway": true})
         );
         assert_eq!(conf["plugins"][1]["type"], "portmap");
+    }
+
+    #[test]
+    fn udp_plan_follows_flannel() {
+        let text = "name = \"d\"\n[network.flannel]\nbackend = \"udp\"\n[[switch]]\nname = \"s\"\nsubnet = \"172.20.0.0/24\"\n[[node]]\nname = \"n{i}\"\ncount = 2\npods = 1\n";
+        let t = crate::profile::parse_topology(&Source::new("t.toml", text)).unwrap();
+        let paths = LabPaths::new(Path::new("/run/cnilab"), "d");
+        let plan = crate::profile::plan_lab(&t, "d", &paths);
+        let f: &FlannelPlan = plan.profile.downcast().unwrap();
+        assert_eq!(f.device.as_deref(), Some("flannel0"));
+        assert_eq!(f.port, 8285);
+        assert_eq!((f.nodes[0].device_mtu, f.nodes[0].pod_mtu), (Some(1472), 1472));
+        assert_eq!(
+            f.net_config,
+            json!({"Network": "10.244.0.0/16", "SubnetLen": 24, "Backend": {"Type": "udp"}})
+        );
+        assert_eq!(f.vxlan_port(), None);
+        assert_eq!(f.ip_in_udp_port(), Some(8285));
+        assert_eq!(f.kernel_features(), ["tun"]);
+        assert_eq!(f.overlay("n1"), Some(("flannel0".to_string(), 1472)));
     }
 }

@@ -76,19 +76,6 @@ pub struct FlannelOptions {
     pub subnet_len: u8,
 }
 
-/// The backends and modes that validate but that cnilab does not build
-/// yet: one check for `validate` and `up` alike.
-fn check_built(t: &Table, key: &str, value: &Sp<String>) -> R<()> {
-    if key == "backend" && value.v == "udp" {
-        return Err(t.err(
-            value.span.clone(),
-            "the flannel udp backend is not built by cnilab yet",
-            "use backend = \"vxlan\" or \"host-gw\"",
-        ));
-    }
-    Ok(())
-}
-
 /// Pods a flannel node subnet of prefix `len` holds: host-local hands out
 /// every address but the network, the gateway (.1) and the broadcast.
 pub fn pods_per_subnet(len: u8) -> u64 {
@@ -123,10 +110,9 @@ fn flannel_options(t: Option<&Table>, scope: &Scope, errs: &Errors) -> Option<Fl
                 _ => errs.push(t.err(
                     b.span.clone(),
                     format!("unknown flannel backend \"{}\"", q(&b.v)),
-                    "use backend = \"vxlan\" or \"host-gw\" (\"udp\" is not built yet)",
+                    "use backend = \"vxlan\", \"host-gw\" or \"udp\"",
                 )),
             }
-            errs.ok(check_built(t, "backend", &b));
         }
         if opts.backend == FlannelBackend::Udp {
             opts.port = 8285;
