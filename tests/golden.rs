@@ -42,6 +42,11 @@ fn flannel_udp() {
 }
 
 #[test]
+fn seed_002_rudder() {
+    stable_and_golden("seed-002-rudder");
+}
+
+#[test]
 fn calico_bgp() {
     stable_and_golden("calico-bgp");
 }
