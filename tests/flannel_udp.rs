@@ -6,8 +6,6 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -104,46 +102,6 @@ fn packets(text: &str) -> Vec<Vec<u8>> {
         }
     }
     out
-}
-
-/// `cnilab capture ARGS` until its packet count is reached, calling
-/// `trigger` meanwhile; its standard output.
-fn capture(lab: &Lab, args: &[&str], trigger: impl Fn()) -> String {
-    let mut cap = Command::new(bin())
-        .args(["--lab", &lab.name, "capture"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("capture starts");
-    let stderr = cap.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut seen = Vec::new();
-    let listening = loop {
-        match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(l) if l.contains("listening on") => break true,
-            Ok(l) => seen.push(l),
-            Err(_) => break false,
-        }
-    };
-    if !listening {
-        let _ = cap.kill();
-        panic!("tcpdump never listened: {seen:?}");
-    }
-    retry("capture gets its packets", Duration::from_secs(20), || {
-        trigger();
-        match cap.try_wait() {
-            Ok(Some(_)) => Ok(()),
-            _ => Err("capture still waiting".to_string()),
-        }
-    });
-    let out = cap.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `capture` on a node's eth0 sees UDP 8285 from node address to node

@@ -467,9 +467,8 @@ fn trace_on_calico_bgp_shows_the_gateway_proxy_arp_and_the_bird_route() {
 
 #[test]
 fn shell_prompt_names_the_lab_and_target_and_capture_decodes_flannel_vxlan() {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::Write;
     use std::process::Stdio;
-    use std::time::Duration;
 
     let lab = Lab::up(&topology("flannel-vxlan.toml"));
     // shell: commands on stdin run inside the node; the prompt says where.
@@ -508,42 +507,9 @@ fn shell_prompt_names_the_lab_and_target_and_capture_decodes_flannel_vxlan() {
     // capture: VXLAN on flannel's port 8472 is decoded down to the pods' ICMP.
     let pods = lab.pods();
     let (_, dst_ip) = pods.iter().find(|(k, _)| k == "worker2/pod-1").unwrap().clone();
-    let mut cap = Command::new(bin())
-        .args([
-            "--lab", &lab.name, "capture", "worker2", "--count", "2", "--", "udp", "port", "8472",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("capture starts");
-    let stderr = cap.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut seen = Vec::new();
-    let listening = loop {
-        match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(l) if l.contains("listening on eth0") => break true,
-            Ok(l) => seen.push(l),
-            Err(_) => break false,
-        }
-    };
-    if !listening {
-        let _ = cap.kill();
-        panic!("tcpdump never listened: {seen:?}");
-    }
-    retry("capture sees two VXLAN packets", Duration::from_secs(20), || {
+    let text = capture(&lab, &["worker2", "--count", "2", "--", "udp", "port", "8472"], || {
         lab.exec("worker1/pod-1", &["ping", "-c1", "-W1", &dst_ip]);
-        match cap.try_wait() {
-            Ok(Some(_)) => Ok(()),
-            _ => Err("capture still waiting".to_string()),
-        }
     });
-    let out = cap.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("> ") && text.contains(".8472: VXLAN"), "{text}");
     assert!(text.contains("vni 1"), "{text}");
     assert!(text.contains(&format!("> {dst_ip}: ICMP echo request")), "{text}");

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -266,4 +267,44 @@ impl Drop for TempFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// `cnilab capture ARGS` until its packet count is reached, calling
+/// `trigger` meanwhile; its standard output.
+pub fn capture(lab: &Lab, args: &[&str], trigger: impl Fn()) -> String {
+    let mut cap = Command::new(bin())
+        .args(["--lab", &lab.name, "capture"])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("capture starts");
+    let stderr = cap.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let listening = loop {
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(l) if l.contains("listening on") => break true,
+            Ok(l) => seen.push(l),
+            Err(_) => break false,
+        }
+    };
+    if !listening {
+        let _ = cap.kill();
+        panic!("tcpdump never listened: {seen:?}");
+    }
+    retry("capture gets its packets", Duration::from_secs(20), || {
+        trigger();
+        match cap.try_wait() {
+            Ok(Some(_)) => Ok(()),
+            _ => Err("capture still waiting".to_string()),
+        }
+    });
+    let out = cap.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
