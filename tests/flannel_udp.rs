@@ -189,12 +189,5 @@ fn down_leaves_nothing() {
         4,
         "three flanneld and watchd"
     );
-    let out = cnilab(&["down", &lab.name]);
-    assert!(out.status.success(), "{}", show(&out));
-    assert!(
-        show(&out).contains("removed 11 namespaces, stopped 4 processes"),
-        "{}",
-        show(&out)
-    );
-    assert_gone(&lab.name);
+    down_reports_and_leaves_nothing(&lab.name, "removed 11 namespaces, stopped 4 processes");
 }

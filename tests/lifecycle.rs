@@ -26,16 +26,9 @@ fn down_removes_namespaces_processes_and_state_and_is_idempotent() {
         !processes_mentioning(&format!("/{}/", lab.name)).is_empty(),
         "agents run"
     );
-    let out = cnilab(&["down", &lab.name]);
-    assert!(out.status.success(), "{}", show(&out));
-    assert!(
-        // 3 nodes, 6 pods, the fabric and tor1's uplink; three flanneld
-        // and the lab's datastore watch service.
-        show(&out).contains("removed 11 namespaces, stopped 4 processes"),
-        "{}",
-        show(&out)
-    );
-    assert_gone(&lab.name);
+    // 3 nodes, 6 pods, the fabric and tor1's uplink; three flanneld and the
+    // lab's datastore watch service.
+    down_reports_and_leaves_nothing(&lab.name, "removed 11 namespaces, stopped 4 processes");
     let again = cnilab(&["down", &lab.name]);
     assert!(again.status.success(), "down is idempotent: {}", show(&again));
 }

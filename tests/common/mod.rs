@@ -308,3 +308,12 @@ pub fn capture(lab: &Lab, args: &[&str], trigger: impl Fn()) -> String {
     let out = cap.wait_with_output().unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// `down NAME` succeeds, its summary says `summary` (e.g. "removed 11
+/// namespaces, stopped 4 processes"), and nothing of the lab remains.
+pub fn down_reports_and_leaves_nothing(name: &str, summary: &str) {
+    let out = cnilab(&["down", name]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(show(&out).contains(summary), "{}", show(&out));
+    assert_gone(name);
+}

@@ -930,7 +930,7 @@ fn fault(lab: Option<String>, cmd: FaultCmd) -> Result<i32> {
             new_mac,
             json,
         } => {
-            let spec = crate::ops::fault::fault_spec(&kind, on, mtu, percent, proto, port, key, value, new_mac)?;
+            let spec = crate::model::faultspec::fault_spec(&kind, on, mtu, percent, proto, port, key, value, new_mac)?;
             let f = rt.block_on(crate::front::command::fault_add(&mut st, spec, &progress))?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&f).map_err(anyhow::Error::from)?);
@@ -966,7 +966,7 @@ fn fault(lab: Option<String>, cmd: FaultCmd) -> Result<i32> {
                     ));
                 }
             };
-            let mut removed = |f: &crate::ops::fault::Fault| outln!("removed {} {}", f.id, f.spec.describe());
+            let mut removed = |f: &crate::model::faultspec::Fault| outln!("removed {} {}", f.id, f.spec.describe());
             rt.block_on(crate::front::command::fault_rm(
                 &mut st,
                 &which,

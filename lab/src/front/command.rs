@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 
 use crate::kernel::progress::Progress;
 use crate::model::error::Error;
+use crate::model::faultspec::{Fault, FaultSpec};
 use crate::observe::probe;
-use crate::ops::fault::{Fault, FaultSpec};
 use crate::ops::state::LabState;
 
 /// A probe and its options.

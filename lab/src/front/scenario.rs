@@ -14,9 +14,9 @@ use crate::front::command::{FaultSel, Probe};
 use crate::kernel::progress::Progress;
 use crate::kernel::retry::Backoff;
 use crate::model::error::{Error, InputError, Source};
+use crate::model::faultspec::FaultSpec;
 use crate::model::spanned::{Sp, Table, parse_document};
 use crate::ops::build::UpOptions;
-use crate::ops::fault::FaultSpec;
 use crate::ops::state::LabState;
 
 /// Default time an expectation gets to hold.
@@ -356,7 +356,7 @@ fn parse_fault(t: &Table) -> R<FaultSpec> {
                 .ok_or_else(|| t.err(v.span(), "`percent` must be a number", "write percent = 20"))?,
         ),
     };
-    crate::ops::fault::fault_spec(
+    crate::model::faultspec::fault_spec(
         &k.v,
         on,
         t.int("mtu", 68, 65535, "mtu = 1400")?.map(|v| v.v as u32),

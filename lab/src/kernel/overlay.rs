@@ -176,8 +176,6 @@ pub async fn ensure_vxlan(nl: &Nl, s: &VxlanSpec) -> Result<LinkMessage> {
     nl.link(&s.name).await?.context("created VXLAN device not found")
 }
 
-pub use crate::kernel::nl::{link_mac, link_mtu};
-
 /// The first IPv4 address of a link.
 pub async fn first_address(nl: &Nl, index: u32) -> Result<Option<Ipv4Addr>> {
     Ok(nl

@@ -650,7 +650,7 @@ fn bgp_links(plan: &Plan, live: Option<&BgpStates>) -> Vec<Link> {
             owner_of.insert(p.ip, router_id(&r.name));
         }
     }
-    let mut birds: Vec<(String, u32, &crate::kernel::bird::BirdPlan)> = Vec::new();
+    let mut birds: Vec<(String, u32, &crate::model::plan::BirdPlan)> = Vec::new();
     for (node, asn, b) in plan.profile.node_birds() {
         birds.push((node_id(node), asn, b));
     }

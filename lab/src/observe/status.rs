@@ -205,7 +205,7 @@ pub fn status(state: &LabState) -> Status {
             owner: owner.to_string(),
             name: name.to_string(),
             pid: *pid,
-            running: crate::ops::teardown::alive(*pid as i32),
+            running: crate::kernel::runtime::alive(*pid as i32),
         })
     };
     let agent_name = plan.profile.agent_name();

@@ -17,16 +17,15 @@ use crate::kernel::cni::{self, Attachment, Runtime};
 use crate::kernel::netns::{self, Netns};
 use crate::kernel::nl::{self, Nl};
 use crate::kernel::progress::Progress;
+use crate::kernel::runtime::{Handle, link_binaries, spawn_agent, wait_ready};
+use crate::kernel::tools::SYSTEM_CNI_DIRS;
 use crate::model::error::Error;
 use crate::model::paths::{self, LabPaths};
 use crate::model::plan::NodePlan;
 use crate::model::topology::Topology;
 use crate::ops::state::{LabState, Phase, PodState};
+use crate::profile::Built;
 use crate::profile::Plan;
-
-pub use crate::kernel::runtime::{Handle, link_binaries, spawn_agent, start_agent, wait_ready};
-pub use crate::kernel::tools::SYSTEM_CNI_DIRS;
-pub use crate::profile::Built;
 
 /// Options of `up`.
 #[derive(Debug, Clone)]

@@ -23,12 +23,13 @@ use std::net::Ipv4Addr;
 use crate::kernel::netns::{self, Netns};
 use crate::kernel::nl::{self, Nl, link_name};
 use crate::kernel::progress::Progress;
+use crate::kernel::runtime::{Handle, start_agent, wait_ready};
 use crate::model::error::Error;
-pub use crate::model::faultspec::{Fault, FaultSpec, Undo, fault_spec, lines, touched_sysctls};
+use crate::model::faultspec::{Fault, FaultSpec, Undo};
 use crate::model::faultspec::{Target, resolve, sysctl_path};
 use crate::model::paths;
 use crate::model::plan::{Stream, mac_string, random_mac, rng};
-use crate::ops::build::{Handle, create_ns, start_agent, wait_ready};
+use crate::ops::build::create_ns;
 use crate::ops::state::LabState;
 use crate::profile::Plan;
 
@@ -82,7 +83,7 @@ impl Ctx<'_> {
 }
 
 fn mtu_of(l: &LinkMessage) -> u32 {
-    crate::kernel::overlay::link_mtu(l).unwrap_or(0)
+    crate::kernel::nl::link_mtu(l).unwrap_or(0)
 }
 
 fn master_of(l: &LinkMessage) -> Option<u32> {
@@ -712,7 +713,7 @@ async fn arp_suppress_switch(ctx: &Ctx<'_>, switch: &str, undo: &mut Vec<Undo>) 
     for (ns, ifname, port, ip) in switch_hosts(plan, switch) {
         let h = ctx.open(&ns)?;
         let link = h.nl.link(&ifname).await?.context("host interface missing")?;
-        let mac = crate::kernel::overlay::link_mac(&link).context("host interface without MAC")?;
+        let mac = crate::kernel::nl::link_mac(&link).context("host interface without MAC")?;
         let port_idx = f.nl.index(port).await?.context("switch port missing")?;
         // Recorded first: deleting an entry that was never made is harmless.
         undo.push(Undo::ArpEntry {

@@ -61,20 +61,18 @@ pub fn processes_in(inodes: &BTreeSet<u64>) -> Vec<i32> {
         .collect()
 }
 
-pub use crate::kernel::runtime::alive;
-
 /// Stops processes: SIGTERM, then SIGKILL for those still there after the
 /// grace time. Polls their exit with a short backoff, no fixed sleep.
 pub fn stop_processes(pids: &[i32]) {
     for pid in pids {
         let _ = kill(Pid::from_raw(*pid), Signal::SIGTERM);
     }
-    let all_gone = || pids.iter().all(|p| !alive(*p)).then_some(());
+    let all_gone = || pids.iter().all(|p| !crate::kernel::runtime::alive(*p)).then_some(());
     let grace = Backoff::new(TERM_GRACE, Duration::from_millis(1), Duration::from_millis(50));
     if retry::until(grace, all_gone).is_some() {
         return;
     }
-    for pid in pids.iter().filter(|p| alive(**p)) {
+    for pid in pids.iter().filter(|p| crate::kernel::runtime::alive(**p)) {
         let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
     }
     let killed = Backoff::new(

@@ -34,10 +34,10 @@ use futures::future::BoxFuture;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::kernel::bird::BirdPlan;
 use crate::kernel::runtime;
 use crate::model::error::{Error, InputError, Source};
 use crate::model::paths::LabPaths;
+use crate::model::plan::BirdPlan;
 use crate::model::plan::{NodePlan, RouterPlan};
 use crate::model::topology::{self, ProfileSyntax, Topology};
 

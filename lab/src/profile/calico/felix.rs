@@ -127,7 +127,7 @@ async fn run(args: Args) -> Result<()> {
     let ip = overlay::first_address(&nl, ext.header.index)
         .await?
         .with_context(|| format!("{} has no IPv4 address", args.iface))?;
-    let mtu = overlay::link_mtu(&ext).context("interface without MTU")? - VXLAN_OVERHEAD;
+    let mtu = crate::kernel::nl::link_mtu(&ext).context("interface without MTU")? - VXLAN_OVERHEAD;
     let mac = nl::parse_mac(&args.vtep_mac).with_context(|| format!("bad --vtep-mac {}", args.vtep_mac))?;
     let spec = VxlanSpec {
         name: VXLAN_DEVICE.into(),
@@ -158,7 +158,7 @@ async fn run(args: Args) -> Result<()> {
         ip,
         blocks: args.blocks.clone(),
         vxlan_tunnel_addr: args.tunnel_addr,
-        vxlan_tunnel_mac_addr: crate::model::plan::mac_string(&overlay::link_mac(&link).unwrap_or(mac)),
+        vxlan_tunnel_mac_addr: crate::model::plan::mac_string(&crate::kernel::nl::link_mac(&link).unwrap_or(mac)),
     };
     overlay::write_atomic(&watch.dir().join(&args.node), &serde_json::to_string(&me)?)?;
     let vtep = Vtep {

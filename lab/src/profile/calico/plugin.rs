@@ -207,7 +207,7 @@ async fn wire(
         Nl::connect()
     })?;
     let eth = pod_nl.link(&ifname_owned).await?.context("pod interface missing")?;
-    let mac = crate::kernel::overlay::link_mac(&eth).unwrap_or([0; 6]);
+    let mac = crate::kernel::nl::link_mac(&eth).unwrap_or([0; 6]);
     let idx = eth.header.index;
     pod_nl.change(nl::set_up(1)).await.context("pod lo up")?;
     pod_nl.change(nl::set_up(idx)).await.context("pod eth0 up")?;

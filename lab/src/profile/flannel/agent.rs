@@ -211,7 +211,7 @@ async fn run(args: Args) -> Result<()> {
         .await?
         .with_context(|| format!("interface {} not found", args.iface))?;
     let ext_index = ext.header.index;
-    let ext_mtu = overlay::link_mtu(&ext).context("interface without MTU")?;
+    let ext_mtu = crate::kernel::nl::link_mtu(&ext).context("interface without MTU")?;
     let public_ip = match args.public_ip {
         Some(ip) => ip,
         None => overlay::first_address(&nl, ext_index)
@@ -239,7 +239,7 @@ async fn run(args: Args) -> Result<()> {
             };
             let link = overlay::ensure_vxlan(&nl, &spec).await?;
             let index = link.header.index;
-            let mac = overlay::link_mac(&link).unwrap_or(want_mac);
+            let mac = crate::kernel::nl::link_mac(&link).unwrap_or(want_mac);
             overlay::ensure_single_address(&nl, index, args.subnet.network(), 32).await?;
             nl.change(nl::set_up(index))
                 .await
