@@ -92,3 +92,13 @@ fn every_topology_has_a_golden_snapshot() {
         );
     }
 }
+
+#[test]
+fn flannel_host_gw() {
+    stable_and_golden("flannel-host-gw");
+}
+
+#[test]
+fn seed_001_etcd() {
+    stable_and_golden("seed-001-etcd");
+}

@@ -71,6 +71,10 @@ pub enum Cmd {
         /// Print the resulting status as JSON.
         #[arg(long)]
         json: bool,
+        /// Run this flannel instead of the topology's: builtin (cnilab's
+        /// flanneld and plugin) or upstream (the real ones, over etcd).
+        #[arg(long, value_name = "IMPL")]
+        flannel: Option<crate::profile::flannel::options::Implementation>,
     },
     /// Remove a lab completely: processes, namespaces, state. Idempotent.
     Down {
@@ -164,6 +168,10 @@ pub enum Cmd {
         /// several (default: --lab, else a name made of the scenario's and this process's).
         #[arg(long, value_name = "PREFIX")]
         name: Option<String>,
+        /// Run flannel's builtin or upstream implementation, whatever the
+        /// scenarios' topologies say.
+        #[arg(long, value_name = "IMPL")]
+        flannel: Option<crate::profile::flannel::options::Implementation>,
     },
     /// Inject, list and remove faults.
     Fault {
@@ -461,7 +469,12 @@ fn run(cli: Cli) -> Result<i32> {
             })
         }
         Cmd::Validate { topology, json } => validate(topology, json),
-        Cmd::Up { topology, name, json } => up(topology, name, json),
+        Cmd::Up {
+            topology,
+            name,
+            json,
+            flannel,
+        } => up(topology, name, json, flannel),
         Cmd::Down { which, all, json } => down(cli.lab, which, all, json),
         Cmd::Status { which, json } => {
             require_root()?;
@@ -488,7 +501,8 @@ fn run(cli: Cli) -> Result<i32> {
             keep,
             junit,
             name,
-        } => run_scenarios(cli.lab, scenarios, update, keep, junit, name),
+            flannel,
+        } => run_scenarios(cli.lab, scenarios, update, keep, junit, name, flannel),
         Cmd::Probe { cmd } => probe(cli.lab, cmd),
         Cmd::Pod { cmd } => pod(cli.lab, cmd),
         Cmd::Fault { cmd } => fault(cli.lab, cmd),
@@ -665,12 +679,20 @@ fn capture(
 }
 
 /// `cnilab up`: claims, builds and reports a lab; removes it again on failure or interruption.
-fn up(topology: PathBuf, name: Option<String>, json: bool) -> Result<i32> {
+fn up(
+    topology: PathBuf,
+    name: Option<String>,
+    json: bool,
+    flannel: Option<crate::profile::flannel::options::Implementation>,
+) -> Result<i32> {
     require_root()?;
     if let Some(n) = &name {
         crate::model::names::check(crate::model::names::Kind::Lab, n, "from --name")?;
     }
-    let t = crate::profile::load_topology(&topology)?;
+    let mut t = crate::profile::load_topology(&topology)?;
+    if let Some(imp) = flannel {
+        crate::profile::flannel::options::with_implementation(&mut t, imp)?;
+    }
     let opts = UpOptions {
         name,
         topology_file: topology.display().to_string(),
@@ -804,6 +826,7 @@ fn run_scenarios(
     keep: bool,
     junit: Option<PathBuf>,
     name: Option<String>,
+    flannel: Option<crate::profile::flannel::options::Implementation>,
 ) -> Result<i32> {
     require_root()?;
     let loaded = scenarios
@@ -811,7 +834,12 @@ fn run_scenarios(
         .map(|p| crate::front::scenario::load(p))
         .collect::<Result<Vec<_>>>()?;
     let labs = crate::front::scenario::lab_names(&loaded, name.as_deref().or(lab.as_deref()))?;
-    let opts = crate::front::scenario::RunOptions { update, keep };
+    let opts = crate::front::scenario::RunOptions {
+        update,
+        keep,
+        flannel,
+        skip_snapshots: false,
+    };
     let mut reports = Vec::new();
     for (sc, lab) in loaded.into_iter().zip(labs) {
         paths::ensure_state_in_memory();

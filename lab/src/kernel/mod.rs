@@ -2,6 +2,7 @@
 
 pub mod bird;
 pub mod cni;
+pub mod etcd;
 pub mod lock;
 pub mod netns;
 pub mod nl;

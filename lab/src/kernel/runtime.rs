@@ -168,12 +168,15 @@ pub fn spawn_agent(program: &Path, args: &[String], ns: &Netns, log: &Path) -> R
 }
 
 /// Starts an agent in its namespace: writes its configuration, removes a
-/// ready file left by an earlier run, spawns it. Returns its PID.
+/// ready file left by an earlier run (unless it is that configuration, as
+/// a subnet file the agent reads and rewrites), spawns it. Returns its PID.
 pub fn start_agent(spec: &AgentSpec, ns: &Netns) -> Result<u32> {
     if let Some((path, text)) = &spec.config {
         write_file(path, text)?;
     }
-    let _ = std::fs::remove_file(&spec.ready);
+    if spec.config.as_ref().is_none_or(|(path, _)| *path != spec.ready) {
+        let _ = std::fs::remove_file(&spec.ready);
+    }
     spawn_agent(&spec.program, &spec.args, ns, &spec.log)
 }
 

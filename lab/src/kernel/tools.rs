@@ -61,6 +61,18 @@ pub const TOOLS: &[Tool] = &[
         version_args: &["-V"],
     },
     Tool {
+        name: "etcd",
+        package: "etcd-server",
+        used_for: "datastore = \"etcd\"",
+        version_args: &["--version"],
+    },
+    Tool {
+        name: "etcdctl",
+        package: "etcd-client",
+        used_for: "looking at the lab's etcd by hand",
+        version_args: &["version"],
+    },
+    Tool {
         name: "tcpdump",
         package: "tcpdump",
         used_for: "capture",

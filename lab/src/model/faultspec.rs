@@ -187,6 +187,7 @@ pub(crate) enum Target<'a> {
     Pod(&'a crate::model::plan::PodPlan),
     Switch(&'a crate::model::plan::SwitchPlan),
     Router(&'a crate::model::plan::RouterPlan),
+    Etcd(&'a crate::model::plan::EtcdPlan),
 }
 
 pub(crate) fn resolve<'a, P>(plan: &'a Plan<P>, target: &str) -> Option<Target<'a>> {
@@ -198,6 +199,13 @@ pub(crate) fn resolve<'a, P>(plan: &'a Plan<P>, target: &str) -> Option<Target<'
         .map(Target::Node)
         .or_else(|| plan.switches.iter().find(|s| s.name == target).map(Target::Switch))
         .or_else(|| plan.router(target).map(Target::Router))
+        .or_else(|| {
+            let e = plan
+                .etcd
+                .as_ref()
+                .filter(|_| target == crate::model::topology::ETCD_TARGET)?;
+            Some(Target::Etcd(e))
+        })
 }
 
 pub(crate) fn sysctl_path(key: &str) -> String {

@@ -181,6 +181,11 @@ impl LabPaths {
         self.root.join("etcd")
     }
 
+    /// The real etcd server's folder (`datastore = "etcd"`): its data and log.
+    pub fn etcd_server_dir(&self) -> PathBuf {
+        self.root.join("etcd-server")
+    }
+
     /// The socket of the lab's datastore watch service.
     pub fn watch_socket(&self) -> PathBuf {
         self.root.join("watch.sock")

@@ -32,6 +32,39 @@ pub struct Plan<P> {
     pub routers: Vec<RouterPlan>,
     /// The CNI profile's own decisions.
     pub profile: P,
+    /// The lab's etcd, with `datastore = "etcd"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<EtcdPlan>,
+}
+
+/// The lab's etcd: a namespace with one port on the first switch, the
+/// server listening on its address and on 127.0.0.1 (port 2379).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EtcdPlan {
+    /// Its namespace (`cnilab.<lab>._etcd`).
+    pub ns: String,
+    /// Its switch.
+    pub switch: String,
+    /// Its port in the fabric namespace (`etcd.db`: node ports have no dot).
+    pub fabric_port: String,
+    /// Its address on the switch.
+    pub ip: Ipv4Addr,
+    /// Prefix length of the switch subnet.
+    pub prefix_len: u8,
+    /// MTU of the switch.
+    pub mtu: u32,
+    /// The switch's gateway (.1), its default route.
+    pub gateway: Ipv4Addr,
+}
+
+/// etcd's client port.
+pub const ETCD_CLIENT_PORT: u16 = 2379;
+
+impl EtcdPlan {
+    /// Its client URL on the switch, as nodes reach it.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}:{ETCD_CLIENT_PORT}", self.ip)
+    }
 }
 
 /// A switch: a Linux bridge in the fabric namespace.
@@ -263,6 +296,18 @@ impl<P> Plan<P> {
             })
             .collect();
         let profile = profile(&nodes, &mut routers);
+        let etcd = topology.etcd.as_ref().map(|e| {
+            let sw = topology.switch(&e.switch).expect("validated switch");
+            EtcdPlan {
+                ns: paths::infra_ns(lab, "etcd"),
+                switch: e.switch.clone(),
+                fabric_port: "etcd.db".to_string(),
+                ip: e.ip,
+                prefix_len: sw.subnet.prefix_len(),
+                mtu: sw.mtu,
+                gateway: gateway_of(sw.subnet),
+            }
+        });
         Plan {
             lab: lab.to_string(),
             topology: topology.clone(),
@@ -271,6 +316,7 @@ impl<P> Plan<P> {
             nodes,
             routers,
             profile,
+            etcd,
         }
     }
 
@@ -299,6 +345,7 @@ impl<P> Plan<P> {
         let mut v = vec![self.fabric_ns.clone()];
         v.extend(self.routers.iter().map(|r| r.ns.clone()));
         v.extend(self.switches.iter().filter_map(|s| Some(s.uplink.as_ref()?.ns.clone())));
+        v.extend(self.etcd.iter().map(|e| e.ns.clone()));
         for n in &self.nodes {
             v.push(n.ns.clone());
             v.extend(n.pods.iter().map(|p| p.ns.clone()));

@@ -39,7 +39,43 @@ pub struct Topology {
     pub nodes: Vec<Node>,
     /// L3 hops between switches.
     pub routers: Vec<Router>,
+    /// The lab's etcd, with `datastore = "etcd"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<Etcd>,
 }
+
+/// Where the control plane keeps its state (`[network] datastore`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Datastore {
+    /// cnilab's own store: a folder with one file per key.
+    #[default]
+    File,
+    /// A real etcd in a namespace of its own.
+    Etcd,
+}
+
+impl Datastore {
+    /// As written in the topology.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Datastore::File => "file",
+            Datastore::Etcd => "etcd",
+        }
+    }
+}
+
+/// `[etcd]`: the lab's etcd server on the first switch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Etcd {
+    /// Its address on the switch (default: the switch's .2).
+    pub ip: Ipv4Addr,
+    /// The switch it sits on (the first one).
+    pub switch: String,
+}
+
+/// The TARGET that names the lab's etcd, and so no node may be called.
+pub const ETCD_TARGET: &str = "etcd";
 
 /// `[network]`: one CNI profile for the whole lab.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -50,6 +86,9 @@ pub struct Network {
     pub mtu: Option<u32>,
     /// The profile and its options.
     pub profile: ProfileOptions,
+    /// Where the control plane keeps its state.
+    #[serde(default)]
+    pub datastore: Datastore,
 }
 
 /// The CNI profile `cni` names, with its options as its [`ProfileSyntax`]
@@ -138,6 +177,17 @@ pub trait ProfileSyntax: Sync {
     /// default, and checks it against the pool and the other parts. Records
     /// each mistake in `errs`; `None` when there was one.
     fn parse(&self, t: Option<&Table>, scope: &Scope, errs: &Errors) -> Option<Options>;
+
+    /// The datastores the profile can keep its state in.
+    fn datastores(&self) -> &'static [Datastore] {
+        &[Datastore::File]
+    }
+
+    /// A datastore its options need (flannel's upstream implementation
+    /// needs etcd), and which option asks for it.
+    fn needs_datastore(&self, _options: &Options) -> Option<(Datastore, &'static str)> {
+        None
+    }
 }
 
 /// What a profile's options are read against.
@@ -233,7 +283,7 @@ pub const MAX_NODES: usize = 4096;
 pub const MAX_PODS: usize = 65536;
 
 fn read(root: &Table, profiles: &[&dyn ProfileSyntax], errs: &Errors) -> Option<Topology> {
-    errs.ok(root.allow(&["name", "seed", "network", "switch", "node", "router"]));
+    errs.ok(root.allow(&["name", "seed", "network", "switch", "node", "router", "etcd"]));
     let name = errs.ok(root.required_string("name", "name = \"demo\""));
     let name = name.filter(|n| errs.ok(check_name(root, n, "lab name", 12)).is_some());
     let seed = errs
@@ -259,7 +309,12 @@ fn read(root: &Table, profiles: &[&dyn ProfileSyntax], errs: &Errors) -> Option<
         return None;
     }
     errs.ok(check_unique_across_kinds(root, &switches, &nodes, &routers));
-    let nodes = errs.ok(assign_addresses(root, &switches, &routers, nodes))?;
+    let datastore = network.as_ref().map(|n| n.datastore).unwrap_or_default();
+    let etcd = parse_etcd(root, datastore, &switches, &nodes, errs);
+    if !errs.is_empty() {
+        return None;
+    }
+    let nodes = errs.ok(assign_addresses(root, &switches, &routers, nodes, etcd.as_ref()))?;
     if !errs.is_empty() {
         return None;
     }
@@ -270,6 +325,112 @@ fn read(root: &Table, profiles: &[&dyn ProfileSyntax], errs: &Errors) -> Option<
         switches: switches.into_iter().map(|s| s.switch).collect(),
         nodes: nodes.into_iter().map(|n| n.node).collect(),
         routers: routers.into_iter().map(|r| r.router).collect(),
+        etcd,
+    })
+}
+
+/// `[etcd]`, read only with `datastore = "etcd"`: the server's address on
+/// the first switch, `.2` unless `ip` says otherwise. No node may take the
+/// address, nor the name `etcd`, the server's TARGET.
+fn parse_etcd(
+    root: &Table,
+    datastore: Datastore,
+    switches: &[SwitchIn],
+    nodes: &[NodeIn],
+    errs: &Errors,
+) -> Option<Etcd> {
+    let table = errs.ok(root.table("etcd", "[etcd]"))?;
+    if datastore != Datastore::Etcd {
+        if let Some(t) = &table {
+            errs.push(root.err(
+                t.span(),
+                "[etcd] is read only with datastore = \"etcd\"",
+                "add datastore = \"etcd\" to [network], or remove [etcd]",
+            ));
+        }
+        return None;
+    }
+    let sw = &switches.first()?.switch;
+    let mut ip = host(&sw.subnet, 2);
+    let mut ip_span = None;
+    if let Some(t) = &table {
+        errs.ok(t.allow(&["ip"]));
+        if let Some(Some(s)) = errs.ok(t.string("ip", "ip = \"10.140.0.2\"")) {
+            match s.v.parse::<Ipv4Addr>() {
+                Ok(a) => {
+                    ip = a;
+                    ip_span = Some(s.span.clone());
+                }
+                Err(_) => {
+                    errs.push(t.err(
+                        s.span.clone(),
+                        format!("[etcd] ip \"{}\" is not an IPv4 address", q(&s.v)),
+                        format!(
+                            "write an address of switch \"{}\" ({}), e.g. \"{}\"",
+                            sw.name,
+                            sw.subnet,
+                            host(&sw.subnet, 2)
+                        ),
+                    ));
+                    return None;
+                }
+            }
+        }
+    }
+    let at = |span: Option<std::ops::Range<usize>>| span.unwrap_or(0..0);
+    let t = table.as_ref().unwrap_or(root);
+    let bad = if !sw.subnet.contains(&ip) {
+        Some(format!("is outside the first switch \"{}\" ({})", sw.name, sw.subnet))
+    } else if ip == sw.subnet.network() || ip == sw.subnet.broadcast() {
+        Some(format!("is not a host address of {}", sw.subnet))
+    } else if ip == host(&sw.subnet, 1) {
+        Some(format!("is the gateway (.1) of switch \"{}\"", sw.name))
+    } else {
+        None
+    };
+    if let Some(why) = bad {
+        errs.push(t.err(
+            at(ip_span),
+            format!("the lab's etcd at {ip} {why}"),
+            format!(
+                "set [etcd] ip to a free host address of {}, e.g. \"{}\"",
+                sw.subnet,
+                host(&sw.subnet, 2)
+            ),
+        ));
+        return None;
+    }
+    for n in nodes {
+        if n.node.name == ETCD_TARGET {
+            errs.push(root.err(
+                n.name_span.clone(),
+                "a node is named \"etcd\", the TARGET of the lab's etcd",
+                "rename the node: `cnilab exec etcd` must name one thing",
+            ));
+            return None;
+        }
+        if let (Some(nip), Some(span)) = (n.explicit_ip, n.ip_span.clone())
+            && nip == ip
+        {
+            errs.push(root.err(
+                span,
+                format!(
+                    "node \"{}\" address {ip} is taken by the lab's etcd ([etcd] ip{})",
+                    n.node.name,
+                    if ip_span.is_none() {
+                        ", by default the first switch's .2"
+                    } else {
+                        ""
+                    }
+                ),
+                "give the node another address, or set [etcd] ip = \"...\" to a free one",
+            ));
+            return None;
+        }
+    }
+    Some(Etcd {
+        ip,
+        switch: sw.name.clone(),
     })
 }
 
@@ -810,7 +971,7 @@ fn parse_network(
     };
     let before = errs.count();
     let names: Vec<&str> = profiles.iter().map(|p| p.name()).collect();
-    let keys = [&["cni", "pod_cidr", "mtu"][..], &names].concat();
+    let keys = [&["cni", "pod_cidr", "mtu", "datastore"][..], &names].concat();
     errs.ok(net.allow(&keys));
     let cni = errs
         .ok(net.string("cni", &format!("cni = \"{}\"", default.name())))?
@@ -853,7 +1014,9 @@ fn parse_network(
         parts: &ctx,
         at: &net,
     };
+    let written = errs.ok(net.string("datastore", "datastore = \"etcd\""));
     let options = profile.parse(t.as_ref(), &scope, errs)?;
+    let datastore = read_datastore(&net, *profile, written?.as_ref(), &options, errs);
     if errs.count() > before {
         return None;
     }
@@ -864,7 +1027,59 @@ fn parse_network(
             cni: key.to_string(),
             options,
         },
+        datastore: datastore?,
     })
+}
+
+/// `datastore`: one the profile can use, and the one its options need.
+fn read_datastore(
+    net: &Table,
+    profile: &dyn ProfileSyntax,
+    written: Option<&Sp<String>>,
+    options: &Options,
+    errs: &Errors,
+) -> Option<Datastore> {
+    let can = profile.datastores();
+    let names: Vec<&str> = can.iter().map(|d| d.as_str()).collect();
+    let chosen = match written {
+        None => None,
+        Some(w) => {
+            let d = match w.v.as_str() {
+                "file" => Datastore::File,
+                "etcd" => Datastore::Etcd,
+                _ => {
+                    errs.push(net.err(
+                        w.span.clone(),
+                        format!("unknown datastore \"{}\"", q(&w.v)),
+                        "use datastore = \"file\" (cnilab's own store) or \"etcd\" (a real etcd)",
+                    ));
+                    return None;
+                }
+            };
+            if !can.contains(&d) {
+                errs.push(net.err(
+                    w.span.clone(),
+                    format!("cni = \"{}\" cannot keep its state in {}", profile.name(), d.as_str()),
+                    format!("use datastore = \"{}\"", names.join("\" or \"")),
+                ));
+                return None;
+            }
+            Some((d, w))
+        }
+    };
+    match (profile.needs_datastore(options), chosen) {
+        (Some((need, why)), Some((d, w))) if need != d => {
+            errs.push(net.err(
+                w.span.clone(),
+                format!("{why} needs datastore = \"{}\", not \"{}\"", need.as_str(), d.as_str()),
+                format!("remove datastore, or set datastore = \"{}\"", need.as_str()),
+            ));
+            None
+        }
+        (Some((need, _)), None) => Some(need),
+        (_, Some((d, _))) => Some(d),
+        (None, None) => Some(Datastore::File),
+    }
 }
 
 /// Without `[network]`: the default profile with all its defaults, its pod
@@ -893,6 +1108,7 @@ fn default_network(
             cni: profile.name().to_string(),
             options,
         },
+        datastore: Datastore::File,
     })
 }
 
@@ -986,6 +1202,7 @@ fn assign_addresses(
     switches: &[SwitchIn],
     routers: &[RouterIn],
     mut nodes: Vec<NodeIn>,
+    etcd: Option<&Etcd>,
 ) -> R<Vec<NodeIn>> {
     for s in switches {
         let sw = &s.switch;
@@ -996,6 +1213,9 @@ fn assign_addresses(
             None => "the fabric's uplink".to_string(),
         };
         taken.insert(host(&sw.subnet, 1), gateway.clone());
+        if let Some(e) = etcd.filter(|e| e.switch == sw.name) {
+            taken.insert(e.ip, "the lab's etcd".to_string());
+        }
         for n in nodes.iter().filter(|n| n.node.switch == sw.name) {
             let (Some(ip), Some(span)) = (n.explicit_ip, n.ip_span.clone()) else {
                 continue;

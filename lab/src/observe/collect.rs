@@ -69,6 +69,9 @@ pub struct NsDump {
     pub bgp_routes: Vec<crate::kernel::bird::BgpRoute>,
     /// host-local's reservations held here.
     pub ipam: Vec<IpamFile>,
+    /// The keys (with values) under the profile's prefix, where the lab's
+    /// etcd runs.
+    pub etcd: Vec<(String, String)>,
 }
 
 /// A link.
@@ -254,6 +257,8 @@ pub struct Target {
     pub bird_socket: Option<PathBuf>,
     /// host-local's state directory (`.../networks`), for a node.
     pub ipam_dir: Option<PathBuf>,
+    /// The key prefix to read, where the lab's etcd runs.
+    pub etcd_prefix: Option<String>,
 }
 
 impl Target {
@@ -264,6 +269,7 @@ impl Target {
             sysctls: Arc::new(|_| Vec::new()),
             bird_socket: None,
             ipam_dir: None,
+            etcd_prefix: None,
         }
     }
 }
@@ -350,6 +356,9 @@ pub async fn collect_one(t: Target, want: Want) -> Result<NsDump> {
     read_texts(&handle, &t, want, &mut d).await?;
     if let Some(dir) = &t.ipam_dir {
         d.ipam = read_ipam(dir);
+    }
+    if let Some(prefix) = &t.etcd_prefix {
+        d.etcd = crate::kernel::etcd::get_prefix(&handle, &format!("{prefix}/")).await?;
     }
     Ok(d)
 }

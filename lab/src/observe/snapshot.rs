@@ -67,6 +67,18 @@ pub struct NsSnapshot {
     pub bgp_sessions: Vec<crate::kernel::bird::Session>,
     /// The BGP routes in that BIRD's table.
     pub bgp_routes: Vec<crate::kernel::bird::BgpRoute>,
+    /// The lab's etcd: each key under the profile's prefix with its value
+    /// (MACs named by owner; TTLs left out).
+    pub etcd: Vec<EtcdKey>,
+}
+
+/// A key in the lab's etcd.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct EtcdKey {
+    /// The key.
+    pub key: String,
+    /// Its value, MACs normalized.
+    pub value: String,
 }
 
 /// A link.
@@ -207,6 +219,9 @@ fn targets(state: &LabState) -> Vec<Target> {
                     _ => None,
                 },
                 ipam_dir: (role == "node").then(|| paths.cni_state_dir(&short).join("networks")),
+                etcd_prefix: (role == crate::model::topology::ETCD_TARGET)
+                    .then(|| state.plan.profile.etcd_prefix().map(str::to_string))
+                    .flatten(),
                 sysctls: std::sync::Arc::new(move |links| touched_sysctls(&r, links, &keys)),
                 ns,
             }
@@ -435,7 +450,39 @@ fn ns_snapshot(
         ipam,
         bgp_sessions,
         bgp_routes: d.bgp_routes.clone(),
+        etcd: d
+            .etcd
+            .iter()
+            .map(|(k, v)| EtcdKey {
+                key: k.clone(),
+                value: macs_named(v, &mac),
+            })
+            .collect(),
     }
+}
+
+/// Text with every MAC (`aa:bb:cc:dd:ee:ff`) in it named by `mac`.
+fn macs_named(text: &str, mac: &dyn Fn(&str) -> String) -> String {
+    let is_mac = |w: &[u8]| {
+        w.len() == 17
+            && w.iter()
+                .enumerate()
+                .all(|(i, c)| if i % 3 == 2 { *c == b':' } else { c.is_ascii_hexdigit() })
+    };
+    let b = text.as_bytes();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < b.len() {
+        if i + 17 <= b.len() && is_mac(&b[i..i + 17]) && text.is_char_boundary(i + 17) {
+            out.push_str(&mac(&text[i..i + 17].to_ascii_lowercase()));
+            i += 17;
+        } else {
+            let c = text[i..].chars().next().expect("in bounds");
+            out.push(c);
+            i += c.len_utf8();
+        }
+    }
+    out
 }
 
 const NUD_PERMANENT: u16 = 0x80;
@@ -715,6 +762,9 @@ impl Snapshot {
             iptables::render(&ns.iptables, &mut s);
             for i in &ns.ipam {
                 let _ = writeln!(s, "ipam {} {} {} {}", i.network, i.ip, i.holder, i.ifname);
+            }
+            for k in &ns.etcd {
+                let _ = writeln!(s, "etcd {} {}", k.key, k.value);
             }
             for b in &ns.bgp_sessions {
                 let _ = write!(s, "bgp session {}", b.name);

@@ -40,6 +40,37 @@ pub struct Status {
     pub bgp_sessions: Vec<BgpSessionStatus>,
     /// Active faults, oldest first.
     pub faults: Vec<FaultStatus>,
+    /// The lab's etcd, with `datastore = "etcd"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<EtcdStatus>,
+}
+
+/// The lab's etcd and the keys the profile keeps in it.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct EtcdStatus {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its client URL on the switch.
+    pub endpoint: String,
+    /// The server process.
+    pub agent: Option<AgentStatus>,
+    /// The prefix the profile's keys live under.
+    pub prefix: Option<String>,
+    /// Each key under it with its value, as etcd returns them now; empty
+    /// when etcd does not answer.
+    pub keys: Vec<EtcdKeyStatus>,
+    /// Why the keys could not be read, if they could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A key in the lab's etcd.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct EtcdKeyStatus {
+    /// The key.
+    pub key: String,
+    /// Its value.
+    pub value: String,
 }
 
 /// One switch.
@@ -192,8 +223,55 @@ pub fn settings(plan: &Plan) -> BTreeMap<String, String> {
             .mtu
             .map_or("(profile's computation)".into(), |m| m.to_string()),
     );
+    s.insert("network.datastore".into(), t.network.datastore.as_str().into());
+    if let Some(e) = &t.etcd {
+        s.insert("etcd.ip".into(), e.ip.to_string());
+    }
     s.extend(plan.profile.settings(t));
     s
+}
+
+/// The lab's etcd: its process and the profile's keys, read now.
+fn etcd_status(state: &LabState, present: &[String]) -> Option<EtcdStatus> {
+    let e = state.plan.etcd.as_ref()?;
+    let prefix = state.plan.profile.etcd_prefix().map(str::to_string);
+    let agent = state
+        .agents
+        .get(crate::model::topology::ETCD_TARGET)
+        .map(|pid| AgentStatus {
+            owner: crate::model::topology::ETCD_TARGET.to_string(),
+            name: "etcd".to_string(),
+            pid: *pid,
+            running: crate::kernel::runtime::alive(*pid as i32),
+        });
+    let read = match (&prefix, present.contains(&e.ns)) {
+        (Some(p), true) => {
+            let p = format!("{p}/");
+            crate::observe::collect::block_on(async {
+                let ns = netns::Netns::open(&e.ns)?;
+                crate::kernel::etcd::get_prefix(&ns, &p).await
+            })
+        }
+        (_, false) => Err(anyhow::anyhow!("its namespace {} is gone", e.ns)),
+        (None, true) => Ok(Vec::new()),
+    };
+    let (keys, error) = match read {
+        Ok(kvs) => (
+            kvs.into_iter()
+                .map(|(key, value)| EtcdKeyStatus { key, value })
+                .collect(),
+            None,
+        ),
+        Err(err) => (Vec::new(), Some(format!("{err:#}"))),
+    };
+    Some(EtcdStatus {
+        namespace: e.ns.clone(),
+        endpoint: e.endpoint(),
+        agent,
+        prefix,
+        keys,
+        error,
+    })
 }
 
 /// The status of a lab from its state and what is alive now.
@@ -275,6 +353,7 @@ pub fn status(state: &LabState) -> Status {
         agents,
         bgp_sessions: bgp_sessions(state),
         faults: faults(state),
+        etcd: etcd_status(state, &present),
     }
 }
 
@@ -437,6 +516,9 @@ pub fn render(s: &Status, plan: &Plan) -> String {
     out.push_str(&text(&set));
     out.push_str("\n\n");
     out.push_str(&tables(s));
+    if let Some(e) = &s.etcd {
+        out.push_str(&etcd_text(e));
+    }
     out.push_str("\n\nfaults: ");
     out.push_str(&if s.faults.is_empty() {
         "none".to_string()
@@ -448,6 +530,27 @@ pub fn render(s: &Status, plan: &Plan) -> String {
             .join(", ")
     });
     out.push('\n');
+    out
+}
+
+/// The etcd part of `status`: where it runs and the keys it holds.
+fn etcd_text(e: &EtcdStatus) -> String {
+    let state = match &e.agent {
+        Some(a) if a.running => format!("running (pid {})", a.pid),
+        Some(a) => format!("NOT running (pid {} is gone)", a.pid),
+        None => "not started".to_string(),
+    };
+    let mut out = format!("\n\netcd at {} ({}), {state}", e.endpoint, e.namespace);
+    if let Some(err) = &e.error {
+        out.push_str(&format!("\n  cannot read its keys: {err}"));
+    } else if let Some(p) = &e.prefix {
+        let mut t = table(&["KEY", "VALUE"]);
+        for k in &e.keys {
+            t.add_row(vec![k.key.clone(), k.value.clone()]);
+        }
+        out.push_str(&format!(", {} keys under {p}/\n\n", e.keys.len()));
+        out.push_str(&text(&t));
+    }
     out
 }
 

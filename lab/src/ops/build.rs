@@ -60,7 +60,7 @@ pub fn preflight(topology: &Topology) -> Result<(), Error> {
             ),
         ));
     }
-    Ok(())
+    plan.profile.preflight()
 }
 
 /// Claims a lab name: checks the machine and that no lab of that name
@@ -227,6 +227,12 @@ async fn build_all(state: &mut LabState, paths: &LabPaths, progress: &Progress) 
         progress.step();
     }
     add_uplinks(&plan, &fnl, &bridges, progress).await?;
+    if let Some(pid) = add_etcd(&plan, paths, &fnl, &bridges, progress).await? {
+        state
+            .agents
+            .insert(crate::model::topology::ETCD_TARGET.to_string(), pid);
+        state.save()?;
+    }
 
     progress.phase("nodes", plan.nodes.len());
     let handles: Vec<(String, Handle)> = futures::stream::iter(plan.nodes.iter().map(|n| {
@@ -310,6 +316,48 @@ async fn add_uplinks(plan: &Plan, fnl: &Nl, bridges: &BTreeMap<String, u32>, pro
         progress.step();
     }
     Ok(())
+}
+
+/// The lab's etcd (`datastore = "etcd"`): its namespace on the first
+/// switch, then the real server, waited for until it answers. Returns its PID.
+async fn add_etcd(
+    plan: &Plan,
+    paths: &LabPaths,
+    fnl: &Nl,
+    bridges: &BTreeMap<String, u32>,
+    progress: &Progress,
+) -> Result<Option<u32>> {
+    let Some(e) = &plan.etcd else { return Ok(None) };
+    let program = crate::kernel::tools::require("etcd")?;
+    progress.phase("etcd", 1);
+    let (ns, nl) = create_ns(e.ns.clone(), &[]).await?;
+    nl.change(nl::set_up(1)).await.context("etcd lo up")?;
+    fnl.add(nl::veth_pair(
+        &e.fabric_port,
+        Some(bridges[&e.switch]),
+        "eth0",
+        ns.raw_fd(),
+        e.mtu,
+    ))
+    .await
+    .map_err(|err| kernel_error(err, "veth", &format!("joining etcd to switch {}", e.switch)))?;
+    let idx = nl.index("eth0").await?.context("etcd port missing")?;
+    nl.add(nl::address(idx, e.ip, e.prefix_len))
+        .await
+        .with_context(|| format!("etcd's address {}", e.ip))?;
+    nl.change(nl::set_up(idx)).await.context("etcd port up")?;
+    nl.add(RouteNetlinkMessage::NewRoute(nl::route(
+        "0.0.0.0/0".parse()?,
+        Some(e.gateway),
+        Some(idx),
+        false,
+    )))
+    .await
+    .context("etcd's default route")?;
+    let dir = paths.etcd_server_dir();
+    let pid = crate::kernel::etcd::start(e, &ns, &program, &dir.join("data"), &dir.join("etcd.log")).await?;
+    progress.step();
+    Ok(Some(pid))
 }
 
 /// Tries the devices the lab needs beyond veth and bridge in the fabric, so

@@ -220,6 +220,9 @@ pub fn needs(plan: &Plan) -> (Vec<&'static str>, Vec<String>) {
     let mut progs: Vec<String> = tools::CNI_PLUGINS.iter().map(|p| format!("cni:{p}")).collect();
     kernel.extend(plan.profile.kernel_features());
     progs.extend(plan.profile.programs_needed());
+    if plan.etcd.is_some() {
+        progs.push("etcd".into());
+    }
     let bird = plan.routers.iter().any(|r| r.bird.is_some());
     if bird && !progs.iter().any(|p| p == "bird") {
         progs.push("bird".into());

@@ -506,6 +506,12 @@ async fn restart_agent(
             *a = format!("--vtep-mac={new}");
         }
     }
+    if let Some(node) = plan.node(owner) {
+        let nl = Nl::connect_in(&handle)?;
+        plan.profile
+            .prepare_agent(node, &nl, mac.map(|(_, new)| new.as_str()))
+            .await?;
+    }
     let pid = start_agent(&spec, &handle)?;
     state.agents.insert(owner.to_string(), pid);
     state.save()?;
@@ -653,13 +659,17 @@ async fn agent_mac_back(
     let ns = agent_owner_ns(plan, owner, "agent-restart")?.to_string();
     let original = plan
         .profile
-        .agents(plan, &state.paths())
-        .into_iter()
-        .find(|a| a.owner == owner)
-        .and_then(|a| {
-            a.args
-                .iter()
-                .find_map(|x| x.strip_prefix("--vtep-mac=").map(str::to_string))
+        .planned_vtep_mac(owner)
+        .or_else(|| {
+            plan.profile
+                .agents(plan, &state.paths())
+                .into_iter()
+                .find(|a| a.owner == owner)
+                .and_then(|a| {
+                    a.args
+                        .iter()
+                        .find_map(|x| x.strip_prefix("--vtep-mac=").map(str::to_string))
+                })
         })
         .context("no original MAC")?;
     restart_agent(state, &ns, owner, Some(&(dev.to_string(), original)), progress).await?;

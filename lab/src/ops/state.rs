@@ -278,12 +278,16 @@ pub fn resolve_target(st: &LabState, target: &str) -> Result<String, Error> {
         Some(Target::Node(n)) => return Ok(n.ns.clone()),
         Some(Target::Switch(_)) => return Ok(plan.fabric_ns.clone()),
         Some(Target::Router(r)) => return Ok(r.ns.clone()),
+        Some(Target::Etcd(e)) => return Ok(e.ns.clone()),
         None => {}
     }
     let mut known: Vec<String> = plan.nodes.iter().map(|n| n.name.clone()).collect();
     known.extend(plan.pods().map(|(n, p)| format!("{}/{}", n.name, p.name)));
     known.extend(plan.switches.iter().map(|s| s.name.clone()));
     known.extend(plan.routers.iter().map(|r| r.name.clone()));
+    if plan.etcd.is_some() {
+        known.push(crate::model::topology::ETCD_TARGET.to_string());
+    }
     let shown: Vec<String> = known.iter().take(12).cloned().collect();
     Err(Error::usage(
         format!("lab {} has no target \"{target}\"", plan.lab),

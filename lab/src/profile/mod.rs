@@ -283,6 +283,12 @@ pub trait Profile: Saved + Send + Sync {
     /// The name of the node agent's program.
     fn agent_name(&self) -> &'static str;
 
+    /// The etcd prefix the profile keeps its keys under, with an etcd
+    /// datastore (snapshots and status show what is there).
+    fn etcd_prefix(&self) -> Option<&str> {
+        None
+    }
+
     /// A node's CNI configuration list.
     fn conflist(&self, node: &str) -> Option<&serde_json::Value>;
 
@@ -342,6 +348,13 @@ pub trait Profile: Saved + Send + Sync {
         Vec::new()
     }
 
+    /// Checks this machine for what the profile runs beyond the tools
+    /// `programs_needed` names (a user's own binaries, say), before
+    /// anything is made.
+    fn preflight(&self) -> Result<(), crate::model::error::Error> {
+        Ok(())
+    }
+
     /// Why no machine can build it, though the topology is valid:
     /// (message, fix).
     fn unbuildable(&self) -> Option<(String, String)> {
@@ -354,6 +367,23 @@ pub trait Profile: Saved + Send + Sync {
 
     /// Waits until its control plane has converged.
     fn converge<'a>(&'a self, b: &'a Built<'_>) -> BoxFuture<'a, Result<()>>;
+
+    /// The MAC the plan gives a node's VTEP, when the profile chooses it.
+    fn planned_vtep_mac(&self, _node: &str) -> Option<String> {
+        None
+    }
+
+    /// Just before a node's agent starts (at `up`, or again after a fault
+    /// stopped it): what the profile makes beside the agent, with `mac`
+    /// for its device when a fault asks for a new one.
+    fn prepare_agent<'a>(
+        &'a self,
+        _node: &'a NodePlan,
+        _nl: &'a crate::kernel::nl::Nl,
+        _mac: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
 
     /// Before a pod is added: the profile may change its plan (Calico
     /// claims another block for a full node), saved through `save`.

@@ -4,12 +4,12 @@
 //! lease under flannel's etcd layout, and per remote lease the neighbour,
 //! the FDB entry and the onlink route, in that order (or, for host-gw, the
 //! route via the peer; for udp, `flannel0` and its userspace forwarder,
-//! `udp.rs`). The etcd it reads and writes is a folder with one
-//! file per key; it watches that folder with inotify as flanneld watches etcd.
+//! `udp.rs`). It keeps the config and the leases in the lab's datastore
+//! (`store.rs`): a folder with one file per key, or a real etcd.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
@@ -19,8 +19,9 @@ use netlink_packet_route::route::RouteProtocol;
 use serde_json::{Value, json};
 use tracing::{error, info, warn};
 
+use super::store::{Change, Store};
 use crate::kernel::nl::{self, Nl};
-use crate::kernel::overlay::{self, Peer, Vtep, VxlanSpec, Watch};
+use crate::kernel::overlay::{self, Peer, Vtep, VxlanSpec};
 use crate::model::plan::{mac_string, random_mac};
 
 /// flanneld's command line (the flags of the real one where they exist).
@@ -30,9 +31,12 @@ use crate::model::plan::{mac_string, random_mac};
     about = "cnilab's flanneld: flannel's VXLAN and host-gw backends over a file-backed etcd"
 )]
 pub struct Args {
-    /// Folder standing in for etcd: one file per key.
-    #[arg(long)]
-    pub etcd_dir: PathBuf,
+    /// Folder standing in for etcd: one file per key (the file datastore).
+    #[arg(long, required_unless_present = "etcd_endpoints")]
+    pub etcd_dir: Option<PathBuf>,
+    /// A comma-separated list of etcd endpoints (the etcd datastore).
+    #[arg(long, conflicts_with = "etcd_dir")]
+    pub etcd_endpoints: Option<String>,
     /// etcd prefix of the network configuration.
     #[arg(long, default_value = "/coreos.com/network")]
     pub etcd_prefix: String,
@@ -54,6 +58,9 @@ pub struct Args {
     /// Whether flanneld masquerades traffic leaving the pod network.
     #[arg(long)]
     pub ip_masq: bool,
+    /// Add the FORWARD rules accepting the pod network (flannel #603).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub iptables_forward_rules: bool,
     /// The lab's watch service (cnilab-watchd); without it, inotify.
     #[arg(long)]
     pub watch_socket: Option<PathBuf>,
@@ -73,10 +80,8 @@ struct NetConfig {
     port: u16,
 }
 
-fn read_config(path: &Path) -> Result<NetConfig> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read network config {}", path.display()))?;
-    let v: Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+fn parse_config(text: &str) -> Result<NetConfig> {
+    let v: Value = serde_json::from_str(text).context("is not JSON")?;
     let network = v["Network"]
         .as_str()
         .context("network config has no Network")?
@@ -113,10 +118,10 @@ fn parse_key(key: &str) -> Option<Ipv4Net> {
     Ipv4Net::new(ip.parse().ok()?, len.parse().ok()?).ok()
 }
 
-fn read_lease(dir: &Path, key: &str) -> Option<Lease> {
+/// A lease from its key (`10.244.1.0-24`) and its JSON value.
+fn parse_lease(key: &str, text: &str) -> Option<Lease> {
     let subnet = parse_key(key)?;
-    let text = std::fs::read_to_string(dir.join(key)).ok()?;
-    let v: Value = serde_json::from_str(&text).ok()?;
+    let v: Value = serde_json::from_str(text).ok()?;
     Some(Lease {
         subnet,
         public_ip: v["PublicIP"].as_str()?.parse().ok()?,
@@ -198,9 +203,12 @@ fn lease_peer(l: &Lease) -> Option<Peer> {
 }
 
 async fn run(args: Args) -> Result<()> {
-    let prefix = args.etcd_prefix.trim_start_matches('/');
-    let etcd = args.etcd_dir.join(prefix);
-    let config = read_config(&etcd.join("config"))?;
+    let mut store = match (&args.etcd_endpoints, &args.etcd_dir) {
+        (Some(eps), _) => Store::etcd(eps, &args.etcd_prefix).await?,
+        (None, Some(dir)) => Store::files(dir.clone(), &args.etcd_prefix, args.watch_socket.clone()),
+        (None, None) => bail!("give --etcd-endpoints or --etcd-dir"),
+    };
+    let config = parse_config(&store.config().await?).context("network config")?;
     info!(
         "network {} backend {} (VNI {}, port {})",
         config.network, config.backend, config.vni, config.port
@@ -269,15 +277,17 @@ async fn run(args: Args) -> Result<()> {
         other => bail!("backend {other} is not implemented by cnilab's flanneld (vxlan, host-gw and udp are)"),
     };
 
-    let mut watch = Watch::new(&etcd.join("subnets"), args.watch_socket.as_deref()).await?;
-    let mut lease = json!({ "PublicIP": public_ip.to_string(), "BackendType": config.backend });
-    if let Some(d) = backend_data {
-        lease["BackendData"] = d;
-    }
     let own = subnet_key(&args.subnet);
-    overlay::write_atomic(&watch.dir().join(&own), &lease.to_string())?;
+    // flanneld's UDP backend leaves BackendType out of its lease.
+    let backend_type = (config.backend != "udp").then_some(config.backend.as_str());
+    store
+        .acquire(&own, &lease_value(public_ip, backend_type, backend_data.as_ref()))
+        .await?;
     info!("acquired lease {}", args.subnet);
 
+    // As flanneld: masquerade rules, then forward rules, then the subnet file.
+    let rules = super::iptables::restore_input(config.network, args.subnet, args.ip_masq, args.iptables_forward_rules);
+    super::iptables::apply(&rules)?;
     let gateway = Ipv4Addr::from(u32::from(args.subnet.network()) + 1);
     let env = format!(
         "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={gateway}/{}\nFLANNEL_MTU={mtu}\nFLANNEL_IPMASQ={}\n",
@@ -289,16 +299,9 @@ async fn run(args: Args) -> Result<()> {
     info!("wrote subnet file to {}", args.subnet_file.display());
 
     let mut known: BTreeMap<String, Lease> = BTreeMap::new();
-    let dir = watch.dir().to_path_buf();
-    sync(&backend, &dir, &own, watch.keys(), &mut known).await;
-    info!("watching for new subnet leases");
-    overlay::follow(&mut watch, async |mut keys, overflowed| {
-        if overflowed {
-            keys.extend(known.keys().cloned());
-        }
-        sync(&backend, &dir, &own, keys, &mut known).await;
-    })
-    .await?;
+    store
+        .follow(async |changes| sync(&backend, &own, changes, &mut known).await)
+        .await?;
     info!("exiting; the device, routes and lease stay, as with flanneld");
     Ok(())
 }
@@ -340,16 +343,31 @@ async fn udp_backend(
     Ok(routes)
 }
 
-/// Brings the programmed state in line with the named lease files: new or
-/// changed leases are "added" (flannel's EventAdded), vanished ones removed.
-/// Leases are handled concurrently, each one's steps in flannel's order.
-async fn sync(b: &Backend, dir: &Path, own: &str, keys: Vec<String>, known: &mut BTreeMap<String, Lease>) {
+/// A lease's value as flanneld writes it (its `LeaseAttrs` as JSON, fields
+/// in its order).
+fn lease_value(public_ip: Ipv4Addr, backend: Option<&str>, data: Option<&Value>) -> String {
+    let mut v = format!("{{\"PublicIP\":\"{public_ip}\",\"PublicIPv6\":null");
+    if let Some(b) = backend {
+        v.push_str(&format!(",\"BackendType\":{}", json!(b)));
+    }
+    if let Some(d) = data {
+        v.push_str(&format!(",\"BackendData\":{d}"));
+    }
+    v.push('}');
+    v
+}
+
+/// Brings the programmed state in line with changed leases: new or changed
+/// ones are "added" (flannel's EventAdded), vanished ones removed. Leases
+/// are handled concurrently, each one's steps in flannel's order.
+async fn sync(b: &Backend, own: &str, changes: Vec<Change>, known: &mut BTreeMap<String, Lease>) {
     let mut added = Vec::new();
     let mut removed = Vec::new();
-    for k in keys.into_iter().filter(|k| k != own) {
-        match read_lease(dir, &k) {
+    for (k, value) in changes.into_iter().filter(|(k, _)| k != own) {
+        match value.and_then(|v| parse_lease(&k, &v)) {
             Some(l) if known.get(&k) != Some(&l) => {
-                if l.backend != b.kind() {
+                // The UDP backend's leases carry no type, and it reads any.
+                if l.backend != b.kind() && !matches!(b, Backend::Udp(_)) {
                     warn!("ignoring non-{} subnet {}: type={}", b.kind(), l.subnet, l.backend);
                     continue;
                 }

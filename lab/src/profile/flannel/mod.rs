@@ -4,8 +4,10 @@
 
 pub mod agent;
 pub mod build;
+pub mod iptables;
 pub mod options;
 pub mod plugin;
+pub mod store;
 pub mod udp;
 
 use std::net::Ipv4Addr;
@@ -20,9 +22,10 @@ use futures::future::BoxFuture;
 
 use crate::model::paths::LabPaths;
 use crate::model::plan::{NodePlan, Stream, mac_string, random_mac, rng};
+use crate::model::topology::Datastore;
 use crate::model::topology::Topology;
 use crate::profile::{AgentSpec, Built, Plan, Profile};
-use options::{FlannelBackend, FlannelOptions};
+use options::{FlannelBackend, FlannelOptions, Implementation};
 
 /// The stock kube-flannel CNI configuration, as shipped in kube-flannel.yml.
 pub const CONFLIST: &str = include_str!("../../../../plugins/flannel/10-flannel.conflist");
@@ -48,6 +51,21 @@ pub struct FlannelPlan {
     pub network: Ipv4Net,
     /// Prefix length of each lease.
     pub subnet_len: u8,
+    /// builtin or upstream.
+    #[serde(default)]
+    pub implementation: Implementation,
+    /// Where the config and the leases live.
+    #[serde(default)]
+    pub datastore: Datastore,
+    /// The keys' prefix, e.g. `/coreos.com/network`.
+    #[serde(default = "default_prefix")]
+    pub etcd_prefix: String,
+    /// The real flanneld the topology names (upstream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flanneld: Option<String>,
+    /// The real flannel CNI plugin the topology names (upstream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni_plugin: Option<String>,
     /// The overlay device (`flannel.<vni>` or `flannel0`), none for host-gw.
     pub device: Option<String>,
     /// The network configuration flanneld reads (`/coreos.com/network/config`).
@@ -74,6 +92,14 @@ pub struct FlannelNode {
     pub conflist: Value,
     /// Arguments of the node's flanneld.
     pub agent_args: Vec<String>,
+    /// The subnet file flanneld writes for this lease (cnilab writes it
+    /// first for the real flanneld, which then reuses the lease in it).
+    #[serde(default)]
+    pub subnet_env: String,
+}
+
+fn default_prefix() -> String {
+    options::DEFAULT_ETCD_PREFIX.to_string()
 }
 
 impl FlannelPlan {
@@ -116,6 +142,8 @@ impl Profile for FlannelPlan {
             ("vni", self.vni.to_string()),
             ("port", self.port.to_string()),
             ("subnet_len", self.subnet_len.to_string()),
+            ("implementation", self.implementation.as_str().to_string()),
+            ("etcd_prefix", self.etcd_prefix.clone()),
         ]
         .into_iter()
         .map(|(k, v)| (format!("network.flannel.{k}"), v))
@@ -134,12 +162,26 @@ impl Profile for FlannelPlan {
             args: fnode.agent_args.clone(),
             log: paths.agent_log(&n.name),
             ready: paths.agent_dir(&n.name).join("subnet.env"),
-            config: None,
+            // The real flanneld reuses the lease in an existing subnet file:
+            // the planned one, so that its lab is the same every time.
+            config: (self.implementation == Implementation::Upstream)
+                .then(|| (paths.agent_dir(&n.name).join("subnet.env"), fnode.subnet_env.clone())),
         }]
     }
 
     fn agent_name(&self) -> &'static str {
         "flanneld"
+    }
+
+    fn preflight(&self) -> Result<(), crate::model::error::Error> {
+        if self.implementation == Implementation::Upstream {
+            build::upstream_programs(self)?;
+        }
+        Ok(())
+    }
+
+    fn etcd_prefix(&self) -> Option<&str> {
+        (self.datastore == Datastore::Etcd).then_some(self.etcd_prefix.as_str())
     }
 
     fn conflist(&self, node: &str) -> Option<&Value> {
@@ -210,6 +252,21 @@ impl Profile for FlannelPlan {
         }
     }
 
+    fn planned_vtep_mac(&self, node: &str) -> Option<String> {
+        (self.backend == FlannelBackend::Vxlan)
+            .then(|| self.node(node).map(|n| n.vtep_mac.clone()))
+            .flatten()
+    }
+
+    fn prepare_agent<'a>(
+        &'a self,
+        node: &'a NodePlan,
+        nl: &'a crate::kernel::nl::Nl,
+        mac: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(build::prepare_vtep(self, node, nl, mac))
+    }
+
     fn start<'a>(&'a self, b: &'a Built<'_>) -> BoxFuture<'a, Result<Vec<(String, u32)>>> {
         Box::pin(build::start(b, self))
     }
@@ -267,6 +324,12 @@ pub fn plan(topology: &Topology, opts: &FlannelOptions, nodes: &[NodePlan], path
         "Backend": backend,
     });
     let stock: Value = serde_json::from_str(CONFLIST).expect("the stock conflist is valid JSON");
+    let datastore = topology.network.datastore;
+    let etcd = topology
+        .etcd
+        .as_ref()
+        .filter(|_| datastore == Datastore::Etcd)
+        .map(|e| format!("http://{}:{}", e.ip, crate::model::plan::ETCD_CLIENT_PORT));
     let per_node = nodes
         .iter()
         .zip(leases)
@@ -288,17 +351,31 @@ pub fn plan(topology: &Topology, opts: &FlannelOptions, nodes: &[NodePlan], path
             if let Some(mtu) = topology.network.mtu {
                 plugin["delegate"]["mtu"] = json!(mtu);
             }
-            let agent_args = vec![
-                format!("--etcd-dir={}", paths.etcd_dir().display()),
-                "--etcd-prefix=/coreos.com/network".to_string(),
+            let store = match &etcd {
+                Some(endpoint) => format!("--etcd-endpoints={endpoint}"),
+                None => format!("--etcd-dir={}", paths.etcd_dir().display()),
+            };
+            let mut agent_args = vec![
+                store,
+                format!("--etcd-prefix={}", opts.etcd_prefix),
                 "--iface=eth0".to_string(),
                 format!("--public-ip={}", n.ip),
-                format!("--subnet={subnet}"),
-                format!("--vtep-mac={mac}"),
                 format!("--subnet-file={}", agent_dir.join("subnet.env").display()),
                 "--ip-masq".to_string(),
-                format!("--watch-socket={}", paths.watch_socket().display()),
             ];
+            if opts.implementation == Implementation::Builtin {
+                agent_args.extend([
+                    format!("--subnet={subnet}"),
+                    format!("--vtep-mac={mac}"),
+                    format!("--watch-socket={}", paths.watch_socket().display()),
+                ]);
+            }
+            let gateway = subnet.hosts().next().unwrap_or(subnet.network());
+            let subnet_env = format!(
+                "FLANNEL_NETWORK={network}\nFLANNEL_SUBNET={gateway}/{}\nFLANNEL_MTU={}\nFLANNEL_IPMASQ=true\n",
+                subnet.prefix_len(),
+                device_mtu.unwrap_or(n.mtu)
+            );
             FlannelNode {
                 node: n.name.clone(),
                 subnet,
@@ -307,6 +384,7 @@ pub fn plan(topology: &Topology, opts: &FlannelOptions, nodes: &[NodePlan], path
                 pod_mtu,
                 conflist,
                 agent_args,
+                subnet_env,
             }
         })
         .collect();
@@ -316,6 +394,11 @@ pub fn plan(topology: &Topology, opts: &FlannelOptions, nodes: &[NodePlan], path
         port: opts.port,
         network,
         subnet_len: opts.subnet_len,
+        implementation: opts.implementation,
+        datastore,
+        etcd_prefix: opts.etcd_prefix.clone(),
+        flanneld: opts.flanneld.clone(),
+        cni_plugin: opts.cni_plugin.clone(),
         device,
         net_config,
         nodes: per_node,

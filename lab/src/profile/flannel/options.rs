@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::error::InputError;
 use crate::model::spanned::{Errors, Sp, Table};
-use crate::model::topology::{Options, Parts, ProfileSyntax, Scope, q};
+use crate::model::topology::{Datastore, Options, Parts, ProfileSyntax, Scope, q};
 
 type R<T> = Result<T, InputError>;
 
@@ -38,6 +38,101 @@ impl ProfileSyntax for Syntax {
     fn parse(&self, t: Option<&Table>, scope: &Scope, errs: &Errors) -> Option<Options> {
         flannel_options(t, scope, errs).map(|o| crate::profile::to_options(&o))
     }
+
+    fn datastores(&self) -> &'static [Datastore] {
+        &[Datastore::File, Datastore::Etcd]
+    }
+
+    fn needs_datastore(&self, options: &Options) -> Option<(Datastore, &'static str)> {
+        let upstream = options.0.iter().any(|(k, v)| k == "implementation" && v == "upstream");
+        upstream.then_some((Datastore::Etcd, "implementation = \"upstream\" (the real flanneld)"))
+    }
+}
+
+/// Which flanneld and flannel CNI plugin a lab runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Implementation {
+    /// cnilab's own: fast, nothing to install.
+    #[default]
+    Builtin,
+    /// The real ones, built from flannel's releases.
+    Upstream,
+}
+
+impl Implementation {
+    /// As written in the topology.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Implementation::Builtin => "builtin",
+            Implementation::Upstream => "upstream",
+        }
+    }
+}
+
+/// `--flannel IMPL` of `up` and `run`: the topology as if its
+/// `[network.flannel]` said `implementation = IMPL`. The upstream one
+/// brings the etcd it needs (at the first switch's .2) when the topology
+/// keeps its state in files.
+pub fn with_implementation(
+    t: &mut crate::model::topology::Topology,
+    imp: Implementation,
+) -> Result<(), crate::model::error::Error> {
+    use crate::model::error::Error;
+    use crate::model::topology::Etcd;
+    if t.network.profile.name() != "flannel" {
+        return Err(Error::usage(
+            format!(
+                "--flannel chooses flannel's implementation, but this topology has cni = \"{}\"",
+                t.network.profile.name()
+            ),
+            "leave --flannel out for this topology",
+        ));
+    }
+    let value = serde_json::Value::String(imp.as_str().to_string());
+    let opts = &mut t.network.profile.options.0;
+    match opts.iter_mut().find(|(k, _)| k == "implementation") {
+        Some((_, v)) => *v = value,
+        None => opts.push(("implementation".to_string(), value)),
+    }
+    if imp == Implementation::Upstream && t.network.datastore == Datastore::File {
+        let sw = t
+            .switches
+            .first()
+            .ok_or_else(|| Error::usage("the topology has no switch", "add a [[switch]]"))?;
+        let ip = sw.subnet.hosts().nth(1).ok_or_else(|| {
+            Error::usage(
+                format!("switch {} has no room for etcd", sw.name),
+                "use a larger subnet",
+            )
+        })?;
+        if let Some(n) = t
+            .nodes
+            .iter()
+            .find(|n| n.ip == ip || n.name == crate::model::topology::ETCD_TARGET)
+        {
+            return Err(Error::usage(
+                format!(
+                    "--flannel upstream needs an etcd at {ip} (the first switch's .2), but node \"{}\" is there or has its name",
+                    n.name
+                ),
+                "add datastore = \"etcd\" to [network] and an [etcd] ip = \"...\" that is free",
+            ));
+        }
+        t.network.datastore = Datastore::Etcd;
+        t.etcd = Some(Etcd {
+            ip,
+            switch: sw.name.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// flannel's default etcd prefix.
+pub const DEFAULT_ETCD_PREFIX: &str = "/coreos.com/network";
+
+fn default_prefix() -> String {
+    DEFAULT_ETCD_PREFIX.to_string()
 }
 
 /// flannel backends.
@@ -74,6 +169,18 @@ pub struct FlannelOptions {
     pub port: u16,
     /// Prefix length of each node's lease.
     pub subnet_len: u8,
+    /// builtin (default) or upstream.
+    #[serde(default)]
+    pub implementation: Implementation,
+    /// Where flannel's keys live in etcd.
+    #[serde(default = "default_prefix")]
+    pub etcd_prefix: String,
+    /// The real flanneld to run (upstream), else found on the program path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flanneld: Option<String>,
+    /// The real flannel CNI plugin (upstream), else found on the program path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni_plugin: Option<String>,
 }
 
 /// Pods a flannel node subnet of prefix `len` holds: host-local hands out
@@ -98,10 +205,24 @@ fn flannel_options(t: Option<&Table>, scope: &Scope, errs: &Errors) -> Option<Fl
         vni: 1,
         port: 8472,
         subnet_len: default_len,
+        implementation: Implementation::Builtin,
+        etcd_prefix: default_prefix(),
+        flanneld: None,
+        cni_plugin: None,
     };
     let mut len_span = None;
     if let Some(t) = t {
-        errs.ok(t.allow(&["backend", "vni", "port", "subnet_len"]));
+        errs.ok(t.allow(&[
+            "backend",
+            "vni",
+            "port",
+            "subnet_len",
+            "implementation",
+            "etcd_prefix",
+            "flanneld",
+            "cni_plugin",
+        ]));
+        read_implementation(t, &mut opts, errs);
         if let Some(Some(b)) = errs.ok(t.string("backend", "backend = \"vxlan\"")) {
             match b.v.as_str() {
                 "vxlan" => opts.backend = FlannelBackend::Vxlan,
@@ -135,6 +256,65 @@ fn flannel_options(t: Option<&Table>, scope: &Scope, errs: &Errors) -> Option<Fl
     let span = len_span.unwrap_or_else(|| pod_cidr.span.clone());
     errs.ok(check_flannel_room(at, pod_cidr, &opts, span, parts));
     (errs.count() == before).then_some(opts)
+}
+
+/// `implementation`, `etcd_prefix` and the two program paths.
+fn read_implementation(t: &Table, opts: &mut FlannelOptions, errs: &Errors) {
+    if let Some(Some(i)) = errs.ok(t.string("implementation", "implementation = \"builtin\"")) {
+        match i.v.as_str() {
+            "builtin" => opts.implementation = Implementation::Builtin,
+            "upstream" => opts.implementation = Implementation::Upstream,
+            _ => errs.push(t.err(
+                i.span.clone(),
+                format!("unknown flannel implementation \"{}\"", q(&i.v)),
+                "use implementation = \"builtin\" (cnilab's flanneld and plugin) or \"upstream\" (the real ones)",
+            )),
+        }
+    }
+    if let Some(Some(p)) = errs.ok(t.string("etcd_prefix", "etcd_prefix = \"/coreos.com/network\"")) {
+        let ok = p.v.starts_with('/')
+            && p.v.len() > 1
+            && p.v.len() <= 200
+            && !p.v.ends_with('/')
+            && !p.v.contains("//")
+            && p.v.chars().all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c));
+        if ok {
+            opts.etcd_prefix = p.v.clone();
+        } else {
+            errs.push(t.err(
+                p.span.clone(),
+                format!("etcd_prefix \"{}\" is not a key prefix flanneld accepts here", q(&p.v)),
+                "write an absolute key path of letters, digits and . _ - /, without a trailing /, e.g. \"/atomic.io/network\"",
+            ));
+        }
+    }
+    for (key, slot) in [("flanneld", &mut opts.flanneld), ("cni_plugin", &mut opts.cni_plugin)] {
+        if let Some(Some(p)) = errs.ok(t.string(key, &format!("{key} = \"/usr/local/bin/{key}\""))) {
+            if !p.v.starts_with('/') || p.v.contains('\0') || p.v.len() > 4096 {
+                errs.push(t.err(
+                    p.span.clone(),
+                    format!("{key} = \"{}\" is not an absolute path", q(&p.v)),
+                    format!(
+                        "write the absolute path of the program, e.g. {key} = \"/usr/local/bin/{}\"",
+                        if key == "flanneld" { "flanneld" } else { "flannel" }
+                    ),
+                ));
+            } else {
+                *slot = Some(p.v.clone());
+            }
+        }
+    }
+    if opts.implementation == Implementation::Builtin {
+        for key in ["flanneld", "cni_plugin"] {
+            if let Some(span) = t.key_span(key) {
+                errs.push(t.err(
+                    span,
+                    format!("{key} names a real flannel program, which only implementation = \"upstream\" runs"),
+                    format!("add implementation = \"upstream\", or remove {key}"),
+                ));
+            }
+        }
+    }
 }
 
 /// The pool splits into node subnets, one per node (flannel never leases
