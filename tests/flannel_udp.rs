@@ -34,7 +34,17 @@ fn every_pod_pings_every_other_pod() {
 /// crosses nodes and a 1445-byte one is refused by the pod itself.
 #[test]
 fn mtu_is_1472_and_df_pings_fit_exactly() {
-    let lab = Lab::up(&topology(TOPOLOGY));
+    mtu_and_df_pings(&[]);
+}
+
+/// The same under the real flanneld.
+#[test]
+fn mtu_is_1472_and_df_pings_fit_exactly_under_upstream() {
+    mtu_and_df_pings(&["--flannel", "upstream"]);
+}
+
+fn mtu_and_df_pings(args: &[&str]) {
+    let lab = Lab::up_with(&topology(TOPOLOGY), args);
     for node in ["master", "worker1", "worker2"] {
         assert_eq!(mtu(&lab, node, "flannel0"), 1472, "{node} flannel0");
         assert_eq!(mtu(&lab, node, "eth0"), 1500, "{node} eth0");
@@ -109,7 +119,17 @@ fn packets(text: &str) -> Vec<Vec<u8>> {
 /// protocol 1, the pods' addresses), with nothing in between.
 #[test]
 fn capture_shows_the_pods_icmp_bare_in_udp_8285() {
-    let lab = Lab::up(&topology(TOPOLOGY));
+    capture_bare_icmp(&[]);
+}
+
+/// The same wire under the real flanneld.
+#[test]
+fn capture_shows_the_pods_icmp_bare_in_udp_8285_under_upstream() {
+    capture_bare_icmp(&["--flannel", "upstream"]);
+}
+
+fn capture_bare_icmp(args: &[&str]) {
+    let lab = Lab::up_with(&topology(TOPOLOGY), args);
     let pods = lab.pods();
     let ip_of = |p: &str| pods.iter().find(|(k, _)| k == p).unwrap().1.clone();
     let (src_ip, dst_ip) = (ip_of("worker1/pod-1"), ip_of("worker2/pod-1"));

@@ -74,6 +74,25 @@ impl Lab {
         lab
     }
 
+    /// Like [`Lab::up`], with more arguments for `up` (`--flannel upstream`).
+    pub fn up_with(topology: &Path, args: &[&str]) -> Lab {
+        let lab = Lab { name: unique_name() };
+        let out = Command::new(bin())
+            .arg("up")
+            .arg(topology)
+            .args(["--name", &lab.name])
+            .args(args)
+            .output()
+            .expect("cnilab runs");
+        assert!(
+            out.status.success(),
+            "cnilab up {} {args:?} failed:\n{}",
+            topology.display(),
+            show(&out)
+        );
+        lab
+    }
+
     /// A lab name reserved for `up_output`, removed when dropped.
     pub fn reserve() -> Lab {
         Lab { name: unique_name() }

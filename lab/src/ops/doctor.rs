@@ -185,10 +185,47 @@ pub struct Report {
     pub cni_plugins: Vec<(String, Option<String>)>,
     /// The containernetworking-plugins package version.
     pub cni_version: Option<String>,
+    /// The real flannel programs `implementation = "upstream"` runs, as
+    /// found here (not needed by other labs).
+    pub upstream_flannel: Vec<UpstreamProgram>,
     /// The topology's needs, when one was given.
     pub topology: Option<TopologyReport>,
     /// The packages to install for everything missing.
     pub install: Vec<&'static str>,
+}
+
+/// A real flannel program and the version it reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpstreamProgram {
+    /// flanneld, or the flannel CNI plugin.
+    pub name: &'static str,
+    /// Where it is, if found.
+    pub path: Option<String>,
+    /// What it says its version is.
+    pub version: Option<String>,
+}
+
+/// The real flanneld and flannel CNI plugin, where `up` would find them.
+fn upstream_flannel() -> Vec<UpstreamProgram> {
+    let flanneld = tools::find("flanneld");
+    let plugin = tools::find("flannel").or_else(|| cni_plugin("flannel"));
+    vec![
+        UpstreamProgram {
+            name: "flanneld",
+            version: flanneld.as_deref().and_then(|p| tools::version(p, &["--version"])),
+            path: flanneld.map(|p| p.display().to_string()),
+        },
+        UpstreamProgram {
+            name: "flannel (CNI plugin)",
+            // Without CNI_COMMAND the plugin prints its "about" line.
+            version: plugin.as_deref().and_then(|p| {
+                let out = std::process::Command::new(p).env("CNI_COMMAND", "").output().ok()?;
+                let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+                text.lines().map(str::trim).find(|l| !l.is_empty()).map(str::to_string)
+            }),
+            path: plugin.map(|p| p.display().to_string()),
+        },
+    ]
 }
 
 impl Report {
@@ -352,6 +389,9 @@ pub fn report(topology: Option<(&str, &Plan)>) -> Report {
             .map(|k| k.to_string())
             .collect();
         missing.extend(missing_programs(&progs).into_iter().map(|(p, _)| p));
+        if let Err(e) = plan.profile.preflight() {
+            missing.push(e.to_string());
+        }
         TopologyReport {
             file: file.to_string(),
             network: plan.profile.describe(),
@@ -372,6 +412,7 @@ pub fn report(topology: Option<(&str, &Plan)>) -> Report {
         tools,
         cni_plugins,
         cni_version,
+        upstream_flannel: upstream_flannel(),
         topology,
         install: install.into_iter().collect(),
     }
@@ -632,6 +673,18 @@ impl fmt::Display for Report {
             },
             tools::CNI_PLUGINS.join(", "),
         ]);
+        writeln!(f, "{}", crate::kernel::progress::text(&t))?;
+        writeln!(f)?;
+        let mut t = crate::kernel::progress::table(&["REAL FLANNEL", "VERSION", "PATH"]);
+        for p in &self.upstream_flannel {
+            t.add_row(vec![
+                p.name.to_string(),
+                p.version.clone().unwrap_or_else(|| "-".into()),
+                p.path.clone().unwrap_or_else(|| {
+                    "not installed (only implementation = \"upstream\" needs it): bash .ci/flannel/build.sh".into()
+                }),
+            ]);
+        }
         writeln!(f, "{}", crate::kernel::progress::text(&t))?;
         if let Some(topo) = &self.topology {
             writeln!(f)?;

@@ -1,0 +1,155 @@
+//! The built-in flannel proven equal to the real one: for every shipped
+//! flannel topology and each backend, `up` with cnilab's flanneld and
+//! plugin and with the real flanneld v0.28.9 and flannel CNI plugin (both
+//! over the lab's real etcd) give byte-identical snapshots, equal to the
+//! golden files; every pod pings every pod under both. Needs the real
+//! flannel: `bash .ci/deps --upstream-flannel` builds it.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use common::*;
+
+/// A shipped topology keeping its state in etcd: as written when it does
+/// already, else with `datastore = "etcd"` added to its `[network]`.
+fn over_etcd(name: &str) -> (TempFile, String) {
+    let text = std::fs::read_to_string(topology(&format!("{name}.toml"))).expect("topology");
+    if text.contains("\ndatastore = \"etcd\"") {
+        return (TempFile::toml(&text), name.to_string());
+    }
+    assert!(text.contains("\n[network]\n"), "{name} has a [network] section");
+    let text = text.replacen("\n[network]\n", "\n[network]\ndatastore = \"etcd\"\n", 1);
+    (TempFile::toml(&text), format!("{name}@etcd"))
+}
+
+fn snapshot_under(file: &TempFile, implementation: &str) -> String {
+    let lab = Lab::up_with(&file.path, &["--flannel", implementation]);
+    pingall(&lab);
+    let snap = lab.snapshot();
+    drop(lab);
+    snap
+}
+
+/// builtin and upstream agree byte for byte, and equal the golden file.
+fn same_as_upstream(name: &str) {
+    let (file, golden) = over_etcd(name);
+    let builtin = snapshot_under(&file, "builtin");
+    let upstream = snapshot_under(&file, "upstream");
+    if builtin != upstream {
+        let diff = similar::TextDiff::from_lines(&builtin, &upstream)
+            .unified_diff()
+            .header("builtin", "upstream")
+            .to_string();
+        panic!("{name}: the built-in flannel differs from the real one:\n{diff}");
+    }
+    insta::with_settings!({
+        snapshot_path => "../snapshots",
+        prepend_module_to_snapshot => false,
+        omit_expression => true,
+    }, {
+        insta::assert_snapshot!(golden, builtin);
+    });
+}
+
+#[test]
+fn vxlan_builtin_equals_upstream() {
+    same_as_upstream("flannel-vxlan");
+}
+
+#[test]
+fn vxlan_routed_builtin_equals_upstream() {
+    same_as_upstream("flannel-routed");
+}
+
+#[test]
+fn host_gw_builtin_equals_upstream() {
+    same_as_upstream("flannel-host-gw");
+}
+
+#[test]
+fn udp_builtin_equals_upstream() {
+    same_as_upstream("flannel-udp");
+}
+
+#[test]
+fn seed_001_builtin_equals_upstream() {
+    same_as_upstream("seed-001-etcd");
+}
+
+#[test]
+fn seed_002_builtin_equals_upstream() {
+    same_as_upstream("seed-002-rudder");
+}
+
+/// Seed 001: `etcdctl get --prefix /atomic.io/network/` in the lab's etcd
+/// shows the config and one lease per node, with its PublicIP and VTEP
+/// MAC, and the same keys under both implementations.
+#[test]
+fn seed_001_etcdctl_shows_config_and_one_lease_per_node() {
+    let mut seen = Vec::new();
+    for implementation in ["builtin", "upstream"] {
+        let lab = Lab::up_with(&topology("seed-001-etcd.toml"), &["--flannel", implementation]);
+        let text = lab.exec_ok("etcd", &["etcdctl", "get", "--prefix", "/atomic.io/network/"]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 8, "config and three leases, key and value each:\n{text}");
+        assert_eq!(lines[0], "/atomic.io/network/config");
+        let config: serde_json::Value = serde_json::from_str(lines[1]).expect("config JSON");
+        assert_eq!(config["Network"], "10.20.0.0/16");
+        assert_eq!(config["Backend"]["VNI"], 1);
+        let state = lab.state();
+        let mut ips: Vec<String> = Vec::new();
+        for pair in lines[2..].chunks(2) {
+            assert!(pair[0].starts_with("/atomic.io/network/subnets/10.20."), "{}", pair[0]);
+            let lease: serde_json::Value = serde_json::from_str(pair[1]).expect("lease JSON");
+            let ip = lease["PublicIP"].as_str().expect("PublicIP").to_string();
+            let node = state["plan"]["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|n| n["ip"] == ip.as_str())
+                .unwrap_or_else(|| panic!("no node has {ip}"));
+            let name = node["name"].as_str().unwrap();
+            // The VTEP MAC in the lease is the node's flannel.1 MAC.
+            let dev = lab.exec_json(name, &["ip", "-j", "link", "show", "flannel.1"]);
+            assert_eq!(lease["BackendData"]["VtepMAC"], dev[0]["address"], "{name}");
+            assert_eq!(lease["BackendType"], "vxlan");
+            ips.push(ip);
+        }
+        ips.sort();
+        assert_eq!(ips, ["10.140.0.3", "10.140.0.4", "10.140.0.5"]);
+        seen.push(text);
+    }
+    assert_eq!(seen[0], seen[1], "builtin and upstream hold the same keys");
+}
+
+/// Without the real flanneld on the program path, `up` with upstream
+/// exits 3 with the `go install` lines, and leaves nothing behind.
+#[test]
+fn missing_flanneld_exits_3_and_leaves_nothing() {
+    let lab = Lab::reserve();
+    let empty = std::env::temp_dir().join(format!("cnilab-empty-{}", lab.name));
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["up", topology("seed-001-etcd.toml").to_str().unwrap()])
+        .args(["--name", &lab.name, "--flannel", "upstream"])
+        .env(
+            "CNILAB_PATH",
+            format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", empty.display()),
+        )
+        .output()
+        .expect("cnilab runs");
+    let text = show(&out);
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(text.contains("flanneld"), "{text}");
+    assert!(
+        text.contains("go install github.com/flannel-io/flannel@v0.28.9"),
+        "{text}"
+    );
+    assert!(
+        text.contains("go install github.com/flannel-io/cni-plugin@v1.9.1-flannel1"),
+        "{text}"
+    );
+    assert!(namespaces_with(&format!("cnilab.{}.", lab.name)).is_empty());
+    assert!(!run_dir().join(&lab.name).exists());
+    let _ = std::fs::remove_dir(&empty);
+}
