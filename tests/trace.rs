@@ -164,9 +164,14 @@ fn trace_agrees_with_ping_on_every_fault_and_names_the_iptables_drop() {
     assert!(trace(&lab, DST, 84).0, "an echo still crosses");
     unfault(&lab, &id);
 
-    // Docker's FORWARD policy inside a node: the trace names node, table, chain and policy.
+    // Docker's FORWARD policy inside a node: flanneld's FLANNEL-FWD accepts
+    // the pod network before the policy (flannel's fix for #603); without
+    // it, the trace names node, table, chain and policy.
     for node in ["worker1", "worker2"] {
         lab.exec_ok(node, &["iptables", "-P", "FORWARD", "DROP"]);
+        let v = check(&lab, DST, &format!("{node}: FORWARD DROP, FLANNEL-FWD present"), 84);
+        assert_eq!(v["delivered"], true, "FLANNEL-FWD accepts the pod network: {v:#}");
+        lab.exec_ok(node, &["iptables", "-F", "FLANNEL-FWD"]);
         let v = check(&lab, DST, &format!("{node}: iptables -P FORWARD DROP"), 84);
         let d = &v["dropped"];
         assert_eq!(
@@ -188,6 +193,14 @@ fn trace_agrees_with_ping_on_every_fault_and_names_the_iptables_drop() {
             "{text}"
         );
         lab.exec_ok(node, &["iptables", "-P", "FORWARD", "ACCEPT"]);
+        lab.exec_ok(
+            node,
+            &["iptables", "-A", "FLANNEL-FWD", "-s", "10.244.0.0/16", "-j", "ACCEPT"],
+        );
+        lab.exec_ok(
+            node,
+            &["iptables", "-A", "FLANNEL-FWD", "-d", "10.244.0.0/16", "-j", "ACCEPT"],
+        );
     }
     // Only the reply is dropped: the request arrives, the trace still fails, on the reply's hop.
     lab.exec_ok(
@@ -209,12 +222,13 @@ fn trace_agrees_with_ping_on_every_fault_and_names_the_iptables_drop() {
     assert_eq!(v["dropped"]["at"], DST, "{v:#}");
     assert_eq!(v["dropped"]["chain"], "OUTPUT", "{v:#}");
     lab.exec_ok(DST, &["iptables", "-F", "OUTPUT"]);
-    // A conntrack match: replies (ESTABLISHED) forwarded by worker1 are dropped, requests are not.
+    // A conntrack match: replies (ESTABLISHED) forwarded by worker1 are
+    // dropped, requests are not; inserted before flanneld's FLANNEL-FWD jump.
     lab.exec_ok(
         "worker1",
         &[
             "iptables",
-            "-A",
+            "-I",
             "FORWARD",
             "-m",
             "conntrack",
@@ -226,7 +240,7 @@ fn trace_agrees_with_ping_on_every_fault_and_names_the_iptables_drop() {
     );
     let v = check(&lab, DST, "worker1: FORWARD drops ESTABLISHED", 84);
     assert_eq!(v["dropped"]["direction"], "reply", "{v:#}");
-    lab.exec_ok("worker1", &["iptables", "-F", "FORWARD"]);
+    lab.exec_ok("worker1", &["iptables", "-D", "FORWARD", "1"]);
     // Strict rp_filter with an asymmetric route: worker2 would answer worker1's pod
     // outside the tunnel, so the tunnelled request fails the reverse-path check.
     let src_ip = lab.pods().into_iter().find(|(k, _)| k == SRC).expect("source pod").1;
@@ -266,14 +280,25 @@ fn trace_agrees_with_ping_on_every_fault_and_names_the_iptables_drop() {
     add[2] = "del";
     lab.exec_ok("worker2", &add);
 
-    // A pod -> router echo: the router has no route back to the pod network,
-    // so the request arrives and the reply cannot leave; with a route, it can.
+    // A pod -> router echo: flanneld's --ip-masq rules (FLANNEL-POSTRTG)
+    // masquerade it, and conntrack turns the reply back to the pod.
     let st = lab.state();
     let gw_ip = st["plan"]["routers"][0]["ports"][0]["ip"]
         .as_str()
         .expect("router port")
         .to_string();
-    let v = check(&lab, &gw_ip, "pod -> router, no route back", 84);
+    let v = check(&lab, &gw_ip, "pod -> router, flanneld's FLANNEL-POSTRTG", 84);
+    assert_eq!(v["delivered"], true, "{v:#}");
+    assert!(
+        v["reply"]
+            .to_string()
+            .contains("conntrack undoes the request's source NAT"),
+        "{v:#}"
+    );
+    // Without them the router has no route back to the pod network, so the
+    // request arrives and the reply cannot leave; with a route, it can.
+    lab.exec_ok("worker1", &["iptables", "-t", "nat", "-F", "FLANNEL-POSTRTG"]);
+    let v = check(&lab, &gw_ip, "pod -> router, no masquerade, no route back", 84);
     assert_eq!(
         (&v["dropped"]["direction"], &v["dropped"]["at"]),
         (&Value::from("reply"), &Value::from("router gw")),
@@ -299,7 +324,7 @@ fn trace_agrees_with_ping_on_every_fault_and_names_the_iptables_drop() {
     let v = check(&lab, &gw_ip, "pod -> router, MASQUERADE on worker1", 84);
     let notes = v["reply"].to_string();
     assert!(notes.contains("conntrack undoes the request's source NAT"), "{v:#}");
-    lab.exec_ok("worker1", &["iptables", "-t", "nat", "-F", "POSTROUTING"]);
+    lab.exec_ok("worker1", &["iptables", "-t", "nat", "-D", "POSTROUTING", "2"]);
     add[2] = "add";
     lab.exec_ok("gw", &add);
     check(&lab, &gw_ip, "pod -> router, route back via worker1", 84);
