@@ -153,3 +153,33 @@ fn missing_flanneld_exits_3_and_leaves_nothing() {
     assert!(!run_dir().join(&lab.name).exists());
     let _ = std::fs::remove_dir(&empty);
 }
+
+/// The field-bug scenarios over etcd pass under the real flanneld, golden
+/// snapshots included (and under the builtin one in tests/scenarios.rs).
+#[test]
+fn field_bug_scenarios_pass_under_upstream() {
+    let files = [
+        "forward-drop.toml",
+        "forward-drop-no-rules.toml",
+        "flanneld-down.toml",
+        "flannel-new-mac-etcd.toml",
+        "seed-002-rudder.toml",
+    ];
+    let mut args = vec!["run".to_string(), "--flannel".into(), "upstream".into()];
+    args.extend(
+        files
+            .iter()
+            .map(|f| repo().join("scenarios").join(f).display().to_string()),
+    );
+    let out = std::process::Command::new(bin())
+        .args(&args)
+        .output()
+        .expect("cnilab runs");
+    let text = show(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("{0} of {0} scenarios passed", files.len())),
+        "{text}"
+    );
+    assert!(!text.contains("not compared"), "every snapshot step compared:\n{text}");
+}

@@ -102,3 +102,8 @@ fn flannel_host_gw() {
 fn seed_001_etcd() {
     stable_and_golden("seed-001-etcd");
 }
+
+#[test]
+fn flannel_no_forward_rules() {
+    stable_and_golden("flannel-no-forward-rules");
+}

@@ -347,6 +347,10 @@ pub enum FaultCmd {
         /// agent-restart: the VTEP comes back with a new MAC.
         #[arg(long)]
         new_mac: bool,
+        /// agent-down: as after a reboot, the agent's files in /run (flannel's
+        /// subnet file) are gone too.
+        #[arg(long)]
+        reboot: bool,
         /// Print the fault as JSON.
         #[arg(long)]
         json: bool,
@@ -956,9 +960,11 @@ fn fault(lab: Option<String>, cmd: FaultCmd) -> Result<i32> {
             key,
             value,
             new_mac,
+            reboot,
             json,
         } => {
-            let spec = crate::model::faultspec::fault_spec(&kind, on, mtu, percent, proto, port, key, value, new_mac)?;
+            let spec =
+                crate::model::faultspec::fault_spec(&kind, on, mtu, percent, proto, port, key, value, new_mac, reboot)?;
             let f = rt.block_on(crate::front::command::fault_add(&mut st, spec, &progress))?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&f).map_err(anyhow::Error::from)?);

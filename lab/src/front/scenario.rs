@@ -280,7 +280,7 @@ fn parse_step(t: &Table, index: usize, src: &Source) -> R<Step> {
         Action::Probe(Probe::Tcp { .. }) => &["probe", "from", "to", "bytes"],
         Action::Probe(Probe::Bgp { .. }) => &["probe", "on"],
         Action::Fault(_) => &[
-            "fault", "on", "mtu", "percent", "proto", "port", "key", "value", "new_mac",
+            "fault", "on", "mtu", "percent", "proto", "port", "key", "value", "new_mac", "reboot",
         ],
         Action::FaultRm(_) => &["fault_rm"],
         Action::Snapshot { .. } => &["snapshot"],
@@ -369,6 +369,7 @@ fn parse_fault(t: &Table) -> R<FaultSpec> {
         t.string("key", "key = \"net.ipv4.ip_forward\"")?.map(|s| s.v),
         t.string("value", "value = \"0\"")?.map(|s| s.v),
         t.raw("new_mac").and_then(|v| v.get_ref().as_bool()).unwrap_or(false),
+        t.raw("reboot").and_then(|v| v.get_ref().as_bool()).unwrap_or(false),
     )
     .map_err(|e| match e {
         Error::Usage { message, fix } => t.err(k.span.clone(), message, fix),

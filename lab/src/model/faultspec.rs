@@ -25,8 +25,14 @@ pub enum FaultSpec {
     Block { on: String, proto: String, port: u16 },
     /// Sets a sysctl in a node or pod.
     Sysctl { on: String, key: String, value: String },
-    /// Stops a node's (or router's) control-plane agent.
-    AgentDown { on: String },
+    /// Stops a node's (or router's) control-plane agent; with `reboot` its
+    /// files in /run (flannel's subnet file) are gone too, as after a reboot
+    /// before the agent started again.
+    AgentDown {
+        on: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        reboot: bool,
+    },
     /// Restarts it; with `new_mac` its VTEP comes back with another MAC.
     AgentRestart { on: String, new_mac: bool },
 }
@@ -57,7 +63,7 @@ impl FaultSpec {
             | FaultSpec::Loss { on, .. }
             | FaultSpec::Block { on, .. }
             | FaultSpec::Sysctl { on, .. }
-            | FaultSpec::AgentDown { on }
+            | FaultSpec::AgentDown { on, .. }
             | FaultSpec::AgentRestart { on, .. } => on,
         }
     }
@@ -70,6 +76,7 @@ impl FaultSpec {
             FaultSpec::Block { proto, port, .. } => format!(" ({proto} {port})"),
             FaultSpec::Sysctl { key, value, .. } => format!(" ({key} = {value})"),
             FaultSpec::AgentRestart { new_mac: true, .. } => " (new MAC)".to_string(),
+            FaultSpec::AgentDown { reboot: true, .. } => " (rebooted: its /run files gone)".to_string(),
             _ => String::new(),
         };
         format!("{} on {}{opts}", self.kind(), self.on())
@@ -266,6 +273,7 @@ pub fn fault_spec(
     key: Option<String>,
     value: Option<String>,
     new_mac: bool,
+    reboot: bool,
 ) -> Result<FaultSpec, crate::model::error::Error> {
     use FaultSpec as F;
     Ok(match kind {
@@ -290,7 +298,7 @@ pub fn fault_spec(
             value: need(value, kind, "value", "--on worker1 --key net.ipv4.ip_forward --value 0")?,
             on,
         },
-        "agent-down" => F::AgentDown { on },
+        "agent-down" => F::AgentDown { on, reboot },
         "agent-restart" => F::AgentRestart { on, new_mac },
         other => {
             let kinds = [

@@ -217,6 +217,17 @@ impl<'a, 'i> Table<'a, 'i> {
         }
     }
 
+    /// An optional boolean.
+    pub fn bool(&self, key: &str, example: &str) -> R<Option<Sp<bool>>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some((_, v)) => match v.get_ref() {
+                DeValue::Boolean(b) => Ok(Some(Sp::new(*b, v.span()))),
+                _ => Err(self.type_error(key, v, "true or false", example)),
+            },
+        }
+    }
+
     /// A string that must be present.
     pub fn required_string(&self, key: &str, example: &str) -> R<Sp<String>> {
         self.string(key, example)?.ok_or_else(|| {

@@ -258,7 +258,7 @@ async fn apply(
         FaultSpec::Loss { on, percent } => return loss_add(&ctx, id, on, *percent, undo),
         FaultSpec::Block { on, proto, port } => block_add(&ctx, id, on, proto, *port, undo)?,
         FaultSpec::Sysctl { on, key, value } => sysctl_add(&ctx, on, key, value, undo)?,
-        FaultSpec::AgentDown { on } => agent_down_add(state, on, undo)?,
+        FaultSpec::AgentDown { on, reboot } => agent_down_add(state, on, *reboot, undo)?,
         FaultSpec::AgentRestart { on, new_mac } => agent_restart_add(state, on, *new_mac, undo, progress).await?,
     }
     Ok(None)
@@ -424,11 +424,21 @@ fn sysctl_add(ctx: &Ctx<'_>, on: &str, key: &str, value: &str, undo: &mut Vec<Un
 }
 
 /// `agent-down`: the agent of a node or router is stopped.
-fn agent_down_add(state: &LabState, on: &str, undo: &mut Vec<Undo>) -> Result<()> {
+fn agent_down_add(state: &LabState, on: &str, reboot: bool, undo: &mut Vec<Undo>) -> Result<()> {
     agent_owner_ns(&state.plan, on, "agent-down")?;
     let pid = *state.agents.get(on).with_context(|| format!("{on} has no agent"))?;
     stop_process(pid);
+    // Restarting it brings its files back, so the one undo covers both.
     undo.push(Undo::AgentStopped { owner: on.to_string() });
+    if reboot {
+        for f in state.plan.profile.agent_run_files(on, &state.paths()) {
+            match std::fs::remove_file(&f) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(anyhow::anyhow!("cannot remove {}: {e}", f.display())),
+            }
+        }
+    }
     Ok(())
 }
 

@@ -368,6 +368,12 @@ pub trait Profile: Saved + Send + Sync {
     /// Waits until its control plane has converged.
     fn converge<'a>(&'a self, b: &'a Built<'_>) -> BoxFuture<'a, Result<()>>;
 
+    /// The files a node's agent keeps in /run, which a reboot clears
+    /// (`agent-down --reboot` removes them).
+    fn agent_run_files(&self, _node: &str, _paths: &LabPaths) -> Vec<std::path::PathBuf> {
+        Vec::new()
+    }
+
     /// The MAC the plan gives a node's VTEP, when the profile chooses it.
     fn planned_vtep_mac(&self, _node: &str) -> Option<String> {
         None

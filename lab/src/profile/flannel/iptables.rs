@@ -43,11 +43,37 @@ pub fn restore_input(network: Ipv4Net, lease: Ipv4Net, ip_masq: bool, forward: b
     s
 }
 
+/// `input` as flanneld loads it over what the tables hold (`saved`, as
+/// `iptables-save` prints it): a jump already in a built-in chain is
+/// deleted and appended again, so a restarted flanneld moves it to the end
+/// instead of adding it twice. flannel's own chains are flushed by their
+/// declaration in `input`, so their rules are simply appended.
+pub fn over_existing(input: &str, saved: &str) -> String {
+    const BUILT_IN: [&str; 5] = ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"];
+    let present: std::collections::BTreeSet<&str> = saved.lines().collect();
+    let mut out = String::new();
+    for line in input.lines() {
+        let chain = line.strip_prefix("-A ").and_then(|r| r.split_whitespace().next());
+        if chain.is_some_and(|c| BUILT_IN.contains(&c)) && present.contains(line) {
+            out.push_str(&line.replacen("-A ", "-D ", 1));
+            out.push('\n');
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
 /// Loads `input` into this namespace's tables, keeping what is there.
 pub fn apply(input: &str) -> Result<()> {
     if input.is_empty() {
         return Ok(());
     }
+    let saved = crate::kernel::tools::find("iptables-save")
+        .and_then(|p| std::process::Command::new(p).output().ok())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let input = &over_existing(input, &saved);
     let program = crate::kernel::tools::find("iptables-restore")
         .context("Failed to setup IPTables. iptables-restore binary was not found (apt-get install iptables)")?;
     let mut child = std::process::Command::new(&program)
@@ -96,5 +122,19 @@ mod tests {
         assert_eq!(all.matches("MASQUERADE --random-fully").count(), 2);
         assert!(!restore_input(net, lease, false, true).contains("*nat"));
         assert!(restore_input(net, lease, false, false).is_empty());
+    }
+
+    #[test]
+    fn a_rule_already_there_is_moved_not_doubled() {
+        let net: Ipv4Net = "10.244.0.0/16".parse().unwrap();
+        let lease: Ipv4Net = "10.244.5.0/24".parse().unwrap();
+        let input = restore_input(net, lease, false, true);
+        let saved = "*filter\n:FORWARD ACCEPT [0:0]\n-A FORWARD -m comment --comment \"flanneld forward\" -j FLANNEL-FWD\nCOMMIT\n";
+        let out = over_existing(&input, saved);
+        assert!(
+            out.contains("-D FORWARD -m comment --comment \"flanneld forward\" -j FLANNEL-FWD\n-A FORWARD -m comment")
+        );
+        assert_eq!(out.matches("-D ").count(), 1);
+        assert_eq!(over_existing(&input, ""), input);
     }
 }

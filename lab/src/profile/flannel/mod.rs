@@ -143,6 +143,14 @@ impl Profile for FlannelPlan {
             ("port", self.port.to_string()),
             ("subnet_len", self.subnet_len.to_string()),
             ("implementation", self.implementation.as_str().to_string()),
+            (
+                "iptables_forward_rules",
+                (!self
+                    .nodes
+                    .iter()
+                    .any(|n| n.agent_args.iter().any(|a| a == "--iptables-forward-rules=false")))
+                .to_string(),
+            ),
             ("etcd_prefix", self.etcd_prefix.clone()),
         ]
         .into_iter()
@@ -250,6 +258,14 @@ impl Profile for FlannelPlan {
             FlannelBackend::Udp => vec!["tun"],
             FlannelBackend::HostGw => Vec::new(),
         }
+    }
+
+    fn agent_run_files(&self, node: &str, paths: &LabPaths) -> Vec<std::path::PathBuf> {
+        // flanneld's subnet file, /run/flannel/subnet.env on a real node.
+        self.node(node)
+            .map(|_| paths.agent_dir(node).join("subnet.env"))
+            .into_iter()
+            .collect()
     }
 
     fn planned_vtep_mac(&self, node: &str) -> Option<String> {
@@ -363,6 +379,9 @@ pub fn plan(topology: &Topology, opts: &FlannelOptions, nodes: &[NodePlan], path
                 format!("--subnet-file={}", agent_dir.join("subnet.env").display()),
                 "--ip-masq".to_string(),
             ];
+            if !opts.iptables_forward_rules {
+                agent_args.push("--iptables-forward-rules=false".to_string());
+            }
             if opts.implementation == Implementation::Builtin {
                 agent_args.extend([
                     format!("--subnet={subnet}"),

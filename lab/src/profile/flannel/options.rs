@@ -181,6 +181,13 @@ pub struct FlannelOptions {
     /// The real flannel CNI plugin (upstream), else found on the program path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cni_plugin: Option<String>,
+    /// flanneld's `--iptables-forward-rules`: FORWARD accepts the pod network.
+    #[serde(default = "yes")]
+    pub iptables_forward_rules: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Pods a flannel node subnet of prefix `len` holds: host-local hands out
@@ -209,6 +216,7 @@ fn flannel_options(t: Option<&Table>, scope: &Scope, errs: &Errors) -> Option<Fl
         etcd_prefix: default_prefix(),
         flanneld: None,
         cni_plugin: None,
+        iptables_forward_rules: true,
     };
     let mut len_span = None;
     if let Some(t) = t {
@@ -221,7 +229,11 @@ fn flannel_options(t: Option<&Table>, scope: &Scope, errs: &Errors) -> Option<Fl
             "etcd_prefix",
             "flanneld",
             "cni_plugin",
+            "iptables_forward_rules",
         ]));
+        if let Some(Some(b)) = errs.ok(t.bool("iptables_forward_rules", "iptables_forward_rules = false")) {
+            opts.iptables_forward_rules = b.v;
+        }
         read_implementation(t, &mut opts, errs);
         if let Some(Some(b)) = errs.ok(t.string("backend", "backend = \"vxlan\"")) {
             match b.v.as_str() {
