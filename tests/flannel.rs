@@ -340,7 +340,16 @@ fn status_shows_defaults_nodes_and_pods() {
     }
     let text = lab.run(&["status"]);
     let text = String::from_utf8_lossy(&text.stdout);
-    assert!(text.contains("network.flannel.subnet_len  24"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.split_whitespace().eq(["network.flannel.subnet_len", "24"])),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.split_whitespace().eq(["network.datastore", "file"])),
+        "{text}"
+    );
     assert!(text.contains("flanneld running"), "{text}");
 }
 

@@ -43,14 +43,19 @@ fn a_block_fault_shows_its_drop_rules_and_rm_restores_the_snapshot() {
         "no counters, no comments:\n{}",
         worker1.join("\n")
     );
-    let others: Vec<&str> = during
-        .split("\n== ")
-        .filter(|s| !s.starts_with("node worker1\n"))
-        .flat_map(|s| s.lines())
-        .filter(|l| l.starts_with("iptables "))
-        .collect();
-    let before_rules: Vec<&str> = before.lines().filter(|l| l.starts_with("iptables ")).collect();
-    assert_eq!(others, before_rules, "the fault touches worker1's tables only");
+    let others = |snap: &str| -> Vec<String> {
+        snap.split("\n== ")
+            .filter(|s| !s.starts_with("node worker1\n"))
+            .flat_map(|s| s.lines())
+            .filter(|l| l.starts_with("iptables "))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(
+        others(&during),
+        others(&before),
+        "the fault touches worker1's tables only"
+    );
 
     let out = lab.run(&["fault", "rm", &id]);
     assert!(out.status.success(), "{}", show(&out));

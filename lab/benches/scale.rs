@@ -964,7 +964,17 @@ fn main() {
             workers(),
             workers()
         );
-        std::fs::write(repo().join("BENCHMARKS.md"), doc).expect("write BENCHMARKS.md");
+        // The section benches/flannel_impl.rs writes stays as it is.
+        let old = std::fs::read_to_string(repo().join("BENCHMARKS.md")).unwrap_or_default();
+        let heading = "## flannel: datastores and implementations";
+        let kept = old.find(heading).map_or(String::new(), |i| {
+            let rest = &old[i..];
+            let end = rest[heading.len()..]
+                .find("\n## ")
+                .map_or(rest.len(), |j| j + heading.len());
+            format!("\n{}\n", rest[..end].trim_end())
+        });
+        std::fs::write(repo().join("BENCHMARKS.md"), doc + &kept).expect("write BENCHMARKS.md");
         eprintln!("wrote {}", repo().join("BENCHMARKS.md").display());
     }
 }

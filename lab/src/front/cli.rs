@@ -73,8 +73,8 @@ pub enum Cmd {
         json: bool,
         /// Run this flannel instead of the topology's: builtin (cnilab's
         /// flanneld and plugin) or upstream (the real ones, over etcd).
-        #[arg(long, value_name = "IMPL")]
-        flannel: Option<crate::profile::flannel::options::Implementation>,
+        #[arg(long, value_name = "IMPL", value_parser = ["builtin", "upstream"])]
+        flannel: Option<String>,
     },
     /// Remove a lab completely: processes, namespaces, state. Idempotent.
     Down {
@@ -170,8 +170,8 @@ pub enum Cmd {
         name: Option<String>,
         /// Run flannel's builtin or upstream implementation, whatever the
         /// scenarios' topologies say.
-        #[arg(long, value_name = "IMPL")]
-        flannel: Option<crate::profile::flannel::options::Implementation>,
+        #[arg(long, value_name = "IMPL", value_parser = ["builtin", "upstream"])]
+        flannel: Option<String>,
     },
     /// Inject, list and remove faults.
     Fault {
@@ -683,19 +683,23 @@ fn capture(
 }
 
 /// `cnilab up`: claims, builds and reports a lab; removes it again on failure or interruption.
-fn up(
-    topology: PathBuf,
-    name: Option<String>,
-    json: bool,
-    flannel: Option<crate::profile::flannel::options::Implementation>,
-) -> Result<i32> {
+fn up(topology: PathBuf, name: Option<String>, json: bool, flannel: Option<String>) -> Result<i32> {
     require_root()?;
     if let Some(n) = &name {
         crate::model::names::check(crate::model::names::Kind::Lab, n, "from --name")?;
     }
     let mut t = crate::profile::load_topology(&topology)?;
-    if let Some(imp) = flannel {
-        crate::profile::flannel::options::with_implementation(&mut t, imp)?;
+    if let Some(imp) = flannel
+        && !crate::profile::set_implementation("flannel", &mut t, &imp)?
+    {
+        return Err(Error::usage(
+            format!(
+                "--flannel chooses flannel's implementation, but this topology has cni = \"{}\"",
+                t.network.profile.name()
+            ),
+            "leave --flannel out for this topology",
+        )
+        .into());
     }
     let opts = UpOptions {
         name,
@@ -830,7 +834,7 @@ fn run_scenarios(
     keep: bool,
     junit: Option<PathBuf>,
     name: Option<String>,
-    flannel: Option<crate::profile::flannel::options::Implementation>,
+    flannel: Option<String>,
 ) -> Result<i32> {
     require_root()?;
     let loaded = scenarios

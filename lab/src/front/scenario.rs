@@ -41,7 +41,7 @@ pub struct Scenario {
     pub steps: Vec<Step>,
     /// flannel's implementation to run, whatever the topology says
     /// (`flannel = "upstream"`; `run --flannel` wins over it).
-    pub flannel: Option<crate::profile::flannel::options::Implementation>,
+    pub flannel: Option<String>,
 }
 
 /// One step.
@@ -471,11 +471,9 @@ fn parse(src: &Source, path: &Path) -> R<Scenario> {
             "give the topology's path relative to this scenario file",
         ));
     }
-    use crate::profile::flannel::options::Implementation;
     let flannel = match root.string("flannel", "flannel = \"upstream\"")? {
         None => None,
-        Some(f) if f.v == "builtin" => Some(Implementation::Builtin),
-        Some(f) if f.v == "upstream" => Some(Implementation::Upstream),
+        Some(f) if f.v == "builtin" || f.v == "upstream" => Some(f.v),
         Some(f) => {
             return Err(root.err(
                 f.span,
@@ -558,7 +556,7 @@ pub struct RunOptions {
     /// Leave the lab running.
     pub keep: bool,
     /// flannel's implementation, over the scenario's and the topology's.
-    pub flannel: Option<crate::profile::flannel::options::Implementation>,
+    pub flannel: Option<String>,
     /// Snapshots are not compared: `flannel` brought an etcd the golden
     /// files were made without (set by `run` itself).
     pub skip_snapshots: bool,
@@ -819,13 +817,17 @@ pub async fn run(
         Err(e) => return not_up(e.to_string()),
     };
     let datastore = topology.network.datastore;
-    // A run-wide --flannel leaves other profiles' scenarios as they are.
-    let wanted = opts
-        .flannel
-        .filter(|_| topology.network.profile.name() == "flannel")
-        .or(sc.flannel);
-    if let Some(imp) = wanted
-        && let Err(e) = crate::profile::flannel::options::with_implementation(&mut topology, imp)
+    // The scenario's own choice must fit its topology; a run-wide
+    // --flannel leaves other profiles' scenarios as they are.
+    if let Some(imp) = &sc.flannel {
+        match crate::profile::set_implementation("flannel", &mut topology, imp) {
+            Ok(true) => {}
+            Ok(false) => return not_up("the scenario's flannel key needs a flannel topology".to_string()),
+            Err(e) => return not_up(e.to_string()),
+        }
+    }
+    if let Some(imp) = &opts.flannel
+        && let Err(e) = crate::profile::set_implementation("flannel", &mut topology, imp)
     {
         return not_up(e.to_string());
     }

@@ -104,6 +104,29 @@ pub fn ensure_state_in_memory() {
     }
 }
 
+/// Where `up` makes a lab's folder before renaming it into place:
+/// `<run base>/.claim-<lab>-<pid>`.
+pub fn claim_dir(lab: &str) -> PathBuf {
+    run_base().join(format!(".claim-{lab}-{}", std::process::id()))
+}
+
+/// The claim folders of `lab` left by an `up` killed while claiming.
+pub fn claim_dirs(lab: &str) -> Vec<PathBuf> {
+    let prefix = format!(".claim-{lab}-");
+    std::fs::read_dir(run_base())
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n.strip_prefix(&prefix)
+                        .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+                })
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The lab a namespace name belongs to, if it is a cnilab one with a valid lab name.
 /// Names read back from `/run/netns` are checked like any other input.
 pub fn valid_lab_of_ns(ns: &str) -> Option<&str> {

@@ -183,6 +183,19 @@ pub trait ProfileSyntax: Sync {
         &[Datastore::File]
     }
 
+    /// Runs another implementation of the profile than the topology says
+    /// (`up --flannel upstream`), changing what that needs besides.
+    fn set_implementation(&self, _t: &mut Topology, value: &str) -> Result<(), Error> {
+        Err(Error::usage(
+            format!(
+                "cni = \"{}\" has no implementation \"{}\" to choose",
+                self.name(),
+                q(value)
+            ),
+            "leave the option out",
+        ))
+    }
+
     /// A datastore its options need (flannel's upstream implementation
     /// needs etcd), and which option asks for it.
     fn needs_datastore(&self, _options: &Options) -> Option<(Datastore, &'static str)> {

@@ -85,8 +85,15 @@ pub fn claim(topology: &Topology, opts: &UpOptions, _held: &crate::kernel::lock:
     netns::ensure_run_dir()?;
     let plan = crate::profile::plan_lab(topology, &lab, &paths);
     let state = LabState::new(plan, opts.topology_file.clone());
-    std::fs::create_dir_all(&paths.root).with_context(|| format!("cannot create {}", paths.root.display()))?;
-    std::fs::write(paths.marker(), &lab).with_context(|| format!("cannot write {}", paths.marker().display()))?;
+    // Made whole beside it, marker included, then renamed into place: a
+    // `kill -9` at any moment leaves either no lab folder or a marked one,
+    // which `down` removes (and a `.claim-` folder, which it removes too).
+    let claim = paths::claim_dir(&lab);
+    let _ = std::fs::remove_dir_all(&claim);
+    std::fs::create_dir_all(&claim).with_context(|| format!("cannot create {}", claim.display()))?;
+    let marker = claim.join(paths.marker().file_name().expect("marker has a name"));
+    std::fs::write(&marker, &lab).with_context(|| format!("cannot write {}", marker.display()))?;
+    std::fs::rename(&claim, &paths.root).with_context(|| format!("cannot create {}", paths.root.display()))?;
     if let Ok(text) = std::fs::read_to_string(&opts.topology_file) {
         std::fs::write(paths.topology_copy(), text).context("cannot copy the topology")?;
     }

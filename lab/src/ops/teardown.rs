@@ -152,6 +152,12 @@ fn remove_state_folder(lab: &str) -> Result<bool> {
         root.display(),
         base.display()
     );
+    for claim in paths::claim_dirs(lab) {
+        // Checked like the lab's folder: inside the run base, a real folder.
+        if paths::inside(&base, &claim) && std::fs::symlink_metadata(&claim).is_ok_and(|m| m.is_dir()) {
+            let _ = std::fs::remove_dir_all(&claim);
+        }
+    }
     let meta = match std::fs::symlink_metadata(root) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),

@@ -190,6 +190,22 @@ pub fn load_topology(path: &std::path::Path) -> Result<Topology, Error> {
     Topology::load(path, &syntaxes())
 }
 
+/// `--<profile> VALUE` of `up` and `run`: runs `value`'s implementation of
+/// the profile named `profile`. `Ok(false)` when the topology has another
+/// profile (the caller says whether that is a mistake).
+pub fn set_implementation(profile: &str, t: &mut Topology, value: &str) -> Result<bool, Error> {
+    if t.network.profile.name() != profile {
+        return Ok(false);
+    }
+    let syntax = PROFILES
+        .iter()
+        .find(|p| p.syntax.name() == profile)
+        .map(|p| p.syntax)
+        .ok_or_else(|| Error::usage(format!("no profile \"{profile}\""), "see docs/topology.md"))?;
+    syntax.set_implementation(t, value)?;
+    Ok(true)
+}
+
 /// Plans a lab named `lab` from `topology`, its state kept under `paths`.
 pub fn plan_lab(topology: &Topology, lab: &str, paths: &LabPaths) -> Plan {
     Plan::new(topology, lab, |nodes, routers| plan(topology, nodes, routers, paths))

@@ -39,6 +39,24 @@ impl ProfileSyntax for Syntax {
         flannel_options(t, scope, errs).map(|o| crate::profile::to_options(&o))
     }
 
+    fn set_implementation(
+        &self,
+        t: &mut crate::model::topology::Topology,
+        value: &str,
+    ) -> Result<(), crate::model::error::Error> {
+        let imp = match value {
+            "builtin" => Implementation::Builtin,
+            "upstream" => Implementation::Upstream,
+            other => {
+                return Err(crate::model::error::Error::usage(
+                    format!("flannel has no implementation \"{}\"", q(other)),
+                    "use builtin or upstream",
+                ));
+            }
+        };
+        with_implementation(t, imp)
+    }
+
     fn datastores(&self) -> &'static [Datastore] {
         &[Datastore::File, Datastore::Etcd]
     }
@@ -50,7 +68,7 @@ impl ProfileSyntax for Syntax {
 }
 
 /// Which flanneld and flannel CNI plugin a lab runs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Implementation {
     /// cnilab's own: fast, nothing to install.
