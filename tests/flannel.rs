@@ -404,3 +404,32 @@ fn cni_del_releases_the_pod() {
     rt.block_on(runtime.del(&conflist, &att))
         .expect("a second DEL succeeds");
 }
+
+/// flannel's ipip and wireguard backends validate as flannel accepts them,
+/// but `up` exits 3 naming the kernel module it lacks (the machines cnilab
+/// is tested on have neither), and leaves nothing behind.
+#[test]
+fn ipip_and_wireguard_backends_exit_3_naming_the_module() {
+    for backend in ["ipip", "wireguard"] {
+        let file = TempFile::toml(&format!(
+            "name = \"x\"\n[network.flannel]\nbackend = \"{backend}\"\n[[node]]\nname = \"n{{i}}\"\ncount = 2\n"
+        ));
+        let lab = Lab::reserve();
+        let out = lab.up_output(&file.path);
+        let text = show(&out);
+        assert_eq!(out.status.code(), Some(3), "{text}");
+        let doctor = cnilab(&["doctor", "--json"]);
+        let report: Value = serde_json::from_slice(&doctor.stdout).expect("doctor JSON");
+        let present = report["kernel"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["name"] == backend && k["check"]["state"] == "ok");
+        if present {
+            assert!(text.contains("not built by cnilab yet"), "{text}");
+        } else {
+            assert!(text.contains(&format!("modprobe {backend}")), "{text}");
+        }
+        assert!(namespaces_with(&format!("cnilab.{}.", lab.name)).is_empty());
+    }
+}

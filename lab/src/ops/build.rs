@@ -388,7 +388,23 @@ async fn probe_kernel(plan: &Plan, fnl: &Nl) -> Result<()> {
             fnl,
             nl::ipip("cnilab-probe"),
             "ipip",
-            "checking IP-in-IP support for Calico's ipip mode",
+            "checking IP-in-IP support (Calico's ipip mode, flannel's ipip backend)",
+        )
+        .await?;
+    }
+    if features.contains(&"wireguard") {
+        let mut msg = netlink_packet_route::link::LinkMessage::default();
+        msg.attributes = vec![
+            netlink_packet_route::link::LinkAttribute::IfName("cnilab-probe".into()),
+            netlink_packet_route::link::LinkAttribute::LinkInfo(vec![netlink_packet_route::link::LinkInfo::Kind(
+                netlink_packet_route::link::InfoKind::Wireguard,
+            )]),
+        ];
+        try_device(
+            fnl,
+            RouteNetlinkMessage::NewLink(msg),
+            "wireguard",
+            "checking WireGuard support for flannel's wireguard backend",
         )
         .await?;
     }

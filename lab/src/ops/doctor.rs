@@ -47,7 +47,12 @@ pub const FEATURES: &[Feature] = &[
     Feature {
         name: "ipip",
         module: "ipip",
-        used_for: "calico mode = \"ipip\"",
+        used_for: "calico mode = \"ipip\", flannel backend = \"ipip\"",
+    },
+    Feature {
+        name: "wireguard",
+        module: "wireguard",
+        used_for: "flannel backend = \"wireguard\"",
     },
     Feature {
         name: "gre",
@@ -505,6 +510,8 @@ fn probe_links() -> anyhow::Result<Vec<(&'static str, Check)>> {
         out.push(("vxlan", verdict(r, &feature("vxlan"))));
         let r = nl.add(probe_link("di0", InfoKind::IpIp, None, None)).await;
         out.push(("ipip", verdict(r, &feature("ipip"))));
+        let r = nl.add(probe_link("dw0", InfoKind::Wireguard, None, None)).await;
+        out.push(("wireguard", verdict(r, &feature("wireguard"))));
         let r = nl.add(probe_link("dg0", InfoKind::GreTun, None, None)).await;
         out.push(("gre", verdict(r, &feature("gre"))));
         for (name, kind, data) in [

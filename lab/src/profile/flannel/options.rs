@@ -163,6 +163,12 @@ pub enum FlannelBackend {
     HostGw,
     /// The old userspace UDP backend (Rudder).
     Udp,
+    /// IP in IP (`flannel.ipip`): validated; `up` needs the kernel's ipip
+    /// module, and cnilab does not build it yet.
+    Ipip,
+    /// WireGuard (`flannel-wg`): validated; `up` needs the kernel's
+    /// wireguard module, and cnilab does not build it yet.
+    Wireguard,
 }
 
 impl FlannelBackend {
@@ -172,6 +178,8 @@ impl FlannelBackend {
             FlannelBackend::Vxlan => "vxlan",
             FlannelBackend::HostGw => "host-gw",
             FlannelBackend::Udp => "udp",
+            FlannelBackend::Ipip => "ipip",
+            FlannelBackend::Wireguard => "wireguard",
         }
     }
 }
@@ -258,10 +266,12 @@ fn flannel_options(t: Option<&Table>, scope: &Scope, errs: &Errors) -> Option<Fl
                 "vxlan" => opts.backend = FlannelBackend::Vxlan,
                 "host-gw" => opts.backend = FlannelBackend::HostGw,
                 "udp" => opts.backend = FlannelBackend::Udp,
+                "ipip" => opts.backend = FlannelBackend::Ipip,
+                "wireguard" => opts.backend = FlannelBackend::Wireguard,
                 _ => errs.push(t.err(
                     b.span.clone(),
                     format!("unknown flannel backend \"{}\"", q(&b.v)),
-                    "use backend = \"vxlan\", \"host-gw\" or \"udp\"",
+                    "use backend = \"vxlan\", \"host-gw\" or \"udp\" (\"ipip\" and \"wireguard\" validate, but `up` needs their kernel modules and cnilab does not build them yet)",
                 )),
             }
         }
