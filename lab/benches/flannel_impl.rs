@@ -16,6 +16,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+#[path = "common/mod.rs"]
+mod common;
+use common::settle;
+
 const LAB: &str = "bflannel";
 /// The heading this benchmark owns in BENCHMARKS.md.
 const HEADING: &str = "## flannel: datastores and implementations";
@@ -53,22 +57,6 @@ impl Case {
              [[node]]\nname = \"n{{i}}\"\ncount = {}\npods = 10\n",
             self.datastore, self.implementation, self.nodes
         )
-    }
-}
-
-/// Until the kernel has freed the last lab's namespaces (`unshare -n true`
-/// is fast again), so no run pays for the one before.
-fn settle() {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while Instant::now() < deadline {
-        let t = Instant::now();
-        let ok = Command::new("unshare")
-            .args(["-n", "true"])
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok && t.elapsed() < Duration::from_millis(50) {
-            return;
-        }
     }
 }
 

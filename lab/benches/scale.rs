@@ -25,6 +25,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+#[path = "common/mod.rs"]
+mod common;
+use common::settle;
+
 const BASE_LAB: &str = "bbase";
 
 fn cnilab_bin() -> &'static str {
@@ -149,29 +153,6 @@ fn parallel<T: Send>(jobs: Vec<T>, f: impl Fn(T) + Sync) {
             });
         }
     });
-}
-
-/// Waits until the kernel has freed the namespaces of the previous run:
-/// creating a namespace waits for that cleanup, so it is fast again once
-/// the cleanup is over. Returns how long it took.
-fn settle() -> Duration {
-    // The kernel frees deleted namespaces in batches on a work queue, holding
-    // the locks that creating one needs; between batches creation is fast
-    // again, so it takes several fast creations in a row to call it done.
-    const IN_A_ROW: usize = 10;
-    let start = Instant::now();
-    let mut fast = 0;
-    while fast < IN_A_ROW && start.elapsed() < Duration::from_secs(120) {
-        let t = Instant::now();
-        sh("unshare", &["-n", "true"]);
-        if t.elapsed() < Duration::from_millis(10) {
-            fast += 1;
-        } else {
-            fast = 0;
-        }
-        std::thread::sleep(Duration::from_millis(30));
-    }
-    start.elapsed()
 }
 
 fn plan(topology: &Path) -> Value {
