@@ -14,7 +14,7 @@ FLANNELD_VERSION=v0.28.9
 PLUGIN_VERSION=v0.9.1
 FLANNEL_BIN=${FLANNEL_BIN:-/usr/local/bin}
 CNI_BIN=${CNI_BIN:-/opt/cni/bin}
-export GOFLAGS=-mod=mod
+export GOFLAGS="-mod=mod -buildvcs=false"
 
 have_flanneld() {
   [ -x "$FLANNEL_BIN/flanneld" ] && [ "$("$FLANNEL_BIN/flanneld" --version 2>&1 | head -1)" = "$FLANNELD_VERSION" ]
