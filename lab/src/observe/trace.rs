@@ -352,6 +352,9 @@ impl<'a> Lab<'a> {
         let mut owners = BTreeMap::new();
         for n in &plan.nodes {
             owners.insert(n.ip, (format!("eth0 of {}", n.name), n.ns.clone()));
+            for x in &n.extra_ifaces {
+                owners.insert(x.ip, (format!("{} of {}", x.ifname, n.name), n.ns.clone()));
+            }
             for p in &n.pods {
                 let key = format!("{}/{}", n.name, p.name);
                 if let Some(ip) = state
