@@ -1686,7 +1686,12 @@ fn switch_out(lab: &Lab, view: &View, mut h: Hop, out: &str, pkt: &Packet) -> Re
 
 /// The node or router whose interface has address `ip` on a switch.
 fn l2_target<'l>(lab: &'l Lab, ip: Ipv4Addr) -> Option<(String, &'l str)> {
-    if let Some(n) = lab.plan.nodes.iter().find(|n| n.ip == ip) {
+    if let Some(n) = lab
+        .plan
+        .nodes
+        .iter()
+        .find(|n| n.ip == ip || n.extra_ifaces.iter().any(|x| x.ip == ip))
+    {
         return Some((format!("node {}", n.name), n.ns.as_str()));
     }
     if let Some((s, u)) = lab
