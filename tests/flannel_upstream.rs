@@ -81,6 +81,11 @@ fn seed_002_builtin_equals_upstream() {
     same_as_upstream("seed-002-rudder");
 }
 
+#[test]
+fn two_nics_iface_builtin_equals_upstream() {
+    same_as_upstream("flannel-two-nics-iface");
+}
+
 /// Seed 001: `etcdctl get --prefix /atomic.io/network/` in the lab's etcd
 /// shows the config and one lease per node, with its PublicIP and VTEP
 /// MAC, and the same keys under both implementations.
@@ -164,6 +169,8 @@ fn field_bug_scenarios_pass_under_upstream() {
         "flanneld-down.toml",
         "flannel-new-mac-etcd.toml",
         "seed-002-rudder.toml",
+        "flannel-wrong-iface.toml",
+        "flannel-right-iface.toml",
     ];
     let mut args = vec!["run".to_string(), "--flannel".into(), "upstream".into()];
     args.extend(

@@ -107,3 +107,13 @@ fn seed_001_etcd() {
 fn flannel_no_forward_rules() {
     stable_and_golden("flannel-no-forward-rules");
 }
+
+#[test]
+fn flannel_two_nics() {
+    stable_and_golden("flannel-two-nics");
+}
+
+#[test]
+fn flannel_two_nics_iface() {
+    stable_and_golden("flannel-two-nics-iface");
+}

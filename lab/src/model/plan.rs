@@ -124,6 +124,49 @@ pub struct NodePlan {
     /// Size of its IPAM range, when limited.
     #[serde(default)]
     pub max_pods: Option<u32>,
+    /// Its interfaces after eth0 (eth1, eth2, ...), each on a switch of its
+    /// own; the default route stays on eth0.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_ifaces: Vec<IfacePlan>,
+}
+
+/// A node's interface after eth0: a veth from its switch's bridge.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IfacePlan {
+    /// Its name in the node (`eth1`, `eth2`, ...).
+    pub ifname: String,
+    /// The switch.
+    pub switch: String,
+    /// Its peer in the fabric namespace (`<node>.e<N>`, see [`iface_port`]).
+    pub port: String,
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// Prefix length of the switch subnet.
+    pub prefix_len: u8,
+    /// The switch's MTU.
+    pub mtu: u32,
+}
+
+impl NodePlan {
+    /// The address and MTU of one of its interfaces, by name.
+    pub fn iface(&self, ifname: &str) -> Option<(Ipv4Addr, u32)> {
+        if ifname == "eth0" {
+            return Some((self.ip, self.mtu));
+        }
+        let x = self.extra_ifaces.iter().find(|x| x.ifname == ifname)?;
+        Some((x.ip, x.mtu))
+    }
+}
+
+/// The fabric-side port of eth`n` (n >= 1) of the `i`th node: `<node>.e<n>`
+/// when that fits in 15 characters, else `_<i>.e<n>`. Node ports are the
+/// node's name (no dot, no `_`), router ports `<base>.<digits>`, uplinks
+/// `<switch>.gw` and etcd's `etcd.db`: none ends in `.e<digits>` nor
+/// starts with `_`, and node names are unique, so neither form meets
+/// another port.
+pub fn iface_port(node: &str, i: usize, n: usize) -> String {
+    let port = format!("{node}.e{n}");
+    if port.len() <= 15 { port } else { format!("_{i}.e{n}") }
 }
 
 /// The gateway address of a switch subnet: its first host address, which a
@@ -229,7 +272,8 @@ impl<P> Plan<P> {
         let nodes = topology
             .nodes
             .iter()
-            .map(|n| {
+            .enumerate()
+            .map(|(i, n)| {
                 let sw = topology.switch(&n.switch).expect("validated switch");
                 let gateway = Some(gateway_of(sw.subnet));
                 NodePlan {
@@ -242,6 +286,22 @@ impl<P> Plan<P> {
                     mtu: sw.mtu,
                     gateway,
                     max_pods: n.max_pods,
+                    extra_ifaces: n
+                        .extra_ifaces
+                        .iter()
+                        .enumerate()
+                        .map(|(k, x)| {
+                            let s = topology.switch(&x.switch).expect("validated switch");
+                            IfacePlan {
+                                ifname: format!("eth{}", k + 1),
+                                switch: s.name.clone(),
+                                port: iface_port(&n.name, i, k + 1),
+                                ip: x.ip,
+                                prefix_len: s.subnet.prefix_len(),
+                                mtu: s.mtu,
+                            }
+                        })
+                        .collect(),
                     pods: n
                         .pods
                         .iter()
@@ -454,6 +514,36 @@ mod tests {
             ]
         );
         assert_eq!(plan.routers[0].ports[0].fabric_port, "r.0");
+    }
+
+    #[test]
+    fn further_interfaces_get_short_unique_ports() {
+        assert_eq!(iface_port("node1", 0, 1), "node1.e1");
+        assert_eq!(iface_port("abcdefghijkl", 3, 1), "abcdefghijkl.e1");
+        assert_eq!(iface_port("abcdefghijklm", 3, 1), "_3.e1");
+        assert_eq!(iface_port("abcdefghijkl", 7, 10), "_7.e10");
+        let text = "name = \"d\"\n[[switch]]\nname = \"s\"\nsubnet = \"10.0.0.0/24\"\n[[switch]]\nname = \"t\"\nsubnet = \"10.0.1.0/24\"\n[[node]]\nname = \"a\"\nswitches = [\"s\", \"t\"]\n[[node]]\nname = \"long-node-name1\"\nswitches = [\"t\", \"s\"]\n";
+        let plan = plan_lab(&topo(text), "lab1", &LabPaths::new(Path::new("/run/x"), "lab1"));
+        let x: Vec<(String, String, String, String)> = plan
+            .nodes
+            .iter()
+            .flat_map(|n| n.extra_ifaces.iter())
+            .map(|x| (x.ifname.clone(), x.switch.clone(), x.port.clone(), x.ip.to_string()))
+            .collect();
+        assert_eq!(
+            x,
+            [
+                ("eth1".into(), "t".into(), "a.e1".into(), "10.0.1.10".into()),
+                ("eth1".into(), "s".into(), "_1.e1".into(), "10.0.0.11".into()),
+            ]
+        );
+        let n = &plan.nodes[1];
+        assert_eq!((n.switch.as_str(), n.ip.to_string()), ("t", "10.0.1.11".into()));
+        assert_eq!(n.gateway.map(|g| g.to_string()).as_deref(), Some("10.0.1.1"));
+        assert_eq!(
+            n.iface("eth1").map(|(ip, _)| ip.to_string()).as_deref(),
+            Some("10.0.0.11")
+        );
     }
 
     #[test]

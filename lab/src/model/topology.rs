@@ -240,6 +240,40 @@ pub struct Node {
     /// block.
     #[serde(default)]
     pub max_pods: Option<u32>,
+    /// Its further interfaces, eth1, eth2, ... in order: one per switch
+    /// after the first of `switches = [...]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_ifaces: Vec<NodeIface>,
+}
+
+/// A node's interface after eth0 (`eth<N>` for the `N`th of `extra_ifaces`,
+/// from 1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeIface {
+    /// The switch it is on.
+    pub switch: String,
+    /// Its address on that switch, assigned automatically.
+    pub ip: Ipv4Addr,
+}
+
+impl Node {
+    /// The node's interface names, eth0 first.
+    pub fn iface_names(&self) -> Vec<String> {
+        (0..=self.extra_ifaces.len()).map(|i| format!("eth{i}")).collect()
+    }
+
+    /// The switch and address of one of its interfaces, by name.
+    pub fn iface(&self, name: &str) -> Option<(&str, Ipv4Addr)> {
+        if name == "eth0" {
+            return Some((&self.switch, self.ip));
+        }
+        let i: usize = name.strip_prefix("eth")?.parse().ok()?;
+        if name != format!("eth{i}") {
+            return None;
+        }
+        let x = self.extra_ifaces.get(i.checked_sub(1)?)?;
+        Some((&x.switch, x.ip))
+    }
 }
 
 /// `[[router]]`.
@@ -828,7 +862,7 @@ fn parse_nodes(root: &Table, switches: &[SwitchIn], switches_ok: bool, errs: &Er
 /// One `[[node]]` table: its nodes, `count` expanded.
 fn parse_node(t: &Table, refs: &SwitchRefs, errs: &Errors) -> Option<Vec<NodeIn>> {
     let before = errs.count();
-    errs.ok(t.allow(&["name", "switch", "ip", "pods", "count", "max_pods"]));
+    errs.ok(t.allow(&["name", "switch", "switches", "ip", "pods", "count", "max_pods"]));
     let name = errs.ok(t.required_string("name", "name = \"worker1\""));
     let count = errs.ok(t.int("count", 1, MAX_NODES as i64, "count = 3")).flatten();
     if let Some(name) = &name {
@@ -837,7 +871,13 @@ fn parse_node(t: &Table, refs: &SwitchRefs, errs: &Errors) -> Option<Vec<NodeIn>
     let node = name
         .as_ref()
         .map_or_else(|| "node".to_string(), |n| format!("node \"{}\"", q(&n.v)));
+    let (listed, extra) = match parse_node_switches(t, refs, &node, errs) {
+        Some((first, rest)) => (Some(first), Some(rest)),
+        None if t.has("switches") => (None, None),
+        None => (None, Some(Vec::new())),
+    };
     let switch = match errs.ok(t.string("switch", "switch = \"tor1\"")) {
+        _ if t.has("switches") => listed.flatten(),
         Some(Some(s)) => errs.ok(refs.check(t, &s)).map(|_| s.v),
         Some(None) if refs.switches.len() == 1 => Some(refs.switches[0].switch.name.clone()),
         // The switches had mistakes: which one is meant is left open, and
@@ -861,7 +901,7 @@ fn parse_node(t: &Table, refs: &SwitchRefs, errs: &Errors) -> Option<Vec<NodeIn>
     if errs.count() > before {
         return None;
     }
-    let (name, switch, pods, max_pods) = (name?, switch?, pods?, max_pods?);
+    let (name, switch, pods, max_pods, extra) = (name?, switch?, pods?, max_pods?, extra?);
     let n = count.as_ref().map_or(1, |c| c.v);
     let mut out = Vec::new();
     for i in 1..=n {
@@ -875,6 +915,13 @@ fn parse_node(t: &Table, refs: &SwitchRefs, errs: &Errors) -> Option<Vec<NodeIn>
                 ip: Ipv4Addr::UNSPECIFIED,
                 pods: pods.clone(),
                 max_pods: max_pods.as_ref().map(|m| m.v as u32),
+                extra_ifaces: extra
+                    .iter()
+                    .map(|sw| NodeIface {
+                        switch: sw.clone(),
+                        ip: Ipv4Addr::UNSPECIFIED,
+                    })
+                    .collect(),
             },
             name_span: name.span.clone(),
             max_pods_span: max_pods.as_ref().map(|m| m.span.clone()),
@@ -884,6 +931,59 @@ fn parse_node(t: &Table, refs: &SwitchRefs, errs: &Errors) -> Option<Vec<NodeIn>
         });
     }
     Some(out)
+}
+
+/// `switches = [...]`, the alternative to `switch`: the first is eth0's
+/// switch, each further one gives the node eth1, eth2, ... `None` when it
+/// is not written or has a mistake (each one recorded); the first is empty
+/// when the switches had mistakes, so which one is meant is left open.
+fn parse_node_switches(
+    t: &Table,
+    refs: &SwitchRefs,
+    node: &str,
+    errs: &Errors,
+) -> Option<(Option<String>, Vec<String>)> {
+    let before = errs.count();
+    let list = errs.ok(t.strings("switches", "switches = [\"public\", \"private\"]"))??;
+    if let Some(span) = t.key_span("switch") {
+        errs.push(t.err(
+            span,
+            format!("{node} has both `switch` and `switches`"),
+            "remove `switch`: the first of `switches` is eth0's switch",
+        ));
+    }
+    if list.v.is_empty() {
+        errs.push(t.err(
+            list.span.clone(),
+            format!("{node} lists no switch in `switches`"),
+            "list at least one switch, e.g. switches = [\"public\", \"private\"], or write switch = \"...\"",
+        ));
+    }
+    let mut names: Vec<String> = Vec::new();
+    for s in &list.v {
+        if errs.ok(refs.check(t, s)).is_none() {
+            continue;
+        }
+        if names.contains(&s.v) {
+            errs.push(t.err(
+                s.span.clone(),
+                format!("{node} lists switch \"{}\" twice", q(&s.v)),
+                "list each switch once: a node has one interface on a switch",
+            ));
+            continue;
+        }
+        names.push(s.v.clone());
+    }
+    if errs.count() > before {
+        return None;
+    }
+    if !refs.checked {
+        // As with `switch`: nothing that depends on it is checked.
+        return Some((Some(String::new()), Vec::new()));
+    }
+    let mut it = names.into_iter();
+    let first = it.next();
+    Some((first, it.collect()))
 }
 
 /// `count` goes with a templated name, and only with one.
@@ -1278,11 +1378,22 @@ fn assign_addresses(
         }
         let last = u32::from(sw.subnet.broadcast()) - u32::from(sw.subnet.network()) - 1;
         let mut next = FIRST_NODE_HOST;
-        let auto: Vec<usize> = nodes
+        // In file order, each node's interfaces on this switch: its eth0
+        // (`None`) and its further ones (`Some(k)` for eth<k+1>).
+        let auto: Vec<(usize, Option<usize>)> = nodes
             .iter()
             .enumerate()
-            .filter(|(_, n)| n.node.switch == sw.name && n.explicit_ip.is_none())
-            .map(|(i, _)| i)
+            .flat_map(|(i, n)| {
+                let eth0 = (n.node.switch == sw.name && n.explicit_ip.is_none()).then_some((i, None));
+                let more = n
+                    .node
+                    .extra_ifaces
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, x)| x.switch == sw.name)
+                    .map(move |(k, _)| (i, Some(k)));
+                eth0.into_iter().chain(more)
+            })
             .collect();
         // Counted, not walked: a /4 switch has 2^28 addresses.
         let in_range =
@@ -1290,7 +1401,7 @@ fn assign_addresses(
         let room = (last + 1).saturating_sub(FIRST_NODE_HOST) as usize - taken.keys().filter(|a| in_range(a)).count();
         if auto.len() > room {
             let span = if s.span == (0..0) {
-                nodes[auto[room]].name_span.clone()
+                nodes[auto[room].0].name_span.clone()
             } else {
                 s.subnet_span.clone()
             };
@@ -1309,13 +1420,16 @@ fn assign_addresses(
                 },
             ));
         }
-        for i in auto {
+        for (i, k) in auto {
             while taken.contains_key(&host(&sw.subnet, next)) {
                 next += 1;
             }
             let ip = host(&sw.subnet, next);
             taken.insert(ip, nodes[i].node.name.clone());
-            nodes[i].node.ip = ip;
+            match k {
+                None => nodes[i].node.ip = ip,
+                Some(k) => nodes[i].node.extra_ifaces[k].ip = ip,
+            }
         }
         for n in nodes.iter_mut().filter(|n| n.node.switch == sw.name) {
             if let Some(ip) = n.explicit_ip {

@@ -678,3 +678,67 @@ fn profile_options_keep_their_order_through_the_saved_json() {
     let c: crate::profile::calico::options::CalicoOptions = back.profile.get().expect("calico options");
     assert_eq!((c.block_size, c.asn), (26, 64512));
 }
+
+const TWO_NICS: &str = r#"name = "nics"
+[network.flannel]
+iface = "eth1"
+[[switch]]
+name = "public"
+subnet = "172.20.0.0/24"
+[[switch]]
+name = "private"
+subnet = "10.10.0.0/24"
+[[node]]
+name = "a"
+ip = "10.10.0.10"
+switch = "private"
+[[node]]
+name = "n{i}"
+count = 2
+switches = ["public", "private"]
+"#;
+
+#[test]
+fn further_switches_give_eth1_addressed_in_the_same_pass() {
+    let t = ok(TWO_NICS.replace("iface = \"eth1\"", "").as_str());
+    let n1 = &t.nodes[1];
+    assert_eq!(
+        (n1.switch.as_str(), n1.ip.to_string()),
+        ("public", "172.20.0.10".into())
+    );
+    // .10 of private is node a's explicit address: skipped.
+    let ips: Vec<String> = t.nodes[1..].iter().map(|n| n.extra_ifaces[0].ip.to_string()).collect();
+    assert_eq!(ips, ["10.10.0.11", "10.10.0.12"]);
+    assert_eq!(n1.iface("eth1"), Some(("private", "10.10.0.11".parse().unwrap())));
+    assert_eq!(n1.iface("eth2"), None);
+    assert!(t.nodes[0].extra_ifaces.is_empty());
+}
+
+#[test]
+fn rejects_bad_switches_all_at_once() {
+    let text = TWO_NICS.replace("iface = \"eth1\"", "").replace(
+        "switch = \"private\"",
+        "switch = \"private\"\nswitches = [\"private\"]\n[[node]]\nname = \"b\"\nswitches = []\n[[node]]\nname = \"c\"\nswitches = [\"public\", \"nope\", \"public\"]",
+    );
+    let e = parse(&Source::new("t.toml", &text)).expect_err("rejected");
+    let all: Vec<(usize, usize, String)> = e.all().map(|e| (e.line, e.col, e.message.clone())).collect();
+    let places: Vec<(usize, usize)> = all.iter().map(|(l, c, _)| (*l, *c)).collect();
+    assert_eq!(places, [(13, 1), (17, 12), (20, 23), (20, 31)], "{e}");
+    assert!(all[0].2.contains("both `switch` and `switches`"), "{e}");
+    assert!(all[1].2.contains("lists no switch"), "{e}");
+    assert!(all[2].2.contains("no switch \"nope\""), "{e}");
+    assert!(all[3].2.contains("lists switch \"public\" twice"), "{e}");
+}
+
+#[test]
+fn flannel_iface_must_be_on_every_node() {
+    let e = rejects(TWO_NICS, 3, 9, "node \"a\" has no eth1");
+    assert!(e.fix.contains("switches"), "{e}");
+    rejects(&TWO_NICS.replace("eth1", "en0"), 3, 9, "is not an interface");
+    let t = ok(&TWO_NICS.replace(
+        "ip = \"10.10.0.10\"\nswitch = \"private\"",
+        "switches = [\"private\", \"public\"]",
+    ));
+    assert_eq!(flannel(&t).iface, "eth1");
+    assert_eq!(flannel(&ok(GOOD)).iface, "eth0");
+}

@@ -459,6 +459,9 @@ fn group(plan: &Plan, n: &crate::model::plan::NodePlan, state: Option<&LabState>
         format!("node {}", n.name),
         format!("eth0 {}/{} MTU {}", n.ip, n.prefix_len, n.mtu),
     ];
+    for x in &n.extra_ifaces {
+        lines.push(format!("{} {}/{} MTU {}", x.ifname, x.ip, x.prefix_len, x.mtu));
+    }
     let (extra, pod_lines) = plan.profile.graph_lines(&n.name);
     lines.extend(extra);
     links.push(Link {
@@ -468,6 +471,15 @@ fn group(plan: &Plan, n: &crate::model::plan::NodePlan, state: Option<&LabState>
         layer: Layer::Wire,
         state: None,
     });
+    for x in &n.extra_ifaces {
+        links.push(Link {
+            a: sw_id(&x.switch),
+            b: node_id(&n.name),
+            label: format!("{} {}", x.ifname, x.ip),
+            layer: Layer::Wire,
+            state: None,
+        });
+    }
     let pods = n
         .pods
         .iter()

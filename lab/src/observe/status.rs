@@ -136,6 +136,10 @@ pub struct NodeStatus {
     pub ip: String,
     /// eth0 MTU.
     pub mtu: u32,
+    /// Its interfaces after eth0 (`switches = [...]`), in order; left out
+    /// when it has none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_ifaces: Vec<IfaceStatus>,
     /// The node's pod subnet (flannel lease) or Calico blocks, comma-separated.
     pub pod_subnet: Option<String>,
     /// The overlay device and its MTU, when the profile makes one.
@@ -144,6 +148,19 @@ pub struct NodeStatus {
     pub agent: Option<AgentStatus>,
     /// Whether its namespace exists.
     pub present: bool,
+}
+
+/// A node's interface after eth0.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct IfaceStatus {
+    /// Its name, e.g. `eth1`.
+    pub name: String,
+    /// Its switch.
+    pub switch: String,
+    /// Its address and prefix length.
+    pub ip: String,
+    /// Its MTU.
+    pub mtu: u32,
 }
 
 /// A node's or router's control-plane agent.
@@ -296,6 +313,16 @@ pub fn status(state: &LabState) -> Status {
             switch: n.switch.clone(),
             ip: format!("{}/{}", n.ip, n.prefix_len),
             mtu: n.mtu,
+            extra_ifaces: n
+                .extra_ifaces
+                .iter()
+                .map(|x| IfaceStatus {
+                    name: x.ifname.clone(),
+                    switch: x.switch.clone(),
+                    ip: format!("{}/{}", x.ip, x.prefix_len),
+                    mtu: x.mtu,
+                })
+                .collect(),
             pod_subnet: Some(plan.profile.pod_subnets(&n.name))
                 .filter(|s| !s.is_empty())
                 .map(|s| s.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(", ")),
@@ -389,6 +416,9 @@ fn bgp_sessions(state: &LabState) -> Vec<BgpSessionStatus> {
     let mut owner_of: BTreeMap<String, String> = BTreeMap::new();
     for n in &plan.nodes {
         owner_of.insert(n.ip.to_string(), n.name.clone());
+        for x in &n.extra_ifaces {
+            owner_of.insert(x.ip.to_string(), n.name.clone());
+        }
     }
     for r in &plan.routers {
         for p in &r.ports {
@@ -456,8 +486,14 @@ pub fn tables(s: &Status) -> String {
     for n in &s.nodes {
         let mut row = vec![
             n.name.clone(),
-            n.ip.clone(),
-            n.switch.clone(),
+            std::iter::once(n.ip.clone())
+                .chain(n.extra_ifaces.iter().map(|x| format!("{} {}", x.name, x.ip)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            std::iter::once(n.switch.clone())
+                .chain(n.extra_ifaces.iter().map(|x| x.switch.clone()))
+                .collect::<Vec<_>>()
+                .join(", "),
             n.pod_subnet.clone().unwrap_or_else(|| "-".into()),
             n.mtu.to_string(),
         ];

@@ -352,6 +352,9 @@ impl<'a> Lab<'a> {
         let mut owners = BTreeMap::new();
         for n in &plan.nodes {
             owners.insert(n.ip, (format!("eth0 of {}", n.name), n.ns.clone()));
+            for x in &n.extra_ifaces {
+                owners.insert(x.ip, (format!("{} of {}", x.ifname, n.name), n.ns.clone()));
+            }
             for p in &n.pods {
                 let key = format!("{}/{}", n.name, p.name);
                 if let Some(ip) = state
@@ -1683,7 +1686,12 @@ fn switch_out(lab: &Lab, view: &View, mut h: Hop, out: &str, pkt: &Packet) -> Re
 
 /// The node or router whose interface has address `ip` on a switch.
 fn l2_target<'l>(lab: &'l Lab, ip: Ipv4Addr) -> Option<(String, &'l str)> {
-    if let Some(n) = lab.plan.nodes.iter().find(|n| n.ip == ip) {
+    if let Some(n) = lab
+        .plan
+        .nodes
+        .iter()
+        .find(|n| n.ip == ip || n.extra_ifaces.iter().any(|x| x.ip == ip))
+    {
         return Some((format!("node {}", n.name), n.ns.as_str()));
     }
     if let Some((s, u)) = lab

@@ -261,10 +261,22 @@ async fn build_all(state: &mut LabState, paths: &LabPaths, progress: &Progress) 
         let h = &nodes[&n.name];
         let fnl = &fnl;
         let bridge = bridges[&n.switch];
+        let bridges = &bridges;
         async move {
             fnl.add(nl::veth_pair(&n.port, Some(bridge), "eth0", h.ns.raw_fd(), n.mtu))
                 .await
                 .map_err(|e| kernel_error(e, "veth", &format!("creating eth0 of node {}", n.name)))?;
+            for x in &n.extra_ifaces {
+                fnl.add(nl::veth_pair(
+                    &x.port,
+                    Some(bridges[&x.switch]),
+                    &x.ifname,
+                    h.ns.raw_fd(),
+                    x.mtu,
+                ))
+                .await
+                .map_err(|e| kernel_error(e, "veth", &format!("creating {} of node {}", x.ifname, n.name)))?;
+            }
             configure_node(n, &h.nl)
                 .await
                 .with_context(|| format!("configuring node {}", n.name))?;
@@ -464,7 +476,8 @@ fn kernel_error(e: nl::NlError, kind: &str, doing: &str) -> anyhow::Error {
 }
 
 /// A node's own network settings: lo and eth0 up, eth0's address, the
-/// default route via its switch's gateway (a router or the uplink).
+/// default route via its switch's gateway (a router or the uplink), and
+/// each further interface's address, up.
 async fn configure_node(n: &NodePlan, nl: &Nl) -> Result<()> {
     nl.change(nl::set_up(1)).await.context("lo up")?;
     let eth0 = nl.index("eth0").await?.context("eth0 missing")?;
@@ -472,6 +485,19 @@ async fn configure_node(n: &NodePlan, nl: &Nl) -> Result<()> {
         .await
         .context("eth0 address")?;
     nl.change(nl::set_up(eth0)).await.context("eth0 up")?;
+    // Further interfaces: an address and up; the default route stays on eth0.
+    for x in &n.extra_ifaces {
+        let idx = nl
+            .index(&x.ifname)
+            .await?
+            .with_context(|| format!("{} missing", x.ifname))?;
+        nl.add(nl::address(idx, x.ip, x.prefix_len))
+            .await
+            .with_context(|| format!("{} address", x.ifname))?;
+        nl.change(nl::set_up(idx))
+            .await
+            .with_context(|| format!("{} up", x.ifname))?;
+    }
     if let Some(gw) = n.gateway {
         let r = nl::route("0.0.0.0/0".parse().expect("valid"), Some(gw), Some(eth0), false);
         nl.add(RouteNetlinkMessage::NewRoute(r))

@@ -374,7 +374,9 @@ fn loss_add(ctx: &Ctx<'_>, id: &str, on: &str, percent: f64, undo: &mut Vec<Undo
     ))
 }
 
-/// `block`: iptables drops a protocol and port on the node's eth0.
+/// `block`: iptables drops a protocol and port on the node's eth0 only
+/// (`-i eth0` / `-o eth0`, no wildcard), as a security group on the network
+/// of eth0 would: a node's further interfaces are left alone.
 fn block_add(ctx: &Ctx<'_>, id: &str, on: &str, proto: &str, port: u16, undo: &mut Vec<Undo>) -> Result<()> {
     let plan = ctx.plan;
     let Some(Target::Node(n)) = resolve(plan, on) else {
@@ -780,6 +782,11 @@ fn switch_hosts<'a>(plan: &'a Plan, switch: &str) -> Vec<(String, String, &'a st
     let mut hosts: Vec<(String, String, &str, Ipv4Addr)> = Vec::new();
     for n in plan.nodes.iter().filter(|n| n.switch == switch) {
         hosts.push((n.ns.clone(), "eth0".into(), n.port.as_str(), n.ip));
+    }
+    for n in &plan.nodes {
+        for x in n.extra_ifaces.iter().filter(|x| x.switch == switch) {
+            hosts.push((n.ns.clone(), x.ifname.clone(), x.port.as_str(), x.ip));
+        }
     }
     for r in &plan.routers {
         for p in r.ports.iter().filter(|p| p.switch == switch) {

@@ -157,14 +157,18 @@ pub async fn prepare_vtep(
     }
     let fnode = f.node(&n.name).context("planned node")?;
     let mac = mac.unwrap_or(&fnode.vtep_mac);
-    let eth0 = nl.index("eth0").await?.context("eth0 missing")?;
+    let dev = nl
+        .index(&f.iface)
+        .await?
+        .with_context(|| format!("{} missing", f.iface))?;
+    let (local, mtu) = f.public(n);
     let spec = crate::kernel::overlay::VxlanSpec {
         name: f.device.clone().context("vxlan has a device")?,
         vni: f.vni,
         port: f.port,
-        local: n.ip,
-        dev: eth0,
-        mtu: fnode.device_mtu.unwrap_or(n.mtu),
+        local,
+        dev,
+        mtu: fnode.device_mtu.unwrap_or(mtu),
         mac: crate::kernel::nl::parse_mac(mac).with_context(|| format!("bad MAC {mac}"))?,
     };
     crate::kernel::overlay::ensure_vxlan(nl, &spec).await?;
@@ -190,7 +194,7 @@ async fn wait_leases(b: &Built<'_>, f: &FlannelPlan, pids: &[(String, u32)]) -> 
         for (n, fnode) in b.plan.nodes.iter().zip(&f.nodes) {
             let owned: Vec<&str> = kvs
                 .iter()
-                .filter(|(_, v)| v.contains(&format!("\"PublicIP\":\"{}\"", n.ip)))
+                .filter(|(_, v)| v.contains(&format!("\"PublicIP\":\"{}\"", f.public(n).0)))
                 .map(|(k, _)| k.as_str())
                 .collect();
             let want = format!("{dir}{}-{}", fnode.subnet.network(), fnode.subnet.prefix_len());
@@ -245,7 +249,7 @@ pub fn expected_routes(plan: &Plan, f: &FlannelPlan) -> BTreeMap<String, Vec<(Ip
                 .filter(|(_, other)| other.name != n.name)
                 .map(|(fo, other)| {
                     let via = match f.backend {
-                        FlannelBackend::HostGw => other.ip,
+                        FlannelBackend::HostGw => f.public(other).0,
                         _ => fo.subnet.network(),
                     };
                     (fo.subnet, Some(via))

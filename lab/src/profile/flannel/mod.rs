@@ -66,6 +66,10 @@ pub struct FlannelPlan {
     /// The real flannel CNI plugin the topology names (upstream).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cni_plugin: Option<String>,
+    /// flanneld's `--iface` on every node: its address is the node's
+    /// public address (lease PublicIP, VXLAN local, host-gw next hop).
+    #[serde(default = "options::eth0")]
+    pub iface: String,
     /// The overlay device (`flannel.<vni>` or `flannel0`), none for host-gw.
     pub device: Option<String>,
     /// The network configuration flanneld reads (`/coreos.com/network/config`).
@@ -106,6 +110,12 @@ impl FlannelPlan {
     /// The flannel part of a node.
     pub fn node(&self, name: &str) -> Option<&FlannelNode> {
         self.nodes.iter().find(|n| n.node == name)
+    }
+
+    /// A node's public address and the MTU of its `--iface` (validated:
+    /// every node has it).
+    pub fn public(&self, n: &NodePlan) -> (Ipv4Addr, u32) {
+        n.iface(&self.iface).unwrap_or((n.ip, n.mtu))
     }
 }
 
@@ -371,15 +381,17 @@ pub fn plan(topology: &Topology, opts: &FlannelOptions, nodes: &[NodePlan], path
         .zip(leases)
         .map(|(n, subnet)| {
             let mac = mac_string(&random_mac(&mut macs));
+            // The node as flanneld sees it through --iface.
+            let (public_ip, mtu) = n.iface(&opts.iface).unwrap_or((n.ip, n.mtu));
             let device_mtu = match opts.backend {
-                FlannelBackend::Vxlan => Some(n.mtu - VXLAN_OVERHEAD),
-                FlannelBackend::Udp => Some(n.mtu - UDP_OVERHEAD),
+                FlannelBackend::Vxlan => Some(mtu - VXLAN_OVERHEAD),
+                FlannelBackend::Udp => Some(mtu - UDP_OVERHEAD),
                 FlannelBackend::HostGw => None,
                 // flannel: IP in IP costs 20 bytes, WireGuard 80.
-                FlannelBackend::Ipip => Some(n.mtu - 20),
-                FlannelBackend::Wireguard => Some(n.mtu - 80),
+                FlannelBackend::Ipip => Some(mtu - 20),
+                FlannelBackend::Wireguard => Some(mtu - 80),
             };
-            let pod_mtu = topology.network.mtu.unwrap_or(device_mtu.unwrap_or(n.mtu));
+            let pod_mtu = topology.network.mtu.unwrap_or(device_mtu.unwrap_or(mtu));
             let agent_dir = paths.agent_dir(&n.name);
             let state = paths.cni_state_dir(&n.name);
             let mut conflist = stock.clone();
@@ -397,8 +409,8 @@ pub fn plan(topology: &Topology, opts: &FlannelOptions, nodes: &[NodePlan], path
             let mut agent_args = vec![
                 store,
                 format!("--etcd-prefix={}", opts.etcd_prefix),
-                "--iface=eth0".to_string(),
-                format!("--public-ip={}", n.ip),
+                format!("--iface={}", opts.iface),
+                format!("--public-ip={public_ip}"),
                 format!("--subnet-file={}", agent_dir.join("subnet.env").display()),
                 "--ip-masq".to_string(),
             ];
@@ -416,7 +428,7 @@ pub fn plan(topology: &Topology, opts: &FlannelOptions, nodes: &[NodePlan], path
             let subnet_env = format!(
                 "FLANNEL_NETWORK={network}\nFLANNEL_SUBNET={gateway}/{}\nFLANNEL_MTU={}\nFLANNEL_IPMASQ=true\n",
                 subnet.prefix_len(),
-                device_mtu.unwrap_or(n.mtu)
+                device_mtu.unwrap_or(mtu)
             );
             FlannelNode {
                 node: n.name.clone(),
@@ -441,6 +453,7 @@ pub fn plan(topology: &Topology, opts: &FlannelOptions, nodes: &[NodePlan], path
         etcd_prefix: opts.etcd_prefix.clone(),
         flanneld: opts.flanneld.clone(),
         cni_plugin: opts.cni_plugin.clone(),
+        iface: opts.iface.clone(),
         device,
         net_config,
         nodes: per_node,

@@ -210,10 +210,20 @@ pub struct FlannelOptions {
     /// flanneld's `--iptables-forward-rules`: FORWARD accepts the pod network.
     #[serde(default = "yes")]
     pub iptables_forward_rules: bool,
+    /// flanneld's `--iface` on every node: the interface whose address is
+    /// the node's public address (default eth0, the interface of the
+    /// default route, which flanneld picks without --iface).
+    #[serde(default = "eth0")]
+    pub iface: String,
 }
 
 fn yes() -> bool {
     true
+}
+
+/// The interface flanneld picks without `--iface`: the default route's.
+pub fn eth0() -> String {
+    "eth0".to_string()
 }
 
 /// Pods a flannel node subnet of prefix `len` holds: host-local hands out
@@ -243,6 +253,7 @@ fn flannel_options(t: Option<&Table>, scope: &Scope, errs: &Errors) -> Option<Fl
         flanneld: None,
         cni_plugin: None,
         iptables_forward_rules: true,
+        iface: eth0(),
     };
     let mut len_span = None;
     if let Some(t) = t {
@@ -256,11 +267,13 @@ fn flannel_options(t: Option<&Table>, scope: &Scope, errs: &Errors) -> Option<Fl
             "flanneld",
             "cni_plugin",
             "iptables_forward_rules",
+            "iface",
         ]));
         if let Some(Some(b)) = errs.ok(t.bool("iptables_forward_rules", "iptables_forward_rules = false")) {
             opts.iptables_forward_rules = b.v;
         }
         read_implementation(t, &mut opts, errs);
+        read_iface(t, &mut opts, parts, errs);
         if let Some(Some(b)) = errs.ok(t.string("backend", "backend = \"vxlan\"")) {
             match b.v.as_str() {
                 "vxlan" => opts.backend = FlannelBackend::Vxlan,
@@ -296,6 +309,44 @@ fn flannel_options(t: Option<&Table>, scope: &Scope, errs: &Errors) -> Option<Fl
     let span = len_span.unwrap_or_else(|| pod_cidr.span.clone());
     errs.ok(check_flannel_room(at, pod_cidr, &opts, span, parts));
     (errs.count() == before).then_some(opts)
+}
+
+/// `iface`: an interface every node has (eth0, or eth<N> of a node on N
+/// further switches).
+fn read_iface(t: &Table, opts: &mut FlannelOptions, parts: &Parts, errs: &Errors) {
+    let Some(Some(i)) = errs.ok(t.string("iface", "iface = \"eth1\"")) else {
+        return;
+    };
+    let n = i.v.strip_prefix("eth").and_then(|d| d.parse::<usize>().ok());
+    let Some(n) = n.filter(|n| i.v == format!("eth{n}")) else {
+        errs.push(t.err(
+            i.span.clone(),
+            format!("iface \"{}\" is not an interface cnilab gives a node", q(&i.v)),
+            "use iface = \"eth0\" (on the node's first switch) or \"eth1\", \"eth2\", ... (one per further switch of `switches = [...]`)",
+        ));
+        return;
+    };
+    if parts.ok {
+        if let Some(lacks) = parts.nodes.iter().find(|x| x.node.extra_ifaces.len() < n) {
+            errs.push(t.err(
+                i.span.clone(),
+                format!(
+                    "iface \"{}\": node \"{}\" has no {} (it is on {} switch{})",
+                    i.v,
+                    lacks.node.name,
+                    i.v,
+                    lacks.node.extra_ifaces.len() + 1,
+                    if lacks.node.extra_ifaces.is_empty() { "" } else { "es" }
+                ),
+                format!(
+                    "give every node at least {} switches, e.g. switches = [\"public\", \"private\"], or use an interface every node has such as iface = \"eth0\"",
+                    n + 1
+                ),
+            ));
+            return;
+        }
+    }
+    opts.iface = i.v.clone();
 }
 
 /// `implementation`, `etcd_prefix` and the two program paths.
