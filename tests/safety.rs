@@ -135,6 +135,22 @@ fn bad_lab_names_are_refused_by_every_command_and_decoys_survive() {
         show(&o)
     );
     d.assert_intact("down decoylab");
+    // A crash leftover: nothing but an empty marker, removed. With anything
+    // else beside the empty marker, the folder is left alone.
+    let crashed = d.run_dir().join("crashedlab");
+    std::fs::create_dir_all(&crashed).unwrap();
+    std::fs::write(crashed.join(".cnilab-lab"), "").unwrap();
+    let o = d.cnilab(&["down", "crashedlab"], &[]);
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(!crashed.exists(), "the crash leftover is removed");
+    std::fs::write(d.run_dir().join("decoylab/.cnilab-lab"), "").unwrap();
+    let o = d.cnilab(&["down", "decoylab"], &[]);
+    assert!(
+        !o.status.success(),
+        "an empty marker beside other files is no lab:\n{}",
+        show(&o)
+    );
+    d.assert_intact("down decoylab with an empty marker");
 }
 
 #[test]

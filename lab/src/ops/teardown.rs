@@ -168,6 +168,17 @@ fn remove_state_folder(lab: &str) -> Result<bool> {
         std::fs::remove_dir_all(root).with_context(|| format!("cannot remove {}", root.display()))?;
         return Ok(true);
     }
+    // Left by a crash of an older cnilab between creating the marker and
+    // writing it: the folder holds nothing but an empty marker.
+    let only_empty_marker = std::fs::read_dir(root).is_ok_and(|d| {
+        let entries: Vec<_> = d.flatten().collect();
+        entries.len() == 1
+            && entries[0].file_name() == lp.marker().file_name().unwrap_or_default()
+            && entries[0].metadata().is_ok_and(|m| m.is_file() && m.len() == 0)
+    });
+    if meta.is_dir() && only_empty_marker {
+        let _ = std::fs::remove_file(lp.marker());
+    }
     if meta.is_dir() && std::fs::remove_dir(root).is_ok() {
         return Ok(true);
     }
