@@ -12,28 +12,17 @@
 //! only prints it).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 #[path = "common/mod.rs"]
 mod common;
-use common::settle;
+use common::{cnilab_bin, repo, settle};
 
 const LAB: &str = "bflannel";
 /// The heading this benchmark owns in BENCHMARKS.md.
 const HEADING: &str = "## flannel: datastores and implementations";
-
-fn cnilab_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_cnilab")
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repo")
-        .to_path_buf()
-}
 
 struct Case {
     nodes: usize,

@@ -27,20 +27,9 @@ use serde_json::{Value, json};
 
 #[path = "common/mod.rs"]
 mod common;
-use common::settle;
+use common::{cnilab_bin, repo, settle};
 
 const BASE_LAB: &str = "bbase";
-
-fn cnilab_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_cnilab")
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repo")
-        .to_path_buf()
-}
 
 fn workers() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
@@ -114,11 +103,6 @@ fn timed(cmd: &mut Command) -> Run {
         max_rss_kb: usage.ru_maxrss,
         stdout,
     }
-}
-
-fn sh(program: &str, args: &[&str]) {
-    let st = Command::new(program).args(args).status().expect("run");
-    assert!(st.success(), "{program} {args:?} failed");
 }
 
 /// Runs `program -n NS -batch -` (or without -n) with `script` on stdin.

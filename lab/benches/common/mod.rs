@@ -1,7 +1,21 @@
 //! What the benchmarks share.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+/// The cnilab binary cargo built for the benchmarks.
+pub fn cnilab_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_cnilab")
+}
+
+/// The repository's root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo")
+        .to_path_buf()
+}
 
 /// Waits until the kernel has freed the namespaces of the previous run:
 /// creating a namespace waits for that cleanup, so it is fast again once

@@ -253,6 +253,26 @@ pub fn mac_string(mac: &[u8]) -> String {
     mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
+/// A node's further interfaces: eth1, eth2, ... on the switches it lists
+/// after its first; `i` is the node's place in the topology.
+fn extra_ifaces(topology: &Topology, n: &crate::model::topology::Node, i: usize) -> Vec<IfacePlan> {
+    n.extra_ifaces
+        .iter()
+        .enumerate()
+        .map(|(k, x)| {
+            let s = topology.switch(&x.switch).expect("validated switch");
+            IfacePlan {
+                ifname: format!("eth{}", k + 1),
+                switch: s.name.clone(),
+                port: iface_port(&n.name, i, k + 1),
+                ip: x.ip,
+                prefix_len: s.subnet.prefix_len(),
+                mtu: s.mtu,
+            }
+        })
+        .collect()
+}
+
 impl<P> Plan<P> {
     /// Plans a lab named `lab` from `topology`; `profile` plans the CNI
     /// profile's part from the nodes, and may give routers BGP peers.
@@ -286,22 +306,7 @@ impl<P> Plan<P> {
                     mtu: sw.mtu,
                     gateway,
                     max_pods: n.max_pods,
-                    extra_ifaces: n
-                        .extra_ifaces
-                        .iter()
-                        .enumerate()
-                        .map(|(k, x)| {
-                            let s = topology.switch(&x.switch).expect("validated switch");
-                            IfacePlan {
-                                ifname: format!("eth{}", k + 1),
-                                switch: s.name.clone(),
-                                port: iface_port(&n.name, i, k + 1),
-                                ip: x.ip,
-                                prefix_len: s.subnet.prefix_len(),
-                                mtu: s.mtu,
-                            }
-                        })
-                        .collect(),
+                    extra_ifaces: extra_ifaces(topology, n, i),
                     pods: n
                         .pods
                         .iter()

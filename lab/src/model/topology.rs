@@ -1308,6 +1308,61 @@ fn host(net: &Ipv4Net, n: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(net.network()) + n)
 }
 
+/// An explicitly written node address: a host address of its switch, not
+/// the gateway, not taken by anything before it.
+fn check_explicit_ip(
+    root: &Table,
+    sw: &Switch,
+    gateway: &str,
+    name: &str,
+    ip: Ipv4Addr,
+    span: Range<usize>,
+    taken: &BTreeMap<Ipv4Addr, String>,
+) -> R<()> {
+    if ip == host(&sw.subnet, 1) {
+        return Err(root.err(
+            span,
+            format!(
+                "node \"{}\" address {ip} is the gateway (.1) of switch \"{}\", which {gateway} serves",
+                name, sw.name
+            ),
+            format!(
+                "use another host address of {}, e.g. {}",
+                sw.subnet,
+                example_host(&sw.subnet)
+            ),
+        ));
+    }
+    if !sw.subnet.contains(&ip) || ip == sw.subnet.network() || ip == sw.subnet.broadcast() {
+        let why = if sw.subnet.contains(&ip) {
+            format!(
+                "is the {} address of {}",
+                if ip == sw.subnet.network() {
+                    "network"
+                } else {
+                    "broadcast"
+                },
+                sw.subnet
+            )
+        } else {
+            format!("is outside switch \"{}\" ({})", sw.name, sw.subnet)
+        };
+        return Err(root.err(
+            span,
+            format!("node \"{}\" address {ip} {why}", name),
+            format!("use a host address of {}, e.g. {}", sw.subnet, example_host(&sw.subnet)),
+        ));
+    }
+    if let Some(owner) = taken.get(&ip) {
+        return Err(root.err(
+            span,
+            format!("node \"{}\" address {ip} is already taken by {owner}", name),
+            "give each node its own address, or leave `ip` out to get one assigned",
+        ));
+    }
+    Ok(())
+}
+
 /// Explicit addresses are checked first, then the others are handed out in
 /// file order from .10 up, skipping what is taken.
 fn assign_addresses(
@@ -1333,47 +1388,7 @@ fn assign_addresses(
             let (Some(ip), Some(span)) = (n.explicit_ip, n.ip_span.clone()) else {
                 continue;
             };
-            if ip == host(&sw.subnet, 1) {
-                return Err(root.err(
-                    span,
-                    format!(
-                        "node \"{}\" address {ip} is the gateway (.1) of switch \"{}\", which {gateway} serves",
-                        n.node.name, sw.name
-                    ),
-                    format!(
-                        "use another host address of {}, e.g. {}",
-                        sw.subnet,
-                        example_host(&sw.subnet)
-                    ),
-                ));
-            }
-            if !sw.subnet.contains(&ip) || ip == sw.subnet.network() || ip == sw.subnet.broadcast() {
-                let why = if sw.subnet.contains(&ip) {
-                    format!(
-                        "is the {} address of {}",
-                        if ip == sw.subnet.network() {
-                            "network"
-                        } else {
-                            "broadcast"
-                        },
-                        sw.subnet
-                    )
-                } else {
-                    format!("is outside switch \"{}\" ({})", sw.name, sw.subnet)
-                };
-                return Err(root.err(
-                    span,
-                    format!("node \"{}\" address {ip} {why}", n.node.name),
-                    format!("use a host address of {}, e.g. {}", sw.subnet, example_host(&sw.subnet)),
-                ));
-            }
-            if let Some(owner) = taken.get(&ip) {
-                return Err(root.err(
-                    span,
-                    format!("node \"{}\" address {ip} is already taken by {owner}", n.node.name),
-                    "give each node its own address, or leave `ip` out to get one assigned",
-                ));
-            }
+            check_explicit_ip(root, sw, &gateway, &n.node.name, ip, span, &taken)?;
             taken.insert(ip, format!("node \"{}\"", n.node.name));
         }
         let last = u32::from(sw.subnet.broadcast()) - u32::from(sw.subnet.network()) - 1;

@@ -97,9 +97,20 @@ pub fn down_with(lab: &str, progress: &crate::kernel::progress::Progress) -> Res
     crate::model::names::check(crate::model::names::Kind::Lab, lab, "lab to remove")?;
     let prefix = paths::lab_ns_prefix(lab);
     let names: Vec<String> = netns::list().into_iter().filter(|n| n.starts_with(&prefix)).collect();
-    let pids = processes_in(&ns_inodes(&names));
+    let inodes = ns_inodes(&names);
+    let mut pids = processes_in(&inodes);
     progress.phase("stop", pids.len());
     stop_processes(&pids);
+    // A process started while the others stopped (a CNI plugin's IPAM
+    // child, say) is found by another look; a few rounds catch any chain.
+    for _ in 0..5 {
+        let late = processes_in(&inodes);
+        if late.is_empty() {
+            break;
+        }
+        stop_processes(&late);
+        pids.extend(late);
+    }
     progress.phase("remove", names.len());
     let mut failures = Vec::new();
     let mut removed = 0;
@@ -115,6 +126,22 @@ pub fn down_with(lab: &str, progress: &crate::kernel::progress::Progress) -> Res
         failures.push(format!("{e:#}"));
         false
     });
+    // A lab process that outlived the looks above (its namespace is gone,
+    // the process holds it) may have written into the folder just removed:
+    // stop it, and remove what it wrote, since this down removed the folder.
+    let late = processes_in(&inodes);
+    if !late.is_empty() {
+        stop_processes(&late);
+        pids.extend(late);
+    }
+    if state {
+        let root = LabPaths::of(lab).root;
+        if paths::inside(&paths::run_base(), &root) && std::fs::symlink_metadata(&root).is_ok_and(|m| m.is_dir()) {
+            if let Err(e) = std::fs::remove_dir_all(&root) {
+                failures.push(format!("{}: {e}", root.display()));
+            }
+        }
+    }
     if let Some(e) = all_failures(&format!("lab {lab} is not completely removed"), &failures) {
         return Err(e);
     }
