@@ -21,24 +21,17 @@ fn every_pod_pings_every_other_pod() {
     pingall(&lab);
 }
 
-fn mtu(lab: &Lab, target: &str, dev: &str) -> u32 {
-    lab.exec_ok(target, &["cat", &format!("/sys/class/net/{dev}/mtu")])
-        .trim()
-        .parse()
-        .expect("an MTU")
-}
-
 /// Pods and flannel.1 get 1450; a 1422-byte DF ping (1450 on the wire) crosses
 /// nodes and a 1423-byte one is refused by the pod itself.
 #[test]
 fn mtu_is_1450_and_df_pings_fit_exactly() {
     let lab = Lab::up(&topology("flannel-vxlan.toml"));
     for node in ["master", "worker1", "worker2"] {
-        assert_eq!(mtu(&lab, node, "flannel.1"), 1450, "{node} flannel.1");
-        assert_eq!(mtu(&lab, node, "eth0"), 1500, "{node} eth0");
+        assert_eq!(lab.mtu(node, "flannel.1"), 1450, "{node} flannel.1");
+        assert_eq!(lab.mtu(node, "eth0"), 1500, "{node} eth0");
     }
     for (pod, _) in lab.pods() {
-        assert_eq!(mtu(&lab, &pod, "eth0"), 1450, "{pod} eth0");
+        assert_eq!(lab.mtu(&pod, "eth0"), 1450, "{pod} eth0");
     }
     let pods = lab.pods();
     let (src, _) = pods.iter().find(|(p, _)| p.starts_with("master/")).unwrap();
@@ -287,12 +280,12 @@ pods = 1
     );
     let lab = Lab::up(&topo.path);
     for node in ["n1", "n2"] {
-        assert_eq!(mtu(&lab, node, "eth0"), 9000);
-        assert_eq!(mtu(&lab, node, "flannel.1"), 8950);
+        assert_eq!(lab.mtu(node, "eth0"), 9000);
+        assert_eq!(lab.mtu(node, "flannel.1"), 8950);
     }
     let pods: BTreeMap<String, String> = lab.pods().into_iter().collect();
-    assert_eq!(mtu(&lab, "n1/pod-1", "eth0"), 8950);
-    assert_eq!(mtu(&lab, "n2/pod-1", "eth0"), 8950);
+    assert_eq!(lab.mtu("n1/pod-1", "eth0"), 8950);
+    assert_eq!(lab.mtu("n2/pod-1", "eth0"), 8950);
     retry("8922-byte DF ping", Duration::from_secs(10), || {
         let out = lab.exec(
             "n1/pod-1",

@@ -12,13 +12,6 @@ use common::*;
 
 const TOPOLOGY: &str = "flannel-udp.toml";
 
-fn mtu(lab: &Lab, target: &str, dev: &str) -> u32 {
-    lab.exec_ok(target, &["cat", &format!("/sys/class/net/{dev}/mtu")])
-        .trim()
-        .parse()
-        .expect("an MTU")
-}
-
 /// `probe pingall`: every pod answers every pod, on its node and across.
 #[test]
 fn every_pod_pings_every_other_pod() {
@@ -46,8 +39,8 @@ fn mtu_is_1472_and_df_pings_fit_exactly_under_upstream() {
 fn mtu_and_df_pings(args: &[&str]) {
     let lab = Lab::up_with(&topology(TOPOLOGY), args);
     for node in ["master", "worker1", "worker2"] {
-        assert_eq!(mtu(&lab, node, "flannel0"), 1472, "{node} flannel0");
-        assert_eq!(mtu(&lab, node, "eth0"), 1500, "{node} eth0");
+        assert_eq!(lab.mtu(node, "flannel0"), 1472, "{node} flannel0");
+        assert_eq!(lab.mtu(node, "eth0"), 1500, "{node} eth0");
         let routes = lab.exec_ok(node, &["ip", "route", "show", "dev", "flannel0"]);
         assert_eq!(routes.trim(), "10.244.0.0/16", "{node}: {routes}");
         let env = std::fs::read_to_string(run_dir().join(&lab.name).join(format!("nodes/{node}/agent/subnet.env")))
@@ -56,7 +49,7 @@ fn mtu_and_df_pings(args: &[&str]) {
         assert!(env.contains("FLANNEL_NETWORK=10.244.0.0/16\n"), "{env}");
     }
     for (pod, _) in lab.pods() {
-        assert_eq!(mtu(&lab, &pod, "eth0"), 1472, "{pod} eth0");
+        assert_eq!(lab.mtu(&pod, "eth0"), 1472, "{pod} eth0");
     }
     retry("1444-byte DF ping across nodes", Duration::from_secs(10), || {
         let out = lab.run(&[

@@ -151,6 +151,14 @@ impl Lab {
         serde_json::from_str(&text).expect("state is JSON")
     }
 
+    /// The MTU of `dev` in a target, as its sysfs says.
+    pub fn mtu(&self, target: &str, dev: &str) -> u32 {
+        self.exec_ok(target, &["cat", &format!("/sys/class/net/{dev}/mtu")])
+            .trim()
+            .parse()
+            .expect("an MTU")
+    }
+
     /// Every pod as (`node/pod`, its IPv4 address).
     pub fn pods(&self) -> Vec<(String, String)> {
         let st = self.state();

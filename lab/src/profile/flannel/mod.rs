@@ -66,6 +66,9 @@ pub struct FlannelPlan {
     /// The real flannel CNI plugin the topology names (upstream).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cni_plugin: Option<String>,
+    /// flanneld's `--iptables-forward-rules`.
+    #[serde(default = "options::yes")]
+    pub iptables_forward_rules: bool,
     /// flanneld's `--iface` on every node: its address is the node's
     /// public address (lease PublicIP, VXLAN local, host-gw next hop).
     #[serde(default = "options::eth0")]
@@ -453,6 +456,7 @@ pub fn plan(topology: &Topology, opts: &FlannelOptions, nodes: &[NodePlan], path
         etcd_prefix: opts.etcd_prefix.clone(),
         flanneld: opts.flanneld.clone(),
         cni_plugin: opts.cni_plugin.clone(),
+        iptables_forward_rules: opts.iptables_forward_rules,
         iface: opts.iface.clone(),
         device,
         net_config,

@@ -217,7 +217,8 @@ pub struct FlannelOptions {
     pub iface: String,
 }
 
-fn yes() -> bool {
+/// serde's default of a flag that is on unless said otherwise.
+pub fn yes() -> bool {
     true
 }
 
