@@ -3,6 +3,7 @@
 pub mod error;
 pub mod faultspec;
 pub mod names;
+pub mod netpol;
 pub mod paths;
 pub mod plan;
 pub mod spanned;

@@ -1,0 +1,1 @@
+//! What the Kubernetes semantics of NetworkPolicy say of one connection.
