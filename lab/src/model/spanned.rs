@@ -25,7 +25,7 @@ impl<T> Sp<T> {
     }
 }
 
-type R<T> = Result<T, InputError>;
+pub type R<T> = Result<T, InputError>;
 
 /// Most mistakes of one file listed in one run; the rest are counted.
 const MAX_LISTED: usize = 30;

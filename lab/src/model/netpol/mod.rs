@@ -5,6 +5,7 @@
 //! semantics say of a connection (`eval`).
 
 pub mod eval;
+pub mod load;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
