@@ -46,14 +46,14 @@ pub struct Attachment {
 
 impl Attachment {
     /// A Kubernetes pod's attachment, with kubelet's CNI_ARGS.
-    pub fn pod(container_id: &str, netns: PathBuf, ifname: &str, pod: &str) -> Self {
+    pub fn pod(container_id: &str, netns: PathBuf, ifname: &str, namespace: &str, pod: &str) -> Self {
         Attachment {
             container_id: container_id.to_string(),
             netns,
             ifname: ifname.to_string(),
             args: vec![
                 ("IgnoreUnknown".into(), "1".into()),
-                ("K8S_POD_NAMESPACE".into(), "default".into()),
+                ("K8S_POD_NAMESPACE".into(), namespace.into()),
                 ("K8S_POD_NAME".into(), pod.into()),
                 ("K8S_POD_INFRA_CONTAINER_ID".into(), container_id.into()),
             ],

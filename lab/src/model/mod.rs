@@ -1,6 +1,7 @@
 //! What the user wrote and every decision made from it, pure: topology, plan, names, paths, fault specs, errors.
 
 pub mod error;
+pub mod identity;
 pub mod faultspec;
 pub mod names;
 pub mod netpol;

@@ -218,6 +218,13 @@ pub struct PodPlan {
     pub container_id: String,
     /// Interface the plugins create in it.
     pub ifname: String,
+    /// Its Kubernetes identity (namespace, labels, named ports).
+    #[serde(default, skip_serializing_if = "is_default_meta")]
+    pub meta: crate::model::identity::PodMeta,
+}
+
+fn is_default_meta(m: &crate::model::identity::PodMeta) -> bool {
+    *m == crate::model::identity::PodMeta::default()
 }
 
 /// Random streams, one per kind of choice, so that adding a choice of one
@@ -318,6 +325,7 @@ impl<P> Plan<P> {
                                 ns: paths::pod_ns(lab, &n.name, p),
                                 container_id: id.iter().map(|b| format!("{b:02x}")).collect(),
                                 ifname: "eth0".into(),
+                                meta: n.meta(p),
                             }
                         })
                         .collect(),

@@ -348,6 +348,75 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 }
 
+/// One element of an array that may mix strings and inline tables
+/// (`pods = ["web", { name = "api", namespace = "prod" }]`).
+pub enum Item<'a, 'i> {
+    /// A string.
+    Str(Sp<String>),
+    /// A table.
+    Table(Table<'a, 'i>),
+}
+
+impl<'a, 'i> Table<'a, 'i> {
+    /// An optional array whose elements are strings or tables; anything
+    /// else in it is a mistake.
+    pub fn items(&self, key: &str, ctx: &str, example: &str) -> R<Option<Vec<Item<'a, 'i>>>> {
+        let Some((_, v)) = self.get(key) else {
+            return Ok(None);
+        };
+        let DeValue::Array(items) = v.get_ref() else {
+            return Err(self.type_error(key, v, "an array", example));
+        };
+        let errs = Errors::default();
+        let mut out = Vec::new();
+        for item in items.iter() {
+            match item.get_ref() {
+                DeValue::String(s) => out.push(Item::Str(Sp::new(s.to_string(), item.span()))),
+                DeValue::Table(t) => out.push(Item::Table(Table {
+                    src: self.src,
+                    table: t,
+                    span: item.span(),
+                    ctx: ctx.to_string(),
+                })),
+                other => errs.push(self.err(
+                    item.span(),
+                    format!("`{key}` in {} holds {}", self.ctx, kind(other)),
+                    format!("write it as {example}"),
+                )),
+            }
+        }
+        errs.finish(Some(Some(out)))
+    }
+
+    /// An optional table of strings (`labels = { app = "web" }`), in the
+    /// order written, each key and value with its place.
+    #[allow(clippy::type_complexity)]
+    pub fn string_map(&self, key: &str, example: &str) -> R<Option<Vec<(Sp<String>, Sp<String>)>>> {
+        let Some((_, v)) = self.get(key) else {
+            return Ok(None);
+        };
+        let DeValue::Table(t) = v.get_ref() else {
+            return Err(self.type_error(key, v, "a table of strings", example));
+        };
+        let errs = Errors::default();
+        let mut out = Vec::new();
+        for (k, val) in t.iter() {
+            match val.get_ref() {
+                DeValue::String(s) => out.push((
+                    Sp::new(k.get_ref().to_string(), k.span()),
+                    Sp::new(s.to_string(), val.span()),
+                )),
+                other => errs.push(self.err(
+                    val.span(),
+                    format!("`{key}` in {} must hold strings, not {}", self.ctx, kind(other)),
+                    format!("quote the value: {example}"),
+                )),
+            }
+        }
+        errs.finish(Some(Some(out)))
+    }
+}
+
 /// The allowed word closest to `word`, when it is close enough to be a typo.
 pub fn closest<'w>(word: &str, allowed: &[&'w str]) -> Option<&'w str> {
     // Far longer words are no typos, and comparing them costs time.

@@ -12,7 +12,11 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::model::error::{Error, InputError, Source, excerpt};
-use crate::model::spanned::{Errors, Sp, Table, parse_document};
+use crate::model::identity::{
+    AppliedPolicy, DEFAULT_NAMESPACE, Namespace, PodMeta, load_policies, parse_namespaces, parse_pod_table,
+    parse_policy_patterns,
+};
+use crate::model::spanned::{Errors, Item, Sp, Table, parse_document};
 
 type R<T> = Result<T, InputError>;
 
@@ -42,6 +46,12 @@ pub struct Topology {
     /// The lab's etcd, with `datastore = "etcd"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd: Option<Etcd>,
+    /// `[[namespace]]` sections: Kubernetes namespaces with labels.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<Namespace>,
+    /// The NetworkPolicies `[network] policies` names, read at load.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<AppliedPolicy>,
 }
 
 /// Where the control plane keeps its state (`[network] datastore`).
@@ -89,6 +99,9 @@ pub struct Network {
     /// Where the control plane keeps its state.
     #[serde(default)]
     pub datastore: Datastore,
+    /// NetworkPolicy manifest patterns, relative to the topology file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<String>,
 }
 
 /// The CNI profile `cni` names, with its options as its [`ProfileSyntax`]
@@ -244,6 +257,10 @@ pub struct Node {
     /// after the first of `switches = [...]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_ifaces: Vec<NodeIface>,
+    /// The Kubernetes identity of pods written as tables, by pod name
+    /// (a pod written as a plain name is in `default`, without labels).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_meta: BTreeMap<String, PodMeta>,
 }
 
 /// A node's interface after eth0 (`eth<N>` for the `N`th of `extra_ifaces`,
@@ -257,6 +274,11 @@ pub struct NodeIface {
 }
 
 impl Node {
+    /// A pod's Kubernetes identity.
+    pub fn meta(&self, pod: &str) -> PodMeta {
+        self.pod_meta.get(pod).cloned().unwrap_or_default()
+    }
+
     /// The node's interface names, eth0 first.
     pub fn iface_names(&self) -> Vec<String> {
         (0..=self.extra_ifaces.len()).map(|i| format!("eth{i}")).collect()
@@ -298,7 +320,38 @@ impl Topology {
             )
         })?;
         let src = Source::new(path.display().to_string(), text);
-        Ok(parse(&src, profiles)?)
+        let mut t = parse(&src, profiles)?;
+        if !t.network.policies.is_empty() {
+            let patterns: Vec<Sp<String>> = t
+                .network
+                .policies
+                .iter()
+                .map(|p| {
+                    let at = src.text.find(&format!("\"{p}\"")).map_or(0, |i| i + 1);
+                    Sp::new(p.clone(), at..at + p.len())
+                })
+                .collect();
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            t.policies = load_policies(&src, dir, &patterns, &t.namespace_names())?;
+        }
+        Ok(t)
+    }
+
+    /// Every Kubernetes namespace of the lab: `default`, those declared
+    /// and those its pods are in, sorted.
+    pub fn namespace_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::iter::once(DEFAULT_NAMESPACE.to_string())
+            .chain(self.namespaces.iter().map(|n| n.name.clone()))
+            .chain(self.nodes.iter().flat_map(|n| n.pod_meta.values().map(|m| m.namespace.clone())))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// A namespace's labels as declared.
+    pub fn namespace_labels(&self, ns: &str) -> crate::model::netpol::Labels {
+        self.namespaces.iter().find(|n| n.name == ns).map(|n| n.labels.clone()).unwrap_or_default()
     }
 
     /// The switch a node is on.
@@ -330,7 +383,8 @@ pub const MAX_NODES: usize = 4096;
 pub const MAX_PODS: usize = 65536;
 
 fn read(root: &Table, profiles: &[&dyn ProfileSyntax], errs: &Errors) -> Option<Topology> {
-    errs.ok(root.allow(&["name", "seed", "network", "switch", "node", "router", "etcd"]));
+    errs.ok(root.allow(&["name", "seed", "network", "switch", "node", "router", "etcd", "namespace"]));
+    let namespaces = errs.ok(parse_namespaces(root));
     let name = errs.ok(root.required_string("name", "name = \"demo\""));
     let name = name.filter(|n| errs.ok(check_name(root, n, "lab name", 12)).is_some());
     let seed = errs
@@ -373,6 +427,8 @@ fn read(root: &Table, profiles: &[&dyn ProfileSyntax], errs: &Errors) -> Option<
         nodes: nodes.into_iter().map(|n| n.node).collect(),
         routers: routers.into_iter().map(|r| r.router).collect(),
         etcd,
+        namespaces: namespaces?,
+        policies: Vec::new(),
     })
 }
 
@@ -913,7 +969,8 @@ fn parse_node(t: &Table, refs: &SwitchRefs, errs: &Errors) -> Option<Vec<NodeIn>
                 name: expanded.v,
                 switch: switch.clone(),
                 ip: Ipv4Addr::UNSPECIFIED,
-                pods: pods.clone(),
+                pods: pods.0.clone(),
+                pod_meta: pods.1.clone(),
                 max_pods: max_pods.as_ref().map(|m| m.v as u32),
                 extra_ifaces: extra
                     .iter()
@@ -1027,25 +1084,36 @@ fn parse_node_ip(t: &Table, node: &str, count: Option<&Sp<i64>>) -> R<Option<Sp<
     Ok(Some(Sp::new(addr, s.span)))
 }
 
-fn parse_pods(t: &Table) -> R<Vec<String>> {
+/// `pods`: a number, or a list of names and tables (`{ name, namespace,
+/// labels, ports }`); the identity of those written as tables.
+fn parse_pods(t: &Table) -> R<(Vec<String>, BTreeMap<String, PodMeta>)> {
     let Some(v) = t.raw("pods") else {
-        return Ok(Vec::new());
+        return Ok(Default::default());
     };
     if v.get_ref().is_integer() {
         let n = t.int("pods", 0, 4096, "pods = 2")?.map_or(0, |n| n.v);
-        return Ok((1..=n).map(|i| format!("pod-{i}")).collect());
+        return Ok(((1..=n).map(|i| format!("pod-{i}")).collect(), BTreeMap::new()));
     }
+    let example = "pods = [\"web\", { name = \"api\", namespace = \"prod\", labels = { app = \"api\" } }]";
     if !v.get_ref().is_array() {
         return Err(t.err(
             v.span(),
-            "`pods` must be a number of pods or a list of pod names",
-            "write pods = 2 (pods pod-1 and pod-2) or pods = [\"web\", \"db\"]",
+            "`pods` must be a number of pods or a list of pods",
+            format!("write pods = 2 (pods pod-1 and pod-2) or {example}"),
         ));
     }
-    let names = t.strings("pods", "pods = [\"web\", \"db\"]")?.expect("present");
+    let items = t.items("pods", "a pod", example)?.expect("present");
     let errs = Errors::default();
     let mut out: Vec<String> = Vec::new();
-    for n in names.v {
+    let mut meta = BTreeMap::new();
+    for item in items {
+        let (n, m) = match item {
+            Item::Str(n) => (n, None),
+            Item::Table(p) => match errs.ok(parse_pod_table(&p)) {
+                Some((n, m)) => (n, Some(m)),
+                None => continue,
+            },
+        };
         if errs.ok(check_name(t, &n, "pod name", 15)).is_none() {
             continue;
         }
@@ -1057,9 +1125,12 @@ fn parse_pods(t: &Table) -> R<Vec<String>> {
             ));
             continue;
         }
+        if let Some(m) = m.filter(|m| *m != PodMeta::default()) {
+            meta.insert(n.v.clone(), m);
+        }
         out.push(n.v);
     }
-    errs.finish(Some(out))
+    errs.finish(Some((out, meta)))
 }
 
 fn parse_network(
@@ -1084,7 +1155,8 @@ fn parse_network(
     };
     let before = errs.count();
     let names: Vec<&str> = profiles.iter().map(|p| p.name()).collect();
-    let keys = [&["cni", "pod_cidr", "mtu", "datastore"][..], &names].concat();
+    let keys = [&["cni", "pod_cidr", "mtu", "datastore", "policies"][..], &names].concat();
+    let policies = errs.ok(parse_policy_patterns(&net));
     errs.ok(net.allow(&keys));
     let cni = errs
         .ok(net.string("cni", &format!("cni = \"{}\"", default.name())))?
@@ -1141,6 +1213,7 @@ fn parse_network(
             options,
         },
         datastore: datastore?,
+        policies: policies?.into_iter().map(|p| p.v).collect(),
     })
 }
 
@@ -1222,6 +1295,7 @@ fn default_network(
             options,
         },
         datastore: Datastore::File,
+        policies: Vec::new(),
     })
 }
 

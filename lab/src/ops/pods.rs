@@ -65,6 +65,7 @@ pub async fn add(state: &mut LabState, pod: &str) -> Result<String> {
             ns: crate::model::paths::pod_ns(&plan.lab, node, name),
             container_id: container_id(plan.topology.seed, node, name),
             ifname: "eth0".into(),
+            meta: Default::default(),
         });
     let node_ns = Netns::open(&n.ns)?;
     let runtime = runtime_for(&paths, node, &node_ns);
@@ -102,7 +103,7 @@ pub async fn add(state: &mut LabState, pod: &str) -> Result<String> {
     })
     .await??;
     pnl.change(nl::set_up(1)).await.context("lo up")?;
-    let att = Attachment::pod(&p.container_id, netns::path_of(&p.ns), &p.ifname, &p.name);
+    let att = Attachment::pod(&p.container_id, netns::path_of(&p.ns), &p.ifname, &p.meta.namespace, &p.name);
     match runtime.add(&conflist, &att).await {
         Ok(result) => {
             let (ip, gateway) = cni::require_ip(&result, pod)?;
@@ -150,7 +151,7 @@ pub async fn remove(state: &mut LabState, pod: &str) -> Result<()> {
     let node_ns = Netns::open(&plan.node(node).expect("checked").ns)?;
     let runtime = runtime_for(&paths, node, &node_ns);
     let conflist = plan.profile.conflist(node).context("node without CNI configuration")?;
-    let att = Attachment::pod(&p.container_id, netns::path_of(&p.ns), &p.ifname, &p.name);
+    let att = Attachment::pod(&p.container_id, netns::path_of(&p.ns), &p.ifname, &p.meta.namespace, &p.name);
     runtime
         .del(conflist, &att)
         .await

@@ -25,6 +25,7 @@
 //! programs, loader); then its `pub mod` and one entry in [`PROFILES`].
 
 pub mod calico;
+pub mod canal;
 pub mod flannel;
 
 use std::net::Ipv4Addr;
@@ -148,7 +149,7 @@ pub fn load_as<T: Profile + serde::de::DeserializeOwned + 'static>(
 }
 
 /// The registry of profiles, the default (`cni` left out) first.
-pub const PROFILES: &[Registered] = &[flannel::REGISTERED, calico::REGISTERED];
+pub const PROFILES: &[Registered] = &[flannel::REGISTERED, calico::REGISTERED, canal::REGISTERED];
 
 /// A profile in the registry: how the topology's parser reads its options,
 /// how it plans a lab, and the programs it runs as.
@@ -194,12 +195,14 @@ pub fn load_topology(path: &std::path::Path) -> Result<Topology, Error> {
 /// the profile named `profile`. `Ok(false)` when the topology has another
 /// profile (the caller says whether that is a mistake).
 pub fn set_implementation(profile: &str, t: &mut Topology, value: &str) -> Result<bool, Error> {
-    if t.network.profile.name() != profile {
+    // canal runs flannel's overlay, so --flannel chooses its flannel too.
+    let name = t.network.profile.name();
+    if name != profile && !(profile == "flannel" && name == "canal") {
         return Ok(false);
     }
     let syntax = PROFILES
         .iter()
-        .find(|p| p.syntax.name() == profile)
+        .find(|p| p.syntax.name() == name)
         .map(|p| p.syntax)
         .ok_or_else(|| Error::usage(format!("no profile \"{profile}\""), "see docs/topology.md"))?;
     syntax.set_implementation(t, value)?;
@@ -246,7 +249,14 @@ pub fn programs() -> Vec<Program> {
 /// Sysctls a profile's CNI plugin sets on a host-side link named `ifname`
 /// (keys as under /proc/sys), whichever profile made it.
 pub fn host_link_sysctls(ifname: &str) -> Vec<String> {
-    PROFILES.iter().flat_map(|p| (p.host_link_sysctls)(ifname)).collect()
+    // Profiles that share a plugin (calico and canal) name its sysctls once.
+    let mut keys: Vec<String> = Vec::new();
+    for k in PROFILES.iter().flat_map(|p| (p.host_link_sysctls)(ifname)) {
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    keys
 }
 
 /// What a pod add needs a profile to know about the lab.
@@ -405,6 +415,12 @@ pub trait Profile: Saved + Send + Sync {
         _mac: Option<&'a str>,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async { Ok(()) })
+    }
+
+    /// Whether its nodes enforce Kubernetes NetworkPolicy (felix, in
+    /// Calico and Canal); flannel enforces none.
+    fn enforces_policy(&self) -> bool {
+        false
     }
 
     /// Before a pod is added: the profile may change its plan (Calico

@@ -308,8 +308,8 @@ impl Profile for CalicoPlan {
 
     fn programs_needed(&self) -> Vec<String> {
         match self.mode {
-            CalicoMode::Bgp => vec!["bird".to_string()],
-            _ => Vec::new(),
+            CalicoMode::Bgp => vec!["bird".to_string(), "ipset".to_string()],
+            _ => vec!["ipset".to_string()],
         }
     }
 
@@ -329,6 +329,10 @@ impl Profile for CalicoPlan {
 
     fn converge<'a>(&'a self, b: &'a Built<'_>) -> BoxFuture<'a, Result<()>> {
         Box::pin(build::converge(b, self))
+    }
+
+    fn enforces_policy(&self) -> bool {
+        true
     }
 
     fn before_pod_add<'a>(&'a self, pod: PodAdd<'a>, save: SavePlan<'a>) -> BoxFuture<'a, Result<()>> {

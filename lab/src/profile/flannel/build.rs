@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 
 use super::options::{FlannelBackend, Implementation};
-use super::{CONFLIST_NAME, FlannelPlan};
+use super::FlannelPlan;
 use crate::kernel::netns::Netns;
 use crate::kernel::runtime::{link_binaries, main_routes, start_agents};
 use crate::model::plan::write_file;
@@ -44,7 +44,7 @@ pub async fn start(b: &Built<'_>, f: &FlannelPlan) -> Result<Vec<(String, u32)>>
     }
     for fnode in &f.nodes {
         write_file(
-            &paths.cni_conf_dir(&fnode.node).join(CONFLIST_NAME),
+            &paths.cni_conf_dir(&fnode.node).join(&f.conflist_name),
             &serde_json::to_string_pretty(&fnode.conflist)?,
         )?;
     }

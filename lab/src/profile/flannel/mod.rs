@@ -79,6 +79,13 @@ pub struct FlannelPlan {
     pub net_config: Value,
     /// Per node, in node order.
     pub nodes: Vec<FlannelNode>,
+    /// The conflist's file name in a node's CNI configuration folder.
+    #[serde(default = "default_conflist_name")]
+    pub conflist_name: String,
+}
+
+fn default_conflist_name() -> String {
+    CONFLIST_NAME.to_string()
 }
 
 /// flannel's decisions for one node.
@@ -461,6 +468,7 @@ pub fn plan(topology: &Topology, opts: &FlannelOptions, nodes: &[NodePlan], path
         device,
         net_config,
         nodes: per_node,
+        conflist_name: CONFLIST_NAME.to_string(),
     }
 }
 

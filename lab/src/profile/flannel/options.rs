@@ -98,7 +98,8 @@ pub fn with_implementation(
 ) -> Result<(), crate::model::error::Error> {
     use crate::model::error::Error;
     use crate::model::topology::Etcd;
-    if t.network.profile.name() != "flannel" {
+    // canal runs flannel's overlay too.
+    if !matches!(t.network.profile.name(), "flannel" | "canal") {
         return Err(Error::usage(
             format!(
                 "--flannel chooses flannel's implementation, but this topology has cni = \"{}\"",
@@ -234,7 +235,7 @@ pub fn pods_per_subnet(len: u8) -> u64 {
 }
 
 /// `[network.flannel]`, with its defaults, checked against the pool and the nodes.
-fn flannel_options(t: Option<&Table>, scope: &Scope, errs: &Errors) -> Option<FlannelOptions> {
+pub fn flannel_options(t: Option<&Table>, scope: &Scope, errs: &Errors) -> Option<FlannelOptions> {
     let (pod_cidr, parts, at) = (scope.pod_cidr, scope.parts, scope.at);
     let before = errs.count();
     let cidr = pod_cidr.v;
