@@ -4,5 +4,6 @@ pub mod build;
 pub mod doctor;
 pub mod fault;
 pub mod pods;
+pub mod policy;
 pub mod state;
 pub mod teardown;

@@ -55,6 +55,9 @@ pub struct LabState {
     /// How many faults were ever added (their IDs count up).
     #[serde(default)]
     pub fault_seq: u32,
+    /// The NetworkPolicies in force, sorted by namespace/name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<crate::model::identity::AppliedPolicy>,
 }
 
 impl LabState {
@@ -69,6 +72,7 @@ impl LabState {
             agents: BTreeMap::new(),
             faults: Vec::new(),
             fault_seq: 0,
+            policies: Vec::new(),
         }
     }
 

@@ -168,6 +168,52 @@ pub struct Registered {
     pub host_link_sysctls: fn(&str) -> Vec<String>,
 }
 
+/// What a node's policy engine programs: `iptables-restore --noflush`
+/// input for its chains, `ipset restore` input for its sets, the names of
+/// both (anything else of the engine's, by `prefix`, is stale), and the
+/// rule that sends FORWARD through it.
+#[derive(Debug, Clone)]
+pub struct PolicyState {
+    /// iptables-restore input.
+    pub iptables: String,
+    /// ipset restore input.
+    pub ipsets: String,
+    /// Every chain it declares.
+    pub chains: Vec<String>,
+    /// Every set it creates.
+    pub sets: Vec<String>,
+    /// The rule (as after `-A FORWARD`) at the top of FORWARD.
+    pub forward_jump: &'static str,
+    /// What its chains' and sets' names start with.
+    pub prefix: &'static str,
+}
+
+/// The policy state of `node` under `policies`, where the lab's profile
+/// enforces policy (felix in Calico and Canal); `None` otherwise.
+pub fn policy_state(
+    profile: &ProfilePlan,
+    world: &crate::model::netpol::World,
+    policies: &[crate::model::netpol::NetworkPolicy],
+    node: &str,
+) -> Option<PolicyState> {
+    if !profile.enforces_policy() {
+        return None;
+    }
+    let mut w = world.clone();
+    for p in &mut w.pods {
+        p.host_iface = calico::plugin::host_veth_name(&p.namespace, &p.name);
+    }
+    let s = calico::policy::felix_state(&w, policies, node);
+    Some(PolicyState {
+        chains: calico::policy::chains(&s),
+        sets: calico::policy::ipset_names(&s),
+        iptables: s.iptables,
+        ipsets: s.ipsets,
+        forward_jump: calico::policy::FORWARD_JUMP,
+        prefix: "cali",
+    })
+}
+
 /// How the topology's parser reads each profile's options.
 fn syntaxes() -> Vec<&'static dyn ProfileSyntax> {
     PROFILES.iter().map(|p| p.syntax).collect()
