@@ -173,6 +173,12 @@ pub enum Cmd {
         #[arg(long, value_name = "IMPL", value_parser = ["builtin", "upstream"])]
         flannel: Option<String>,
     },
+    /// Apply, list and remove Kubernetes NetworkPolicies in a running lab.
+    Policy {
+        /// apply, ls or rm.
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
     /// Inject, list and remove faults.
     Fault {
         /// add, ls or rm.
@@ -282,10 +288,57 @@ pub enum ProbeCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Every pod pair for real (TCP connect, UDP echo) next to what the
+    /// NetworkPolicies' Kubernetes semantics say; exit 1 where they disagree.
+    Policy {
+        /// Destination port (repeatable; default: the pods' declared ports, else 80).
+        #[arg(long)]
+        port: Vec<u16>,
+        /// tcp or udp (repeatable; default both).
+        #[arg(long, value_parser = ["tcp", "udp"])]
+        proto: Vec<String>,
+        /// Seconds each probe waits for an answer.
+        #[arg(long, default_value_t = 1.5)]
+        timeout: f64,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// BGP sessions and their states; exit 0 when all are Established.
     Bgp {
         /// Only this node or router.
         target: Option<String>,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `cnilab policy ...`.
+#[derive(Subcommand, Debug)]
+pub enum PolicyCmd {
+    /// Apply the NetworkPolicies of manifest files (YAML, one or many documents).
+    Apply {
+        /// Manifest files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the policies in force, with the pods each selects.
+    Ls {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove policies by name (`NAMESPACE/NAME`, or a NAME one namespace has).
+    Rm {
+        /// Policies to remove.
+        names: Vec<String>,
+        /// Remove every policy.
+        #[arg(long)]
+        all: bool,
         /// As JSON.
         #[arg(long)]
         json: bool,
@@ -510,6 +563,7 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Probe { cmd } => probe(cli.lab, cmd),
         Cmd::Pod { cmd } => pod(cli.lab, cmd),
         Cmd::Fault { cmd } => fault(cli.lab, cmd),
+        Cmd::Policy { cmd } => policy(cli.lab, cmd),
         Cmd::Snapshot { targets, json, dynamic } => snapshot(cli.lab, targets, json, dynamic),
     }
 }
@@ -738,6 +792,14 @@ fn up(topology: PathBuf, name: Option<String>, json: bool, flannel: Option<Strin
         return Err(e);
     }
     drop(lock);
+    if !state.policies.is_empty() {
+        if let Some(n) = crate::front::command::enforcement_note(state.plan.profile.name(), state.plan.profile.enforces_policy()) {
+            eprintln!("{n}");
+        }
+        for id in crate::front::command::selects_nothing(&state) {
+            eprintln!("warning: policy {id} selects no pod: no pod of its namespace has the labels its podSelector asks for");
+        }
+    }
     let st = status::status(&state);
     if json {
         outln!("{}", serde_json::to_string_pretty(&st).map_err(anyhow::Error::from)?);
@@ -938,10 +1000,85 @@ fn probe(lab: Option<String>, cmd: ProbeCmd) -> Result<i32> {
             json,
         ),
         ProbeCmd::Bgp { target, json } => (Probe::Bgp { on: target }, json),
+        ProbeCmd::Policy {
+            port,
+            proto,
+            timeout,
+            json,
+        } => {
+            if !(0.05..=60.0).contains(&timeout) {
+                return Err(Error::usage(format!("--timeout {timeout} is out of range"), "give 0.05 to 60 seconds").into());
+            }
+            (
+                Probe::Policy {
+                    ports: port,
+                    protos: proto
+                        .iter()
+                        .filter_map(|p| crate::model::netpol::Proto::from_k8s(&p.to_uppercase()))
+                        .collect(),
+                    timeout: std::time::Duration::from_secs_f64(timeout),
+                },
+                json,
+            )
+        }
     };
     let r = crate::front::command::probe(&st, &p, &Progress::new(true))?;
     print(&r, json)?;
     Ok(if r.ok() { 0 } else { crate::model::error::EXIT_FAILED })
+}
+
+/// `cnilab policy ...`, under the lab's lock.
+fn policy(lab: Option<String>, cmd: PolicyCmd) -> Result<i32> {
+    use crate::front::command::{PolicySel, policy_apply, policy_rm};
+    require_root()?;
+    let lab = state::choose_lab(lab.as_deref())?;
+    let (_lock, mut st) = state::lock_and_require_up(&lab, WRITER_PATIENCE)?;
+    let rt = runtime();
+    let cni = st.plan.profile.name();
+    let (change, json) = match cmd {
+        PolicyCmd::Apply { files, json } => (rt.block_on(policy_apply(&mut st, &files))?, json),
+        PolicyCmd::Rm { names, all, json } => {
+            let which = match (names.is_empty(), all) {
+                (false, false) => PolicySel::Names(names),
+                (true, true) => PolicySel::All,
+                (false, true) => return Err(Error::usage("name policies or give --all, not both", "see `cnilab policy ls`").into()),
+                (true, false) => return Err(Error::usage("policy rm needs policy names or --all", "see `cnilab policy ls`").into()),
+            };
+            (rt.block_on(policy_rm(&mut st, &which))?, json)
+        }
+        PolicyCmd::Ls { json } => {
+            let ls = crate::observe::status::policy_list(&st);
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&ls).map_err(anyhow::Error::from)?);
+            } else if ls.is_empty() {
+                outln!("no policies in lab {lab}");
+                if let Some(n) = crate::front::command::enforcement_note(cni, st.plan.profile.enforces_policy()) {
+                    eprintln!("{n}");
+                }
+            } else {
+                out!("{}", crate::observe::status::policy_table(&ls));
+                if let Some(n) = crate::front::command::enforcement_note(cni, st.plan.profile.enforces_policy()) {
+                    eprintln!("{n}");
+                }
+            }
+            return Ok(0);
+        }
+    };
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&change).map_err(anyhow::Error::from)?);
+    } else {
+        for l in change.lines(cni) {
+            if l.starts_with("note:") {
+                eprintln!("{l}");
+            } else {
+                outln!("{l}");
+            }
+        }
+    }
+    for id in &change.selects_nothing {
+        eprintln!("warning: policy {id} selects no pod: no pod of its namespace has the labels its podSelector asks for (see `cnilab policy ls`)");
+    }
+    Ok(0)
 }
 
 /// `cnilab fault ...`, under the lab's lock.

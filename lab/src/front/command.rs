@@ -40,6 +40,15 @@ pub enum Probe {
     Bgp { on: Option<String> },
     /// `ip route get`.
     Route { from: String, to: String },
+    /// Every pod pair on ports and protocols, next to the policies' verdict.
+    Policy {
+        /// Ports (none: the pods' declared ports, else 80).
+        ports: Vec<u16>,
+        /// Protocols (none: TCP and UDP).
+        protos: Vec<crate::model::netpol::Proto>,
+        /// Each probe's deadline.
+        timeout: Duration,
+    },
 }
 
 impl Probe {
@@ -59,6 +68,19 @@ impl Probe {
                 on.as_ref().map(|o| format!(" on {o}")).unwrap_or_default()
             ),
             Probe::Route { from, to } => format!("probe route {from} -> {to}"),
+            Probe::Policy { ports, protos, .. } => format!(
+                "probe policy{}{}",
+                if ports.is_empty() {
+                    String::new()
+                } else {
+                    format!(" port {}", ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(","))
+                },
+                if protos.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {}", protos.iter().map(|p| p.lower()).collect::<Vec<_>>().join(","))
+                }
+            ),
         }
     }
 }
@@ -79,6 +101,8 @@ pub enum ProbeResult {
     Bgp(probe::Bgp),
     /// Of `route`.
     Route(probe::RouteGet),
+    /// Of `policy`.
+    Policy(probe::policy::PolicyProbe),
 }
 
 impl ProbeResult {
@@ -91,6 +115,7 @@ impl ProbeResult {
             ProbeResult::Tcp(p) => !p.stalled,
             ProbeResult::Bgp(p) => p.down == 0,
             ProbeResult::Route(p) => p.dev.is_some(),
+            ProbeResult::Policy(p) => p.ok(),
         }
     }
 
@@ -114,6 +139,7 @@ impl std::fmt::Display for ProbeResult {
             ProbeResult::Tcp(p) => p.fmt(f),
             ProbeResult::Bgp(p) => p.fmt(f),
             ProbeResult::Route(p) => p.fmt(f),
+            ProbeResult::Policy(p) => p.fmt(f),
         }
     }
 }
@@ -132,7 +158,33 @@ pub fn probe(st: &LabState, p: &Probe, progress: &Progress) -> Result<ProbeResul
         } => ProbeResult::Tcp(probe::tcp(st, from, to, *bytes, *timeout)?),
         Probe::Bgp { on } => ProbeResult::Bgp(probe::bgp(st, on.as_deref())?),
         Probe::Route { from, to } => ProbeResult::Route(probe::route(st, from, to)?),
+        Probe::Policy { ports, protos, timeout } => {
+            let ports = if ports.is_empty() { default_policy_ports(st) } else { ports.clone() };
+            let protos = if protos.is_empty() {
+                vec![crate::model::netpol::Proto::Tcp, crate::model::netpol::Proto::Udp]
+            } else {
+                protos.clone()
+            };
+            ProbeResult::Policy(probe::policy::probe(st, &ports, &protos, *timeout)?)
+        }
     })
+}
+
+/// The ports `probe policy` tries without `--port`: every port a pod
+/// declares, else 80.
+pub fn default_policy_ports(st: &LabState) -> Vec<u16> {
+    let mut v: Vec<u16> = st
+        .plan
+        .nodes
+        .iter()
+        .flat_map(|n| n.pods.iter().flat_map(|p| p.meta.ports.iter().map(|x| x.port)))
+        .collect();
+    v.sort();
+    v.dedup();
+    if v.is_empty() {
+        v.push(80);
+    }
+    v
 }
 
 /// Injects a fault.
@@ -191,14 +243,147 @@ pub async fn fault_rm(
     }
 }
 
-/// Adds a pod through its node's CNI chain; returns its address.
+/// Adds a pod through its node's CNI chain; returns its address. The
+/// policy engine then programs its endpoint, as felix does.
 pub async fn pod_add(st: &mut LabState, pod: &str) -> Result<String> {
-    crate::ops::pods::add(st, pod).await
+    let ip = crate::ops::pods::add(st, pod).await?;
+    crate::ops::policy::program(st).await?;
+    Ok(ip)
 }
 
 /// Runs CNI DEL for a pod and removes it.
 pub async fn pod_rm(st: &mut LabState, pod: &str) -> Result<()> {
-    crate::ops::pods::remove(st, pod).await
+    crate::ops::pods::remove(st, pod).await?;
+    crate::ops::policy::program(st).await?;
+    Ok(())
+}
+
+/// What `policy apply` or `policy rm` changed.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PolicyChange {
+    /// Policies added (`namespace/name`).
+    pub added: Vec<String>,
+    /// Policies replaced by a new version.
+    pub replaced: Vec<String>,
+    /// Policies removed.
+    pub removed: Vec<String>,
+    /// Policies in force that select no pod.
+    pub selects_nothing: Vec<String>,
+    /// Whether the lab's CNI enforces policy.
+    pub enforced: bool,
+    /// What programming the nodes did, where it does.
+    pub programmed: Option<crate::ops::policy::Programmed>,
+}
+
+impl PolicyChange {
+    /// Lines for the terminal.
+    pub fn lines(&self, cni: &str) -> Vec<String> {
+        let mut v = Vec::new();
+        for (what, ids) in [("applied", &self.added), ("replaced", &self.replaced), ("removed", &self.removed)] {
+            v.extend(ids.iter().map(|id| format!("policy {id} {what}")));
+        }
+        if let Some(p) = &self.programmed {
+            v.push(format!(
+                "felix programmed {} nodes: {} chains, {} ipsets, in {:.2} s",
+                p.nodes, p.chains, p.ipsets, p.seconds
+            ));
+        }
+        if let Some(n) = enforcement_note(cni, self.enforced) {
+            v.push(n);
+        }
+        v
+    }
+}
+
+/// The one line that says a lab's CNI enforces no NetworkPolicy.
+pub fn enforcement_note(cni: &str, enforced: bool) -> Option<String> {
+    (!enforced).then(|| {
+        format!(
+            "note: {cni} enforces no NetworkPolicy: the policies are recorded and `probe policy` shows what they should do, but the kernel lets everything through (cni = \"canal\" adds Calico's felix to flannel)"
+        )
+    })
+}
+
+/// The policies in force that select no pod, with why.
+pub fn selects_nothing(st: &LabState) -> Vec<String> {
+    let world = crate::ops::policy::world(st);
+    st.policies
+        .iter()
+        .filter(|p| crate::model::netpol::eval::selects(&world, &p.policy).is_empty())
+        .map(|p| p.id())
+        .collect()
+}
+
+/// Applies the NetworkPolicies of manifest files to a running lab.
+pub async fn policy_apply(st: &mut LabState, files: &[std::path::PathBuf]) -> Result<PolicyChange> {
+    let namespaces = st.plan.topology.namespace_names();
+    let mut new = Vec::new();
+    let mut errors: Option<crate::model::error::InputError> = None;
+    for f in files {
+        let shown = f.display().to_string();
+        match crate::model::identity::read_manifest_file(&shown, f, &namespaces) {
+            Ok(v) => new.extend(v),
+            // Every mistake of every file, reported at once.
+            Err(e) => match &mut errors {
+                None => errors = Some(e),
+                Some(first) => {
+                    let more = first.more.get_or_insert_with(Default::default);
+                    more.extend(e.all().cloned().map(|mut x| {
+                        x.more = None;
+                        x
+                    }));
+                }
+            },
+        }
+    }
+    if let Some(e) = errors {
+        return Err(Error::from(e).into());
+    }
+    let (added, replaced) = crate::ops::policy::add(st, new);
+    st.save()?;
+    finish_policy_change(st, PolicyChange { added, replaced, ..Default::default() }).await
+}
+
+/// Which policies `policy rm` removes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PolicySel {
+    /// These, by `namespace/name` or a name only one namespace has.
+    Names(Vec<String>),
+    /// Every one.
+    All,
+}
+
+/// Removes policies from a running lab.
+pub async fn policy_rm(st: &mut LabState, which: &PolicySel) -> Result<PolicyChange> {
+    let ids: Vec<String> = match which {
+        PolicySel::All => st.policies.iter().map(|p| p.id()).collect(),
+        PolicySel::Names(names) => names
+            .iter()
+            .map(|n| {
+                crate::ops::policy::resolve(st, n).map_err(|m| {
+                    let have: Vec<String> = st.policies.iter().map(|p| p.id()).collect();
+                    Error::usage(
+                        m,
+                        if have.is_empty() {
+                            "the lab has no policies; see `cnilab policy ls`".to_string()
+                        } else {
+                            format!("name one of: {}", have.join(", "))
+                        },
+                    )
+                })
+            })
+            .collect::<Result<_, Error>>()?,
+    };
+    st.policies.retain(|p| !ids.contains(&p.id()));
+    st.save()?;
+    finish_policy_change(st, PolicyChange { removed: ids, ..Default::default() }).await
+}
+
+async fn finish_policy_change(st: &LabState, mut c: PolicyChange) -> Result<PolicyChange> {
+    c.enforced = st.plan.profile.enforces_policy();
+    c.programmed = crate::ops::policy::program(st).await?;
+    c.selects_nothing = selects_nothing(st);
+    Ok(c)
 }
 
 /// The snapshot of a lab, of every namespace or of `targets`' only.

@@ -76,6 +76,10 @@ pub enum Action {
     PodAdd(String),
     /// Remove a pod.
     PodRm(String),
+    /// Apply NetworkPolicy manifests (paths relative to the scenario).
+    PolicyApply(Vec<std::path::PathBuf>),
+    /// Remove a policy by name, or `all`.
+    PolicyRm(String),
 }
 
 /// An expectation.
@@ -114,6 +118,15 @@ impl Action {
             Action::Exec { target, command } => format!("exec {target} -- {}", command.join(" ")),
             Action::PodAdd(p) => format!("pod add {p}"),
             Action::PodRm(p) => format!("pod rm {p}"),
+            Action::PolicyApply(files) => format!(
+                "policy apply {}",
+                files
+                    .iter()
+                    .map(|f| f.file_name().map_or_else(|| f.display().to_string(), |n| n.to_string_lossy().into_owned()))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+            Action::PolicyRm(n) => format!("policy rm {n}"),
         }
     }
 }
@@ -185,6 +198,7 @@ fn expect_keys(action: &Action) -> &'static [&'static str] {
         Action::Probe(Probe::Route { .. }) => &["dev", "via", "kind"],
         Action::Exec { .. } => &["ok", "status", "contains", "not_contains"],
         Action::PodAdd(_) | Action::PodRm(_) => &["ok", "error_contains"],
+        Action::Probe(Probe::Policy { .. }) => &["ok", "disagreements"],
         _ => &[],
     }
 }
@@ -192,7 +206,10 @@ fn expect_keys(action: &Action) -> &'static [&'static str] {
 fn parse_expect(t: &Table, action: &Action) -> R<Option<Expect>> {
     let Some(v) = t.raw("expect") else { return Ok(None) };
     let span = v.span();
-    if matches!(action, Action::Fault(_) | Action::FaultRm(_) | Action::Snapshot { .. }) {
+    if matches!(
+        action,
+        Action::Fault(_) | Action::FaultRm(_) | Action::Snapshot { .. } | Action::PolicyApply(_) | Action::PolicyRm(_)
+    ) {
         return Err(t.err(
             span,
             format!("a {} step takes no `expect`", action.describe()),
@@ -246,9 +263,9 @@ fn req(t: &Table, key: &str, example: &str) -> R<String> {
     })
 }
 
-fn parse_step(t: &Table, index: usize, src: &Source) -> R<Step> {
+fn parse_step(t: &Table, index: usize, src: &Source, base: &Path) -> R<Step> {
     let line = src.error(t.span(), "", "").line;
-    let kinds = ["probe", "fault", "fault_rm", "snapshot", "exec", "pod"];
+    let kinds = ["probe", "fault", "fault_rm", "snapshot", "exec", "pod", "policy_apply", "policy_rm"];
     let present: Vec<&str> = kinds.iter().copied().filter(|k| t.has(k)).collect();
     if present.len() != 1 {
         return Err(t.err(
@@ -258,10 +275,10 @@ fn parse_step(t: &Table, index: usize, src: &Source) -> R<Step> {
             } else {
                 format!("this step has both `{}` and `{}`", present[0], present[1])
             },
-            "give each [[step]] exactly one of: probe, fault, fault_rm, snapshot, exec, pod",
+            "give each [[step]] exactly one of: probe, fault, fault_rm, snapshot, exec, pod, policy_apply, policy_rm",
         ));
     }
-    let probes = ["ping", "pingall", "pmtu", "tcp", "bgp", "route"];
+    let probes = ["ping", "pingall", "pmtu", "tcp", "bgp", "route", "policy"];
     let action = match present[0] {
         "probe" => Action::Probe(parse_probe(t, &probes)?),
         "fault" => Action::Fault(parse_fault(t)?),
@@ -269,6 +286,8 @@ fn parse_step(t: &Table, index: usize, src: &Source) -> R<Step> {
         "snapshot" => parse_snapshot(t)?,
         "exec" => parse_exec(t)?,
         "pod" => parse_pod(t)?,
+        "policy_apply" => parse_policy_apply(t, base)?,
+        "policy_rm" => Action::PolicyRm(t.required_string("policy_rm", "policy_rm = \"x/deny-all\"")?.v),
         _ => unreachable!("one kind present"),
     };
     // Every step takes these; each kind its own keys besides.
@@ -286,6 +305,9 @@ fn parse_step(t: &Table, index: usize, src: &Source) -> R<Step> {
         Action::Snapshot { .. } => &["snapshot"],
         Action::Exec { .. } => &["exec", "command"],
         Action::PodAdd(_) | Action::PodRm(_) => &["pod", "on"],
+        Action::Probe(Probe::Policy { .. }) => &["probe", "port", "proto"],
+        Action::PolicyApply(_) => &["policy_apply"],
+        Action::PolicyRm(_) => &["policy_rm"],
     });
     t.allow(&keys)?;
     let expect = parse_expect(t, &action)?;
@@ -336,6 +358,18 @@ fn parse_probe(t: &Table, probes: &[&str]) -> R<Probe> {
         "route" => Probe::Route {
             from: from()?,
             to: to()?,
+        },
+        "policy" => Probe::Policy {
+            ports: t.int("port", 1, 65535, "port = 80")?.map(|p| p.v as u16).into_iter().collect(),
+            protos: match t.string("proto", "proto = \"tcp\"")? {
+                None => Vec::new(),
+                Some(s) => match s.v.as_str() {
+                    "tcp" => vec![crate::model::netpol::Proto::Tcp],
+                    "udp" => vec![crate::model::netpol::Proto::Udp],
+                    other => return Err(t.err(s.span, format!("proto \"{other}\" cannot be probed"), "write proto = \"tcp\" or \"udp\", or leave it out for both")),
+                },
+            },
+            timeout: Duration::from_millis(1500),
         },
         other => {
             let fix = match crate::model::spanned::closest(other, probes) {
@@ -405,6 +439,32 @@ fn parse_exec(t: &Table) -> R<Action> {
         target,
         command: command.v.into_iter().map(|s| s.v).collect(),
     })
+}
+
+/// `policy_apply = "netpol/deny.yaml"` or a list of files, relative to the
+/// scenario; each must exist.
+fn parse_policy_apply(t: &Table, base: &Path) -> R<Action> {
+    let example = "policy_apply = \"netpol/deny-all.yaml\"";
+    let files: Vec<Sp<String>> = match t.raw("policy_apply").map(|v| v.get_ref().is_array()) {
+        Some(true) => t.strings("policy_apply", example)?.map(|l| l.v).unwrap_or_default(),
+        _ => vec![t.required_string("policy_apply", example)?],
+    };
+    let mut out = Vec::new();
+    for f in files {
+        let path = base.join(&f.v);
+        if !path.is_file() {
+            return Err(t.err(
+                f.span,
+                format!("manifest {} does not exist", path.display()),
+                "name a NetworkPolicy YAML file relative to the scenario file",
+            ));
+        }
+        out.push(path);
+    }
+    if out.is_empty() {
+        return Err(t.err(t.span(), "`policy_apply` names no file", example));
+    }
+    Ok(Action::PolicyApply(out))
 }
 
 fn parse_pod(t: &Table) -> R<Action> {
@@ -493,7 +553,7 @@ fn parse(src: &Source, path: &Path) -> R<Scenario> {
         .tables("step", "[[step]]")?
         .iter()
         .enumerate()
-        .map(|(i, t)| parse_step(t, i + 1, src))
+        .map(|(i, t)| parse_step(t, i + 1, src, &base))
         .collect::<R<Vec<_>>>()?;
     if steps.is_empty() {
         return Err(root.err(
@@ -627,6 +687,19 @@ async fn attempt(state: &mut LabState, action: &Action, progress: &Progress) -> 
             Ok(()) => (true, json!({ "ok": true }), format!("removed {p}")),
             Err(e) => failed_outcome(&e),
         }),
+        Action::PolicyApply(files) => {
+            let c = command::policy_apply(state, &files).await?;
+            Ok((true, serde_json::to_value(&c)?, c.lines(state.plan.profile.name()).join("; ")))
+        }
+        Action::PolicyRm(which) => {
+            let sel = if which == "all" {
+                command::PolicySel::All
+            } else {
+                command::PolicySel::Names(vec![which])
+            };
+            let c = command::policy_rm(state, &sel).await?;
+            Ok((true, serde_json::to_value(&c)?, c.lines(state.plan.profile.name()).join("; ")))
+        }
         Action::Snapshot { .. } => unreachable!("handled by the runner"),
     }
 }

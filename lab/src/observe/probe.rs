@@ -18,6 +18,7 @@ use crate::model::error::Error;
 use crate::ops::state::LabState;
 
 mod pingall;
+pub mod policy;
 
 /// A probe's source: a pod or node namespace.
 #[derive(Debug, Clone)]

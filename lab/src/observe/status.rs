@@ -43,6 +43,9 @@ pub struct Status {
     /// The lab's etcd, with `datastore = "etcd"`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub etcd: Option<EtcdStatus>,
+    /// The NetworkPolicies in force.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<PolicyStatus>,
 }
 
 /// The lab's etcd and the keys the profile keeps in it.
@@ -224,6 +227,67 @@ pub struct PodStatus {
     pub gateway: Option<String>,
     /// MTU the profile gives it.
     pub mtu: u32,
+    /// Its Kubernetes namespace.
+    pub k8s_namespace: String,
+    /// Its labels.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A policy in force, as `policy ls` and `status` show it.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct PolicyStatus {
+    /// `namespace/name`.
+    pub id: String,
+    /// The manifest it came from.
+    pub file: String,
+    /// `Ingress`, `Egress` or both.
+    pub types: Vec<String>,
+    /// The pods it selects (`node/pod`).
+    pub selects: Vec<String>,
+}
+
+/// The policies in force.
+pub fn policy_list(state: &LabState) -> Vec<PolicyStatus> {
+    let world = crate::ops::policy::world(state);
+    state
+        .policies
+        .iter()
+        .map(|p| {
+            let (ing, eg) = crate::model::netpol::eval::policy_types(&p.policy);
+            PolicyStatus {
+                id: p.id(),
+                file: p.file.clone(),
+                types: [(ing, "Ingress"), (eg, "Egress")]
+                    .iter()
+                    .filter(|(b, _)| *b)
+                    .map(|(_, t)| t.to_string())
+                    .collect(),
+                selects: crate::model::netpol::eval::selects(&world, &p.policy)
+                    .into_iter()
+                    .map(|i| format!("{}/{}", world.pods[i].node, world.pods[i].name))
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+/// The policies as a table.
+pub fn policy_table(ls: &[PolicyStatus]) -> String {
+    let mut t = table(&["POLICY", "TYPES", "SELECTS", "FILE"]);
+    for p in ls {
+        t.add_row(vec![
+            p.id.clone(),
+            p.types.join(", "),
+            if p.selects.is_empty() {
+                "NOTHING (no pod has its labels)".to_string()
+            } else {
+                p.selects.join(" ")
+            },
+            p.file.clone(),
+        ]);
+    }
+    text(&t) + "\n"
 }
 
 /// The settings in force, with every default, as `key = value`.
@@ -381,6 +445,7 @@ pub fn status(state: &LabState) -> Status {
         bgp_sessions: bgp_sessions(state),
         faults: faults(state),
         etcd: etcd_status(state, &present),
+        policies: policy_list(state),
     }
 }
 
@@ -400,6 +465,8 @@ fn pods(state: &LabState) -> Vec<PodStatus> {
                 },
                 mtu: plan.profile.pod_mtu(&n.name).unwrap_or(n.mtu),
                 name: key,
+                k8s_namespace: p.meta.namespace.clone(),
+                labels: p.meta.labels.clone(),
             }
         })
         .collect()
@@ -512,14 +579,25 @@ pub fn tables(s: &Status) -> String {
     }
     let mut out = text(&nodes);
     if !s.pods.is_empty() {
-        let mut pods = table(&["POD", "IP", "GATEWAY", "MTU"]);
+        // Namespaces and labels only where the topology gives pods some.
+        let identity = s.pods.iter().any(|p| p.k8s_namespace != "default" || !p.labels.is_empty());
+        let mut header = vec!["POD", "IP", "GATEWAY", "MTU"];
+        if identity {
+            header.extend(["NAMESPACE", "LABELS"]);
+        }
+        let mut pods = table(&header);
         for p in &s.pods {
-            pods.add_row(vec![
+            let mut row = vec![
                 p.name.clone(),
                 p.ip.clone().unwrap_or_else(|| "(none)".into()),
                 p.gateway.clone().unwrap_or_else(|| "-".into()),
                 p.mtu.to_string(),
-            ]);
+            ];
+            if identity {
+                row.push(p.k8s_namespace.clone());
+                row.push(p.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","));
+            }
+            pods.add_row(row);
         }
         out.push_str("\n\n");
         out.push_str(&text(&pods));
@@ -554,6 +632,10 @@ pub fn render(s: &Status, plan: &Plan) -> String {
     out.push_str(&tables(s));
     if let Some(e) = &s.etcd {
         out.push_str(&etcd_text(e));
+    }
+    if !s.policies.is_empty() {
+        out.push_str("\n\n");
+        out.push_str(policy_table(&s.policies).trim_end());
     }
     out.push_str("\n\nfaults: ");
     out.push_str(&if s.faults.is_empty() {

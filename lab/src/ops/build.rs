@@ -303,6 +303,14 @@ async fn build_all(state: &mut LabState, paths: &LabPaths, progress: &Progress) 
     state.save()?;
     progress.phase("converge", plan.nodes.len());
     profile.converge(&built).await?;
+    // The topology's policies, and each node's policy engine (felix
+    // programs every endpoint's chains, with policies or without).
+    state.policies = plan.topology.policies.clone();
+    state.policies.sort_by_key(|p| p.id());
+    if profile.enforces_policy() {
+        progress.phase("policy", plan.nodes.len());
+        crate::ops::policy::program(state).await?;
+    }
     progress.finish();
     Ok(())
 }
