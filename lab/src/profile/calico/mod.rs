@@ -9,6 +9,7 @@ pub mod felix;
 pub mod ipam;
 pub mod options;
 pub mod plugin;
+pub mod policy;
 
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
