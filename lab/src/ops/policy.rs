@@ -136,7 +136,7 @@ fn program_node(ns: &Netns, state: &crate::profile::PolicyState) -> Result<()> {
     let old_chains = chains_with(ns, prefix)?;
     let old_sets = ipsets_with(ns, prefix)?;
     if !state.ipsets.is_empty() {
-        run_with_input(ns, "ipset", &["restore", "-exist"], &ipset_input(&state.ipsets))?;
+        run_with_input(ns, "ipset", &["restore", "-exist"], &state.ipsets)?;
     }
     let stale: Vec<&String> = old_chains.iter().filter(|c| !state.chains.contains(c)).collect();
     let mut input = state.iptables.trim_end().to_string();
@@ -152,11 +152,9 @@ fn program_node(ns: &Netns, state: &crate::profile::PolicyState) -> Result<()> {
         input = format!("{head}{mid}{tail}\n");
     }
     run_with_input(ns, "iptables-restore", &["--noflush", "--wait"], &input)?;
-    let jump: Vec<&str> = state.forward_jump.split(' ').collect();
-    let check = [&["-w", "-C", "FORWARD"][..], &jump].concat();
-    if netns::run_in(ns, "iptables", &check).is_err() {
-        let insert = [&["-w", "-I", "FORWARD", "1"][..], &jump].concat();
-        netns::run_in(ns, "iptables", &insert)?;
+    ensure_forward(ns, state.forward_jump, true)?;
+    for rule in &state.forward_append {
+        ensure_forward(ns, rule, false)?;
     }
     for s in old_sets.iter().filter(|s| !state.sets.contains(s)) {
         netns::run_in(ns, "ipset", &["destroy", s])?;
@@ -164,20 +162,39 @@ fn program_node(ns: &Netns, state: &crate::profile::PolicyState) -> Result<()> {
     Ok(())
 }
 
-/// `ipset restore` input that makes each set hold exactly its members:
-/// `create` tolerates an existing set, and a `flush` follows it.
-fn ipset_input(text: &str) -> String {
-    let mut out = String::new();
-    for line in text.lines() {
-        out.push_str(line);
-        out.push('\n');
-        if let Some(rest) = line.strip_prefix("create ")
-            && let Some(name) = rest.split(' ').next()
-        {
-            out.push_str(&format!("flush {name}\n"));
+/// A rule's words as iptables takes them, a double-quoted comment whole.
+fn rule_words(rule: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    for c in rule.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ' ' if !quoted => {
+                if !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
         }
     }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
     out
+}
+
+/// Puts `rule` in FORWARD once: at the top (`at_top`) or the end.
+fn ensure_forward(ns: &Netns, rule: &str, at_top: bool) -> Result<()> {
+    let words = rule_words(rule);
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let check = [&["-w", "-C", "FORWARD"][..], &words].concat();
+    if netns::run_in(ns, "iptables", &check).is_ok() {
+        return Ok(());
+    }
+    let add: &[&str] = if at_top { &["-w", "-I", "FORWARD", "1"] } else { &["-w", "-A", "FORWARD"] };
+    netns::run_in(ns, "iptables", &[add, &words].concat())?;
+    Ok(())
 }
 
 /// Runs a program in `ns` with `input` on its standard input.

@@ -184,6 +184,8 @@ pub struct PolicyState {
     pub sets: Vec<String>,
     /// The rule (as after `-A FORWARD`) at the top of FORWARD.
     pub forward_jump: &'static str,
+    /// The rules at the end of FORWARD, in order.
+    pub forward_append: Vec<&'static str>,
     /// What its chains' and sets' names start with.
     pub prefix: &'static str,
 }
@@ -210,6 +212,7 @@ pub fn policy_state(
         iptables: s.iptables,
         ipsets: s.ipsets,
         forward_jump: calico::policy::FORWARD_JUMP,
+        forward_append: calico::policy::FORWARD_APPEND.to_vec(),
         prefix: "cali",
     })
 }
