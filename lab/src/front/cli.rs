@@ -793,11 +793,15 @@ fn up(topology: PathBuf, name: Option<String>, json: bool, flannel: Option<Strin
     }
     drop(lock);
     if !state.policies.is_empty() {
-        if let Some(n) = crate::front::command::enforcement_note(state.plan.profile.name(), state.plan.profile.enforces_policy()) {
+        if let Some(n) =
+            crate::front::command::enforcement_note(state.plan.profile.name(), state.plan.profile.enforces_policy())
+        {
             eprintln!("{n}");
         }
         for id in crate::front::command::selects_nothing(&state) {
-            eprintln!("warning: policy {id} selects no pod: no pod of its namespace has the labels its podSelector asks for");
+            eprintln!(
+                "warning: policy {id} selects no pod: no pod of its namespace has the labels its podSelector asks for"
+            );
         }
     }
     let st = status::status(&state);
@@ -1007,7 +1011,11 @@ fn probe(lab: Option<String>, cmd: ProbeCmd) -> Result<i32> {
             json,
         } => {
             if !(0.05..=60.0).contains(&timeout) {
-                return Err(Error::usage(format!("--timeout {timeout} is out of range"), "give 0.05 to 60 seconds").into());
+                return Err(Error::usage(
+                    format!("--timeout {timeout} is out of range"),
+                    "give 0.05 to 60 seconds",
+                )
+                .into());
             }
             (
                 Probe::Policy {
@@ -1041,8 +1049,12 @@ fn policy(lab: Option<String>, cmd: PolicyCmd) -> Result<i32> {
             let which = match (names.is_empty(), all) {
                 (false, false) => PolicySel::Names(names),
                 (true, true) => PolicySel::All,
-                (false, true) => return Err(Error::usage("name policies or give --all, not both", "see `cnilab policy ls`").into()),
-                (true, false) => return Err(Error::usage("policy rm needs policy names or --all", "see `cnilab policy ls`").into()),
+                (false, true) => {
+                    return Err(Error::usage("name policies or give --all, not both", "see `cnilab policy ls`").into());
+                }
+                (true, false) => {
+                    return Err(Error::usage("policy rm needs policy names or --all", "see `cnilab policy ls`").into());
+                }
             };
             (rt.block_on(policy_rm(&mut st, &which))?, json)
         }
@@ -1065,7 +1077,10 @@ fn policy(lab: Option<String>, cmd: PolicyCmd) -> Result<i32> {
         }
     };
     if json {
-        outln!("{}", serde_json::to_string_pretty(&change).map_err(anyhow::Error::from)?);
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&change).map_err(anyhow::Error::from)?
+        );
     } else {
         for l in change.lines(cni) {
             if l.starts_with("note:") {
@@ -1076,7 +1091,9 @@ fn policy(lab: Option<String>, cmd: PolicyCmd) -> Result<i32> {
         }
     }
     for id in &change.selects_nothing {
-        eprintln!("warning: policy {id} selects no pod: no pod of its namespace has the labels its podSelector asks for (see `cnilab policy ls`)");
+        eprintln!(
+            "warning: policy {id} selects no pod: no pod of its namespace has the labels its podSelector asks for (see `cnilab policy ls`)"
+        );
     }
     Ok(0)
 }

@@ -73,7 +73,10 @@ impl Probe {
                 if ports.is_empty() {
                     String::new()
                 } else {
-                    format!(" port {}", ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(","))
+                    format!(
+                        " port {}",
+                        ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",")
+                    )
                 },
                 if protos.is_empty() {
                     String::new()
@@ -159,7 +162,11 @@ pub fn probe(st: &LabState, p: &Probe, progress: &Progress) -> Result<ProbeResul
         Probe::Bgp { on } => ProbeResult::Bgp(probe::bgp(st, on.as_deref())?),
         Probe::Route { from, to } => ProbeResult::Route(probe::route(st, from, to)?),
         Probe::Policy { ports, protos, timeout } => {
-            let ports = if ports.is_empty() { default_policy_ports(st) } else { ports.clone() };
+            let ports = if ports.is_empty() {
+                default_policy_ports(st)
+            } else {
+                ports.clone()
+            };
             let protos = if protos.is_empty() {
                 vec![crate::model::netpol::Proto::Tcp, crate::model::netpol::Proto::Udp]
             } else {
@@ -279,7 +286,11 @@ impl PolicyChange {
     /// Lines for the terminal.
     pub fn lines(&self, cni: &str) -> Vec<String> {
         let mut v = Vec::new();
-        for (what, ids) in [("applied", &self.added), ("replaced", &self.replaced), ("removed", &self.removed)] {
+        for (what, ids) in [
+            ("applied", &self.added),
+            ("replaced", &self.replaced),
+            ("removed", &self.removed),
+        ] {
             v.extend(ids.iter().map(|id| format!("policy {id} {what}")));
         }
         if let Some(p) = &self.programmed {
@@ -341,7 +352,15 @@ pub async fn policy_apply(st: &mut LabState, files: &[std::path::PathBuf]) -> Re
     }
     let (added, replaced) = crate::ops::policy::add(st, new);
     st.save()?;
-    finish_policy_change(st, PolicyChange { added, replaced, ..Default::default() }).await
+    finish_policy_change(
+        st,
+        PolicyChange {
+            added,
+            replaced,
+            ..Default::default()
+        },
+    )
+    .await
 }
 
 /// Which policies `policy rm` removes.
@@ -376,7 +395,14 @@ pub async fn policy_rm(st: &mut LabState, which: &PolicySel) -> Result<PolicyCha
     };
     st.policies.retain(|p| !ids.contains(&p.id()));
     st.save()?;
-    finish_policy_change(st, PolicyChange { removed: ids, ..Default::default() }).await
+    finish_policy_change(
+        st,
+        PolicyChange {
+            removed: ids,
+            ..Default::default()
+        },
+    )
+    .await
 }
 
 async fn finish_policy_change(st: &LabState, mut c: PolicyChange) -> Result<PolicyChange> {

@@ -122,7 +122,9 @@ impl Action {
                 "policy apply {}",
                 files
                     .iter()
-                    .map(|f| f.file_name().map_or_else(|| f.display().to_string(), |n| n.to_string_lossy().into_owned()))
+                    .map(|f| f
+                        .file_name()
+                        .map_or_else(|| f.display().to_string(), |n| n.to_string_lossy().into_owned()))
                     .collect::<Vec<_>>()
                     .join(" ")
             ),
@@ -265,7 +267,16 @@ fn req(t: &Table, key: &str, example: &str) -> R<String> {
 
 fn parse_step(t: &Table, index: usize, src: &Source, base: &Path) -> R<Step> {
     let line = src.error(t.span(), "", "").line;
-    let kinds = ["probe", "fault", "fault_rm", "snapshot", "exec", "pod", "policy_apply", "policy_rm"];
+    let kinds = [
+        "probe",
+        "fault",
+        "fault_rm",
+        "snapshot",
+        "exec",
+        "pod",
+        "policy_apply",
+        "policy_rm",
+    ];
     let present: Vec<&str> = kinds.iter().copied().filter(|k| t.has(k)).collect();
     if present.len() != 1 {
         return Err(t.err(
@@ -360,13 +371,23 @@ fn parse_probe(t: &Table, probes: &[&str]) -> R<Probe> {
             to: to()?,
         },
         "policy" => Probe::Policy {
-            ports: t.int("port", 1, 65535, "port = 80")?.map(|p| p.v as u16).into_iter().collect(),
+            ports: t
+                .int("port", 1, 65535, "port = 80")?
+                .map(|p| p.v as u16)
+                .into_iter()
+                .collect(),
             protos: match t.string("proto", "proto = \"tcp\"")? {
                 None => Vec::new(),
                 Some(s) => match s.v.as_str() {
                     "tcp" => vec![crate::model::netpol::Proto::Tcp],
                     "udp" => vec![crate::model::netpol::Proto::Udp],
-                    other => return Err(t.err(s.span, format!("proto \"{other}\" cannot be probed"), "write proto = \"tcp\" or \"udp\", or leave it out for both")),
+                    other => {
+                        return Err(t.err(
+                            s.span,
+                            format!("proto \"{other}\" cannot be probed"),
+                            "write proto = \"tcp\" or \"udp\", or leave it out for both",
+                        ));
+                    }
                 },
             },
             timeout: Duration::from_millis(1500),
@@ -689,7 +710,11 @@ async fn attempt(state: &mut LabState, action: &Action, progress: &Progress) -> 
         }),
         Action::PolicyApply(files) => {
             let c = command::policy_apply(state, &files).await?;
-            Ok((true, serde_json::to_value(&c)?, c.lines(state.plan.profile.name()).join("; ")))
+            Ok((
+                true,
+                serde_json::to_value(&c)?,
+                c.lines(state.plan.profile.name()).join("; "),
+            ))
         }
         Action::PolicyRm(which) => {
             let sel = if which == "all" {
@@ -698,7 +723,11 @@ async fn attempt(state: &mut LabState, action: &Action, progress: &Progress) -> 
                 command::PolicySel::Names(vec![which])
             };
             let c = command::policy_rm(state, &sel).await?;
-            Ok((true, serde_json::to_value(&c)?, c.lines(state.plan.profile.name()).join("; ")))
+            Ok((
+                true,
+                serde_json::to_value(&c)?,
+                c.lines(state.plan.profile.name()).join("; "),
+            ))
         }
         Action::Snapshot { .. } => unreachable!("handled by the runner"),
     }

@@ -84,7 +84,8 @@ pub fn is_label_value(v: &str) -> bool {
     let b = v.as_bytes();
     b.is_empty()
         || (b.len() <= 63
-            && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
             && b[0].is_ascii_alphanumeric()
             && b[b.len() - 1].is_ascii_alphanumeric())
 }
@@ -121,7 +122,10 @@ fn parse_namespace_name(t: &Table, s: &Sp<String>) -> R<()> {
     }
     Err(t.err(
         s.span.clone(),
-        format!("namespace \"{}\" is not a valid Kubernetes namespace name", super::names::excerpt(&s.v)),
+        format!(
+            "namespace \"{}\" is not a valid Kubernetes namespace name",
+            super::names::excerpt(&s.v)
+        ),
         "use at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit",
     ))
 }
@@ -164,13 +168,21 @@ fn parse_ports(t: &Table) -> R<Vec<PodPort>> {
             Some(s) => match Proto::from_k8s(&s.v) {
                 Some(pr) => pr,
                 None => {
-                    errs.push(p.err(s.span.clone(), format!("unknown protocol `{}`", s.v), "write TCP, UDP or SCTP"));
+                    errs.push(p.err(
+                        s.span.clone(),
+                        format!("unknown protocol `{}`", s.v),
+                        "write TCP, UDP or SCTP",
+                    ));
                     continue;
                 }
             },
         };
         if out.iter().any(|o| o.name == name.v) {
-            errs.push(p.err(name.span, "this port name appears twice on the pod", "give each port its own name"));
+            errs.push(p.err(
+                name.span,
+                "this port name appears twice on the pod",
+                "give each port its own name",
+            ));
             continue;
         }
         out.push(PodPort {
@@ -269,7 +281,11 @@ pub fn load_policies(
             Ok(_) => {
                 errs.push(src.error(
                     p.span.clone(),
-                    format!("`{}` matches no file (looked in {})", super::names::excerpt(&p.v), dir.display()),
+                    format!(
+                        "`{}` matches no file (looked in {})",
+                        super::names::excerpt(&p.v),
+                        dir.display()
+                    ),
                     "name manifest files relative to the topology file, e.g. \"netpol/*.yaml\"",
                 ));
                 continue;
@@ -285,7 +301,13 @@ pub fn load_policies(
             }
         }
     }
-    errs.ok(check_unique(&out).map_err(|m| src.error(patterns[0].span.clone(), m, "give each policy of a namespace its own name")));
+    errs.ok(check_unique(&out).map_err(|m| {
+        src.error(
+            patterns[0].span.clone(),
+            m,
+            "give each policy of a namespace its own name",
+        )
+    }));
     errs.finish(Some(out))
 }
 
@@ -332,7 +354,10 @@ pub fn read_manifest_file(shown: &str, path: &Path, namespaces: &[String]) -> R<
         if !namespaces.iter().any(|n| n == ns) {
             errs.push(src.error(
                 m.span.clone(),
-                format!("policy {ns}/{} is in namespace \"{ns}\", which the lab does not have", policy_name(&m.policy)),
+                format!(
+                    "policy {ns}/{} is in namespace \"{ns}\", which the lab does not have",
+                    policy_name(&m.policy)
+                ),
                 format!(
                     "add [[namespace]] name = \"{ns}\" to the topology, or use one of: {}",
                     namespaces.join(", ")

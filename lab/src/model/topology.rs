@@ -331,7 +331,10 @@ impl Topology {
                     Sp::new(p.clone(), at..at + p.len())
                 })
                 .collect();
-            let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let dir = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
             t.policies = load_policies(&src, dir, &patterns, &t.namespace_names())?;
         }
         Ok(t)
@@ -342,7 +345,11 @@ impl Topology {
     pub fn namespace_names(&self) -> Vec<String> {
         let mut v: Vec<String> = std::iter::once(DEFAULT_NAMESPACE.to_string())
             .chain(self.namespaces.iter().map(|n| n.name.clone()))
-            .chain(self.nodes.iter().flat_map(|n| n.pod_meta.values().map(|m| m.namespace.clone())))
+            .chain(
+                self.nodes
+                    .iter()
+                    .flat_map(|n| n.pod_meta.values().map(|m| m.namespace.clone())),
+            )
             .collect();
         v.sort();
         v.dedup();
@@ -351,7 +358,11 @@ impl Topology {
 
     /// A namespace's labels as declared.
     pub fn namespace_labels(&self, ns: &str) -> crate::model::netpol::Labels {
-        self.namespaces.iter().find(|n| n.name == ns).map(|n| n.labels.clone()).unwrap_or_default()
+        self.namespaces
+            .iter()
+            .find(|n| n.name == ns)
+            .map(|n| n.labels.clone())
+            .unwrap_or_default()
     }
 
     /// The switch a node is on.
@@ -383,7 +394,16 @@ pub const MAX_NODES: usize = 4096;
 pub const MAX_PODS: usize = 65536;
 
 fn read(root: &Table, profiles: &[&dyn ProfileSyntax], errs: &Errors) -> Option<Topology> {
-    errs.ok(root.allow(&["name", "seed", "network", "switch", "node", "router", "etcd", "namespace"]));
+    errs.ok(root.allow(&[
+        "name",
+        "seed",
+        "network",
+        "switch",
+        "node",
+        "router",
+        "etcd",
+        "namespace",
+    ]));
     let namespaces = errs.ok(parse_namespaces(root));
     let name = errs.ok(root.required_string("name", "name = \"demo\""));
     let name = name.filter(|n| errs.ok(check_name(root, n, "lab name", 12)).is_some());

@@ -72,6 +72,8 @@ pub struct NsDump {
     /// The keys (with values) under the profile's prefix, where the lab's
     /// etcd runs.
     pub etcd: Vec<(String, String)>,
+    /// What `ipset save` prints, where iptables rules match sets.
+    pub ipsets: String,
 }
 
 /// A link.
@@ -392,6 +394,11 @@ async fn read_texts(handle: &Netns, t: &Target, want: Want, d: &mut NsDump) -> R
     if filters.nft || filters.legacy {
         let ns = Netns::open(&t.ns)?;
         d.iptables = tokio::task::spawn_blocking(move || iptables_save(&ns, filters)).await??;
+    }
+    // A policy engine's sets: only where its rules match some.
+    if d.iptables.contains("--match-set") {
+        let ns = Netns::open(&t.ns)?;
+        d.ipsets = tokio::task::spawn_blocking(move || netns::run_in(&ns, "ipset", &["save"])).await??;
     }
     if want.trace {
         let ns = Netns::open(&t.ns)?;

@@ -34,6 +34,9 @@ pub struct Snapshot {
     pub lab: String,
     /// Active faults.
     pub faults: Vec<String>,
+    /// The NetworkPolicies in force: `namespace/name (types) selects pods`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<String>,
     /// Namespaces, sorted by name.
     pub namespaces: Vec<NsSnapshot>,
 }
@@ -70,6 +73,13 @@ pub struct NsSnapshot {
     /// The lab's etcd: each key under the profile's prefix with its value
     /// (MACs named by owner; TTLs left out).
     pub etcd: Vec<EtcdKey>,
+    /// A pod's Kubernetes identity, where it has more than `default`:
+    /// `x/a labels pod=a ports serve-80-tcp=80/TCP`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// The ipsets a policy engine made: `NAME TYPE: members` (sorted).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ipsets: Vec<String>,
 }
 
 /// A key in the lab's etcd.
@@ -354,6 +364,12 @@ pub fn from_dump(state: &LabState, dump: &Dump, only: Option<&[String]>, dynamic
         })
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
+    for (n, p) in plan.pods() {
+        let short = format!("{}.{}", n.name, p.name);
+        if let Some(ns) = out.iter_mut().find(|x| x.name == short) {
+            ns.identity = identity_line(&p.meta, &p.name);
+        }
+    }
     Snapshot {
         format: FORMAT,
         lab: format!(
@@ -363,8 +379,72 @@ pub fn from_dump(state: &LabState, dump: &Dump, only: Option<&[String]>, dynamic
             crate::observe::status::network_line(plan)
         ),
         faults: crate::model::faultspec::lines(&state.faults),
+        policies: policy_lines(state),
         namespaces: out,
     }
+}
+
+/// The policies in force, each with the pods it selects.
+fn policy_lines(state: &LabState) -> Vec<String> {
+    crate::observe::status::policy_list(state)
+        .into_iter()
+        .map(|p| {
+            format!(
+                "{} ({}) selects {}",
+                p.id,
+                p.types.join(", "),
+                if p.selects.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    p.selects.join(" ")
+                }
+            )
+        })
+        .collect()
+}
+
+/// A pod's identity line, where it has more than the default namespace.
+fn identity_line(meta: &crate::model::identity::PodMeta, pod: &str) -> Option<String> {
+    if *meta == crate::model::identity::PodMeta::default() {
+        return None;
+    }
+    let mut s = format!("{}/{pod}", meta.namespace);
+    if !meta.labels.is_empty() {
+        let l: Vec<String> = meta.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        s.push_str(&format!(" labels {}", l.join(",")));
+    }
+    if !meta.ports.is_empty() {
+        let p: Vec<String> = meta
+            .ports
+            .iter()
+            .map(|p| format!("{}={}/{}", p.name, p.port, p.protocol.k8s()))
+            .collect();
+        s.push_str(&format!(" ports {}", p.join(",")));
+    }
+    Some(s)
+}
+
+/// `ipset save` text as one sorted line per set: `NAME TYPE: members`.
+pub fn ipset_lines(save: &str) -> Vec<String> {
+    let mut sets: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
+    for line in save.lines() {
+        let mut w = line.split_whitespace();
+        match (w.next(), w.next(), w.next()) {
+            (Some("create"), Some(name), Some(kind)) => {
+                sets.entry(name.to_string()).or_default().0 = kind.to_string();
+            }
+            (Some("add"), Some(name), Some(member)) => {
+                sets.entry(name.to_string()).or_default().1.push(member.to_string());
+            }
+            _ => {}
+        }
+    }
+    sets.into_iter()
+        .map(|(name, (kind, mut members))| {
+            members.sort();
+            format!("{name} {kind}: {}", members.join(" "))
+        })
+        .collect()
 }
 
 /// One namespace, normalized.
@@ -458,6 +538,8 @@ fn ns_snapshot(
                 value: macs_named(v, &mac),
             })
             .collect(),
+        identity: None,
+        ipsets: ipset_lines(&d.ipsets),
     }
 }
 
@@ -720,8 +802,14 @@ impl Snapshot {
         for f in &self.faults {
             let _ = writeln!(s, "fault {f}");
         }
+        for p in &self.policies {
+            let _ = writeln!(s, "policy {p}");
+        }
         for ns in &self.namespaces {
             let _ = writeln!(s, "\n== {}", ns.title);
+            if let Some(i) = &ns.identity {
+                let _ = writeln!(s, "k8s {i}");
+            }
             for l in &ns.links {
                 let _ = write!(s, "link {} {}", l.name, l.kind);
                 for d in &l.details {
@@ -760,6 +848,9 @@ impl Snapshot {
                 let _ = writeln!(s, "sysctl {} = {}", c.key, c.value);
             }
             iptables::render(&ns.iptables, &mut s);
+            for i in &ns.ipsets {
+                let _ = writeln!(s, "ipset {i}");
+            }
             for i in &ns.ipam {
                 let _ = writeln!(s, "ipam {} {} {} {}", i.network, i.ip, i.holder, i.ifname);
             }

@@ -580,7 +580,10 @@ pub fn tables(s: &Status) -> String {
     let mut out = text(&nodes);
     if !s.pods.is_empty() {
         // Namespaces and labels only where the topology gives pods some.
-        let identity = s.pods.iter().any(|p| p.k8s_namespace != "default" || !p.labels.is_empty());
+        let identity = s
+            .pods
+            .iter()
+            .any(|p| p.k8s_namespace != "default" || !p.labels.is_empty());
         let mut header = vec!["POD", "IP", "GATEWAY", "MTU"];
         if identity {
             header.extend(["NAMESPACE", "LABELS"]);
@@ -595,7 +598,13 @@ pub fn tables(s: &Status) -> String {
             ];
             if identity {
                 row.push(p.k8s_namespace.clone());
-                row.push(p.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","));
+                row.push(
+                    p.labels
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                );
             }
             pods.add_row(row);
         }

@@ -103,7 +103,13 @@ pub async fn add(state: &mut LabState, pod: &str) -> Result<String> {
     })
     .await??;
     pnl.change(nl::set_up(1)).await.context("lo up")?;
-    let att = Attachment::pod(&p.container_id, netns::path_of(&p.ns), &p.ifname, &p.meta.namespace, &p.name);
+    let att = Attachment::pod(
+        &p.container_id,
+        netns::path_of(&p.ns),
+        &p.ifname,
+        &p.meta.namespace,
+        &p.name,
+    );
     match runtime.add(&conflist, &att).await {
         Ok(result) => {
             let (ip, gateway) = cni::require_ip(&result, pod)?;
@@ -151,7 +157,13 @@ pub async fn remove(state: &mut LabState, pod: &str) -> Result<()> {
     let node_ns = Netns::open(&plan.node(node).expect("checked").ns)?;
     let runtime = runtime_for(&paths, node, &node_ns);
     let conflist = plan.profile.conflist(node).context("node without CNI configuration")?;
-    let att = Attachment::pod(&p.container_id, netns::path_of(&p.ns), &p.ifname, &p.meta.namespace, &p.name);
+    let att = Attachment::pod(
+        &p.container_id,
+        netns::path_of(&p.ns),
+        &p.ifname,
+        &p.meta.namespace,
+        &p.name,
+    );
     runtime
         .del(conflist, &att)
         .await

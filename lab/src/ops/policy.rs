@@ -192,7 +192,11 @@ fn ensure_forward(ns: &Netns, rule: &str, at_top: bool) -> Result<()> {
     if netns::run_in(ns, "iptables", &check).is_ok() {
         return Ok(());
     }
-    let add: &[&str] = if at_top { &["-w", "-I", "FORWARD", "1"] } else { &["-w", "-A", "FORWARD"] };
+    let add: &[&str] = if at_top {
+        &["-w", "-I", "FORWARD", "1"]
+    } else {
+        &["-w", "-A", "FORWARD"]
+    };
     netns::run_in(ns, "iptables", &[add, &words].concat())?;
     Ok(())
 }
@@ -207,11 +211,7 @@ fn run_with_input(ns: &Netns, program: &str, args: &[&str], input: &str) -> Resu
         .stderr(std::process::Stdio::piped())
         .spawn()
         .with_context(|| format!("cannot run {program} (apt-get install ipset iptables)"))?;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(input.as_bytes())?;
+    child.stdin.take().context("stdin")?.write_all(input.as_bytes())?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
         return Err(anyhow!(
@@ -261,6 +261,9 @@ pub fn resolve(st: &LabState, name: &str) -> std::result::Result<String, String>
     match matching.len() {
         1 => Ok(matching[0].clone()),
         0 => Err(format!("no policy {name} in the lab")),
-        _ => Err(format!("policy {name} is in several namespaces: {}", matching.join(", "))),
+        _ => Err(format!(
+            "policy {name} is in several namespaces: {}",
+            matching.join(", ")
+        )),
     }
 }

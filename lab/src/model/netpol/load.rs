@@ -9,10 +9,10 @@
 use std::collections::HashMap;
 use std::ops::Range;
 
-use ipnet::Ipv4Net;
 use super::{NetworkPolicy, Proto, policy_name, policy_namespace};
 use crate::model::error::{InputError, Source, excerpt as cut};
 use crate::model::spanned::{Errors, R};
+use ipnet::Ipv4Net;
 
 /// One step of the way to a field: a mapping key or a list index.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -59,8 +59,14 @@ impl Positions {
 }
 
 enum Frame {
-    Map { path: Vec<Seg>, key: Option<(String, usize)> },
-    Seq { path: Vec<Seg>, next: usize },
+    Map {
+        path: Vec<Seg>,
+        key: Option<(String, usize)>,
+    },
+    Seq {
+        path: Vec<Seg>,
+        next: usize,
+    },
 }
 
 struct Walker<'t> {
@@ -284,7 +290,11 @@ fn typed_error(src: &Source, pos: &Positions, doc: usize, e: &serde_yaml::Error)
         .location()
         .map(|l| l.index()..l.index() + 1)
         .unwrap_or_else(|| pos.span(doc, &path, false));
-    let shown = if path.is_empty() { what } else { format!("`{}`: {what}", dotted(&path)) };
+    let shown = if path.is_empty() {
+        what
+    } else {
+        format!("`{}`: {what}", dotted(&path))
+    };
     src.error(span, format!("not a valid NetworkPolicy: {shown}"), fix)
 }
 
@@ -345,7 +355,11 @@ fn check(p: &NetworkPolicy, at: &dyn Fn(&[Seg], bool) -> Range<usize>) -> Vec<Mi
         );
     }
     let Some(spec) = &p.spec else {
-        push(Vec::new(), "the NetworkPolicy has no `spec`".into(), "add spec: { podSelector: {} }");
+        push(
+            Vec::new(),
+            "the NetworkPolicy has no `spec`".into(),
+            "add spec: { podSelector: {} }",
+        );
         return out;
     };
     let base = vec![seg("spec")];
@@ -362,8 +376,22 @@ fn check(p: &NetworkPolicy, at: &dyn Fn(&[Seg], bool) -> Range<usize>) -> Vec<Mi
         check_selector(sel, &[base.clone(), vec![seg("podSelector")]].concat(), &mut push);
     }
     let dirs = [
-        ("ingress", "from", spec.ingress.as_ref().map(|v| v.iter().map(|r| (r.from.as_ref(), r.ports.as_ref())).collect::<Vec<_>>())),
-        ("egress", "to", spec.egress.as_ref().map(|v| v.iter().map(|r| (r.to.as_ref(), r.ports.as_ref())).collect::<Vec<_>>())),
+        (
+            "ingress",
+            "from",
+            spec.ingress.as_ref().map(|v| {
+                v.iter()
+                    .map(|r| (r.from.as_ref(), r.ports.as_ref()))
+                    .collect::<Vec<_>>()
+            }),
+        ),
+        (
+            "egress",
+            "to",
+            spec.egress
+                .as_ref()
+                .map(|v| v.iter().map(|r| (r.to.as_ref(), r.ports.as_ref())).collect::<Vec<_>>()),
+        ),
     ];
     for (dir, peers_key, rules) in dirs {
         for (ri, (peers, ports)) in rules.into_iter().flatten().enumerate() {
@@ -409,7 +437,11 @@ fn check_peer(peer: &k8s_openapi::api::networking::v1::NetworkPolicyPeer, at: &[
                             format!("except `{e}` is not strictly inside cidr `{}`", b.cidr),
                             "list only CIDRs inside the ipBlock's cidr, and smaller than it",
                         ),
-                        Err(_) => push(ep, format!("`{e}` is not an IPv4 CIDR"), "write a CIDR such as 10.0.1.0/24"),
+                        Err(_) => push(
+                            ep,
+                            format!("`{e}` is not an IPv4 CIDR"),
+                            "write a CIDR such as 10.0.1.0/24",
+                        ),
                     }
                 }
             }
@@ -435,12 +467,20 @@ fn check_port(port: &k8s_openapi::api::networking::v1::NetworkPolicyPort, at: &[
     if let Some(proto) = &port.protocol
         && Proto::from_k8s(proto).is_none()
     {
-        push(sub("protocol"), format!("unknown protocol `{proto}`"), "write TCP, UDP or SCTP (upper case)");
+        push(
+            sub("protocol"),
+            format!("unknown protocol `{proto}`"),
+            "write TCP, UDP or SCTP (upper case)",
+        );
     }
     match (&port.port, port.end_port) {
         (Some(IntOrString::Int(n)), end) => {
             if !(1..=65535).contains(n) {
-                push(sub("port"), format!("port {n} is out of range"), "use a port from 1 to 65535");
+                push(
+                    sub("port"),
+                    format!("port {n} is out of range"),
+                    "use a port from 1 to 65535",
+                );
             }
             if let Some(e) = end
                 && (e < *n || e > 65535)
@@ -468,16 +508,16 @@ fn check_port(port: &k8s_openapi::api::networking::v1::NetworkPolicyPort, at: &[
                 );
             }
         }
-        (None, Some(_)) => push(sub("endPort"), "endPort without port".into(), "add the first port of the range as `port`"),
+        (None, Some(_)) => push(
+            sub("endPort"),
+            "endPort without port".into(),
+            "add the first port of the range as `port`",
+        ),
         (None, None) => {}
     }
 }
 
-fn check_selector(
-    s: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
-    at: &[Seg],
-    push: &mut Push,
-) {
+fn check_selector(s: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector, at: &[Seg], push: &mut Push) {
     for (i, e) in s.match_expressions.iter().flatten().enumerate() {
         let ep = [at.to_vec(), vec![seg("matchExpressions"), Seg::Index(i)]].concat();
         let values = e.values.as_ref().map_or(0, |v| v.len());
@@ -511,7 +551,8 @@ pub fn is_dns_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -521,7 +562,8 @@ pub fn is_port_name(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 15
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b.iter().any(|c| c.is_ascii_lowercase())
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
@@ -535,7 +577,10 @@ mod tests {
     fn errors(text: &str) -> Vec<String> {
         match parse_manifests(&Source::new("np.yaml", text)) {
             Ok(_) => Vec::new(),
-            Err(e) => e.all().map(|e| format!("{}:{}: {} | {}", e.line, e.col, e.message, e.fix)).collect(),
+            Err(e) => e
+                .all()
+                .map(|e| format!("{}:{}: {} | {}", e.line, e.col, e.message, e.fix))
+                .collect(),
         }
     }
 
@@ -573,14 +618,19 @@ spec:
     #[test]
     fn unknown_fields_are_placed() {
         // Inside an unknown field nothing more is reported.
-        let text = GOOD.replace("  ingress:\n  - from:", "  ingres:\n  - from:").replace("endPort: 90", "endport: 90");
+        let text = GOOD
+            .replace("  ingress:\n  - from:", "  ingres:\n  - from:")
+            .replace("endPort: 90", "endport: 90");
         let e = errors(&text);
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(e[0].starts_with("15:3: unknown field `spec.ingres`"), "{e:?}");
         assert!(e[0].contains("did you mean `ingress`"), "{e:?}");
         let e = errors(&GOOD.replace("endPort: 90", "endport: 90"));
         assert_eq!(e.len(), 1, "{e:?}");
-        assert!(e[0].starts_with("19:34: unknown field `spec.ingress[0].ports[0].endport`"), "{e:?}");
+        assert!(
+            e[0].starts_with("19:34: unknown field `spec.ingress[0].ports[0].endport`"),
+            "{e:?}"
+        );
         assert!(e[0].contains("did you mean `endPort`"), "{e:?}");
     }
 
@@ -588,7 +638,10 @@ spec:
     fn every_mistake_of_a_file_at_once() {
         let text = GOOD
             .replace("protocol: TCP", "protocol: tcp")
-            .replace("team: a } }", "team: a }, matchExpressions: [{ key: k, operator: Has }] }")
+            .replace(
+                "team: a } }",
+                "team: a }, matchExpressions: [{ key: k, operator: Has }] }",
+            )
             .replace("name: deny", "name: Deny");
         let e = errors(&text);
         assert_eq!(e.len(), 3, "{e:?}");
@@ -601,7 +654,8 @@ spec:
     fn syntax_and_type_errors_have_positions() {
         let e = errors("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a\n");
         assert!(e[0].contains("not valid YAML"), "{e:?}");
-        let e = errors("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a}\nspec:\n  ingress: 3\n");
+        let e =
+            errors("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a}\nspec:\n  ingress: 3\n");
         assert!(e[0].starts_with("5:") && e[0].contains("spec.ingress"), "{e:?}");
         let e = errors("apiVersion: v1\nkind: Pod\nmetadata: {name: a}\n");
         assert!(e[0].contains("apiVersion: networking.k8s.io/v1"), "{e:?}");

@@ -142,7 +142,11 @@ fn summarize(
 ) -> PolicyProbe {
     PolicyProbe {
         pods: world.pods.iter().map(|p| format!("{}/{}", p.node, p.name)).collect(),
-        identities: world.pods.iter().map(|p| format!("{}/{}", p.namespace, p.name)).collect(),
+        identities: world
+            .pods
+            .iter()
+            .map(|p| format!("{}/{}", p.namespace, p.name))
+            .collect(),
         ports,
         disagreements: cells.iter().filter(|c| !c.agree).count(),
         cells,
@@ -175,9 +179,10 @@ async fn run(
     let mut servers = Vec::new();
     for (i, h) in handles.iter().enumerate() {
         for &(port, proto) in wanted {
-            servers.push(serve(h, pods[i].1, port, proto, stop.clone()).with_context(|| {
-                format!("cannot listen on {} port {port} in {}", proto.lower(), pods[i].0)
-            })?);
+            servers.push(
+                serve(h, pods[i].1, port, proto, stop.clone())
+                    .with_context(|| format!("cannot listen on {} port {port} in {}", proto.lower(), pods[i].0))?,
+            );
         }
     }
     let limit = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
@@ -319,7 +324,11 @@ impl std::fmt::Display for PolicyProbe {
         let index: BTreeMap<&str, usize> = self.pods.iter().enumerate().map(|(i, p)| (p.as_str(), i)).collect();
         let n = self.pods.len();
         for &(port, proto) in &self.ports {
-            let cells: Vec<&Cell> = self.cells.iter().filter(|c| c.port == port && c.proto == proto).collect();
+            let cells: Vec<&Cell> = self
+                .cells
+                .iter()
+                .filter(|c| c.port == port && c.proto == proto)
+                .collect();
             let bad = cells.iter().filter(|c| !c.agree).count();
             writeln!(f, "{}/{port}: {} pairs, {bad} disagree", proto.lower(), cells.len())?;
             if n > MATRIX_MAX {
@@ -338,12 +347,22 @@ impl std::fmt::Display for PolicyProbe {
             }
             let width = self.identities.iter().map(|s| s.len()).max().unwrap_or(0);
             let nums: String = (1..=n).map(|i| format!("{:>3}", i)).collect();
-            writeln!(f, "  {:w$}     kernel{}   policy", "", " ".repeat((3 * n).saturating_sub(6)), w = width)?;
+            writeln!(
+                f,
+                "  {:w$}     kernel{}   policy",
+                "",
+                " ".repeat((3 * n).saturating_sub(6)),
+                w = width
+            )?;
             writeln!(f, "  {:w$}    {nums}   {nums}", "", w = width)?;
             for i in 0..n {
                 let k: String = kernel[i].iter().map(|c| format!("{c:>3}")).collect();
                 let p: String = policy[i].iter().map(|c| format!("{c:>3}")).collect();
-                let mark = if kernel[i].iter().zip(&policy[i]).any(|(a, b)| a != b) { "  <- differs" } else { "" };
+                let mark = if kernel[i].iter().zip(&policy[i]).any(|(a, b)| a != b) {
+                    "  <- differs"
+                } else {
+                    ""
+                };
                 writeln!(f, "{:>3} {:w$} {k}   {p}{mark}", i + 1, self.identities[i], w = width)?;
             }
         }
@@ -379,7 +398,11 @@ impl std::fmt::Display for PolicyProbe {
         if self.disagreements == 0 {
             writeln!(f, "the kernel agrees with the policies everywhere")?;
         } else {
-            writeln!(f, "{} cells where the kernel disagrees with the policies", self.disagreements)?;
+            writeln!(
+                f,
+                "{} cells where the kernel disagrees with the policies",
+                self.disagreements
+            )?;
         }
         if !self.enforced && !self.policies.is_empty() {
             writeln!(f, "note: {} enforces no NetworkPolicy", self.cni)?;

@@ -11,8 +11,8 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 
-use super::options::{FlannelBackend, Implementation};
 use super::FlannelPlan;
+use super::options::{FlannelBackend, Implementation};
 use crate::kernel::netns::Netns;
 use crate::kernel::runtime::{link_binaries, main_routes, start_agents};
 use crate::model::plan::write_file;
