@@ -129,6 +129,9 @@ impl ProbeResult {
         if let ProbeResult::Bgp(p) = self {
             v["established"] = json!(p.sessions.len() - p.down);
         }
+        if let ProbeResult::Policy(p) = self {
+            v["ok"] = json!(p.ok());
+        }
         Ok(v)
     }
 }

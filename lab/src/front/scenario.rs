@@ -200,7 +200,7 @@ fn expect_keys(action: &Action) -> &'static [&'static str] {
         Action::Probe(Probe::Route { .. }) => &["dev", "via", "kind"],
         Action::Exec { .. } => &["ok", "status", "contains", "not_contains"],
         Action::PodAdd(_) | Action::PodRm(_) => &["ok", "error_contains"],
-        Action::Probe(Probe::Policy { .. }) => &["ok", "disagreements"],
+        Action::Probe(Probe::Policy { .. }) => &["ok", "disagreements", "delivered", "blocked"],
         _ => &[],
     }
 }

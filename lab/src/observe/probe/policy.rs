@@ -69,6 +69,10 @@ pub struct PolicyProbe {
     pub cells: Vec<Cell>,
     /// How many cells disagree.
     pub disagreements: usize,
+    /// How many probes the kernel delivered.
+    pub delivered: usize,
+    /// How many it dropped or refused.
+    pub blocked: usize,
     /// The policies in force (`namespace/name`).
     pub policies: Vec<String>,
     /// Whether the lab's CNI enforces policy.
@@ -111,7 +115,8 @@ pub fn probe(state: &LabState, ports: &[u16], protos: &[Proto], timeout: Duratio
         .flat_map(|p| protos.iter().map(move |pr| (*p, *pr)))
         .collect();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let outcomes = rt.block_on(run(&handles, &pods, &wanted, timeout))?;
+    let base = udp_ports(state, pods.len() * wanted.len());
+    let outcomes = rt.block_on(run(&handles, &pods, &wanted, timeout, base))?;
     let mut cells = Vec::new();
     for ((i, j, port, proto), kernel) in outcomes {
         let (src, dst) = (&world.pods[i], &world.pods[j]);
@@ -149,6 +154,8 @@ fn summarize(
             .collect(),
         ports,
         disagreements: cells.iter().filter(|c| !c.agree).count(),
+        delivered: cells.iter().filter(|c| c.kernel == Outcome::Connected).count(),
+        blocked: cells.iter().filter(|c| c.kernel != Outcome::Connected).count(),
         cells,
         policies: policies
             .iter()
@@ -169,11 +176,31 @@ fn summarize(
 
 type Key = (usize, usize, u16, Proto);
 
+/// UDP source ports for this run's probes, fresh ones each run: a UDP
+/// flow the kernel still tracks from an earlier run (conntrack keeps a
+/// replied flow 120 s) would pass a policy as ESTABLISHED, so each run
+/// takes the next block of a range (kept in the lab's folder) instead of
+/// letting the kernel pick a port it may have used for the same pair.
+fn udp_ports(state: &LabState, needed: usize) -> u16 {
+    const FIRST: usize = 20000;
+    const LAST: usize = 60000;
+    let file = state.paths().root.join("policy-probe-port");
+    let next = std::fs::read_to_string(&file)
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .filter(|p| (FIRST..LAST).contains(p))
+        .unwrap_or(FIRST);
+    let base = if next + needed > LAST { FIRST } else { next };
+    let _ = std::fs::write(&file, (base + needed).to_string());
+    base as u16
+}
+
 async fn run(
     handles: &[Arc<Netns>],
     pods: &[(String, Ipv4Addr)],
     wanted: &[(u16, Proto)],
     timeout: Duration,
+    udp_base: u16,
 ) -> Result<Vec<(Key, Outcome)>> {
     let stop = tokio_util_stop();
     let mut servers = Vec::new();
@@ -192,12 +219,14 @@ async fn run(
             if i == j {
                 continue;
             }
-            for &(port, proto) in wanted {
+            for (k, &(port, proto)) in wanted.iter().enumerate() {
                 let (from, limit, to) = (from.clone(), limit.clone(), SocketAddr::from((*ip, port)));
+                // Distinct per destination and port; the same for every source.
+                let sport = udp_base + (j * wanted.len() + k) as u16;
                 tasks.spawn(async move {
                     let _permit = limit.acquire_owned().await?;
                     let o = match proto {
-                        Proto::Udp => udp_probe(&from, to, timeout).await?,
+                        Proto::Udp => udp_probe(&from, to, timeout, sport).await?,
                         _ => tcp_probe(&from, to, timeout).await?,
                     };
                     Ok::<_, anyhow::Error>(((i, j, port, proto), o))
@@ -274,8 +303,10 @@ async fn tcp_probe(from: &Netns, to: SocketAddr, timeout: Duration) -> Result<Ou
     })
 }
 
-async fn udp_probe(from: &Netns, to: SocketAddr, timeout: Duration) -> Result<Outcome> {
-    let std = with_netns(from.raw_fd(), || std::net::UdpSocket::bind(("0.0.0.0", 0)))??;
+async fn udp_probe(from: &Netns, to: SocketAddr, timeout: Duration, sport: u16) -> Result<Outcome> {
+    let std = with_netns(from.raw_fd(), || {
+        std::net::UdpSocket::bind(("0.0.0.0", sport)).or_else(|_| std::net::UdpSocket::bind(("0.0.0.0", 0)))
+    })??;
     std.set_nonblocking(true)?;
     let sock = tokio::net::UdpSocket::from_std(std)?;
     sock.connect(to).await?;
@@ -367,12 +398,17 @@ impl std::fmt::Display for PolicyProbe {
             }
         }
         let bad: Vec<&Cell> = self.cells.iter().filter(|c| !c.agree).collect();
+        let named = |p: &str| {
+            index
+                .get(p)
+                .map_or_else(|| p.to_string(), |i| format!("{} ({p})", self.identities[*i]))
+        };
         for c in bad.iter().take(40) {
             writeln!(
                 f,
                 "DIFFERS {} -> {} {}/{}: kernel {}, policy says {} ({})",
-                c.from,
-                c.to,
+                named(&c.from),
+                named(&c.to),
                 c.proto.lower(),
                 c.port,
                 match c.kernel {
@@ -389,8 +425,10 @@ impl std::fmt::Display for PolicyProbe {
         }
         write!(
             f,
-            "{} probes in {:.1} s ({} policies, deadline {:.1} s each; . delivered, X dropped, R refused, - self): ",
+            "{} probes ({} delivered, {} blocked) in {:.1} s ({} policies, deadline {:.1} s each; . delivered, X dropped, R refused, - self): ",
             self.cells.len(),
+            self.delivered,
+            self.blocked,
             self.seconds,
             self.policies.len(),
             self.timeout

@@ -1,0 +1,354 @@
+//! Kubernetes NetworkPolicy end to end (issue 12): on the netpol e2e layout
+//! (namespaces x, y, z; pods a, b, c in each; ports 80 and 81, TCP and
+//! UDP), Canal and Calico enforce every shipped policy exactly as the
+//! Kubernetes semantics say (`probe policy` finds no disagreement, TCP and
+//! UDP, and each policy blocks what it should); flannel enforces none and
+//! `probe policy` shows it; `policy rm` restores the snapshot byte for
+//! byte; `down` leaves no chain, ipset or namespace; bad manifests exit 2
+//! with file:line:column.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::path::PathBuf;
+
+use common::*;
+use serde_json::Value;
+
+/// The shipped policies, each a file under topologies/netpol/ made for
+/// the x/y/z layout.
+fn shipped_policies() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(repo().join("topologies/netpol"))
+        .expect("topologies/netpol")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        // Written for canal-netpol's addresses: the scenarios use it.
+        .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("canal-")))
+        .collect();
+    v.sort();
+    v
+}
+
+/// A YAML file in a temporary folder, removed when dropped.
+struct Yaml(PathBuf);
+
+impl Yaml {
+    fn new(text: &str) -> Yaml {
+        let dir = std::env::temp_dir().join("cnilab-tests");
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join(format!("{}.yaml", unique_name()));
+        std::fs::write(&path, text).expect("write manifest");
+        Yaml(path)
+    }
+}
+
+impl Drop for Yaml {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// ipBlock policies made from the lab's addresses, as the e2e tests make
+/// theirs: egress from x/a to everything except y/b's address, and ingress
+/// to x/b from everywhere except z/c's.
+fn ip_block_policies(lab: &Lab) -> Yaml {
+    let st = lab.state();
+    let ip_of = |ns: &str, pod: &str| -> String {
+        for n in st["plan"]["nodes"].as_array().expect("nodes") {
+            for p in n["pods"].as_array().expect("pods") {
+                let meta_ns = p["meta"]["namespace"].as_str().unwrap_or("default");
+                if p["name"] == pod && meta_ns == ns {
+                    let key = format!("{}/{}", n["name"].as_str().unwrap(), pod);
+                    let ip = st["pods"][&key]["ip"].as_str().expect("pod address");
+                    return ip.split('/').next().unwrap().to_string();
+                }
+            }
+        }
+        panic!("no pod {ns}/{pod}")
+    };
+    Yaml::new(&format!(
+        "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{ name: x-a-egress-except-y-b, namespace: x }}
+spec:
+  podSelector: {{ matchLabels: {{ pod: a }} }}
+  policyTypes: [Egress]
+  egress:
+  - to:
+    - ipBlock: {{ cidr: 0.0.0.0/0, except: [{}/32] }}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{ name: x-b-ingress-except-z-c, namespace: x }}
+spec:
+  podSelector: {{ matchLabels: {{ pod: b }} }}
+  ingress:
+  - from:
+    - ipBlock: {{ cidr: 0.0.0.0/0, except: [{}/32] }}
+",
+        ip_of("y", "b"),
+        ip_of("z", "c")
+    ))
+}
+
+/// `probe policy --json` (exit 0 when the kernel agrees, 1 when not).
+fn probe(lab: &Lab) -> (Value, String) {
+    let out = lab.run(&["probe", "policy", "--json"]);
+    let code = out.status.code();
+    assert!(matches!(code, Some(0 | 1)), "probe policy failed:\n{}", show(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", show(&out)));
+    assert_eq!(
+        code == Some(0),
+        v["disagreements"] == 0,
+        "exit code follows the verdict"
+    );
+    (v, show(&out))
+}
+
+fn apply(lab: &Lab, file: &std::path::Path) -> String {
+    let out = lab.run(&["policy", "apply", &file.display().to_string()]);
+    assert!(out.status.success(), "policy apply {}:\n{}", file.display(), show(&out));
+    show(&out)
+}
+
+fn rm_all(lab: &Lab) {
+    let out = lab.run(&["policy", "rm", "--all"]);
+    assert!(out.status.success(), "policy rm --all:\n{}", show(&out));
+}
+
+/// Every shipped policy (and the ipBlock ones) on an enforcing profile:
+/// no disagreement on TCP and UDP, ports 80 and 81; each blocks something;
+/// `policy rm` gives back the snapshot from before, byte for byte.
+fn enforces_every_policy(topology_file: &str) {
+    let lab = Lab::up(&topology(topology_file));
+    let before = lab.snapshot();
+    let (none, _) = probe(&lab);
+    assert_eq!(none["blocked"], 0, "without policies everything is delivered");
+    let ip_block = ip_block_policies(&lab);
+    let mut files = shipped_policies();
+    files.push(ip_block.0.clone());
+    assert!(files.len() >= 16, "at least 15 policies: {files:?}");
+    let mut blocking = 0;
+    for f in &files {
+        apply(&lab, f);
+        let (v, text) = probe(&lab);
+        assert_eq!(
+            v["disagreements"],
+            0,
+            "{}: the kernel disagrees with the policy:\n{text}",
+            f.display()
+        );
+        let protos: Vec<&str> = v["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p[1].as_str().unwrap())
+            .collect();
+        assert!(protos.contains(&"TCP") && protos.contains(&"UDP"), "{protos:?}");
+        if v["blocked"].as_u64().unwrap() > 0 {
+            blocking += 1;
+        }
+        rm_all(&lab);
+        let after = lab.snapshot();
+        assert!(
+            after == before,
+            "{}: policy rm left the lab changed:\n{}",
+            f.display(),
+            similar::TextDiff::from_lines(&before, &after).unified_diff()
+        );
+    }
+    // allow-all beside its default deny blocks nothing; every other one does.
+    assert!(
+        blocking >= files.len() - 1,
+        "{blocking} of {} policies blocked something",
+        files.len()
+    );
+}
+
+#[test]
+fn canal_enforces_every_policy_as_kubernetes_says() {
+    enforces_every_policy("canal-netpol.toml");
+}
+
+#[test]
+fn calico_enforces_every_policy_as_kubernetes_says() {
+    enforces_every_policy("calico-netpol.toml");
+}
+
+/// flannel: the same policies change nothing in the kernel, `up` and
+/// `policy apply` say so in one line, and `probe policy` shows where the
+/// kernel and the policies disagree (exit 1).
+#[test]
+fn flannel_enforces_nothing_and_probe_policy_shows_it() {
+    let lab = Lab::up(&topology("flannel-netpol.toml"));
+    let before = lab.snapshot();
+    let out = apply(&lab, &repo().join("topologies/netpol/deny-ingress-x.yaml"));
+    let notes: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("enforces no NetworkPolicy"))
+        .collect();
+    assert_eq!(notes.len(), 1, "one line says so:\n{out}");
+    let (v, text) = probe(&lab);
+    assert_eq!(v["blocked"], 0, "flannel blocks nothing:\n{text}");
+    // 8 other pods to each of x's 3 pods, 2 ports, TCP and UDP.
+    assert_eq!(v["disagreements"], 3 * 8 * 4, "{text}");
+    let out = lab.run(&["probe", "policy", "--port", "80", "--proto", "tcp"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("DIFFERS y/b (node1/b) -> x/a (node1/a) tcp/80: kernel delivered, policy says denied"),
+        "{table}"
+    );
+    // Nothing in the kernel changed.
+    let after = lab.snapshot();
+    let strip = |s: &str| {
+        s.lines()
+            .filter(|l| !l.starts_with("policy "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(strip(&before), strip(&after));
+    assert!(after.contains("policy x/deny-ingress (Ingress) selects"), "{after}");
+}
+
+/// Host state that must not change: its iptables and ipsets.
+fn host_filters() -> String {
+    let save = std::process::Command::new("iptables-save")
+        .output()
+        .expect("iptables-save");
+    let sets = std::process::Command::new("ipset")
+        .args(["list", "-n"])
+        .output()
+        .expect("ipset");
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&save.stdout)
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        String::from_utf8_lossy(&sets.stdout)
+    )
+}
+
+/// A policy with ipsets in force; `down` leaves no chain, ipset or
+/// namespace, and the host's own filters are untouched.
+#[test]
+fn down_leaves_no_chain_ipset_or_namespace() {
+    let host = host_filters();
+    let lab = Lab::up(&topology("canal-netpol.toml"));
+    let name = lab.name.clone();
+    apply(&lab, &repo().join("topologies/netpol/pod-or-namespace.yaml"));
+    let sets = lab.exec_ok("node1", &["ipset", "list", "-n"]);
+    assert!(sets.lines().any(|s| s.starts_with("cali40s:")), "{sets}");
+    let chains = lab.exec_ok("node1", &["iptables-save", "-t", "filter"]);
+    assert!(chains.contains(":cali-pi-_"), "{chains}");
+    assert_eq!(
+        host_filters(),
+        host,
+        "the host's filters are untouched while the lab runs"
+    );
+    drop(lab);
+    assert_gone(&name);
+    assert_eq!(host_filters(), host, "the host's filters are untouched after down");
+}
+
+/// Bad manifests: exit 2, every mistake with file:line:column and a fix,
+/// nothing applied; a policy that selects nothing is reported.
+#[test]
+fn bad_manifests_are_refused_with_positions() {
+    let lab = Lab::up(&topology("canal-netpol.toml"));
+    let bad = Yaml::new(
+        "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: { name: bad, namespace: x }
+spec:
+  podSelector: {}
+  ingress:
+  - from:
+    - ipBlock: { cidr: 10.0.0.0/33 }
+    ports:
+    - { protocol: tcp, port: 80 }
+    - { protocl: TCP }
+",
+    );
+    let shown = bad.0.display().to_string();
+    let out = lab.run(&["policy", "apply", &shown]);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        format!("{shown}:8:24"),
+        format!("{shown}:10:19"),
+        format!("{shown}:11:9"),
+    ] {
+        assert!(err.contains(&want), "no {want} in:\n{err}");
+    }
+    assert!(err.contains("did you mean `protocol`"), "{err}");
+    let ls = lab.run(&["policy", "ls", "--json"]);
+    assert_eq!(String::from_utf8_lossy(&ls.stdout).trim(), "[]", "nothing applied");
+
+    let missing_ns = Yaml::new(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: { name: p, namespace: nowhere }\nspec: { podSelector: {} }\n",
+    );
+    let out = lab.run(&["policy", "apply", &missing_ns.0.display().to_string()]);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(
+        show(&out).contains("[[namespace]] name = \"nowhere\""),
+        "{}",
+        show(&out)
+    );
+
+    let nothing = Yaml::new(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: { name: for-ghosts, namespace: y }\nspec: { podSelector: { matchLabels: { app: ghost } } }\n",
+    );
+    let out = lab.run(&["policy", "apply", &nothing.0.display().to_string()]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("policy y/for-ghosts selects no pod"),
+        "{}",
+        show(&out)
+    );
+    let ls = lab.run(&["policy", "ls"]);
+    assert!(String::from_utf8_lossy(&ls.stdout).contains("NOTHING"), "{}", show(&ls));
+}
+
+/// A topology naming manifests: `validate` reads them (all mistakes of
+/// all files, exit 2), and `up` starts with them in force.
+#[test]
+fn topology_policies_are_validated_and_applied_at_up() {
+    let dir = std::env::temp_dir().join("cnilab-tests").join(unique_name());
+    std::fs::create_dir_all(dir.join("np")).unwrap();
+    let text = std::fs::read_to_string(topology("canal-netpol.toml"))
+        .unwrap()
+        .replacen("cni = \"canal\"", "cni = \"canal\"\npolicies = [\"np/*.yaml\"]", 1);
+    let topo = dir.join("t.toml");
+    std::fs::write(&topo, &text).unwrap();
+    std::fs::copy(
+        repo().join("topologies/netpol/deny-ingress-x.yaml"),
+        dir.join("np/a.yaml"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("np/b.yaml"),
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: b}\nspec:\n  podSelectr: {}\n",
+    )
+    .unwrap();
+    let out = cnilab(&["validate", &topo.display().to_string()]);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(
+        show(&out).contains("np/b.yaml:5:3: unknown field `spec.podSelectr`"),
+        "{}",
+        show(&out)
+    );
+    std::fs::remove_file(dir.join("np/b.yaml")).unwrap();
+    let lab = Lab::up(&topo);
+    let (v, text) = probe(&lab);
+    assert_eq!(v["disagreements"], 0, "{text}");
+    assert!(
+        v["blocked"].as_u64().unwrap() > 0,
+        "the topology's policy is in force:\n{text}"
+    );
+    drop(lab);
+    let _ = std::fs::remove_dir_all(&dir);
+}
