@@ -3,8 +3,12 @@
 //! jumps into user chains, RETURN and the chain's policy. A rule is judged
 //! only on the matches cnilab can decide for the packet (protocol,
 //! addresses, interfaces, ports, ICMP type, conntrack state, address type,
-//! a random share of 0 or 1); a rule with any other match "may match", and
-//! that is reported instead of guessed.
+//! a random share of 0 or 1, the packet's mark, membership of an IP set
+//! whose contents are known); a rule with any other match "may match", and
+//! that is reported instead of guessed. `-j MARK --set-xmark` changes the
+//! mark the walk carries (from 0 at the table's built-in chain), and the
+//! walk records every rule that acted on the packet: the path to the
+//! verdict.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -12,10 +16,14 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
+use crate::observe::ipset::{Sets, Side};
+
 /// Every table of one namespace.
 #[derive(Debug, Default, Clone)]
 pub struct Ruleset {
     tables: BTreeMap<String, BTreeMap<String, Chain>>,
+    /// The namespace's IP sets; None when not known (set matches "may match").
+    sets: Option<Sets>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -44,6 +52,18 @@ enum Match {
     Sport(Vec<(u16, u16)>),
     IcmpType(String),
     State(Vec<String>),
+    /// `-m multiport --ports`: the source or the destination port.
+    AnyPort(Vec<(u16, u16)>),
+    /// `-m mark --mark value/mask`.
+    Mark {
+        value: u32,
+        mask: u32,
+    },
+    /// `-m set --match-set name flags`, a flag true for `src`.
+    Set {
+        name: String,
+        flags: Vec<bool>,
+    },
     AddrType {
         dst: bool,
         kind: String,
@@ -62,6 +82,11 @@ enum Target {
     Return,
     Jump(String),
     Goto(String),
+    /// `-j MARK --set-xmark value/mask`: mark = (mark & !mask) ^ value, then on to the next rule.
+    Mark {
+        value: u32,
+        mask: u32,
+    },
     /// MASQUERADE (no address: the outgoing interface's) or SNAT.
     Snat(Option<Ipv4Addr>),
     Dnat(Option<Ipv4Addr>),
@@ -111,6 +136,19 @@ pub struct Verdict {
     pub chain: String,
     /// The deciding rule as iptables-save prints it, or `policy DROP`.
     pub rule: String,
+    /// Every rule that acted on the packet on its way to the decision, in
+    /// order: jumps and gotos into chains with rules, MARK, RETURN, and the
+    /// deciding rule itself (none for a policy).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub path: Vec<Step>,
+    /// The chains the packet entered, in order: the built-in chain, each
+    /// chain with rules a jump or goto took it into, and each chain it came
+    /// back to after a RETURN or the end of a chain
+    /// (`FORWARD`, `cali-FORWARD`, ..., `cali-FORWARD`, `FORWARD`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub chains: Vec<String>,
+    /// The packet's mark when the decision was taken.
+    pub mark: u32,
     /// Rules with matches cnilab cannot decide that would have changed the
     /// outcome, as `table chain: rule`.
     pub maybe: Vec<String>,
@@ -118,6 +156,49 @@ pub struct Verdict {
     /// None as the address means the outgoing interface's (MASQUERADE).
     #[serde(skip)]
     pub nat: Option<(bool, Option<Ipv4Addr>)>,
+}
+
+/// One rule that acted on the packet.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Step {
+    /// The chain the rule is in.
+    pub chain: String,
+    /// The rule as iptables-save prints it.
+    pub rule: String,
+    /// The packet's mark after it.
+    pub mark: u32,
+    /// Whether the rule sets the mark (`-j MARK`).
+    pub marks: bool,
+}
+
+impl Verdict {
+    /// Whether the way to the verdict went through a rule that sets the
+    /// mark: policy engines (felix) decide by marks, and their path is worth
+    /// showing.
+    pub fn by_marks(&self) -> bool {
+        self.path.iter().any(|s| s.marks)
+    }
+}
+
+/// `0x10000/0x10000`, `0x10000` (mask all ones), or decimal.
+fn mark_pair(s: &str) -> Option<(u32, u32)> {
+    let num = |x: &str| match x.strip_prefix("0x") {
+        Some(h) => u32::from_str_radix(h, 16).ok(),
+        None => x.parse().ok(),
+    };
+    match s.split_once('/') {
+        Some((v, m)) => Some((num(v)?, num(m)?)),
+        None => Some((num(s)?, u32::MAX)),
+    }
+}
+
+/// The target options of `-j MARK`: `--set-xmark` as iptables-save prints
+/// it, or `--set-mark` (which also sets the value's bits); None for others.
+fn mark_target(w: &[String]) -> Option<Target> {
+    let at = w.iter().position(|x| x == "--set-xmark" || x == "--set-mark")?;
+    let (value, mask) = mark_pair(w.get(at + 1)?)?;
+    let mask = if w[at] == "--set-mark" { mask | value } else { mask };
+    Some(Target::Mark { value, mask })
 }
 
 /// Splits one iptables-save line into words: iptables-save quotes a word
@@ -181,6 +262,8 @@ impl Rule {
         }
         let chain = it.next()?.to_string();
         let (mut matches, mut target, mut neg) = (Vec::new(), Target::Other, false);
+        // The match module the options that follow belong to (`--mark` is both mark's and connmark's).
+        let mut module = String::new();
         while let Some(opt) = it.next() {
             if opt == "!" {
                 neg = true;
@@ -196,6 +279,15 @@ impl Rule {
                     ports(&next(&mut it)).map_or(Match::Unknown, Match::Dport)
                 }
                 "--sport" | "--sports" | "--source-port" => ports(&next(&mut it)).map_or(Match::Unknown, Match::Sport),
+                "--ports" if module == "multiport" => ports(&next(&mut it)).map_or(Match::Unknown, Match::AnyPort),
+                "--mark" if module == "mark" => {
+                    mark_pair(&next(&mut it)).map_or(Match::Unknown, |(value, mask)| Match::Mark { value, mask })
+                }
+                "--match-set" if module == "set" => {
+                    let name = next(&mut it);
+                    let flags = next(&mut it).split(',').map(|f| f == "src").collect();
+                    Match::Set { name, flags }
+                }
                 "--icmp-type" => Match::IcmpType(next(&mut it)),
                 "--ctstate" | "--state" => Match::State(next(&mut it).split(',').map(str::to_string).collect()),
                 "--dst-type" => Match::AddrType {
@@ -207,11 +299,14 @@ impl Rule {
                     kind: next(&mut it),
                 },
                 "--probability" => Match::Random(next(&mut it).parse().unwrap_or(0.5)),
-                "-m" => match next(&mut it).as_str() {
-                    "udp" | "tcp" | "icmp" | "comment" | "conntrack" | "state" | "addrtype" | "multiport"
-                    | "statistic" => Match::Nothing,
-                    _ => Match::Unknown,
-                },
+                "-m" => {
+                    module = next(&mut it);
+                    match module.as_str() {
+                        "udp" | "tcp" | "icmp" | "comment" | "conntrack" | "state" | "addrtype" | "multiport"
+                        | "statistic" | "mark" | "set" => Match::Nothing,
+                        _ => Match::Unknown,
+                    }
+                }
                 "--mode" if it.peek() == Some(&"random") => {
                     it.next();
                     Match::Nothing
@@ -228,6 +323,7 @@ impl Rule {
                         "DROP" => Target::Drop,
                         "REJECT" => Target::Reject,
                         "RETURN" => Target::Return,
+                        "MARK" if !goto => mark_target(&w).unwrap_or(Target::Jump(t.clone())),
                         "MASQUERADE" => Target::Snat(None),
                         "SNAT" | "DNAT" => {
                             let to = w
@@ -290,8 +386,31 @@ fn yes(b: bool) -> Tri {
     if b { Tri::Yes } else { Tri::No }
 }
 
+/// What the walk knows beside the packet: its mark, and the IP sets.
+#[derive(Debug, Clone, Copy)]
+struct Look<'a> {
+    mark: u32,
+    /// Mark bits a rule cnilab could not decide may have changed.
+    unsure: u32,
+    sets: Option<&'a Sets>,
+}
+
+/// The side of the packet a set flag names, as the set looks it up.
+fn side(p: &Packet, src: bool) -> Side {
+    let (proto, port) = match p.proto {
+        Proto::Icmp(ty) => (1, Some(u16::from(ty) << 8)),
+        Proto::Tcp { sport, dport } => (6, if src { sport } else { dport }),
+        Proto::Udp { sport, dport } => (17, if src { sport } else { dport }),
+    };
+    Side {
+        addr: if src { p.src } else { p.dst },
+        proto,
+        port,
+    }
+}
+
 impl Match {
-    fn test(&self, p: &Packet) -> Tri {
+    fn test(&self, p: &Packet, look: &Look) -> Tri {
         let (sport, dport) = match p.proto {
             Proto::Udp { sport, dport } | Proto::Tcp { sport, dport } => (sport, dport),
             Proto::Icmp(_) => (None, None),
@@ -335,6 +454,26 @@ impl Match {
                 }
                 _ => Tri::No,
             },
+            Match::AnyPort(r) => match (in_ranges(r, sport), in_ranges(r, dport)) {
+                _ if matches!(p.proto, Proto::Icmp(_)) => Tri::No,
+                (Tri::Yes, _) | (_, Tri::Yes) => Tri::Yes,
+                (Tri::No, Tri::No) => Tri::No,
+                _ => Tri::Maybe,
+            },
+            Match::Mark { value, mask } => {
+                if (look.mark ^ value) & mask & !look.unsure != 0 {
+                    Tri::No
+                } else if mask & look.unsure != 0 {
+                    Tri::Maybe
+                } else {
+                    Tri::Yes
+                }
+            }
+            Match::Set { name, flags } => {
+                let Some(sets) = look.sets else { return Tri::Maybe };
+                let sides: Vec<Side> = flags.iter().map(|src| side(p, *src)).collect();
+                sets.test(name, &sides).map_or(Tri::Maybe, yes)
+            }
             Match::State(states) => {
                 let now = if p.established { "ESTABLISHED" } else { "NEW" };
                 yes(states.iter().any(|s| s == now))
@@ -357,10 +496,10 @@ impl Match {
 }
 
 impl Rule {
-    fn test(&self, p: &Packet) -> Tri {
+    fn test(&self, p: &Packet, look: &Look) -> Tri {
         let mut any_maybe = false;
         for (neg, m) in &self.matches {
-            match (m.test(p), neg) {
+            match (m.test(p, look), neg) {
                 (Tri::No, false) | (Tri::Yes, true) => return Tri::No,
                 (Tri::Maybe, _) => any_maybe = true,
                 _ => {}
@@ -374,7 +513,8 @@ impl Rule {
 const MAX_DEPTH: usize = 32;
 
 impl Ruleset {
-    /// Reads iptables-save's output.
+    /// Reads iptables-save's output. The IP sets are not known: a set
+    /// match "may match".
     pub fn parse(text: &str) -> Ruleset {
         let mut rs = Ruleset::default();
         let mut table = String::new();
@@ -404,6 +544,16 @@ impl Ruleset {
         rs
     }
 
+    /// Reads iptables-save's output and `ipset save`'s, so that
+    /// `-m set --match-set` is judged against the sets' members (a set not
+    /// listed still "may match").
+    pub fn parse_with_sets(text: &str, ipsets: &str) -> Ruleset {
+        Ruleset {
+            sets: Some(Sets::parse(ipsets)),
+            ..Ruleset::parse(text)
+        }
+    }
+
     /// Whether there is no rule and every policy accepts: nothing to show.
     pub fn is_open(&self) -> bool {
         self.tables
@@ -412,84 +562,160 @@ impl Ruleset {
             .all(|c| c.rules.is_empty() && c.policy.as_deref() != Some("DROP"))
     }
 
-    /// Runs `p` through built-in `chain` of `table`; None when the table or
-    /// chain does not exist here (the packet passes).
+    /// Runs `p` through built-in `chain` of `table`, its mark 0 at the
+    /// start; None when the table or chain does not exist here (the packet
+    /// passes).
     pub fn judge(&self, table: &str, chain: &str, p: &Packet) -> Option<Verdict> {
         let t = self.tables.get(table)?;
         let c = t.get(chain)?;
-        let mut v = Verdict {
-            passes: true,
-            table: table.to_string(),
-            chain: chain.to_string(),
-            rule: String::new(),
-            maybe: Vec::new(),
-            nat: None,
+        let mut w = Walk {
+            t,
+            table,
+            p,
+            look: Look {
+                mark: 0,
+                unsure: 0,
+                sets: self.sets.as_ref(),
+            },
+            v: Verdict {
+                passes: true,
+                table: table.to_string(),
+                chain: chain.to_string(),
+                rule: String::new(),
+                path: Vec::new(),
+                chains: Vec::new(),
+                mark: 0,
+                maybe: Vec::new(),
+                nat: None,
+            },
         };
-        if !self.walk(t, table, chain, p, &mut v, 0) {
+        if !w.chain(chain, 0) {
             let policy = c.policy.clone().unwrap_or_else(|| "ACCEPT".into());
-            v.passes = policy != "DROP";
-            v.chain = chain.to_string();
-            v.rule = format!("policy {policy}");
+            w.v.passes = policy != "DROP";
+            w.v.chain = chain.to_string();
+            w.v.rule = format!("policy {policy}");
         }
-        Some(v)
+        w.v.mark = w.look.mark;
+        Some(w.v)
     }
+}
 
+/// The mark bits the rules of `chain`, and of the chains it jumps or goes
+/// to, may set.
+fn marks_set<'c>(t: &'c BTreeMap<String, Chain>, chain: &'c str, seen: &mut Vec<&'c str>) -> u32 {
+    if seen.contains(&chain) {
+        return 0;
+    }
+    seen.push(chain);
+    let Some(c) = t.get(chain) else { return 0 };
+    c.rules.iter().fold(0, |bits, r| {
+        bits | match &r.target {
+            Target::Mark { mask, .. } => *mask,
+            Target::Jump(sub) | Target::Goto(sub) => marks_set(t, sub, seen),
+            _ => 0,
+        }
+    })
+}
+
+/// One packet's way through one table.
+struct Walk<'a> {
+    t: &'a BTreeMap<String, Chain>,
+    table: &'a str,
+    p: &'a Packet<'a>,
+    look: Look<'a>,
+    v: Verdict,
+}
+
+impl Walk<'_> {
     /// Walks one chain; true when a rule decided (then `v` says how), false
     /// when the packet fell off its end or met RETURN.
-    fn walk(
-        &self,
-        t: &BTreeMap<String, Chain>,
-        table: &str,
-        chain: &str,
-        p: &Packet,
-        v: &mut Verdict,
-        depth: usize,
-    ) -> bool {
+    fn chain(&mut self, chain: &str, depth: usize) -> bool {
+        let t = self.t;
         let Some(c) = t.get(chain).filter(|_| depth < MAX_DEPTH) else {
             return false;
         };
+        self.enter(chain, c);
         for r in &c.rules {
-            let hit = r.test(p);
+            let hit = r.test(self.p, &self.look);
             let consequential = match &r.target {
                 Target::Other => false,
                 Target::Jump(sub) => t.contains_key(sub),
                 _ => true,
             };
             if hit == Tri::Maybe && consequential {
-                v.maybe.push(format!("{table} {chain}: {}", r.text));
+                self.v.maybe.push(format!("{} {chain}: {}", self.table, r.text));
+                // Taken as not matching; the mark bits it (or the chains it
+                // would enter) could set are no longer known.
+                self.look.unsure |= match &r.target {
+                    Target::Mark { mask, .. } => *mask,
+                    Target::Jump(sub) | Target::Goto(sub) => marks_set(t, sub, &mut Vec::new()),
+                    _ => 0,
+                };
                 continue;
             }
             if hit != Tri::Yes {
                 continue;
             }
-            let decide = |v: &mut Verdict, passes: bool| {
-                v.passes = passes;
-                v.chain = chain.to_string();
-                v.rule = r.text.clone();
-                true
-            };
-            match &r.target {
-                Target::Accept => return decide(v, true),
-                Target::Drop | Target::Reject => return decide(v, false),
-                Target::Snat(a) => {
-                    v.nat = Some((true, *a));
-                    return decide(v, true);
-                }
-                Target::Dnat(a) => {
-                    v.nat = Some((false, *a));
-                    return decide(v, true);
-                }
-                Target::Return => return false,
-                Target::Jump(sub) => {
-                    if self.walk(t, table, sub, p, v, depth + 1) {
-                        return true;
-                    }
-                }
-                Target::Goto(sub) => return self.walk(t, table, sub, p, v, depth + 1),
-                Target::Other => {}
+            if let Some(decided) = self.fire(chain, r, depth) {
+                return decided;
             }
         }
         false
+    }
+
+    /// Notes that the packet is in `chain` now, unless it has no rule (nothing happens there).
+    fn enter(&mut self, name: &str, c: &Chain) {
+        if !c.rules.is_empty() && self.v.chains.last().is_none_or(|l| l != name) {
+            self.v.chains.push(name.to_string());
+        }
+    }
+
+    /// Applies a rule that matches: Some(whether a rule decided) when the
+    /// chain ends here, None when the walk goes on with its next rule.
+    fn fire(&mut self, chain: &str, r: &Rule, depth: usize) -> Option<bool> {
+        if let Target::Mark { value, mask } = r.target {
+            self.look.mark = (self.look.mark & !mask) ^ value;
+            self.look.unsure &= !mask;
+        }
+        let shown = match &r.target {
+            Target::Other => false,
+            // A jump into an empty chain (or to an extension such as LOG) changes nothing.
+            Target::Jump(sub) => self.t.get(sub).is_some_and(|c| !c.rules.is_empty()),
+            _ => true,
+        };
+        if shown {
+            self.v.path.push(Step {
+                chain: chain.to_string(),
+                rule: r.text.clone(),
+                mark: self.look.mark,
+                marks: matches!(r.target, Target::Mark { .. }),
+            });
+        }
+        let mut decide = |passes: bool, nat: Option<(bool, Option<Ipv4Addr>)>| {
+            self.v.passes = passes;
+            self.v.chain = chain.to_string();
+            self.v.rule = r.text.clone();
+            self.v.nat = nat;
+            Some(true)
+        };
+        match &r.target {
+            Target::Accept => decide(true, None),
+            Target::Drop | Target::Reject => decide(false, None),
+            Target::Snat(a) => decide(true, Some((true, *a))),
+            Target::Dnat(a) => decide(true, Some((false, *a))),
+            Target::Return => Some(false),
+            Target::Jump(sub) => {
+                if self.chain(sub, depth + 1) {
+                    return Some(true);
+                }
+                // Back here, after a RETURN or the end of the chain.
+                self.enter(chain, &self.t[chain]);
+                None
+            }
+            // A goto does not come back here: a RETURN there returns to this chain's caller.
+            Target::Goto(sub) => Some(self.chain(sub, depth + 1)),
+            Target::Mark { .. } | Target::Other => None,
+        }
     }
 }
 
@@ -643,5 +869,344 @@ COMMIT
         let v = rs.judge("mangle", "POSTROUTING", &p).unwrap();
         assert!(v.passes);
         assert_eq!(v.maybe.len(), 1);
+    }
+
+    /// A node as felix programs it (shape of iptables-save on a calico
+    /// node): pod x/a (10.244.1.2) on cali456b416f2bf has an ingress policy
+    /// allowing TCP 80 from the pods of set cali40s:… (10.244.1.3) and the
+    /// named port `http-alt` (its TCP 81); pod y/b (10.244.1.3) on
+    /// cali665e9bb24dc has no policy.
+    const FELIX: &str = r#"# Generated by iptables-save v1.8.9 (nf_tables)
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:FLANNEL-FWD - [0:0]
+:cali-FORWARD - [0:0]
+:cali-cidr-block - [0:0]
+:cali-from-hep-forward - [0:0]
+:cali-from-wl-dispatch - [0:0]
+:cali-fw-cali456b416f2bf - [0:0]
+:cali-fw-cali665e9bb24dc - [0:0]
+:cali-pi-_gZd-p_pOD9burOpA7Sq - [0:0]
+:cali-pri-kns.x - [0:0]
+:cali-pri-kns.y - [0:0]
+:cali-pro-kns.x - [0:0]
+:cali-pro-kns.y - [0:0]
+:cali-to-hep-forward - [0:0]
+:cali-to-wl-dispatch - [0:0]
+:cali-tw-cali456b416f2bf - [0:0]
+:cali-tw-cali665e9bb24dc - [0:0]
+-A FORWARD -j cali-FORWARD
+-A FORWARD -m comment --comment "flanneld forward" -j FLANNEL-FWD
+-A FORWARD -m comment --comment "Policy explicitly accepted packet." -m mark --mark 0x10000/0x10000 -j ACCEPT
+-A FORWARD -j MARK --set-xmark 0x10000/0x10000
+-A cali-FORWARD -j MARK --set-xmark 0x0/0x1a0000
+-A cali-FORWARD -m mark --mark 0x0/0x10000 -j cali-from-hep-forward
+-A cali-FORWARD -i cali+ -j cali-from-wl-dispatch
+-A cali-FORWARD -o cali+ -j cali-to-wl-dispatch
+-A cali-FORWARD -j cali-to-hep-forward
+-A cali-FORWARD -j cali-cidr-block
+-A cali-from-wl-dispatch -i cali456b416f2bf -g cali-fw-cali456b416f2bf
+-A cali-from-wl-dispatch -i cali665e9bb24dc -g cali-fw-cali665e9bb24dc
+-A cali-from-wl-dispatch -m comment --comment "Unknown interface" -j DROP
+-A cali-fw-cali456b416f2bf -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A cali-fw-cali456b416f2bf -m conntrack --ctstate INVALID -j DROP
+-A cali-fw-cali456b416f2bf -j MARK --set-xmark 0x0/0x30000
+-A cali-fw-cali456b416f2bf -p udp -m comment --comment "Drop VXLAN encapped packets originating in workloads" -m multiport --dports 4789 -j DROP
+-A cali-fw-cali456b416f2bf -p ipencap -m comment --comment "Drop IPinIP encapped packets originating in workloads" -j DROP
+-A cali-fw-cali456b416f2bf -j cali-pro-kns.x
+-A cali-fw-cali456b416f2bf -m comment --comment "Return if profile accepted" -m mark --mark 0x10000/0x10000 -j RETURN
+-A cali-fw-cali456b416f2bf -m comment --comment "Drop if no profiles matched" -j DROP
+-A cali-fw-cali665e9bb24dc -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A cali-fw-cali665e9bb24dc -m conntrack --ctstate INVALID -j DROP
+-A cali-fw-cali665e9bb24dc -j MARK --set-xmark 0x0/0x30000
+-A cali-fw-cali665e9bb24dc -p udp -m comment --comment "Drop VXLAN encapped packets originating in workloads" -m multiport --dports 4789 -j DROP
+-A cali-fw-cali665e9bb24dc -p ipencap -m comment --comment "Drop IPinIP encapped packets originating in workloads" -j DROP
+-A cali-fw-cali665e9bb24dc -j cali-pro-kns.y
+-A cali-fw-cali665e9bb24dc -m comment --comment "Return if profile accepted" -m mark --mark 0x10000/0x10000 -j RETURN
+-A cali-fw-cali665e9bb24dc -m comment --comment "Drop if no profiles matched" -j DROP
+-A cali-pi-_gZd-p_pOD9burOpA7Sq -p tcp -m comment --comment "Policy x/knp.default.allow-b ingress" -m set --match-set cali40s:lgQ0i7EXRxuqdfcSKmyEYAU src -m multiport --dports 80 -j MARK --set-xmark 0x10000/0x10000
+-A cali-pi-_gZd-p_pOD9burOpA7Sq -m mark --mark 0x10000/0x10000 -j RETURN
+-A cali-pi-_gZd-p_pOD9burOpA7Sq -p tcp -m set --match-set cali40n:UKQArH4uDYNCIrbcNCRpdTW dst,dst -j MARK --set-xmark 0x10000/0x10000
+-A cali-pri-kns.x -m comment --comment "Profile kns.x ingress" -j MARK --set-xmark 0x10000/0x10000
+-A cali-pri-kns.y -m comment --comment "Profile kns.y ingress" -j MARK --set-xmark 0x10000/0x10000
+-A cali-pro-kns.x -m comment --comment "Profile kns.x egress" -j MARK --set-xmark 0x10000/0x10000
+-A cali-pro-kns.y -m comment --comment "Profile kns.y egress" -j MARK --set-xmark 0x10000/0x10000
+-A cali-to-wl-dispatch -o cali456b416f2bf -g cali-tw-cali456b416f2bf
+-A cali-to-wl-dispatch -o cali665e9bb24dc -g cali-tw-cali665e9bb24dc
+-A cali-to-wl-dispatch -m comment --comment "Unknown interface" -j DROP
+-A cali-tw-cali456b416f2bf -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A cali-tw-cali456b416f2bf -m conntrack --ctstate INVALID -j DROP
+-A cali-tw-cali456b416f2bf -j MARK --set-xmark 0x0/0x30000
+-A cali-tw-cali456b416f2bf -m comment --comment "Start of tier default" -j MARK --set-xmark 0x0/0x20000
+-A cali-tw-cali456b416f2bf -m mark --mark 0x0/0x20000 -j cali-pi-_gZd-p_pOD9burOpA7Sq
+-A cali-tw-cali456b416f2bf -m comment --comment "Return if policy accepted" -m mark --mark 0x10000/0x10000 -j RETURN
+-A cali-tw-cali456b416f2bf -m comment --comment "End of tier default. Drop if no policies passed packet" -m mark --mark 0x0/0x20000 -j DROP
+-A cali-tw-cali456b416f2bf -j cali-pri-kns.x
+-A cali-tw-cali456b416f2bf -m comment --comment "Return if profile accepted" -m mark --mark 0x10000/0x10000 -j RETURN
+-A cali-tw-cali456b416f2bf -m comment --comment "Drop if no profiles matched" -j DROP
+-A cali-tw-cali665e9bb24dc -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A cali-tw-cali665e9bb24dc -m conntrack --ctstate INVALID -j DROP
+-A cali-tw-cali665e9bb24dc -j MARK --set-xmark 0x0/0x30000
+-A cali-tw-cali665e9bb24dc -j cali-pri-kns.y
+-A cali-tw-cali665e9bb24dc -m comment --comment "Return if profile accepted" -m mark --mark 0x10000/0x10000 -j RETURN
+-A cali-tw-cali665e9bb24dc -m comment --comment "Drop if no profiles matched" -j DROP
+COMMIT
+"#;
+
+    const FELIX_SETS: &str = "create cali40s:lgQ0i7EXRxuqdfcSKmyEYAU hash:net family inet hashsize 1024 maxelem 1048576 bucketsize 12 initval 0x4f1a2b3c
+add cali40s:lgQ0i7EXRxuqdfcSKmyEYAU 10.244.1.3
+create cali40n:UKQArH4uDYNCIrbcNCRpdTW hash:ip,port family inet hashsize 1024 maxelem 1048576 bucketsize 12 initval 0x5e6f7a8b
+add cali40n:UKQArH4uDYNCIrbcNCRpdTW 10.244.1.2,tcp:81
+";
+
+    const TO_A: &str = "cali456b416f2bf";
+    const TO_B: &str = "cali665e9bb24dc";
+
+    fn tcp(dport: u16) -> Proto {
+        Proto::Tcp {
+            sport: None,
+            dport: Some(dport),
+        }
+    }
+
+    /// From a pod on another node (10.244.2.5, in by the tunnel) to x/a.
+    fn from_remote<'a>(proto: Proto) -> Packet<'a> {
+        pkt("10.244.2.5", "10.244.1.2", proto, Some("vxlan.calico"), Some(TO_A))
+    }
+
+    #[test]
+    fn felix_drops_a_pair_no_policy_allows_in_the_endpoint_chain() {
+        let rs = Ruleset::parse_with_sets(FELIX, FELIX_SETS);
+        let v = rs.judge("filter", "FORWARD", &from_remote(tcp(80))).unwrap();
+        assert!(!v.passes);
+        assert_eq!(
+            (v.table.as_str(), v.chain.as_str()),
+            ("filter", "cali-tw-cali456b416f2bf")
+        );
+        assert_eq!(
+            v.rule,
+            "-A cali-tw-cali456b416f2bf -m comment --comment \"End of tier default. Drop if no policies passed packet\" -m mark --mark 0x0/0x20000 -j DROP"
+        );
+        assert!(v.maybe.is_empty(), "{:?}", v.maybe);
+        assert!(v.by_marks());
+        // It went through the policy chain, where nothing marked it.
+        assert_eq!(
+            v.chains,
+            [
+                "FORWARD",
+                "cali-FORWARD",
+                "cali-to-wl-dispatch",
+                "cali-tw-cali456b416f2bf",
+                "cali-pi-_gZd-p_pOD9burOpA7Sq",
+                "cali-tw-cali456b416f2bf"
+            ]
+        );
+        assert!(
+            v.path
+                .iter()
+                .any(|s| s.rule.ends_with("-j cali-pi-_gZd-p_pOD9burOpA7Sq"))
+        );
+        assert_eq!(v.mark, 0);
+    }
+
+    #[test]
+    fn felix_accepts_an_allowed_pair_by_the_policy_mark() {
+        let rs = Ruleset::parse_with_sets(FELIX, FELIX_SETS);
+        let p = pkt("10.244.1.3", "10.244.1.2", tcp(80), Some(TO_B), Some(TO_A));
+        let v = rs.judge("filter", "FORWARD", &p).unwrap();
+        assert!(v.passes, "{v:?}");
+        assert_eq!(v.chain, "FORWARD");
+        assert!(v.rule.contains("Policy explicitly accepted packet."), "{}", v.rule);
+        assert_eq!(v.mark, 0x10000);
+        assert!(v.maybe.is_empty(), "{:?}", v.maybe);
+        // Egress of y/b (its profile accepts, the goto'd chain's RETURN goes back to
+        // cali-FORWARD), then ingress of x/a, where the policy's rule marks it.
+        assert_eq!(
+            v.chains,
+            [
+                "FORWARD",
+                "cali-FORWARD",
+                "cali-from-wl-dispatch",
+                "cali-fw-cali665e9bb24dc",
+                "cali-pro-kns.y",
+                "cali-fw-cali665e9bb24dc",
+                "cali-FORWARD",
+                "cali-to-wl-dispatch",
+                "cali-tw-cali456b416f2bf",
+                "cali-pi-_gZd-p_pOD9burOpA7Sq",
+                "cali-tw-cali456b416f2bf",
+                "cali-FORWARD",
+                "FORWARD"
+            ]
+        );
+        let at = |chain: &str, end: &str| {
+            v.path
+                .iter()
+                .position(|s| s.chain == chain && s.rule.ends_with(end))
+                .unwrap_or_else(|| panic!("{chain} ... {end} not in {:#?}", v.path))
+        };
+        let marked = at(
+            "cali-pi-_gZd-p_pOD9burOpA7Sq",
+            "--dports 80 -j MARK --set-xmark 0x10000/0x10000",
+        );
+        assert_eq!(v.path[marked].mark, 0x10000);
+        assert!(v.path[marked].marks);
+        let back = at(
+            "cali-pi-_gZd-p_pOD9burOpA7Sq",
+            "-m mark --mark 0x10000/0x10000 -j RETURN",
+        );
+        let returned = at("cali-tw-cali456b416f2bf", "-j RETURN");
+        let accepted = at("FORWARD", "-j ACCEPT");
+        assert!(marked < back && back < returned && returned < accepted);
+        assert_eq!(accepted, v.path.len() - 1);
+        // Jumps into empty chains changed nothing and are not on the path.
+        assert!(
+            !v.path
+                .iter()
+                .any(|s| s.rule.contains("hep-forward") || s.rule.contains("cidr-block"))
+        );
+    }
+
+    #[test]
+    fn felix_named_port_sets_match_address_protocol_and_port() {
+        let rs = Ruleset::parse_with_sets(FELIX, FELIX_SETS);
+        // 81 is x/a's named port: the dst,dst set holds 10.244.1.2,tcp:81.
+        let v = rs.judge("filter", "FORWARD", &from_remote(tcp(81))).unwrap();
+        assert!(v.passes, "{v:?}");
+        assert!(v.path.iter().any(|s| s.rule.contains("dst,dst -j MARK")));
+        // Not for UDP 81, not for TCP 82, not for ICMP.
+        let udp = Proto::Udp {
+            sport: None,
+            dport: Some(81),
+        };
+        for proto in [udp, tcp(82), Proto::Icmp(8)] {
+            let v = rs.judge("filter", "FORWARD", &from_remote(proto)).unwrap();
+            assert!(!v.passes, "{proto:?}: {v:?}");
+            assert!(v.rule.contains("Drop if no policies passed packet"));
+        }
+        // Negated: ! --match-set.
+        let neg = Ruleset::parse_with_sets(
+            "*filter\n:FORWARD ACCEPT [0:0]\n-A FORWARD -p tcp -m set ! --match-set cali40n:UKQArH4uDYNCIrbcNCRpdTW dst,dst -j DROP\nCOMMIT\n",
+            FELIX_SETS,
+        );
+        assert!(neg.judge("filter", "FORWARD", &from_remote(tcp(81))).unwrap().passes);
+        assert!(!neg.judge("filter", "FORWARD", &from_remote(tcp(82))).unwrap().passes);
+    }
+
+    #[test]
+    fn felix_lets_established_replies_pass_and_drops_encapsulation_from_pods() {
+        let rs = Ruleset::parse_with_sets(FELIX, FELIX_SETS);
+        // The reply of x/a to the remote pod (whose request x/a's policy does not allow: it
+        // was never sent, but conntrack decides first).
+        let mut p = pkt("10.244.1.2", "10.244.2.5", tcp(80), Some(TO_A), Some("vxlan.calico"));
+        p.established = true;
+        let v = rs.judge("filter", "FORWARD", &p).unwrap();
+        assert!(v.passes);
+        assert_eq!(v.chain, "cali-fw-cali456b416f2bf");
+        assert!(v.rule.ends_with("--ctstate RELATED,ESTABLISHED -j ACCEPT"));
+        // Into x/a, established: accepted before any policy.
+        let mut p = from_remote(tcp(80));
+        p.established = true;
+        let v = rs.judge("filter", "FORWARD", &p).unwrap();
+        assert!(v.passes);
+        assert_eq!(v.chain, "cali-tw-cali456b416f2bf");
+        // A pod sending VXLAN is dropped; -p ipencap never matches UDP, TCP or ICMP.
+        let vx = Proto::Udp {
+            sport: None,
+            dport: Some(4789),
+        };
+        let v = rs
+            .judge(
+                "filter",
+                "FORWARD",
+                &pkt("10.244.1.3", "10.244.2.5", vx, Some(TO_B), Some("eth0")),
+            )
+            .unwrap();
+        assert!(!v.passes);
+        assert!(v.rule.contains("Drop VXLAN encapped packets"));
+        let v = rs
+            .judge(
+                "filter",
+                "FORWARD",
+                &pkt("10.244.1.3", "10.244.2.5", tcp(80), Some(TO_B), Some("eth0")),
+            )
+            .unwrap();
+        assert!(v.passes, "{v:?}");
+        assert_eq!(v.mark, 0x10000);
+    }
+
+    #[test]
+    fn without_sets_a_set_match_may_match_and_so_do_the_marks_it_would_set() {
+        let rs = Ruleset::parse(FELIX);
+        let p = pkt("10.244.1.3", "10.244.1.2", tcp(80), Some(TO_B), Some(TO_A));
+        let v = rs.judge("filter", "FORWARD", &p).unwrap();
+        // Taken as not matching, and said: the set rules, and the RETURNs that test the bit they set.
+        assert!(!v.passes);
+        assert_eq!(v.maybe.len(), 4, "{:#?}", v.maybe);
+        assert!(v.maybe[0].contains("cali40s:lgQ0i7EXRxuqdfcSKmyEYAU src"));
+        assert!(v.maybe[1].ends_with("-m mark --mark 0x10000/0x10000 -j RETURN"));
+        assert!(v.maybe[2].contains("dst,dst"));
+        assert!(v.maybe[3].contains("Return if policy accepted"));
+        // A set the dump does not list cannot be told either.
+        let rs = Ruleset::parse_with_sets(FELIX, "");
+        assert_eq!(rs.judge("filter", "FORWARD", &p).unwrap().maybe.len(), 4);
+    }
+
+    #[test]
+    fn marks_set_xmark_set_mark_and_gotos_return_to_the_caller() {
+        let rs = Ruleset::parse(
+            "*mangle\n:PREROUTING ACCEPT [0:0]\n:A - [0:0]\n:B - [0:0]\n\
+             -A PREROUTING -j MARK --set-xmark 0xff/0xffffffff\n\
+             -A PREROUTING -j A\n\
+             -A PREROUTING -m mark --mark 0x1f/0xff -j DROP\n\
+             -A PREROUTING -m mark ! --mark 0xff -j DROP\n\
+             -A PREROUTING -m connmark --mark 0x3f -j DROP\n\
+             -A A -g B\n\
+             -A A -j DROP\n\
+             -A B -j MARK --set-xmark 0xc0/0xe0\n\
+             -A B -j MARK --set-mark 0x20/0x0\n\
+             -A B -j RETURN\n\
+             -A B -j DROP\nCOMMIT\n",
+        );
+        let v = rs
+            .judge(
+                "mangle",
+                "PREROUTING",
+                &pkt("1.1.1.1", "2.2.2.2", Proto::Icmp(8), Some("eth0"), None),
+            )
+            .unwrap();
+        // 0xff, then (0xff & !0xe0) ^ 0xc0 = 0xdf, then --set-mark 0x20/0x0 sets bit 0x20 again.
+        assert_eq!(v.mark, 0xff);
+        assert!(v.passes, "{v:?}");
+        assert_eq!(v.rule, "policy ACCEPT");
+        // The RETURN in B went back to PREROUTING, past A's DROP; connmark's --mark is not judged.
+        assert_eq!(v.chains, ["PREROUTING", "A", "B", "PREROUTING"]);
+        assert_eq!(
+            v.maybe,
+            ["mangle PREROUTING: -A PREROUTING -m connmark --mark 0x3f -j DROP"]
+        );
+        assert_eq!(mark_pair("0x10000/0x10000"), Some((0x10000, 0x10000)));
+        // A jump cnilab cannot decide into a chain that marks: the bits it may set are unknown after.
+        let rs = Ruleset::parse(
+            "*filter\n:FORWARD ACCEPT [0:0]\n:P - [0:0]\n:Q - [0:0]\n\
+             -A FORWARD -m owner --uid-owner 0 -j P\n\
+             -A FORWARD -m mark --mark 0x0/0x4 -j DROP\n\
+             -A FORWARD -m mark --mark 0x0/0x1 -j DROP\n\
+             -A P -g Q\n\
+             -A Q -j MARK --set-xmark 0x4/0x4\nCOMMIT\n",
+        );
+        let v = rs
+            .judge(
+                "filter",
+                "FORWARD",
+                &pkt("1.1.1.1", "2.2.2.2", Proto::Icmp(8), Some("eth0"), None),
+            )
+            .unwrap();
+        assert!(!v.passes);
+        assert!(v.rule.contains("0x0/0x1"), "{v:?}");
+        assert_eq!(v.maybe.len(), 2, "{:?}", v.maybe);
+        assert_eq!(mark_pair("7"), Some((7, u32::MAX)));
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod collect;
 pub mod graph;
+pub mod ipset;
 pub mod iptables;
 pub mod probe;
 pub mod snapshot;

@@ -13,7 +13,9 @@
 //! ICMP echo request of `--size` bytes (as the kernel counts it against an
 //! MTU) with DF set, as `probe ping --df` sends. At every hop it crosses
 //! the iptables chains the kernel would run for it (forwarded, delivered or
-//! sent locally) and the reverse-path filter. A packet that arrives is
+//! sent locally) and the reverse-path filter; where those chains decide by
+//! the packet's mark (felix's NetworkPolicy chains), the hop lists every
+//! rule that acted on it and the chains it crossed. A packet that arrives is
 //! answered: the echo reply is traced back the same way, and only a reply
 //! that comes home makes the trace "delivered".
 
@@ -271,9 +273,10 @@ impl View {
         self.d.local(ip).map(str::to_string)
     }
 
-    /// Every iptables table here.
+    /// Every iptables table here, with the IP sets their rules match.
     fn iptables(&self) -> &Ruleset {
-        self.rules.get_or_init(|| Ruleset::parse(&self.d.iptables))
+        self.rules
+            .get_or_init(|| Ruleset::parse_with_sets(&self.d.iptables, &self.d.ipsets))
     }
 
     /// Every IPv4 address of this namespace.
@@ -1468,6 +1471,7 @@ fn netfilter(
             ));
         }
         let by_policy = v.rule.starts_with("policy ");
+        marked_path(h, &v, chain, by_policy);
         if !v.passes {
             h.entries.push(match by_policy {
                 true => format!("iptables -t {} -P {} {}", v.table, v.chain, &v.rule[7..]),
@@ -1506,6 +1510,38 @@ fn netfilter(
         }
     }
     false
+}
+
+/// Where a table decided by marks (a policy engine's chains: felix), the
+/// rules that acted on the packet on the way, as entries (the deciding rule
+/// is added after them by the caller), and the chains they are in, in
+/// order, as a note. Tables that set no mark are left as they were.
+fn marked_path(h: &mut Hop, v: &iptables::Verdict, builtin: &str, by_policy: bool) {
+    if !v.by_marks() {
+        return;
+    }
+    let mut steps = v.path.as_slice();
+    if let Some((last, before)) = steps.split_last() {
+        if !by_policy && last.rule == v.rule {
+            steps = before;
+        }
+    }
+    for s in steps {
+        h.entries.push(format!("iptables -t {} {}", v.table, s.rule));
+    }
+    let outcome = match (v.passes, by_policy) {
+        (true, false) => "accepted",
+        (false, false) => "dropped",
+        (true, true) => "accepted by the policy",
+        (false, true) => "dropped by the policy",
+    };
+    h.notes.push(format!(
+        "iptables {} {builtin}: the rules that acted are in {}; {outcome} in chain {} with mark {:#x}",
+        v.table,
+        v.chains.join(" > "),
+        v.chain,
+        v.mark
+    ));
 }
 
 /// A netem qdisc here (on `dev`, or on any device), as `tc qdisc` prints it.
@@ -1843,5 +1879,166 @@ mod tests {
         let mut echo = p.clone();
         echo.proto = Proto::Icmp(8);
         assert_eq!(echo.reply().proto, Proto::Icmp(0));
+    }
+}
+
+#[cfg(test)]
+mod policy_tests {
+    //! felix's policy chains judged along a whole trace: the calico-bgp
+    //! recording of tests/dumps/, with worker2's filter table and IP sets
+    //! replaced by what felix programs for an ingress policy on its pod
+    //! (192.168.151.1 on cali83dbd022cd5): TCP 80 from worker1/pod-1's set,
+    //! and the named port whose set holds 192.168.151.1,tcp:81.
+
+    use super::*;
+    use crate::observe::snapshot::Recorded;
+
+    const WORKER2: &str = r#"*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:cali-FORWARD - [0:0]
+:cali-cidr-block - [0:0]
+:cali-from-hep-forward - [0:0]
+:cali-from-wl-dispatch - [0:0]
+:cali-fw-cali83dbd022cd5 - [0:0]
+:cali-pi-_gZd-p_pOD9burOpA7Sq - [0:0]
+:cali-pri-kns.x - [0:0]
+:cali-pro-kns.x - [0:0]
+:cali-to-hep-forward - [0:0]
+:cali-to-wl-dispatch - [0:0]
+:cali-tw-cali83dbd022cd5 - [0:0]
+-A FORWARD -j cali-FORWARD
+-A FORWARD -m comment --comment "Policy explicitly accepted packet." -m mark --mark 0x10000/0x10000 -j ACCEPT
+-A FORWARD -j MARK --set-xmark 0x10000/0x10000
+-A cali-FORWARD -j MARK --set-xmark 0x0/0x1a0000
+-A cali-FORWARD -m mark --mark 0x0/0x10000 -j cali-from-hep-forward
+-A cali-FORWARD -i cali+ -j cali-from-wl-dispatch
+-A cali-FORWARD -o cali+ -j cali-to-wl-dispatch
+-A cali-FORWARD -j cali-to-hep-forward
+-A cali-FORWARD -j cali-cidr-block
+-A cali-from-wl-dispatch -i cali83dbd022cd5 -g cali-fw-cali83dbd022cd5
+-A cali-from-wl-dispatch -m comment --comment "Unknown interface" -j DROP
+-A cali-fw-cali83dbd022cd5 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A cali-fw-cali83dbd022cd5 -m conntrack --ctstate INVALID -j DROP
+-A cali-fw-cali83dbd022cd5 -j MARK --set-xmark 0x0/0x30000
+-A cali-fw-cali83dbd022cd5 -p udp -m comment --comment "Drop VXLAN encapped packets originating in workloads" -m multiport --dports 4789 -j DROP
+-A cali-fw-cali83dbd022cd5 -p ipencap -m comment --comment "Drop IPinIP encapped packets originating in workloads" -j DROP
+-A cali-fw-cali83dbd022cd5 -j cali-pro-kns.x
+-A cali-fw-cali83dbd022cd5 -m comment --comment "Return if profile accepted" -m mark --mark 0x10000/0x10000 -j RETURN
+-A cali-fw-cali83dbd022cd5 -m comment --comment "Drop if no profiles matched" -j DROP
+-A cali-pi-_gZd-p_pOD9burOpA7Sq -p tcp -m comment --comment "Policy x/knp.default.allow-w1 ingress" -m set --match-set cali40s:lgQ0i7EXRxuqdfcSKmyEYAU src -m multiport --dports 80 -j MARK --set-xmark 0x10000/0x10000
+-A cali-pi-_gZd-p_pOD9burOpA7Sq -m mark --mark 0x10000/0x10000 -j RETURN
+-A cali-pi-_gZd-p_pOD9burOpA7Sq -p tcp -m set --match-set cali40n:UKQArH4uDYNCIrbcNCRpdTW dst,dst -j MARK --set-xmark 0x10000/0x10000
+-A cali-pri-kns.x -m comment --comment "Profile kns.x ingress" -j MARK --set-xmark 0x10000/0x10000
+-A cali-pro-kns.x -m comment --comment "Profile kns.x egress" -j MARK --set-xmark 0x10000/0x10000
+-A cali-to-wl-dispatch -o cali83dbd022cd5 -g cali-tw-cali83dbd022cd5
+-A cali-to-wl-dispatch -m comment --comment "Unknown interface" -j DROP
+-A cali-tw-cali83dbd022cd5 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A cali-tw-cali83dbd022cd5 -m conntrack --ctstate INVALID -j DROP
+-A cali-tw-cali83dbd022cd5 -j MARK --set-xmark 0x0/0x30000
+-A cali-tw-cali83dbd022cd5 -m comment --comment "Start of tier default" -j MARK --set-xmark 0x0/0x20000
+-A cali-tw-cali83dbd022cd5 -m mark --mark 0x0/0x20000 -j cali-pi-_gZd-p_pOD9burOpA7Sq
+-A cali-tw-cali83dbd022cd5 -m comment --comment "Return if policy accepted" -m mark --mark 0x10000/0x10000 -j RETURN
+-A cali-tw-cali83dbd022cd5 -m comment --comment "End of tier default. Drop if no policies passed packet" -m mark --mark 0x0/0x20000 -j DROP
+-A cali-tw-cali83dbd022cd5 -j cali-pri-kns.x
+-A cali-tw-cali83dbd022cd5 -m comment --comment "Return if profile accepted" -m mark --mark 0x10000/0x10000 -j RETURN
+-A cali-tw-cali83dbd022cd5 -m comment --comment "Drop if no profiles matched" -j DROP
+COMMIT
+"#;
+
+    const WORKER2_SETS: &str = "create cali40s:lgQ0i7EXRxuqdfcSKmyEYAU hash:net family inet hashsize 1024 maxelem 1048576 bucketsize 12 initval 0x4f1a2b3c
+add cali40s:lgQ0i7EXRxuqdfcSKmyEYAU 192.168.188.193
+create cali40n:UKQArH4uDYNCIrbcNCRpdTW hash:ip,port family inet hashsize 1024 maxelem 1048576 bucketsize 12 initval 0x5e6f7a8b
+add cali40n:UKQArH4uDYNCIrbcNCRpdTW 192.168.151.1,tcp:81
+";
+
+    fn lab() -> Recorded {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/dumps/calico-bgp.json");
+        let mut rec = Recorded::load(&path).unwrap();
+        let w2 = rec.dump.namespaces.get_mut("cnilab.cbgp.worker2").unwrap();
+        w2.iptables = WORKER2.to_string();
+        w2.ipsets = WORKER2_SETS.to_string();
+        rec
+    }
+
+    fn run(rec: &Recorded, from: &str, port: u16) -> Trace {
+        let proto = proto("tcp", Some(port)).unwrap();
+        let t = trace_dump(&rec.state, &rec.dump, from, "worker2/pod-1", 84, proto).unwrap();
+        println!("$ cnilab trace {from} worker2/pod-1 --proto tcp --port {port}\n{t}");
+        t
+    }
+
+    #[test]
+    fn a_denied_pair_names_the_endpoint_chain_and_the_tier_drop() {
+        let t = run(&lab(), "worker3/pod-1", 80);
+        assert!(!t.delivered);
+        let d = t.dropped.as_ref().unwrap();
+        assert_eq!((d.direction.as_str(), d.at.as_str()), ("request", "worker2"));
+        assert_eq!(d.table.as_deref(), Some("filter"));
+        assert_eq!(d.chain.as_deref(), Some("cali-tw-cali83dbd022cd5"));
+        let rule = "-A cali-tw-cali83dbd022cd5 -m comment --comment \"End of tier default. Drop if no policies passed packet\" -m mark --mark 0x0/0x20000 -j DROP";
+        assert_eq!(d.rule.as_deref(), Some(rule));
+        let text = t.to_string();
+        assert!(
+            text.contains(&format!(
+                "DROP    iptables drops TCP 80 as it is forwarded: table filter, chain cali-tw-cali83dbd022cd5, {rule}"
+            )),
+            "{text}"
+        );
+        // The way there: into the endpoint chain and through the policy chain.
+        assert!(text.contains("iptables -t filter -A cali-tw-cali83dbd022cd5 -m mark --mark 0x0/0x20000 -j cali-pi-_gZd-p_pOD9burOpA7Sq"), "{text}");
+        assert!(text.contains("FORWARD > cali-FORWARD > cali-to-wl-dispatch > cali-tw-cali83dbd022cd5 > cali-pi-_gZd-p_pOD9burOpA7Sq > cali-tw-cali83dbd022cd5; dropped in chain cali-tw-cali83dbd022cd5 with mark 0x0"), "{text}");
+        assert!(!text.contains("may match"), "{text}");
+    }
+
+    #[test]
+    fn an_allowed_pair_shows_the_policy_rule_that_marked_it_and_the_accept() {
+        let rec = lab();
+        let t = run(&rec, "worker1/pod-1", 80);
+        assert!(t.delivered, "{t}");
+        let w2 = &t.hops[3];
+        assert_eq!(w2.at, "worker2");
+        let marked = "iptables -t filter -A cali-pi-_gZd-p_pOD9burOpA7Sq -p tcp -m comment --comment \"Policy x/knp.default.allow-w1 ingress\" -m set --match-set cali40s:lgQ0i7EXRxuqdfcSKmyEYAU src -m multiport --dports 80 -j MARK --set-xmark 0x10000/0x10000";
+        let at = |e: &str| {
+            w2.entries
+                .iter()
+                .position(|x| x == e)
+                .unwrap_or_else(|| panic!("{e} not in {:#?}", w2.entries))
+        };
+        let (m, r, back, acc) = (
+            at(marked),
+            at("iptables -t filter -A cali-pi-_gZd-p_pOD9burOpA7Sq -m mark --mark 0x10000/0x10000 -j RETURN"),
+            at(
+                "iptables -t filter -A cali-tw-cali83dbd022cd5 -m comment --comment \"Return if policy accepted\" -m mark --mark 0x10000/0x10000 -j RETURN",
+            ),
+            at(
+                "iptables -t filter -A FORWARD -m comment --comment \"Policy explicitly accepted packet.\" -m mark --mark 0x10000/0x10000 -j ACCEPT",
+            ),
+        );
+        assert!(m < r && r < back && back < acc, "{:#?}", w2.entries);
+        assert!(
+            w2.notes
+                .iter()
+                .any(|n| n.ends_with("; accepted in chain FORWARD with mark 0x10000")),
+            "{:#?}",
+            w2.notes
+        );
+        // In --json too: the entries and the note are the hop's.
+        let json = serde_json::to_string(&t).unwrap();
+        assert!(json.contains("cali-pi-_gZd-p_pOD9burOpA7Sq -p tcp"), "{json}");
+        // The reply leaves the pod as an established connection: conntrack lets it pass.
+        let r2 = &t.reply[1];
+        assert_eq!(r2.at, "worker2");
+        assert!(r2.entries.iter().any(|e| e.ends_with("-A cali-fw-cali83dbd022cd5 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")), "{:#?}", r2.entries);
+        // The named port: from worker3, whose pod is not in the source set.
+        let t = run(&rec, "worker3/pod-1", 81);
+        assert!(t.delivered, "{t}");
+        assert!(
+            t.hops[3]
+                .entries
+                .iter()
+                .any(|e| e.ends_with("dst,dst -j MARK --set-xmark 0x10000/0x10000"))
+        );
     }
 }
