@@ -376,6 +376,7 @@ fn cni_del_releases_the_pod() {
         &pod.container_id,
         cnilab::kernel::netns::path_of(&pod.ns),
         "eth0",
+        "default",
         &pod.name,
     );
     let rt = tokio::runtime::Runtime::new().unwrap();
