@@ -35,7 +35,7 @@ pub struct Snapshot {
     /// Active faults.
     pub faults: Vec<String>,
     /// The NetworkPolicies in force: `namespace/name (types) selects pods`.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<String>,
     /// Namespaces, sorted by name.
     pub namespaces: Vec<NsSnapshot>,
@@ -75,10 +75,10 @@ pub struct NsSnapshot {
     pub etcd: Vec<EtcdKey>,
     /// A pod's Kubernetes identity, where it has more than `default`:
     /// `x/a labels pod=a ports serve-80-tcp=80/TCP`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
     /// The ipsets a policy engine made: `NAME TYPE: members` (sorted).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ipsets: Vec<String>,
 }
 

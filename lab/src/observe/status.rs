@@ -44,7 +44,7 @@ pub struct Status {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub etcd: Option<EtcdStatus>,
     /// The NetworkPolicies in force.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<PolicyStatus>,
 }
 
@@ -230,7 +230,7 @@ pub struct PodStatus {
     /// Its Kubernetes namespace.
     pub k8s_namespace: String,
     /// Its labels.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
 }
 
