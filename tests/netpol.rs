@@ -352,3 +352,31 @@ fn topology_policies_are_validated_and_applied_at_up() {
     drop(lab);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `trace` follows a denied pair into felix's chains and names the chain
+/// and rule that drop it, and shows the accepting path of an allowed one
+/// (the policy chain that marked it), as the kernel does it (probe policy
+/// agrees).
+#[test]
+fn trace_names_the_dropping_chain_and_the_accepting_path() {
+    let lab = Lab::up(&topology("canal-netpol.toml"));
+    apply(&lab, &repo().join("topologies/netpol/allow-from-namespace.yaml"));
+    let (v, text) = probe(&lab);
+    assert_eq!(v["disagreements"], 0, "{text}");
+    // x/b (node2) to x/a (node1): x/a takes only namespace y.
+    let out = lab.run(&["trace", "node2/b", "node1/a", "--proto", "tcp", "--port", "80", "--json"]);
+    let t: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", show(&out)));
+    assert_eq!(t["delivered"], false, "{t:#}");
+    assert_eq!(t["dropped"]["at"], "node1", "{t:#}");
+    assert_eq!(t["dropped"]["table"], "filter", "{t:#}");
+    let chain = t["dropped"]["chain"].as_str().unwrap();
+    assert!(chain.starts_with("cali-tw-cali"), "{chain}");
+    assert!(t["dropped"]["rule"].as_str().unwrap().contains("Drop if no policies passed packet"), "{t:#}");
+    // y/a (node3) to x/a: allowed by the policy's chain, and delivered.
+    let out = lab.run(&["trace", "node3/a", "node1/a", "--proto", "tcp", "--port", "80"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("delivered to node1/a"), "{text}");
+    assert!(text.contains("-j cali-pi-_") && text.contains("--set-xmark 0x10000/0x10000"), "{text}");
+    assert!(text.contains("> cali-pi-_"), "the accepting path names the policy chain:\n{text}");
+}
