@@ -202,14 +202,23 @@ fn flannel_enforces_nothing_and_probe_policy_shows_it() {
     );
     // Nothing in the kernel changed.
     let after = lab.snapshot();
-    let strip = |s: &str| {
-        s.lines()
-            .filter(|l| !l.starts_with("policy "))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    let strip = |s: &str| s.lines().filter(|l| !l.starts_with("policy ")).collect::<Vec<_>>().join("\n");
     assert_eq!(strip(&before), strip(&after));
     assert!(after.contains("policy x/deny-ingress (Ingress) selects"), "{after}");
+    rm_all(&lab);
+    // Every shipped policy: the kernel delivers everything, and wherever a
+    // policy denies something `probe policy` says so.
+    for f in shipped_policies() {
+        apply(&lab, &f);
+        let (v, text) = probe(&lab);
+        assert_eq!(v["blocked"], 0, "{}: flannel blocked something:\n{text}", f.display());
+        let denied = v["cells"].as_array().unwrap().iter().filter(|c| c["expected"] == false).count();
+        assert_eq!(v["disagreements"], denied, "{}", f.display());
+        let allow_all = f.ends_with("allow-all-x.yaml");
+        assert_eq!(denied == 0, allow_all, "{}: the policy denies {denied} probes:\n{text}", f.display());
+        rm_all(&lab);
+    }
+    assert_eq!(lab.snapshot(), before);
 }
 
 /// Host state that must not change: its iptables and ipsets.

@@ -638,13 +638,32 @@ fn validate(topology: PathBuf, json: bool) -> Result<i32> {
         outln!("{}", serde_json::to_string_pretty(&plan).map_err(anyhow::Error::from)?);
     } else {
         outln!(
-            "{}: valid: lab {}, {} nodes, {} pods, {}",
+            "{}: valid: lab {}, {} nodes, {} pods, {}{}",
             topology.display(),
             t.name,
             plan.nodes.len(),
             plan.pod_count(),
-            status::network_line(&plan)
+            status::network_line(&plan),
+            match t.policies.len() {
+                0 => String::new(),
+                n => format!(", {n} NetworkPolicies"),
+            }
         );
+    }
+    let world = crate::ops::policy::planned_world(&plan);
+    for p in &t.policies {
+        if crate::model::netpol::eval::selects(&world, &p.policy).is_empty() {
+            eprintln!(
+                "warning: policy {} ({}) selects no pod: no pod of its namespace has the labels its podSelector asks for",
+                p.id(),
+                p.file
+            );
+        }
+    }
+    if !t.policies.is_empty()
+        && let Some(n) = crate::front::command::enforcement_note(plan.profile.name(), plan.profile.enforces_policy())
+    {
+        eprintln!("{n}");
     }
     Ok(0)
 }

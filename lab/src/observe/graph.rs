@@ -453,6 +453,18 @@ fn faults_on(state: Option<&LabState>, target: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A pod's box: its name, its Kubernetes identity where it has more than
+/// `default` (`x/a pod=a`), its interface and address.
+fn pod_box_lines(key: &str, p: &crate::model::plan::PodPlan, addr: &str, mtu: &str) -> Vec<String> {
+    let mut lines = vec![format!("pod {key}")];
+    if p.meta != crate::model::identity::PodMeta::default() {
+        let labels: Vec<String> = p.meta.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        lines.push(format!("{}/{} {}", p.meta.namespace, p.name, labels.join(",")).trim_end().to_string());
+    }
+    lines.push(format!("{} {addr}{mtu}", p.ifname));
+    lines
+}
+
 /// A node's box with its addresses and devices, and its pods.
 fn group(plan: &Plan, n: &crate::model::plan::NodePlan, state: Option<&LabState>, links: &mut Vec<Link>) -> Group {
     let mut lines = vec![
@@ -500,7 +512,7 @@ fn group(plan: &Plan, n: &crate::model::plan::NodePlan, state: Option<&LabState>
             });
             Item {
                 id: pod_id(&n.name, &p.name),
-                lines: vec![format!("pod {key}"), format!("{} {addr}{mtu}", p.ifname)],
+                lines: pod_box_lines(&key, p, &addr, &mtu),
                 faults: faults_on(state, &key),
             }
         })

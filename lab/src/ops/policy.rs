@@ -19,14 +19,24 @@ use crate::ops::state::LabState;
 /// The world a lab's policies act on: its namespaces (declared, and those
 /// of its pods) with their labels, and every pod that has an address.
 pub fn world(st: &LabState) -> World {
-    let t = &st.plan.topology;
+    world_of(&st.plan, |node, pod| pod_ip(st, node, pod))
+}
+
+/// The world a plan's policies will act on, before pods have addresses
+/// (0.0.0.0): what selectors select does not depend on them.
+pub fn planned_world(plan: &crate::profile::Plan) -> World {
+    world_of(plan, |_, _| Some(Ipv4Addr::UNSPECIFIED))
+}
+
+fn world_of(plan: &crate::profile::Plan, ip_of: impl Fn(&str, &str) -> Option<Ipv4Addr>) -> World {
+    let t = &plan.topology;
     let mut w = World::default();
     for ns in t.namespace_names() {
         w.namespaces.insert(ns.clone(), t.namespace_labels(&ns));
     }
-    for n in &st.plan.nodes {
+    for n in &plan.nodes {
         for p in &n.pods {
-            let Some(ip) = pod_ip(st, &n.name, &p.name) else {
+            let Some(ip) = ip_of(&n.name, &p.name) else {
                 continue;
             };
             w.namespaces.entry(p.meta.namespace.clone()).or_default();
