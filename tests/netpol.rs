@@ -389,3 +389,47 @@ fn trace_names_the_dropping_chain_and_the_accepting_path() {
     assert!(text.contains("-j cali-pi-_") && text.contains("--set-xmark 0x10000/0x10000"), "{text}");
     assert!(text.contains("> cali-pi-_"), "the accepting path names the policy chain:\n{text}");
 }
+
+/// `kill -9` of `policy apply` at several points (at once, once the policy
+/// is in the saved state, after it finished): the lab's lock is free again,
+/// `policy rm --all` brings back the snapshot from before, and `down`
+/// leaves nothing.
+#[test]
+fn kill_9_of_policy_apply_then_rm_and_down_leave_nothing() {
+    type Point = (&'static str, fn(&Lab) -> bool);
+    let points: [Point; 3] = [
+        ("at once", |_| true),
+        ("policy saved", |lab| {
+            std::fs::read_to_string(run_dir().join(&lab.name).join("lab.json"))
+                .is_ok_and(|s| s.contains("x-a-from-y-or-b"))
+        }),
+        ("apply finished", |_| false),
+    ];
+    let lab = Lab::up(&topology("canal-netpol.toml"));
+    let before = lab.snapshot();
+    let file = repo().join("topologies/netpol/pod-or-namespace.yaml");
+    for (what, reached) in points {
+        let mut child = std::process::Command::new(bin())
+            .args(["--lab", &lab.name, "policy", "apply", file.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("cnilab runs");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !reached(&lab) && child.try_wait().expect("wait").is_none() && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        rm_all(&lab);
+        let after = lab.snapshot();
+        assert!(
+            after == before,
+            "{what}: after rm the lab differs:\n{}",
+            similar::TextDiff::from_lines(&before, &after).unified_diff()
+        );
+    }
+    let name = lab.name.clone();
+    drop(lab);
+    assert_gone(&name);
+}

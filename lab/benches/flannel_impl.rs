@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 #[path = "common/mod.rs"]
 mod common;
-use common::{cnilab_bin, repo, settle};
+use common::{cnilab_bin, settle, write_section};
 
 const LAB: &str = "bflannel";
 /// The heading this benchmark owns in BENCHMARKS.md.
@@ -204,17 +204,6 @@ fn main() {
     );
     println!("{doc}");
     if write {
-        let path = repo().join("BENCHMARKS.md");
-        let old = std::fs::read_to_string(&path).unwrap_or_default();
-        let kept = match old.find(HEADING) {
-            Some(i) => {
-                let rest = &old[i + HEADING.len()..];
-                let after = rest.find("\n## ").map_or("", |j| &rest[j..]);
-                format!("{}{}{}", &old[..i], doc.trim_end(), after)
-            }
-            None => format!("{}\n\n{}", old.trim_end(), doc.trim_end()),
-        };
-        std::fs::write(&path, kept.trim_end().to_string() + "\n").expect("write BENCHMARKS.md");
-        eprintln!("wrote {}", path.display());
+        write_section(HEADING, &doc);
     }
 }

@@ -43,3 +43,22 @@ pub fn settle() -> Duration {
     }
     start.elapsed()
 }
+
+/// Replaces the section under `heading` of BENCHMARKS.md with `doc` (which
+/// starts with that heading), or appends it.
+// scale.rs writes its table at the top of the file instead.
+#[allow(dead_code)]
+pub fn write_section(heading: &str, doc: &str) {
+    let path = repo().join("BENCHMARKS.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    let kept = match old.find(heading) {
+        Some(i) => {
+            let rest = &old[i + heading.len()..];
+            let after = rest.find("\n## ").map_or("", |j| &rest[j..]);
+            format!("{}{}{}", &old[..i], doc.trim_end(), after)
+        }
+        None => format!("{}\n\n{}", old.trim_end(), doc.trim_end()),
+    };
+    std::fs::write(&path, kept.trim_end().to_string() + "\n").expect("write BENCHMARKS.md");
+    eprintln!("wrote {}", path.display());
+}

@@ -92,8 +92,17 @@ impl PolicyProbe {
     }
 }
 
-/// Most probes in flight at once (each holds a socket).
-const IN_FLIGHT: usize = 256;
+/// Most probes in flight at once (each holds a socket), within the open
+/// file limit, which a probe raises to its hard limit first.
+fn in_flight() -> usize {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 256;
+    };
+    let limit = if setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() { hard } else { soft };
+    // Room for the listeners (two per pod and port) and everything else.
+    (limit.saturating_sub(1024) as usize).clamp(256, 4096)
+}
 
 /// Probes every pod pair of `state` on each of `ports` with each of
 /// `protos`, each probe within `timeout`.
@@ -212,7 +221,7 @@ async fn run(
             );
         }
     }
-    let limit = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    let limit = Arc::new(tokio::sync::Semaphore::new(in_flight()));
     let mut tasks = tokio::task::JoinSet::new();
     for (i, from) in handles.iter().enumerate() {
         for (j, (_, ip)) in pods.iter().enumerate() {

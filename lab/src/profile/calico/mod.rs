@@ -623,19 +623,26 @@ pub fn plan(
 /// installed here). Each block's first address is kept out of its range
 /// (as host-local's "gateway"): Calico gives it to the tunnel device.
 pub fn conflist(node: &str, blocks: &[Ipv4Net], mtu: u32, max_pods: Option<u32>, paths: &LabPaths) -> Value {
-    let text = CONFLIST
+    filled_conflist(CONFLIST, node, mtu, paths, json!([ipam::ranges(blocks, max_pods)]))
+}
+
+/// A conflist of the calico plugin (Calico's, Canal's) filled in as
+/// Calico's install does (node name, MTU, kubeconfig), with the node's own
+/// paths and `host-local` over `ranges`.
+pub fn filled_conflist(template: &str, node: &str, mtu: u32, paths: &LabPaths, ranges: Value) -> Value {
+    let text = template
         .replace("__KUBERNETES_NODE_NAME__", node)
         .replace("__CNI_MTU__", &mtu.to_string())
         .replace(
             "__KUBECONFIG_FILEPATH__",
             &paths.cni_conf_dir(node).join("calico-kubeconfig").display().to_string(),
         );
-    let mut v: Value = serde_json::from_str(&text).expect("the stock Calico conflist is valid JSON once filled in");
+    let mut v: Value = serde_json::from_str(&text).expect("a stock calico conflist is valid JSON once filled in");
     let plugin = &mut v["plugins"][0];
     plugin["log_file_path"] = json!(paths.node_dir(node).join("cni/calico.log"));
     plugin["ipam"] = json!({
         "type": "host-local",
-        "ranges": [ipam::ranges(blocks, max_pods)],
+        "ranges": ranges,
         "dataDir": paths.cni_state_dir(node).join("networks"),
     });
     v

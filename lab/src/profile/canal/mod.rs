@@ -52,13 +52,7 @@ impl ProfileSyntax for Syntax {
     }
 
     fn check_nodes(&self, net: &Table, parts: &Parts, errs: &Errors) {
-        if let Some(span) = parts.nodes.iter().find_map(|n| n.max_pods_span.clone()) {
-            errs.push(net.err(
-                span,
-                "max_pods limits a node's IPAM range, which only the calico profile's conflist sets; canal's host-local hands out the whole flannel lease",
-                "use cni = \"calico\", or a longer subnet_len to give each node fewer addresses",
-            ));
-        }
+        crate::profile::flannel::options::Syntax.check_nodes(net, parts, errs);
     }
 
     fn parse(&self, t: Option<&Table>, scope: &Scope, errs: &Errors) -> Option<Options> {
@@ -116,22 +110,8 @@ pub fn plan(topology: &Topology, opts: &FlannelOptions, nodes: &[NodePlan], path
 /// with `usePodCidr` replaced by the node's flannel subnet (as the calico
 /// plugin replaces it with the node's pod CIDR before calling host-local).
 pub fn conflist(node: &str, subnet: Ipv4Net, mtu: u32, paths: &LabPaths) -> Value {
-    let text = CONFLIST
-        .replace("__KUBERNETES_NODE_NAME__", node)
-        .replace("__CNI_MTU__", &mtu.to_string())
-        .replace(
-            "__KUBECONFIG_FILEPATH__",
-            &paths.cni_conf_dir(node).join("calico-kubeconfig").display().to_string(),
-        );
-    let mut v: Value = serde_json::from_str(&text).expect("the stock Canal conflist is valid JSON once filled in");
-    let plugin = &mut v["plugins"][0];
-    plugin["log_file_path"] = json!(paths.node_dir(node).join("cni/calico.log"));
-    plugin["ipam"] = json!({
-        "type": "host-local",
-        "ranges": [[{ "subnet": subnet.to_string() }]],
-        "dataDir": paths.cni_state_dir(node).join("networks"),
-    });
-    v
+    let ranges = json!([[{ "subnet": subnet.to_string() }]]);
+    crate::profile::calico::filled_conflist(CONFLIST, node, mtu, paths, ranges)
 }
 
 impl Profile for CanalPlan {

@@ -29,7 +29,7 @@ impl ProfileSyntax for Syntax {
         if let Some(span) = parts.nodes.iter().find_map(|n| n.max_pods_span.clone()) {
             errs.push(net.err(
                 span,
-                "max_pods limits a node's IPAM range, which only the calico profile's conflist sets; flannel's plugin always hands out the whole lease",
+                "max_pods limits a node's IPAM range, which only the calico profile's conflist sets; under flannel (and canal) a node's pods get its whole lease",
                 "use cni = \"calico\", or a longer subnet_len to give each node fewer addresses",
             ));
         }
