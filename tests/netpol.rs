@@ -202,7 +202,12 @@ fn flannel_enforces_nothing_and_probe_policy_shows_it() {
     );
     // Nothing in the kernel changed.
     let after = lab.snapshot();
-    let strip = |s: &str| s.lines().filter(|l| !l.starts_with("policy ")).collect::<Vec<_>>().join("\n");
+    let strip = |s: &str| {
+        s.lines()
+            .filter(|l| !l.starts_with("policy "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     assert_eq!(strip(&before), strip(&after));
     assert!(after.contains("policy x/deny-ingress (Ingress) selects"), "{after}");
     rm_all(&lab);
@@ -212,10 +217,20 @@ fn flannel_enforces_nothing_and_probe_policy_shows_it() {
         apply(&lab, &f);
         let (v, text) = probe(&lab);
         assert_eq!(v["blocked"], 0, "{}: flannel blocked something:\n{text}", f.display());
-        let denied = v["cells"].as_array().unwrap().iter().filter(|c| c["expected"] == false).count();
+        let denied = v["cells"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["expected"] == false)
+            .count();
         assert_eq!(v["disagreements"], denied, "{}", f.display());
         let allow_all = f.ends_with("allow-all-x.yaml");
-        assert_eq!(denied == 0, allow_all, "{}: the policy denies {denied} probes:\n{text}", f.display());
+        assert_eq!(
+            denied == 0,
+            allow_all,
+            "{}: the policy denies {denied} probes:\n{text}",
+            f.display()
+        );
         rm_all(&lab);
     }
     assert_eq!(lab.snapshot(), before);
@@ -373,21 +388,35 @@ fn trace_names_the_dropping_chain_and_the_accepting_path() {
     let (v, text) = probe(&lab);
     assert_eq!(v["disagreements"], 0, "{text}");
     // x/b (node2) to x/a (node1): x/a takes only namespace y.
-    let out = lab.run(&["trace", "node2/b", "node1/a", "--proto", "tcp", "--port", "80", "--json"]);
+    let out = lab.run(&[
+        "trace", "node2/b", "node1/a", "--proto", "tcp", "--port", "80", "--json",
+    ]);
     let t: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", show(&out)));
     assert_eq!(t["delivered"], false, "{t:#}");
     assert_eq!(t["dropped"]["at"], "node1", "{t:#}");
     assert_eq!(t["dropped"]["table"], "filter", "{t:#}");
     let chain = t["dropped"]["chain"].as_str().unwrap();
     assert!(chain.starts_with("cali-tw-cali"), "{chain}");
-    assert!(t["dropped"]["rule"].as_str().unwrap().contains("Drop if no policies passed packet"), "{t:#}");
+    assert!(
+        t["dropped"]["rule"]
+            .as_str()
+            .unwrap()
+            .contains("Drop if no policies passed packet"),
+        "{t:#}"
+    );
     // y/a (node3) to x/a: allowed by the policy's chain, and delivered.
     let out = lab.run(&["trace", "node3/a", "node1/a", "--proto", "tcp", "--port", "80"]);
     assert!(out.status.success(), "{}", show(&out));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("delivered to node1/a"), "{text}");
-    assert!(text.contains("-j cali-pi-_") && text.contains("--set-xmark 0x10000/0x10000"), "{text}");
-    assert!(text.contains("> cali-pi-_"), "the accepting path names the policy chain:\n{text}");
+    assert!(
+        text.contains("-j cali-pi-_") && text.contains("--set-xmark 0x10000/0x10000"),
+        "{text}"
+    );
+    assert!(
+        text.contains("> cali-pi-_"),
+        "the accepting path names the policy chain:\n{text}"
+    );
 }
 
 /// `kill -9` of `policy apply` at several points (at once, once the policy
@@ -432,4 +461,49 @@ fn kill_9_of_policy_apply_then_rm_and_down_leave_nothing() {
     let name = lab.name.clone();
     drop(lab);
     assert_gone(&name);
+}
+
+/// A pod added later with `pod add --namespace --label` is selected by the
+/// policies in force and gets its own felix endpoint; a bad namespace or
+/// label exits 2.
+#[test]
+fn pods_added_later_carry_their_identity_into_the_policies() {
+    let lab = Lab::up(&topology("canal-netpol.toml"));
+    apply(&lab, &repo().join("topologies/netpol/allow-from-namespace.yaml"));
+    for (pod, ns) in [("node2/d", "y"), ("node2/e", "z")] {
+        let out = lab.run(&["pod", "add", pod, "--namespace", ns, "--label", "pod=late"]);
+        assert!(out.status.success(), "{}", show(&out));
+    }
+    let (v, text) = probe(&lab);
+    assert_eq!(v["disagreements"], 0, "{text}");
+    let ids: Vec<&str> = v["identities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&"y/d") && ids.contains(&"z/e"), "{ids:?}");
+    let cell = |from: &str, port: u64, proto: &str| {
+        v["cells"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["from"] == from && c["to"] == "node1/a" && c["port"] == port && c["proto"] == proto)
+            .cloned()
+            .unwrap_or_else(|| panic!("no cell {from} -> node1/a"))
+    };
+    assert_eq!(
+        cell("node2/d", 80, "TCP")["kernel"],
+        "connected",
+        "y/d is in namespace y"
+    );
+    assert_eq!(cell("node2/e", 80, "TCP")["kernel"], "blocked", "z/e is not");
+    let snap = lab.snapshot();
+    assert!(snap.contains("k8s y/d labels pod=late"), "{snap}");
+    for bad in [&["--namespace", "nowhere"][..], &["--label", "Bad Key=x"][..]] {
+        let mut args = vec!["pod", "add", "node3/f"];
+        args.extend_from_slice(bad);
+        let out = lab.run(&args);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", show(&out));
+    }
 }

@@ -49,7 +49,9 @@ fn topology(cni: &str, nodes: usize, pods: usize) -> String {
         t.push_str("[[router]]\nname = \"gw\"\nswitches = [\"tor1\"]\n");
     }
     for ns in 0..3 {
-        t.push_str(&format!("[[namespace]]\nname = \"ns{ns}\"\nlabels = {{ team = \"t{ns}\" }}\n"));
+        t.push_str(&format!(
+            "[[namespace]]\nname = \"ns{ns}\"\nlabels = {{ team = \"t{ns}\" }}\n"
+        ));
     }
     t.push_str(&format!(
         "[[node]]\nname = \"n{{i}}\"\ncount = {nodes}\npods = {}\n",

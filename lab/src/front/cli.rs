@@ -352,6 +352,12 @@ pub enum PodCmd {
     Add {
         /// NODE/POD.
         pod: String,
+        /// Its Kubernetes namespace (one the lab has; default `default`).
+        #[arg(long)]
+        namespace: Option<String>,
+        /// A label KEY=VALUE (repeatable).
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
     },
     /// Run CNI DEL for NODE/POD and remove its namespace.
     Rm {
@@ -675,8 +681,23 @@ fn pod(lab: Option<String>, cmd: PodCmd) -> Result<i32> {
     let (_lock, mut st) = state::lock_and_require_up(&lab, WRITER_PATIENCE)?;
     let rt = runtime();
     match cmd {
-        PodCmd::Add { pod } => {
-            let ip = rt.block_on(crate::front::command::pod_add(&mut st, &pod))?;
+        PodCmd::Add { pod, namespace, labels } => {
+            let meta = if namespace.is_none() && labels.is_empty() {
+                None
+            } else {
+                let mut m = crate::model::identity::PodMeta::default();
+                if let Some(ns) = namespace {
+                    m.namespace = ns;
+                }
+                for l in labels {
+                    let (k, v) = l
+                        .split_once('=')
+                        .ok_or_else(|| Error::usage(format!("--label {l} has no '='"), "write --label KEY=VALUE"))?;
+                    m.labels.insert(k.to_string(), v.to_string());
+                }
+                Some(m)
+            };
+            let ip = rt.block_on(crate::front::command::pod_add_as(&mut st, &pod, meta))?;
             outln!("pod {pod} added: {ip}");
         }
         PodCmd::Rm { pod } => {

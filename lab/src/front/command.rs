@@ -256,7 +256,13 @@ pub async fn fault_rm(
 /// Adds a pod through its node's CNI chain; returns its address. The
 /// policy engine then programs its endpoint, as felix does.
 pub async fn pod_add(st: &mut LabState, pod: &str) -> Result<String> {
-    let ip = crate::ops::pods::add(st, pod).await?;
+    pod_add_as(st, pod, None).await
+}
+
+/// Adds a pod with a Kubernetes identity (namespace, labels); the policies
+/// in force select it as they would in Kubernetes.
+pub async fn pod_add_as(st: &mut LabState, pod: &str, meta: Option<crate::model::identity::PodMeta>) -> Result<String> {
+    let ip = crate::ops::pods::add_as(st, pod, meta).await?;
     crate::ops::policy::program(st).await?;
     Ok(ip)
 }

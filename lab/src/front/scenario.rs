@@ -73,7 +73,7 @@ pub enum Action {
     /// Run a command in a target.
     Exec { target: String, command: Vec<String> },
     /// Add a pod through the CNI chain.
-    PodAdd(String),
+    PodAdd(String, Option<crate::model::identity::PodMeta>),
     /// Remove a pod.
     PodRm(String),
     /// Apply NetworkPolicy manifests (paths relative to the scenario).
@@ -116,7 +116,7 @@ impl Action {
             Action::FaultRm(w) => format!("fault rm {w}"),
             Action::Snapshot { name } => format!("snapshot {name}"),
             Action::Exec { target, command } => format!("exec {target} -- {}", command.join(" ")),
-            Action::PodAdd(p) => format!("pod add {p}"),
+            Action::PodAdd(p, _) => format!("pod add {p}"),
             Action::PodRm(p) => format!("pod rm {p}"),
             Action::PolicyApply(files) => format!(
                 "policy apply {}",
@@ -199,7 +199,7 @@ fn expect_keys(action: &Action) -> &'static [&'static str] {
         Action::Probe(Probe::Bgp { .. }) => &["established", "down"],
         Action::Probe(Probe::Route { .. }) => &["dev", "via", "kind"],
         Action::Exec { .. } => &["ok", "status", "contains", "not_contains"],
-        Action::PodAdd(_) | Action::PodRm(_) => &["ok", "error_contains"],
+        Action::PodAdd(..) | Action::PodRm(_) => &["ok", "error_contains"],
         Action::Probe(Probe::Policy { .. }) => &["ok", "disagreements", "delivered", "blocked"],
         _ => &[],
     }
@@ -315,7 +315,8 @@ fn parse_step(t: &Table, index: usize, src: &Source, base: &Path) -> R<Step> {
         Action::FaultRm(_) => &["fault_rm"],
         Action::Snapshot { .. } => &["snapshot"],
         Action::Exec { .. } => &["exec", "command"],
-        Action::PodAdd(_) | Action::PodRm(_) => &["pod", "on"],
+        Action::PodAdd(..) => &["pod", "on", "namespace", "labels"],
+        Action::PodRm(_) => &["pod", "on"],
         Action::Probe(Probe::Policy { .. }) => &["probe", "port", "proto"],
         Action::PolicyApply(_) => &["policy_apply"],
         Action::PolicyRm(_) => &["policy_rm"],
@@ -492,7 +493,16 @@ fn parse_pod(t: &Table) -> R<Action> {
     let what = t.required_string("pod", "pod = \"add\"")?;
     let on = req(t, "on", "on = \"worker1/pod-5\"")?;
     match what.v.as_str() {
-        "add" => Ok(Action::PodAdd(on)),
+        "add" => {
+            let namespace = t.string("namespace", "namespace = \"x\"")?;
+            let labels = crate::model::identity::parse_labels(t, "labels = { app = \"web\" }")?;
+            let meta = (namespace.is_some() || !labels.is_empty()).then(|| crate::model::identity::PodMeta {
+                namespace: namespace.map_or_else(|| "default".to_string(), |n| n.v),
+                labels,
+                ports: Vec::new(),
+            });
+            Ok(Action::PodAdd(on, meta))
+        }
         "rm" => Ok(Action::PodRm(on)),
         other => Err(t.err(
             what.span,
@@ -700,7 +710,7 @@ async fn attempt(state: &mut LabState, action: &Action, progress: &Progress) -> 
             let ids = command::fault_rm(state, &sel, progress, &mut |_| {}).await?;
             Ok((true, json!({ "removed": ids }), format!("removed {}", ids.join(", "))))
         }
-        Action::PodAdd(p) => Ok(match command::pod_add(state, &p).await {
+        Action::PodAdd(p, meta) => Ok(match command::pod_add_as(state, &p, meta).await {
             Ok(ip) => (true, json!({ "ok": true, "ip": ip }), format!("added {p}: {ip}")),
             Err(e) => failed_outcome(&e),
         }),

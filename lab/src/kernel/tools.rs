@@ -43,6 +43,12 @@ pub const TOOLS: &[Tool] = &[
         version_args: &["-V"],
     },
     Tool {
+        name: "ipset",
+        package: "ipset",
+        used_for: "felix's NetworkPolicy sets (calico, canal)",
+        version_args: &["--version"],
+    },
+    Tool {
         name: "bird",
         package: "bird2",
         used_for: "Calico's BGP mode, BGP routers",

@@ -90,7 +90,8 @@ pub fn is_label_value(v: &str) -> bool {
             && b[b.len() - 1].is_ascii_alphanumeric())
 }
 
-fn parse_labels(t: &Table, example: &str) -> R<Labels> {
+/// `labels = { ... }` of a table, each key and value checked.
+pub fn parse_labels(t: &Table, example: &str) -> R<Labels> {
     let Some(pairs) = t.string_map("labels", example)? else {
         return Ok(Labels::new());
     };

@@ -459,7 +459,11 @@ fn pod_box_lines(key: &str, p: &crate::model::plan::PodPlan, addr: &str, mtu: &s
     let mut lines = vec![format!("pod {key}")];
     if p.meta != crate::model::identity::PodMeta::default() {
         let labels: Vec<String> = p.meta.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        lines.push(format!("{}/{} {}", p.meta.namespace, p.name, labels.join(",")).trim_end().to_string());
+        lines.push(
+            format!("{}/{} {}", p.meta.namespace, p.name, labels.join(","))
+                .trim_end()
+                .to_string(),
+        );
     }
     lines.push(format!("{} {addr}{mtu}", p.ifname));
     lines

@@ -36,9 +36,50 @@ fn container_id(seed: u64, node: &str, pod: &str) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A pod's identity given on the command line: a namespace the lab has,
+/// valid labels.
+fn check_meta(state: &LabState, m: &crate::model::identity::PodMeta) -> Result<(), Error> {
+    use crate::model::identity::{is_label_key, is_label_value};
+    let namespaces = state.plan.topology.namespace_names();
+    if !namespaces.contains(&m.namespace) {
+        return Err(Error::usage(
+            format!(
+                "the lab has no namespace \"{}\"",
+                crate::model::names::excerpt(&m.namespace)
+            ),
+            format!(
+                "use one of: {} (or add a [[namespace]] to the topology)",
+                namespaces.join(", ")
+            ),
+        ));
+    }
+    for (k, v) in &m.labels {
+        if !is_label_key(k) || !is_label_value(v) {
+            return Err(Error::usage(
+                format!(
+                    "`{}={}` is not a valid label",
+                    crate::model::names::excerpt(k),
+                    crate::model::names::excerpt(v)
+                ),
+                "write --label KEY=VALUE: a key of letters, digits, '-', '_', '.' (with an optional DNS prefix and '/'), a value of at most 63 of them",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Adds `node/pod`; returns its address.
 pub async fn add(state: &mut LabState, pod: &str) -> Result<String> {
+    add_as(state, pod, None).await
+}
+
+/// Adds `node/pod` with a Kubernetes identity (else the one the topology
+/// gave it, or `default` without labels); returns its address.
+pub async fn add_as(state: &mut LabState, pod: &str, meta: Option<crate::model::identity::PodMeta>) -> Result<String> {
     let (node, name) = split(pod)?;
+    if let Some(m) = &meta {
+        check_meta(state, m)?;
+    }
     let paths = state.paths();
     let plan = state.plan.clone();
     let n = plan.node(node).ok_or_else(|| {
@@ -67,6 +108,10 @@ pub async fn add(state: &mut LabState, pod: &str) -> Result<String> {
             ifname: "eth0".into(),
             meta: Default::default(),
         });
+    let p = match meta {
+        Some(m) => PodPlan { meta: m, ..p },
+        None => p,
+    };
     let node_ns = Netns::open(&n.ns)?;
     let runtime = runtime_for(&paths, node, &node_ns);
     let in_use = state

@@ -99,7 +99,11 @@ fn in_flight() -> usize {
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
         return 256;
     };
-    let limit = if setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() { hard } else { soft };
+    let limit = if setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
     // Room for the listeners (two per pod and port) and everything else.
     (limit.saturating_sub(1024) as usize).clamp(256, 4096)
 }
