@@ -660,8 +660,8 @@ fn validate(topology: PathBuf, json: bool) -> Result<i32> {
     for p in &t.policies {
         if crate::model::netpol::eval::selects(&world, &p.policy).is_empty() {
             eprintln!(
-                "warning: policy {} ({}) selects no pod: no pod of its namespace has the labels its podSelector asks for",
-                p.id(),
+                "{} ({})",
+                crate::front::command::selects_nothing_warning(&p.id()),
                 p.file
             );
         }
@@ -839,9 +839,7 @@ fn up(topology: PathBuf, name: Option<String>, json: bool, flannel: Option<Strin
             eprintln!("{n}");
         }
         for id in crate::front::command::selects_nothing(&state) {
-            eprintln!(
-                "warning: policy {id} selects no pod: no pod of its namespace has the labels its podSelector asks for"
-            );
+            eprintln!("{}", crate::front::command::selects_nothing_warning(&id));
         }
     }
     let st = status::status(&state);
@@ -1102,13 +1100,12 @@ fn policy(lab: Option<String>, cmd: PolicyCmd) -> Result<i32> {
             let ls = crate::observe::status::policy_list(&st);
             if json {
                 outln!("{}", serde_json::to_string_pretty(&ls).map_err(anyhow::Error::from)?);
-            } else if ls.is_empty() {
-                outln!("no policies in lab {lab}");
-                if let Some(n) = crate::front::command::enforcement_note(cni, st.plan.profile.enforces_policy()) {
-                    eprintln!("{n}");
-                }
             } else {
-                out!("{}", crate::observe::status::policy_table(&ls));
+                if ls.is_empty() {
+                    outln!("no policies in lab {lab}");
+                } else {
+                    out!("{}", crate::observe::status::policy_table(&ls));
+                }
                 if let Some(n) = crate::front::command::enforcement_note(cni, st.plan.profile.enforces_policy()) {
                     eprintln!("{n}");
                 }
@@ -1131,9 +1128,7 @@ fn policy(lab: Option<String>, cmd: PolicyCmd) -> Result<i32> {
         }
     }
     for id in &change.selects_nothing {
-        eprintln!(
-            "warning: policy {id} selects no pod: no pod of its namespace has the labels its podSelector asks for (see `cnilab policy ls`)"
-        );
+        eprintln!("{}", crate::front::command::selects_nothing_warning(id));
     }
     Ok(0)
 }

@@ -324,6 +324,13 @@ pub fn enforcement_note(cni: &str, enforced: bool) -> Option<String> {
     })
 }
 
+/// The warning for a policy that selects no pod.
+pub fn selects_nothing_warning(id: &str) -> String {
+    format!(
+        "warning: policy {id} selects no pod: no pod of its namespace has the labels its podSelector asks for (see `cnilab policy ls`)"
+    )
+}
+
 /// The policies in force that select no pod, with why.
 pub fn selects_nothing(st: &LabState) -> Vec<String> {
     let world = crate::ops::policy::world(st);

@@ -249,6 +249,34 @@ pub fn run_in(ns: &Netns, program: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).to_string())
 }
 
+/// Runs a program inside `ns` with `input` on its standard input, and
+/// fails with its stderr when it fails.
+pub fn run_in_with_input(ns: &Netns, program: &str, args: &[&str], input: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut child = command(ns, program)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {program} (is it installed?)"))?;
+    child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow!("no stdin for {program}"))?
+        .write_all(input.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        return Err(anyhow!(
+            "{program} {} failed in {}: {}",
+            args.join(" "),
+            ns.name(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
 /// Runs `f` on the calling thread inside namespace `fd`, then brings the
 /// thread back to the process's own namespace. Children spawned in `f`
 /// start in `fd` without a `pre_exec` hook, so the spawn can use

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{InputError, Source};
 use super::netpol::load::{is_dns_label, is_port_name, parse_manifests};
+pub use super::netpol::load::{is_label_key, is_label_value};
 use super::netpol::{Labels, NetworkPolicy, PodPort, Proto, policy_name, policy_namespace};
 use super::spanned::{Errors, Item, R, Sp, Table};
 
@@ -28,6 +29,22 @@ pub struct PodMeta {
     /// Its named container ports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PodPort>,
+}
+
+impl PodMeta {
+    /// Its labels as `k=v,k=v` (sorted by key).
+    pub fn labels_text(&self) -> String {
+        labels_text(&self.labels)
+    }
+}
+
+/// Labels as `k=v,k=v` (sorted by key).
+pub fn labels_text(labels: &Labels) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl Default for PodMeta {
@@ -62,32 +79,8 @@ pub struct AppliedPolicy {
 impl AppliedPolicy {
     /// `namespace/name`.
     pub fn id(&self) -> String {
-        format!("{}/{}", policy_namespace(&self.policy), policy_name(&self.policy))
+        super::netpol::policy_id(&self.policy)
     }
-}
-
-/// A label key: an optional DNS-subdomain prefix and `/`, then a name of at
-/// most 63 characters of letters, digits, `-`, `_`, `.`, starting and ending
-/// with a letter or digit.
-pub fn is_label_key(k: &str) -> bool {
-    let (prefix, name) = match k.rsplit_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, k),
-    };
-    let prefix_ok = prefix.is_none_or(|p| p.len() <= 253 && p.split('.').all(is_dns_label));
-    prefix_ok && !name.is_empty() && is_label_value(name)
-}
-
-/// A label value: empty, or at most 63 characters of letters, digits, `-`,
-/// `_`, `.`, starting and ending with a letter or digit.
-pub fn is_label_value(v: &str) -> bool {
-    let b = v.as_bytes();
-    b.is_empty()
-        || (b.len() <= 63
-            && b.iter()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
-            && b[0].is_ascii_alphanumeric()
-            && b[b.len() - 1].is_ascii_alphanumeric())
 }
 
 /// `labels = { ... }` of a table, each key and value checked.

@@ -322,15 +322,13 @@ impl Topology {
         let src = Source::new(path.display().to_string(), text);
         let mut t = parse(&src, profiles)?;
         if !t.network.policies.is_empty() {
-            let patterns: Vec<Sp<String>> = t
-                .network
-                .policies
-                .iter()
-                .map(|p| {
-                    let at = src.text.find(&format!("\"{p}\"")).map_or(0, |i| i + 1);
-                    Sp::new(p.clone(), at..at + p.len())
-                })
-                .collect();
+            // Where each pattern is written, for the errors of its files.
+            let (doc, span) = parse_document(&src, &src.text)?;
+            let root = Table::root(&src, &doc, span);
+            let patterns = match root.table("network", "[network]")? {
+                Some(net) => parse_policy_patterns(&net)?,
+                None => Vec::new(),
+            };
             let dir = path
                 .parent()
                 .filter(|d| !d.as_os_str().is_empty())

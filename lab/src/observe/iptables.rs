@@ -562,9 +562,25 @@ impl Ruleset {
             .all(|c| c.rules.is_empty() && c.policy.as_deref() != Some("DROP"))
     }
 
-    /// Runs `p` through built-in `chain` of `table`, its mark 0 at the
-    /// start; None when the table or chain does not exist here (the packet
-    /// passes).
+    /// The mark bits that rules of the other built-in chains (other hooks
+    /// and tables, which a packet may cross before this one) may set.
+    fn marks_elsewhere(&self, table: &str, chain: &str) -> u32 {
+        let mut bits = 0;
+        for (tname, t) in &self.tables {
+            for (cname, c) in t {
+                if c.policy.is_some() && !(tname == table && cname == chain) {
+                    bits |= marks_set(t, cname, &mut Vec::new());
+                }
+            }
+        }
+        bits
+    }
+
+    /// Runs `p` through built-in `chain` of `table`; None when the table or
+    /// chain does not exist here (the packet passes). A packet enters a
+    /// namespace with mark 0 (crossing namespaces clears it); the bits
+    /// rules of other hooks may have set on the way are unknown, so a
+    /// `--mark` test on them "may match".
     pub fn judge(&self, table: &str, chain: &str, p: &Packet) -> Option<Verdict> {
         let t = self.tables.get(table)?;
         let c = t.get(chain)?;
@@ -574,7 +590,7 @@ impl Ruleset {
             p,
             look: Look {
                 mark: 0,
-                unsure: 0,
+                unsure: self.marks_elsewhere(table, chain),
                 sets: self.sets.as_ref(),
             },
             v: Verdict {

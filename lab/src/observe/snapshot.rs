@@ -410,8 +410,7 @@ fn identity_line(meta: &crate::model::identity::PodMeta, pod: &str) -> Option<St
     }
     let mut s = format!("{}/{pod}", meta.namespace);
     if !meta.labels.is_empty() {
-        let l: Vec<String> = meta.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        s.push_str(&format!(" labels {}", l.join(",")));
+        s.push_str(&format!(" labels {}", meta.labels_text()));
     }
     if !meta.ports.is_empty() {
         let p: Vec<String> = meta

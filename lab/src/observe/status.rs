@@ -598,13 +598,7 @@ pub fn tables(s: &Status) -> String {
             ];
             if identity {
                 row.push(p.k8s_namespace.clone());
-                row.push(
-                    p.labels
-                        .iter()
-                        .map(|(k, v)| format!("{k}={v}"))
-                        .collect::<Vec<_>>()
-                        .join(","),
-                );
+                row.push(crate::model::identity::labels_text(&p.labels));
             }
             pods.add_row(row);
         }

@@ -115,16 +115,23 @@ pub async fn program(st: &LabState) -> Result<Option<Programmed>> {
     }))
 }
 
-/// The chains of the filter table whose names start with `prefix`.
-fn chains_with(ns: &Netns, prefix: &str) -> Result<BTreeSet<String>> {
+/// The chains of the filter table whose names start with `prefix`, and the
+/// rules of FORWARD, as `iptables-save` prints them.
+fn filter_now(ns: &Netns, prefix: &str) -> Result<(BTreeSet<String>, Vec<String>)> {
     let save = netns::run_in(ns, "iptables-save", &["-t", "filter"])?;
-    Ok(save
+    let chains = save
         .lines()
         .filter_map(|l| l.strip_prefix(':'))
         .filter_map(|l| l.split(' ').next())
         .filter(|c| c.starts_with(prefix))
         .map(str::to_string)
-        .collect())
+        .collect();
+    let forward = save
+        .lines()
+        .filter_map(|l| l.strip_prefix("-A FORWARD "))
+        .map(str::to_string)
+        .collect();
+    Ok((chains, forward))
 }
 
 fn ipsets_with(ns: &Netns, prefix: &str) -> Result<BTreeSet<String>> {
@@ -140,96 +147,40 @@ fn ipsets_with(ns: &Netns, prefix: &str) -> Result<BTreeSet<String>> {
 /// Makes one node's filter table and ipsets what `state` says: sets first
 /// (rules refer to them), then the chains in one `iptables-restore
 /// --noflush` that also empties and deletes the engine's chains `state`
-/// no longer has, the jump from FORWARD, and last the sets no rule uses now.
+/// no longer has and puts its FORWARD rules in place where they are
+/// missing (the jump at the top, the others at the end), and last the sets
+/// no rule uses now.
 fn program_node(ns: &Netns, state: &crate::profile::PolicyState) -> Result<()> {
     let prefix = state.prefix;
-    let old_chains = chains_with(ns, prefix)?;
+    let (old_chains, forward) = filter_now(ns, prefix)?;
     let old_sets = ipsets_with(ns, prefix)?;
     if !state.ipsets.is_empty() {
-        run_with_input(ns, "ipset", &["restore", "-exist"], &state.ipsets)?;
+        netns::run_in_with_input(ns, "ipset", &["restore", "-exist"], &state.ipsets)?;
     }
     let stale: Vec<&String> = old_chains.iter().filter(|c| !state.chains.contains(c)).collect();
-    let mut input = state.iptables.trim_end().to_string();
-    if let Some(at) = input.rfind("\nCOMMIT") {
-        let (head, tail) = input.split_at(at);
-        let mut mid = String::new();
-        for c in &stale {
-            mid.push_str(&format!("\n:{c} - [0:0]"));
-        }
-        for c in &stale {
-            mid.push_str(&format!("\n-X {c}"));
-        }
-        input = format!("{head}{mid}{tail}\n");
+    let mut extra = String::new();
+    for c in &stale {
+        extra.push_str(&format!("\n:{c} - [0:0]"));
     }
-    run_with_input(ns, "iptables-restore", &["--noflush", "--wait"], &input)?;
-    ensure_forward(ns, state.forward_jump, true)?;
+    if !forward.iter().any(|r| r == state.forward_jump) {
+        extra.push_str(&format!("\n-I FORWARD 1 {}", state.forward_jump));
+    }
     for rule in &state.forward_append {
-        ensure_forward(ns, rule, false)?;
+        if !forward.iter().any(|r| r == rule) {
+            extra.push_str(&format!("\n-A FORWARD {rule}"));
+        }
     }
+    for c in &stale {
+        extra.push_str(&format!("\n-X {c}"));
+    }
+    let text = state.iptables.trim_end();
+    let input = match text.rfind("\nCOMMIT") {
+        Some(at) => format!("{}{extra}{}\n", &text[..at], &text[at..]),
+        None => format!("{text}\n"),
+    };
+    netns::run_in_with_input(ns, "iptables-restore", &["--noflush", "--wait"], &input)?;
     for s in old_sets.iter().filter(|s| !state.sets.contains(s)) {
         netns::run_in(ns, "ipset", &["destroy", s])?;
-    }
-    Ok(())
-}
-
-/// A rule's words as iptables takes them, a double-quoted comment whole.
-fn rule_words(rule: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    for c in rule.chars() {
-        match c {
-            '"' => quoted = !quoted,
-            ' ' if !quoted => {
-                if !cur.is_empty() {
-                    out.push(std::mem::take(&mut cur));
-                }
-            }
-            c => cur.push(c),
-        }
-    }
-    if !cur.is_empty() {
-        out.push(cur);
-    }
-    out
-}
-
-/// Puts `rule` in FORWARD once: at the top (`at_top`) or the end.
-fn ensure_forward(ns: &Netns, rule: &str, at_top: bool) -> Result<()> {
-    let words = rule_words(rule);
-    let words: Vec<&str> = words.iter().map(String::as_str).collect();
-    let check = [&["-w", "-C", "FORWARD"][..], &words].concat();
-    if netns::run_in(ns, "iptables", &check).is_ok() {
-        return Ok(());
-    }
-    let add: &[&str] = if at_top {
-        &["-w", "-I", "FORWARD", "1"]
-    } else {
-        &["-w", "-A", "FORWARD"]
-    };
-    netns::run_in(ns, "iptables", &[add, &words].concat())?;
-    Ok(())
-}
-
-/// Runs a program in `ns` with `input` on its standard input.
-fn run_with_input(ns: &Netns, program: &str, args: &[&str], input: &str) -> Result<()> {
-    use std::io::Write as _;
-    let mut child = netns::command(ns, program)
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot run {program} (apt-get install ipset iptables)"))?;
-    child.stdin.take().context("stdin")?.write_all(input.as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        return Err(anyhow!(
-            "{program} {} failed in {}: {}",
-            args.join(" "),
-            ns.name(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
     }
     Ok(())
 }

@@ -518,6 +518,35 @@ fn check_port(port: &k8s_openapi::api::networking::v1::NetworkPolicyPort, at: &[
 }
 
 fn check_selector(s: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector, at: &[Seg], push: &mut Push) {
+    let fix = "a label key is letters, digits, '-', '_' and '.' (with an optional DNS prefix and '/'), a value at most 63 of them";
+    for (k, v) in s.match_labels.iter().flatten() {
+        let kp = [at.to_vec(), vec![seg("matchLabels"), seg(k)]].concat();
+        if !is_label_key(k) {
+            push(kp.clone(), format!("`{}` is not a valid label key", excerpt(k)), fix);
+        }
+        if !is_label_value(v) {
+            push(kp, format!("`{}` is not a valid label value", excerpt(v)), fix);
+        }
+    }
+    for (i, e) in s.match_expressions.iter().flatten().enumerate() {
+        let ep = [at.to_vec(), vec![seg("matchExpressions"), Seg::Index(i)]].concat();
+        if !is_label_key(&e.key) {
+            push(
+                [ep.clone(), vec![seg("key")]].concat(),
+                format!("`{}` is not a valid label key", excerpt(&e.key)),
+                fix,
+            );
+        }
+        for (j, v) in e.values.iter().flatten().enumerate() {
+            if !is_label_value(v) {
+                push(
+                    [ep.clone(), vec![seg("values"), Seg::Index(j)]].concat(),
+                    format!("`{}` is not a valid label value", excerpt(v)),
+                    fix,
+                );
+            }
+        }
+    }
     for (i, e) in s.match_expressions.iter().flatten().enumerate() {
         let ep = [at.to_vec(), vec![seg("matchExpressions"), Seg::Index(i)]].concat();
         let values = e.values.as_ref().map_or(0, |v| v.len());
@@ -570,6 +599,30 @@ pub fn is_port_name(s: &str) -> bool {
         && !s.contains("--")
 }
 
+/// A label key: an optional DNS-subdomain prefix and `/`, then a name of at
+/// most 63 characters of letters, digits, `-`, `_`, `.`, starting and ending
+/// with a letter or digit.
+pub fn is_label_key(k: &str) -> bool {
+    let (prefix, name) = match k.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, k),
+    };
+    let prefix_ok = prefix.is_none_or(|p| p.len() <= 253 && p.split('.').all(is_dns_label));
+    prefix_ok && !name.is_empty() && is_label_value(name)
+}
+
+/// A label value: empty, or at most 63 characters of letters, digits, `-`,
+/// `_`, `.`, starting and ending with a letter or digit.
+pub fn is_label_value(v: &str) -> bool {
+    let b = v.as_bytes();
+    b.is_empty()
+        || (b.len() <= 63
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+            && b[0].is_ascii_alphanumeric()
+            && b[b.len() - 1].is_ascii_alphanumeric())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -605,6 +658,21 @@ spec:
     - { protocol: TCP, port: 80, endPort: 90 }
     - { port: serve-81-udp, protocol: UDP }
 ";
+
+    #[test]
+    fn selector_labels_are_checked() {
+        let e = errors(&GOOD.replace("matchLabels: { app: web }", "matchLabels: { app: \"x' || all()\" }"));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].contains("is not a valid label value"), "{e:?}");
+        let e = errors(&GOOD.replace(
+            "matchLabels: { team: a }",
+            "matchExpressions: [{ key: \"bad key\", operator: Exists }]",
+        ));
+        assert!(
+            e.iter().any(|x| x.contains("`bad key` is not a valid label key")),
+            "{e:?}"
+        );
+    }
 
     #[test]
     fn reads_every_document() {

@@ -125,3 +125,8 @@ pub fn policy_namespace(p: &NetworkPolicy) -> &str {
 pub fn policy_name(p: &NetworkPolicy) -> &str {
     p.metadata.name.as_deref().unwrap_or("")
 }
+
+/// A policy's `namespace/name`.
+pub fn policy_id(p: &NetworkPolicy) -> String {
+    format!("{}/{}", policy_namespace(p), policy_name(p))
+}

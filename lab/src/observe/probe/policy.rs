@@ -170,16 +170,7 @@ fn summarize(
         delivered: cells.iter().filter(|c| c.kernel == Outcome::Connected).count(),
         blocked: cells.iter().filter(|c| c.kernel != Outcome::Connected).count(),
         cells,
-        policies: policies
-            .iter()
-            .map(|p| {
-                format!(
-                    "{}/{}",
-                    crate::model::netpol::policy_namespace(p),
-                    crate::model::netpol::policy_name(p)
-                )
-            })
-            .collect(),
+        policies: policies.iter().map(crate::model::netpol::policy_id).collect(),
         enforced: state.plan.profile.enforces_policy(),
         cni: state.plan.profile.name().to_string(),
         timeout: timeout.as_secs_f64(),
@@ -194,7 +185,7 @@ type Key = (usize, usize, u16, Proto);
 /// replied flow 120 s) would pass a policy as ESTABLISHED, so each run
 /// takes the next block of a range (kept in the lab's folder) instead of
 /// letting the kernel pick a port it may have used for the same pair.
-fn udp_ports(state: &LabState, needed: usize) -> u16 {
+fn udp_ports(state: &LabState, needed: usize) -> Option<u16> {
     const FIRST: usize = 20000;
     const LAST: usize = 60000;
     let file = state.paths().root.join("policy-probe-port");
@@ -203,9 +194,13 @@ fn udp_ports(state: &LabState, needed: usize) -> u16 {
         .and_then(|s| s.trim().parse::<usize>().ok())
         .filter(|p| (FIRST..LAST).contains(p))
         .unwrap_or(FIRST);
+    if needed > LAST - FIRST {
+        // More probes than the range: the kernel picks (0 marks that).
+        return None;
+    }
     let base = if next + needed > LAST { FIRST } else { next };
     let _ = std::fs::write(&file, (base + needed).to_string());
-    base as u16
+    Some(base as u16)
 }
 
 async fn run(
@@ -213,7 +208,7 @@ async fn run(
     pods: &[(String, Ipv4Addr)],
     wanted: &[(u16, Proto)],
     timeout: Duration,
-    udp_base: u16,
+    udp_base: Option<u16>,
 ) -> Result<Vec<(Key, Outcome)>> {
     let stop = tokio_util_stop();
     let mut servers = Vec::new();
@@ -235,7 +230,7 @@ async fn run(
             for (k, &(port, proto)) in wanted.iter().enumerate() {
                 let (from, limit, to) = (from.clone(), limit.clone(), SocketAddr::from((*ip, port)));
                 // Distinct per destination and port; the same for every source.
-                let sport = udp_base + (j * wanted.len() + k) as u16;
+                let sport = udp_base.map_or(0, |b| b + (j * wanted.len() + k) as u16);
                 tasks.spawn(async move {
                     let _permit = limit.acquire_owned().await?;
                     let o = match proto {

@@ -785,12 +785,9 @@ fn convert_policy(np: &NetworkPolicy) -> Pol {
     let spec = np.spec.clone().unwrap_or_default();
     let pod_sel = k8s_selector(Some(&spec.pod_selector.clone().unwrap_or_default()), true);
     let sel_str = Sel::parse(&format!("({pod_sel}) && projectcalico.org/namespace == '{ns}'")).render();
-    let types = spec.policy_types.clone().unwrap_or_default();
-    let mut ingress = types.iter().any(|t| t == "Ingress");
-    let egress = types.iter().any(|t| t == "Egress");
-    if !ingress && !egress {
-        ingress = true;
-    }
+    // The API server's defaulting (Ingress always, Egress with egress
+    // rules), which the policy carries by the time felix sees it.
+    let (ingress, egress) = crate::model::netpol::eval::policy_types(np);
     let mut in_rules = Vec::new();
     for r in spec.ingress.iter().flatten() {
         in_rules.extend(k8s_rule(r.from.as_deref(), r.ports.as_deref(), &ns, Dir::In));
@@ -1445,6 +1442,26 @@ spec:
             .filter_map(|l| l.strip_prefix(&head))
             .map(str::to_string)
             .collect()
+    }
+
+    /// Without policyTypes, egress rules make an egress policy, as the API
+    /// server's defaulting (and the evaluator) says.
+    #[test]
+    fn egress_rules_without_policy_types_make_an_egress_policy() {
+        let p = np("
+metadata: {name: out, namespace: prod}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  egress:
+  - to: [{namespaceSelector: {matchLabels: {team: b}}}]
+");
+        let s = felix_state(&world(), &[p], "n1");
+        assert!(s.iptables.contains(":cali-po-_"), "{}", s.iptables);
+        assert!(
+            s.iptables.contains(":cali-pi-_"),
+            "ingress is isolated too:\n{}",
+            s.iptables
+        );
     }
 
     #[test]
