@@ -1052,8 +1052,7 @@ fn probe(lab: Option<String>, cmd: ProbeCmd) -> Result<i32> {
                 return Err(Error::usage(
                     format!("--timeout {timeout} is out of range"),
                     "give 0.05 to 60 seconds",
-                )
-                .into());
+                ));
             }
             (
                 Probe::Policy {
@@ -1088,10 +1087,16 @@ fn policy(lab: Option<String>, cmd: PolicyCmd) -> Result<i32> {
                 (false, false) => PolicySel::Names(names),
                 (true, true) => PolicySel::All,
                 (false, true) => {
-                    return Err(Error::usage("name policies or give --all, not both", "see `cnilab policy ls`").into());
+                    return Err(Error::usage(
+                        "name policies or give --all, not both",
+                        "see `cnilab policy ls`",
+                    ));
                 }
                 (true, false) => {
-                    return Err(Error::usage("policy rm needs policy names or --all", "see `cnilab policy ls`").into());
+                    return Err(Error::usage(
+                        "policy rm needs policy names or --all",
+                        "see `cnilab policy ls`",
+                    ));
                 }
             };
             (rt.block_on(policy_rm(&mut st, &which))?, json)

@@ -60,6 +60,17 @@ impl Attachment {
         }
     }
 
+    /// A planned pod's attachment.
+    pub fn of(p: &crate::model::plan::PodPlan) -> Self {
+        Attachment::pod(
+            &p.container_id,
+            crate::kernel::netns::path_of(&p.ns),
+            &p.ifname,
+            &p.meta.namespace,
+            &p.name,
+        )
+    }
+
     fn cni_args(&self) -> String {
         self.args
             .iter()

@@ -234,37 +234,30 @@ pub fn command(ns: &Netns, program: &str) -> std::process::Command {
 
 /// Runs a program inside `ns` and fails with its stderr when it fails.
 pub fn run_in(ns: &Netns, program: &str, args: &[&str]) -> Result<String> {
-    let out = command(ns, program)
-        .args(args)
-        .output()
-        .with_context(|| format!("cannot run {program} (is it installed?)"))?;
-    if !out.status.success() {
-        return Err(anyhow!(
-            "{program} {} failed in {}: {}",
-            args.join(" "),
-            ns.name(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    run_io(ns, program, args, None)
 }
 
 /// Runs a program inside `ns` with `input` on its standard input, and
 /// fails with its stderr when it fails.
 pub fn run_in_with_input(ns: &Netns, program: &str, args: &[&str], input: &str) -> Result<()> {
+    run_io(ns, program, args, Some(input)).map(|_| ())
+}
+
+fn run_io(ns: &Netns, program: &str, args: &[&str], input: Option<&str>) -> Result<String> {
     use std::io::Write as _;
+    use std::process::Stdio;
     let mut child = command(ns, program)
         .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("cannot run {program} (is it installed?)"))?;
-    child
-        .stdin
-        .take()
-        .ok_or_else(|| anyhow!("no stdin for {program}"))?
-        .write_all(input.as_bytes())?;
+    if let Some(text) = input {
+        // Dropped after writing, so the program sees the end of its input.
+        let mut stdin = child.stdin.take().ok_or_else(|| anyhow!("no stdin for {program}"))?;
+        stdin.write_all(text.as_bytes())?;
+    }
     let out = child.wait_with_output()?;
     if !out.status.success() {
         return Err(anyhow!(
@@ -274,7 +267,7 @@ pub fn run_in_with_input(ns: &Netns, program: &str, args: &[&str], input: &str) 
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout).to_string())
 }
 
 /// Runs `f` on the calling thread inside namespace `fd`, then brings the

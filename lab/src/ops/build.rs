@@ -565,13 +565,7 @@ async fn add_pods(state: &mut LabState, b: &Built<'_>) -> Result<()> {
             async move {
                 let mut out = Vec::new();
                 for p in &n.pods {
-                    let att = Attachment::pod(
-                        &p.container_id,
-                        netns::path_of(&p.ns),
-                        &p.ifname,
-                        &p.meta.namespace,
-                        &p.name,
-                    );
+                    let att = Attachment::of(p);
                     let who = format!("{}/{}", n.name, p.name);
                     let result = rt
                         .add(conflist, &att)

@@ -148,13 +148,7 @@ pub async fn add_as(state: &mut LabState, pod: &str, meta: Option<crate::model::
     })
     .await??;
     pnl.change(nl::set_up(1)).await.context("lo up")?;
-    let att = Attachment::pod(
-        &p.container_id,
-        netns::path_of(&p.ns),
-        &p.ifname,
-        &p.meta.namespace,
-        &p.name,
-    );
+    let att = Attachment::of(&p);
     match runtime.add(&conflist, &att).await {
         Ok(result) => {
             let (ip, gateway) = cni::require_ip(&result, pod)?;
@@ -202,13 +196,7 @@ pub async fn remove(state: &mut LabState, pod: &str) -> Result<()> {
     let node_ns = Netns::open(&plan.node(node).expect("checked").ns)?;
     let runtime = runtime_for(&paths, node, &node_ns);
     let conflist = plan.profile.conflist(node).context("node without CNI configuration")?;
-    let att = Attachment::pod(
-        &p.container_id,
-        netns::path_of(&p.ns),
-        &p.ifname,
-        &p.meta.namespace,
-        &p.name,
-    );
+    let att = Attachment::of(&p);
     runtime
         .del(conflist, &att)
         .await
