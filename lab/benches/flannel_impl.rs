@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 #[path = "common/mod.rs"]
 mod common;
-use common::{cnilab_bin, settle, write_section};
+use common::{cnilab_bin, options, secs, settle, write_section};
 
 const LAB: &str = "bflannel";
 /// The heading this benchmark owns in BENCHMARKS.md.
@@ -114,24 +114,10 @@ fn median(mut rows: Vec<Row>) -> Row {
     r
 }
 
-fn secs(d: Duration) -> String {
-    format!("{:.2} s", d.as_secs_f64())
-}
-
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.iter().any(|a| a == "--list" || a == "--help") {
-        println!("flannel_impl: bench");
+    let Some((runs, write)) = options("flannel_impl") else {
         return;
-    }
-    let runs: usize = args
-        .iter()
-        .position(|a| a == "--runs")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(3)
-        .max(1);
-    let write = !args.iter().any(|a| a == "--no-write");
+    };
     let _ = Command::new(cnilab_bin()).args(["down", LAB]).output();
     let cases = [
         Case {

@@ -62,3 +62,28 @@ pub fn write_section(heading: &str, doc: &str) {
     std::fs::write(&path, kept.trim_end().to_string() + "\n").expect("write BENCHMARKS.md");
     eprintln!("wrote {}", path.display());
 }
+
+/// A benchmark's options: `--runs N` (default 3), `--no-write`; `None`
+/// for `--list` and `--help`, which cargo asks (after printing `name`).
+#[allow(dead_code)]
+pub fn options(name: &str) -> Option<(usize, bool)> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--list" || a == "--help") {
+        println!("{name}: bench");
+        return None;
+    }
+    let runs = args
+        .iter()
+        .position(|a| a == "--runs")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    Some((runs, !args.iter().any(|a| a == "--no-write")))
+}
+
+/// A duration as the tables print it: `1.23 s`.
+#[allow(dead_code)]
+pub fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
