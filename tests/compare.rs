@@ -62,7 +62,19 @@ fn route_to(lab: &Lab, node: &str, ip: Ipv4Addr) -> String {
         })
         .max_by_key(|(net, _)| net.prefix_len())
         .expect("a route to the pod");
-    let text = lab.exec_ok(node, &["ip", "-4", "route", "show", "table", "main", "exact", &best.0.to_string()]);
+    let text = lab.exec_ok(
+        node,
+        &[
+            "ip",
+            "-4",
+            "route",
+            "show",
+            "table",
+            "main",
+            "exact",
+            &best.0.to_string(),
+        ],
+    );
     text.lines().next().unwrap_or_default().trim().to_string()
 }
 
@@ -76,7 +88,11 @@ fn on_the_wire(lab: &Lab, from: &str, to_ip: &str, node2_mac: &str) -> String {
     let out = capture(lab, &args, || {
         let _ = lab.exec(from, &["ping", "-c1", "-W1", to_ip]);
     });
-    let line = out.lines().find(|l| !l.trim().is_empty()).expect("a captured packet").to_string();
+    let line = out
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .expect("a captured packet")
+        .to_string();
     // `IP 172.20.0.11.43122 > 172.20.0.12.8472: ...` or `IP a > b: ICMP ...`.
     let after = line.split(" > ").nth(1).expect("a packet line");
     let dst = after.split(':').next().unwrap_or_default();
@@ -103,7 +119,10 @@ fn on_the_wire(lab: &Lab, from: &str, to_ip: &str, node2_mac: &str) -> String {
             l["ifname"].as_str().unwrap_or_default()
         );
     }
-    let ss = lab.exec_ok("node1", &["ss", "-H", "-u", "-a", "-n", "-p", &format!("sport = :{port}")]);
+    let ss = lab.exec_ok(
+        "node1",
+        &["ss", "-H", "-u", "-a", "-n", "-p", &format!("sport = :{port}")],
+    );
     let owner = ss
         .split("((\"")
         .nth(1)
@@ -147,7 +166,11 @@ fn measure(cni: &'static str) -> Row {
     let policy = policy(&lab);
     Row {
         cni,
-        mtu: if mtu == link { format!("{mtu}") } else { format!("{mtu} ({link} - {})", link - mtu) },
+        mtu: if mtu == link {
+            format!("{mtu}")
+        } else {
+            format!("{mtu} ({link} - {})", link - mtu)
+        },
         address,
         wire,
         route: format!("`{route}`"),
@@ -170,10 +193,7 @@ fn table(rows: &[Row]) -> String {
 
 #[test]
 fn the_readme_comparison_table_is_what_the_four_labs_show() {
-    let rows: Vec<Row> = ["flannel", "calico", "canal"]
-        .into_iter()
-        .map(measure)
-        .collect();
+    let rows: Vec<Row> = ["flannel", "calico", "canal"].into_iter().map(measure).collect();
     assert!(rows.len() == 3, "every one of the four compare labs is measured");
     let table = table(&rows);
     let readme_path = repo().join("README.md");

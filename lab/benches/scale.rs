@@ -27,13 +27,9 @@ use serde_json::{Value, json};
 
 #[path = "common/mod.rs"]
 mod common;
-use common::{cnilab_bin, repo, settle};
+use common::{baseline_core, batch, cnilab_bin, parallel, phases, plan, repo, s, secs, settle, timed, workers};
 
 const BASE_LAB: &str = "bbase";
-
-fn workers() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get())
-}
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Profile {
@@ -72,148 +68,12 @@ impl Case {
     }
 }
 
-/// One timed command: wall time, peak RSS, stdout.
-struct Run {
-    wall: Duration,
-    max_rss_kb: i64,
-    stdout: String,
-}
-
-/// Runs a command, measuring its wall time and peak RSS (wait4's rusage).
-fn timed(cmd: &mut Command) -> Run {
-    let out_path = std::env::temp_dir().join(format!("cnilab-bench-{}.out", std::process::id()));
-    let out = std::fs::File::create(&out_path).expect("temp file");
-    let start = Instant::now();
-    // Reaped by wait4 below, which also gives the rusage std does not.
-    #[allow(clippy::zombie_processes)]
-    let child = cmd.stdout(out).stderr(Stdio::inherit()).spawn().expect("spawn");
-    let mut status = 0;
-    // SAFETY: a zeroed rusage is a valid value for wait4 to fill.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waits for our own child and fills the two out-parameters.
-    let rc = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
-    let wall = start.elapsed();
-    assert!(rc > 0, "wait4 failed");
-    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
-    let _ = std::fs::remove_file(&out_path);
-    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-    assert!(ok, "{cmd:?} failed (status {status}):\n{stdout}");
-    Run {
-        wall,
-        max_rss_kb: usage.ru_maxrss,
-        stdout,
-    }
-}
-
-/// Runs `program -n NS -batch -` (or without -n) with `script` on stdin.
-fn batch(program: &str, ns: Option<&str>, script: &str) {
-    let mut cmd = Command::new(program);
-    if let Some(ns) = ns {
-        cmd.args(["-n", ns]);
-    }
-    let mut child = cmd
-        .args(["-batch", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("spawn batch");
-    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
-    let st = child.wait().unwrap();
-    assert!(st.success(), "{program} -batch in {ns:?} failed:\n{script}");
-}
-
-/// Runs `jobs` on `workers()` threads.
-fn parallel<T: Send>(jobs: Vec<T>, f: impl Fn(T) + Sync) {
-    let queue = std::sync::Mutex::new(jobs);
-    std::thread::scope(|s| {
-        for _ in 0..workers() {
-            s.spawn(|| {
-                loop {
-                    let job = queue.lock().unwrap().pop();
-                    match job {
-                        Some(j) => f(j),
-                        None => break,
-                    }
-                }
-            });
-        }
-    });
-}
-
-fn plan(topology: &Path) -> Value {
-    let out = Command::new(cnilab_bin())
-        .args(["validate", topology.to_str().unwrap(), "--json"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "validate failed");
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn s(v: &Value) -> &str {
-    v.as_str().unwrap_or_default()
-}
-
 /// The baseline's kernel work by iproute2 batches: namespaces, the switch,
 /// every veth, address and default route; with `overlay`, flannel's
 /// flannel.1 and per remote node its neighbour, FDB entry and route, or
 /// Calico's blackhole and per remote block its route.
 fn baseline_kernel(plan: &Value, overlay: bool) -> Duration {
     let start = Instant::now();
-    let nodes = plan["nodes"].as_array().unwrap();
-    let routers = plan["routers"].as_array().unwrap();
-    let fabric = s(&plan["fabric_ns"]);
-    let mut names = vec![fabric.to_string()];
-    names.extend(nodes.iter().map(|n| s(&n["ns"]).to_string()));
-    names.extend(routers.iter().map(|r| s(&r["ns"]).to_string()));
-    let script: String = names.iter().map(|n| format!("netns add {n}\n")).collect();
-    batch("ip", None, &script);
-    let mut fab = String::new();
-    for sw in plan["switches"].as_array().unwrap() {
-        fab.push_str(&format!(
-            "link add {} mtu {} type bridge\nlink set {} up\n",
-            s(&sw["name"]),
-            sw["mtu"],
-            s(&sw["name"])
-        ));
-    }
-    for n in nodes {
-        fab.push_str(&format!(
-            "link add {} mtu {} type veth peer name eth0 mtu {} netns {}\nlink set {} master {} up\n",
-            s(&n["port"]),
-            n["mtu"],
-            n["mtu"],
-            s(&n["ns"]),
-            s(&n["port"]),
-            s(&n["switch"])
-        ));
-    }
-    for r in routers {
-        for p in r["ports"].as_array().unwrap() {
-            fab.push_str(&format!(
-                "link add {} mtu {} type veth peer name {} mtu {} netns {}\nlink set {} master {} up\n",
-                s(&p["fabric_port"]),
-                p["mtu"],
-                s(&p["ifname"]),
-                p["mtu"],
-                s(&r["ns"]),
-                s(&p["fabric_port"]),
-                s(&p["switch"])
-            ));
-        }
-    }
-    batch("ip", Some(fabric), &fab);
-    for r in routers {
-        let mut sc = String::from("link set lo up\n");
-        for p in r["ports"].as_array().unwrap() {
-            sc.push_str(&format!(
-                "addr add {}/{} dev {}\nlink set {} up\n",
-                s(&p["ip"]),
-                p["prefix_len"],
-                s(&p["ifname"]),
-                s(&p["ifname"])
-            ));
-        }
-        batch("ip", Some(s(&r["ns"])), &sc);
-    }
     let profile = &plan["profile"];
     let flannel = profile["cni"] == "flannel";
     let per_node: BTreeMap<&str, &Value> = profile["nodes"]
@@ -222,17 +82,11 @@ fn baseline_kernel(plan: &Value, overlay: bool) -> Duration {
         .iter()
         .map(|p| (s(&p["node"]), p))
         .collect();
+    let nodes = plan["nodes"].as_array().unwrap();
     let ip_of: BTreeMap<&str, &str> = nodes.iter().map(|n| (s(&n["name"]), s(&n["ip"]))).collect();
-    parallel(nodes.iter().collect(), |n| {
+    baseline_core(plan, |n| {
         let name = s(&n["name"]);
-        let mut sc = format!(
-            "link set lo up\naddr add {}/{} dev eth0\nlink set eth0 up\n",
-            s(&n["ip"]),
-            n["prefix_len"]
-        );
-        if let Some(gw) = n["gateway"].as_str() {
-            sc.push_str(&format!("route add default via {gw}\n"));
-        }
+        let mut sc = String::new();
         let mut fdb = String::new();
         if overlay {
             let me = per_node[name];
@@ -276,10 +130,7 @@ fn baseline_kernel(plan: &Value, overlay: bool) -> Duration {
                 }
             }
         }
-        batch("ip", Some(s(&n["ns"])), &sc);
-        if !fdb.is_empty() {
-            batch("bridge", Some(s(&n["ns"])), &fdb);
-        }
+        (sc, fdb)
     });
     start.elapsed()
 }
@@ -425,19 +276,6 @@ fn baseline_down() {
     assert!(out.status.success(), "removing the baseline failed");
 }
 
-/// Phase timings from `up`'s summary line.
-fn phases(up: &str) -> BTreeMap<String, Duration> {
-    let line = up.lines().find_map(|l| l.strip_prefix("phases: ")).unwrap_or("");
-    line.split(", ")
-        .filter_map(|p| {
-            let mut w = p.split_whitespace();
-            let name = w.next()?.to_string();
-            let ms: u64 = w.next()?.parse().ok()?;
-            Some((name, Duration::from_millis(ms)))
-        })
-        .collect()
-}
-
 struct Row {
     case: Case,
     up: Duration,
@@ -450,10 +288,6 @@ struct Row {
     base_kernel: Duration,
     base_pods: Duration,
     rss_kb: i64,
-}
-
-fn secs(d: Duration) -> String {
-    format!("{:.2} s", d.as_secs_f64())
 }
 
 fn ratio(a: Duration, b: Duration) -> String {
