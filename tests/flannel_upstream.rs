@@ -191,28 +191,6 @@ fn field_bug_scenarios_pass_under_upstream() {
     assert!(!text.contains("not compared"), "every snapshot step compared:\n{text}");
 }
 
-/// Processes whose network namespace is one of the lab's.
-fn processes_in_lab(name: &str) -> Vec<String> {
-    use std::os::unix::fs::MetadataExt;
-    let inodes: Vec<u64> = namespaces_with(&format!("cnilab.{name}."))
-        .iter()
-        .filter_map(|n| std::fs::metadata(format!("/run/netns/{n}")).ok())
-        .map(|m| m.ino())
-        .collect();
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        if let Ok(m) = std::fs::metadata(format!("/proc/{pid}/ns/net"))
-            && inodes.contains(&m.ino())
-        {
-            out.push(pid.to_string());
-        }
-    }
-    out
-}
-
 /// `kill -9` of `up --flannel upstream` at several points of the build
 /// (state folder made, etcd's namespace made, etcd answering, the first
 /// real flanneld started, up finished), then `down`: no etcd, flanneld or
@@ -235,40 +213,11 @@ fn kill_9_of_up_at_any_point_then_down_leaves_nothing() {
         }),
         ("up finished", |_| false),
     ];
-    for (what, reached) in points {
-        let lab = Lab::reserve();
-        let mut child = std::process::Command::new(bin())
-            .args(["up", topology("seed-001-etcd.toml").to_str().unwrap()])
-            .args(["--name", &lab.name, "--flannel", "upstream"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("cnilab runs");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            if reached(&lab.name) || child.try_wait().expect("wait").is_some() || std::time::Instant::now() > deadline {
-                break;
-            }
-            std::thread::yield_now();
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        let out = cnilab(&["down", &lab.name]);
-        assert!(out.status.success(), "{what}: down failed:\n{}", show(&out));
-        assert_gone(&lab.name);
-        let procs = processes_in_lab(&lab.name);
-        assert!(
-            procs.is_empty(),
-            "{what}: processes left in the lab's namespaces: {procs:?}"
-        );
-        let left: Vec<String> = processes_mentioning(&format!("{}/", run_dir().join(&lab.name).display()));
-        assert!(left.is_empty(), "{what}: processes left: {left:?}");
-        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-        assert!(
-            !mounts.lines().any(|l| l.contains(&format!("cnilab.{}.", lab.name))),
-            "{what}: a mount of the lab is left"
-        );
-    }
+    kill_9_of_up_at_each_point_then_down_leaves_nothing(
+        &topology("seed-001-etcd.toml"),
+        &["--flannel", "upstream"],
+        &points,
+    );
 }
 
 /// A broken etcd: the lab's etcd cannot start (its data folder is a file),

@@ -44,20 +44,7 @@ fn interrupted_up_leaves_nothing(signal: nix::sys::signal::Signal) {
         .unwrap();
     // Half-way: some pods are wired (their CNI results cached), not all.
     let prefix = format!("cnilab.{}.", lab.name);
-    let wired = || -> usize {
-        let nodes = run_dir().join(&lab.name).join("nodes");
-        std::fs::read_dir(&nodes)
-            .map(|d| {
-                d.flatten()
-                    .map(|n| {
-                        std::fs::read_dir(n.path().join("cni/lib/results"))
-                            .map(|r| r.count())
-                            .unwrap_or(0)
-                    })
-                    .sum()
-            })
-            .unwrap_or(0)
-    };
+    let wired = || pods_wired(&lab.name);
     retry("up reaches its pods", Duration::from_secs(30), || {
         let pods = wired();
         if pods > 0 {

@@ -344,3 +344,104 @@ pub fn down_reports_and_leaves_nothing(name: &str, summary: &str) {
     assert!(show(&out).contains(summary), "{}", show(&out));
     assert_gone(name);
 }
+
+/// A point of `up` to `kill -9` it at: what it is, and whether the lab
+/// named so has reached it.
+#[allow(dead_code)]
+pub type KillPoint = (&'static str, fn(&str) -> bool);
+
+/// For each point, `up TOPOLOGY ARGS` is killed with SIGKILL once the lab
+/// reaches it (or when `up` ends, or after 60 s), then `down` must leave
+/// no namespace, process, mount or state of the lab.
+#[allow(dead_code)]
+pub fn kill_9_of_up_at_each_point_then_down_leaves_nothing(topology: &Path, args: &[&str], points: &[KillPoint]) {
+    for (what, reached) in points.iter().copied() {
+        let lab = Lab::reserve();
+        let mut child = std::process::Command::new(bin())
+            .args(["up", topology.to_str().unwrap(), "--name", &lab.name])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("cnilab runs");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if reached(&lab.name) || child.try_wait().expect("wait").is_some() || std::time::Instant::now() > deadline {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let out = cnilab(&["down", &lab.name]);
+        assert!(out.status.success(), "{what}: down failed:\n{}", show(&out));
+        assert_gone(&lab.name);
+        let procs = processes_in_lab(&lab.name);
+        assert!(
+            procs.is_empty(),
+            "{what}: processes left in the lab's namespaces: {procs:?}"
+        );
+        let left: Vec<String> = processes_mentioning(&format!("{}/", run_dir().join(&lab.name).display()));
+        assert!(left.is_empty(), "{what}: processes left: {left:?}");
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        assert!(
+            !mounts.lines().any(|l| l.contains(&format!("cnilab.{}.", lab.name))),
+            "{what}: a mount of the lab is left"
+        );
+    }
+}
+
+#[allow(dead_code)]
+/// Processes whose network namespace is one of the lab's.
+pub fn processes_in_lab(name: &str) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let inodes: Vec<u64> = namespaces_with(&format!("cnilab.{name}."))
+        .iter()
+        .filter_map(|n| std::fs::metadata(format!("/run/netns/{n}")).ok())
+        .map(|m| m.ino())
+        .collect();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if let Ok(m) = std::fs::metadata(format!("/proc/{pid}/ns/net"))
+            && inodes.contains(&m.ino())
+        {
+            out.push(pid.to_string());
+        }
+    }
+    out
+}
+
+/// How many pods of the lab have their CNI result cached (wired).
+#[allow(dead_code)]
+pub fn pods_wired(lab: &str) -> usize {
+    let nodes = run_dir().join(lab).join("nodes");
+    std::fs::read_dir(nodes)
+        .map(|d| {
+            d.flatten()
+                .map(|n| {
+                    std::fs::read_dir(n.path().join("cni/lib/results"))
+                        .map(|r| r.count())
+                        .unwrap_or(0)
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// The points of any lab's `up`: its folder made, its first namespace, a
+/// process of it running in one (an agent), a pod wired, `up` done.
+#[allow(dead_code)]
+pub fn kill_points() -> Vec<KillPoint> {
+    vec![
+        ("state folder made", |lab| run_dir().join(lab).exists()),
+        ("a namespace made", |lab| {
+            !namespaces_with(&format!("cnilab.{lab}.")).is_empty()
+        }),
+        ("an agent running", |lab| !processes_in_lab(lab).is_empty()),
+        ("a pod wired", |lab| pods_wired(lab) > 0),
+        ("up finished", |_| false),
+    ]
+}
