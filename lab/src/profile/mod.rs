@@ -27,6 +27,7 @@
 pub mod calico;
 pub mod canal;
 pub mod flannel;
+pub mod weave_npc;
 
 use std::net::Ipv4Addr;
 
