@@ -859,6 +859,258 @@ spec:
         assert_eq!(s, npc_state(&world(), &[np(DENY_INGRESS), np(FROM_NS_Y)], "node-3"));
     }
 
+    /// The sets `ipsets` creates, and (set, entry) of every `add`.
+    fn created(ipsets: &str) -> (BTreeSet<String>, Vec<(String, String)>) {
+        let names = ipsets
+            .lines()
+            .filter_map(|l| l.strip_prefix("create "))
+            .filter_map(|l| l.split(' ').next())
+            .map(str::to_string)
+            .collect();
+        let adds = ipsets
+            .lines()
+            .filter_map(|l| l.strip_prefix("add "))
+            .filter_map(|l| {
+                let mut it = l.split(' ');
+                Some((it.next()?.to_string(), it.next()?.to_string()))
+            })
+            .collect();
+        (names, adds)
+    }
+
+    /// Every set a rule matches and every list:set member is created, and
+    /// every WEAVE-NPC chain a rule jumps to is declared.
+    fn assert_consistent(s: &NpcState, what: &str) {
+        let (sets, adds) = created(&s.ipsets);
+        assert_eq!(sets.iter().cloned().collect::<Vec<_>>(), s.sets, "{what}");
+        for l in s.iptables.lines().filter(|l| l.starts_with("-A ")) {
+            let words: Vec<&str> = l.split(' ').collect();
+            for (i, w) in words.iter().enumerate() {
+                if *w == "--match-set" {
+                    assert!(sets.contains(words[i + 1]), "{what}: {l} matches a set never created");
+                }
+                if *w == "-j" && words[i + 1].starts_with(CHAIN_PREFIX) {
+                    assert!(CHAINS.contains(&words[i + 1]), "{what}: {l} jumps to no chain");
+                }
+            }
+        }
+        for (set, entry) in &adds {
+            if entry.starts_with(IPSET_PREFIX) {
+                assert!(sets.contains(entry), "{what}: {set} lists {entry}, never created");
+            }
+        }
+        let declared: Vec<&str> = s.iptables.lines().filter_map(|l| l.strip_prefix(':')).collect();
+        assert_eq!(declared.len(), CHAINS.len(), "{what}");
+    }
+
+    /// Every e2e manifest of topologies/netpol, alone and all together,
+    /// over the e2e world: the rules refer only to sets that are created.
+    #[test]
+    fn e2e_manifests_refer_only_to_created_sets() {
+        let dir = format!("{}/../topologies/netpol", env!("CARGO_MANIFEST_DIR"));
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .expect("topologies/netpol")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|f| f.ends_with(".yaml"))
+            .collect();
+        files.sort();
+        assert!(files.len() >= 15, "{files:?}");
+        let mut all = Vec::new();
+        for f in &files {
+            let pols = manifests(f);
+            let s = npc_state(&world(), &pols, "node-1");
+            assert_consistent(&s, f);
+            let rule_count = rules(&s.iptables, INGRESS).len() + rules(&s.iptables, EGRESS_CUSTOM).len();
+            let expect_rules = !f.starts_with("deny-") && f != "named-port.yaml";
+            assert_eq!(rule_count > 0, expect_rules, "{f}:\n{}", s.iptables);
+            let drop = rules(&s.iptables, EGRESS).iter().any(|r| r.ends_with("-j DROP"));
+            assert_eq!(drop, pols.iter().any(is_egress), "{f}");
+            all.extend(pols);
+        }
+        assert_consistent(&npc_state(&world(), &all, "node-1"), "all manifests");
+    }
+
+    /// weave-npc rejects a policy with a named port (analyser.go
+    /// checkForNamedPorts): no rule, and its pods stay default-allowed.
+    #[test]
+    fn named_ports_are_rejected() {
+        let s = npc_state(&world(), &manifests("named-port.yaml"), "node-1");
+        assert!(rules(&s.iptables, INGRESS).is_empty(), "{}", s.iptables);
+        let allow_x = set_name("ingress-default-allow:x");
+        assert!(s.ipsets.contains(&format!("add {allow_x} 10.0.1.10 ")), "{}", s.ipsets);
+    }
+
+    /// endPort is not in the API weave-npc reads: only `port` counts.
+    #[test]
+    fn end_port_is_not_seen() {
+        let s = npc_state(&world(), &manifests("end-port.yaml"), "node-1");
+        let target = set_name("x:pod=a");
+        assert_eq!(
+            rules(&s.iptables, INGRESS),
+            [
+                format!("-p tcp -m set --match-set {target} dst -m tcp --dport 81 -m comment --comment \"anywhere -> pods: namespace: x, selector: pod=a (ingress)\" -j ACCEPT"),
+                format!("-p udp -m set --match-set {target} dst -m udp --dport 81 -m comment --comment \"anywhere -> pods: namespace: x, selector: pod=a (ingress)\" -j ACCEPT"),
+            ]
+        );
+    }
+
+    /// An egress ipBlock with an except: the hash:net set of excepted CIDRs,
+    /// matched negated, each rule as a mark and a return, and the default
+    /// egress drop.
+    #[test]
+    fn egress_ip_block_with_except() {
+        let s = npc_state(&world(), &manifests("canal-ipblock-except.yaml"), "node-1");
+        let target = "weave-Fi#ARirB~zaBpV8~)GdZpbG#o";
+        let except = "weave-y/JfS1Uh;epj++iq|aS.J|FDf";
+        let body = format!(
+            "-d 10.244.0.0/16 -m set --match-set {target} src -m set ! --match-set {except} dst -m comment --comment \"pods: namespace: x, selector: pod=a -> cidr: 10.244.0.0/16 except [10.244.76.0/24] (egress)\""
+        );
+        assert_eq!(
+            rules(&s.iptables, EGRESS_CUSTOM),
+            [format!("{body} -j WEAVE-NPC-EGRESS-ACCEPT"), format!("{body} -j RETURN")]
+        );
+        assert!(rules(&s.iptables, INGRESS).is_empty());
+        assert!(s.ipsets.contains(&format!(
+            "create {except} hash:net comment -exist\n"
+        )));
+        assert!(s.ipsets.contains(&format!(
+            "add {except} 10.244.76.0/24 comment \"excepted from 10.244.0.0/16\"\n"
+        )));
+        let egress_allow_x = set_name("egress-default-allow:x");
+        let (_, adds) = created(&s.ipsets);
+        let allowed: Vec<&str> = adds.iter().filter(|(s, _)| *s == egress_allow_x).map(|(_, e)| e.as_str()).collect();
+        assert_eq!(allowed, ["10.0.1.11", "10.0.1.12"]);
+        assert_eq!(
+            rules(&s.iptables, EGRESS)[6..],
+            [
+                "-m state --state NEW -m mark ! --mark 0x40000/0x40000 -j NFLOG --nflog-group 86".to_string(),
+                "-m mark ! --mark 0x40000/0x40000 -j DROP".to_string(),
+            ]
+        );
+    }
+
+    /// A namespace selector and the same namespace selector with an empty
+    /// pod selector name the same ipset (`weave-` + shortName(":ns=y")) of
+    /// two types: `ipset create` fails for the second, which weave-npc then
+    /// leaves half provisioned: its target isolated, without its rules.
+    #[test]
+    fn clashing_set_names_stop_the_later_policy() {
+        let a = np("
+metadata: {name: a, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}]}]
+");
+        let b = np("
+metadata: {name: b, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: b}}
+  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}, podSelector: {}}]}]
+");
+        let s = npc_state(&world(), &[b, a], "node-1");
+        assert_consistent(&s, "clash");
+        let ingress = rules(&s.iptables, INGRESS);
+        assert_eq!(ingress.len(), 1, "{ingress:?}");
+        assert!(ingress[0].contains("selector: pod=a (ingress)"));
+        let allow_x = set_name("ingress-default-allow:x");
+        let (_, adds) = created(&s.ipsets);
+        let allowed: Vec<&str> = adds.iter().filter(|(s, _)| *s == allow_x).map(|(_, e)| e.as_str()).collect();
+        assert_eq!(allowed, ["10.0.1.12"]);
+    }
+
+    fn run(program: &str, args: &[&str], input: Option<&str>) -> String {
+        use std::io::Write as _;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{program}: {e}"));
+        let mut stdin = child.stdin.take().expect("stdin");
+        if let Some(text) = input {
+            stdin.write_all(text.as_bytes()).expect("write stdin");
+        }
+        drop(stdin);
+        let out = child.wait_with_output().expect("wait");
+        assert!(
+            out.status.success(),
+            "{program} {args:?}: {}\ninput:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            input.unwrap_or("")
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `state`'s restore input with the FORWARD and INPUT rules put in place
+    /// as ops/policy.rs does (the top ones deleted first when `again`).
+    fn restore_input(state: &PolicyState, again: bool) -> String {
+        let mut extra = String::new();
+        if again {
+            for (c, r) in &state.top {
+                extra.push_str(&format!("-D {c} {r}\n"));
+            }
+        }
+        for (i, (c, r)) in state.top.iter().enumerate() {
+            extra.push_str(&format!("-I {c} {} {r}\n", i + 1));
+        }
+        if !again {
+            for (c, r) in &state.append {
+                extra.push_str(&format!("-A {c} {r}\n"));
+            }
+        }
+        state.iptables.replace("COMMIT\n", &format!("{extra}COMMIT\n"))
+    }
+
+    /// The generated text loads into the real iptables-restore and ipset in
+    /// a scratch network namespace (gone when its thread ends), and
+    /// iptables-save prints the chains back line for line, FORWARD and INPUT
+    /// as weaver has them; loading again changes nothing.
+    #[test]
+    fn loads_into_the_kernel_and_saves_back_identically() {
+        let mut pols = Vec::new();
+        for f in ["deny-ingress-x.yaml", "allow-from-namespace.yaml", "pod-and-namespace.yaml", "canal-ipblock-except.yaml", "port-81.yaml", "egress-tcp-only.yaml", "all-namespaces.yaml", "ns-match-expressions.yaml"] {
+            pols.extend(manifests(f));
+        }
+        let state = policy_state(&world(), &pols, "node-1");
+        let ours: Vec<&str> = state
+            .iptables
+            .lines()
+            .filter(|l| l.starts_with(':') || l.starts_with("-A "))
+            .collect();
+        let (_, adds) = created(&state.ipsets);
+        let our_adds: BTreeSet<String> = state.ipsets.lines().filter(|l| l.starts_with("add ")).map(str::to_string).collect();
+        assert!(adds.len() > 20);
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                        .expect("unshare(CLONE_NEWNET): this test needs root");
+                    for again in [false, true] {
+                        run("ipset", &["restore", "-exist"], Some(&state.ipsets));
+                        run("iptables-restore", &["--noflush", "--wait"], Some(&restore_input(&state, again)));
+                        let save = run("iptables-save", &["-t", "filter"], None);
+                        let theirs: Vec<&str> = save
+                            .lines()
+                            .filter(|l| l.starts_with(":WEAVE") || l.starts_with("-A WEAVE"))
+                            .collect();
+                        assert_eq!(theirs, ours, "{save}");
+                        assert_eq!(rules(&save, "FORWARD"), forward_rules(), "{save}");
+                        assert_eq!(rules(&save, "INPUT"), [input_rule()], "{save}");
+                        let saved = run("ipset", &["save"], None);
+                        let their_adds: BTreeSet<String> =
+                            saved.lines().filter(|l| l.starts_with("add ")).map(str::to_string).collect();
+                        assert_eq!(their_adds, our_adds);
+                        let (names, _) = created(&saved);
+                        assert_eq!(names.into_iter().collect::<Vec<_>>(), state.sets);
+                    }
+                })
+                .join()
+                .expect("the scratch namespace's thread");
+        });
+    }
+
     const DENY_AND_FROM_NS_IPTABLES: &str = r#"*filter
 :WEAVE-NPC - [0:0]
 :WEAVE-NPC-DEFAULT - [0:0]
