@@ -116,10 +116,13 @@ pub async fn program(st: &LabState) -> Result<Option<Programmed>> {
     }))
 }
 
+/// A rule of a chain: (chain, rule after `-A <chain> `).
+type ChainRule = (String, String);
+
 /// The chains of the filter table that `state` owns (by its prefixes), and
 /// the rules of the built-in chains it keeps rules in, as `iptables-save`
 /// prints them: (chain, rule after `-A <chain> `).
-fn filter_now(ns: &Netns, state: &PolicyState) -> Result<(BTreeSet<String>, Vec<(String, String)>)> {
+fn filter_now(ns: &Netns, state: &PolicyState) -> Result<(BTreeSet<String>, Vec<ChainRule>)> {
     let save = netns::run_in(ns, "iptables-save", &["-t", "filter"])?;
     let chains = save
         .lines()
@@ -153,7 +156,7 @@ fn ipsets_of(ns: &Netns, state: &PolicyState) -> Result<BTreeSet<String>> {
 /// chains where they are missing, given the rules there now: per chain, if
 /// any of its top rules is missing, those present are deleted and all are
 /// inserted at the top in order; appended rules are appended if missing.
-fn builtin_rules(state: &PolicyState, now: &[(String, String)]) -> String {
+fn builtin_rules(state: &PolicyState, now: &[ChainRule]) -> String {
     let has = |chain: &str, rule: &str| now.iter().any(|(c, r)| c == chain && r == rule);
     let mut out = String::new();
     let mut chains: Vec<&str> = Vec::new();
@@ -291,7 +294,10 @@ mod tests {
     /// before there were several.
     #[test]
     fn felix_jump_inserted_and_rules_appended_where_missing() {
-        let s = state(&[("FORWARD", "-j cali-FORWARD")], &[("FORWARD", "-j A"), ("FORWARD", "-j B")]);
+        let s = state(
+            &[("FORWARD", "-j cali-FORWARD")],
+            &[("FORWARD", "-j A"), ("FORWARD", "-j B")],
+        );
         assert_eq!(
             builtin_rules(&s, &now(&[("FORWARD", "-j B")])),
             "\n-I FORWARD 1 -j cali-FORWARD\n-A FORWARD -j A"
@@ -305,10 +311,20 @@ mod tests {
     #[test]
     fn top_rules_are_reinserted_together_in_order() {
         let s = state(
-            &[("FORWARD", "-j A"), ("FORWARD", "-j B"), ("FORWARD", "-j C"), ("INPUT", "-j D")],
+            &[
+                ("FORWARD", "-j A"),
+                ("FORWARD", "-j B"),
+                ("FORWARD", "-j C"),
+                ("INPUT", "-j D"),
+            ],
             &[("INPUT", "-j E")],
         );
-        let present = now(&[("FORWARD", "-j X"), ("FORWARD", "-j B"), ("INPUT", "-j D"), ("INPUT", "-j E")]);
+        let present = now(&[
+            ("FORWARD", "-j X"),
+            ("FORWARD", "-j B"),
+            ("INPUT", "-j D"),
+            ("INPUT", "-j E"),
+        ]);
         assert_eq!(
             builtin_rules(&s, &present),
             "\n-D FORWARD -j B\n-I FORWARD 1 -j A\n-I FORWARD 2 -j B\n-I FORWARD 3 -j C"

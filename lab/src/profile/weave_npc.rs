@@ -57,7 +57,15 @@ pub const EGRESS_CUSTOM: &str = "WEAVE-NPC-EGRESS-CUSTOM";
 /// Marks a packet egress allowed.
 pub const EGRESS_ACCEPT: &str = "WEAVE-NPC-EGRESS-ACCEPT";
 /// Every chain weave-npc programs, sorted.
-pub const CHAINS: [&str; 7] = [MAIN, DEFAULT, EGRESS, EGRESS_ACCEPT, EGRESS_CUSTOM, EGRESS_DEFAULT, INGRESS];
+pub const CHAINS: [&str; 7] = [
+    MAIN,
+    DEFAULT,
+    EGRESS,
+    EGRESS_ACCEPT,
+    EGRESS_CUSTOM,
+    EGRESS_DEFAULT,
+    INGRESS,
+];
 
 /// weave-npc's `shortName` alphabet (npc/shortname.go): 85 characters.
 const SYMBOLS: &[u8; 85] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789(){}[]+=_$%^!*|/?.;:@#~";
@@ -185,7 +193,10 @@ enum Content {
     Pods { ns: String, sel: LabelSelector },
     /// hash:ip: the pods of every namespace the namespace selector matches
     /// that the pod selector matches.
-    NamespacedPods { ns_sel: LabelSelector, pod_sel: LabelSelector },
+    NamespacedPods {
+        ns_sel: LabelSelector,
+        pod_sel: LabelSelector,
+    },
     /// list:set: the all-pods sets of the namespaces a selector matches.
     Namespaces { sel: LabelSelector },
     /// hash:ip: the pods of a namespace no policy of this direction targets.
@@ -480,8 +491,12 @@ fn analyse(p: &NetworkPolicy) -> Option<Analysis> {
     let spec = p.spec.clone().unwrap_or_default();
     let ingress = spec.ingress.unwrap_or_default();
     let egress = spec.egress.unwrap_or_default();
-    let named = ingress.iter().any(|r| has_named_port(r.ports.as_deref().unwrap_or_default()))
-        || egress.iter().any(|r| has_named_port(r.ports.as_deref().unwrap_or_default()));
+    let named = ingress
+        .iter()
+        .any(|r| has_named_port(r.ports.as_deref().unwrap_or_default()))
+        || egress
+            .iter()
+            .any(|r| has_named_port(r.ports.as_deref().unwrap_or_default()));
     if named {
         return None;
     }
@@ -500,10 +515,18 @@ fn analyse(p: &NetworkPolicy) -> Option<Analysis> {
     // Ingress and egress rules alike: (egress, ports, peers).
     let mut all: Vec<(bool, Vec<NetworkPolicyPort>, Vec<NetworkPolicyPeer>)> = Vec::new();
     for r in &ingress {
-        all.push((false, r.ports.clone().unwrap_or_default(), r.from.clone().unwrap_or_default()));
+        all.push((
+            false,
+            r.ports.clone().unwrap_or_default(),
+            r.from.clone().unwrap_or_default(),
+        ));
     }
     for r in &egress {
-        all.push((true, r.ports.clone().unwrap_or_default(), r.to.clone().unwrap_or_default()));
+        all.push((
+            true,
+            r.ports.clone().unwrap_or_default(),
+            r.to.clone().unwrap_or_default(),
+        ));
     }
     for (egress_dir, ports, peers) in all {
         let pp = proto_ports(&ports);
@@ -553,7 +576,11 @@ struct Ns {
 /// also for a policy it then rejects): Egress among its (defaulted)
 /// policyTypes, or egress rules.
 fn is_egress(p: &NetworkPolicy) -> bool {
-    policy_types(p).1 || p.spec.as_ref().and_then(|s| s.egress.as_ref()).is_some_and(|e| !e.is_empty())
+    policy_types(p).1
+        || p.spec
+            .as_ref()
+            .and_then(|s| s.egress.as_ref())
+            .is_some_and(|e| !e.is_empty())
 }
 
 /// Provisions `specs` into `sets` in order (a selectorSet's `provision`):
@@ -594,18 +621,27 @@ pub fn npc_state(world: &World, policies: &[NetworkPolicy], _node: &str) -> NpcS
 
     let mut sets: BTreeMap<String, Content> = BTreeMap::new();
     for ns in &nss {
-        sets.insert(ns.ingress_allow.clone(), Content::DefaultAllow {
-            ns: ns.name.clone(),
-            ingress: true,
-        });
-        sets.insert(ns.egress_allow.clone(), Content::DefaultAllow {
-            ns: ns.name.clone(),
-            ingress: false,
-        });
-        sets.insert(ns.all_pods.clone(), Content::Pods {
-            ns: ns.name.clone(),
-            sel: LabelSelector::default(),
-        });
+        sets.insert(
+            ns.ingress_allow.clone(),
+            Content::DefaultAllow {
+                ns: ns.name.clone(),
+                ingress: true,
+            },
+        );
+        sets.insert(
+            ns.egress_allow.clone(),
+            Content::DefaultAllow {
+                ns: ns.name.clone(),
+                ingress: false,
+            },
+        );
+        sets.insert(
+            ns.all_pods.clone(),
+            Content::Pods {
+                ns: ns.name.clone(),
+                sel: LabelSelector::default(),
+            },
+        );
     }
 
     // Targets in force: (namespace, pod selector, ingress, egress).
@@ -632,10 +668,13 @@ pub fn npc_state(world: &World, policies: &[NetworkPolicy], _node: &str) -> NpcS
             continue;
         }
         let blocks = a.blocks.iter().map(|b| {
-            (b.set.clone(), Content::Except {
-                cidr: b.cidr.clone(),
-                except: b.except.clone(),
-            })
+            (
+                b.set.clone(),
+                Content::Except {
+                    cidr: b.cidr.clone(),
+                    except: b.except.clone(),
+                },
+            )
         });
         if !provision(&mut sets, blocks) {
             continue;
@@ -652,28 +691,52 @@ pub fn npc_state(world: &World, policies: &[NetworkPolicy], _node: &str) -> NpcS
     // createBaseRules (prog/weave-npc/main.go), allowMcast on.
     add(MAIN, "-m state --state RELATED,ESTABLISHED -j ACCEPT".into());
     add(MAIN, "-d 224.0.0.0/4 -j ACCEPT".into());
-    add(MAIN, format!("-m physdev --physdev-out {BRIDGE_PORT} --physdev-is-bridged -j ACCEPT"));
+    add(
+        MAIN,
+        format!("-m physdev --physdev-out {BRIDGE_PORT} --physdev-is-bridged -j ACCEPT"),
+    );
     add(MAIN, format!("-m state --state NEW -j {DEFAULT}"));
     add(MAIN, format!("-m state --state NEW -j {INGRESS}"));
     add(EGRESS_ACCEPT, format!("-j MARK --set-xmark {EGRESS_MARK}"));
     add(EGRESS, "-m state --state RELATED,ESTABLISHED -j ACCEPT".into());
-    add(EGRESS, format!("-m physdev --physdev-in {BRIDGE_PORT} --physdev-is-bridged -j RETURN"));
+    add(
+        EGRESS,
+        format!("-m physdev --physdev-in {BRIDGE_PORT} --physdev-is-bridged -j RETURN"),
+    );
     add(EGRESS, "-m addrtype --dst-type LOCAL -j RETURN".into());
     add(EGRESS, "-d 224.0.0.0/4 -j RETURN".into());
     add(EGRESS, format!("-m state --state NEW -j {EGRESS_DEFAULT}"));
-    add(EGRESS, format!("-m state --state NEW -m mark ! --mark {EGRESS_MARK} -j {EGRESS_CUSTOM}"));
+    add(
+        EGRESS,
+        format!("-m state --state NEW -m mark ! --mark {EGRESS_MARK} -j {EGRESS_CUSTOM}"),
+    );
     if egress_drop {
         // controller.go AddNetworkPolicy, at the first egress policy.
-        add(EGRESS, format!("-m state --state NEW -m mark ! --mark {EGRESS_MARK} -j NFLOG --nflog-group {NFLOG_GROUP}"));
+        add(
+            EGRESS,
+            format!("-m state --state NEW -m mark ! --mark {EGRESS_MARK} -j NFLOG --nflog-group {NFLOG_GROUP}"),
+        );
         add(EGRESS, format!("-m mark ! --mark {EGRESS_MARK} -j DROP"));
     }
     // namespace.go bypassRules, per namespace.
     for ns in &nss {
         let c = quote(&format!("DefaultAllow ingress isolation for namespace: {}", ns.name));
-        add(DEFAULT, format!("-m set --match-set {} dst -m comment --comment {c} -j ACCEPT", ns.ingress_allow));
+        add(
+            DEFAULT,
+            format!(
+                "-m set --match-set {} dst -m comment --comment {c} -j ACCEPT",
+                ns.ingress_allow
+            ),
+        );
         let c = quote(&format!("DefaultAllow egress isolation for namespace: {}", ns.name));
         for target in [EGRESS_ACCEPT, "RETURN"] {
-            add(EGRESS_DEFAULT, format!("-m set --match-set {} src -m comment --comment {c} -j {target}", ns.egress_allow));
+            add(
+                EGRESS_DEFAULT,
+                format!(
+                    "-m set --match-set {} src -m comment --comment {c} -j {target}",
+                    ns.egress_allow
+                ),
+            );
         }
     }
     for r in &rules {
@@ -716,7 +779,12 @@ pub fn npc_state(world: &World, policies: &[NetworkPolicy], _node: &str) -> NpcS
 }
 
 /// A set's members (entry, comment) as weave-npc adds them, sorted.
-fn members(world: &World, nss: &[Ns], targets: &[(String, LabelSelector, bool, bool)], c: &Content) -> Vec<(String, String)> {
+fn members(
+    world: &World,
+    nss: &[Ns],
+    targets: &[(String, LabelSelector, bool, bool)],
+    c: &Content,
+) -> Vec<(String, String)> {
     let pod = |p: &PodInfo| (p.ip.to_string(), format!("namespace: {}, pod: {}", p.namespace, p.name));
     let mut pods: Vec<&PodInfo> = world.pods.iter().filter(|p| has_ip(p)).collect();
     match c {
@@ -738,10 +806,17 @@ fn members(world: &World, nss: &[Ns], targets: &[(String, LabelSelector, bool, b
                 .collect();
         }
         Content::Except { cidr, except } => {
-            let mut nets: Vec<Ipv4Net> = except.iter().filter_map(|e| e.parse::<Ipv4Net>().ok()).map(|n| n.trunc()).collect();
+            let mut nets: Vec<Ipv4Net> = except
+                .iter()
+                .filter_map(|e| e.parse::<Ipv4Net>().ok())
+                .map(|n| n.trunc())
+                .collect();
             nets.sort();
             nets.dedup();
-            return nets.iter().map(|n| (n.to_string(), format!("excepted from {cidr}"))).collect();
+            return nets
+                .iter()
+                .map(|n| (n.to_string(), format!("excepted from {cidr}")))
+                .collect();
         }
     }
     pods.sort_by_key(|p| p.ip);
@@ -765,7 +840,11 @@ mod tests {
         for (i, ns) in ["x", "y", "z"].iter().enumerate() {
             w.namespaces.insert(
                 ns.to_string(),
-                [("ns".to_string(), ns.to_string()), (NAMESPACE_NAME_LABEL.to_string(), ns.to_string())].into(),
+                [
+                    ("ns".to_string(), ns.to_string()),
+                    (NAMESPACE_NAME_LABEL.to_string(), ns.to_string()),
+                ]
+                .into(),
             );
             for (j, pod) in ["a", "b", "c"].iter().enumerate() {
                 w.pods.push(PodInfo {
@@ -800,7 +879,10 @@ mod tests {
     /// The rules of one chain, without the `-A <chain> ` head.
     fn rules(text: &str, chain: &str) -> Vec<String> {
         let head = format!("-A {chain} ");
-        text.lines().filter_map(|l| l.strip_prefix(&head)).map(str::to_string).collect()
+        text.lines()
+            .filter_map(|l| l.strip_prefix(&head))
+            .map(str::to_string)
+            .collect()
     }
 
     const DENY_INGRESS: &str = "
@@ -838,7 +920,10 @@ spec:
     fn selectors_print_as_apimachinery_does() {
         let sel = |y: &str| -> LabelSelector { serde_yaml::from_str(y).unwrap() };
         assert_eq!(selector_string(&sel("{}")), "");
-        assert_eq!(selector_string(&sel("{matchLabels: {pod: a, app: web}}")), "app=web,pod=a");
+        assert_eq!(
+            selector_string(&sel("{matchLabels: {pod: a, app: web}}")),
+            "app=web,pod=a"
+        );
         assert_eq!(
             selector_string(&sel(
                 "{matchLabels: {pod: a}, matchExpressions: [{key: pod, operator: In, values: [c, b]}, {key: app, operator: DoesNotExist}, {key: tier, operator: Exists}, {key: ns, operator: NotIn, values: [x]}]}"
@@ -948,8 +1033,12 @@ spec:
         assert_eq!(
             rules(&s.iptables, INGRESS),
             [
-                format!("-p tcp -m set --match-set {target} dst -m tcp --dport 81 -m comment --comment \"anywhere -> pods: namespace: x, selector: pod=a (ingress)\" -j ACCEPT"),
-                format!("-p udp -m set --match-set {target} dst -m udp --dport 81 -m comment --comment \"anywhere -> pods: namespace: x, selector: pod=a (ingress)\" -j ACCEPT"),
+                format!(
+                    "-p tcp -m set --match-set {target} dst -m tcp --dport 81 -m comment --comment \"anywhere -> pods: namespace: x, selector: pod=a (ingress)\" -j ACCEPT"
+                ),
+                format!(
+                    "-p udp -m set --match-set {target} dst -m udp --dport 81 -m comment --comment \"anywhere -> pods: namespace: x, selector: pod=a (ingress)\" -j ACCEPT"
+                ),
             ]
         );
     }
@@ -967,18 +1056,23 @@ spec:
         );
         assert_eq!(
             rules(&s.iptables, EGRESS_CUSTOM),
-            [format!("{body} -j WEAVE-NPC-EGRESS-ACCEPT"), format!("{body} -j RETURN")]
+            [
+                format!("{body} -j WEAVE-NPC-EGRESS-ACCEPT"),
+                format!("{body} -j RETURN")
+            ]
         );
         assert!(rules(&s.iptables, INGRESS).is_empty());
-        assert!(s.ipsets.contains(&format!(
-            "create {except} hash:net comment -exist\n"
-        )));
+        assert!(s.ipsets.contains(&format!("create {except} hash:net comment -exist\n")));
         assert!(s.ipsets.contains(&format!(
             "add {except} 10.244.76.0/24 comment \"excepted from 10.244.0.0/16\"\n"
         )));
         let egress_allow_x = set_name("egress-default-allow:x");
         let (_, adds) = created(&s.ipsets);
-        let allowed: Vec<&str> = adds.iter().filter(|(s, _)| *s == egress_allow_x).map(|(_, e)| e.as_str()).collect();
+        let allowed: Vec<&str> = adds
+            .iter()
+            .filter(|(s, _)| *s == egress_allow_x)
+            .map(|(_, e)| e.as_str())
+            .collect();
         assert_eq!(allowed, ["10.0.1.11", "10.0.1.12"]);
         assert_eq!(
             rules(&s.iptables, EGRESS)[6..],
@@ -1014,7 +1108,11 @@ spec:
         assert!(ingress[0].contains("selector: pod=a (ingress)"));
         let allow_x = set_name("ingress-default-allow:x");
         let (_, adds) = created(&s.ipsets);
-        let allowed: Vec<&str> = adds.iter().filter(|(s, _)| *s == allow_x).map(|(_, e)| e.as_str()).collect();
+        let allowed: Vec<&str> = adds
+            .iter()
+            .filter(|(s, _)| *s == allow_x)
+            .map(|(_, e)| e.as_str())
+            .collect();
         assert_eq!(allowed, ["10.0.1.12"]);
     }
 
@@ -1070,7 +1168,16 @@ spec:
     #[test]
     fn loads_into_the_kernel_and_saves_back_identically() {
         let mut pols = Vec::new();
-        for f in ["deny-ingress-x.yaml", "allow-from-namespace.yaml", "pod-and-namespace.yaml", "canal-ipblock-except.yaml", "port-81.yaml", "egress-tcp-only.yaml", "all-namespaces.yaml", "ns-match-expressions.yaml"] {
+        for f in [
+            "deny-ingress-x.yaml",
+            "allow-from-namespace.yaml",
+            "pod-and-namespace.yaml",
+            "canal-ipblock-except.yaml",
+            "port-81.yaml",
+            "egress-tcp-only.yaml",
+            "all-namespaces.yaml",
+            "ns-match-expressions.yaml",
+        ] {
             pols.extend(manifests(f));
         }
         let state = policy_state(&world(), &pols, "node-1");
@@ -1080,7 +1187,12 @@ spec:
             .filter(|l| l.starts_with(':') || l.starts_with("-A "))
             .collect();
         let (_, adds) = created(&state.ipsets);
-        let our_adds: BTreeSet<String> = state.ipsets.lines().filter(|l| l.starts_with("add ")).map(str::to_string).collect();
+        let our_adds: BTreeSet<String> = state
+            .ipsets
+            .lines()
+            .filter(|l| l.starts_with("add "))
+            .map(str::to_string)
+            .collect();
         assert!(adds.len() > 20);
         std::thread::scope(|scope| {
             scope
@@ -1089,7 +1201,11 @@ spec:
                         .expect("unshare(CLONE_NEWNET): this test needs root");
                     for again in [false, true] {
                         run("ipset", &["restore", "-exist"], Some(&state.ipsets));
-                        run("iptables-restore", &["--noflush", "--wait"], Some(&restore_input(&state, again)));
+                        run(
+                            "iptables-restore",
+                            &["--noflush", "--wait"],
+                            Some(&restore_input(&state, again)),
+                        );
                         let save = run("iptables-save", &["-t", "filter"], None);
                         let theirs: Vec<&str> = save
                             .lines()
@@ -1099,8 +1215,11 @@ spec:
                         assert_eq!(rules(&save, "FORWARD"), forward_rules(), "{save}");
                         assert_eq!(rules(&save, "INPUT"), [input_rule()], "{save}");
                         let saved = run("ipset", &["save"], None);
-                        let their_adds: BTreeSet<String> =
-                            saved.lines().filter(|l| l.starts_with("add ")).map(str::to_string).collect();
+                        let their_adds: BTreeSet<String> = saved
+                            .lines()
+                            .filter(|l| l.starts_with("add "))
+                            .map(str::to_string)
+                            .collect();
                         assert_eq!(their_adds, our_adds);
                         let (names, _) = created(&saved);
                         assert_eq!(names.into_iter().collect::<Vec<_>>(), state.sets);
