@@ -600,15 +600,82 @@ fn provision(sets: &mut BTreeMap<String, Content>, specs: impl IntoIterator<Item
     true
 }
 
+/// A policy's target in force: (namespace, pod selector, ingress, egress).
+type Target = (String, LabelSelector, bool, bool);
+
+/// What the policies provision, in order: the targets that isolate pods,
+/// the rules (each once), and whether the default egress drop is there.
+struct Provisioned {
+    targets: Vec<Target>,
+    rules: Vec<RuleSpec>,
+    egress_drop: bool,
+}
+
 /// What weave-npc programs for `policies` acting on `world`; the same on
 /// every node (`_node` is unused, as weave-npc's node name is).
 pub fn npc_state(world: &World, policies: &[NetworkPolicy], _node: &str) -> NpcState {
     let mut pols: Vec<&NetworkPolicy> = policies.iter().collect();
     pols.sort_by_key(|p| (policy_namespace(p).to_string(), policy_name(p).to_string()));
+    let nss = namespaces(world, &pols);
+    let mut sets: BTreeMap<String, Content> = BTreeMap::new();
+    for ns in &nss {
+        // newNS: the default-allow sets and the all-pods selector's.
+        for (name, content) in [
+            (
+                &ns.ingress_allow,
+                Content::DefaultAllow {
+                    ns: ns.name.clone(),
+                    ingress: true,
+                },
+            ),
+            (
+                &ns.egress_allow,
+                Content::DefaultAllow {
+                    ns: ns.name.clone(),
+                    ingress: false,
+                },
+            ),
+            (
+                &ns.all_pods,
+                Content::Pods {
+                    ns: ns.name.clone(),
+                    sel: LabelSelector::default(),
+                },
+            ),
+        ] {
+            sets.insert(name.clone(), content);
+        }
+    }
+    let prov = provision_policies(&pols, &mut sets);
+    let mut ipsets = String::new();
+    for (name, content) in &sets {
+        let size = if matches!(content, Content::Namespaces { .. }) {
+            format!(" size {MAX_LIST_SIZE}")
+        } else {
+            String::new()
+        };
+        let _ = writeln!(ipsets, "create {name} {}{size} comment -exist", content.kind());
+    }
+    for (name, content) in &sets {
+        let _ = writeln!(ipsets, "flush {name}");
+        for (entry, comment) in members(world, &nss, &prov.targets, content) {
+            let _ = writeln!(ipsets, "add {name} {entry} comment \"{comment}\"");
+        }
+    }
+    NpcState {
+        iptables: render_chains(&nss, &prov),
+        ipsets,
+        sets: sets.keys().cloned().collect(),
+    }
+}
+
+/// Every namespace weave-npc holds an `ns` for: the world's, its pods' and
+/// the policies', by name.
+fn namespaces(world: &World, pols: &[&NetworkPolicy]) -> Vec<Ns> {
     let mut names: BTreeSet<String> = world.namespaces.keys().cloned().collect();
     names.extend(world.pods.iter().map(|p| p.namespace.clone()));
     names.extend(pols.iter().map(|p| policy_namespace(p).to_string()));
-    let nss: Vec<Ns> = names
+    names
         .iter()
         .map(|n| Ns {
             name: n.clone(),
@@ -617,78 +684,56 @@ pub fn npc_state(world: &World, policies: &[NetworkPolicy], _node: &str) -> NpcS
             ingress_allow: set_name(&format!("ingress-default-allow:{n}")),
             egress_allow: set_name(&format!("egress-default-allow:{n}")),
         })
-        .collect();
+        .collect()
+}
 
-    let mut sets: BTreeMap<String, Content> = BTreeMap::new();
-    for ns in &nss {
-        sets.insert(
-            ns.ingress_allow.clone(),
-            Content::DefaultAllow {
-                ns: ns.name.clone(),
-                ingress: true,
-            },
-        );
-        sets.insert(
-            ns.egress_allow.clone(),
-            Content::DefaultAllow {
-                ns: ns.name.clone(),
-                ingress: false,
-            },
-        );
-        sets.insert(
-            ns.all_pods.clone(),
-            Content::Pods {
-                ns: ns.name.clone(),
-                sel: LabelSelector::default(),
-            },
-        );
-    }
-
-    // Targets in force: (namespace, pod selector, ingress, egress).
-    let mut targets: Vec<(String, LabelSelector, bool, bool)> = Vec::new();
-    let mut rules: Vec<RuleSpec> = Vec::new();
-    let mut egress_drop = false;
-    for p in &pols {
-        egress_drop |= is_egress(p);
+/// Each policy in turn as namespace.go `addNetworkPolicy` provisions it:
+/// namespace selectors, pod selectors (the target with them), namespaced
+/// pod selectors, ipBlocks, rules; a failed step ends the policy there.
+fn provision_policies(pols: &[&NetworkPolicy], sets: &mut BTreeMap<String, Content>) -> Provisioned {
+    let mut prov = Provisioned {
+        targets: Vec::new(),
+        rules: Vec::new(),
+        egress_drop: false,
+    };
+    for p in pols {
+        prov.egress_drop |= is_egress(p);
         let Some(a) = analyse(p) else {
             continue;
         };
         let spec = |s: &SelSpec| (s.set.clone(), s.content.clone());
-        if !provision(&mut sets, a.ns_selectors.iter().map(spec)) {
+        if !provision(sets, a.ns_selectors.iter().map(spec)) || !provision(sets, a.pod_selectors.iter().map(spec)) {
             continue;
         }
-        if !provision(&mut sets, a.pod_selectors.iter().map(spec)) {
-            continue;
-        }
-        let target = &a.pod_selectors[0];
-        if let Content::Pods { ns, sel } = &target.content {
-            targets.push((ns.clone(), sel.clone(), a.target_types.0, a.target_types.1));
-        }
-        if !provision(&mut sets, a.namespaced.iter().map(spec)) {
-            continue;
+        if let Content::Pods { ns, sel } = &a.pod_selectors[0].content {
+            prov.targets
+                .push((ns.clone(), sel.clone(), a.target_types.0, a.target_types.1));
         }
         let blocks = a.blocks.iter().map(|b| {
-            (
-                b.set.clone(),
-                Content::Except {
-                    cidr: b.cidr.clone(),
-                    except: b.except.clone(),
-                },
-            )
+            let content = Content::Except {
+                cidr: b.cidr.clone(),
+                except: b.except.clone(),
+            };
+            (b.set.clone(), content)
         });
-        if !provision(&mut sets, blocks) {
+        if !provision(sets, a.namespaced.iter().map(spec)) || !provision(sets, blocks) {
             continue;
         }
         for r in a.rules {
-            if !rules.iter().any(|x| x.egress == r.egress && x.text == r.text) {
-                rules.push(r);
+            if !prov.rules.iter().any(|x| x.egress == r.egress && x.text == r.text) {
+                prov.rules.push(r);
             }
         }
     }
+    prov
+}
 
+/// The seven chains: createBaseRules' (prog/weave-npc/main.go, allowMcast
+/// on), the controller's default egress drop, each namespace's bypass rules
+/// (namespace.go `bypassRules`), then the policies' rules.
+fn render_chains(nss: &[Ns], prov: &Provisioned) -> String {
     let mut chains: BTreeMap<&str, Vec<String>> = CHAINS.iter().map(|c| (*c, Vec::new())).collect();
     let mut add = |chain: &'static str, rule: String| chains.entry(chain).or_default().push(rule);
-    // createBaseRules (prog/weave-npc/main.go), allowMcast on.
     add(MAIN, "-m state --state RELATED,ESTABLISHED -j ACCEPT".into());
     add(MAIN, "-d 224.0.0.0/4 -j ACCEPT".into());
     add(
@@ -706,76 +751,48 @@ pub fn npc_state(world: &World, policies: &[NetworkPolicy], _node: &str) -> NpcS
     add(EGRESS, "-m addrtype --dst-type LOCAL -j RETURN".into());
     add(EGRESS, "-d 224.0.0.0/4 -j RETURN".into());
     add(EGRESS, format!("-m state --state NEW -j {EGRESS_DEFAULT}"));
-    add(
-        EGRESS,
-        format!("-m state --state NEW -m mark ! --mark {EGRESS_MARK} -j {EGRESS_CUSTOM}"),
-    );
-    if egress_drop {
+    let unmarked = format!("-m mark ! --mark {EGRESS_MARK}");
+    add(EGRESS, format!("-m state --state NEW {unmarked} -j {EGRESS_CUSTOM}"));
+    if prov.egress_drop {
         // controller.go AddNetworkPolicy, at the first egress policy.
         add(
             EGRESS,
-            format!("-m state --state NEW -m mark ! --mark {EGRESS_MARK} -j NFLOG --nflog-group {NFLOG_GROUP}"),
+            format!("-m state --state NEW {unmarked} -j NFLOG --nflog-group {NFLOG_GROUP}"),
         );
-        add(EGRESS, format!("-m mark ! --mark {EGRESS_MARK} -j DROP"));
+        add(EGRESS, format!("{unmarked} -j DROP"));
     }
-    // namespace.go bypassRules, per namespace.
-    for ns in &nss {
+    for ns in nss {
         let c = quote(&format!("DefaultAllow ingress isolation for namespace: {}", ns.name));
+        let set = &ns.ingress_allow;
         add(
             DEFAULT,
-            format!(
-                "-m set --match-set {} dst -m comment --comment {c} -j ACCEPT",
-                ns.ingress_allow
-            ),
+            format!("-m set --match-set {set} dst -m comment --comment {c} -j ACCEPT"),
         );
         let c = quote(&format!("DefaultAllow egress isolation for namespace: {}", ns.name));
+        let set = &ns.egress_allow;
         for target in [EGRESS_ACCEPT, "RETURN"] {
             add(
                 EGRESS_DEFAULT,
-                format!(
-                    "-m set --match-set {} src -m comment --comment {c} -j {target}",
-                    ns.egress_allow
-                ),
+                format!("-m set --match-set {set} src -m comment --comment {c} -j {target}"),
             );
         }
     }
-    for r in &rules {
+    for r in &prov.rules {
         for (chain, rule) in r.rendered() {
             add(chain, rule);
         }
     }
-
-    let mut iptables = String::from("*filter\n");
+    let mut out = String::from("*filter\n");
     for c in chains.keys() {
-        let _ = writeln!(iptables, ":{c} - [0:0]");
+        let _ = writeln!(out, ":{c} - [0:0]");
     }
     for (c, rules) in &chains {
         for r in rules {
-            let _ = writeln!(iptables, "-A {c} {r}");
+            let _ = writeln!(out, "-A {c} {r}");
         }
     }
-    iptables.push_str("COMMIT\n");
-
-    let mut ipsets = String::new();
-    for (name, content) in &sets {
-        let size = if matches!(content, Content::Namespaces { .. }) {
-            format!(" size {MAX_LIST_SIZE}")
-        } else {
-            String::new()
-        };
-        let _ = writeln!(ipsets, "create {name} {}{size} comment -exist", content.kind());
-    }
-    for (name, content) in &sets {
-        let _ = writeln!(ipsets, "flush {name}");
-        for (entry, comment) in members(world, &nss, &targets, content) {
-            let _ = writeln!(ipsets, "add {name} {entry} comment \"{comment}\"");
-        }
-    }
-    NpcState {
-        iptables,
-        ipsets,
-        sets: sets.keys().cloned().collect(),
-    }
+    out.push_str("COMMIT\n");
+    out
 }
 
 /// A set's members (entry, comment) as weave-npc adds them, sorted.
