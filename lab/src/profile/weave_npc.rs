@@ -796,12 +796,7 @@ fn render_chains(nss: &[Ns], prov: &Provisioned) -> String {
 }
 
 /// A set's members (entry, comment) as weave-npc adds them, sorted.
-fn members(
-    world: &World,
-    nss: &[Ns],
-    targets: &[(String, LabelSelector, bool, bool)],
-    c: &Content,
-) -> Vec<(String, String)> {
+fn members(world: &World, nss: &[Ns], targets: &[Target], c: &Content) -> Vec<(String, String)> {
     let pod = |p: &PodInfo| (p.ip.to_string(), format!("namespace: {}, pod: {}", p.namespace, p.name));
     let mut pods: Vec<&PodInfo> = world.pods.iter().filter(|p| has_ip(p)).collect();
     match c {
