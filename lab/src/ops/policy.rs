@@ -330,4 +330,79 @@ mod tests {
             "\n-D FORWARD -j B\n-I FORWARD 1 -j A\n-I FORWARD 2 -j B\n-I FORWARD 3 -j C"
         );
     }
+
+    /// A scratch named namespace, removed when dropped.
+    struct Scratch(String);
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = netns::delete(&self.0);
+        }
+    }
+
+    /// An engine's state with a list:set holding a hash:ip set, a chain
+    /// matching it, two rules at the top of FORWARD and one appended to
+    /// INPUT; `with_sets` false: the same chain, empty, and no sets.
+    fn engine(with_sets: bool) -> PolicyState {
+        let (iptables, ipsets, sets) = if with_sets {
+            (
+                "*filter\n:TSTX-C - [0:0]\n-A TSTX-C -m set --match-set tstx-l src -j ACCEPT\nCOMMIT\n",
+                "create tstx-a hash:ip comment -exist\ncreate tstx-l list:set size 8 comment -exist\nflush tstx-a\nadd tstx-a 10.0.0.1 comment \"a\"\nflush tstx-l\nadd tstx-l tstx-a comment \"a\"\n",
+                vec!["tstx-a".to_string(), "tstx-l".to_string()],
+            )
+        } else {
+            ("*filter\n:TSTX-C - [0:0]\nCOMMIT\n", "", Vec::new())
+        };
+        PolicyState {
+            iptables: iptables.to_string(),
+            ipsets: ipsets.to_string(),
+            chains: vec!["TSTX-C".to_string()],
+            sets,
+            top: vec![
+                (
+                    "FORWARD",
+                    "-i tstx0 -m comment --comment \"it\\'s first\" -j TSTX-C".to_string(),
+                ),
+                ("FORWARD", "-o tstx0 -j DROP".to_string()),
+            ],
+            append: vec![("INPUT", "-i tstx0 -j TSTX-C".to_string())],
+            prefixes: vec!["TSTX-", "tstx-"],
+        }
+    }
+
+    /// program_node in a scratch namespace: sets and rules go in; a state
+    /// without the sets removes them though one list:set holds the other;
+    /// a missing top rule puts both back at the top, in order, once each.
+    #[test]
+    fn program_node_in_a_scratch_namespace() {
+        let name = format!("{}_unit-policy-{}", crate::model::paths::NS_PREFIX, std::process::id());
+        let (ns, ()) = Netns::create(&name, || Ok(())).expect("a scratch namespace (needs root)");
+        let _guard = Scratch(name);
+        let forward = |ns: &Netns| -> Vec<String> {
+            let (_, rules) = filter_now(ns, &engine(true)).expect("iptables-save");
+            rules
+                .into_iter()
+                .filter(|(c, _)| c == "FORWARD")
+                .map(|(_, r)| r)
+                .collect()
+        };
+        let tops: Vec<String> = engine(true).top.into_iter().map(|(_, r)| r).collect();
+        program_node(&ns, &engine(true)).expect("program");
+        assert_eq!(
+            ipsets_of(&ns, &engine(true)).unwrap(),
+            BTreeSet::from(["tstx-a".into(), "tstx-l".into()])
+        );
+        assert_eq!(forward(&ns), tops);
+        program_node(&ns, &engine(false)).expect("program without sets");
+        assert!(ipsets_of(&ns, &engine(false)).unwrap().is_empty());
+        netns::run_in(&ns, "iptables", &["-D", "FORWARD", "-o", "tstx0", "-j", "DROP"]).unwrap();
+        netns::run_in(&ns, "iptables", &["-I", "FORWARD", "1", "-j", "ACCEPT"]).unwrap();
+        program_node(&ns, &engine(true)).expect("program again");
+        let mut want = tops.clone();
+        want.push("-j ACCEPT".to_string());
+        assert_eq!(forward(&ns), want);
+        let (chains, rules) = filter_now(&ns, &engine(true)).unwrap();
+        assert_eq!(chains, BTreeSet::from(["TSTX-C".to_string()]));
+        assert_eq!(rules.iter().filter(|(c, _)| c == "INPUT").count(), 1);
+    }
 }
