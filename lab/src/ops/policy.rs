@@ -1,7 +1,7 @@
 //! NetworkPolicy in a running lab: the policies in force (kept in the lab's
 //! state), the world they act on (pods with their identity and address),
-//! and programming each node's policy engine (felix, where the profile has
-//! one) so that the kernel holds exactly the chains and ipsets the policies
+//! and programming each node's policy engine (the profile's: felix in
+//! Calico and Canal) so that the kernel holds exactly the chains and ipsets the policies
 //! give: what a previous set left behind and the new set lacks is removed,
 //! so removing a policy restores the state before it byte for byte.
 
@@ -15,6 +15,7 @@ use crate::kernel::netns::{self, Netns};
 use crate::model::identity::AppliedPolicy;
 use crate::model::netpol::{NetworkPolicy, PodInfo, World};
 use crate::ops::state::LabState;
+use crate::profile::PolicyState;
 
 /// The world a lab's policies act on: its namespaces (declared, and those
 /// of its pods) with their labels, and every pod that has an address.
@@ -89,7 +90,7 @@ pub async fn program(st: &LabState) -> Result<Option<Programmed>> {
     let world = world(st);
     let policies = policies(st);
     let jobs = st.plan.nodes.iter().map(|n| {
-        let state = crate::profile::policy_state(&st.plan.profile, &world, &policies, &n.name);
+        let state = st.plan.profile.policy_state(&world, &policies, &n.name);
         let ns = n.ns.clone();
         tokio::task::spawn_blocking(move || -> Result<(usize, usize)> {
             let Some(state) = state else {
@@ -115,45 +116,84 @@ pub async fn program(st: &LabState) -> Result<Option<Programmed>> {
     }))
 }
 
-/// The chains of the filter table whose names start with `prefix`, and the
-/// rules of FORWARD, as `iptables-save` prints them.
-fn filter_now(ns: &Netns, prefix: &str) -> Result<(BTreeSet<String>, Vec<String>)> {
+/// A rule of a chain: (chain, rule after `-A <chain> `).
+type ChainRule = (String, String);
+
+/// The chains of the filter table that `state` owns (by its prefixes), and
+/// the rules of the built-in chains it keeps rules in, as `iptables-save`
+/// prints them: (chain, rule after `-A <chain> `).
+fn filter_now(ns: &Netns, state: &PolicyState) -> Result<(BTreeSet<String>, Vec<ChainRule>)> {
     let save = netns::run_in(ns, "iptables-save", &["-t", "filter"])?;
     let chains = save
         .lines()
         .filter_map(|l| l.strip_prefix(':'))
         .filter_map(|l| l.split(' ').next())
-        .filter(|c| c.starts_with(prefix))
+        .filter(|c| state.owns(c))
         .map(str::to_string)
         .collect();
-    let forward = save
+    let kept: BTreeSet<&str> = state.top.iter().chain(&state.append).map(|(c, _)| *c).collect();
+    let rules = save
         .lines()
-        .filter_map(|l| l.strip_prefix("-A FORWARD "))
-        .map(str::to_string)
+        .filter_map(|l| l.strip_prefix("-A "))
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(c, _)| kept.contains(c))
+        .map(|(c, r)| (c.to_string(), r.to_string()))
         .collect();
-    Ok((chains, forward))
+    Ok((chains, rules))
 }
 
-fn ipsets_with(ns: &Netns, prefix: &str) -> Result<BTreeSet<String>> {
+fn ipsets_of(ns: &Netns, state: &PolicyState) -> Result<BTreeSet<String>> {
     let list = netns::run_in(ns, "ipset", &["list", "-n"])?;
     Ok(list
         .lines()
         .map(str::trim)
-        .filter(|s| s.starts_with(prefix))
+        .filter(|s| state.owns(s))
         .map(str::to_string)
         .collect())
+}
+
+/// The `iptables-restore` lines that put `state`'s rules in the built-in
+/// chains where they are missing, given the rules there now: per chain, if
+/// any of its top rules is missing, those present are deleted and all are
+/// inserted at the top in order; appended rules are appended if missing.
+fn builtin_rules(state: &PolicyState, now: &[ChainRule]) -> String {
+    let has = |chain: &str, rule: &str| now.iter().any(|(c, r)| c == chain && r == rule);
+    let mut out = String::new();
+    let mut chains: Vec<&str> = Vec::new();
+    for (c, _) in &state.top {
+        if !chains.contains(c) {
+            chains.push(c);
+        }
+    }
+    for chain in chains {
+        let rules: Vec<&String> = state.top.iter().filter(|(c, _)| *c == chain).map(|(_, r)| r).collect();
+        if rules.iter().all(|r| has(chain, r)) {
+            continue;
+        }
+        for r in rules.iter().filter(|r| has(chain, r)) {
+            out.push_str(&format!("\n-D {chain} {r}"));
+        }
+        for (pos, r) in rules.iter().enumerate() {
+            out.push_str(&format!("\n-I {chain} {} {r}", pos + 1));
+        }
+    }
+    for (chain, rule) in &state.append {
+        if !has(chain, rule) {
+            out.push_str(&format!("\n-A {chain} {rule}"));
+        }
+    }
+    out
 }
 
 /// Makes one node's filter table and ipsets what `state` says: sets first
 /// (rules refer to them), then the chains in one `iptables-restore
 /// --noflush` that also empties and deletes the engine's chains `state`
-/// no longer has and puts its FORWARD rules in place where they are
-/// missing (the jump at the top, the others at the end), and last the sets
-/// no rule uses now.
-fn program_node(ns: &Netns, state: &crate::profile::PolicyState) -> Result<()> {
-    let prefix = state.prefix;
-    let (old_chains, forward) = filter_now(ns, prefix)?;
-    let old_sets = ipsets_with(ns, prefix)?;
+/// no longer has and puts its rules in the built-in chains where they are
+/// missing ([`builtin_rules`]), and last the sets no rule uses now (all
+/// flushed before any is destroyed, as a list:set may hold another).
+fn program_node(ns: &Netns, state: &PolicyState) -> Result<()> {
+    let (old_chains, builtin) = filter_now(ns, state)?;
+    let old_sets = ipsets_of(ns, state)?;
     if !state.ipsets.is_empty() {
         netns::run_in_with_input(ns, "ipset", &["restore", "-exist"], &state.ipsets)?;
     }
@@ -162,14 +202,7 @@ fn program_node(ns: &Netns, state: &crate::profile::PolicyState) -> Result<()> {
     for c in &stale {
         extra.push_str(&format!("\n:{c} - [0:0]"));
     }
-    if !forward.iter().any(|r| r == state.forward_jump) {
-        extra.push_str(&format!("\n-I FORWARD 1 {}", state.forward_jump));
-    }
-    for rule in &state.forward_append {
-        if !forward.iter().any(|r| r == rule) {
-            extra.push_str(&format!("\n-A FORWARD {rule}"));
-        }
-    }
+    extra.push_str(&builtin_rules(state, &builtin));
     for c in &stale {
         extra.push_str(&format!("\n-X {c}"));
     }
@@ -179,8 +212,16 @@ fn program_node(ns: &Netns, state: &crate::profile::PolicyState) -> Result<()> {
         None => format!("{text}\n"),
     };
     netns::run_in_with_input(ns, "iptables-restore", &["--noflush", "--wait"], &input)?;
-    for s in old_sets.iter().filter(|s| !state.sets.contains(s)) {
-        netns::run_in(ns, "ipset", &["destroy", s])?;
+    let stale_sets: Vec<&String> = old_sets.iter().filter(|s| !state.sets.contains(s)).collect();
+    if !stale_sets.is_empty() {
+        let mut input = String::new();
+        for s in &stale_sets {
+            input.push_str(&format!("flush {s}\n"));
+        }
+        for s in &stale_sets {
+            input.push_str(&format!("destroy {s}\n"));
+        }
+        netns::run_in_with_input(ns, "ipset", &["restore"], &input)?;
     }
     Ok(())
 }
@@ -226,5 +267,142 @@ pub fn resolve(st: &LabState, name: &str) -> std::result::Result<String, String>
             "policy {name} is in several namespaces: {}",
             matching.join(", ")
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(top: &[(&'static str, &str)], append: &[(&'static str, &str)]) -> PolicyState {
+        PolicyState {
+            iptables: String::new(),
+            ipsets: String::new(),
+            chains: Vec::new(),
+            sets: Vec::new(),
+            top: top.iter().map(|(c, r)| (*c, r.to_string())).collect(),
+            append: append.iter().map(|(c, r)| (*c, r.to_string())).collect(),
+            prefixes: vec!["x"],
+        }
+    }
+
+    fn now(rules: &[(&str, &str)]) -> Vec<(String, String)> {
+        rules.iter().map(|(c, r)| (c.to_string(), r.to_string())).collect()
+    }
+
+    /// Felix's one jump is inserted at the top and its rules appended, as
+    /// before there were several.
+    #[test]
+    fn felix_jump_inserted_and_rules_appended_where_missing() {
+        let s = state(
+            &[("FORWARD", "-j cali-FORWARD")],
+            &[("FORWARD", "-j A"), ("FORWARD", "-j B")],
+        );
+        assert_eq!(
+            builtin_rules(&s, &now(&[("FORWARD", "-j B")])),
+            "\n-I FORWARD 1 -j cali-FORWARD\n-A FORWARD -j A"
+        );
+        let all = now(&[("FORWARD", "-j cali-FORWARD"), ("FORWARD", "-j A"), ("FORWARD", "-j B")]);
+        assert_eq!(builtin_rules(&s, &all), "");
+    }
+
+    /// Weave's ensureRulesAtTop: one missing rule of a chain moves them all
+    /// back to its top in order; another chain's are left alone.
+    #[test]
+    fn top_rules_are_reinserted_together_in_order() {
+        let s = state(
+            &[
+                ("FORWARD", "-j A"),
+                ("FORWARD", "-j B"),
+                ("FORWARD", "-j C"),
+                ("INPUT", "-j D"),
+            ],
+            &[("INPUT", "-j E")],
+        );
+        let present = now(&[
+            ("FORWARD", "-j X"),
+            ("FORWARD", "-j B"),
+            ("INPUT", "-j D"),
+            ("INPUT", "-j E"),
+        ]);
+        assert_eq!(
+            builtin_rules(&s, &present),
+            "\n-D FORWARD -j B\n-I FORWARD 1 -j A\n-I FORWARD 2 -j B\n-I FORWARD 3 -j C"
+        );
+    }
+
+    /// A scratch named namespace, removed when dropped.
+    struct Scratch(String);
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = netns::delete(&self.0);
+        }
+    }
+
+    /// An engine's state with a list:set holding a hash:ip set, a chain
+    /// matching it, two rules at the top of FORWARD and one appended to
+    /// INPUT; `with_sets` false: the same chain, empty, and no sets.
+    fn engine(with_sets: bool) -> PolicyState {
+        let (iptables, ipsets, sets) = if with_sets {
+            (
+                "*filter\n:TSTX-C - [0:0]\n-A TSTX-C -m set --match-set tstx-l src -j ACCEPT\nCOMMIT\n",
+                "create tstx-a hash:ip comment -exist\ncreate tstx-l list:set size 8 comment -exist\nflush tstx-a\nadd tstx-a 10.0.0.1 comment \"a\"\nflush tstx-l\nadd tstx-l tstx-a comment \"a\"\n",
+                vec!["tstx-a".to_string(), "tstx-l".to_string()],
+            )
+        } else {
+            ("*filter\n:TSTX-C - [0:0]\nCOMMIT\n", "", Vec::new())
+        };
+        PolicyState {
+            iptables: iptables.to_string(),
+            ipsets: ipsets.to_string(),
+            chains: vec!["TSTX-C".to_string()],
+            sets,
+            top: vec![
+                (
+                    "FORWARD",
+                    "-i tstx0 -m comment --comment \"it\\'s first\" -j TSTX-C".to_string(),
+                ),
+                ("FORWARD", "-o tstx0 -j DROP".to_string()),
+            ],
+            append: vec![("INPUT", "-i tstx0 -j TSTX-C".to_string())],
+            prefixes: vec!["TSTX-", "tstx-"],
+        }
+    }
+
+    /// program_node in a scratch namespace: sets and rules go in; a state
+    /// without the sets removes them though one list:set holds the other;
+    /// a missing top rule puts both back at the top, in order, once each.
+    #[test]
+    fn program_node_in_a_scratch_namespace() {
+        let name = format!("{}_unit-policy-{}", crate::model::paths::NS_PREFIX, std::process::id());
+        let (ns, ()) = Netns::create(&name, || Ok(())).expect("a scratch namespace (needs root)");
+        let _guard = Scratch(name);
+        let forward = |ns: &Netns| -> Vec<String> {
+            let (_, rules) = filter_now(ns, &engine(true)).expect("iptables-save");
+            rules
+                .into_iter()
+                .filter(|(c, _)| c == "FORWARD")
+                .map(|(_, r)| r)
+                .collect()
+        };
+        let tops: Vec<String> = engine(true).top.into_iter().map(|(_, r)| r).collect();
+        program_node(&ns, &engine(true)).expect("program");
+        assert_eq!(
+            ipsets_of(&ns, &engine(true)).unwrap(),
+            BTreeSet::from(["tstx-a".into(), "tstx-l".into()])
+        );
+        assert_eq!(forward(&ns), tops);
+        program_node(&ns, &engine(false)).expect("program without sets");
+        assert!(ipsets_of(&ns, &engine(false)).unwrap().is_empty());
+        netns::run_in(&ns, "iptables", &["-D", "FORWARD", "-o", "tstx0", "-j", "DROP"]).unwrap();
+        netns::run_in(&ns, "iptables", &["-I", "FORWARD", "1", "-j", "ACCEPT"]).unwrap();
+        program_node(&ns, &engine(true)).expect("program again");
+        let mut want = tops.clone();
+        want.push("-j ACCEPT".to_string());
+        assert_eq!(forward(&ns), want);
+        let (chains, rules) = filter_now(&ns, &engine(true)).unwrap();
+        assert_eq!(chains, BTreeSet::from(["TSTX-C".to_string()]));
+        assert_eq!(rules.iter().filter(|(c, _)| c == "INPUT").count(), 1);
     }
 }

@@ -27,6 +27,7 @@
 pub mod calico;
 pub mod canal;
 pub mod flannel;
+pub mod weave_npc;
 
 use std::net::Ipv4Addr;
 
@@ -170,8 +171,9 @@ pub struct Registered {
 
 /// What a node's policy engine programs: `iptables-restore --noflush`
 /// input for its chains, `ipset restore` input for its sets, the names of
-/// both (anything else of the engine's, by `prefix`, is stale), and the
-/// rule that sends FORWARD through it.
+/// both (anything else of the engine's, by `prefixes`, is stale), and the
+/// rules it keeps in built-in chains (FORWARD, INPUT) to send traffic
+/// through its chains.
 #[derive(Debug, Clone)]
 pub struct PolicyState {
     /// iptables-restore input.
@@ -182,39 +184,23 @@ pub struct PolicyState {
     pub chains: Vec<String>,
     /// Every set it creates.
     pub sets: Vec<String>,
-    /// The rule (as after `-A FORWARD`) at the top of FORWARD.
-    pub forward_jump: &'static str,
-    /// The rules at the end of FORWARD, in order.
-    pub forward_append: Vec<&'static str>,
-    /// What its chains' and sets' names start with.
-    pub prefix: &'static str,
+    /// Rules at the top of built-in chains, in order: (chain, rule as after
+    /// `-A <chain> `). Where one of a chain's is missing, all of that
+    /// chain's are deleted and inserted again at its top in this order
+    /// (weave's `ensureRulesAtTop`; felix's one jump the same way).
+    pub top: Vec<(&'static str, String)>,
+    /// Rules at the end of built-in chains, in order, each appended where
+    /// missing.
+    pub append: Vec<(&'static str, String)>,
+    /// What its chains' and sets' names start with (one or more prefixes).
+    pub prefixes: Vec<&'static str>,
 }
 
-/// The policy state of `node` under `policies`, where the lab's profile
-/// enforces policy (felix in Calico and Canal); `None` otherwise.
-pub fn policy_state(
-    profile: &ProfilePlan,
-    world: &crate::model::netpol::World,
-    policies: &[crate::model::netpol::NetworkPolicy],
-    node: &str,
-) -> Option<PolicyState> {
-    if !profile.enforces_policy() {
-        return None;
+impl PolicyState {
+    /// Whether a chain or set of this name is the engine's (by its prefixes).
+    pub fn owns(&self, name: &str) -> bool {
+        self.prefixes.iter().any(|p| name.starts_with(p))
     }
-    let mut w = world.clone();
-    for p in &mut w.pods {
-        p.host_iface = calico::plugin::host_veth_name(&p.namespace, &p.name);
-    }
-    let s = calico::policy::felix_state(&w, policies, node);
-    Some(PolicyState {
-        chains: calico::policy::chains(&s),
-        sets: calico::policy::ipset_names(&s),
-        iptables: s.iptables,
-        ipsets: s.ipsets,
-        forward_jump: calico::policy::FORWARD_JUMP,
-        forward_append: calico::policy::FORWARD_APPEND.to_vec(),
-        prefix: "cali",
-    })
 }
 
 /// How the topology's parser reads each profile's options.
@@ -470,6 +456,18 @@ pub trait Profile: Saved + Send + Sync {
     /// Calico and Canal); flannel enforces none.
     fn enforces_policy(&self) -> bool {
         false
+    }
+
+    /// What its policy engine programs on `node` for `policies` acting on
+    /// `world` (felix's chains and sets in Calico and Canal); `None` where
+    /// it enforces no policy.
+    fn policy_state(
+        &self,
+        _world: &crate::model::netpol::World,
+        _policies: &[crate::model::netpol::NetworkPolicy],
+        _node: &str,
+    ) -> Option<PolicyState> {
+        None
     }
 
     /// Before a pod is added: the profile may change its plan (Calico

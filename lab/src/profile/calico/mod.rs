@@ -336,6 +336,15 @@ impl Profile for CalicoPlan {
         true
     }
 
+    fn policy_state(
+        &self,
+        world: &crate::model::netpol::World,
+        policies: &[crate::model::netpol::NetworkPolicy],
+        node: &str,
+    ) -> Option<crate::profile::PolicyState> {
+        Some(policy::policy_state(world, policies, node))
+    }
+
     fn before_pod_add<'a>(&'a self, pod: PodAdd<'a>, save: SavePlan<'a>) -> BoxFuture<'a, Result<()>> {
         Box::pin(build::claim_if_full(self, pod, save))
     }

@@ -20,6 +20,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::model::netpol::{Labels, NetworkPolicy, PodInfo, Proto, World, policy_name, policy_namespace};
+use crate::profile::PolicyState;
 
 /// Felix's accept mark bit (the first bit of its default mark mask 0xffff0000).
 pub const MARK_ACCEPT: u32 = 0x10000;
@@ -121,6 +122,26 @@ pub fn felix_state(world: &World, policies: &[NetworkPolicy], node: &str) -> Fel
     FelixState {
         iptables: render_iptables(&chains),
         ipsets: render_ipsets(world, &sets),
+    }
+}
+
+/// Felix's [`PolicyState`] on `node`: [`felix_state`] with each pod hooked
+/// at the host-side veth the calico plugin names for it, felix's jump at
+/// the top of FORWARD and its two rules at the end.
+pub fn policy_state(world: &World, policies: &[NetworkPolicy], node: &str) -> PolicyState {
+    let mut w = world.clone();
+    for p in &mut w.pods {
+        p.host_iface = super::plugin::host_veth_name(&p.namespace, &p.name);
+    }
+    let s = felix_state(&w, policies, node);
+    PolicyState {
+        chains: chains(&s),
+        sets: ipset_names(&s),
+        iptables: s.iptables,
+        ipsets: s.ipsets,
+        top: vec![("FORWARD", FORWARD_JUMP.to_string())],
+        append: FORWARD_APPEND.iter().map(|r| ("FORWARD", r.to_string())).collect(),
+        prefixes: vec![IFACE_PREFIX],
     }
 }
 

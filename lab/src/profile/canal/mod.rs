@@ -235,4 +235,13 @@ impl Profile for CanalPlan {
     fn enforces_policy(&self) -> bool {
         true
     }
+
+    fn policy_state(
+        &self,
+        world: &crate::model::netpol::World,
+        policies: &[crate::model::netpol::NetworkPolicy],
+        node: &str,
+    ) -> Option<crate::profile::PolicyState> {
+        Some(crate::profile::calico::policy::policy_state(world, policies, node))
+    }
 }
