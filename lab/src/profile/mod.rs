@@ -27,6 +27,7 @@
 pub mod calico;
 pub mod canal;
 pub mod flannel;
+pub mod weave;
 
 use std::net::Ipv4Addr;
 
@@ -149,7 +150,12 @@ pub fn load_as<T: Profile + serde::de::DeserializeOwned + 'static>(
 }
 
 /// The registry of profiles, the default (`cni` left out) first.
-pub const PROFILES: &[Registered] = &[flannel::REGISTERED, calico::REGISTERED, canal::REGISTERED];
+pub const PROFILES: &[Registered] = &[
+    flannel::REGISTERED,
+    calico::REGISTERED,
+    canal::REGISTERED,
+    weave::REGISTERED,
+];
 
 /// A profile in the registry: how the topology's parser reads its options,
 /// how it plans a lab, and the programs it runs as.
@@ -397,6 +403,19 @@ pub trait Profile: Saved + Send + Sync {
         None
     }
 
+    /// The UDP port of an overlay whose datagrams the profile decodes
+    /// itself (Weave's sleeve), for `capture` to say so and decode them
+    /// with [`Profile::decode_sleeve`].
+    fn sleeve_port(&self) -> Option<u16> {
+        None
+    }
+
+    /// What one UDP payload on [`Profile::sleeve_port`] carries, a line
+    /// each (`None` when it is not the profile's).
+    fn decode_sleeve(&self, _payload: &[u8]) -> Option<Vec<String>> {
+        None
+    }
+
     /// The label of the overlay tunnels between nodes in `graph`.
     fn tunnel_label(&self) -> Option<String>;
 
@@ -417,6 +436,12 @@ pub trait Profile: Saved + Send + Sync {
 
     /// Kernel features its data plane needs (doctor and `up` check them).
     fn kernel_features(&self) -> Vec<&'static str>;
+
+    /// Kernel features its data plane would use but does without, and
+    /// what it does then (doctor reports a missing one so, not as a fault).
+    fn optional_kernel_features(&self) -> Vec<(&'static str, &'static str)> {
+        Vec::new()
+    }
 
     /// Programs its nodes run beyond the CNI plugins (doctor checks them).
     fn programs_needed(&self) -> Vec<String> {
