@@ -136,3 +136,8 @@ fn calico_netpol() {
 fn flannel_netpol() {
     stable_and_golden("flannel-netpol");
 }
+
+#[test]
+fn weave() {
+    stable_and_golden("weave");
+}

@@ -131,6 +131,11 @@ pub const REGISTERED: crate::profile::Registered = crate::profile::Registered {
 /// Plans Weave for a lab.
 pub fn plan(topology: &Topology, opts: &WeaveOptions, nodes: &[NodePlan], paths: &LabPaths) -> WeavePlan {
     let range = topology.network.pod_cidr;
+    // `[network] mtu` forces the pods' MTU; under Weave the pods take the
+    // bridge's, so it is WEAVE_MTU too.
+    let opts = &WeaveOptions {
+        mtu: topology.network.mtu.unwrap_or(opts.mtu),
+    };
     let mut macs = rng(topology.seed, Stream::Macs);
     let names: Vec<String> = nodes.iter().map(|_| mac_string(&random_mac(&mut macs))).collect();
     let mut sorted = names.clone();
