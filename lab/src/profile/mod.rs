@@ -329,6 +329,24 @@ pub struct PodAdd<'a> {
 /// Saves a profile's changed plan in the lab's state.
 pub type SavePlan<'a> = &'a mut (dyn FnMut(ProfilePlan) -> Result<()> + Send);
 
+/// A bridge overlay ([`Profile::bridge_overlay`]).
+#[derive(Debug, Clone, Copy)]
+pub struct BridgeOverlay {
+    /// The bridge.
+    pub bridge: &'static str,
+    /// Its port whose other end the router holds.
+    pub port: &'static str,
+    /// That other end.
+    pub router_end: &'static str,
+    /// The UDP port between nodes.
+    pub udp_port: u16,
+    /// The router's program.
+    pub agent: &'static str,
+    /// Bytes the UDP datagram adds to an IP packet (outer IP and UDP, and
+    /// the overlay's own header and the inner Ethernet header).
+    pub overhead: u32,
+}
+
 /// A CNI profile: its plan for a lab and everything the rest of cnilab asks
 /// of it. Node arguments are node names.
 pub trait Profile: Saved + Send + Sync {
@@ -413,6 +431,14 @@ pub trait Profile: Saved + Send + Sync {
     /// What one UDP payload on [`Profile::sleeve_port`] carries, a line
     /// each (`None` when it is not the profile's).
     fn decode_sleeve(&self, _payload: &[u8]) -> Option<Vec<String>> {
+        None
+    }
+
+    /// A bridge whose frames for other nodes leave through one of its ports
+    /// to a userspace router, which carries them in UDP to the node that
+    /// has the destination (Weave's `weave` bridge, `vethwe-bridge`,
+    /// weaver's sleeve on UDP 6783), for `trace` to follow.
+    fn bridge_overlay(&self) -> Option<BridgeOverlay> {
         None
     }
 

@@ -36,6 +36,10 @@ pub const CONFLIST_NAME: &str = "10-weave.conflist";
 /// The router's port: TCP for the mesh, UDP for sleeve (`mesh.Port`).
 pub const PORT: u16 = 6783;
 
+/// Sleeve's cost on an IP packet: outer IP 20, UDP 8, the sender's name
+/// 6, the frame header (src, dst peer, length) 14, the inner Ethernet 14.
+pub const SLEEVE_OVERHEAD: u32 = 62;
+
 /// The router's HTTP address (launch.sh's `HTTP_ADDR`).
 pub const HTTP_ADDR: &str = "127.0.0.1:6784";
 
@@ -252,6 +256,17 @@ impl Profile for WeavePlan {
 
     fn decode_sleeve(&self, payload: &[u8]) -> Option<Vec<String>> {
         sleeve::describe(payload, &self.nodes.iter().map(|n| (n.peer.clone(), n.node.clone())).collect::<Vec<_>>())
+    }
+
+    fn bridge_overlay(&self) -> Option<crate::profile::BridgeOverlay> {
+        Some(crate::profile::BridgeOverlay {
+            bridge: BRIDGE,
+            port: BRIDGE_PORT,
+            router_end: PCAP_PORT,
+            udp_port: PORT,
+            agent: "weaver",
+            overhead: SLEEVE_OVERHEAD,
+        })
     }
 
     fn tunnel_label(&self) -> Option<String> {
