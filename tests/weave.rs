@@ -258,3 +258,47 @@ fn kill_9_of_up_then_down_leaves_nothing() {
     assert!(out.status.success(), "{}", show(&out));
     assert_gone(&lab.name);
 }
+
+/// `trace` follows the frame through weave, vethwe-bridge and weaver's
+/// UDP 6783 to the peer's bridge and the pod; with UDP 6783 blocked on the
+/// destination's node it says where the outer packet is dropped, and with
+/// its router stopped, that nothing carries the frame.
+#[test]
+fn trace_follows_the_sleeve_and_never_claims_a_blocked_delivery() {
+    let lab = Lab::up(&topology(TOPOLOGY));
+    let trace = |lab: &Lab| -> serde_json::Value {
+        let out = lab.run(&["trace", "node1/pod-1", "node2/pod-2", "--json"]);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("trace JSON: {}", show(&out)))
+    };
+    let v = trace(&lab);
+    assert_eq!(v["delivered"], true, "{v}");
+    let text = v.to_string();
+    assert!(text.contains("weaver sends the frame in UDP 6783 from 172.20.0.10 to 172.20.0.11"), "{text}");
+    assert!(text.contains("outer 172.20.0.10 -> 172.20.0.11 UDP 6783"), "{text}");
+    assert!(text.contains("injects the frame"), "{text}");
+    let block = add_fault(&lab, &["block", "--on", "node2", "--proto", "udp", "--port", "6783"]);
+    let v = trace(&lab);
+    assert_eq!(v["delivered"], false, "{v}");
+    assert_eq!(v["dropped"]["at"], "node2", "{v}");
+    assert!(v["verdict"].as_str().unwrap().contains("UDP 6783"), "{v}");
+    assert!(lab.run(&["fault", "rm", &block]).status.success());
+    let down = add_fault(&lab, &["agent-down", "--on", "node2"]);
+    let v = trace(&lab);
+    assert_eq!(v["delivered"], false, "{v}");
+    assert!(v["verdict"].as_str().unwrap().contains("weaver on node2 is stopped"), "{v}");
+    assert!(lab.run(&["fault", "rm", &down]).status.success());
+}
+
+/// weaver answers Weave's `/status` on 127.0.0.1:6784 in the node, as the
+/// DaemonSet's readiness probe asks it.
+#[test]
+fn the_router_serves_status_on_6784() {
+    let lab = Lab::up(&topology(TOPOLOGY));
+    let get = "exec 3<>/dev/tcp/127.0.0.1/6784; printf 'GET /status HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3";
+    let out = lab.exec_ok("node1", &["bash", "-c", get]);
+    assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+    assert!(out.contains("Protocol: weave 1..2"), "{out}");
+    assert!(out.contains("(node1)"), "{out}");
+    assert!(out.contains("Connections: 2 (2 established)"), "{out}");
+    assert!(out.contains("Range: 10.32.0.0/12"), "{out}");
+}
