@@ -34,7 +34,9 @@ fn ip_of(lab: &Lab, pod: &str) -> String {
 
 /// The router's view of a node (its status file).
 fn status(lab: &Lab, node: &str) -> serde_json::Value {
-    let p = run_dir().join(&lab.name).join(format!("nodes/{node}/agent/status.json"));
+    let p = run_dir()
+        .join(&lab.name)
+        .join(format!("nodes/{node}/agent/status.json"));
     serde_json::from_str(&std::fs::read_to_string(p).expect("status file")).expect("status JSON")
 }
 
@@ -50,11 +52,20 @@ fn every_pod_pings_every_other_pod() {
     pingall(&lab);
     eprintln!("pingall (probe and 30 pings) in {:?}", started.elapsed());
     // Each router learned the other nodes' pod MACs at their peers.
-    retry("node1's status shows the remote pods' MACs", Duration::from_secs(5), || {
-        let s = status(&lab, "node1");
-        let remote = s["macs"].as_array().unwrap().iter().filter(|m| m["nickname"] != "node1").count();
-        if remote >= 4 { Ok(()) } else { Err(format!("{s}")) }
-    });
+    retry(
+        "node1's status shows the remote pods' MACs",
+        Duration::from_secs(5),
+        || {
+            let s = status(&lab, "node1");
+            let remote = s["macs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|m| m["nickname"] != "node1")
+                .count();
+            if remote >= 4 { Ok(()) } else { Err(format!("{s}")) }
+        },
+    );
 }
 
 /// The bridge, its two ports and every pod run at WEAVE_MTU 1376; the
@@ -69,17 +80,26 @@ fn bridge_ports_and_pods_have_mtu_1376() {
         assert_eq!(lab.mtu(node, "eth0"), 1500, "{node} eth0");
         let s = status(&lab, node);
         let link = lab.exec_ok(node, &["ip", "-o", "link", "show", "weave"]);
-        assert!(link.contains(&format!("link/ether {} ", s["name"].as_str().unwrap())), "{link}");
+        assert!(
+            link.contains(&format!("link/ether {} ", s["name"].as_str().unwrap())),
+            "{link}"
+        );
         let master = lab.exec_ok(node, &["ip", "-o", "link", "show", "master", "weave"]);
         assert!(master.contains("vethwe-bridge@vethwe-pcap"), "{master}");
         let addr = lab.exec_ok(node, &["ip", "-o", "-4", "addr", "show", "weave"]);
         let bridge_ip = &s["allocations"]["weave:expose"];
-        assert!(addr.contains(&format!("inet {}/12 ", bridge_ip.as_str().unwrap())), "{addr}");
+        assert!(
+            addr.contains(&format!("inet {}/12 ", bridge_ip.as_str().unwrap())),
+            "{addr}"
+        );
     }
     for (pod, _) in lab.pods() {
         assert_eq!(lab.mtu(&pod, "eth0"), 1376, "{pod} eth0");
         let node = pod.split('/').next().unwrap();
-        let gw = status(&lab, node)["allocations"]["weave:expose"].as_str().unwrap().to_string();
+        let gw = status(&lab, node)["allocations"]["weave:expose"]
+            .as_str()
+            .unwrap()
+            .to_string();
         let route = lab.exec_ok(&pod, &["ip", "route", "show", "default"]);
         assert_eq!(route.trim(), format!("default via {gw} dev eth0"), "{pod}");
     }
@@ -115,7 +135,10 @@ fn addresses_are_in_the_range_disjoint_and_deterministic() {
         .collect();
     assert_eq!(
         shares,
-        ["10.32.0.0/13", "10.40.0.0/14", "10.44.0.0/14"].iter().map(|s| s.to_string()).collect()
+        ["10.32.0.0/13", "10.40.0.0/14", "10.44.0.0/14"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     );
     assert_eq!(pods, b.pods(), "same topology, same addresses");
 }
@@ -128,7 +151,9 @@ fn capture_decodes_the_pods_frames_in_udp_6783() {
     let (src, dst) = (ip_of(&lab, "node1/pod-1"), ip_of(&lab, "node3/pod-2"));
     let text = capture(
         &lab,
-        &["node3", "--count", "2", "--", "udp", "port", "6783", "and", "greater", "150"],
+        &[
+            "node3", "--count", "2", "--", "udp", "port", "6783", "and", "greater", "150",
+        ],
         || {
             lab.exec("node1/pod-1", &["ping", "-c1", "-W1", &dst]);
         },
@@ -158,7 +183,12 @@ fn blocked_sleeve_port_breaks_cross_node_pings_and_rm_restores() {
     let id = add_fault(&lab, &["block", "--on", "node2", "--proto", "udp", "--port", "6783"]);
     retry("node1 drops node2", Duration::from_secs(15), || {
         let s = status(&lab, "node1");
-        let p = s["peers"].as_array().unwrap().iter().find(|p| p["nickname"] == "node2").cloned();
+        let p = s["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["nickname"] == "node2")
+            .cloned();
         match p {
             Some(p) if p["state"] == "established" => Err(format!("{p}")),
             _ => Ok(()),
@@ -166,16 +196,30 @@ fn blocked_sleeve_port_breaks_cross_node_pings_and_rm_restores() {
     });
     assert!(!ping(&lab, "node1/pod-1", &target), "blocked sleeve, no reply");
     assert!(!ping(&lab, "node3/pod-2", &ip_of(&lab, "node2/pod-2")));
-    assert!(ping(&lab, "node2/pod-1", &ip_of(&lab, "node2/pod-2")), "node2's own pods still talk");
-    assert!(ping(&lab, "node1/pod-1", &ip_of(&lab, "node3/pod-1")), "node1 and node3 still talk");
+    assert!(
+        ping(&lab, "node2/pod-1", &ip_of(&lab, "node2/pod-2")),
+        "node2's own pods still talk"
+    );
+    assert!(
+        ping(&lab, "node1/pod-1", &ip_of(&lab, "node3/pod-1")),
+        "node1 and node3 still talk"
+    );
     let out = lab.run(&["fault", "rm", &id]);
     assert!(out.status.success(), "{}", show(&out));
     let started = Instant::now();
     retry("node1 reaches node2's pod again", Duration::from_secs(20), || {
-        if ping(&lab, "node1/pod-1", &target) { Ok(()) } else { Err("no reply".into()) }
+        if ping(&lab, "node1/pod-1", &target) {
+            Ok(())
+        } else {
+            Err("no reply".into())
+        }
     });
     eprintln!("reachable again {:?} after fault rm", started.elapsed());
-    assert_eq!(before, lab.snapshot(), "the snapshot after rm differs from the one before add");
+    assert_eq!(
+        before,
+        lab.snapshot(),
+        "the snapshot after rm differs from the one before add"
+    );
 }
 
 /// agent-down on node3: its pods are unreachable from the other nodes;
@@ -188,10 +232,17 @@ fn agent_down_cuts_the_nodes_pods_off_until_the_router_is_back() {
     assert!(ping(&lab, "node1/pod-1", &target));
     let id = add_fault(&lab, &["agent-down", "--on", "node3"]);
     retry("node1 loses node3", Duration::from_secs(10), || {
-        if ping(&lab, "node1/pod-1", &target) { Err("still replies".into()) } else { Ok(()) }
+        if ping(&lab, "node1/pod-1", &target) {
+            Err("still replies".into())
+        } else {
+            Ok(())
+        }
     });
     assert!(!ping(&lab, "node2/pod-2", &target));
-    assert!(ping(&lab, "node3/pod-1", &ip_of(&lab, "node3/pod-2")), "the bridge still joins node3's pods");
+    assert!(
+        ping(&lab, "node3/pod-1", &ip_of(&lab, "node3/pod-2")),
+        "the bridge still joins node3's pods"
+    );
     let s = status(&lab, "node1");
     assert!(
         s["macs"].as_array().unwrap().iter().all(|m| m["nickname"] != "node3"),
@@ -229,7 +280,11 @@ fn down_after_kill_9_of_the_routers_leaves_nothing() {
         "three weavers and watchd"
     );
     for pid in agents {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
     }
     let name = lab.name.clone();
     let out = cnilab(&["down", &name]);
@@ -250,9 +305,17 @@ fn kill_9_of_up_then_down_leaves_nothing() {
         .unwrap();
     let status = run_dir().join(&lab.name).join("nodes/node1/agent/status.json");
     retry("up starts the routers", Duration::from_secs(30), || {
-        if status.exists() { Ok(()) } else { Err("no router yet".into()) }
+        if status.exists() {
+            Ok(())
+        } else {
+            Err("no router yet".into())
+        }
     });
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(up.id() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(up.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     let _ = up.wait();
     let out = cnilab(&["down", &lab.name]);
     assert!(out.status.success(), "{}", show(&out));
@@ -273,7 +336,10 @@ fn trace_follows_the_sleeve_and_never_claims_a_blocked_delivery() {
     let v = trace(&lab);
     assert_eq!(v["delivered"], true, "{v}");
     let text = v.to_string();
-    assert!(text.contains("weaver sends the frame in UDP 6783 from 172.20.0.10 to 172.20.0.11"), "{text}");
+    assert!(
+        text.contains("weaver sends the frame in UDP 6783 from 172.20.0.10 to 172.20.0.11"),
+        "{text}"
+    );
     assert!(text.contains("outer 172.20.0.10 -> 172.20.0.11 UDP 6783"), "{text}");
     assert!(text.contains("injects the frame"), "{text}");
     let block = add_fault(&lab, &["block", "--on", "node2", "--proto", "udp", "--port", "6783"]);
@@ -285,7 +351,10 @@ fn trace_follows_the_sleeve_and_never_claims_a_blocked_delivery() {
     let down = add_fault(&lab, &["agent-down", "--on", "node2"]);
     let v = trace(&lab);
     assert_eq!(v["delivered"], false, "{v}");
-    assert!(v["verdict"].as_str().unwrap().contains("weaver on node2 is stopped"), "{v}");
+    assert!(
+        v["verdict"].as_str().unwrap().contains("weaver on node2 is stopped"),
+        "{v}"
+    );
     assert!(lab.run(&["fault", "rm", &down]).status.success());
 }
 

@@ -797,7 +797,10 @@ fn capture_decoded(ns: &str, cmd: &[String], port: u16, profile: &dyn crate::pro
         .stdout(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", cmd[0]))?;
-    let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no pipe from tcpdump"))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no pipe from tcpdump"))?;
     let mut out = std::io::stdout().lock();
     let decode = |b: &[u8]| profile.decode_sleeve(b);
     if let Err(e) = crate::front::pcap::print_stream(stdout, &mut out, port, &decode) {

@@ -29,7 +29,11 @@ pub fn print_stream(
     };
     let u32_at = |b: &[u8], at: usize| {
         let v: [u8; 4] = b[at..at + 4].try_into().expect("4 bytes");
-        if le { u32::from_le_bytes(v) } else { u32::from_be_bytes(v) }
+        if le {
+            u32::from_le_bytes(v)
+        } else {
+            u32::from_be_bytes(v)
+        }
     };
     let linktype = u32_at(&header, 20);
     let mut rec = [0u8; 16];

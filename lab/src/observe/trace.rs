@@ -955,7 +955,10 @@ fn bridge_overlay(
     let plan = &lab.state.plan;
     let here = node_of(view.name()).and_then(|n| plan.node(&n));
     let owner = lab.owner(via).cloned();
-    let there = owner.as_ref().and_then(|(_, ns)| node_of(ns)).and_then(|n| plan.node(&n));
+    let there = owner
+        .as_ref()
+        .and_then(|(_, ns)| node_of(ns))
+        .and_then(|n| plan.node(&n));
     h.dev_out = Some(format!("{} port {}", o.bridge, o.port));
     h.notes.push(format!(
         "no pod port of {} leads to {via}: the frame goes out {} to {}, where {} captures it",
@@ -969,9 +972,10 @@ fn bridge_overlay(
         return Ok(Next::Delivered);
     };
     let stopped = |node: &str| {
-        lab.state.faults.iter().find(|f| {
-            matches!(f.spec, crate::model::faultspec::FaultSpec::AgentDown { .. }) && f.spec.on() == node
-        })
+        lab.state
+            .faults
+            .iter()
+            .find(|f| matches!(f.spec, crate::model::faultspec::FaultSpec::AgentDown { .. }) && f.spec.on() == node)
     };
     for n in [&here.name, &there.name] {
         if let Some(f) = stopped(n) {

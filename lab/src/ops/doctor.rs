@@ -643,13 +643,21 @@ fn probe_genl_family(family: &str, module: &str) -> Check {
     msg.resize(total, 0);
     // SAFETY: a netlink socket closed below; buffers live across the calls.
     unsafe {
-        let fd = libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_GENERIC);
+        let fd = libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_GENERIC,
+        );
         if fd < 0 {
             return Check::Unchecked(format!("generic netlink: {}", std::io::Error::last_os_error()));
         }
         let sent = libc::send(fd, msg.as_ptr().cast(), msg.len(), 0);
         let mut buf = [0u8; 8192];
-        let n = if sent < 0 { -1 } else { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let n = if sent < 0 {
+            -1
+        } else {
+            libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0)
+        };
         let err = std::io::Error::last_os_error();
         libc::close(fd);
         if n < 20 {

@@ -255,7 +255,14 @@ impl Profile for WeavePlan {
     }
 
     fn decode_sleeve(&self, payload: &[u8]) -> Option<Vec<String>> {
-        sleeve::describe(payload, &self.nodes.iter().map(|n| (n.peer.clone(), n.node.clone())).collect::<Vec<_>>())
+        sleeve::describe(
+            payload,
+            &self
+                .nodes
+                .iter()
+                .map(|n| (n.peer.clone(), n.node.clone()))
+                .collect::<Vec<_>>(),
+        )
     }
 
     fn bridge_overlay(&self) -> Option<crate::profile::BridgeOverlay> {
@@ -278,7 +285,13 @@ impl Profile for WeavePlan {
             return (Vec::new(), None);
         };
         let lines = vec![
-            format!("{BRIDGE} {}/{} MTU {} (peer {})", w.bridge_ip, self.range.prefix_len(), self.mtu, w.peer),
+            format!(
+                "{BRIDGE} {}/{} MTU {} (peer {})",
+                w.bridge_ip,
+                self.range.prefix_len(),
+                self.mtu,
+                w.peer
+            ),
             format!("weaver: {BRIDGE_PORT} <> {PCAP_PORT}, sleeve UDP {PORT}"),
         ];
         (lines, Some((format!("from {}", w.share), self.mtu)))
@@ -299,7 +312,10 @@ impl Profile for WeavePlan {
     }
 
     fn optional_kernel_features(&self) -> Vec<(&'static str, &'static str)> {
-        vec![("openvswitch", "weave runs sleeve (UDP 6783) only, as Weave falls back to")]
+        vec![(
+            "openvswitch",
+            "weave runs sleeve (UDP 6783) only, as Weave falls back to",
+        )]
     }
 
     fn programs_needed(&self) -> Vec<String> {
@@ -337,10 +353,19 @@ mod tests {
         );
         assert_eq!(
             nets(&shares(r, 5)),
-            ["10.32.0.0/14", "10.36.0.0/14", "10.40.0.0/14", "10.44.0.0/15", "10.46.0.0/15"]
+            [
+                "10.32.0.0/14",
+                "10.36.0.0/14",
+                "10.40.0.0/14",
+                "10.44.0.0/15",
+                "10.46.0.0/15"
+            ]
         );
         let (lo, hi) = share_hosts(r, shares(r, 2)[1]);
-        assert_eq!((Ipv4Addr::from(lo), Ipv4Addr::from(hi)), ("10.40.0.0".parse().unwrap(), "10.47.255.254".parse().unwrap()));
+        assert_eq!(
+            (Ipv4Addr::from(lo), Ipv4Addr::from(hi)),
+            ("10.40.0.0".parse().unwrap(), "10.47.255.254".parse().unwrap())
+        );
         assert_eq!(Ipv4Addr::from(share_hosts(r, r).0), Ipv4Addr::new(10, 32, 0, 1));
     }
 
@@ -354,7 +379,10 @@ mod tests {
         assert_eq!((w.mtu, w.range.to_string().as_str()), (1376, "10.32.0.0/12"));
         let mut by_peer: Vec<&WeaveNode> = w.nodes.iter().collect();
         by_peer.sort_by(|a, b| a.peer.cmp(&b.peer));
-        let got: Vec<(String, String)> = by_peer.iter().map(|n| (n.share.to_string(), n.bridge_ip.to_string())).collect();
+        let got: Vec<(String, String)> = by_peer
+            .iter()
+            .map(|n| (n.share.to_string(), n.bridge_ip.to_string()))
+            .collect();
         assert_eq!(
             got,
             [

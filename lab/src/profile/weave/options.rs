@@ -54,7 +54,11 @@ fn weave_options(t: Option<&Table>, scope: &Scope, errs: &Errors) -> Option<Weav
         let share_len = u32::from(cidr.v.prefix_len()) + halvings;
         let pods = parts.nodes.iter().map(|n| n.node.pods.len()).max().unwrap_or(0) as u64;
         // The bridge takes one address of the share, the range's ends are never given.
-        let room = if share_len > 32 { 0 } else { (1u64 << (32 - share_len)).saturating_sub(2) };
+        let room = if share_len > 32 {
+            0
+        } else {
+            (1u64 << (32 - share_len)).saturating_sub(2)
+        };
         if room < pods + 1 {
             errs.push(scope.at.err(
                 cidr.span.clone(),

@@ -14,7 +14,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use ipnet::Ipv4Net;
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_packet_route::link::{InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage,
+};
 use serde_json::{Value, json};
 
 use super::{BRIDGE, HTTP_ADDR};
@@ -24,7 +26,10 @@ use crate::model::plan::mac_string;
 
 /// The host-side veth of a container: `vethwepl` + its ID's first 7 characters.
 pub fn host_veth_name(container_id: &str) -> String {
-    let id: String = container_id.chars().take(libc::IFNAMSIZ - 1 - "vethwepl".len()).collect();
+    let id: String = container_id
+        .chars()
+        .take(libc::IFNAMSIZ - 1 - "vethwepl".len())
+        .collect();
     format!("vethwepl{id}")
 }
 
@@ -57,7 +62,10 @@ pub fn main() -> ! {
         "ADD" => rt.block_on(cmd_add(&conf)),
         "DEL" => rt.block_on(cmd_del()).map(|_| String::new()),
         "CHECK" => Ok(String::new()),
-        "VERSION" => Ok(json!({"cniVersion": "0.4.0", "supportedVersions": ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0"]}).to_string()),
+        "VERSION" => Ok(
+            json!({"cniVersion": "0.4.0", "supportedVersions": ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0"]})
+                .to_string(),
+        ),
         other => Err(Failure {
             code: 4,
             msg: format!("unknown CNI_COMMAND: {other:?}"),
@@ -88,7 +96,10 @@ fn http(method: &str, path: &str) -> Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&HTTP_ADDR.parse().expect("valid address"), Duration::from_secs(5))
         .with_context(|| format!("cannot reach the Weave router at {HTTP_ADDR}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: {HTTP_ADDR}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {HTTP_ADDR}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
     let mut text = String::new();
     s.read_to_string(&mut text)?;
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
@@ -124,7 +135,10 @@ async fn cmd_add(conf: &Value) -> Result<String, Failure> {
     if code != 200 {
         return Err(anyhow!("unable to allocate IP address: {code}: {}", body.trim()).into());
     }
-    let ip: Ipv4Net = body.trim().parse().map_err(|_| anyhow!("the router answered {body:?}"))?;
+    let ip: Ipv4Net = body
+        .trim()
+        .parse()
+        .map_err(|_| anyhow!("the router answered {body:?}"))?;
     match wire(&id, &netns_path, &ifname, &bridge, ip, hairpin, conf).await {
         Ok(result) => Ok(result.to_string()),
         Err(e) => {
@@ -188,13 +202,18 @@ async fn wire(
         .with_context(|| format!("bridge {bridge} not found: is the Weave router running?"))?;
     let br_index = br.header.index;
     let mtu = nl::link_mtu(&br).context("bridge without MTU")?;
-    let gw = bridge_ip(&nl, br_index, ip.trunc())
-        .await?
-        .with_context(|| format!("bridge {bridge} has no address in {}: weave expose has not run", ip.trunc()))?;
+    let gw = bridge_ip(&nl, br_index, ip.trunc()).await?.with_context(|| {
+        format!(
+            "bridge {bridge} has no address in {}: weave expose has not run",
+            ip.trunc()
+        )
+    })?;
     let host = host_veth_name(id);
     if let Some(stale) = nl.index(&host).await? {
         let del = rtnetlink::LinkUnspec::new_with_index(stale).build();
-        nl.change(RouteNetlinkMessage::DelLink(del)).await.context("removing a stale veth")?;
+        nl.change(RouteNetlinkMessage::DelLink(del))
+            .await
+            .context("removing a stale veth")?;
     }
     let pod_ns = Netns::open_path(Path::new(netns_path))?;
     nl.add(veth_to(&host, br_index, &pod_ns, ifname, mtu))
@@ -207,10 +226,14 @@ async fn wire(
             .set_port_kind(InfoPortKind::Bridge)
             .set_port_data(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(true)]))
             .build();
-        nl.change(RouteNetlinkMessage::SetLink(msg)).await.context("setting hairpin mode")?;
+        nl.change(RouteNetlinkMessage::SetLink(msg))
+            .await
+            .context("setting hairpin mode")?;
     }
     let _ = crate::kernel::netns::write_sysctl(&format!("net/ipv6/conf/{host}/accept_ra"), "0");
-    nl.change(nl::set_up(host_index)).await.context("setting the host veth up")?;
+    nl.change(nl::set_up(host_index))
+        .await
+        .context("setting the host veth up")?;
 
     let rt = tokio::runtime::Handle::current();
     let ifname_owned = ifname.to_string();
@@ -225,12 +248,18 @@ async fn wire(
     let mac = nl::link_mac(&eth).unwrap_or([0; 6]);
     let idx = eth.header.index;
     pod_nl.change(nl::set_up(1)).await.context("pod lo up")?;
-    pod_nl.add(nl::address(idx, ip.addr(), ip.prefix_len())).await.context("pod address")?;
+    pod_nl
+        .add(nl::address(idx, ip.addr(), ip.prefix_len()))
+        .await
+        .context("pod address")?;
     pod_nl.change(nl::set_up(idx)).await.context("pod eth0 up")?;
     if !ip.contains(&gw) {
         let mut r = nl::route(Ipv4Net::new(gw, 32).expect("valid"), None, Some(idx), false);
         r.header.scope = netlink_packet_route::route::RouteScope::Link;
-        pod_nl.add(RouteNetlinkMessage::NewRoute(r)).await.context("route to the gateway")?;
+        pod_nl
+            .add(RouteNetlinkMessage::NewRoute(r))
+            .await
+            .context("route to the gateway")?;
     }
     let default = nl::route("0.0.0.0/0".parse().expect("valid"), Some(gw), Some(idx), false);
     pod_nl
@@ -241,7 +270,20 @@ async fn wire(
     let range = ip.trunc().to_string();
     for args in [
         vec!["-w", "-A", "INPUT", "-i", ifname, "-d", "224.0.0.0/4", "-j", "DROP"],
-        vec!["-w", "-I", "INPUT", "1", "-i", ifname, "-s", &range, "-d", "224.0.0.0/4", "-j", "ACCEPT"],
+        vec![
+            "-w",
+            "-I",
+            "INPUT",
+            "1",
+            "-i",
+            ifname,
+            "-s",
+            &range,
+            "-d",
+            "224.0.0.0/4",
+            "-j",
+            "ACCEPT",
+        ],
     ] {
         crate::kernel::netns::run_in(&pod_ns, "iptables", &args).context("the pod's multicast rules")?;
     }

@@ -61,7 +61,10 @@ pub const EXPOSE_IDENT: &str = "weave:expose";
 
 /// weaver's command line (the flags of the real one where they exist).
 #[derive(Parser, Debug)]
-#[command(name = "weaver", about = "cnilab's Weave Net router: mesh and sleeve on UDP/TCP 6783")]
+#[command(
+    name = "weaver",
+    about = "cnilab's Weave Net router: mesh and sleeve on UDP/TCP 6783"
+)]
 pub struct Args {
     /// Mesh and sleeve port.
     #[arg(long, default_value_t = 6783)]
@@ -148,9 +151,7 @@ struct Peer {
 
 impl Peer {
     fn established(&self) -> bool {
-        !self.conns.is_empty()
-            && self.remote_ok
-            && self.last_heartbeat.is_some_and(|t| t.elapsed() < HEARTBEAT_TIMEOUT)
+        !self.conns.is_empty() && self.remote_ok && self.last_heartbeat.is_some_and(|t| t.elapsed() < HEARTBEAT_TIMEOUT)
     }
 }
 
@@ -192,7 +193,11 @@ async fn run(args: Args) -> Result<()> {
         args.nickname,
         args.ipalloc_range,
         args.mtu,
-        if args.datapath.is_empty() { "none asked" } else { "fastdp unavailable" }
+        if args.datapath.is_empty() {
+            "none asked"
+        } else {
+            "fastdp unavailable"
+        }
     );
 
     let mut ipam: Ipam = std::fs::read_to_string(&args.ipam_file)
@@ -206,7 +211,9 @@ async fn run(args: Args) -> Result<()> {
             owned: BTreeMap::new(),
         };
     }
-    let bridge_ip = ipam.allocate(EXPOSE_IDENT).context("the share has no address for the bridge")?;
+    let bridge_ip = ipam
+        .allocate(EXPOSE_IDENT)
+        .context("the share has no address for the bridge")?;
     overlay::write_atomic(&args.ipam_file, &serde_json::to_string_pretty(&ipam)?)?;
 
     let nl = Nl::connect()?;
@@ -276,7 +283,10 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<()> {
 /// of net/arp.go, all up. Kept as it is when it exists (a restart).
 async fn ensure_bridge(nl: &Nl, mac: PeerName, mtu: u32) -> Result<u32> {
     if nl.index(BRIDGE).await?.is_none() {
-        let msg = rtnetlink::LinkBridge::new(BRIDGE).mtu(mtu).address(mac.to_vec()).build();
+        let msg = rtnetlink::LinkBridge::new(BRIDGE)
+            .mtu(mtu)
+            .address(mac.to_vec())
+            .build();
         nl.add(RouteNetlinkMessage::NewLink(msg))
             .await
             .context("creating the weave bridge")?;
@@ -284,9 +294,15 @@ async fn ensure_bridge(nl: &Nl, mac: PeerName, mtu: u32) -> Result<u32> {
     let bridge = nl.index(BRIDGE).await?.context("weave bridge vanished")?;
     if nl.index(BRIDGE_PORT).await?.is_none() {
         let own = std::fs::File::open("/proc/self/ns/net").context("own network namespace")?;
-        nl.add(nl::veth_pair(BRIDGE_PORT, Some(bridge), PCAP_PORT, own.as_raw_fd(), mtu))
-            .await
-            .context("creating vethwe-bridge and vethwe-pcap")?;
+        nl.add(nl::veth_pair(
+            BRIDGE_PORT,
+            Some(bridge),
+            PCAP_PORT,
+            own.as_raw_fd(),
+            mtu,
+        ))
+        .await
+        .context("creating vethwe-bridge and vethwe-pcap")?;
     }
     for dev in [BRIDGE, BRIDGE_PORT, PCAP_PORT] {
         let _ = crate::kernel::netns::write_sysctl(&format!("net/ipv6/conf/{dev}/accept_ra"), "0");
@@ -297,14 +313,20 @@ async fn ensure_bridge(nl: &Nl, mac: PeerName, mtu: u32) -> Result<u32> {
     arp_cache(BRIDGE);
     for dev in [PCAP_PORT, BRIDGE_PORT, BRIDGE] {
         let idx = nl.index(dev).await?.with_context(|| format!("{dev} missing"))?;
-        nl.change(nl::set_up(idx)).await.with_context(|| format!("setting {dev} up"))?;
+        nl.change(nl::set_up(idx))
+            .await
+            .with_context(|| format!("setting {dev} up"))?;
     }
     Ok(bridge)
 }
 
 /// net/arp.go configureARPCache on an interface of the calling thread's namespace.
 pub fn arp_cache(dev: &str) {
-    for (k, v) in [("base_reachable_time", "5"), ("delay_first_probe_time", "2"), ("ucast_solicit", "1")] {
+    for (k, v) in [
+        ("base_reachable_time", "5"),
+        ("delay_first_probe_time", "2"),
+        ("ucast_solicit", "1"),
+    ] {
         let _ = crate::kernel::netns::write_sysctl(&format!("net/ipv4/neigh/{dev}/{k}"), v);
     }
 }
@@ -475,7 +497,11 @@ impl Router {
             let mut macs = self.macs.lock().expect("macs lock");
             let before = macs.len();
             macs.retain(|_, owner| owner != name);
-            info!("->[{}] connection lost; forgot {} MACs", mac_string(name), before - macs.len());
+            info!(
+                "->[{}] connection lost; forgot {} MACs",
+                mac_string(name),
+                before - macs.len()
+            );
         }
     }
 
@@ -625,7 +651,10 @@ fn connector(r: Arc<Router>, target: Ipv4Addr) {
             .insert(target, format!("{state}, retry in {}ms", backoff.as_millis()));
         std::thread::sleep(backoff);
         backoff = (backoff * 2).min(BACKOFF_MAX);
-        r.targets.lock().expect("targets lock").insert(target, "connecting".into());
+        r.targets
+            .lock()
+            .expect("targets lock")
+            .insert(target, "connecting".into());
     }
 }
 
@@ -718,7 +747,13 @@ fn connection(r: &Arc<Router>, mut s: TcpStream, target: Option<Ipv4Addr>) -> Re
         ("Name", mac_string(&r.me)),
         ("NickName", r.nickname.clone()),
         ("ShortID", format!("{}", u16::from_be_bytes([r.me[4], r.me[5]]) & 0xfff)),
-        ("UID", format!("{}", u64::from_be_bytes([0, 0, r.me[0], r.me[1], r.me[2], r.me[3], r.me[4], r.me[5]]))),
+        (
+            "UID",
+            format!(
+                "{}",
+                u64::from_be_bytes([0, 0, r.me[0], r.me[1], r.me[2], r.me[3], r.me[4], r.me[5]])
+            ),
+        ),
         ("ConnID", uid.to_string()),
         ("Trusted", "false".to_string()),
     ]
@@ -748,7 +783,10 @@ fn connection(r: &Arc<Router>, mut s: TcpStream, target: Option<Ipv4Addr>) -> Re
         p.conns.insert(uid, writer);
     }
     if let Some(t) = target {
-        r.targets.lock().expect("targets lock").insert(t, format!("connected to {}", theirs["Name"]));
+        r.targets
+            .lock()
+            .expect("targets lock")
+            .insert(t, format!("connected to {}", theirs["Name"]));
     }
     info!(
         "->[{remote}:{}|{}({})]: connection added (v{version})",
@@ -765,7 +803,12 @@ fn connection(r: &Arc<Router>, mut s: TcpStream, target: Option<Ipv4Addr>) -> Re
                         p.remote_ok = true;
                     }
                 }
-                was_established |= r.peers.lock().expect("peers lock").get(&name).is_some_and(Peer::established);
+                was_established |= r
+                    .peers
+                    .lock()
+                    .expect("peers lock")
+                    .get(&name)
+                    .is_some_and(Peer::established);
             }
             Err(e) => break e,
         }
@@ -777,7 +820,10 @@ fn connection(r: &Arc<Router>, mut s: TcpStream, target: Option<Ipv4Addr>) -> Re
         }
     }
     r.drop_peer_if_idle(&name);
-    info!("->[{remote}:{}|{}]: connection shutting down: {outcome:#}", r.port, theirs["Name"]);
+    info!(
+        "->[{remote}:{}|{}]: connection shutting down: {outcome:#}",
+        r.port, theirs["Name"]
+    );
     Ok(was_established)
 }
 
@@ -942,7 +988,11 @@ fn ticker(r: Arc<Router>) {
             let _ = write_msg(&mut w.lock().expect("writer lock"), &[TAG_HEARTBEAT]);
         }
         for (name, conns) in dead {
-            info!("->[{}]: no sleeve heartbeat for {:?}; closing", mac_string(&name), HEARTBEAT_TIMEOUT);
+            info!(
+                "->[{}]: no sleeve heartbeat for {:?}; closing",
+                mac_string(&name),
+                HEARTBEAT_TIMEOUT
+            );
             for c in conns {
                 let _ = c.lock().expect("writer lock").shutdown(Shutdown::Both);
             }
@@ -1091,9 +1141,12 @@ mod tests {
 
     #[test]
     fn features_round_trip() {
-        let f: BTreeMap<String, String> = [("Name".to_string(), "aa:bb:cc:dd:ee:ff".to_string()), ("NickName".into(), "n1".into())]
-            .into_iter()
-            .collect();
+        let f: BTreeMap<String, String> = [
+            ("Name".to_string(), "aa:bb:cc:dd:ee:ff".to_string()),
+            ("NickName".into(), "n1".into()),
+        ]
+        .into_iter()
+        .collect();
         assert_eq!(decode_features(&encode_features(&f)).unwrap(), f);
         assert!(decode_features(&[0, 5, b'a']).is_err());
     }

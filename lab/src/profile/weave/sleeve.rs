@@ -34,7 +34,8 @@ pub fn heartbeat(uid: u64) -> Vec<u8> {
 
 /// The connection UID a heartbeat frame carries.
 pub fn heartbeat_uid(frame: &[u8]) -> Option<u64> {
-    (frame.len() == 22 && frame[..14] == SPECIAL).then(|| u64::from_be_bytes(frame[14..22].try_into().expect("8 bytes")))
+    (frame.len() == 22 && frame[..14] == SPECIAL)
+        .then(|| u64::from_be_bytes(frame[14..22].try_into().expect("8 bytes")))
 }
 
 /// A decoded datagram: the sender and its frames (src peer, dst peer, frame).
@@ -171,7 +172,9 @@ mod tests {
         let (a, b) = ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
         let mut frame = vec![0xff; 6];
         frame.extend([0x0a, 0, 0, 0, 0, 1, 0x08, 0x06]);
-        frame.extend([0, 1, 8, 0, 6, 4, 0, 1, 0x0a, 0, 0, 0, 0, 1, 10, 32, 0, 2, 0, 0, 0, 0, 0, 0, 10, 40, 0, 1]);
+        frame.extend([
+            0, 1, 8, 0, 6, 4, 0, 1, 0x0a, 0, 0, 0, 0, 1, 10, 32, 0, 2, 0, 0, 0, 0, 0, 0, 10, 40, 0, 1,
+        ]);
         let d = encode(&a, &a, &b, &frame);
         assert_eq!(&d[..6], &a);
         assert_eq!(&d[18..20], &(frame.len() as u16).to_be_bytes());
