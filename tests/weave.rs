@@ -230,6 +230,7 @@ fn agent_down_cuts_the_nodes_pods_off_until_the_router_is_back() {
     let lab = Lab::up(&topology(TOPOLOGY));
     let target = ip_of(&lab, "node3/pod-1");
     assert!(ping(&lab, "node1/pod-1", &target));
+    let before = lab.snapshot();
     let id = add_fault(&lab, &["agent-down", "--on", "node3"]);
     retry("node1 loses node3", Duration::from_secs(10), || {
         if ping(&lab, "node1/pod-1", &target) {
@@ -260,6 +261,7 @@ fn agent_down_cuts_the_nodes_pods_off_until_the_router_is_back() {
     });
     eprintln!("reachable again {:?} after fault rm", started.elapsed());
     pingall(&lab);
+    assert_eq!(before, lab.snapshot(), "the restarted router keeps the node as it was");
 }
 
 /// `down` stops every weaver and leaves nothing of the lab, also after

@@ -224,6 +224,7 @@ async fn run(args: Args) -> Result<()> {
 
     let pcap = open_pcap(PCAP_PORT)?;
     let udp = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, args.port)).context("binding UDP 6783 (sleeve)")?;
+    pmtudisc_dont(&udp)?;
     let tcp = TcpListener::bind((Ipv4Addr::UNSPECIFIED, args.port)).context("binding TCP 6783 (mesh)")?;
     let http = TcpListener::bind(&args.http_addr).with_context(|| format!("binding {}", args.http_addr))?;
     let r = Arc::new(Router {
@@ -411,6 +412,26 @@ fn pipe(program: &str, args: &[&str], input: &str) -> Result<()> {
     let out = child.wait_with_output()?;
     if !out.status.success() {
         bail!("{program} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// `IP_MTU_DISCOVER = IP_PMTUDISC_DONT` on the sleeve socket, as Weave
+/// sets it: datagrams go without DF and the kernel fragments them.
+fn pmtudisc_dont(sock: &UdpSocket) -> Result<()> {
+    let v: libc::c_int = libc::IP_PMTUDISC_DONT;
+    // SAFETY: setsockopt on a live socket with an int option.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            &v as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+    };
+    if rc < 0 {
+        bail!("IP_MTU_DISCOVER: {}", std::io::Error::last_os_error());
     }
     Ok(())
 }
