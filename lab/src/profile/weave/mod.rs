@@ -141,9 +141,11 @@ pub fn plan(topology: &Topology, opts: &WeaveOptions, nodes: &[NodePlan], paths:
         mtu: topology.network.mtu.unwrap_or(opts.mtu),
     };
     let mut macs = rng(topology.seed, Stream::Macs);
-    let names: Vec<String> = nodes.iter().map(|_| mac_string(&random_mac(&mut macs))).collect();
-    let mut sorted = names.clone();
-    sorted.sort();
+    // Peer names are drawn from the seed and handed out sorted, in node
+    // order, so that the shares follow the nodes (node1 the lowest).
+    let mut names: Vec<String> = nodes.iter().map(|_| mac_string(&random_mac(&mut macs))).collect();
+    names.sort();
+    let sorted = names.clone();
     let split = shares(range, sorted.len());
     let seed = sorted.join(",");
     let per_node = nodes
@@ -377,8 +379,11 @@ mod tests {
         let plan = crate::profile::plan_lab(&t, "w", &paths);
         let w: &WeavePlan = plan.profile.downcast().unwrap();
         assert_eq!((w.mtu, w.range.to_string().as_str()), (1376, "10.32.0.0/12"));
-        let mut by_peer: Vec<&WeaveNode> = w.nodes.iter().collect();
-        by_peer.sort_by(|a, b| a.peer.cmp(&b.peer));
+        let by_peer: Vec<&WeaveNode> = w.nodes.iter().collect();
+        assert!(
+            w.nodes.windows(2).all(|p| p[0].peer < p[1].peer),
+            "names sorted in node order"
+        );
         let got: Vec<(String, String)> = by_peer
             .iter()
             .map(|n| (n.share.to_string(), n.bridge_ip.to_string()))
