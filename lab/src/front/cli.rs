@@ -772,7 +772,10 @@ fn capture(
         },
     };
     cmd.extend(filter);
-    if let (Some(p), None) = (st.plan.profile.sleeve_port(), &write) {
+    // On the underlay only: a node's eth0, eth1, ... or a switch (a pod's
+    // or a bridge's packets are tcpdump's to decode).
+    let underlay = switch || (!target.contains('/') && iface.starts_with("eth"));
+    if let (Some(p), None, true) = (st.plan.profile.sleeve_port(), &write, underlay) {
         // The profile decodes its overlay: tcpdump writes pcap to us.
         eprintln!(
             "capturing in {target} of lab {lab} on {iface}; UDP {p} between nodes carries the pods' Ethernet frames ({}), decoded below; Ctrl-C stops",
