@@ -250,11 +250,23 @@ fn agent_down_cuts_the_nodes_pods_off_until_the_router_is_back() {
         ping(&lab, "node3/pod-1", &ip_of(&lab, "node3/pod-2")),
         "the bridge still joins node3's pods"
     );
-    let s = status(&lab, "node1");
-    assert!(
-        s["macs"].as_array().unwrap().iter().all(|m| m["nickname"] != "node3"),
-        "node1 forgot node3's MACs: {s}"
-    );
+    retry("node1 forgets node3's MACs", Duration::from_secs(5), || {
+        let s = status(&lab, "node1");
+        let forgot = s["macs"].as_array().unwrap().iter().all(|m| m["nickname"] != "node3");
+        if forgot { Ok(()) } else { Err(format!("{s}")) }
+    });
+    let st: serde_json::Value = serde_json::from_slice(&lab.run(&["status", "--json"]).stdout).unwrap();
+    let peers = st["overlay_peers"].as_array().expect("overlay_peers");
+    let seen = |on: &str, nick: &str| {
+        peers
+            .iter()
+            .find(|p| p["on"] == on && p["peer"].as_str().unwrap().ends_with(&format!("({nick})")))
+            .unwrap_or_else(|| panic!("{on} -> {nick} in {st}"))["state"]
+            .clone()
+    };
+    assert_eq!(seen("node1", "node3"), "disconnected", "{st}");
+    assert_eq!(seen("node1", "node2"), "established", "{st}");
+    assert_eq!(seen("node3", "node1"), "router not running", "{st}");
     let out = lab.run(&["fault", "rm", &id]);
     assert!(out.status.success(), "{}", show(&out));
     let started = Instant::now();

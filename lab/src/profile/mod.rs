@@ -329,6 +329,24 @@ pub struct PodAdd<'a> {
 /// Saves a profile's changed plan in the lab's state.
 pub type SavePlan<'a> = &'a mut (dyn FnMut(ProfilePlan) -> Result<()> + Send);
 
+/// A node router's view of one peer ([`Profile::overlay_peers`]), as
+/// Weave's `weave status connections` gives it.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct OverlayPeer {
+    /// The node whose router this is.
+    pub on: String,
+    /// The peer, as `name(nickname)`.
+    pub peer: String,
+    /// Its address and port.
+    pub address: String,
+    /// `established`, `pending` or `disconnected`.
+    pub state: String,
+    /// Live mesh connections to it.
+    pub connections: usize,
+    /// MACs the router has learned at it.
+    pub macs: usize,
+}
+
 /// A bridge overlay ([`Profile::bridge_overlay`]).
 #[derive(Debug, Clone, Copy)]
 pub struct BridgeOverlay {
@@ -440,6 +458,12 @@ pub trait Profile: Saved + Send + Sync {
     /// weaver's sleeve on UDP 6783), for `trace` to follow.
     fn bridge_overlay(&self) -> Option<BridgeOverlay> {
         None
+    }
+
+    /// Each node router's view of its peers, as the routers last wrote it
+    /// (`status` shows them).
+    fn overlay_peers(&self, _paths: &LabPaths) -> Vec<OverlayPeer> {
+        Vec::new()
     }
 
     /// The label of the overlay tunnels between nodes in `graph`.

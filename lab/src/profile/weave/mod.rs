@@ -278,6 +278,26 @@ impl Profile for WeavePlan {
         })
     }
 
+    fn overlay_peers(&self, paths: &LabPaths) -> Vec<crate::profile::OverlayPeer> {
+        let mut v = Vec::new();
+        for n in &self.nodes {
+            let Some(s) = build::read_status(paths, &n.node) else {
+                continue;
+            };
+            for p in &s.peers {
+                v.push(crate::profile::OverlayPeer {
+                    on: n.node.clone(),
+                    peer: format!("{}({})", p.name, p.nickname),
+                    address: p.address.clone(),
+                    state: p.state.clone(),
+                    connections: p.connections,
+                    macs: s.macs.iter().filter(|m| m.peer == p.name).count(),
+                });
+            }
+        }
+        v
+    }
+
     fn tunnel_label(&self) -> Option<String> {
         Some(format!("sleeve UDP {PORT}, weaver"))
     }
