@@ -391,3 +391,22 @@ fn the_router_serves_status_on_6784() {
     assert!(out.contains("Connections: 2 (2 established)"), "{out}");
     assert!(out.contains("Range: 10.32.0.0/12"), "{out}");
 }
+
+/// `doctor` for the Weave topology: nothing it needs is missing, and it
+/// says that without openvswitch Weave runs sleeve only.
+#[test]
+fn doctor_says_weave_runs_sleeve_without_openvswitch() {
+    let out = cnilab(&["doctor", topology(TOPOLOGY).to_str().unwrap()]);
+    let text = show(&out);
+    assert!(text.contains("all of it is here"), "{text}");
+    let ovs = std::process::Command::new("sh")
+        .args(["-c", "grep -qw openvswitch /proc/modules || test -d /sys/module/openvswitch"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ovs {
+        assert!(
+            text.contains("openvswitch: missing, weave runs sleeve (UDP 6783) only, as Weave falls back to"),
+            "{text}"
+        );
+    }
+}
