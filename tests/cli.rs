@@ -80,7 +80,7 @@ const BROKEN: &[(&str, &str, &str)] = &[
     ),
     (
         "unknown profile",
-        "name = \"x\"\n[network]\ncni = \"weave\"\n[[node]]\nname = \"n\"\n",
+        "name = \"x\"\n[network]\ncni = \"cilium\"\n[[node]]\nname = \"n\"\n",
         ":3:7:",
     ),
     (

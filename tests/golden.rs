@@ -136,3 +136,13 @@ fn calico_netpol() {
 fn flannel_netpol() {
     stable_and_golden("flannel-netpol");
 }
+
+#[test]
+fn weave() {
+    stable_and_golden("weave");
+}
+
+#[test]
+fn weave_netpol() {
+    stable_and_golden("weave-netpol");
+}

@@ -120,7 +120,12 @@ fn rm_all(lab: &Lab) {
 /// Every shipped policy (and the ipBlock ones) on an enforcing profile:
 /// no disagreement on TCP and UDP, ports 80 and 81; each blocks something;
 /// `policy rm` gives back the snapshot from before, byte for byte.
-fn enforces_every_policy(topology_file: &str) {
+///
+/// `unsupported` names the manifests the profile's engine does not
+/// implement, as upstream does not (weave-npc v2.8.1: named ports and
+/// endPort): there the kernel must disagree with Kubernetes, and
+/// `probe policy` show it.
+fn enforces_every_policy(topology_file: &str, unsupported: &[&str]) {
     let lab = Lab::up(&topology(topology_file));
     let before = lab.snapshot();
     let (none, _) = probe(&lab);
@@ -133,12 +138,24 @@ fn enforces_every_policy(topology_file: &str) {
     for f in &files {
         apply(&lab, f);
         let (v, text) = probe(&lab);
-        assert_eq!(
-            v["disagreements"],
-            0,
-            "{}: the kernel disagrees with the policy:\n{text}",
-            f.display()
-        );
+        let name = f.file_name().unwrap().to_string_lossy().to_string();
+        if unsupported.contains(&name.as_str()) {
+            // Port 82 too: end-port.yaml's range 81-85 differs there.
+            let out = lab.run(&["probe", "policy", "--json", "--port", "80", "--port", "81", "--port", "82"]);
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", show(&out)));
+            let text = show(&out);
+            assert!(
+                v["disagreements"].as_u64().unwrap() > 0,
+                "{name}: unsupported upstream, yet the kernel agrees:\n{text}"
+            );
+        } else {
+            assert_eq!(
+                v["disagreements"],
+                0,
+                "{}: the kernel disagrees with the policy:\n{text}",
+                f.display()
+            );
+        }
         let protos: Vec<&str> = v["ports"]
             .as_array()
             .unwrap()
@@ -158,9 +175,10 @@ fn enforces_every_policy(topology_file: &str) {
             similar::TextDiff::from_lines(&before, &after).unified_diff()
         );
     }
-    // allow-all beside its default deny blocks nothing; every other one does.
+    // allow-all beside its default deny blocks nothing; every other one
+    // does (an unsupported one may not: weave-npc refuses named-port.yaml).
     assert!(
-        blocking >= files.len() - 1,
+        blocking >= files.len() - 1 - unsupported.len(),
         "{blocking} of {} policies blocked something",
         files.len()
     );
@@ -168,12 +186,21 @@ fn enforces_every_policy(topology_file: &str) {
 
 #[test]
 fn canal_enforces_every_policy_as_kubernetes_says() {
-    enforces_every_policy("canal-netpol.toml");
+    enforces_every_policy("canal-netpol.toml", &[]);
 }
 
 #[test]
 fn calico_enforces_every_policy_as_kubernetes_says() {
-    enforces_every_policy("calico-netpol.toml");
+    enforces_every_policy("calico-netpol.toml", &[]);
+}
+
+/// Weave: weave-npc's chains enforce every policy as Kubernetes says,
+/// except the two features weave-npc v2.8.1 lacks (it refuses a policy
+/// with a named port, and reads no endPort), where `probe policy` shows
+/// the difference (docs/weave-npc-facts.md).
+#[test]
+fn weave_enforces_every_policy_but_named_ports_and_end_port() {
+    enforces_every_policy("weave-netpol.toml", &["named-port.yaml", "end-port.yaml"]);
 }
 
 /// flannel: the same policies change nothing in the kernel, `up` and

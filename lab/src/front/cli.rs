@@ -772,8 +772,45 @@ fn capture(
         },
     };
     cmd.extend(filter);
+    // On the underlay only: a node's eth0, eth1, ... or a switch (a pod's
+    // or a bridge's packets are tcpdump's to decode).
+    let underlay = switch || (!target.contains('/') && iface.starts_with("eth"));
+    if let (Some(p), None, true) = (st.plan.profile.sleeve_port(), &write, underlay) {
+        // The profile decodes its overlay: tcpdump writes pcap to us.
+        eprintln!(
+            "capturing in {target} of lab {lab} on {iface}; UDP {p} between nodes carries the pods' Ethernet frames ({}), decoded below; Ctrl-C stops",
+            st.plan.profile.describe()
+        );
+        return capture_decoded(&ns, &cmd, p, st.plan.profile.get());
+    }
     eprintln!("capturing in {target} of lab {lab} on {iface}{decoded}; Ctrl-C stops");
     exec_in(&ns, &cmd)
+}
+
+/// Runs tcpdump (`cmd`) in `ns` writing pcap to a pipe, and prints every
+/// packet with `profile`'s decoding of UDP `port`.
+fn capture_decoded(ns: &str, cmd: &[String], port: u16, profile: &dyn crate::profile::Profile) -> Result<i32> {
+    let handle = netns::Netns::open(ns)?;
+    // `-w -` before the filter; packet-buffered, so lines come as packets do.
+    let mut args: Vec<String> = cmd[1..].to_vec();
+    let at = args.iter().position(|a| a == "-i").map_or(0, |i| i + 2);
+    args.splice(at..at, ["-U".to_string(), "-w".to_string(), "-".to_string()]);
+    let mut child = netns::command(&handle, &cmd[0])
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", cmd[0]))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no pipe from tcpdump"))?;
+    let mut out = std::io::stdout().lock();
+    let decode = |b: &[u8]| profile.decode_sleeve(b);
+    if let Err(e) = crate::front::pcap::print_stream(stdout, &mut out, port, &decode) {
+        eprintln!("error: reading tcpdump's packets: {e}");
+    }
+    let status = child.wait().map_err(anyhow::Error::from)?;
+    Ok(status.code().unwrap_or(1))
 }
 
 /// `cnilab up`: claims, builds and reports a lab; removes it again on failure or interruption.

@@ -2,4 +2,5 @@
 
 pub mod cli;
 pub mod command;
+pub mod pcap;
 pub mod scenario;

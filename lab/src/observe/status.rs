@@ -46,6 +46,10 @@ pub struct Status {
     /// The NetworkPolicies in force.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<PolicyStatus>,
+    /// Each node router's peers (Weave), as the routers last wrote them;
+    /// a stopped router's say `router not running`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overlay_peers: Vec<crate::profile::OverlayPeer>,
 }
 
 /// The lab's etcd and the keys the profile keeps in it.
@@ -446,6 +450,21 @@ pub fn status(state: &LabState) -> Status {
         faults: faults(state),
         etcd: etcd_status(state, &present),
         policies: policy_list(state),
+        overlay_peers: plan
+            .profile
+            .overlay_peers(&state.paths())
+            .into_iter()
+            .map(|mut p| {
+                let running = state
+                    .agents
+                    .get(&p.on)
+                    .is_some_and(|pid| crate::kernel::runtime::alive(*pid as i32));
+                if !running {
+                    p.state = "router not running".into();
+                }
+                p
+            })
+            .collect(),
     }
 }
 
@@ -639,6 +658,21 @@ pub fn render(s: &Status, plan: &Plan) -> String {
     if !s.policies.is_empty() {
         out.push_str("\n\n");
         out.push_str(policy_table(&s.policies).trim_end());
+    }
+    if !s.overlay_peers.is_empty() {
+        let mut t = table(&["ROUTER ON", "PEER", "ADDRESS", "STATE", "CONNECTIONS", "MACS"]);
+        for p in &s.overlay_peers {
+            t.add_row(vec![
+                p.on.clone(),
+                p.peer.clone(),
+                p.address.clone(),
+                p.state.clone(),
+                p.connections.to_string(),
+                p.macs.to_string(),
+            ]);
+        }
+        out.push_str("\n\n");
+        out.push_str(text(&t).trim_end());
     }
     out.push_str("\n\nfaults: ");
     out.push_str(&if s.faults.is_empty() {

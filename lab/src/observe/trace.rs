@@ -141,6 +141,9 @@ struct Packet {
     inner: Option<Box<(Packet, u32)>>,
     /// The inner frame's destination MAC, for an outer VXLAN packet.
     inner_mac: Option<String>,
+    /// For an outer packet of a bridge overlay (Weave's sleeve): the
+    /// address the inner frame is for, on the far bridge.
+    l2_via: Option<Ipv4Addr>,
     /// The transport header iptables sees.
     proto: Proto,
     /// Whether conntrack has seen the other direction: the echo reply.
@@ -168,6 +171,7 @@ impl Packet {
             udp_port: None,
             inner: None,
             inner_mac: None,
+            l2_via: None,
             proto,
             established: true,
         }
@@ -176,6 +180,14 @@ impl Packet {
     fn describe(&self) -> String {
         match &self.inner {
             None => format!("{} -> {} {}", self.src, self.dst, proto_text(self.proto)),
+            Some(b) if self.l2_via.is_some() => format!(
+                "outer {} -> {} UDP {} [inner {} -> {}]",
+                self.src,
+                self.dst,
+                self.udp_port.unwrap_or(0),
+                b.0.src,
+                b.0.dst
+            ),
             Some(b) => format!(
                 "outer {} -> {} UDP {} VNI {} [inner {} -> {}]",
                 self.src,
@@ -582,6 +594,7 @@ fn run(state: &LabState, dump: Option<&Dump>, from: &str, to: &str, size: u32, p
         udp_port: None,
         inner: None,
         inner_mac: None,
+        l2_via: None,
         proto,
         established: false,
     };
@@ -879,7 +892,16 @@ fn bridged(lab: &Lab, view: &View, h: &mut Hop, port: &str, br: &str, via: Ipv4A
     let out = bridge_ports(view, br)
         .into_iter()
         .find(|p| p != port && lab.peer(view, p).is_some_and(|(ns, ..)| Some(&ns) == owner.as_ref()));
+    let overlay = lab
+        .state
+        .plan
+        .profile
+        .bridge_overlay()
+        .filter(|o| o.bridge == br && o.port != port);
     let Some(out) = out else {
+        if let Some(o) = overlay {
+            return bridge_overlay(lab, view, h, o, via, pkt);
+        }
         h.drop = Some(format!("no port of {br} leads to {via}"));
         return Ok(Next::Delivered);
     };
@@ -913,6 +935,87 @@ fn bridged(lab: &Lab, view: &View, h: &mut Hop, port: &str, br: &str, via: Ipv4A
     })
 }
 
+/// A frame for `via`, which no port of the bridge leads to: it goes out
+/// the overlay's port to the node's router, which sends it in UDP from its
+/// node's address to the node that has `via` (Weave's sleeve), unless the
+/// router is stopped. The outer packet then leaves through this node's own
+/// stack, where iptables may drop it.
+fn bridge_overlay(
+    lab: &Lab,
+    view: &View,
+    h: &mut Hop,
+    o: crate::profile::BridgeOverlay,
+    via: Ipv4Addr,
+    pkt: &mut Packet,
+) -> Result<Next> {
+    let node_of = |ns: &str| match lab.place(ns) {
+        Place::Pod { node, .. } | Place::Node(node) => Some(node),
+        _ => None,
+    };
+    let plan = &lab.state.plan;
+    let here = node_of(view.name()).and_then(|n| plan.node(&n));
+    let owner = lab.owner(via).cloned();
+    let there = owner
+        .as_ref()
+        .and_then(|(_, ns)| node_of(ns))
+        .and_then(|n| plan.node(&n));
+    h.dev_out = Some(format!("{} port {}", o.bridge, o.port));
+    h.notes.push(format!(
+        "no pod port of {} leads to {via}: the frame goes out {} to {}, where {} captures it",
+        o.bridge, o.port, o.router_end, o.agent
+    ));
+    let (Some(here), Some(there)) = (here, there) else {
+        h.drop = Some(format!(
+            "{} floods the frame for {via} to every peer, but no node of the lab has {via}",
+            o.agent
+        ));
+        return Ok(Next::Delivered);
+    };
+    let stopped = |node: &str| {
+        lab.state
+            .faults
+            .iter()
+            .find(|f| matches!(f.spec, crate::model::faultspec::FaultSpec::AgentDown { .. }) && f.spec.on() == node)
+    };
+    for n in [&here.name, &there.name] {
+        if let Some(f) = stopped(n) {
+            h.drop = Some(format!(
+                "{} on {n} is stopped (active fault {}): nothing carries the frame between {} and {}",
+                o.agent, f.id, here.name, there.name
+            ));
+            return Ok(Next::Delivered);
+        }
+    }
+    let outer = pkt.size + o.overhead;
+    h.notes.push(format!(
+        "{via} is on {}: {} sends the frame in UDP {} from {} to {}; {} + {} = {outer} bytes on the underlay",
+        there.name, o.agent, o.udp_port, here.ip, there.ip, pkt.size, o.overhead
+    ));
+    let inner = std::mem::replace(
+        pkt,
+        Packet {
+            src: here.ip,
+            dst: there.ip,
+            size: outer,
+            udp_port: Some(o.udp_port),
+            inner: None,
+            inner_mac: None,
+            l2_via: Some(via),
+            proto: Proto::Udp {
+                sport: Some(o.udp_port),
+                dport: Some(o.udp_port),
+            },
+            established: false,
+        },
+    );
+    pkt.inner = Some(Box::new((inner, 0)));
+    Ok(Next::Go {
+        ns: view.name().to_string(),
+        dev: None,
+        via: None,
+    })
+}
+
 /// Addressed to this namespace: INPUT, then delivered or decapsulated.
 fn deliver(lab: &Lab, view: &View, mut h: Hop, l3_in: Option<&str>, dev: &str, pkt: &mut Packet) -> Result<Step> {
     let done = |h: Hop, next: Next| Ok(Step { hop: h, next });
@@ -923,6 +1026,29 @@ fn deliver(lab: &Lab, view: &View, mut h: Hop, l3_in: Option<&str>, dev: &str, p
         h.notes.push(format!("{} is the address of {dev} here", pkt.dst));
         return done(h, Next::Delivered);
     };
+    if let Some(o) = lab
+        .state
+        .plan
+        .profile
+        .bridge_overlay()
+        .filter(|o| o.udp_port == port && pkt.l2_via.is_some())
+    {
+        let via = pkt.l2_via.unwrap_or(pkt.dst);
+        let (inner, _) = *pkt.inner.take().expect("outer packets carry one");
+        h.notes.push(format!(
+            "{} here receives UDP {port} and injects the frame for {via} into {} through {} -> {}",
+            o.agent, o.bridge, o.router_end, o.port
+        ));
+        *pkt = inner;
+        return done(
+            h,
+            Next::Go {
+                ns: view.name().to_string(),
+                dev: Some(o.port.to_string()),
+                via: Some(via),
+            },
+        );
+    }
     let vx = view
         .d
         .links
@@ -1166,6 +1292,7 @@ fn encapsulate(lab: &Lab, view: &View, mut h: Hop, dev: &str, gw: Ipv4Addr, pkt:
             udp_port: Some(port),
             inner: None,
             inner_mac: Some(mac.clone()),
+            l2_via: None,
             // The source port is a hash of the inner flow: rules on it "may match".
             proto: Proto::Udp {
                 sport: None,
@@ -1859,6 +1986,7 @@ mod tests {
             udp_port: None,
             inner: None,
             inner_mac: None,
+            l2_via: None,
             proto: Proto::Udp {
                 sport: None,
                 dport: Some(53),

@@ -90,6 +90,11 @@ pub const FEATURES: &[Feature] = &[
         used_for: "TUN/TAP-based agents (flannel udp backend)",
     },
     Feature {
+        name: "openvswitch",
+        module: "openvswitch",
+        used_for: "Weave Net's fastdp (without it weave runs sleeve, as Weave falls back to)",
+    },
+    Feature {
         name: "netem",
         module: "sch_netem",
         used_for: "fault loss (else an iptables statistic match)",
@@ -173,6 +178,10 @@ pub struct TopologyReport {
     pub missing: Vec<String>,
     /// What the host's settings may not hold (the lab still builds).
     pub warnings: Vec<String>,
+    /// Kernel features the profile would use but does without here, and
+    /// what it does then.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// The whole report.
@@ -397,7 +406,17 @@ pub fn report(topology: Option<(&str, &Plan)>) -> Report {
         if let Err(e) = plan.profile.preflight() {
             missing.push(e.to_string());
         }
+        let notes = plan
+            .profile
+            .optional_kernel_features()
+            .into_iter()
+            .filter_map(|(name, without)| {
+                let f = kernel.iter().find(|f| f.name == name)?;
+                matches!(f.check, Check::Missing(_)).then(|| format!("{name}: missing, {without}"))
+            })
+            .collect();
         TopologyReport {
+            notes,
             file: file.to_string(),
             network: plan.profile.describe(),
             kernel: need_kernel,
@@ -457,6 +476,7 @@ fn probe_kernel() -> anyhow::Result<Vec<FeatureReport>> {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET)")?;
     let mut found = probe_links()?;
     found.push(("tun", probe_tun()));
+    found.push(("openvswitch", probe_genl_family("ovs_datapath", "openvswitch")));
     // Qdiscs and iptables through their own tools, run from this thread so
     // that they start in its namespace.
     found.extend(probe_qdiscs());
@@ -599,6 +619,64 @@ fn probe_iptables() -> Check {
     }
 }
 
+/// Whether the kernel has the generic netlink family `family` (e.g.
+/// `ovs_datapath`, what Weave's `odp.CreateDatapath` asks for), asked
+/// of the controller (CTRL_CMD_GETFAMILY) on a raw netlink socket.
+fn probe_genl_family(family: &str, module: &str) -> Check {
+    const GENL_ID_CTRL: u16 = 0x10;
+    const CTRL_CMD_GETFAMILY: u8 = 3;
+    const CTRL_ATTR_FAMILY_NAME: u16 = 2;
+    let mut name = family.as_bytes().to_vec();
+    name.push(0);
+    let attr_len = 4 + name.len();
+    let mut msg = Vec::new();
+    let total = 16 + 4 + attr_len.div_ceil(4) * 4;
+    msg.extend((total as u32).to_ne_bytes());
+    msg.extend(GENL_ID_CTRL.to_ne_bytes());
+    msg.extend((libc::NLM_F_REQUEST as u16).to_ne_bytes());
+    msg.extend(1u32.to_ne_bytes());
+    msg.extend(0u32.to_ne_bytes());
+    msg.extend([CTRL_CMD_GETFAMILY, 1, 0, 0]);
+    msg.extend((attr_len as u16).to_ne_bytes());
+    msg.extend(CTRL_ATTR_FAMILY_NAME.to_ne_bytes());
+    msg.extend(&name);
+    msg.resize(total, 0);
+    // SAFETY: a netlink socket closed below; buffers live across the calls.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_GENERIC,
+        );
+        if fd < 0 {
+            return Check::Unchecked(format!("generic netlink: {}", std::io::Error::last_os_error()));
+        }
+        let sent = libc::send(fd, msg.as_ptr().cast(), msg.len(), 0);
+        let mut buf = [0u8; 8192];
+        let n = if sent < 0 {
+            -1
+        } else {
+            libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0)
+        };
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if n < 20 {
+            return Check::Unchecked(format!("generic netlink: {err}"));
+        }
+        let ty = u16::from_ne_bytes([buf[4], buf[5]]);
+        if ty == libc::NLMSG_ERROR as u16 {
+            let code = i32::from_ne_bytes([buf[16], buf[17], buf[18], buf[19]]);
+            if code != 0 {
+                return Check::Missing(format!(
+                    "no generic netlink family {family} ({}): the kernel needs CONFIG_OPENVSWITCH or modprobe {module}",
+                    std::io::Error::from_raw_os_error(-code)
+                ));
+            }
+        }
+    }
+    Check::Ok
+}
+
 /// Creates a TUN device through /dev/net/tun, as TUN users do.
 fn probe_tun() -> Check {
     use std::os::fd::AsRawFd;
@@ -706,6 +784,9 @@ impl fmt::Display for Report {
             for w in &topo.warnings {
                 writeln!(f, "  WARNING {w}")?;
             }
+            for n in &topo.notes {
+                writeln!(f, "  {n}")?;
+            }
             if topo.missing.is_empty() {
                 writeln!(f, "  all of it is here")?;
             } else {
@@ -739,6 +820,15 @@ impl fmt::Display for Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generic_netlink_families_are_found_or_missing() {
+        assert_eq!(probe_genl_family("nlctrl", "none"), Check::Ok);
+        assert!(matches!(
+            probe_genl_family("cnilab_no_such_family", "none"),
+            Check::Missing(_)
+        ));
+    }
 
     fn plan(text: &str) -> Plan {
         let t = crate::profile::parse_topology(&crate::model::error::Source::new("t.toml", text)).expect("valid");

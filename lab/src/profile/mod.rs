@@ -27,7 +27,7 @@
 pub mod calico;
 pub mod canal;
 pub mod flannel;
-pub mod weave_npc;
+pub mod weave;
 
 use std::net::Ipv4Addr;
 
@@ -150,7 +150,12 @@ pub fn load_as<T: Profile + serde::de::DeserializeOwned + 'static>(
 }
 
 /// The registry of profiles, the default (`cni` left out) first.
-pub const PROFILES: &[Registered] = &[flannel::REGISTERED, calico::REGISTERED, canal::REGISTERED];
+pub const PROFILES: &[Registered] = &[
+    flannel::REGISTERED,
+    calico::REGISTERED,
+    canal::REGISTERED,
+    weave::REGISTERED,
+];
 
 /// A profile in the registry: how the topology's parser reads its options,
 /// how it plans a lab, and the programs it runs as.
@@ -309,6 +314,42 @@ pub struct PodAdd<'a> {
 /// Saves a profile's changed plan in the lab's state.
 pub type SavePlan<'a> = &'a mut (dyn FnMut(ProfilePlan) -> Result<()> + Send);
 
+/// A node router's view of one peer ([`Profile::overlay_peers`]), as
+/// Weave's `weave status connections` gives it.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct OverlayPeer {
+    /// The node whose router this is.
+    pub on: String,
+    /// The peer, as `name(nickname)`.
+    pub peer: String,
+    /// Its address and port.
+    pub address: String,
+    /// `established`, `pending` or `disconnected`.
+    pub state: String,
+    /// Live mesh connections to it.
+    pub connections: usize,
+    /// MACs the router has learned at it.
+    pub macs: usize,
+}
+
+/// A bridge overlay ([`Profile::bridge_overlay`]).
+#[derive(Debug, Clone, Copy)]
+pub struct BridgeOverlay {
+    /// The bridge.
+    pub bridge: &'static str,
+    /// Its port whose other end the router holds.
+    pub port: &'static str,
+    /// That other end.
+    pub router_end: &'static str,
+    /// The UDP port between nodes.
+    pub udp_port: u16,
+    /// The router's program.
+    pub agent: &'static str,
+    /// Bytes the UDP datagram adds to an IP packet (outer IP and UDP, and
+    /// the overlay's own header and the inner Ethernet header).
+    pub overhead: u32,
+}
+
 /// A CNI profile: its plan for a lab and everything the rest of cnilab asks
 /// of it. Node arguments are node names.
 pub trait Profile: Saved + Send + Sync {
@@ -383,6 +424,33 @@ pub trait Profile: Saved + Send + Sync {
         None
     }
 
+    /// The UDP port of an overlay whose datagrams the profile decodes
+    /// itself (Weave's sleeve), for `capture` to say so and decode them
+    /// with [`Profile::decode_sleeve`].
+    fn sleeve_port(&self) -> Option<u16> {
+        None
+    }
+
+    /// What one UDP payload on [`Profile::sleeve_port`] carries, a line
+    /// each (`None` when it is not the profile's).
+    fn decode_sleeve(&self, _payload: &[u8]) -> Option<Vec<String>> {
+        None
+    }
+
+    /// A bridge whose frames for other nodes leave through one of its ports
+    /// to a userspace router, which carries them in UDP to the node that
+    /// has the destination (Weave's `weave` bridge, `vethwe-bridge`,
+    /// weaver's sleeve on UDP 6783), for `trace` to follow.
+    fn bridge_overlay(&self) -> Option<BridgeOverlay> {
+        None
+    }
+
+    /// Each node router's view of its peers, as the routers last wrote it
+    /// (`status` shows them).
+    fn overlay_peers(&self, _paths: &LabPaths) -> Vec<OverlayPeer> {
+        Vec::new()
+    }
+
     /// The label of the overlay tunnels between nodes in `graph`.
     fn tunnel_label(&self) -> Option<String>;
 
@@ -403,6 +471,12 @@ pub trait Profile: Saved + Send + Sync {
 
     /// Kernel features its data plane needs (doctor and `up` check them).
     fn kernel_features(&self) -> Vec<&'static str>;
+
+    /// Kernel features its data plane would use but does without, and
+    /// what it does then (doctor reports a missing one so, not as a fault).
+    fn optional_kernel_features(&self) -> Vec<(&'static str, &'static str)> {
+        Vec::new()
+    }
 
     /// Programs its nodes run beyond the CNI plugins (doctor checks them).
     fn programs_needed(&self) -> Vec<String> {
