@@ -24,6 +24,7 @@
 //! implements [`Profile`], and its [`Registered`] entry (syntax, planner,
 //! programs, loader); then its `pub mod` and one entry in [`PROFILES`].
 
+pub mod awsvpc;
 pub mod calico;
 pub mod canal;
 pub mod flannel;
@@ -149,7 +150,12 @@ pub fn load_as<T: Profile + serde::de::DeserializeOwned + 'static>(
 }
 
 /// The registry of profiles, the default (`cni` left out) first.
-pub const PROFILES: &[Registered] = &[flannel::REGISTERED, calico::REGISTERED, canal::REGISTERED];
+pub const PROFILES: &[Registered] = &[
+    flannel::REGISTERED,
+    calico::REGISTERED,
+    canal::REGISTERED,
+    awsvpc::REGISTERED,
+];
 
 /// A profile in the registry: how the topology's parser reads its options,
 /// how it plans a lab, and the programs it runs as.
@@ -470,6 +476,12 @@ pub trait Profile: Saved + Send + Sync {
     /// Calico and Canal); flannel enforces none.
     fn enforces_policy(&self) -> bool {
         false
+    }
+
+    /// What `status` shows of a node beyond the common columns: (key,
+    /// value), e.g. aws-vpc's instance type, ENIs, addresses, max pods.
+    fn node_status(&self, _node: &str, _paths: &LabPaths) -> Vec<(String, String)> {
+        Vec::new()
     }
 
     /// Before a pod is added: the profile may change its plan (Calico
