@@ -168,6 +168,7 @@ pub async fn attach_eni(c: &AwsNode, e: &EniPlan, nl: &Nl, vpc: &Vpc) -> Result<
     // The kernel's subnet route for ethN leaves main.
     let mut kernel = nl::route(c.subnet, None, Some(index), false);
     kernel.header.protocol = RouteProtocol::Unspec;
+    kernel.header.scope = netlink_packet_route::route::RouteScope::Link;
     match nl.change(RouteNetlinkMessage::DelRoute(kernel)).await {
         Ok(()) => {}
         Err(err) if err.is_missing() => {}
@@ -201,12 +202,38 @@ pub async fn start(b: &Built<'_>, a: &AwsVpcPlan) -> Result<Vec<(String, u32)>> 
     let links = fnl.links().await?;
     for br in bridges {
         let Some(bi) = fnl.index(br).await? else { continue };
+        // A bridge takes the lowest MAC of its ports, and a new MAC flushes
+        // its neighbour table, the VPC's entries included: as each ENI
+        // joins, it could. A MAC of its own keeps it.
+        let mut m = LinkMessage::default();
+        m.header.index = bi;
+        m.attributes = vec![LinkAttribute::Address(net::mac_from(&format!("vpc/{br}")).to_vec())];
+        fnl.change(RouteNetlinkMessage::SetLink(m))
+            .await
+            .map_err(|e| anyhow!("the VPC bridge's MAC: {e}"))?;
         for l in links.iter().filter(|l| {
             l.attributes
                 .iter()
                 .any(|x| matches!(x, LinkAttribute::Controller(m) if *m == bi))
         }) {
             set_proxy_arp(&fnl, l.header.index).await?;
+        }
+    }
+    // A port with proxy_arp gets no flooded frame: the VPC knows its
+    // router's address and MAC as it knows every ENI's.
+    for r in &b.plan.routers {
+        for p in r.ports.iter().filter(|p| a.nodes.iter().any(|n| n.bridge == p.switch)) {
+            let h = b.routers.get(&r.name).context("router namespace")?;
+            let link = h.nl.link(&p.ifname).await?.context("router port missing")?;
+            let mac = nl::link_mac(&link).context("router port without MAC")?;
+            let bridge = fnl.index(&p.switch).await?.context("bridge missing")?;
+            let port = fnl.index(&p.fabric_port).await?.context("router's switch port missing")?;
+            fnl.replace(RouteNetlinkMessage::NewNeighbour(nl::neighbour(bridge, p.ip, mac)))
+                .await
+                .map_err(|e| anyhow!("VPC entry for the router: {e}"))?;
+            fnl.replace(RouteNetlinkMessage::NewNeighbour(net::static_fdb(port, mac)))
+                .await
+                .map_err(|e| anyhow!("static FDB entry for the router: {e}"))?;
         }
     }
     crate::kernel::runtime::start_agents(b, a.agents(b.plan, paths)).await
