@@ -81,6 +81,11 @@ fn eks_pod_limit() {
     stable_and_golden("eks-pod-limit");
 }
 
+#[test]
+fn aws_vpc() {
+    stable_and_golden("aws-vpc");
+}
+
 /// Every topology shipped has its golden test above.
 #[test]
 fn every_topology_has_a_golden_snapshot() {
