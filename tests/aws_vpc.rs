@@ -22,7 +22,13 @@ fn node_status(lab: &Lab, node: &str) -> Vec<(String, String)> {
     let out = lab.run(&["status", "--json"]);
     assert!(out.status.success(), "{}", show(&out));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let n = v["nodes"].as_array().unwrap().iter().find(|n| n["name"] == node).unwrap().clone();
+    let n = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == node)
+        .unwrap()
+        .clone();
     n["profile"]
         .as_array()
         .unwrap()
@@ -32,7 +38,10 @@ fn node_status(lab: &Lab, node: &str) -> Vec<(String, String)> {
 }
 
 fn detail(s: &[(String, String)], key: &str) -> String {
-    s.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()).unwrap_or_default()
+    s.iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default()
 }
 
 /// A pod add beyond the addresses fails with amazon-vpc-cni's words, exit 1,
@@ -103,7 +112,14 @@ fn a_secondary_eni_pod_answers_through_its_rule_and_the_vpc_checks_sources() {
     let secondary = &pods["nano/pod-2"];
     let rules = lab.exec_ok("nano", &["ip", "rule"]);
     let eni1 = lab.exec_ok("nano", &["ip", "-4", "-o", "addr", "show", "dev", "eth1"]);
-    let eni1 = eni1.split_whitespace().nth(3).unwrap().split('/').next().unwrap().to_string();
+    let eni1 = eni1
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
     let lines: Vec<&str> = rules.lines().map(str::trim).collect();
     for want in [
         format!("512:\tfrom all to {} lookup main", pods["nano/pod-1"]),
@@ -115,14 +131,23 @@ fn a_secondary_eni_pod_answers_through_its_rule_and_the_vpc_checks_sources() {
         assert!(lines.contains(&want.as_str()), "missing `{want}` in:\n{rules}");
     }
     // Pod 1 sits on eth0: no rule 1536 for it.
-    assert!(!rules.contains(&format!("from {} lookup", pods["nano/pod-1"])), "{rules}");
+    assert!(
+        !rules.contains(&format!("from {} lookup", pods["nano/pod-1"])),
+        "{rules}"
+    );
     let table = lab.exec_ok("nano", &["ip", "route", "show", "table", "2"]);
     let table: Vec<&str> = table.lines().map(str::trim).collect();
     assert_eq!(table, ["default via 10.0.1.1 dev eth1", "10.0.1.1 dev eth1 scope link"]);
     let main = lab.exec_ok("nano", &["ip", "route"]);
-    assert!(!main.contains("dev eth1"), "eth1's subnet route must leave main:\n{main}");
+    assert!(
+        !main.contains("dev eth1"),
+        "eth1's subnet route must leave main:\n{main}"
+    );
     let pod_neigh = lab.exec_ok("nano/pod-2", &["ip", "neigh"]);
-    assert!(pod_neigh.contains("169.254.1.1 dev eth0 lladdr") && pod_neigh.contains("PERMANENT"), "{pod_neigh}");
+    assert!(
+        pod_neigh.contains("169.254.1.1 dev eth0 lladdr") && pod_neigh.contains("PERMANENT"),
+        "{pod_neigh}"
+    );
 
     // The secondary ENI's pod reaches the other node's pods, the VPC router
     // and beyond it; and they reach it.
@@ -144,6 +169,18 @@ fn a_secondary_eni_pod_answers_through_its_rule_and_the_vpc_checks_sources() {
         let out = lab.run(&["probe", "ping", "large/pod-1", "nano/pod-2"]);
         if out.status.success() { Ok(()) } else { Err(show(&out)) }
     });
+
+    // DEL takes rules 512 and 1536 and the host route away.
+    let out = lab.run(&["pod", "rm", "nano/pod-2"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let rules = lab.exec_ok("nano", &["ip", "rule"]);
+    assert!(
+        !rules.contains(&format!(" {secondary} ")) && !rules.contains(&format!(" {secondary}\n")),
+        "{rules}"
+    );
+    assert!(!rules.contains("1536:"), "{rules}");
+    let main = lab.exec_ok("nano", &["ip", "route"]);
+    assert!(!main.contains(&format!("{secondary} dev")), "{main}");
 }
 
 #[test]

@@ -1206,7 +1206,10 @@ fn parse_network(
     let mut ctx = Parts {
         routers,
         nodes,
-        switches: switches.iter().map(|s| (s.switch.name.clone(), s.switch.subnet)).collect(),
+        switches: switches
+            .iter()
+            .map(|s| (s.switch.name.clone(), s.switch.subnet))
+            .collect(),
         ok: parts_ok,
         pool: true,
     };
@@ -1385,7 +1388,10 @@ fn check_instance_keys(
             if let Some(span) = span.as_ref().filter(|s| seen.insert((*s).clone())) {
                 errs.push(net.err(
                     span.clone(),
-                    format!("`{key}` on a node is read only with cni = \"{}\"", readers.join("\" or \"")),
+                    format!(
+                        "`{key}` on a node is read only with cni = \"{}\"",
+                        readers.join("\" or \"")
+                    ),
                     format!(
                         "remove `{key}` (cni = \"{}\" takes its pod limit from max_pods), or set cni = \"{}\"",
                         profile.name(),

@@ -584,7 +584,11 @@ pub fn tables(s: &Status) -> String {
     }
     let mut out = text(&nodes);
     if let Some(first) = s.nodes.iter().find(|n| !n.profile.is_empty()) {
-        let keys: Vec<String> = first.profile.iter().map(|(k, _)| k.to_uppercase().replace('_', " ")).collect();
+        let keys: Vec<String> = first
+            .profile
+            .iter()
+            .map(|(k, _)| k.to_uppercase().replace('_', " "))
+            .collect();
         let mut header = vec!["NODE"];
         header.extend(keys.iter().map(String::as_str));
         let mut more = table(&header);

@@ -647,7 +647,11 @@ async fn revert_step(state: &mut LabState, step: &Undo, progress: &Progress) -> 
         }
         Undo::Rule { ns, prio, from, table } => {
             let h = ctx.open(ns)?;
-            match h.nl.add(RouteNetlinkMessage::NewRule(from_rule(*prio, *from, *table))).await {
+            match h
+                .nl
+                .add(RouteNetlinkMessage::NewRule(from_rule(*prio, *from, *table)))
+                .await
+            {
                 Ok(()) => Ok(()),
                 Err(e) if e.is_exists() => Ok(()),
                 Err(e) => Err(anyhow!("adding the rule again: {e}")),
@@ -1012,11 +1016,10 @@ async fn rule_del_add(state: &LabState, ctx: &Ctx<'_>, on: &str, undo: &mut Vec<
     let h = ctx.open(&ns)?;
     let mut req = RuleMessage::default();
     req.header.family = AddressFamily::Inet;
-    let rules = h
-        .nl
-        .dump(RouteNetlinkMessage::GetRule(req))
-        .await
-        .map_err(|e| anyhow!("listing rules: {e}"))?;
+    let rules =
+        h.nl.dump(RouteNetlinkMessage::GetRule(req))
+            .await
+            .map_err(|e| anyhow!("listing rules: {e}"))?;
     let mut found = 0;
     for m in rules {
         let RouteNetlinkMessage::NewRule(r) = m else { continue };

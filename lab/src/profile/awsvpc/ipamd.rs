@@ -29,7 +29,10 @@ use crate::kernel::nl::Nl;
 
 /// The agent's command line.
 #[derive(Parser, Debug)]
-#[command(name = "aws-k8s-agent", about = "cnilab's ipamd: amazon-vpc-cni's warm pool of ENIs and addresses")]
+#[command(
+    name = "aws-k8s-agent",
+    about = "cnilab's ipamd: amazon-vpc-cni's warm pool of ENIs and addresses"
+)]
 pub struct Args {
     /// The node's part of the plan (aws-node.json).
     #[arg(long)]
@@ -145,7 +148,11 @@ impl Checkpoint {
     }
 
     fn available(&self) -> u32 {
-        self.enis.iter().flat_map(|e| &e.ips).filter(|s| s.pod.is_none()).count() as u32
+        self.enis
+            .iter()
+            .flat_map(|e| &e.ips)
+            .filter(|s| s.pod.is_none())
+            .count() as u32
     }
 }
 
@@ -261,7 +268,13 @@ impl Ipamd {
             }
             let plan = self.c.enis[device as usize].clone();
             if new {
-                info!("attaching ENI {} ({}, {}) with {} addresses", device, plan.ifname, plan.primary, ips.len());
+                info!(
+                    "attaching ENI {} ({}, {}) with {} addresses",
+                    device,
+                    plan.ifname,
+                    plan.primary,
+                    ips.len()
+                );
                 super::vpc::attach_eni(&self.c, &plan, &self.nl, &self.vpc).await?;
                 self.s.enis.push(Eni {
                     device,
@@ -284,14 +297,27 @@ impl Ipamd {
     async fn add(&mut self, pod: PodKey) -> Result<Reply> {
         // The same container asking again gets its address again.
         for e in &self.s.enis {
-            if let Some(x) = e.ips.iter().find(|x| x.pod.as_ref().is_some_and(|p| p.container_id == pod.container_id)) {
-                return Ok(Reply { success: true, ip: Some(x.ip), device: e.device, table: e.table, error: String::new() });
+            if let Some(x) = e
+                .ips
+                .iter()
+                .find(|x| x.pod.as_ref().is_some_and(|p| p.container_id == pod.container_id))
+            {
+                return Ok(Reply {
+                    success: true,
+                    ip: Some(x.ip),
+                    device: e.device,
+                    table: e.table,
+                    error: String::new(),
+                });
             }
         }
         // A refill that is due happens before the answer (see the module).
         self.refill().await?;
         let Some((i, j)) = pick(&self.s) else {
-            warn!("AssignPodIPAddress: no available IP/Prefix addresses for {}/{}", pod.namespace, pod.name);
+            warn!(
+                "AssignPodIPAddress: no available IP/Prefix addresses for {}/{}",
+                pod.namespace, pod.name
+            );
             return Ok(Reply {
                 error: "AssignPodIPAddress: no available IP/Prefix addresses".into(),
                 ..Reply::default()
@@ -299,8 +325,17 @@ impl Ipamd {
         };
         let e = &mut self.s.enis[i];
         e.ips[j].pod = Some(pod.clone());
-        let reply = Reply { success: true, ip: Some(e.ips[j].ip), device: e.device, table: e.table, error: String::new() };
-        info!("assigned {} (ENI {}) to {}/{}", e.ips[j].ip, e.device, pod.namespace, pod.name);
+        let reply = Reply {
+            success: true,
+            ip: Some(e.ips[j].ip),
+            device: e.device,
+            table: e.table,
+            error: String::new(),
+        };
+        info!(
+            "assigned {} (ENI {}) to {}/{}",
+            e.ips[j].ip, e.device, pod.namespace, pod.name
+        );
         self.s.write(&self.c.state)?;
         self.refill().await?;
         Ok(reply)
@@ -308,15 +343,28 @@ impl Ipamd {
 
     fn del(&mut self, pod: PodKey) -> Result<Reply> {
         for e in &mut self.s.enis {
-            if let Some(x) = e.ips.iter_mut().find(|x| x.pod.as_ref().is_some_and(|p| p.container_id == pod.container_id)) {
+            if let Some(x) = e
+                .ips
+                .iter_mut()
+                .find(|x| x.pod.as_ref().is_some_and(|p| p.container_id == pod.container_id))
+            {
                 x.pod = None;
-                let reply = Reply { success: true, ip: Some(x.ip), device: e.device, table: e.table, error: String::new() };
+                let reply = Reply {
+                    success: true,
+                    ip: Some(x.ip),
+                    device: e.device,
+                    table: e.table,
+                    error: String::new(),
+                };
                 info!("released {} of {}/{}", x.ip, pod.namespace, pod.name);
                 self.s.write(&self.c.state)?;
                 return Ok(reply);
             }
         }
-        Ok(Reply { error: "datastore: unknown pod".into(), ..Reply::default() })
+        Ok(Reply {
+            error: "datastore: unknown pod".into(),
+            ..Reply::default()
+        })
     }
 }
 
@@ -332,7 +380,12 @@ async fn run(args: Args) -> Result<()> {
     let vpc = super::vpc::Vpc::open(&c).await?;
     let s = match Checkpoint::read(&c.state) {
         Ok(s) => {
-            info!("restored {} ENIs and {} allocations from {}", s.enis.len(), s.allocations.len(), c.state.display());
+            info!(
+                "restored {} ENIs and {} allocations from {}",
+                s.enis.len(),
+                s.allocations.len(),
+                c.state.display()
+            );
             s
         }
         Err(_) => Checkpoint {
@@ -363,8 +416,8 @@ async fn run(args: Args) -> Result<()> {
     d.s.write(&d.c.state)?;
     d.refill().await?;
     let _ = std::fs::remove_file(&d.c.socket);
-    let listener = tokio::net::UnixListener::bind(&d.c.socket)
-        .with_context(|| format!("binding {}", d.c.socket.display()))?;
+    let listener =
+        tokio::net::UnixListener::bind(&d.c.socket).with_context(|| format!("binding {}", d.c.socket.display()))?;
     info!(
         "ipamd ready: {} with {} ENIs x {} IPv4, max pods {}",
         d.c.instance_type, d.c.max_enis, d.c.ips_per_eni, d.c.max_pods
@@ -381,7 +434,10 @@ async fn run(args: Args) -> Result<()> {
                 Ok(req) => Err(anyhow!("unknown request {}", req.op)),
                 Err(e) => Err(anyhow!("bad request: {e}")),
             }
-            .unwrap_or_else(|e| Reply { error: format!("{e:#}"), ..Reply::default() });
+            .unwrap_or_else(|e| Reply {
+                error: format!("{e:#}"),
+                ..Reply::default()
+            });
             let mut out = serde_json::to_vec(&reply)?;
             out.push(b'\n');
             let _ = w.write_all(&out).await;
@@ -457,8 +513,10 @@ pub fn call(socket: &Path, req: &Request, deadline: std::time::Duration) -> Resu
     line.push(b'\n');
     s.write_all(&line)?;
     let mut out = String::new();
-    std::io::BufReader::new(s).read_line(&mut out).context("reading ipamd's reply")?;
-    Ok(serde_json::from_str(&out).context("ipamd's reply")?)
+    std::io::BufReader::new(s)
+        .read_line(&mut out)
+        .context("reading ipamd's reply")?;
+    serde_json::from_str(&out).context("ipamd's reply")
 }
 
 #[cfg(test)]
@@ -479,7 +537,13 @@ mod tests {
         Checkpoint {
             version: "vpc-cni-ipam/1".into(),
             allocations: Vec::new(),
-            enis: vec![Eni { device: 0, ifname: "eth0".into(), primary: Ipv4Addr::new(10, 0, 1, 10), table: 254, ips: Vec::new() }],
+            enis: vec![Eni {
+                device: 0,
+                ifname: "eth0".into(),
+                primary: Ipv4Addr::new(10, 0, 1, 10),
+                table: 254,
+                ips: Vec::new(),
+            }],
         }
     }
 
@@ -488,15 +552,28 @@ mod tests {
         while let Some(short) = shortage(c, s.total(), s.available()) {
             let Some((d, ips, new)) = grow(c, s, short) else { break };
             if new {
-                s.enis.push(Eni { device: d, ifname: format!("eth{d}"), primary: c.enis[d as usize].primary, table: d + 1, ips: Vec::new() });
+                s.enis.push(Eni {
+                    device: d,
+                    ifname: format!("eth{d}"),
+                    primary: c.enis[d as usize].primary,
+                    table: d + 1,
+                    ips: Vec::new(),
+                });
             }
-            s.enis[d as usize].ips.extend(ips.into_iter().map(|ip| Slot { ip, pod: None }));
+            s.enis[d as usize]
+                .ips
+                .extend(ips.into_iter().map(|ip| Slot { ip, pod: None }));
         }
     }
 
     fn take(s: &mut Checkpoint, i: usize) -> Option<u32> {
         let (a, b) = pick(s)?;
-        s.enis[a].ips[b].pod = Some(PodKey { namespace: "default".into(), name: format!("p{i}"), container_id: format!("c{i}"), ifname: "eth0".into() });
+        s.enis[a].ips[b].pod = Some(PodKey {
+            namespace: "default".into(),
+            name: format!("p{i}"),
+            container_id: format!("c{i}"),
+            ifname: "eth0".into(),
+        });
         Some(s.enis[a].device)
     }
 
@@ -548,6 +625,8 @@ mod tests {
     fn rules_follow_network_go() {
         let r = iptables_rules("10.0.0.0/16", Ipv4Addr::new(10, 0, 1, 10));
         assert!(r.contains("-A AWS-SNAT-CHAIN-0 ! -o vlan+ -m comment --comment \"AWS, SNAT\" -m addrtype ! --dst-type LOCAL -j SNAT --to-source 10.0.1.10 --random-fully\n"));
-        assert!(r.contains("-A AWS-CONNMARK-CHAIN-0 -d 10.0.0.0/16 -m comment --comment \"AWS CONNMARK CHAIN\" -j RETURN\n"));
+        assert!(r.contains(
+            "-A AWS-CONNMARK-CHAIN-0 -d 10.0.0.0/16 -m comment --comment \"AWS CONNMARK CHAIN\" -j RETURN\n"
+        ));
     }
 }

@@ -144,7 +144,13 @@ pub const PROGRAMS: &[crate::profile::Program] = &[
 pub const REGISTERED: crate::profile::Registered = crate::profile::Registered {
     syntax: &options::Syntax,
     plan: |topology, nodes, routers, paths| {
-        crate::profile::ProfilePlan::new(plan(topology, &crate::profile::options_of(topology), nodes, routers, paths))
+        crate::profile::ProfilePlan::new(plan(
+            topology,
+            &crate::profile::options_of(topology),
+            nodes,
+            routers,
+            paths,
+        ))
     },
     programs: PROGRAMS,
     load: crate::profile::load_as::<AwsVpcPlan>,
@@ -179,8 +185,7 @@ pub fn plan(
     let mut out = Vec::new();
     for (i, n) in nodes.iter().enumerate() {
         let t = topology.nodes.iter().find(|x| x.name == n.name).expect("planned node");
-        let (instance_type, max_enis, ips_per_eni) =
-            options::node_limits(t).expect("validated instance type");
+        let (instance_type, max_enis, ips_per_eni) = options::node_limits(t).expect("validated instance type");
         let sw = topology.switch(&n.switch).expect("validated switch");
         let subnet = sw.subnet;
         let base = u32::from(subnet.network());
@@ -203,7 +208,11 @@ pub fn plan(
             enis.push(EniPlan {
                 device: d,
                 ifname: format!("eth{d}"),
-                port: if d == 0 { n.port.clone() } else { iface_port(&n.name, i, d as usize) },
+                port: if d == 0 {
+                    n.port.clone()
+                } else {
+                    iface_port(&n.name, i, d as usize)
+                },
                 mac: (d > 0).then(|| mac_string(&mac)),
                 primary,
                 secondaries,
@@ -344,7 +353,11 @@ impl Profile for AwsVpcPlan {
         for a in &self.nodes {
             if plan.node(&a.node).is_some() {
                 for e in a.enis.iter().skip(1) {
-                    v.push((e.primary, format!("{} (ENI {}) of {}", e.ifname, e.device, a.node), a.ns.clone()));
+                    v.push((
+                        e.primary,
+                        format!("{} (ENI {}) of {}", e.ifname, e.device, a.node),
+                        a.ns.clone(),
+                    ));
                 }
             }
         }
@@ -356,7 +369,7 @@ impl Profile for AwsVpcPlan {
     }
 
     fn programs_needed(&self) -> Vec<String> {
-        vec!["iptables".to_string()]
+        vec!["iptables".to_string(), "nft".to_string(), "cni:portmap".to_string()]
     }
 
     fn start<'a>(&'a self, b: &'a Built<'_>) -> BoxFuture<'a, Result<Vec<(String, u32)>>> {
@@ -392,10 +405,7 @@ impl Profile for AwsVpcPlan {
             ("addresses".into(), format!("{used} used of {total}")),
             (
                 "max_pods".into(),
-                format!(
-                    "{} = {} x ({} - 1) + 2",
-                    a.max_pods, a.max_enis, a.ips_per_eni
-                ),
+                format!("{} = {} x ({} - 1) + 2", a.max_pods, a.max_enis, a.ips_per_eni),
             ),
         ]
     }
@@ -437,18 +447,29 @@ mod tests {
     #[test]
     fn instance_types_are_checked_with_a_fix() {
         let bad = TWO.replace("t3.nano", "m5.larg");
-        let e = crate::profile::parse_topology(&Source::new("t.toml", &bad)).unwrap_err().to_string();
+        let e = crate::profile::parse_topology(&Source::new("t.toml", &bad))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown instance type \"m5.larg\""), "{e}");
         assert!(e.contains("did you mean m5.large? known: t2.micro, t3.nano"), "{e}");
         assert!(e.contains("t.toml:16:17"), "{e}");
         let many = TWO.replace("pods = 1", "pods = 3");
-        let e = crate::profile::parse_topology(&Source::new("t.toml", &many)).unwrap_err().to_string();
+        let e = crate::profile::parse_topology(&Source::new("t.toml", &many))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("has 3 pods, but a t3.nano holds 2 pod addresses"), "{e}");
         let flannel = TWO.replace("cni = \"aws-vpc\"", "cni = \"flannel\"");
-        let e = crate::profile::parse_topology(&Source::new("t.toml", &flannel)).unwrap_err().to_string();
-        assert!(e.contains("`instance_type` on a node is read only with cni = \"aws-vpc\""), "{e}");
+        let e = crate::profile::parse_topology(&Source::new("t.toml", &flannel))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`instance_type` on a node is read only with cni = \"aws-vpc\""),
+            "{e}"
+        );
         let norouter = TWO.replace("[[router]]\nname = \"rtr\"\nswitches = [\"vpc\"]\n", "");
-        let e = crate::profile::parse_topology(&Source::new("t.toml", &norouter)).unwrap_err().to_string();
+        let e = crate::profile::parse_topology(&Source::new("t.toml", &norouter))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("has no [[router]]"), "{e}");
     }
 

@@ -61,7 +61,10 @@ pub fn pod_addresses(enis: u32, ips_per_eni: u32) -> u32 {
 /// A node's limits as the topology gives them: (instance type, ENIs, IPs
 /// per ENI); `None` for an unknown type.
 pub fn node_limits(n: &crate::model::topology::Node) -> Option<(String, u32, u32)> {
-    let ty = n.instance_type.clone().unwrap_or_else(|| DEFAULT_INSTANCE_TYPE.to_string());
+    let ty = n
+        .instance_type
+        .clone()
+        .unwrap_or_else(|| DEFAULT_INSTANCE_TYPE.to_string());
     let (e, i) = limits_of(&ty)?;
     Some((ty, n.max_enis.unwrap_or(e), n.ips_per_eni.unwrap_or(i)))
 }
@@ -169,7 +172,10 @@ fn check_nodes(net: &Table, parts: &Parts, errs: &Errors) {
         if !node.extra_ifaces.is_empty() {
             errs.push(net.err(
                 n.name_span.clone(),
-                format!("node \"{}\" lists more than one switch; with cni = \"{NAME}\" ipamd attaches its further ENIs", node.name),
+                format!(
+                    "node \"{}\" lists more than one switch; with cni = \"{NAME}\" ipamd attaches its further ENIs",
+                    node.name
+                ),
                 "give the node one switch (its VPC subnet)",
             ));
         }
@@ -190,7 +196,7 @@ fn check_nodes(net: &Table, parts: &Parts, errs: &Errors) {
             let routed = parts
                 .routers
                 .iter()
-                .any(|r| r.router.switches.iter().any(|s| *s == node.switch));
+                .any(|r| r.router.switches.contains(&node.switch));
             if !routed {
                 errs.push(net.err(
                     n.name_span.clone(),
@@ -201,9 +207,7 @@ fn check_nodes(net: &Table, parts: &Parts, errs: &Errors) {
                     format!("add [[router]] with switches = [\"{}\"]", node.switch),
                 ));
             }
-            need.entry(node.switch.as_str())
-                .or_insert((0, n.name_span.clone()))
-                .0 += enis * ips;
+            need.entry(node.switch.as_str()).or_insert((0, n.name_span.clone())).0 += enis * ips;
         }
     }
     for (sw, (count, span)) in need {

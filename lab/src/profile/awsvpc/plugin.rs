@@ -47,7 +47,10 @@ struct Failure {
 
 impl From<anyhow::Error> for Failure {
     fn from(e: anyhow::Error) -> Self {
-        Failure { code: 999, msg: format!("{e:#}") }
+        Failure {
+            code: 999,
+            msg: format!("{e:#}"),
+        }
     }
 }
 
@@ -88,7 +91,10 @@ pub fn main() -> ! {
         "DEL" => rt.block_on(cmd_del(&conf)).map(|_| String::new()),
         "CHECK" => Ok(String::new()),
         "VERSION" => Ok(VERSIONS.to_string()),
-        other => Err(Failure { code: 4, msg: format!("unknown CNI_COMMAND: {other:?}") }),
+        other => Err(Failure {
+            code: 4,
+            msg: format!("unknown CNI_COMMAND: {other:?}"),
+        }),
     };
     finish(&version, outcome)
 }
@@ -117,7 +123,10 @@ pub fn egress_main() -> ! {
 }
 
 fn env(name: &str) -> Result<String, Failure> {
-    std::env::var(name).map_err(|_| Failure { code: 4, msg: format!("required env variables [{name}] missing") })
+    std::env::var(name).map_err(|_| Failure {
+        code: 4,
+        msg: format!("required env variables [{name}] missing"),
+    })
 }
 
 fn pod_key() -> Result<PodKey, Failure> {
@@ -146,12 +155,18 @@ async fn cmd_add(conf: &Value) -> Result<String, Failure> {
     let mtu: u32 = conf["mtu"].as_str().and_then(|m| m.parse().ok()).unwrap_or(9001);
     let prefix = conf["vethPrefix"].as_str().unwrap_or("eni").to_string();
     let sock = socket(conf);
-    let req = Request { op: "add".into(), pod: pod.clone() };
+    let req = Request {
+        op: "add".into(),
+        pod: pod.clone(),
+    };
     let reply = call(&sock, &req, IPAMD_DEADLINE)
         .map_err(|e| anyhow!("add cmd: Error received from AddNetwork gRPC call: {e:#}"))?;
     let Some(ip) = reply.ip.filter(|_| reply.success) else {
         eprintln!("ipamd: {}", reply.error);
-        return Err(Failure { code: 999, msg: NO_ADDRESS.into() });
+        return Err(Failure {
+            code: 999,
+            msg: NO_ADDRESS.into(),
+        });
     };
     let host = host_veth_name(&prefix, &pod.namespace, &pod.name);
     match wire(&host, &netns_path, &pod, ip, reply.table, mtu).await {
@@ -180,7 +195,14 @@ fn result(conf: &Value, r: &Reply, ip: Ipv4Addr, host: &str, netns: &str, pod: &
     .to_string()
 }
 
-fn veth_to(host: &str, host_mac: [u8; 6], peer_ns: &Netns, ifname: &str, pod_mac: [u8; 6], mtu: u32) -> RouteNetlinkMessage {
+fn veth_to(
+    host: &str,
+    host_mac: [u8; 6],
+    peer_ns: &Netns,
+    ifname: &str,
+    pod_mac: [u8; 6],
+    mtu: u32,
+) -> RouteNetlinkMessage {
     let mut peer = LinkMessage::default();
     peer.attributes = vec![
         LinkAttribute::IfName(ifname.to_string()),
@@ -238,7 +260,11 @@ async fn wire(host: &str, netns_path: &str, pod: &PodKey, ip: Ipv4Addr, table: u
         .context("default route")?;
     pod_nl.add(nl::address(idx, ip, 32)).await.context("pod address")?;
     pod_nl
-        .replace(RouteNetlinkMessage::NewNeighbour(nl::neighbour(idx, POD_GATEWAY, host_mac)))
+        .replace(RouteNetlinkMessage::NewNeighbour(nl::neighbour(
+            idx,
+            POD_GATEWAY,
+            host_mac,
+        )))
         .await
         .context("neighbour 169.254.1.1")?;
 
@@ -265,7 +291,10 @@ async fn cmd_del(conf: &Value) -> Result<(), Failure> {
     let pod = pod_key()?;
     let prefix = conf["vethPrefix"].as_str().unwrap_or("eni").to_string();
     let host = host_veth_name(&prefix, &pod.namespace, &pod.name);
-    let req = Request { op: "del".into(), pod: pod.clone() };
+    let req = Request {
+        op: "del".into(),
+        pod: pod.clone(),
+    };
     let found = match call(&socket(conf), &req, IPAMD_DEADLINE) {
         Ok(r) if r.success => r.ip.map(|ip| (ip, r.table)),
         Ok(_) => from_prev(conf),
@@ -284,7 +313,12 @@ async fn cmd_del(conf: &Value) -> Result<(), Failure> {
     }
     if let Some(idx) = nl.index(&host).await.map_err(|e| anyhow!("{e}"))? {
         if let Err(e) = nl
-            .change(net::del_route(net::route_in(Ipv4Net::new(ip, 32).map_err(|e| anyhow!("{e}"))?, None, idx, net::MAIN)))
+            .change(net::del_route(net::route_in(
+                Ipv4Net::new(ip, 32).map_err(|e| anyhow!("{e}"))?,
+                None,
+                idx,
+                net::MAIN,
+            )))
             .await
         {
             eprintln!("host route to {ip}: {e}");

@@ -77,7 +77,14 @@ impl Vpc {
             .replace(RouteNetlinkMessage::NewNeighbour(net::static_fdb(port, mac)))
             .await
             .map_err(|e| anyhow!("static FDB entry: {e}"))?;
-        self.nft(&["add", "element", "bridge", NFT_TABLE, "eni_ports", &format!("{{ \"{}\" }}", e.port)])?;
+        self.nft(&[
+            "add",
+            "element",
+            "bridge",
+            NFT_TABLE,
+            "eni_ports",
+            &format!("{{ \"{}\" }}", e.port),
+        ])?;
         self.assign(e, &[e.primary]).await
     }
 
@@ -99,7 +106,14 @@ impl Vpc {
                 .map_err(|err| anyhow!("VPC entry {ip} -> {}: {err}", e.port))?;
         }
         let elems: Vec<String> = ips.iter().map(|ip| format!("\"{}\" . {ip}", e.port)).collect();
-        self.nft(&["add", "element", "bridge", NFT_TABLE, "eni_ips", &format!("{{ {} }}", elems.join(", "))])
+        self.nft(&[
+            "add",
+            "element",
+            "bridge",
+            NFT_TABLE,
+            "eni_ips",
+            &format!("{{ {} }}", elems.join(", ")),
+        ])
     }
 }
 
@@ -134,7 +148,13 @@ pub async fn attach_eni(c: &AwsNode, e: &EniPlan, nl: &Nl, vpc: &Vpc) -> Result<
         None => {
             let node_ns = Netns::open(&c.ns)?;
             vpc.fnl
-                .add(nl::veth_pair(&e.port, Some(vpc.bridge), &e.ifname, node_ns.raw_fd(), c.mtu))
+                .add(nl::veth_pair(
+                    &e.port,
+                    Some(vpc.bridge),
+                    &e.ifname,
+                    node_ns.raw_fd(),
+                    c.mtu,
+                ))
                 .await
                 .map_err(|err| anyhow!("attaching ENI {}: {err}", e.ifname))?;
             let i = nl.index(&e.ifname).await?.context("the new ENI is missing")?;
@@ -227,7 +247,10 @@ pub async fn start(b: &Built<'_>, a: &AwsVpcPlan) -> Result<Vec<(String, u32)>> 
             let link = h.nl.link(&p.ifname).await?.context("router port missing")?;
             let mac = nl::link_mac(&link).context("router port without MAC")?;
             let bridge = fnl.index(&p.switch).await?.context("bridge missing")?;
-            let port = fnl.index(&p.fabric_port).await?.context("router's switch port missing")?;
+            let port = fnl
+                .index(&p.fabric_port)
+                .await?
+                .context("router's switch port missing")?;
             fnl.replace(RouteNetlinkMessage::NewNeighbour(nl::neighbour(bridge, p.ip, mac)))
                 .await
                 .map_err(|e| anyhow!("VPC entry for the router: {e}"))?;
