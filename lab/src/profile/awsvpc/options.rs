@@ -140,33 +140,27 @@ fn check_nodes(net: &Table, parts: &Parts, errs: &Errors) {
         let node = &n.node;
         let first = seen.insert(n.name_span.clone());
         let ty = node.instance_type.as_deref().unwrap_or(DEFAULT_INSTANCE_TYPE);
-        let Some((enis, ips)) = limits_of(ty) else {
-            if first {
-                let span = n.cloud_spans[0].clone().unwrap_or(n.name_span.clone());
-                let fix = match crate::model::spanned::closest(ty, &known) {
-                    Some(near) => format!("did you mean {near}? known: {}", known.join(", ")),
-                    None => format!("known: {}; or give max_enis and ips_per_eni", known.join(", ")),
-                };
-                errs.push(net.err(span, format!("unknown instance type \"{}\"", q(ty)), fix));
-            }
-            continue;
-        };
-        let (enis, ips) = (node.max_enis.unwrap_or(enis), node.ips_per_eni.unwrap_or(ips));
+        let limits = limits_of(ty).map(|(e, i)| (node.max_enis.unwrap_or(e), node.ips_per_eni.unwrap_or(i)));
         if !first {
-            if let Some(e) = need.get_mut(node.switch.as_str()) {
+            // The rest of a `count` group: its addresses, not its errors again.
+            if let (Some((enis, ips)), Some(e)) = (limits, need.get_mut(node.switch.as_str())) {
                 e.0 += enis * ips;
             }
             continue;
         }
         if let Some(span) = &n.max_pods_span {
-            errs.push(net.err(
-                span.clone(),
-                format!("max_pods does not apply with cni = \"{NAME}\": a node's pods are limited by its ENIs"),
-                format!(
-                    "remove max_pods: node \"{}\" has max pods {} = {enis} x ({ips} - 1) + 2; change instance_type, max_enis or ips_per_eni",
+            let now = match limits {
+                Some((enis, ips)) => format!(
+                    "node \"{}\" has max pods {} = {enis} x ({ips} - 1) + 2; ",
                     node.name,
                     max_pods(enis, ips)
                 ),
+                None => String::new(),
+            };
+            errs.push(net.err(
+                span.clone(),
+                format!("max_pods does not apply with cni = \"{NAME}\": a node's pods are limited by its ENIs"),
+                format!("remove max_pods: {now}change instance_type, max_enis or ips_per_eni"),
             ));
         }
         if !node.extra_ifaces.is_empty() {
@@ -179,6 +173,28 @@ fn check_nodes(net: &Table, parts: &Parts, errs: &Errors) {
                 "give the node one switch (its VPC subnet)",
             ));
         }
+        if parts.ok && !node.switch.is_empty() {
+            let routed = parts.routers.iter().any(|r| r.router.switches.contains(&node.switch));
+            if !routed {
+                errs.push(net.err(
+                    n.name_span.clone(),
+                    format!(
+                        "switch \"{}\" of node \"{}\" has no [[router]]: the VPC router holds the subnet's gateway .1, where secondary ENIs route",
+                        node.switch, node.name
+                    ),
+                    format!("add [[router]] with switches = [\"{}\"]", node.switch),
+                ));
+            }
+        }
+        let Some((enis, ips)) = limits else {
+            let span = n.cloud_spans[0].clone().unwrap_or(n.name_span.clone());
+            let fix = match crate::model::spanned::closest(ty, &known) {
+                Some(near) => format!("did you mean {near}? known: {}", known.join(", ")),
+                None => format!("known: {}", known.join(", ")),
+            };
+            errs.push(net.err(span, format!("unknown instance type \"{}\"", q(ty)), fix));
+            continue;
+        };
         let room = pod_addresses(enis, ips);
         if node.pods.len() as u32 > room {
             errs.push(net.err(
@@ -193,20 +209,6 @@ fn check_nodes(net: &Table, parts: &Parts, errs: &Errors) {
             ));
         }
         if parts.ok && !node.switch.is_empty() {
-            let routed = parts
-                .routers
-                .iter()
-                .any(|r| r.router.switches.contains(&node.switch));
-            if !routed {
-                errs.push(net.err(
-                    n.name_span.clone(),
-                    format!(
-                        "switch \"{}\" of node \"{}\" has no [[router]]: the VPC router holds the subnet's gateway .1, where secondary ENIs route",
-                        node.switch, node.name
-                    ),
-                    format!("add [[router]] with switches = [\"{}\"]", node.switch),
-                ));
-            }
             need.entry(node.switch.as_str()).or_insert((0, n.name_span.clone())).0 += enis * ips;
         }
     }
