@@ -81,6 +81,21 @@ fn eks_pod_limit() {
     stable_and_golden("eks-pod-limit");
 }
 
+#[test]
+fn aws_vpc() {
+    stable_and_golden("aws-vpc");
+}
+
+#[test]
+fn eks_pod_limit_aws() {
+    stable_and_golden("eks-pod-limit-aws");
+}
+
+#[test]
+fn eks_pod_limit_calico() {
+    stable_and_golden("eks-pod-limit-calico");
+}
+
 /// Every topology shipped has its golden test above.
 #[test]
 fn every_topology_has_a_golden_snapshot() {

@@ -380,7 +380,7 @@ fn print<T: serde::Serialize + std::fmt::Display>(v: &T, json: bool) -> Result<(
 pub enum FaultCmd {
     /// Inject a fault; prints its id.
     Add {
-        /// mtu, upstream-vxlan, arp-suppress, link-down, loss, block, sysctl, agent-down, agent-restart.
+        /// mtu, upstream-vxlan, arp-suppress, link-down, loss, block, sysctl, agent-down, agent-restart, rule-del.
         kind: String,
         /// The node, pod, switch or router it hits.
         #[arg(long)]

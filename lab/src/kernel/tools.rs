@@ -67,6 +67,12 @@ pub const TOOLS: &[Tool] = &[
         version_args: &["-V"],
     },
     Tool {
+        name: "nft",
+        package: "nftables",
+        used_for: "aws-vpc's VPC source/dest check",
+        version_args: &["--version"],
+    },
+    Tool {
         name: "etcd",
         package: "etcd-server",
         used_for: "datastore = \"etcd\"",

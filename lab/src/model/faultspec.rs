@@ -35,6 +35,9 @@ pub enum FaultSpec {
     },
     /// Restarts it; with `new_mac` its VTEP comes back with another MAC.
     AgentRestart { on: String, new_mac: bool },
+    /// Deletes the node's policy routing rules that match a pod's address
+    /// as source (`from <podIP>`, aws-vpc's rule 1536).
+    RuleDel { on: String },
 }
 
 impl FaultSpec {
@@ -50,6 +53,7 @@ impl FaultSpec {
             FaultSpec::Sysctl { .. } => "sysctl",
             FaultSpec::AgentDown { .. } => "agent-down",
             FaultSpec::AgentRestart { .. } => "agent-restart",
+            FaultSpec::RuleDel { .. } => "rule-del",
         }
     }
 
@@ -64,7 +68,8 @@ impl FaultSpec {
             | FaultSpec::Block { on, .. }
             | FaultSpec::Sysctl { on, .. }
             | FaultSpec::AgentDown { on, .. }
-            | FaultSpec::AgentRestart { on, .. } => on,
+            | FaultSpec::AgentRestart { on, .. }
+            | FaultSpec::RuleDel { on } => on,
         }
     }
 
@@ -138,6 +143,13 @@ pub enum Undo {
         mac: String,
         port: String,
     },
+    /// The rule `prio: from <from> lookup <table>` was deleted in `ns`.
+    Rule {
+        ns: String,
+        prio: u32,
+        from: std::net::Ipv4Addr,
+        table: u32,
+    },
     /// The agent of `owner` was stopped.
     AgentStopped { owner: String },
     /// The agent of `owner` was restarted with VTEP MAC `new_mac` on `dev`:
@@ -159,7 +171,8 @@ impl Undo {
             | Undo::Netem { ns, .. }
             | Undo::Iptables { ns, .. }
             | Undo::ProxyArp { ns, .. }
-            | Undo::ArpEntry { ns, .. } => vec![ns],
+            | Undo::ArpEntry { ns, .. }
+            | Undo::Rule { ns, .. } => vec![ns],
             Undo::Namespace { name } => vec![name],
             Undo::PortMoved { ns, leaf, .. } => vec![ns, leaf],
             Undo::AgentStopped { .. } | Undo::AgentMac { .. } => Vec::new(),
@@ -182,6 +195,9 @@ impl std::fmt::Display for Undo {
             }
             Undo::ProxyArp { ns, port } => write!(f, "turn proxy ARP off on {port} in {ns}"),
             Undo::ArpEntry { switch, ip, mac, .. } => write!(f, "delete the entry {ip} {mac} of switch {switch}"),
+            Undo::Rule { ns, prio, from, table } => {
+                write!(f, "add the rule {prio}: from {from} lookup {table} in {ns} again")
+            }
             Undo::AgentStopped { owner } => write!(f, "start the agent of {owner} again"),
             Undo::AgentMac { owner, .. } => write!(f, "restart the agent of {owner} with its planned MAC"),
         }
@@ -300,6 +316,7 @@ pub fn fault_spec(
         },
         "agent-down" => F::AgentDown { on, reboot },
         "agent-restart" => F::AgentRestart { on, new_mac },
+        "rule-del" => F::RuleDel { on },
         other => {
             let kinds = [
                 "mtu",
@@ -311,6 +328,7 @@ pub fn fault_spec(
                 "sysctl",
                 "agent-down",
                 "agent-restart",
+                "rule-del",
             ];
             let fix = match crate::model::spanned::closest(other, &kinds) {
                 Some(k) => format!("did you mean {k}? kinds: {}", kinds.join(", ")),

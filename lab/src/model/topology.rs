@@ -191,6 +191,12 @@ pub trait ProfileSyntax: Sync {
     /// each mistake in `errs`; `None` when there was one.
     fn parse(&self, t: Option<&Table>, scope: &Scope, errs: &Errors) -> Option<Options>;
 
+    /// The `[[node]]` keys of a cloud instance (`instance_type`,
+    /// `max_enis`, `ips_per_eni`) it reads; anywhere else they are an error.
+    fn reads_instance_keys(&self) -> bool {
+        false
+    }
+
     /// The datastores the profile can keep its state in.
     fn datastores(&self) -> &'static [Datastore] {
         &[Datastore::File]
@@ -261,6 +267,17 @@ pub struct Node {
     /// (a pod written as a plain name is in `default`, without labels).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pod_meta: BTreeMap<String, PodMeta>,
+    /// Its cloud instance type (aws-vpc: the ENI and IPv4-per-ENI limits
+    /// of that type).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_type: Option<String>,
+    /// How many ENIs it may attach, instead of its instance type's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_enis: Option<u32>,
+    /// How many IPv4 addresses each ENI holds, instead of its instance
+    /// type's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ips_per_eni: Option<u32>,
 }
 
 /// A node's interface after eth0 (`eth<N>` for the `N`th of `extra_ifaces`,
@@ -875,6 +892,8 @@ pub struct NodeIn {
     pub node: Node,
     /// Where `max_pods` is written.
     pub max_pods_span: Option<Range<usize>>,
+    /// Where `instance_type`, `max_enis` and `ips_per_eni` are written.
+    pub cloud_spans: [Option<Range<usize>>; 3],
     /// Where its name is written.
     pub name_span: Range<usize>,
     ip_span: Option<Range<usize>>,
@@ -936,7 +955,18 @@ fn parse_nodes(root: &Table, switches: &[SwitchIn], switches_ok: bool, errs: &Er
 /// One `[[node]]` table: its nodes, `count` expanded.
 fn parse_node(t: &Table, refs: &SwitchRefs, errs: &Errors) -> Option<Vec<NodeIn>> {
     let before = errs.count();
-    errs.ok(t.allow(&["name", "switch", "switches", "ip", "pods", "count", "max_pods"]));
+    errs.ok(t.allow(&[
+        "name",
+        "switch",
+        "switches",
+        "ip",
+        "pods",
+        "count",
+        "max_pods",
+        "instance_type",
+        "max_enis",
+        "ips_per_eni",
+    ]));
     let name = errs.ok(t.required_string("name", "name = \"worker1\""));
     let count = errs.ok(t.int("count", 1, MAX_NODES as i64, "count = 3")).flatten();
     if let Some(name) = &name {
@@ -972,10 +1002,14 @@ fn parse_node(t: &Table, refs: &SwitchRefs, errs: &Errors) -> Option<Vec<NodeIn>
     let ip = errs.ok(parse_node_ip(t, &node, count.as_ref())).flatten();
     let pods = errs.ok(parse_pods(t));
     let max_pods = errs.ok(t.int("max_pods", 1, 65535, "max_pods = 4"));
+    let instance_type = errs.ok(t.string("instance_type", "instance_type = \"m5.large\""));
+    let max_enis = errs.ok(t.int("max_enis", 1, 16, "max_enis = 3"));
+    let ips_per_eni = errs.ok(t.int("ips_per_eni", 2, 64, "ips_per_eni = 10"));
     if errs.count() > before {
         return None;
     }
     let (name, switch, pods, max_pods, extra) = (name?, switch?, pods?, max_pods?, extra?);
+    let (instance_type, max_enis, ips_per_eni) = (instance_type?, max_enis?, ips_per_eni?);
     let n = count.as_ref().map_or(1, |c| c.v);
     let mut out = Vec::new();
     for i in 1..=n {
@@ -997,9 +1031,17 @@ fn parse_node(t: &Table, refs: &SwitchRefs, errs: &Errors) -> Option<Vec<NodeIn>
                         ip: Ipv4Addr::UNSPECIFIED,
                     })
                     .collect(),
+                instance_type: instance_type.as_ref().map(|x| x.v.clone()),
+                max_enis: max_enis.as_ref().map(|m| m.v as u32),
+                ips_per_eni: ips_per_eni.as_ref().map(|m| m.v as u32),
             },
             name_span: name.span.clone(),
             max_pods_span: max_pods.as_ref().map(|m| m.span.clone()),
+            cloud_spans: [
+                instance_type.as_ref().map(|x| x.span.clone()),
+                max_enis.as_ref().map(|m| m.span.clone()),
+                ips_per_eni.as_ref().map(|m| m.span.clone()),
+            ],
             ip_span: ip.as_ref().map(|i| i.span.clone()),
             pods_span: t.value_span("pods").unwrap_or_else(|| t.span()),
             explicit_ip: ip.as_ref().map(|i| i.v),
@@ -1164,11 +1206,16 @@ fn parse_network(
     let mut ctx = Parts {
         routers,
         nodes,
+        switches: switches
+            .iter()
+            .map(|s| (s.switch.name.clone(), s.switch.subnet))
+            .collect(),
         ok: parts_ok,
         pool: true,
     };
     let default = *profiles.first().expect("at least one profile");
     let Some(net) = errs.ok(root.table("network", "[network]"))? else {
+        check_instance_keys(root, default, profiles, nodes, errs);
         return default_network(root, switches, &ctx, default, errs);
     };
     let before = errs.count();
@@ -1207,6 +1254,7 @@ fn parse_network(
         }
     }
     profile.check_nodes(&net, &ctx, errs);
+    check_instance_keys(&net, *profile, profiles, nodes, errs);
     let key = profile.name();
     let t = errs.ok(net.table(key, &format!("[network.{key}]")))?;
     // Without a pod CIDR the profile's own keys are still checked.
@@ -1317,6 +1365,44 @@ fn default_network(
     })
 }
 
+/// `instance_type`, `max_enis` and `ips_per_eni` only where the profile
+/// reads them.
+fn check_instance_keys(
+    net: &Table,
+    profile: &dyn ProfileSyntax,
+    profiles: &[&dyn ProfileSyntax],
+    nodes: &[NodeIn],
+    errs: &Errors,
+) {
+    if profile.reads_instance_keys() {
+        return;
+    }
+    let readers: Vec<&str> = profiles
+        .iter()
+        .filter(|p| p.reads_instance_keys())
+        .map(|p| p.name())
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    for n in nodes {
+        for (key, span) in ["instance_type", "max_enis", "ips_per_eni"].iter().zip(&n.cloud_spans) {
+            if let Some(span) = span.as_ref().filter(|s| seen.insert((*s).clone())) {
+                errs.push(net.err(
+                    span.clone(),
+                    format!(
+                        "`{key}` on a node is read only with cni = \"{}\"",
+                        readers.join("\" or \"")
+                    ),
+                    format!(
+                        "remove `{key}` (cni = \"{}\" takes its pod limit from max_pods), or set cni = \"{}\"",
+                        profile.name(),
+                        readers.first().copied().unwrap_or("aws-vpc")
+                    ),
+                ));
+            }
+        }
+    }
+}
+
 /// The parts of the topology a network is checked against, and whether
 /// they all parsed (otherwise the checks against them are skipped).
 pub struct Parts<'p> {
@@ -1324,6 +1410,8 @@ pub struct Parts<'p> {
     pub routers: &'p [RouterIn],
     /// The nodes, `count` expanded.
     pub nodes: &'p [NodeIn],
+    /// The switches: (name, subnet).
+    pub switches: Vec<(String, Ipv4Net)>,
     /// The nodes, routers and switches parsed.
     pub ok: bool,
     /// The pod CIDR parsed (else a default stands in, unchecked).

@@ -155,6 +155,10 @@ pub struct NodeStatus {
     pub agent: Option<AgentStatus>,
     /// Whether its namespace exists.
     pub present: bool,
+    /// What its profile shows of it, in the profile's order (aws-vpc:
+    /// instance_type, enis, addresses, max_pods); left out when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub profile: Vec<(String, String)>,
 }
 
 /// A node's interface after eth0.
@@ -400,6 +404,7 @@ pub fn status(state: &LabState) -> Status {
                 .map(|(device, mtu)| OverlayStatus { device, mtu }),
             agent: agent(&n.name, agent_name),
             present: present.contains(&n.ns),
+            profile: plan.profile.node_status(&n.name, &state.paths()),
         })
         .collect();
     let routers: Vec<RouterStatus> = plan
@@ -597,6 +602,23 @@ pub fn tables(s: &Status) -> String {
         nodes.add_row(row);
     }
     let mut out = text(&nodes);
+    if let Some(first) = s.nodes.iter().find(|n| !n.profile.is_empty()) {
+        let keys: Vec<String> = first
+            .profile
+            .iter()
+            .map(|(k, _)| k.to_uppercase().replace('_', " "))
+            .collect();
+        let mut header = vec!["NODE"];
+        header.extend(keys.iter().map(String::as_str));
+        let mut more = table(&header);
+        for n in s.nodes.iter().filter(|n| !n.profile.is_empty()) {
+            let mut row = vec![n.name.clone()];
+            row.extend(n.profile.iter().map(|(_, v)| v.clone()));
+            more.add_row(row);
+        }
+        out.push_str("\n\n");
+        out.push_str(&text(&more));
+    }
     if !s.pods.is_empty() {
         // Namespaces and labels only where the topology gives pods some.
         let identity = s

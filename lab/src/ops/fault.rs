@@ -260,6 +260,7 @@ async fn apply(
         FaultSpec::Sysctl { on, key, value } => sysctl_add(&ctx, on, key, value, undo)?,
         FaultSpec::AgentDown { on, reboot } => agent_down_add(state, on, *reboot, undo)?,
         FaultSpec::AgentRestart { on, new_mac } => agent_restart_add(state, on, *new_mac, undo, progress).await?,
+        FaultSpec::RuleDel { on } => rule_del_add(state, &ctx, on, undo).await?,
     }
     Ok(None)
 }
@@ -644,6 +645,18 @@ async fn revert_step(state: &mut LabState, step: &Undo, progress: &Progress) -> 
             }
             Ok(())
         }
+        Undo::Rule { ns, prio, from, table } => {
+            let h = ctx.open(ns)?;
+            match h
+                .nl
+                .add(RouteNetlinkMessage::NewRule(from_rule(*prio, *from, *table)))
+                .await
+            {
+                Ok(()) => Ok(()),
+                Err(e) if e.is_exists() => Ok(()),
+                Err(e) => Err(anyhow!("adding the rule again: {e}")),
+            }
+        }
         Undo::AgentStopped { owner } => {
             let ns = agent_owner_ns(&plan, owner, "agent-down")?.to_string();
             restart_agent(state, &ns, owner, None, progress).await
@@ -965,5 +978,84 @@ async fn port_back(ctx: &Ctx<'_>, ns: &str, port: &str, mtu: u32, leaf: &str, sw
         LinkUnspec::new_with_index(back).controller(bridge).up().build(),
     ))
     .await?;
+    Ok(())
+}
+
+/// An IPv4 rule `prio: from <from>/32 lookup <table>`.
+fn from_rule(prio: u32, from: Ipv4Addr, table: u32) -> netlink_packet_route::rule::RuleMessage {
+    use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
+    let mut r = RuleMessage::default();
+    r.header.family = AddressFamily::Inet;
+    r.header.action = RuleAction::ToTable;
+    r.header.src_len = 32;
+    r.header.table = if table < 256 { table as u8 } else { 252 };
+    r.attributes = vec![
+        RuleAttribute::Priority(prio),
+        RuleAttribute::Table(table),
+        RuleAttribute::Source(std::net::IpAddr::V4(from)),
+    ];
+    r
+}
+
+/// `rule-del` on NODE/POD: the node's rules `from <podIP>` go (aws-vpc's
+/// rule 1536, which sends a secondary ENI's pod out of its own ENI).
+async fn rule_del_add(state: &LabState, ctx: &Ctx<'_>, on: &str, undo: &mut Vec<Undo>) -> Result<()> {
+    use netlink_packet_route::rule::{RuleAttribute, RuleMessage};
+    let Some(Target::Pod(_)) = resolve(ctx.plan, on) else {
+        return Err(wrong_target(ctx.plan, "rule-del", on, "a pod (NODE/POD)"));
+    };
+    let ip: Ipv4Addr = state
+        .pods
+        .get(on)
+        .and_then(|p| p.ip.as_deref())
+        .and_then(|ip| ip.split('/').next())
+        .and_then(|ip| ip.parse().ok())
+        .ok_or_else(|| Error::usage(format!("pod {on} has no address"), "add the pod first"))?;
+    let node = on.split('/').next().unwrap_or_default();
+    let ns = ctx.plan.node(node).context("planned node")?.ns.clone();
+    let h = ctx.open(&ns)?;
+    let mut req = RuleMessage::default();
+    req.header.family = AddressFamily::Inet;
+    let rules =
+        h.nl.dump(RouteNetlinkMessage::GetRule(req))
+            .await
+            .map_err(|e| anyhow!("listing rules: {e}"))?;
+    let mut found = 0;
+    for m in rules {
+        let RouteNetlinkMessage::NewRule(r) = m else { continue };
+        let from = r.attributes.iter().find_map(|a| match a {
+            RuleAttribute::Source(std::net::IpAddr::V4(s)) => Some(*s),
+            _ => None,
+        });
+        if r.header.src_len != 32 || from != Some(ip) {
+            continue;
+        }
+        let prio = r.attributes.iter().find_map(|a| match a {
+            RuleAttribute::Priority(p) => Some(*p),
+            _ => None,
+        });
+        let table = r
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                RuleAttribute::Table(t) => Some(*t),
+                _ => None,
+            })
+            .unwrap_or(u32::from(r.header.table));
+        let prio = prio.unwrap_or(0);
+        undo.push(Undo::Rule {
+            ns: ns.clone(),
+            prio,
+            from: ip,
+            table,
+        });
+        h.nl.change(RouteNetlinkMessage::DelRule(from_rule(prio, ip, table)))
+            .await
+            .map_err(|e| anyhow!("deleting rule {prio}: from {ip} lookup {table}: {e}"))?;
+        found += 1;
+    }
+    if found == 0 {
+        bail!("node {node} has no rule `from {ip}` (pods on a secondary ENI of aws-vpc have one, priority 1536)");
+    }
     Ok(())
 }

@@ -24,6 +24,7 @@
 //! implements [`Profile`], and its [`Registered`] entry (syntax, planner,
 //! programs, loader); then its `pub mod` and one entry in [`PROFILES`].
 
+pub mod awsvpc;
 pub mod calico;
 pub mod canal;
 pub mod flannel;
@@ -155,6 +156,7 @@ pub const PROFILES: &[Registered] = &[
     calico::REGISTERED,
     canal::REGISTERED,
     weave::REGISTERED,
+    awsvpc::REGISTERED,
 ];
 
 /// A profile in the registry: how the topology's parser reads its options,
@@ -542,6 +544,12 @@ pub trait Profile: Saved + Send + Sync {
         _node: &str,
     ) -> Option<PolicyState> {
         None
+    }
+
+    /// What `status` shows of a node beyond the common columns: (key,
+    /// value), e.g. aws-vpc's instance type, ENIs, addresses, max pods.
+    fn node_status(&self, _node: &str, _paths: &LabPaths) -> Vec<(String, String)> {
+        Vec::new()
     }
 
     /// Before a pod is added: the profile may change its plan (Calico
