@@ -94,7 +94,9 @@ fn on_the_wire(lab: &Lab, from: &str, to_ip: &str, node2_mac: &str) -> String {
         .expect("a captured packet")
         .to_string();
     // `IP 172.20.0.11.43122 > 172.20.0.12.8472: ...` or `IP a > b: ICMP ...`.
-    let after = line.split(" > ").nth(1).expect("a packet line");
+    // (Past the MACs, where the capture prints them.)
+    let ip = line.find("IP ").map_or(line.as_str(), |i| &line[i..]);
+    let after = ip.split(" > ").nth(1).expect("a packet line");
     let dst = after.split(':').next().unwrap_or_default();
     let parts: Vec<&str> = dst.split('.').collect();
     if parts.len() != 5 {
@@ -166,11 +168,7 @@ fn measure(cni: &'static str) -> Row {
     let policy = policy(&lab);
     Row {
         cni,
-        mtu: if mtu == link {
-            format!("{mtu}")
-        } else {
-            format!("{mtu} ({link} - {})", link - mtu)
-        },
+        mtu: format!("{mtu} (eth0 {link})"),
         address,
         wire,
         route: format!("`{route}`"),
@@ -180,7 +178,7 @@ fn measure(cni: &'static str) -> Row {
 
 fn table(rows: &[Row]) -> String {
     let mut s = String::from(
-        "| CNI | pod MTU (link - overhead) | node2/pod-1's address | a pod's packet to another node, on node1's eth0 | node1's route to it | default-deny NetworkPolicy |\n| --- | --- | --- | --- | --- | --- |\n",
+        "| CNI | pod MTU (node's eth0) | node2/pod-1's address | a pod's packet to another node, on node1's eth0 | node1's route to it | default-deny NetworkPolicy |\n| --- | --- | --- | --- | --- | --- |\n",
     );
     for r in rows {
         s.push_str(&format!(
