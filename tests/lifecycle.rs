@@ -191,3 +191,12 @@ fn a_lab_with_more_agents_than_inotify_instances_converges() {
         watchers.len()
     );
 }
+
+/// amazon-vpc-cni: `kill -9` of `up` at every point (folder, namespaces,
+/// the first ipamd running, a pod wired, done), then `down`: no namespace,
+/// ipamd, ENI, mount or state of the lab remains, and the VPC's tables in
+/// the fabric namespace went with it.
+#[test]
+fn kill_9_of_an_aws_vpc_up_at_any_point_then_down_leaves_nothing() {
+    kill_9_of_up_at_each_point_then_down_leaves_nothing(&topology("aws-vpc.toml"), &[], &kill_points());
+}

@@ -313,33 +313,12 @@ fn down_after_kill_9_of_the_routers_leaves_nothing() {
     assert_gone(&name);
 }
 
-/// `kill -9` of `up` once the routers run, then `down`: nothing is left.
+/// `kill -9` of `up` at every point of the build (folder, namespaces,
+/// the first router running, a pod wired, done), then `down`: no
+/// namespace, router, mount or state of the lab remains.
 #[test]
-fn kill_9_of_up_then_down_leaves_nothing() {
-    let lab = Lab::reserve();
-    let mut up = std::process::Command::new(bin())
-        .args(["up", topology(TOPOLOGY).to_str().unwrap(), "--name", &lab.name])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let status = run_dir().join(&lab.name).join("nodes/node1/agent/status.json");
-    retry("up starts the routers", Duration::from_secs(30), || {
-        if status.exists() {
-            Ok(())
-        } else {
-            Err("no router yet".into())
-        }
-    });
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(up.id() as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    let _ = up.wait();
-    let out = cnilab(&["down", &lab.name]);
-    assert!(out.status.success(), "{}", show(&out));
-    assert_gone(&lab.name);
+fn kill_9_of_up_at_any_point_then_down_leaves_nothing() {
+    kill_9_of_up_at_each_point_then_down_leaves_nothing(&topology(TOPOLOGY), &[], &kill_points());
 }
 
 /// `trace` follows the frame through weave, vethwe-bridge and weaver's
