@@ -829,8 +829,7 @@ fn up(topology: PathBuf, name: Option<String>, json: bool, flannel: Option<Strin
                 t.network.profile.name()
             ),
             "leave --flannel out for this topology",
-        )
-        .into());
+        ));
     }
     let opts = UpOptions {
         name,

@@ -30,8 +30,8 @@ pub enum Store {
     },
     /// A real etcd.
     Etcd {
-        /// The connected client.
-        client: Client,
+        /// The connected client (boxed: it is far larger than the files' variant).
+        client: Box<Client>,
         /// The prefix, e.g. `/coreos.com/network`.
         prefix: String,
     },
@@ -57,7 +57,7 @@ impl Store {
             .await
             .with_context(|| format!("cannot connect to etcd at {endpoints}"))?;
         Ok(Store::Etcd {
-            client,
+            client: Box::new(client),
             prefix: prefix.trim_end_matches('/').to_string(),
         })
     }
