@@ -24,7 +24,9 @@ use serde_json::Value;
 
 #[path = "common/mod.rs"]
 mod common;
-use common::{baseline_core, batch, cnilab_bin, options, parallel, phases, plan, s, secs, settle, timed, write_section};
+use common::{
+    baseline_core, batch, cnilab_bin, options, parallel, phases, plan, s, secs, settle, timed, write_section,
+};
 
 /// The heading this benchmark owns in BENCHMARKS.md.
 const HEADING: &str = "## Weave and aws-vpc";
@@ -190,7 +192,12 @@ fn aws_baseline(plan: &Value, state: &Value) {
         for (k, p) in n["pods"].as_array().unwrap().iter().enumerate() {
             let ip = pod_ip(state, n, p).split('/').next().unwrap().to_string();
             let host = cnilab::profile::awsvpc::plugin::host_veth_name("eni", "default", s(&p["name"]));
-            let mac = format!("02:00:00:{:02x}:{:02x}:{:02x}", n["name"].as_str().unwrap().len(), k / 256, k % 256);
+            let mac = format!(
+                "02:00:00:{:02x}:{:02x}:{:02x}",
+                n["name"].as_str().unwrap().len(),
+                k / 256,
+                k % 256
+            );
             sc.push_str(&format!(
                 "link add {host} address {mac} mtu 9001 type veth peer name eth0 mtu 9001 netns {}\nlink set {host} up\n\
                  route add {ip}/32 dev {host} scope link\nrule add to {ip} lookup main prio 512\n",
@@ -209,7 +216,11 @@ fn aws_baseline(plan: &Value, state: &Value) {
         for e in node_of(s(&n["name"]))["enis"].as_array().unwrap() {
             let Some(mac) = e["mac"].as_str() else { continue };
             for ip in std::iter::once(&e["primary"]).chain(e["secondaries"].as_array().unwrap()) {
-                neigh.push_str(&format!("neigh replace {} lladdr {mac} dev {}\n", s(ip), s(&n["switch"])));
+                neigh.push_str(&format!(
+                    "neigh replace {} lladdr {mac} dev {}\n",
+                    s(ip),
+                    s(&n["switch"])
+                ));
             }
         }
     }
@@ -223,7 +234,12 @@ fn aws_baseline(plan: &Value, state: &Value) {
     parallel(pods, |(n, p)| {
         let ip = pod_ip(state, n, p).split('/').next().unwrap().to_string();
         let k = n["pods"].as_array().unwrap().iter().position(|q| q == p).unwrap();
-        let mac = format!("02:00:00:{:02x}:{:02x}:{:02x}", n["name"].as_str().unwrap().len(), k / 256, k % 256);
+        let mac = format!(
+            "02:00:00:{:02x}:{:02x}:{:02x}",
+            n["name"].as_str().unwrap().len(),
+            k / 256,
+            k % 256
+        );
         batch(
             "ip",
             Some(s(&p["ns"])),
@@ -256,15 +272,18 @@ fn lab_file(name: &str, text: &str) -> PathBuf {
 fn down(lab: &str) -> Duration {
     let start = Instant::now();
     let out = Command::new(cnilab_bin()).args(["down", lab]).output().unwrap();
-    assert!(out.status.success(), "down {lab} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "down {lab} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     start.elapsed()
 }
 
 /// The lab's saved state, with every name of `from` rewritten for `to`.
 fn state_as(from: &str, to: &str) -> Value {
     let text = std::fs::read_to_string(format!("/run/cnilab/{from}/lab.json")).expect("the lab's state");
-    serde_json::from_str(&text.replace(&format!("cnilab.{from}."), &format!("cnilab.{to}.")))
-        .expect("state is JSON")
+    serde_json::from_str(&text.replace(&format!("cnilab.{from}."), &format!("cnilab.{to}."))).expect("state is JSON")
 }
 
 /// The ENIs each node's ipamd attached, and the table of each pod address,

@@ -2,6 +2,7 @@
 
 pub mod bird;
 pub mod cni;
+pub mod cni_plugin;
 pub mod etcd;
 pub mod lock;
 pub mod netns;

@@ -11,7 +11,6 @@
 //! (DelNetwork), falling back on prevResult, and removes the rules and the
 //! route.
 
-use std::io::{Read, Write};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
@@ -24,6 +23,7 @@ use serde_json::{Value, json};
 use super::POD_GATEWAY;
 use super::ipamd::{PodKey, Reply, Request, call};
 use super::net::{self, Match};
+use crate::kernel::cni_plugin::{self, Failure, env};
 use crate::kernel::netns::Netns;
 use crate::kernel::nl::{self, Nl};
 
@@ -40,70 +40,28 @@ pub fn host_veth_name(prefix: &str, namespace: &str, pod: &str) -> String {
     format!("{prefix}{}", &digest[..11])
 }
 
-struct Failure {
-    code: i64,
-    msg: String,
-}
-
-impl From<anyhow::Error> for Failure {
-    fn from(e: anyhow::Error) -> Self {
-        Failure {
-            code: 999,
-            msg: format!("{e:#}"),
-        }
-    }
-}
-
-fn finish(version: &str, outcome: Result<String, Failure>) -> ! {
-    match outcome {
-        Ok(out) => {
-            print!("{out}");
-            let _ = std::io::stdout().flush();
-            std::process::exit(0)
-        }
-        Err(f) => {
-            println!("{}", json!({ "cniVersion": version, "code": f.code, "msg": f.msg }));
-            std::process::exit(1)
-        }
-    }
-}
-
-fn read_conf() -> (Value, String) {
-    let mut stdin = Vec::new();
-    let _ = std::io::stdin().read_to_end(&mut stdin);
-    let conf: Value = serde_json::from_slice(&stdin).unwrap_or(Value::Null);
-    let version = conf["cniVersion"].as_str().unwrap_or("0.4.0").to_string();
-    (conf, version)
-}
-
 const VERSIONS: &str = r#"{"cniVersion":"1.0.0","supportedVersions":["0.3.0","0.3.1","0.4.0","1.0.0"]}"#;
 
 /// `aws-cni` as `argv[0]`.
 pub fn main() -> ! {
-    let (conf, version) = read_conf();
-    let command = std::env::var("CNI_COMMAND").unwrap_or_default();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let outcome = match command.as_str() {
-        "ADD" => rt.block_on(cmd_add(&conf)),
-        "DEL" => rt.block_on(cmd_del(&conf)).map(|_| String::new()),
+    let req = cni_plugin::request("0.4.0");
+    let outcome = match req.command.as_str() {
+        "ADD" => cni_plugin::runtime().block_on(cmd_add(&req.conf)),
+        "DEL" => cni_plugin::runtime()
+            .block_on(cmd_del(&req.conf))
+            .map(|_| String::new()),
         "CHECK" => Ok(String::new()),
         "VERSION" => Ok(VERSIONS.to_string()),
-        other => Err(Failure {
-            code: 4,
-            msg: format!("unknown CNI_COMMAND: {other:?}"),
-        }),
+        other => Err(cni_plugin::unknown_command(other)),
     };
-    finish(&version, outcome)
+    cni_plugin::finish(&req.version, outcome)
 }
 
 /// `egress-cni` as `argv[0]`: with `"enabled": "false"` (IPv4 clusters) it
 /// passes the previous result on at ADD and does nothing at DEL, as
 /// cmd/egress-cni-plugin does; its enabled path (IPv6 egress) is not built.
 pub fn egress_main() -> ! {
-    let (conf, version) = read_conf();
+    let cni_plugin::Request { conf, version, .. } = cni_plugin::request("0.4.0");
     let enabled = conf["enabled"].as_str() == Some("true");
     let command = std::env::var("CNI_COMMAND").unwrap_or_default();
     let outcome = match command.as_str() {
@@ -119,14 +77,7 @@ pub fn egress_main() -> ! {
         }
         _ => Ok(String::new()),
     };
-    finish(&version, outcome)
-}
-
-fn env(name: &str) -> Result<String, Failure> {
-    std::env::var(name).map_err(|_| Failure {
-        code: 4,
-        msg: format!("required env variables [{name}] missing"),
-    })
+    cni_plugin::finish(&version, outcome)
 }
 
 fn pod_key() -> Result<PodKey, Failure> {

@@ -5,7 +5,6 @@
 //! 169.254.1.1; the host routes the pod's /32 to the veth. Addresses come
 //! from the IPAM plugin of the configuration (the real host-local here).
 
-use std::io::{Read, Write};
 use std::net::Ipv4Addr;
 use std::path::Path;
 
@@ -17,6 +16,7 @@ use netlink_packet_route::route::RouteScope;
 use serde_json::{Value, json};
 
 use super::{HOST_VETH_MAC, POD_GATEWAY};
+use crate::kernel::cni_plugin::{self, Failure, env};
 use crate::kernel::netns::{self, Netns};
 use crate::kernel::nl::{self, Nl};
 use crate::model::plan::mac_string;
@@ -37,61 +37,21 @@ pub fn host_veth_sysctls(veth: &str) -> [(String, &'static str); 4] {
     ]
 }
 
-struct Failure {
-    code: i64,
-    msg: String,
-}
-
-impl From<anyhow::Error> for Failure {
-    fn from(e: anyhow::Error) -> Self {
-        Failure {
-            code: 999,
-            msg: format!("{e:#}"),
-        }
-    }
-}
-
 /// The plugin's entry point: `calico` as `argv[0]`, or the `calico` binary.
 pub fn main() -> ! {
-    let mut stdin = Vec::new();
-    let _ = std::io::stdin().read_to_end(&mut stdin);
-    let conf: Value = serde_json::from_slice(&stdin).unwrap_or(Value::Null);
-    let version = conf["cniVersion"].as_str().unwrap_or("0.3.1").to_string();
-    let command = std::env::var("CNI_COMMAND").unwrap_or_default();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let outcome: Result<String, Failure> = match command.as_str() {
-        "ADD" => rt.block_on(cmd_add(&conf, &stdin)),
-        "DEL" => rt.block_on(cmd_del(&conf, &stdin)).map(|_| String::new()),
+    let req = cni_plugin::request("0.3.1");
+    let outcome = match req.command.as_str() {
+        "ADD" => cni_plugin::runtime().block_on(cmd_add(&req.conf, &req.stdin)),
+        "DEL" => cni_plugin::runtime()
+            .block_on(cmd_del(&req.conf, &req.stdin))
+            .map(|_| String::new()),
         "CHECK" => Ok(String::new()),
         "VERSION" => {
             Ok(json!({"cniVersion": "1.0.0", "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0"]}).to_string())
         }
-        other => Err(Failure {
-            code: 4,
-            msg: format!("unknown CNI_COMMAND: {other:?}"),
-        }),
+        other => Err(cni_plugin::unknown_command(other)),
     };
-    match outcome {
-        Ok(out) => {
-            print!("{out}");
-            let _ = std::io::stdout().flush();
-            std::process::exit(0)
-        }
-        Err(f) => {
-            println!("{}", json!({ "cniVersion": version, "code": f.code, "msg": f.msg }));
-            std::process::exit(1)
-        }
-    }
-}
-
-fn env(name: &str) -> Result<String, Failure> {
-    std::env::var(name).map_err(|_| Failure {
-        code: 4,
-        msg: format!("required env variables [{name}] missing"),
-    })
+    cni_plugin::finish(&req.version, outcome)
 }
 
 /// K8S_POD_NAMESPACE and K8S_POD_NAME from CNI_ARGS.

@@ -20,6 +20,7 @@ use netlink_packet_route::link::{
 use serde_json::{Value, json};
 
 use super::{BRIDGE, HTTP_ADDR};
+use crate::kernel::cni_plugin::{self, Failure, env};
 use crate::kernel::netns::Netns;
 use crate::kernel::nl::{self, Nl};
 use crate::model::plan::mac_string;
@@ -33,62 +34,20 @@ pub fn host_veth_name(container_id: &str) -> String {
     format!("vethwepl{id}")
 }
 
-struct Failure {
-    code: i64,
-    msg: String,
-}
-
-impl From<anyhow::Error> for Failure {
-    fn from(e: anyhow::Error) -> Self {
-        Failure {
-            code: 999,
-            msg: format!("{e:#}"),
-        }
-    }
-}
-
 /// The plugin's entry point: `weave-net` as `argv[0]`.
 pub fn main() -> ! {
-    let mut stdin = Vec::new();
-    let _ = std::io::stdin().read_to_end(&mut stdin);
-    let conf: Value = serde_json::from_slice(&stdin).unwrap_or(Value::Null);
-    let version = conf["cniVersion"].as_str().unwrap_or("0.3.0").to_string();
-    let command = std::env::var("CNI_COMMAND").unwrap_or_default();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let outcome: Result<String, Failure> = match command.as_str() {
-        "ADD" => rt.block_on(cmd_add(&conf)),
-        "DEL" => rt.block_on(cmd_del()).map(|_| String::new()),
+    let req = cni_plugin::request("0.3.0");
+    let outcome = match req.command.as_str() {
+        "ADD" => cni_plugin::runtime().block_on(cmd_add(&req.conf)),
+        "DEL" => cni_plugin::runtime().block_on(cmd_del()).map(|_| String::new()),
         "CHECK" => Ok(String::new()),
         "VERSION" => Ok(
             json!({"cniVersion": "0.4.0", "supportedVersions": ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0"]})
                 .to_string(),
         ),
-        other => Err(Failure {
-            code: 4,
-            msg: format!("unknown CNI_COMMAND: {other:?}"),
-        }),
+        other => Err(cni_plugin::unknown_command(other)),
     };
-    match outcome {
-        Ok(out) => {
-            print!("{out}");
-            let _ = std::io::stdout().flush();
-            std::process::exit(0)
-        }
-        Err(f) => {
-            println!("{}", json!({ "cniVersion": version, "code": f.code, "msg": f.msg }));
-            std::process::exit(1)
-        }
-    }
-}
-
-fn env(name: &str) -> Result<String, Failure> {
-    std::env::var(name).map_err(|_| Failure {
-        code: 4,
-        msg: format!("required env variables [{name}] missing"),
-    })
+    cni_plugin::finish(&req.version, outcome)
 }
 
 /// One request to the router's HTTP API: (status, body).
