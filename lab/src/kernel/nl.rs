@@ -259,26 +259,77 @@ pub fn bridge(name: &str, mtu: u32) -> RouteNetlinkMessage {
 /// in the socket's namespace (on bridge `master` when given), `peer` in the
 /// namespace of `peer_ns`; both get `mtu`, and `name` comes up.
 pub fn veth_pair(name: &str, master: Option<u32>, peer: &str, peer_ns: RawFd, mtu: u32) -> RouteNetlinkMessage {
-    // The peer cannot be set up in the same request: veth_open refuses
-    // (ENOTCONN) until the pair is linked; it is set up from its own side.
-    let mut peer_msg = LinkMessage::default();
-    peer_msg.attributes = vec![
-        LinkAttribute::IfName(peer.to_string()),
-        LinkAttribute::Mtu(mtu),
-        LinkAttribute::NetNsFd(peer_ns),
-    ];
-    let mut msg = LinkMessage::default();
-    msg.header.flags = LinkFlags::Up;
-    msg.header.change_mask = LinkFlags::Up;
-    msg.attributes = vec![LinkAttribute::IfName(name.to_string()), LinkAttribute::Mtu(mtu)];
-    if let Some(m) = master {
-        msg.attributes.push(LinkAttribute::Controller(m));
+    Veth {
+        name,
+        master,
+        peer,
+        peer_ns,
+        mtu,
+        mac: None,
+        peer_mac: None,
+        up: true,
     }
-    msg.attributes.push(LinkAttribute::LinkInfo(vec![
-        LinkInfo::Kind(InfoKind::Veth),
-        LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_msg))),
-    ]));
-    RouteNetlinkMessage::NewLink(msg)
+    .message()
+}
+
+/// A veth to make in one request: `name` in the socket's namespace (on
+/// bridge `master` when given, with MAC `mac` when given, up when `up`),
+/// `peer` in the namespace of `peer_ns` (with `peer_mac` when given); both
+/// with `mtu`. CNI plugins make a pod's pair this way.
+pub struct Veth<'a> {
+    /// This end's name.
+    pub name: &'a str,
+    /// The bridge it joins.
+    pub master: Option<u32>,
+    /// The other end's name.
+    pub peer: &'a str,
+    /// The other end's namespace.
+    pub peer_ns: RawFd,
+    /// Both ends' MTU.
+    pub mtu: u32,
+    /// This end's MAC, else the kernel's random one.
+    pub mac: Option<[u8; 6]>,
+    /// The other end's MAC, else the kernel's random one.
+    pub peer_mac: Option<[u8; 6]>,
+    /// Whether this end comes up at once.
+    pub up: bool,
+}
+
+impl Veth<'_> {
+    /// The request.
+    pub fn message(&self) -> RouteNetlinkMessage {
+        // The peer cannot be set up in the same request: veth_open refuses
+        // (ENOTCONN) until the pair is linked; it is set up from its own side.
+        let mut peer_msg = LinkMessage::default();
+        peer_msg.attributes = vec![
+            LinkAttribute::IfName(self.peer.to_string()),
+            LinkAttribute::Mtu(self.mtu),
+        ];
+        if let Some(m) = self.peer_mac {
+            peer_msg.attributes.push(LinkAttribute::Address(m.to_vec()));
+        }
+        peer_msg.attributes.push(LinkAttribute::NetNsFd(self.peer_ns));
+        let mut msg = LinkMessage::default();
+        if self.up {
+            msg.header.flags = LinkFlags::Up;
+            msg.header.change_mask = LinkFlags::Up;
+        }
+        msg.attributes = vec![
+            LinkAttribute::IfName(self.name.to_string()),
+            LinkAttribute::Mtu(self.mtu),
+        ];
+        if let Some(m) = self.mac {
+            msg.attributes.push(LinkAttribute::Address(m.to_vec()));
+        }
+        if let Some(m) = self.master {
+            msg.attributes.push(LinkAttribute::Controller(m));
+        }
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_msg))),
+        ]));
+        RouteNetlinkMessage::NewLink(msg)
+    }
 }
 
 /// A VXLAN device as the overlay agents make it: no learning, no group, no l2miss or

@@ -17,7 +17,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow};
 use ipnet::Ipv4Net;
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage};
 use serde_json::{Value, json};
 
 use super::POD_GATEWAY;
@@ -146,34 +145,6 @@ fn result(conf: &Value, r: &Reply, ip: Ipv4Addr, host: &str, netns: &str, pod: &
     .to_string()
 }
 
-fn veth_to(
-    host: &str,
-    host_mac: [u8; 6],
-    peer_ns: &Netns,
-    ifname: &str,
-    pod_mac: [u8; 6],
-    mtu: u32,
-) -> RouteNetlinkMessage {
-    let mut peer = LinkMessage::default();
-    peer.attributes = vec![
-        LinkAttribute::IfName(ifname.to_string()),
-        LinkAttribute::Mtu(mtu),
-        LinkAttribute::Address(pod_mac.to_vec()),
-        LinkAttribute::NetNsFd(peer_ns.raw_fd()),
-    ];
-    let mut msg = LinkMessage::default();
-    msg.attributes = vec![
-        LinkAttribute::IfName(host.to_string()),
-        LinkAttribute::Mtu(mtu),
-        LinkAttribute::Address(host_mac.to_vec()),
-        LinkAttribute::LinkInfo(vec![
-            LinkInfo::Kind(InfoKind::Veth),
-            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
-        ]),
-    ];
-    RouteNetlinkMessage::NewLink(msg)
-}
-
 /// driver.go's SetupPodNetwork.
 async fn wire(host: &str, netns_path: &str, pod: &PodKey, ip: Ipv4Addr, table: u32, mtu: u32) -> Result<[u8; 6]> {
     let nl = Nl::connect()?;
@@ -186,9 +157,21 @@ async fn wire(host: &str, netns_path: &str, pod: &PodKey, ip: Ipv4Addr, table: u
     let host_mac = net::mac_from(&format!("host/{}", pod.container_id));
     let pod_mac = net::mac_from(&format!("pod/{}", pod.container_id));
     let pod_ns = Netns::open_path(Path::new(netns_path))?;
-    nl.add(veth_to(host, host_mac, &pod_ns, &pod.ifname, pod_mac, mtu))
-        .await
-        .map_err(|e| anyhow!("failed to create veth {host}: {e}"))?;
+    nl.add(
+        nl::Veth {
+            name: host,
+            master: None,
+            peer: &pod.ifname,
+            peer_ns: pod_ns.raw_fd(),
+            mtu,
+            mac: Some(host_mac),
+            peer_mac: Some(pod_mac),
+            up: false,
+        }
+        .message(),
+    )
+    .await
+    .map_err(|e| anyhow!("failed to create veth {host}: {e}"))?;
     let host_index = nl.index(host).await?.context("host veth vanished")?;
     nl.change(nl::set_up(host_index))
         .await

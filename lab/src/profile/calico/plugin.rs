@@ -11,7 +11,6 @@ use std::path::Path;
 use anyhow::{Context, Result, anyhow};
 use ipnet::Ipv4Net;
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage};
 use netlink_packet_route::route::RouteScope;
 use serde_json::{Value, json};
 
@@ -80,26 +79,6 @@ fn ipam(command: &str, conf: &Value, stdin: &[u8]) -> Result<Value, Failure> {
     Ok(serde_json::from_str(&out).unwrap_or(Value::Null))
 }
 
-fn veth_to(host: &str, peer_ns: &Netns, ifname: &str, mtu: u32) -> RouteNetlinkMessage {
-    let mut peer = LinkMessage::default();
-    peer.attributes = vec![
-        LinkAttribute::IfName(ifname.to_string()),
-        LinkAttribute::Mtu(mtu),
-        LinkAttribute::NetNsFd(peer_ns.raw_fd()),
-    ];
-    let mut msg = LinkMessage::default();
-    msg.attributes = vec![
-        LinkAttribute::IfName(host.to_string()),
-        LinkAttribute::Mtu(mtu),
-        LinkAttribute::Address(HOST_VETH_MAC.to_vec()),
-        LinkAttribute::LinkInfo(vec![
-            LinkInfo::Kind(InfoKind::Veth),
-            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
-        ]),
-    ];
-    RouteNetlinkMessage::NewLink(msg)
-}
-
 async fn cmd_add(conf: &Value, stdin: &[u8]) -> Result<String, Failure> {
     let netns_path = env("CNI_NETNS")?;
     let ifname = env("CNI_IFNAME")?;
@@ -149,9 +128,21 @@ async fn wire(
             .context("removing a stale host veth")?;
     }
     let pod_ns = Netns::open_path(Path::new(netns_path))?;
-    nl.add(veth_to(&host, &pod_ns, ifname, mtu))
-        .await
-        .map_err(|e| anyhow!("failed to create veth {host}: {e}"))?;
+    nl.add(
+        nl::Veth {
+            name: &host,
+            master: None,
+            peer: ifname,
+            peer_ns: pod_ns.raw_fd(),
+            mtu,
+            mac: Some(HOST_VETH_MAC),
+            peer_mac: None,
+            up: false,
+        }
+        .message(),
+    )
+    .await
+    .map_err(|e| anyhow!("failed to create veth {host}: {e}"))?;
     let host_index = nl.index(&host).await?.context("host veth vanished")?;
     for (key, value) in host_veth_sysctls(&host) {
         netns::write_sysctl(&key, value)?;

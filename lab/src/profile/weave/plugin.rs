@@ -14,9 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use ipnet::Ipv4Net;
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_packet_route::link::{
-    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage,
-};
+use netlink_packet_route::link::{InfoBridgePort, InfoPortData, InfoPortKind};
 use serde_json::{Value, json};
 
 use super::{BRIDGE, HTTP_ADDR};
@@ -107,26 +105,6 @@ async fn cmd_add(conf: &Value) -> Result<String, Failure> {
     }
 }
 
-fn veth_to(host: &str, master: u32, peer_ns: &Netns, ifname: &str, mtu: u32) -> RouteNetlinkMessage {
-    let mut peer = LinkMessage::default();
-    peer.attributes = vec![
-        LinkAttribute::IfName(ifname.to_string()),
-        LinkAttribute::Mtu(mtu),
-        LinkAttribute::NetNsFd(peer_ns.raw_fd()),
-    ];
-    let mut msg = LinkMessage::default();
-    msg.attributes = vec![
-        LinkAttribute::IfName(host.to_string()),
-        LinkAttribute::Mtu(mtu),
-        LinkAttribute::Controller(master),
-        LinkAttribute::LinkInfo(vec![
-            LinkInfo::Kind(InfoKind::Veth),
-            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
-        ]),
-    ];
-    RouteNetlinkMessage::NewLink(msg)
-}
-
 /// The bridge's IPv4 address within `net` (FindBridgeIP).
 async fn bridge_ip(nl: &Nl, index: u32, net: Ipv4Net) -> Result<Option<Ipv4Addr>> {
     use netlink_packet_route::address::AddressAttribute;
@@ -175,9 +153,21 @@ async fn wire(
             .context("removing a stale veth")?;
     }
     let pod_ns = Netns::open_path(Path::new(netns_path))?;
-    nl.add(veth_to(&host, br_index, &pod_ns, ifname, mtu))
-        .await
-        .map_err(|e| anyhow!("failed to create veth {host}: {e}"))?;
+    nl.add(
+        nl::Veth {
+            name: &host,
+            master: Some(br_index),
+            peer: ifname,
+            peer_ns: pod_ns.raw_fd(),
+            mtu,
+            mac: None,
+            peer_mac: None,
+            up: false,
+        }
+        .message(),
+    )
+    .await
+    .map_err(|e| anyhow!("failed to create veth {host}: {e}"))?;
     let host_index = nl.index(&host).await?.context("host veth vanished")?;
     let host_mac = nl.link(&host).await?.and_then(|l| nl::link_mac(&l)).unwrap_or([0; 6]);
     if hairpin {
