@@ -249,11 +249,7 @@ impl Rule {
     /// The rule as `ip rule` prints it (one space after the colon).
     pub fn text(&self) -> String {
         let prefix = |(a, l): (Ipv4Addr, u8)| {
-            if l == 32 {
-                a.to_string()
-            } else {
-                format!("{a}/{l}")
-            }
+            if l == 32 { a.to_string() } else { format!("{a}/{l}") }
         };
         let mut s = format!("{}:", self.priority);
         if self.invert {
@@ -471,7 +467,9 @@ pub async fn collect_one(t: Target, want: Want) -> Result<NsDump> {
         nl.neighbours(AddressFamily::Bridge, false),
     )
     .with_context(|| format!("reading namespace {}", t.ns))?;
-    let rules = read_rules(&nl).await.with_context(|| format!("reading the rules of {}", t.ns))?;
+    let rules = read_rules(&nl)
+        .await
+        .with_context(|| format!("reading the rules of {}", t.ns))?;
     let links: Vec<Link> = links.iter().map(link).collect();
     let mut d = NsDump {
         rules: rules.iter().filter_map(rule).collect(),
@@ -1033,11 +1031,7 @@ pub struct Decision<'a> {
 
 /// The netmask of a prefix length.
 fn mask(len: u8) -> u32 {
-    if len == 0 {
-        0
-    } else {
-        u32::MAX << (32 - len.min(32))
-    }
+    if len == 0 { 0 } else { u32::MAX << (32 - len.min(32)) }
 }
 
 /// Whether a rule's selectors match (`None`: it depends on what trace
@@ -1168,7 +1162,7 @@ impl NsDump {
                             route: Ok(rt),
                             rule: Some(r.clone()),
                             notes,
-                        }
+                        };
                     }
                     _ => {}
                 },
@@ -1196,15 +1190,15 @@ impl NsDump {
         let when = if r.other.is_empty() {
             "iptables marked the packet (MARK or CONNMARK rules in mangle or nat set marks before routing; trace cannot know a packet's mark)".to_string()
         } else {
-            format!(
-                "the packet matches `{}`, which trace does not model",
-                r.other.join(" ")
-            )
+            format!("the packet matches `{}`, which trace does not model", r.other.join(" "))
         };
         let then = match r.action {
             FR_ACT_TO_TBL => match self.table_lookup(r.table, dst) {
                 Some(rt) if rt.kind != RTN_THROW => format!("then the route is {}", self.route_brief(rt)),
-                _ => format!("table {} has no route for {dst}, so the lookup would go on", table_text(r.table)),
+                _ => format!(
+                    "table {} has no route for {dst}, so the lookup would go on",
+                    table_text(r.table)
+                ),
             },
             FR_ACT_BLACKHOLE | FR_ACT_UNREACHABLE | FR_ACT_PROHIBIT => "then the kernel refuses the packet".into(),
             _ => "then the lookup goes on".into(),
@@ -1444,5 +1438,128 @@ mod tests {
         d.routes.push(route(254, RTN_UNICAST, "10.244.1.9", None, 4));
         let r = d.route_get(ip("10.244.1.9"), None, None).unwrap();
         assert_eq!(r.prefsrc, Some(ip("172.20.0.11")));
+    }
+
+    /// An aws-vpc node: eth0 (primary ENI, main) and eth1 (secondary ENI,
+    /// table 2), a pod on each, and the plugin's rules.
+    fn aws_node() -> NsDump {
+        let mut d = node();
+        d.links.push(link(4, "eth1"));
+        d.links.push(link(5, "eniaaa"));
+        d.addrs.push(Addr {
+            index: 4,
+            ip: ip("10.0.1.20"),
+            prefix_len: 24,
+            scope: 0,
+        });
+        d.routes.push(route(254, RTN_UNICAST, "10.0.1.25", None, 5));
+        d.routes.push(route(2, RTN_UNICAST, "0.0.0.0/0", Some("10.0.1.1"), 4));
+        d.routes.push(route(2, RTN_UNICAST, "10.0.1.1", None, 4));
+        let mut rules = Rule::defaults();
+        rules.push(Rule {
+            dst: Some((ip("10.0.1.25"), 32)),
+            ..Rule::lookup(512, 254)
+        });
+        rules.push(Rule {
+            fwmark: Some((0x80, 0x80)),
+            ..Rule::lookup(1024, 254)
+        });
+        rules.push(Rule {
+            src: Some((ip("10.0.1.25"), 32)),
+            ..Rule::lookup(1536, 2)
+        });
+        d.rules = rules;
+        d
+    }
+
+    #[test]
+    fn rules_send_a_pod_of_the_second_eni_through_its_table() {
+        let d = aws_node();
+        // Forwarded from the pod: rule 1536, table 2, eth1.
+        let r = d
+            .route_get(ip("10.244.3.7"), Some(ip("10.0.1.25")), Some("eniaaa"))
+            .unwrap();
+        assert_eq!((r.dev.as_deref(), r.gateway), (Some("eth1"), Some(ip("10.0.1.1"))));
+        assert_eq!(r.route.table, 2);
+        assert_eq!(r.rule.unwrap().text(), "1536: from 10.0.1.25 lookup 2");
+        // Another source: main, eth0, no rule named.
+        let r = d
+            .route_get(ip("10.244.3.7"), Some(ip("10.244.1.9")), Some("cni0"))
+            .unwrap();
+        assert_eq!((r.dev.as_deref(), r.rule), (Some("eth0"), None));
+        // To the pod: rule 512 comes first, main.
+        let r = d.route_get(ip("10.0.1.25"), None, None).unwrap();
+        assert_eq!(r.dev.as_deref(), Some("eniaaa"));
+        assert_eq!(r.rule.unwrap().text(), "512: from all to 10.0.1.25 lookup main");
+        // No rules read: the defaults, as before.
+        let mut old = d.clone();
+        old.rules.clear();
+        let r = old
+            .route_get(ip("10.244.3.7"), Some(ip("10.0.1.25")), Some("eniaaa"))
+            .unwrap();
+        assert_eq!((r.dev.as_deref(), r.rule), (Some("eth0"), None));
+    }
+
+    #[test]
+    fn a_throw_or_empty_table_goes_on_and_rule_actions_refuse() {
+        let mut d = aws_node();
+        // Table 2 throws 10.244.0.0/16: the lookup goes on to main.
+        d.routes.push(route(2, RTN_THROW, "10.244.0.0/16", None, 0));
+        let r = d
+            .route_get(ip("10.244.3.7"), Some(ip("10.0.1.25")), Some("eniaaa"))
+            .unwrap();
+        assert_eq!((r.dev.as_deref(), r.route.table), (Some("eth0"), 254));
+        // A table with no route for it: the same.
+        d.rules.push(Rule {
+            src: Some((ip("10.0.1.25"), 32)),
+            ..Rule::lookup(100, 7)
+        });
+        let r = d
+            .route_get(ip("10.244.3.7"), Some(ip("10.0.1.25")), Some("eniaaa"))
+            .unwrap();
+        assert_eq!(r.route.table, 254);
+        // A prohibit rule refuses.
+        d.rules.push(Rule {
+            action: FR_ACT_PROHIBIT,
+            dst: Some((ip("10.244.3.0"), 24)),
+            ..Rule::lookup(50, 0)
+        });
+        assert_eq!(
+            d.route_get(ip("10.244.3.7"), None, None).unwrap_err(),
+            "Permission denied"
+        );
+        assert_eq!(d.rules.last().unwrap().text(), "50: from all to 10.244.3.0/24 prohibit");
+    }
+
+    #[test]
+    fn a_mark_rule_matches_only_a_known_mark_and_is_noted_otherwise() {
+        let mut d = aws_node();
+        // The fwmark rule would send it by main; the mark 0x80 is known.
+        let marked = d.decide(ip("10.244.3.7"), Some(ip("10.0.1.25")), Some("eniaaa"), Some(0x80));
+        assert_eq!(marked.rule.unwrap().priority, 1024);
+        assert!(marked.notes.is_empty());
+        // Mark 0: not matched, no note.
+        let plain = d.decide(ip("10.244.3.7"), Some(ip("10.0.1.25")), Some("eniaaa"), Some(0));
+        assert_eq!((plain.rule.unwrap().priority, plain.notes.len()), (1536, 0));
+        // Unknown: not matched, but noted with what it would do.
+        let unknown = d.decide(ip("10.244.3.7"), Some(ip("10.0.1.25")), Some("eniaaa"), None);
+        assert_eq!(unknown.route.unwrap().table, 2);
+        assert_eq!(unknown.notes.len(), 1, "{:?}", unknown.notes);
+        let n = &unknown.notes[0];
+        assert!(
+            n.starts_with("rule 1024: from all fwmark 0x80/0x80 lookup main applies if iptables marked the packet"),
+            "{n}"
+        );
+        assert!(
+            n.ends_with("then the route is 10.244.0.0/16 via 172.20.0.12 dev eth0"),
+            "{n}"
+        );
+        // `not` inverts: mark 0 matches `not fwmark 0x80/0x80`.
+        d.rules[4].invert = true;
+        let inv = d.decide(ip("10.244.3.7"), Some(ip("10.0.1.25")), Some("eniaaa"), Some(0));
+        assert_eq!(
+            inv.rule.unwrap().text(),
+            "1024: not from all fwmark 0x80/0x80 lookup main"
+        );
     }
 }
