@@ -1145,7 +1145,7 @@ impl NsDump {
             match rule_matches(r, dst, src, iif, mark) {
                 Some(false) => continue,
                 None => {
-                    notes.push(self.maybe_note(r, dst));
+                    notes.extend(self.maybe_note(r, dst));
                     continue;
                 }
                 Some(true) => {}
@@ -1153,15 +1153,17 @@ impl NsDump {
             let refused = |e: &str| Decision {
                 route: Err(e.to_string()),
                 rule: Some(r.clone()),
-                notes: notes.clone(),
+                notes: notes.iter().map(|(n, _)| n.clone()).collect(),
             };
             match r.action {
                 FR_ACT_TO_TBL => match self.table_lookup(r.table, dst) {
                     Some(rt) if rt.kind != RTN_THROW => {
+                        // A rule that would give this same route changes nothing.
+                        notes.retain(|(_, alt)| alt.is_none_or(|a| !std::ptr::eq(a, rt)));
                         return Decision {
                             route: Ok(rt),
                             rule: Some(r.clone()),
-                            notes,
+                            notes: notes.into_iter().map(|(n, _)| n).collect(),
                         };
                     }
                     _ => {}
@@ -1181,29 +1183,30 @@ impl NsDump {
         Decision {
             route: Err("Network is unreachable".into()),
             rule: None,
-            notes,
+            notes: notes.into_iter().map(|(n, _)| n).collect(),
         }
     }
 
-    /// A note on a rule that may apply: what it would do.
-    fn maybe_note(&self, r: &Rule, dst: Ipv4Addr) -> String {
+    /// A note on a rule that may apply: what it would do, with the route
+    /// it would give; none when it would only let the lookup go on.
+    fn maybe_note(&self, r: &Rule, dst: Ipv4Addr) -> Option<(String, Option<&Route>)> {
         let when = if r.other.is_empty() {
             "iptables marked the packet (MARK or CONNMARK rules in mangle or nat set marks before routing; trace cannot know a packet's mark)".to_string()
         } else {
             format!("the packet matches `{}`, which trace does not model", r.other.join(" "))
         };
-        let then = match r.action {
+        let (then, alt) = match r.action {
             FR_ACT_TO_TBL => match self.table_lookup(r.table, dst) {
-                Some(rt) if rt.kind != RTN_THROW => format!("then the route is {}", self.route_brief(rt)),
-                _ => format!(
-                    "table {} has no route for {dst}, so the lookup would go on",
-                    table_text(r.table)
-                ),
+                Some(rt) if rt.kind != RTN_THROW => (format!("then the route is {}", self.route_brief(rt)), Some(rt)),
+                _ => return None,
             },
-            FR_ACT_BLACKHOLE | FR_ACT_UNREACHABLE | FR_ACT_PROHIBIT => "then the kernel refuses the packet".into(),
-            _ => "then the lookup goes on".into(),
+            FR_ACT_BLACKHOLE | FR_ACT_UNREACHABLE | FR_ACT_PROHIBIT => {
+                ("then the kernel refuses the packet".into(), None)
+            }
+            FR_ACT_GOTO => ("then the lookup jumps ahead".into(), None),
+            _ => return None,
         };
-        format!("rule {} applies if {when}: {then}", r.text())
+        Some((format!("rule {} applies if {when}: {then}", r.text()), alt))
     }
 
     /// A route in short, as `ip route` prints it: type, destination,
