@@ -60,7 +60,8 @@ pub struct Hop {
     pub size: u32,
     /// The addresses of the packet here (`src -> dst`, outer when encapsulated).
     pub packet: String,
-    /// The table entries used, as iproute2 prints them: `route ...`, `neigh ...`, `fdb ...`.
+    /// The table entries used, as iproute2 prints them: `rule ...` (a policy
+    /// routing rule other than the defaults), `route ...`, `neigh ...`, `fdb ...`.
     pub entries: Vec<String>,
     /// What happened, in words: encapsulation, proxy ARP, forwarding.
     pub notes: Vec<String>,
