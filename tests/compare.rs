@@ -191,10 +191,7 @@ fn table(rows: &[Row]) -> String {
 
 #[test]
 fn the_readme_comparison_table_is_what_the_four_labs_show() {
-    let rows: Vec<Row> = ["flannel", "calico", "canal", "weave"]
-        .into_iter()
-        .map(measure)
-        .collect();
+    let rows: Vec<Row> = ["flannel", "calico", "canal", "weave"].into_iter().map(measure).collect();
     assert!(rows.len() == 4, "every one of the four compare labs is measured");
     let table = table(&rows);
     let readme_path = repo().join("README.md");

@@ -141,9 +141,7 @@ fn enforces_every_policy(topology_file: &str, unsupported: &[&str]) {
         let name = f.file_name().unwrap().to_string_lossy().to_string();
         if unsupported.contains(&name.as_str()) {
             // Port 82 too: end-port.yaml's range 81-85 differs there.
-            let out = lab.run(&[
-                "probe", "policy", "--json", "--port", "80", "--port", "81", "--port", "82",
-            ]);
+            let out = lab.run(&["probe", "policy", "--json", "--port", "80", "--port", "81", "--port", "82"]);
             let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", show(&out)));
             let text = show(&out);
             assert!(

@@ -400,10 +400,7 @@ fn doctor_says_weave_runs_sleeve_without_openvswitch() {
     let text = show(&out);
     assert!(text.contains("all of it is here"), "{text}");
     let ovs = std::process::Command::new("sh")
-        .args([
-            "-c",
-            "grep -qw openvswitch /proc/modules || test -d /sys/module/openvswitch",
-        ])
+        .args(["-c", "grep -qw openvswitch /proc/modules || test -d /sys/module/openvswitch"])
         .status()
         .is_ok_and(|s| s.success());
     if !ovs {

@@ -10,6 +10,7 @@
 
 use ipnet::Ipv4Net;
 
+
 /// The ipset of the node's own IPAM ranges (`--no-masq-local`).
 pub const NO_MASQ_LOCAL: &str = "weaver-no-masq-local";
 
@@ -21,11 +22,7 @@ pub fn ipset_input(share: Ipv4Net) -> String {
 /// `iptables-restore --noflush` input for the filter and nat tables.
 pub fn restore_input(range: Ipv4Net, no_masq_local: bool) -> String {
     let mut s = String::new();
-    s.push_str(&format!(
-        "*filter\n:{} - [0:0]\n:{} - [0:0]\n",
-        super::npc::MAIN,
-        super::npc::EGRESS
-    ));
+    s.push_str(&format!("*filter\n:{} - [0:0]\n:{} - [0:0]\n", super::npc::MAIN, super::npc::EGRESS));
     // ensureRulesAtTop keeps this order at the top of FORWARD.
     for (i, r) in super::npc::forward_rules().iter().enumerate() {
         s.push_str(&format!("-I FORWARD {} {r}\n", i + 1));
