@@ -197,3 +197,103 @@ fn down_after_kill_9_leaves_nothing() {
     assert!(out.status.success(), "{}", show(&out));
     assert_gone(&name);
 }
+
+/// The hop of `trace --json FROM TO` at node `node` on the way there.
+fn node_hop(lab: &Lab, from: &str, to: &str, node: &str) -> Value {
+    let out = lab.run(&["trace", from, to, "--json"]);
+    let t: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("trace --json: {e}: {}", show(&out)));
+    t["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["at"] == node)
+        .cloned()
+        .unwrap_or_else(|| panic!("no hop at {node} in {t:#}"))
+}
+
+#[test]
+fn trace_and_snapshot_follow_the_rules_of_a_secondary_eni_pod() {
+    let lab = Lab::up(&topology("aws-vpc.toml"));
+    let pods: std::collections::BTreeMap<String, String> = lab.pods().into_iter().collect();
+    let secondary = &pods["nano/pod-2"];
+    let eni1 = lab.exec_ok("nano", &["ip", "-4", "-o", "addr", "show", "dev", "eth1"]);
+    let eni1 = eni1
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+
+    // The snapshot shows the plugin's rules, not the kernel's defaults.
+    let snap = lab.snapshot();
+    let nano = snap
+        .split("\n== node nano\n")
+        .nth(1)
+        .unwrap()
+        .split("\n== ")
+        .next()
+        .unwrap();
+    let rules: Vec<&str> = nano.lines().filter(|l| l.starts_with("rule ")).collect();
+    let want = [
+        format!("rule 512: from all to {} lookup main", pods["nano/pod-1"]),
+        format!("rule 512: from all to {secondary} lookup main"),
+        "rule 1024: from all fwmark 0x80/0x80 lookup main".to_string(),
+        format!("rule 1536: from {secondary} lookup 2"),
+        format!("rule 32765: from {eni1} lookup 2"),
+    ];
+    let prios: Vec<u32> = rules
+        .iter()
+        .map(|l| l[5..].split(':').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(prios.is_sorted(), "rules by priority:\n{nano}");
+    assert_eq!(rules.len(), 5, "{nano}");
+    for w in &want {
+        assert!(rules.contains(&w.as_str()), "missing `{w}` in:\n{nano}");
+    }
+    assert!(
+        !snap.contains("lookup local") && !snap.contains("32766:"),
+        "defaults shown:\n{snap}"
+    );
+
+    // Forwarded from the secondary ENI's pod: rule 1536, table 2, out of eth1;
+    // rule 1024 may apply only with a mark, which trace says and does not guess.
+    let hop = node_hop(&lab, "nano/pod-2", "large/pod-1", "nano");
+    let entries: Vec<&str> = hop["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert_eq!(hop["dev_out"], "eth1", "{hop:#}");
+    assert_eq!(
+        &entries[..2],
+        [
+            format!("rule 1536: from {secondary} lookup 2").as_str(),
+            "route default via 10.0.1.1 dev eth1 table 2"
+        ],
+        "{hop:#}"
+    );
+    let notes = hop["notes"].to_string();
+    assert!(
+        notes.contains("rule 1024: from all fwmark 0x80/0x80 lookup main applies if iptables marked the packet"),
+        "{hop:#}"
+    );
+    // The pod on eth0 takes main.
+    let hop = node_hop(&lab, "nano/pod-1", "large/pod-1", "nano");
+    assert_eq!(hop["dev_out"], "eth0", "{hop:#}");
+    assert!(!hop["entries"].to_string().contains("rule "), "{hop:#}");
+
+    // Without rule 1536 the trace shows what the kernel does: main, eth0.
+    let out = lab.run(&["fault", "add", "rule-del", "--on", "nano/pod-2"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let hop = node_hop(&lab, "nano/pod-2", "large/pod-1", "nano");
+    assert_eq!(hop["dev_out"], "eth0", "{hop:#}");
+    let entries = hop["entries"].to_string();
+    assert!(
+        !entries.contains("rule 1536") && !entries.contains("table 2"),
+        "{hop:#}"
+    );
+    assert!(!lab.snapshot().contains("rule 1536:"));
+}

@@ -20,6 +20,7 @@ use netlink_packet_route::link::{InfoKind, InfoVxlan, LinkAttribute, LinkFlags, 
 use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage};
 use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteMetric};
+use netlink_packet_route::rule::{RuleAttribute, RuleFlags, RuleMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use serde::{Deserialize, Serialize};
 
@@ -47,6 +48,10 @@ pub struct NsDump {
     pub addrs: Vec<Addr>,
     /// IPv4 routes of every table.
     pub routes: Vec<Route>,
+    /// IPv4 policy routing rules (`ip rule`), in the kernel's order;
+    /// empty in recordings made before rules were read, which then stand
+    /// for the kernel's three default rules.
+    pub rules: Vec<Rule>,
     /// ARP entries.
     pub neighbours: Vec<Neigh>,
     /// Proxy ARP entries.
@@ -176,6 +181,125 @@ pub struct Route {
     pub linkdown: bool,
     /// dead.
     pub dead: bool,
+}
+
+/// A policy routing rule (`ip rule`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Rule {
+    /// Priority (preference).
+    pub priority: u32,
+    /// `not`: the selectors are inverted.
+    pub invert: bool,
+    /// `from PREFIX`.
+    pub src: Option<(Ipv4Addr, u8)>,
+    /// `to PREFIX`.
+    pub dst: Option<(Ipv4Addr, u8)>,
+    /// `fwmark MARK/MASK`.
+    pub fwmark: Option<(u32, u32)>,
+    /// `iif NAME`.
+    pub iif: Option<String>,
+    /// `oif NAME`.
+    pub oif: Option<String>,
+    /// Selectors that traces do not model, as iproute2 prints them
+    /// (`ipproto tcp`, `dport 53`, `suppress_prefixlength 0`, ...).
+    pub other: Vec<String>,
+    /// The table of `lookup`.
+    pub table: u32,
+    /// FR_ACT_* (1 lookup, 2 goto, 3 nop, 6 blackhole, 7 unreachable, 8 prohibit).
+    pub action: u8,
+    /// The priority `goto` jumps to.
+    pub goto: Option<u32>,
+}
+
+/// FR_ACT_* values.
+pub const FR_ACT_TO_TBL: u8 = 1;
+/// Jumps to another rule.
+pub const FR_ACT_GOTO: u8 = 2;
+/// Does nothing.
+pub const FR_ACT_NOP: u8 = 3;
+/// Drops silently.
+pub const FR_ACT_BLACKHOLE: u8 = 6;
+/// Answers "host unreachable".
+pub const FR_ACT_UNREACHABLE: u8 = 7;
+/// Answers "administratively prohibited".
+pub const FR_ACT_PROHIBIT: u8 = 8;
+
+impl Rule {
+    /// A rule `PRIO: from all lookup TABLE`.
+    pub fn lookup(priority: u32, table: u32) -> Rule {
+        Rule {
+            priority,
+            table,
+            action: FR_ACT_TO_TBL,
+            ..Default::default()
+        }
+    }
+
+    /// The kernel's default rules: 0 local, 32766 main, 32767 default.
+    pub fn defaults() -> Vec<Rule> {
+        vec![Rule::lookup(0, 255), Rule::lookup(32766, 254), Rule::lookup(32767, 253)]
+    }
+
+    /// Whether it is one of the kernel's three default rules.
+    pub fn is_default(&self) -> bool {
+        Rule::defaults().contains(self)
+    }
+
+    /// The rule as `ip rule` prints it (one space after the colon).
+    pub fn text(&self) -> String {
+        let prefix = |(a, l): (Ipv4Addr, u8)| {
+            if l == 32 { a.to_string() } else { format!("{a}/{l}") }
+        };
+        let mut s = format!("{}:", self.priority);
+        if self.invert {
+            s.push_str(" not");
+        }
+        match self.src {
+            Some(p) => s.push_str(&format!(" from {}", prefix(p))),
+            None => s.push_str(" from all"),
+        }
+        if let Some(p) = self.dst {
+            s.push_str(&format!(" to {}", prefix(p)));
+        }
+        if let Some((m, mask)) = self.fwmark {
+            if mask == u32::MAX {
+                s.push_str(&format!(" fwmark {m:#x}"));
+            } else {
+                s.push_str(&format!(" fwmark {m:#x}/{mask:#x}"));
+            }
+        }
+        if let Some(i) = &self.iif {
+            s.push_str(&format!(" iif {i}"));
+        }
+        if let Some(o) = &self.oif {
+            s.push_str(&format!(" oif {o}"));
+        }
+        for o in &self.other {
+            s.push(' ');
+            s.push_str(o);
+        }
+        match self.action {
+            FR_ACT_TO_TBL => s.push_str(&format!(" lookup {}", table_text(self.table))),
+            FR_ACT_GOTO => s.push_str(&format!(" goto {}", self.goto.map_or("none".into(), |g| g.to_string()))),
+            FR_ACT_NOP => s.push_str(" nop"),
+            FR_ACT_BLACKHOLE => s.push_str(" blackhole"),
+            FR_ACT_UNREACHABLE => s.push_str(" unreachable"),
+            FR_ACT_PROHIBIT => s.push_str(" prohibit"),
+            n => s.push_str(&format!(" action {n}")),
+        }
+        s
+    }
+}
+
+/// A table as iproute2 names it: `main`, `local`, `default` or its number.
+pub fn table_text(t: u32) -> String {
+    match t {
+        254 => "main".into(),
+        255 => "local".into(),
+        253 => "default".into(),
+        n => n.to_string(),
+    }
 }
 
 /// An ARP (or proxy ARP) entry.
@@ -343,8 +467,13 @@ pub async fn collect_one(t: Target, want: Want) -> Result<NsDump> {
         nl.neighbours(AddressFamily::Bridge, false),
     )
     .with_context(|| format!("reading namespace {}", t.ns))?;
+    let rules = read_rules(&nl)
+        .await
+        .with_context(|| format!("reading the rules of {}", t.ns))?;
+    let links: Vec<Link> = links.iter().map(link).collect();
     let mut d = NsDump {
-        links: links.iter().map(link).collect(),
+        rules: rules.iter().filter_map(rule).collect(),
+        links,
         addrs: addrs.iter().filter_map(addr).collect(),
         routes: routes.iter().map(route).collect(),
         neighbours: neigh.iter().map(neighbour).collect(),
@@ -602,6 +731,71 @@ fn route(r: &RouteMessage) -> Route {
     out
 }
 
+/// The IPv4 rules (`ip -4 rule`), in the kernel's order (by priority).
+async fn read_rules(nl: &Nl) -> Result<Vec<RuleMessage>> {
+    let mut req = RuleMessage::default();
+    req.header.family = AddressFamily::Inet;
+    let out = nl
+        .dump(RouteNetlinkMessage::GetRule(req))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(out
+        .into_iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewRule(r) => Some(r),
+            _ => None,
+        })
+        .collect())
+}
+
+fn rule(r: &RuleMessage) -> Option<Rule> {
+    if r.header.family != AddressFamily::Inet {
+        return None;
+    }
+    let mut out = Rule {
+        table: u32::from(r.header.table),
+        action: u8::from(r.header.action),
+        invert: r.header.flags.contains(RuleFlags::Invert),
+        ..Default::default()
+    };
+    let (mut mark, mut mask) = (None, None);
+    if r.header.tos != 0 {
+        out.other.push(format!("tos {:#x}", r.header.tos));
+    }
+    for a in &r.attributes {
+        match a {
+            RuleAttribute::Priority(p) => out.priority = *p,
+            RuleAttribute::Table(t) => out.table = *t,
+            RuleAttribute::Source(IpAddr::V4(s)) => out.src = Some((*s, r.header.src_len)),
+            RuleAttribute::Destination(IpAddr::V4(d)) => out.dst = Some((*d, r.header.dst_len)),
+            RuleAttribute::FwMark(m) => mark = Some(*m),
+            RuleAttribute::FwMask(m) => mask = Some(*m),
+            RuleAttribute::Iifname(n) => out.iif = Some(n.clone()),
+            RuleAttribute::Oifname(n) => out.oif = Some(n.clone()),
+            RuleAttribute::Goto(g) => out.goto = Some(*g),
+            RuleAttribute::SuppressPrefixLen(l) if *l != u32::MAX => {
+                out.other.push(format!("suppress_prefixlength {l}"))
+            }
+            RuleAttribute::SuppressIfGroup(g) if *g != u32::MAX => out.other.push(format!("suppress_ifgroup {g}")),
+            RuleAttribute::IpProtocol(p) => out.other.push(format!("ipproto {}", u8::from(*p))),
+            RuleAttribute::SourcePortRange(p) => out.other.push(format!("sport {p:?}")),
+            RuleAttribute::DestinationPortRange(p) => out.other.push(format!("dport {p:?}")),
+            RuleAttribute::UidRange(u) => out.other.push(format!("uidrange {u:?}")),
+            RuleAttribute::L3MDev(true) => out.other.push("l3mdev".into()),
+            RuleAttribute::TunId(t) if *t != 0 => out.other.push(format!("tun_id {t}")),
+            _ => {}
+        }
+    }
+    // An fwmark with no mask has the mask 0xffffffff; a mask alone means mark 0.
+    if mark.is_some() || mask.is_some() {
+        out.fwmark = Some((mark.unwrap_or(0), mask.unwrap_or(u32::MAX)));
+    }
+    // The kernel reports the source of prefix length 0 as no selector.
+    out.src = out.src.filter(|(_, l)| *l != 0);
+    out.dst = out.dst.filter(|(_, l)| *l != 0);
+    Some(out)
+}
+
 fn lladdr(n: &NeighbourMessage) -> Option<String> {
     n.attributes.iter().find_map(|a| match a {
         NeighbourAttribute::LinkLayerAddress(m) => Some(crate::model::plan::mac_string(m)),
@@ -818,6 +1012,61 @@ pub struct Lookup<'a> {
     pub gateway: Option<Ipv4Addr>,
     /// The source address the kernel would choose.
     pub prefsrc: Option<Ipv4Addr>,
+    /// The rule that chose the table, when it is not a default one.
+    pub rule: Option<Rule>,
+    /// Rules that may apply instead (see [`NsDump::decide`]).
+    pub notes: Vec<String>,
+}
+
+/// What policy routing decides for a packet.
+#[derive(Debug, Clone)]
+pub struct Decision<'a> {
+    /// The table entry, or the kernel's error (as strerror words).
+    pub route: Result<&'a Route, String>,
+    /// The rule whose action decided.
+    pub rule: Option<Rule>,
+    /// Rules passed over that may apply instead, each with what it would do.
+    pub notes: Vec<String>,
+}
+
+/// The netmask of a prefix length.
+fn mask(len: u8) -> u32 {
+    if len == 0 { 0 } else { u32::MAX << (32 - len.min(32)) }
+}
+
+/// Whether a rule's selectors match (`None`: it depends on what trace
+/// cannot know, a mark or a selector it does not model). A packet sent
+/// from here matches `iif lo`; no socket is bound to a device, so an
+/// `oif` selector does not match.
+fn rule_matches(r: &Rule, dst: Ipv4Addr, src: Option<Ipv4Addr>, iif: Option<&str>, mark: Option<u32>) -> Option<bool> {
+    let within = |ip: Ipv4Addr, (a, l): (Ipv4Addr, u8)| (u32::from(ip) ^ u32::from(a)) & mask(l) == 0;
+    let mut known = true;
+    if let Some(p) = r.src {
+        known &= within(src.unwrap_or(Ipv4Addr::UNSPECIFIED), p);
+    }
+    if let Some(p) = r.dst {
+        known &= within(dst, p);
+    }
+    if let Some(i) = &r.iif {
+        known &= iif.unwrap_or("lo") == i;
+    }
+    if r.oif.is_some() {
+        known = false;
+    }
+    let mut unsure = !r.other.is_empty();
+    if let Some((m, k)) = r.fwmark {
+        match mark {
+            Some(x) => known &= (x ^ m) & k == 0,
+            None => unsure = true,
+        }
+    }
+    if !known {
+        return Some(r.invert);
+    }
+    if unsure {
+        return None;
+    }
+    Some(!r.invert)
 }
 
 impl NsDump {
@@ -849,39 +1098,157 @@ impl NsDump {
             .and_then(|a| self.name_of(a.index))
     }
 
-    /// The routing table entry the kernel uses for `dst`: the longest
-    /// prefix (then the lowest metric) of the local, main and default
-    /// tables in the order of the default rules; a throw route goes on to
-    /// the next table.
-    pub fn fib(&self, dst: Ipv4Addr) -> Option<&Route> {
+    /// The rules in force: those read, else the kernel's default ones
+    /// (a recording made before rules were read).
+    pub fn rules_in_force(&self) -> Vec<Rule> {
+        let mut rules = if self.rules.is_empty() {
+            Rule::defaults()
+        } else {
+            self.rules.clone()
+        };
+        rules.sort_by_key(|r| r.priority);
+        rules
+    }
+
+    /// The entry of `table` for `dst`: the longest prefix, then the lowest
+    /// metric (a throw route too).
+    pub fn table_lookup(&self, table: u32, dst: Ipv4Addr) -> Option<&Route> {
         let d = u32::from(dst);
-        for table in [255, 254, 253] {
-            let best = self
-                .routes
-                .iter()
-                .filter(|r| r.table == table && !r.dead)
-                .filter(|r| {
-                    let mask = if r.dst_len == 0 {
-                        0
-                    } else {
-                        u32::MAX << (32 - r.dst_len.min(32))
-                    };
-                    (d ^ r.dst.map_or(0, u32::from)) & mask == 0
-                })
-                .min_by_key(|r| (std::cmp::Reverse(r.dst_len), r.metric.unwrap_or(0)));
-            match best {
-                Some(r) if r.kind == RTN_THROW => continue,
-                Some(r) => return Some(r),
-                None => {}
+        self.routes
+            .iter()
+            .filter(|r| r.table == table && !r.dead)
+            .filter(|r| (d ^ r.dst.map_or(0, u32::from)) & mask(r.dst_len) == 0)
+            .min_by_key(|r| (std::cmp::Reverse(r.dst_len), r.metric.unwrap_or(0)))
+    }
+
+    /// The routing table entry the kernel uses for `dst` with the default
+    /// rules' inputs (no source, sent from here, mark 0).
+    pub fn fib(&self, dst: Ipv4Addr) -> Option<&Route> {
+        self.decide(dst, None, None, Some(0)).route.ok()
+    }
+
+    /// What policy routing decides for a packet to `dst` from `src` (when
+    /// known) that came in on `iif` (None: sent from here, which the
+    /// kernel matches as `iif lo`) with the mark `mark` (None: unknown).
+    /// The rules are followed in priority order as the kernel does: a
+    /// rule whose selectors match does its action; a `lookup` whose table
+    /// has no entry or a throw route goes on to the next rule. A rule
+    /// that would match only with a mark (or another selector) trace
+    /// cannot know is passed over, with a note.
+    pub fn decide(&self, dst: Ipv4Addr, src: Option<Ipv4Addr>, iif: Option<&str>, mark: Option<u32>) -> Decision<'_> {
+        let rules = self.rules_in_force();
+        let mut notes = Vec::new();
+        let mut i = 0;
+        while i < rules.len() {
+            let r = &rules[i];
+            i += 1;
+            match rule_matches(r, dst, src, iif, mark) {
+                Some(false) => continue,
+                None => {
+                    notes.extend(self.maybe_note(r, dst));
+                    continue;
+                }
+                Some(true) => {}
+            }
+            let refused = |e: &str| Decision {
+                route: Err(e.to_string()),
+                rule: Some(r.clone()),
+                notes: notes.iter().map(|(n, _)| n.clone()).collect(),
+            };
+            match r.action {
+                FR_ACT_TO_TBL => match self.table_lookup(r.table, dst) {
+                    Some(rt) if rt.kind != RTN_THROW => {
+                        // A rule that would give this same route changes nothing.
+                        notes.retain(|(_, alt)| alt.is_none_or(|a| !std::ptr::eq(a, rt)));
+                        return Decision {
+                            route: Ok(rt),
+                            rule: Some(r.clone()),
+                            notes: notes.into_iter().map(|(n, _)| n).collect(),
+                        };
+                    }
+                    _ => {}
+                },
+                FR_ACT_GOTO => {
+                    // Only forward: the kernel refuses a goto to an earlier rule.
+                    if let Some(j) = r.goto.and_then(|g| rules.iter().position(|x| x.priority == g)) {
+                        i = i.max(j);
+                    }
+                }
+                FR_ACT_BLACKHOLE => return refused("Invalid argument"),
+                FR_ACT_UNREACHABLE => return refused("No route to host"),
+                FR_ACT_PROHIBIT => return refused("Permission denied"),
+                _ => {}
             }
         }
-        None
+        Decision {
+            route: Err("Network is unreachable".into()),
+            rule: None,
+            notes: notes.into_iter().map(|(n, _)| n).collect(),
+        }
+    }
+
+    /// A note on a rule that may apply: what it would do, with the route
+    /// it would give; none when it would only let the lookup go on.
+    fn maybe_note(&self, r: &Rule, dst: Ipv4Addr) -> Option<(String, Option<&Route>)> {
+        let when = if r.other.is_empty() {
+            "iptables marked the packet (MARK or CONNMARK rules in mangle or nat set marks before routing; trace cannot know a packet's mark)".to_string()
+        } else {
+            format!("the packet matches `{}`, which trace does not model", r.other.join(" "))
+        };
+        let (then, alt) = match r.action {
+            FR_ACT_TO_TBL => match self.table_lookup(r.table, dst) {
+                Some(rt) if rt.kind != RTN_THROW => (format!("then the route is {}", self.route_brief(rt)), Some(rt)),
+                _ => return None,
+            },
+            FR_ACT_BLACKHOLE | FR_ACT_UNREACHABLE | FR_ACT_PROHIBIT => {
+                ("then the kernel refuses the packet".into(), None)
+            }
+            FR_ACT_GOTO => ("then the lookup jumps ahead".into(), None),
+            _ => return None,
+        };
+        Some((format!("rule {} applies if {when}: {then}", r.text()), alt))
+    }
+
+    /// A route in short, as `ip route` prints it: type, destination,
+    /// gateway, device, table.
+    pub fn route_brief(&self, r: &Route) -> String {
+        let mut s = String::new();
+        if r.kind != RTN_UNICAST {
+            s.push_str(&type_name(r.kind));
+            s.push(' ');
+        }
+        s.push_str(&dst_text(r));
+        if let Some(g) = r.gateway {
+            s.push_str(&format!(" via {g}"));
+        }
+        if let Some(d) = r.oif.and_then(|i| self.name_of(i)) {
+            s.push_str(&format!(" dev {d}"));
+        }
+        if r.table != 254 {
+            s.push_str(&format!(" table {}", table_text(r.table)));
+        }
+        s
     }
 
     /// What `ip route get dst [from src] [iif dev]` answers: the route, or
     /// the error the kernel gives (as strerror words).
     pub fn route_get(&self, dst: Ipv4Addr, src: Option<Ipv4Addr>, iif: Option<&str>) -> Result<Lookup<'_>, String> {
-        let r = self.fib(dst).ok_or("Network is unreachable")?;
+        self.route_get_marked(dst, src, iif, Some(0))
+    }
+
+    /// `ip route get` for a packet whose mark is `mark` (None: unknown,
+    /// see [`NsDump::decide`]).
+    pub fn route_get_marked(
+        &self,
+        dst: Ipv4Addr,
+        src: Option<Ipv4Addr>,
+        iif: Option<&str>,
+        mark: Option<u32>,
+    ) -> Result<Lookup<'_>, String> {
+        let decision = self.decide(dst, src, iif, mark);
+        let r = decision.route?;
+        let rule = decision.rule.filter(|r| !r.is_default());
+        let notes = decision.notes;
         match r.kind {
             RTN_BLACKHOLE => return Err("Invalid argument".into()),
             RTN_UNREACHABLE => return Err("No route to host".into()),
@@ -908,6 +1275,8 @@ impl NsDump {
                 ),
                 gateway: None,
                 prefsrc: Some(r.prefsrc.unwrap_or(dst)),
+                rule,
+                notes,
             });
         }
         Ok(Lookup {
@@ -915,6 +1284,8 @@ impl NsDump {
             dev: r.oif.and_then(|i| self.name_of(i)).map(str::to_string),
             gateway: r.gateway,
             prefsrc: r.prefsrc.or_else(|| self.select_src(r)),
+            rule,
+            notes,
         })
     }
 
@@ -1070,5 +1441,128 @@ mod tests {
         d.routes.push(route(254, RTN_UNICAST, "10.244.1.9", None, 4));
         let r = d.route_get(ip("10.244.1.9"), None, None).unwrap();
         assert_eq!(r.prefsrc, Some(ip("172.20.0.11")));
+    }
+
+    /// An aws-vpc node: eth0 (primary ENI, main) and eth1 (secondary ENI,
+    /// table 2), a pod on each, and the plugin's rules.
+    fn aws_node() -> NsDump {
+        let mut d = node();
+        d.links.push(link(4, "eth1"));
+        d.links.push(link(5, "eniaaa"));
+        d.addrs.push(Addr {
+            index: 4,
+            ip: ip("10.0.1.20"),
+            prefix_len: 24,
+            scope: 0,
+        });
+        d.routes.push(route(254, RTN_UNICAST, "10.0.1.25", None, 5));
+        d.routes.push(route(2, RTN_UNICAST, "0.0.0.0/0", Some("10.0.1.1"), 4));
+        d.routes.push(route(2, RTN_UNICAST, "10.0.1.1", None, 4));
+        let mut rules = Rule::defaults();
+        rules.push(Rule {
+            dst: Some((ip("10.0.1.25"), 32)),
+            ..Rule::lookup(512, 254)
+        });
+        rules.push(Rule {
+            fwmark: Some((0x80, 0x80)),
+            ..Rule::lookup(1024, 254)
+        });
+        rules.push(Rule {
+            src: Some((ip("10.0.1.25"), 32)),
+            ..Rule::lookup(1536, 2)
+        });
+        d.rules = rules;
+        d
+    }
+
+    #[test]
+    fn rules_send_a_pod_of_the_second_eni_through_its_table() {
+        let d = aws_node();
+        // Forwarded from the pod: rule 1536, table 2, eth1.
+        let r = d
+            .route_get(ip("10.244.3.7"), Some(ip("10.0.1.25")), Some("eniaaa"))
+            .unwrap();
+        assert_eq!((r.dev.as_deref(), r.gateway), (Some("eth1"), Some(ip("10.0.1.1"))));
+        assert_eq!(r.route.table, 2);
+        assert_eq!(r.rule.unwrap().text(), "1536: from 10.0.1.25 lookup 2");
+        // Another source: main, eth0, no rule named.
+        let r = d
+            .route_get(ip("10.244.3.7"), Some(ip("10.244.1.9")), Some("cni0"))
+            .unwrap();
+        assert_eq!((r.dev.as_deref(), r.rule), (Some("eth0"), None));
+        // To the pod: rule 512 comes first, main.
+        let r = d.route_get(ip("10.0.1.25"), None, None).unwrap();
+        assert_eq!(r.dev.as_deref(), Some("eniaaa"));
+        assert_eq!(r.rule.unwrap().text(), "512: from all to 10.0.1.25 lookup main");
+        // No rules read: the defaults, as before.
+        let mut old = d.clone();
+        old.rules.clear();
+        let r = old
+            .route_get(ip("10.244.3.7"), Some(ip("10.0.1.25")), Some("eniaaa"))
+            .unwrap();
+        assert_eq!((r.dev.as_deref(), r.rule), (Some("eth0"), None));
+    }
+
+    #[test]
+    fn a_throw_or_empty_table_goes_on_and_rule_actions_refuse() {
+        let mut d = aws_node();
+        // Table 2 throws 10.244.0.0/16: the lookup goes on to main.
+        d.routes.push(route(2, RTN_THROW, "10.244.0.0/16", None, 0));
+        let r = d
+            .route_get(ip("10.244.3.7"), Some(ip("10.0.1.25")), Some("eniaaa"))
+            .unwrap();
+        assert_eq!((r.dev.as_deref(), r.route.table), (Some("eth0"), 254));
+        // A table with no route for it: the same.
+        d.rules.push(Rule {
+            src: Some((ip("10.0.1.25"), 32)),
+            ..Rule::lookup(100, 7)
+        });
+        let r = d
+            .route_get(ip("10.244.3.7"), Some(ip("10.0.1.25")), Some("eniaaa"))
+            .unwrap();
+        assert_eq!(r.route.table, 254);
+        // A prohibit rule refuses.
+        d.rules.push(Rule {
+            action: FR_ACT_PROHIBIT,
+            dst: Some((ip("10.244.3.0"), 24)),
+            ..Rule::lookup(50, 0)
+        });
+        assert_eq!(
+            d.route_get(ip("10.244.3.7"), None, None).unwrap_err(),
+            "Permission denied"
+        );
+        assert_eq!(d.rules.last().unwrap().text(), "50: from all to 10.244.3.0/24 prohibit");
+    }
+
+    #[test]
+    fn a_mark_rule_matches_only_a_known_mark_and_is_noted_otherwise() {
+        let mut d = aws_node();
+        // The fwmark rule would send it by main; the mark 0x80 is known.
+        let marked = d.decide(ip("10.244.3.7"), Some(ip("10.0.1.25")), Some("eniaaa"), Some(0x80));
+        assert_eq!(marked.rule.unwrap().priority, 1024);
+        assert!(marked.notes.is_empty());
+        // Mark 0: not matched, no note.
+        let plain = d.decide(ip("10.244.3.7"), Some(ip("10.0.1.25")), Some("eniaaa"), Some(0));
+        assert_eq!((plain.rule.unwrap().priority, plain.notes.len()), (1536, 0));
+        // Unknown: not matched, but noted with what it would do.
+        let unknown = d.decide(ip("10.244.3.7"), Some(ip("10.0.1.25")), Some("eniaaa"), None);
+        assert_eq!(unknown.route.unwrap().table, 2);
+        assert_eq!(unknown.notes.len(), 1, "{:?}", unknown.notes);
+        let n = &unknown.notes[0];
+        assert!(
+            n.starts_with("rule 1024: from all fwmark 0x80/0x80 lookup main applies if iptables marked the packet"),
+            "{n}"
+        );
+        assert!(
+            n.ends_with("then the route is 10.244.0.0/16 via 172.20.0.12 dev eth0"),
+            "{n}"
+        );
+        // `not` inverts: mark 0 matches `not fwmark 0x80/0x80`.
+        d.rules[4].invert = true;
+        let inv = d.decide(ip("10.244.3.7"), Some(ip("10.0.1.25")), Some("eniaaa"), Some(0));
+        assert_eq!(
+            inv.rule.unwrap().text(),
+            "1024: not from all fwmark 0x80/0x80 lookup main"
+        );
     }
 }

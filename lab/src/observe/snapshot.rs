@@ -56,6 +56,10 @@ pub struct NsSnapshot {
     pub addresses: Vec<Address>,
     /// Routes of every table.
     pub routes: Vec<Route>,
+    /// Policy routing rules other than the kernel's three defaults, as
+    /// `ip rule` prints them (`1536: from 10.0.1.25 lookup 2`), by priority.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<String>,
     /// Neighbours (permanent and proxy; all with `--dynamic`).
     pub neighbours: Vec<Neighbour>,
     /// FDB entries pointing at a remote (all with `--dynamic`).
@@ -477,6 +481,27 @@ fn ns_snapshot(
     let mut routes: Vec<Route> = d.routes.iter().map(|rt| route(rt, &dev)).collect();
     routes.sort_by(|a, b| (a.key, &a.text).cmp(&(b.key, &b.text)));
 
+    let rename = |n: &Option<String>| {
+        n.as_ref().map(|n| {
+            d.links
+                .iter()
+                .find(|l| &l.name == n)
+                .map_or(n.clone(), |l| names.link_name(&short, l))
+        })
+    };
+    let mut rules: Vec<&crate::observe::collect::Rule> = d.rules.iter().filter(|r| !r.is_default()).collect();
+    // Rules of one priority are in the order they were made: sorted here.
+    rules.sort_by_key(|r| (r.priority, r.src, r.dst, r.text()));
+    let rules: Vec<String> = rules
+        .into_iter()
+        .map(|r| {
+            let mut r = r.clone();
+            r.iif = rename(&r.iif);
+            r.oif = rename(&r.oif);
+            r.text()
+        })
+        .collect();
+
     let mut neighbours: Vec<Neighbour> = d
         .neighbours
         .iter()
@@ -518,6 +543,7 @@ fn ns_snapshot(
         links,
         addresses,
         routes,
+        rules,
         neighbours,
         fdb,
         sysctls,
@@ -836,6 +862,9 @@ impl Snapshot {
                 } else {
                     let _ = writeln!(s, "route {} table {}", r.text, r.table);
                 }
+            }
+            for r in &ns.rules {
+                let _ = writeln!(s, "rule {r}");
             }
             for n in &ns.neighbours {
                 let _ = writeln!(s, "neigh {}", n.text);

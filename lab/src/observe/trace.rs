@@ -60,7 +60,8 @@ pub struct Hop {
     pub size: u32,
     /// The addresses of the packet here (`src -> dst`, outer when encapsulated).
     pub packet: String,
-    /// The table entries used, as iproute2 prints them: `route ...`, `neigh ...`, `fdb ...`.
+    /// The table entries used, as iproute2 prints them: `rule ...` (a policy
+    /// routing rule other than the defaults), `route ...`, `neigh ...`, `fdb ...`.
     pub entries: Vec<String>,
     /// What happened, in words: encapsulation, proxy ARP, forwarding.
     pub notes: Vec<String>,
@@ -312,6 +313,14 @@ impl View {
     }
 }
 
+/// The packet's mark as this namespace's routing sees it: 0 where no
+/// iptables rule sets marks (a mark does not survive the veth into
+/// another namespace), else unknown.
+fn mark_known(view: &View) -> Option<u32> {
+    let sets = ["-j MARK", "-j CONNMARK"].iter().any(|t| view.d.iptables.contains(t));
+    (!sets).then_some(0)
+}
+
 /// A route as `ip route` prints it.
 fn route_text(view: &View, r: &Route) -> String {
     let mut s = String::new();
@@ -342,6 +351,9 @@ fn route_text(view: &View, r: &Route) -> String {
     }
     if r.onlink {
         s.push_str(" onlink");
+    }
+    if ![254, 255].contains(&r.table) {
+        s.push_str(&format!(" table {}", crate::observe::collect::table_text(r.table)));
     }
     s
 }
@@ -856,7 +868,9 @@ fn rp_filtered(view: &View, h: &mut Hop, pkt: &Packet, dev: &str) -> bool {
         return false;
     }
     let rule = format!("rp_filter = {mode} on {dev} (the larger of all = {all} and {dev} = {here})");
-    match view.d.route_get(pkt.src, None, None) {
+    // The kernel's reverse lookup: to the source, from the destination,
+    // as if sent from here (iif lo), mark 0 (src_valid_mark is off).
+    match view.d.route_get(pkt.src, Some(pkt.dst), None) {
         Err(e) => {
             h.drop = Some(format!(
                 "{rule}: there is no route back to the source {} ({e})",
@@ -1095,10 +1109,25 @@ fn route_out(lab: &Lab, view: &View, mut h: Hop, l3_in: Option<String>, pkt: &mu
         ));
         return done(h, Next::Delivered);
     }
-    // The table entry, then the kernel's full decision.
-    let Some(entry) = view.d.fib(pkt.dst) else {
-        h.drop = Some(format!("no route to {} (Network is unreachable)", pkt.dst));
-        return done(h, Next::Delivered);
+    // The rules and table entry, then the kernel's full decision. The
+    // source takes part in the rules (a connected socket's second lookup
+    // has it too); only a forwarded packet's source is validated.
+    let from = (!pkt.src.is_unspecified()).then_some(pkt.src);
+    let mark = mark_known(view);
+    let decision = view.d.decide(pkt.dst, from, l3_in.as_deref(), mark);
+    if let Some(rule) = decision.rule.as_ref().filter(|r| !r.is_default()) {
+        h.entries.push(format!("rule {}", rule.text()));
+    }
+    h.notes.extend(decision.notes.iter().cloned());
+    let entry = match decision.route {
+        Ok(e) => e,
+        Err(e) => {
+            h.drop = Some(match decision.rule.filter(|r| !r.is_default()) {
+                Some(rule) => format!("rule {} refuses it ({e})", rule.text()),
+                None => format!("no route to {} ({e})", pkt.dst),
+            });
+            return done(h, Next::Delivered);
+        }
     };
     h.entries.push(format!("route {}", route_text(view, entry)));
     if [RTN_BLACKHOLE, RTN_UNREACHABLE, RTN_PROHIBIT].contains(&entry.kind) {
@@ -1114,8 +1143,11 @@ fn route_out(lab: &Lab, view: &View, mut h: Hop, l3_in: Option<String>, pkt: &mu
         h.drop = Some(why);
         return done(h, Next::Delivered);
     }
-    let from = forwarding.then_some(pkt.src);
-    let r = match view.d.route_get(pkt.dst, from, l3_in.as_deref()) {
+    let checked = if forwarding { from } else { None };
+    let r = match view
+        .d
+        .route_get_marked(pkt.dst, from, l3_in.as_deref().filter(|_| checked.is_some()), mark)
+    {
         Ok(r) => r,
         Err(e) => {
             h.drop = Some(format!("the kernel refuses to route it: {e}"));
