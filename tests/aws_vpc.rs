@@ -297,3 +297,28 @@ fn trace_and_snapshot_follow_the_rules_of_a_secondary_eni_pod() {
     );
     assert!(!lab.snapshot().contains("rule 1536:"));
 }
+
+/// `trace` across the VPC: the bridge answers for a secondary address with
+/// its ENI's MAC, so a pod on eth1 is reached and answers; without its
+/// rule 1536 the answer leaves by eth0 and the trace names the VPC's
+/// source/dest check at the switch as where it is lost, not "delivered".
+#[test]
+fn trace_crosses_the_vpc_and_names_the_source_dest_check() {
+    let lab = Lab::up(&topology("aws-vpc.toml"));
+    let trace = |lab: &Lab| -> serde_json::Value {
+        let out = lab.run(&["trace", "large/pod-1", "nano/pod-2", "--json"]);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", show(&out)))
+    };
+    let v = trace(&lab);
+    assert_eq!(v["delivered"], true, "{v:#}");
+    assert!(v.to_string().contains("answered by the bridge: proxy_arp"), "{v:#}");
+    let out = lab.run(&["fault", "add", "rule-del", "--on", "nano/pod-2"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let v = trace(&lab);
+    assert_eq!(v["delivered"], false, "{v:#}");
+    let text = v.to_string();
+    assert!(
+        text.contains("source/dest check") && text.contains("is not an address of the ENI behind port nano"),
+        "{v:#}"
+    );
+}

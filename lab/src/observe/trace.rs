@@ -1542,6 +1542,22 @@ fn bridge_fdb<'v>(view: &'v View, bridge: &str) -> impl Iterator<Item = (&'v cra
         .filter_map(|e| Some((e, view.d.name_of(e.ifindex)?)))
 }
 
+/// The MAC the bridge's own neighbour table gives `ip` (the entries a
+/// proxy_arp port is answered from).
+fn bridge_neighbour(view: &View, bridge: &str, ip: Ipv4Addr) -> Option<String> {
+    let b = view.link(bridge)?.index;
+    view.d
+        .neighbours
+        .iter()
+        .find(|n| n.ifindex == b && n.dst == Some(ip))
+        .and_then(|n| n.lladdr.clone())
+}
+
+/// The MAC of the device at the other end of a switch port.
+fn port_peer_mac(lab: &Lab, view: &View, port: &str) -> Option<String> {
+    lab.peer(view, port)?.2
+}
+
 /// The bridge port an FDB entry puts `mac` on.
 fn fdb_port(view: &View, bridge: &str, mac: &str) -> Option<String> {
     bridge_fdb(view, bridge)
@@ -1740,7 +1756,35 @@ fn switch(lab: &Lab, view: &View, port_in: &str, via: Ipv4Addr, pkt: &mut Packet
             return stop(h);
         }
     }
-    // The frame is for the MAC of the next hop the sender chose.
+    // A switch that checks sources (aws-vpc's VPC): the frame's source
+    // address must be one its port's ENI holds, as the bridge's neighbour
+    // table says.
+    let from_node = lab
+        .peer(view, port_in)
+        .is_some_and(|(ns, ..)| lab.plan.nodes.iter().any(|n| n.ns == ns));
+    if from_node && lab.plan.profile.switch_checks_source() {
+        let held = port_peer_mac(lab, view, port_in)
+            .is_some_and(|mac| bridge_neighbour(view, &bridge, pkt.src).is_some_and(|m| m == mac));
+        if !held {
+            h.drop = Some(format!(
+                "the VPC's source/dest check: {} is not an address of the ENI behind port {port_in} (nftables bridge filter forward, \"VPC source/dest check\" drop)",
+                pkt.src
+            ));
+            return stop(h);
+        }
+    }
+    // The frame is for the MAC of the next hop the sender chose: a device
+    // of the lab's plan, else (the VPC's secondary addresses) the port the
+    // bridge's neighbour table and static FDB give the address to.
+    if l2_target(lab, via).is_none()
+        && let Some(mac) = bridge_neighbour(view, &bridge, via)
+        && let Some(out) = fdb_port(view, &bridge, &mac)
+    {
+        h.entries.push(format!(
+            "neigh {via} lladdr {mac} dev {bridge} (answered by the bridge: proxy_arp)"
+        ));
+        return switch_out(lab, view, h, &out, pkt);
+    }
     let target = l2_target(lab, via);
     let Some((target_label, target_ns)) = target else {
         return Ok(Step {

@@ -552,6 +552,13 @@ pub trait Profile: Saved + Send + Sync {
         Vec::new()
     }
 
+    /// Whether its switches drop a frame whose source address the sending
+    /// port's device does not hold (aws-vpc: EC2's source/dest check), for
+    /// `trace` to judge.
+    fn switch_checks_source(&self) -> bool {
+        false
+    }
+
     /// Before a pod is added: the profile may change its plan (Calico
     /// claims another block for a full node), saved through `save`.
     fn before_pod_add<'a>(&'a self, _pod: PodAdd<'a>, _save: SavePlan<'a>) -> BoxFuture<'a, Result<()>> {

@@ -265,6 +265,10 @@ pub fn plan(
 }
 
 impl Profile for AwsVpcPlan {
+    fn switch_checks_source(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         NAME
     }
