@@ -251,6 +251,10 @@ fn aws_baseline(plan: &Value, state: &Value) {
     });
 }
 
+const NOTES: &str = "\n- Run with the host's neighbour table raised as for the scale benchmark (net.ipv4.neigh.default.gc_thresh3 65,536): it is shared by every namespace, and Weave's full mesh of 50 routers alone needs 2,450 entries on the nodes' eth0; at the default 1,024 the kernel drops packets that need a new neighbour and the mesh does not converge within `up`'s 60 s (cnilab warns before it starts).\n\
+- Weave: the time after the nodes is the 50 routers' full mesh (each connects to the 49 others over TCP 6783, then sleeve heartbeats over UDP 6783 until every pair is established) and each pod's address asked of its router over HTTP; the baseline makes the bridge, ports and pods only.\n\
+- aws-vpc: each node's ipamd attaches the ENIs the warm pool asks for as the pods come (10 pods on an m5.large: eth1 and eth2, 9 addresses each), registering each address with the VPC (a neighbour entry on the subnet's bridge and an element of the nftables source check); the baseline makes the same ENIs, tables, rules and neighbours by iproute2, without the nftables table.\n";
+
 struct Row {
     label: &'static str,
     up: Duration,
@@ -386,7 +390,7 @@ fn main() {
         rows.push(median(v));
     }
     let mut doc = format!(
-        "{HEADING}\n\nMeasured by `cargo bench -p cnilab --bench cnis` (as root; medians of {runs}, peak RSS the largest). \
+        "{HEADING}\n\nMeasured by `cargo bench -p cnilab --bench cnis` (as root; each row is the run with the median `up` of {runs}, peak RSS the largest of all). \
          The baseline makes the same kernel objects by iproute2 batches (namespaces, switch, nodes' links, the profile's \
          devices, every pod's veth, address and routes; aws-vpc also the ENIs, tables, rules and neighbours) and runs no \
          agent and no plugin; the addresses and ENIs are those the cnilab run ended with.\n\n\
@@ -406,6 +410,7 @@ fn main() {
             r.rss_kb as f64 / 1024.0
         ));
     }
+    doc.push_str(NOTES);
     println!("{doc}");
     if write {
         write_section(HEADING, &doc);
