@@ -1542,6 +1542,40 @@ fn bridge_fdb<'v>(view: &'v View, bridge: &str) -> impl Iterator<Item = (&'v cra
         .filter_map(|e| Some((e, view.d.name_of(e.ifindex)?)))
 }
 
+/// Why a switch that checks sources (aws-vpc's VPC) drops a frame from a
+/// node's port: its source address is not one the port's ENI holds, as
+/// the bridge's neighbour table says.
+fn source_check(lab: &Lab, view: &View, bridge: &str, port_in: &str, src: Ipv4Addr) -> Option<String> {
+    let from_node = lab
+        .peer(view, port_in)
+        .is_some_and(|(ns, ..)| lab.plan.nodes.iter().any(|n| n.ns == ns));
+    if !from_node || !lab.plan.profile.switch_checks_source() {
+        return None;
+    }
+    let held = port_peer_mac(lab, view, port_in)
+        .is_some_and(|mac| bridge_neighbour(view, bridge, src).is_some_and(|m| m == mac));
+    (!held).then(|| {
+        format!(
+            "the VPC's source/dest check: {src} is not an address of the ENI behind port {port_in} (nftables bridge filter forward, \"VPC source/dest check\" drop)"
+        )
+    })
+}
+
+/// For an address no device of the plan holds, the bridge's neighbour
+/// entry (answered by proxy ARP) and the port its static FDB entry puts
+/// that MAC on.
+fn neighbour_port(lab: &Lab, view: &View, bridge: &str, via: Ipv4Addr) -> Option<(String, String)> {
+    if l2_target(lab, via).is_some() {
+        return None;
+    }
+    let mac = bridge_neighbour(view, bridge, via)?;
+    let out = fdb_port(view, bridge, &mac)?;
+    Some((
+        format!("neigh {via} lladdr {mac} dev {bridge} (answered by the bridge: proxy_arp)"),
+        out,
+    ))
+}
+
 /// The MAC the bridge's own neighbour table gives `ip` (the entries a
 /// proxy_arp port is answered from).
 fn bridge_neighbour(view: &View, bridge: &str, ip: Ipv4Addr) -> Option<String> {
@@ -1759,30 +1793,15 @@ fn switch(lab: &Lab, view: &View, port_in: &str, via: Ipv4Addr, pkt: &mut Packet
     // A switch that checks sources (aws-vpc's VPC): the frame's source
     // address must be one its port's ENI holds, as the bridge's neighbour
     // table says.
-    let from_node = lab
-        .peer(view, port_in)
-        .is_some_and(|(ns, ..)| lab.plan.nodes.iter().any(|n| n.ns == ns));
-    if from_node && lab.plan.profile.switch_checks_source() {
-        let held = port_peer_mac(lab, view, port_in)
-            .is_some_and(|mac| bridge_neighbour(view, &bridge, pkt.src).is_some_and(|m| m == mac));
-        if !held {
-            h.drop = Some(format!(
-                "the VPC's source/dest check: {} is not an address of the ENI behind port {port_in} (nftables bridge filter forward, \"VPC source/dest check\" drop)",
-                pkt.src
-            ));
-            return stop(h);
-        }
+    if let Some(why) = source_check(lab, view, &bridge, port_in, pkt.src) {
+        h.drop = Some(why);
+        return stop(h);
     }
     // The frame is for the MAC of the next hop the sender chose: a device
     // of the lab's plan, else (the VPC's secondary addresses) the port the
     // bridge's neighbour table and static FDB give the address to.
-    if l2_target(lab, via).is_none()
-        && let Some(mac) = bridge_neighbour(view, &bridge, via)
-        && let Some(out) = fdb_port(view, &bridge, &mac)
-    {
-        h.entries.push(format!(
-            "neigh {via} lladdr {mac} dev {bridge} (answered by the bridge: proxy_arp)"
-        ));
+    if let Some((entry, out)) = neighbour_port(lab, view, &bridge, via) {
+        h.entries.push(entry);
         return switch_out(lab, view, h, &out, pkt);
     }
     let target = l2_target(lab, via);

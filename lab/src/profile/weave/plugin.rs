@@ -215,8 +215,26 @@ async fn wire(
         .add(RouteNetlinkMessage::NewRoute(default))
         .await
         .context("default route")?;
-    // Multicast from outside the range is dropped (plugin/net/cni.go).
-    let range = ip.trunc().to_string();
+    multicast_rules(&pod_ns, ifname, ip.trunc())?;
+    if let Err(e) = nl.link(&host).await {
+        bail!("host veth: {e}");
+    }
+    Ok(json!({
+        "cniVersion": conf["cniVersion"],
+        "interfaces": [
+            { "name": host, "mac": mac_string(&host_mac) },
+            { "name": ifname, "mac": mac_string(&mac), "sandbox": netns_path },
+        ],
+        "ips": [{ "version": "4", "address": ip.to_string(), "gateway": gw.to_string(), "interface": 1 }],
+        "routes": [{ "dst": "0.0.0.0/0", "gw": gw.to_string() }],
+        "dns": {},
+    }))
+}
+
+/// The pod's INPUT rules: multicast from outside the range is dropped
+/// (plugin/net/cni.go).
+fn multicast_rules(pod_ns: &Netns, ifname: &str, range: Ipv4Net) -> Result<()> {
+    let range = range.to_string();
     for args in [
         vec!["-w", "-A", "INPUT", "-i", ifname, "-d", "224.0.0.0/4", "-j", "DROP"],
         vec![
@@ -234,21 +252,9 @@ async fn wire(
             "ACCEPT",
         ],
     ] {
-        crate::kernel::netns::run_in(&pod_ns, "iptables", &args).context("the pod's multicast rules")?;
+        crate::kernel::netns::run_in(pod_ns, "iptables", &args).context("the pod's multicast rules")?;
     }
-    if let Err(e) = nl.link(&host).await {
-        bail!("host veth: {e}");
-    }
-    Ok(json!({
-        "cniVersion": conf["cniVersion"],
-        "interfaces": [
-            { "name": host, "mac": mac_string(&host_mac) },
-            { "name": ifname, "mac": mac_string(&mac), "sandbox": netns_path },
-        ],
-        "ips": [{ "version": "4", "address": ip.to_string(), "gateway": gw.to_string(), "interface": 1 }],
-        "routes": [{ "dst": "0.0.0.0/0", "gw": gw.to_string() }],
-        "dns": {},
-    }))
+    Ok(())
 }
 
 async fn cmd_del() -> Result<(), Failure> {
