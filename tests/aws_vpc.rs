@@ -111,15 +111,7 @@ fn a_secondary_eni_pod_answers_through_its_rule_and_the_vpc_checks_sources() {
     let pods: std::collections::BTreeMap<String, String> = lab.pods().into_iter().collect();
     let secondary = &pods["nano/pod-2"];
     let rules = lab.exec_ok("nano", &["ip", "rule"]);
-    let eni1 = lab.exec_ok("nano", &["ip", "-4", "-o", "addr", "show", "dev", "eth1"]);
-    let eni1 = eni1
-        .split_whitespace()
-        .nth(3)
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let eni1 = address_of(&lab, "nano", "eth1");
     let lines: Vec<&str> = rules.lines().map(str::trim).collect();
     for want in [
         format!("512:\tfrom all to {} lookup main", pods["nano/pod-1"]),
@@ -216,15 +208,7 @@ fn trace_and_snapshot_follow_the_rules_of_a_secondary_eni_pod() {
     let lab = Lab::up(&topology("aws-vpc.toml"));
     let pods: std::collections::BTreeMap<String, String> = lab.pods().into_iter().collect();
     let secondary = &pods["nano/pod-2"];
-    let eni1 = lab.exec_ok("nano", &["ip", "-4", "-o", "addr", "show", "dev", "eth1"]);
-    let eni1 = eni1
-        .split_whitespace()
-        .nth(3)
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let eni1 = address_of(&lab, "nano", "eth1");
 
     // The snapshot shows the plugin's rules, not the kernel's defaults.
     let snap = lab.snapshot();
@@ -321,4 +305,11 @@ fn trace_crosses_the_vpc_and_names_the_source_dest_check() {
         text.contains("source/dest check") && text.contains("is not an address of the ENI behind port nano"),
         "{v:#}"
     );
+}
+
+/// The IPv4 address of `dev` in a node (an ENI's primary address).
+fn address_of(lab: &Lab, node: &str, dev: &str) -> String {
+    let out = lab.exec_ok(node, &["ip", "-4", "-o", "addr", "show", "dev", dev]);
+    let cidr = out.split_whitespace().nth(3).expect("an address");
+    cidr.split('/').next().unwrap().to_string()
 }

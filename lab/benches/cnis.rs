@@ -53,17 +53,24 @@ fn weave_topology(name: &str) -> String {
 
 /// The pods' namespaces, by one `ip -batch` in the host.
 fn pod_namespaces(plan: &Value) {
-    let script: String = plan["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|n| n["pods"].as_array().unwrap().iter())
-        .map(|p| format!("netns add {}\n", s(&p["ns"])))
+    let script: String = all_pods(plan)
+        .into_iter()
+        .map(|(_, p)| format!("netns add {}\n", s(&p["ns"])))
         .collect();
     batch("ip", None, &script);
 }
 
-/// A pod's address (without its prefix) as the cnilab run gave it.
+/// Every pod of the plan with its node.
+fn all_pods(plan: &Value) -> Vec<(&Value, &Value)> {
+    plan["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|n| n["pods"].as_array().unwrap().iter().map(move |p| (n, p)))
+        .collect()
+}
+
+/// A pod's address (with its prefix) as the cnilab run gave it.
 fn pod_ip<'a>(state: &'a Value, node: &Value, pod: &Value) -> &'a str {
     s(&state["pods"][format!("{}/{}", s(&node["name"]), s(&pod["name"]))]["ip"])
 }
@@ -100,13 +107,7 @@ fn weave_baseline(plan: &Value, state: &Value) {
         }
         (sc, String::new())
     });
-    let pods: Vec<(&Value, &Value)> = plan["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|n| n["pods"].as_array().unwrap().iter().map(move |p| (n, p)))
-        .collect();
-    parallel(pods, |(n, p)| {
+    parallel(all_pods(plan), |(n, p)| {
         let gw = s(&state["pods"][format!("{}/{}", s(&n["name"]), s(&p["name"]))]["gateway"]);
         batch(
             "ip",
@@ -225,13 +226,7 @@ fn aws_baseline(plan: &Value, state: &Value) {
         }
     }
     batch("ip", Some(&fabric), &neigh);
-    let pods: Vec<(&Value, &Value)> = plan["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|n| n["pods"].as_array().unwrap().iter().map(move |p| (n, p)))
-        .collect();
-    parallel(pods, |(n, p)| {
+    parallel(all_pods(plan), |(n, p)| {
         let ip = pod_ip(state, n, p).split('/').next().unwrap().to_string();
         let k = n["pods"].as_array().unwrap().iter().position(|q| q == p).unwrap();
         let mac = format!(

@@ -148,6 +148,24 @@ impl Nl {
         }
     }
 
+    /// Deletes the link named `name` if there is one (one that vanished
+    /// meanwhile is no error); whether there was.
+    pub async fn remove_link(&self, name: &str) -> Result<bool, NlError> {
+        let Some(index) = self.index(name).await? else {
+            return Ok(false);
+        };
+        match self
+            .change(RouteNetlinkMessage::DelLink(
+                rtnetlink::LinkUnspec::new_with_index(index).build(),
+            ))
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(e) if e.is_missing() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// A link's index by name.
     pub async fn index(&self, name: &str) -> Result<Option<u32>, NlError> {
         Ok(self.link(name).await?.map(|l| l.header.index))
@@ -405,6 +423,17 @@ pub fn neighbour(index: u32, ip: Ipv4Addr, mac: [u8; 6]) -> NeighbourMessage {
         NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)),
         NeighbourAttribute::LinkLayerAddress(mac.to_vec()),
     ];
+    m
+}
+
+/// A static FDB entry of a bridge port (`bridge fdb add MAC dev PORT master static`).
+pub fn static_fdb(port: u32, mac: [u8; 6]) -> NeighbourMessage {
+    let mut m = NeighbourMessage::default();
+    m.header.family = AddressFamily::Bridge;
+    m.header.ifindex = port;
+    m.header.state = NeighbourState::Noarp;
+    m.header.flags = NeighbourFlags::Controller;
+    m.attributes = vec![NeighbourAttribute::LinkLayerAddress(mac.to_vec())];
     m
 }
 

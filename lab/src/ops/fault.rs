@@ -14,9 +14,7 @@ use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage, VxlanDf,
 };
-use netlink_packet_route::neighbour::{
-    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
-};
+use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState};
 use rtnetlink::LinkUnspec;
 use std::net::Ipv4Addr;
 
@@ -640,7 +638,7 @@ async fn revert_step(state: &mut LabState, step: &Undo, progress: &Progress) -> 
                     .await;
             if let Some(port) = h.nl.index(port).await? {
                 let _ =
-                    h.nl.change(RouteNetlinkMessage::DelNeighbour(static_fdb(port, mac)))
+                    h.nl.change(RouteNetlinkMessage::DelNeighbour(nl::static_fdb(port, mac)))
                         .await;
             }
             Ok(())
@@ -765,7 +763,7 @@ async fn arp_suppress_switch(ctx: &Ctx<'_>, switch: &str, undo: &mut Vec<Undo>) 
         )))
         .await
         .map_err(|e| anyhow!("neighbour entry on {switch}: {e}"))?;
-        f.nl.replace(RouteNetlinkMessage::NewNeighbour(static_fdb(port_idx, mac)))
+        f.nl.replace(RouteNetlinkMessage::NewNeighbour(nl::static_fdb(port_idx, mac)))
             .await
             .map_err(|e| anyhow!("static FDB entry on {switch}: {e}"))?;
         flush_arp(&h.nl, None).await?;
@@ -816,17 +814,6 @@ fn switch_hosts<'a>(plan: &'a Plan, switch: &str) -> Vec<(String, String, &'a st
         hosts.push((u.ns.clone(), u.ifname.clone(), u.fabric_port.as_str(), u.ip));
     }
     hosts
-}
-
-/// A static FDB entry of a bridge port (`bridge fdb add MAC dev PORT master static`).
-fn static_fdb(port: u32, mac: [u8; 6]) -> NeighbourMessage {
-    let mut m = NeighbourMessage::default();
-    m.header.family = AddressFamily::Bridge;
-    m.header.ifindex = port;
-    m.header.state = NeighbourState::Noarp;
-    m.header.flags = NeighbourFlags::Controller;
-    m.attributes = vec![NeighbourAttribute::LinkLayerAddress(mac.to_vec())];
-    m
 }
 
 /// The upstream VXLAN hop: every port of the switch is moved behind its own

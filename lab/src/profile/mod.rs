@@ -528,10 +528,12 @@ pub trait Profile: Saved + Send + Sync {
         Box::pin(async { Ok(()) })
     }
 
-    /// Whether its nodes enforce Kubernetes NetworkPolicy (felix, in
-    /// Calico and Canal); flannel enforces none.
+    /// Whether its nodes enforce Kubernetes NetworkPolicy: whether it has a
+    /// policy engine (felix in Calico and Canal, weave-npc in Weave);
+    /// flannel and aws-vpc enforce none.
     fn enforces_policy(&self) -> bool {
-        false
+        self.policy_state(&crate::model::netpol::World::default(), &[], "")
+            .is_some()
     }
 
     /// What its policy engine programs on `node` for `policies` acting on

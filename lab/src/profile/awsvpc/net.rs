@@ -6,7 +6,6 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{Result, anyhow};
 use ipnet::Ipv4Net;
-use netlink_packet_route::neighbour::{NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState};
 use netlink_packet_route::route::{RouteAttribute, RouteScope};
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
@@ -105,17 +104,6 @@ pub fn del_route(msg: RouteNetlinkMessage) -> RouteNetlinkMessage {
         RouteNetlinkMessage::NewRoute(r) => RouteNetlinkMessage::DelRoute(r),
         other => other,
     }
-}
-
-/// A static FDB entry of a bridge port (`bridge fdb add MAC dev PORT master static`).
-pub fn static_fdb(port: u32, mac: [u8; 6]) -> NeighbourMessage {
-    let mut m = NeighbourMessage::default();
-    m.header.family = AddressFamily::Bridge;
-    m.header.ifindex = port;
-    m.header.state = NeighbourState::Noarp;
-    m.header.flags = NeighbourFlags::Controller;
-    m.attributes = vec![NeighbourAttribute::LinkLayerAddress(mac.to_vec())];
-    m
 }
 
 /// A random locally administered unicast MAC as the plugin makes one

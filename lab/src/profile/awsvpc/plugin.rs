@@ -148,12 +148,7 @@ fn result(conf: &Value, r: &Reply, ip: Ipv4Addr, host: &str, netns: &str, pod: &
 /// driver.go's SetupPodNetwork.
 async fn wire(host: &str, netns_path: &str, pod: &PodKey, ip: Ipv4Addr, table: u32, mtu: u32) -> Result<[u8; 6]> {
     let nl = Nl::connect()?;
-    if let Some(stale) = nl.index(host).await? {
-        let del = rtnetlink::LinkUnspec::new_with_index(stale).build();
-        nl.change(RouteNetlinkMessage::DelLink(del))
-            .await
-            .context("removing a stale host veth")?;
-    }
+    nl.remove_link(host).await.context("removing a stale host veth")?;
     let host_mac = net::mac_from(&format!("host/{}", pod.container_id));
     let pod_mac = net::mac_from(&format!("pod/{}", pod.container_id));
     let pod_ns = Netns::open_path(Path::new(netns_path))?;

@@ -74,7 +74,7 @@ impl Vpc {
             .with_context(|| format!("port {} is missing", e.port))?;
         set_proxy_arp(&self.fnl, port).await?;
         self.fnl
-            .replace(RouteNetlinkMessage::NewNeighbour(net::static_fdb(port, mac)))
+            .replace(RouteNetlinkMessage::NewNeighbour(nl::static_fdb(port, mac)))
             .await
             .map_err(|e| anyhow!("static FDB entry: {e}"))?;
         self.nft(&[
@@ -254,7 +254,7 @@ pub async fn start(b: &Built<'_>, a: &AwsVpcPlan) -> Result<Vec<(String, u32)>> 
             fnl.replace(RouteNetlinkMessage::NewNeighbour(nl::neighbour(bridge, p.ip, mac)))
                 .await
                 .map_err(|e| anyhow!("VPC entry for the router: {e}"))?;
-            fnl.replace(RouteNetlinkMessage::NewNeighbour(net::static_fdb(port, mac)))
+            fnl.replace(RouteNetlinkMessage::NewNeighbour(nl::static_fdb(port, mac)))
                 .await
                 .map_err(|e| anyhow!("static FDB entry for the router: {e}"))?;
         }

@@ -332,10 +332,6 @@ impl Profile for CalicoPlan {
         Box::pin(build::converge(b, self))
     }
 
-    fn enforces_policy(&self) -> bool {
-        true
-    }
-
     fn policy_state(
         &self,
         world: &crate::model::netpol::World,

@@ -120,13 +120,8 @@ async fn wire(
 ) -> Result<(String, [u8; 6])> {
     let host = host_veth_name(namespace, pod);
     let nl = Nl::connect()?;
-    if let Some(stale) = nl.index(&host).await? {
-        // A veth left by an earlier sandbox of the same pod goes first, as in Calico.
-        let del = rtnetlink::LinkUnspec::new_with_index(stale).build();
-        nl.change(RouteNetlinkMessage::DelLink(del))
-            .await
-            .context("removing a stale host veth")?;
-    }
+    // A veth left by an earlier sandbox of the same pod goes first, as in Calico.
+    nl.remove_link(&host).await.context("removing a stale host veth")?;
     let pod_ns = Netns::open_path(Path::new(netns_path))?;
     nl.add(
         nl::Veth {
@@ -193,14 +188,9 @@ async fn cmd_del(conf: &Value, stdin: &[u8]) -> Result<(), Failure> {
     let host = host_veth_name(&namespace, &pod);
     ipam("DEL", conf, stdin)?;
     let nl = Nl::connect()?;
-    if let Some(idx) = nl.index(&host).await.map_err(|e| anyhow!("{e}"))? {
-        let del = rtnetlink::LinkUnspec::new_with_index(idx).build();
-        if let Err(e) = nl.change(RouteNetlinkMessage::DelLink(del)).await {
-            if !e.is_missing() {
-                return Err(anyhow!("deleting {host}: {e}").into());
-            }
-        }
-    }
+    nl.remove_link(&host)
+        .await
+        .map_err(|e| anyhow!("deleting {host}: {e}"))?;
     Ok(())
 }
 

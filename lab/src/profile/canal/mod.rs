@@ -232,10 +232,6 @@ impl Profile for CanalPlan {
         self.flannel.converge(b)
     }
 
-    fn enforces_policy(&self) -> bool {
-        true
-    }
-
     fn policy_state(
         &self,
         world: &crate::model::netpol::World,

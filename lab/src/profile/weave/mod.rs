@@ -341,10 +341,6 @@ impl Profile for WeavePlan {
         )]
     }
 
-    fn enforces_policy(&self) -> bool {
-        true
-    }
-
     /// weave-npc's chains and sets (weave-kube runs it beside the router).
     fn policy_state(
         &self,

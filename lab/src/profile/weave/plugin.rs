@@ -146,12 +146,7 @@ async fn wire(
         )
     })?;
     let host = host_veth_name(id);
-    if let Some(stale) = nl.index(&host).await? {
-        let del = rtnetlink::LinkUnspec::new_with_index(stale).build();
-        nl.change(RouteNetlinkMessage::DelLink(del))
-            .await
-            .context("removing a stale veth")?;
-    }
+    nl.remove_link(&host).await.context("removing a stale veth")?;
     let pod_ns = Netns::open_path(Path::new(netns_path))?;
     nl.add(
         nl::Veth {
@@ -269,14 +264,10 @@ async fn cmd_del() -> Result<(), Failure> {
             let _g = rt.enter();
             Nl::connect()
         })?;
-        if let Some(idx) = pod_nl.index(&ifname).await.map_err(|e| anyhow!("{e}"))? {
-            let del = rtnetlink::LinkUnspec::new_with_index(idx).build();
-            if let Err(e) = pod_nl.change(RouteNetlinkMessage::DelLink(del)).await
-                && !e.is_missing()
-            {
-                return Err(anyhow!("deleting {ifname}: {e}").into());
-            }
-        }
+        pod_nl
+            .remove_link(&ifname)
+            .await
+            .map_err(|e| anyhow!("deleting {ifname}: {e}"))?;
     }
     let (code, body) = http("DELETE", &format!("/ip/{id}"))?;
     // "no addresses for <id>" is ignored, as Weave's plugin does.
